@@ -1,0 +1,38 @@
+# erlmcp: `make demo` runs the main job, `make test` runs every test. Both set up a fresh clone first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
+
+# The demo renders the chart for this image prefix; the image itself is not pulled (the server runs locally).
+IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format pytest helm-lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## create .venv from the lock file and install the pinned tools (helm, kubectl) into .tools/bin
+	@bash scripts/bootstrap.sh
+
+demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
+	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
+
+lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
+	ruff check .
+	ruff format --check .
+	mypy
+	helm lint --strict chart/
+	hadolint Dockerfile
+
+format: setup  ## apply ruff's fixes and formatting
+	ruff check --fix .
+	ruff format .
+
+pytest: setup  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint pytest  ## everything CI runs: lint, then every test
+
+clean:  ## remove the virtualenv, the tools and caches
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,86 @@
+"""``python -m app``: parse flags, build the settings, run the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from app import __version__
+from app.catalog import CatalogError
+from app.observability.logging import configure_logging
+from app.server import serve
+from app.settings import LogFormat, Settings, SettingsError
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface; every flag also has an ERLMCP_-prefixed environment variable."""
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Run the erlmcp MCP server: MCP over HTTP at /mcp, health at /livez and /readyz "
+        "(/health and /healthz are aliases), Prometheus metrics at /metrics on their own port.",
+        epilog="Flags override environment variables, which override defaults. "
+        "Example: python -m app --no-auth --port 8080",
+    )
+    arg = parser.add_argument
+    arg("--host", help="address to bind (env ERLMCP_HOST; default 127.0.0.1, 0.0.0.0 in the container image)")
+    arg("--port", type=int, help="MCP HTTP port (env ERLMCP_PORT; default 8080)")
+    arg("--metrics-port", type=int, help="Prometheus metrics port (env ERLMCP_METRICS_PORT; default 9090)")
+    arg("--catalog", type=Path, metavar="PATH", help="catalogue YAML file (env ERLMCP_CATALOG; default built-in)")
+    arg("--api-key-file", type=Path, metavar="FILE", help="accepted API keys, one per line (env ERLMCP_API_KEY_FILE)")
+    arg(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="turn authentication off, for local development only (env ERLMCP_NO_AUTH=true)",
+    )
+    arg("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env ERLMCP_LOG_LEVEL; default INFO)")
+    arg(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        help="json, console, or auto: console on a terminal (env ERLMCP_LOG_FORMAT; default auto)",
+    )
+    arg("--tool-timeout", dest="tool_timeout_seconds", type=float, metavar="SECONDS",
+        help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)")
+    arg("--version", action="version", version=f"erlmcp {__version__}")
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the flags given, the environment, and the defaults.
+
+    Raises:
+        SystemExit: a flag or environment variable has a wrong value (argparse-style exit code 2).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given: dict[str, Any] = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        parser.error(problems)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server; returns the process exit code."""
+    settings = settings_from_args(argv)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except (SettingsError, CatalogError) as exc:
+        structlog.get_logger("app").error("cannot start", reason=str(exc))
+        print(f"erlmcp: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,156 @@
+"""JSON-RPC 2.0: parsing the envelope, error codes, and building responses.
+
+Errors form one small tree::
+
+    JsonRpcError            a protocol error answered with an ``error`` object
+    ├── ParseError          -32700, the body is not JSON
+    ├── InvalidRequest      -32600, JSON but not a JSON-RPC 2.0 message
+    ├── MethodNotFound      -32601
+    ├── InvalidParams       -32602
+    └── InternalError       -32603
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "JsonRpcError",
+    "Message",
+    "MethodNotFound",
+    "ParseError",
+    "RequestId",
+    "error_response",
+    "parse_message",
+    "result_response",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+RequestId = str | int
+
+
+class JsonRpcError(Exception):
+    """A protocol error that becomes a JSON-RPC ``error`` object."""
+
+    code = INTERNAL_ERROR
+
+    def __init__(self, message: str, data: Any = None, *, request_id: RequestId | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.request_id = request_id  # the id of the offending request, when it could be read
+
+    def to_error(self) -> dict[str, Any]:
+        """The ``error`` member of a response."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ParseError(JsonRpcError):
+    """The body is not valid JSON."""
+
+    code = PARSE_ERROR
+
+
+class InvalidRequest(JsonRpcError):
+    """The JSON is not a valid JSON-RPC 2.0 message."""
+
+    code = INVALID_REQUEST
+
+
+class MethodNotFound(JsonRpcError):
+    """No such method."""
+
+    code = METHOD_NOT_FOUND
+
+
+class InvalidParams(JsonRpcError):
+    """The method exists but its params are wrong."""
+
+    code = INVALID_PARAMS
+
+
+class InternalError(JsonRpcError):
+    """The server failed; the client did nothing wrong."""
+
+    code = INTERNAL_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One parsed JSON-RPC message from a client: a request, a notification or a response."""
+
+    method: str | None
+    id: RequestId | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    is_response: bool = False
+
+    @property
+    def is_notification(self) -> bool:
+        """A request without an id: it gets no response."""
+        return self.method is not None and self.id is None
+
+
+def parse_message(body: bytes) -> Message:
+    """Parse one JSON-RPC 2.0 message from a request body.
+
+    Raises:
+        ParseError: the body is not JSON.
+        InvalidRequest: the JSON is a batch, or not a JSON-RPC 2.0 message (the error's ``request_id`` holds
+            the id when one could be read, so the reply can name it).
+    """
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"Parse error: the body is not valid JSON ({exc})") from exc
+    if isinstance(payload, list):
+        raise InvalidRequest("Invalid Request: JSON-RPC batches are not supported; send one message per request")
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Invalid Request: a JSON-RPC message must be a JSON object")
+    raw_id = payload.get("id")
+    request_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    if payload.get("jsonrpc") != "2.0":
+        raise InvalidRequest('Invalid Request: "jsonrpc" must be exactly "2.0"', request_id=request_id)
+    if "id" in payload and raw_id is not None and request_id is None:
+        raise InvalidRequest('Invalid Request: "id" must be a string or an integer')
+    if "method" not in payload:
+        if ("result" in payload) != ("error" in payload) and request_id is not None:
+            return Message(method=None, id=request_id, is_response=True)
+        raise InvalidRequest('Invalid Request: "method" is missing', request_id=request_id)
+    method = payload["method"]
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest('Invalid Request: "method" must be a non-empty string', request_id=request_id)
+    if "id" in payload and raw_id is None:
+        raise InvalidRequest('Invalid Request: "id" must not be null')
+    params = payload.get("params", {})
+    if not isinstance(params, dict):
+        raise InvalidRequest('Invalid Request: "params" must be an object', request_id=request_id)
+    return Message(method=method, id=request_id, params=params)
+
+
+def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, Any]:
+    """A success response."""
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(request_id: RequestId | None, error: JsonRpcError) -> dict[str, Any]:
+    """An error response; ``id`` is null when the request's id could not be read."""
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_error()}

@@ -1,0 +1,47 @@
+"""Prometheus metrics, kept in the server's own registry and served on their own listener."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """The server's metrics. One instance per server, so tests and servers never share counters."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        build = Info("erlmcp_build", "Version of the running erlmcp server.", registry=self.registry)
+        build.info({"version": version})
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.http_request_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by method.",
+            ["method"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.http_requests_in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being answered now.", registry=self.registry
+        )
+        self.mcp_requests = Counter(
+            "mcp_requests",
+            "MCP messages handled, by JSON-RPC method and outcome (ok or error).",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.mcp_tool_calls = Counter(
+            "mcp_tool_calls",
+            "tools/call requests, by tool and outcome (ok, error, invalid_arguments, timeout).",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
+        )

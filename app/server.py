@@ -1,0 +1,200 @@
+"""Build the HTTP applications from the settings and run their two listeners (MCP and metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.catalog import load_catalog
+from app.features.tools import Tools
+from app.observability.metrics import Metrics
+from app.protocol import Dispatcher
+from app.security import ApiKeyAuthenticator
+from app.settings import Settings, load_api_keys
+from app.transports.streamable_http import McpEndpoint
+
+__all__ = ["ServerState", "create_app", "create_metrics_app", "serve"]
+
+log = structlog.get_logger(__name__)
+
+HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/health"})
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What the health endpoints report: draining starts when the server is asked to stop."""
+
+    draining: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class _ObserveRequests:
+    """Pure ASGI middleware: one access-log line and the HTTP metrics for every request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        sent = 0
+
+        async def observe(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        method = scope["method"]
+        self._metrics.http_requests_in_flight.inc()
+        try:
+            await self._app(scope, receive, observe)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.http_requests_in_flight.dec()
+            self._metrics.http_requests.labels(method=method, code=str(status)).inc()
+            self._metrics.http_request_duration.labels(method=method).observe(elapsed)
+            if scope["path"] not in HEALTH_PATHS:
+                headers = dict(scope.get("headers") or [])
+                client = scope.get("client")
+                log.info(
+                    "request",
+                    httpRequest={
+                        "requestMethod": method,
+                        "requestUrl": scope["path"],
+                        "status": status,
+                        "responseSize": str(sent),
+                        "latency": f"{elapsed:.6f}s",
+                        "remoteIp": client[0] if client else None,
+                        "userAgent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+                        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+                    },
+                    **scope.get("erlmcp", {}),
+                )
+
+
+def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FastAPI:
+    """The MCP application: health endpoints and the MCP endpoint at ``/mcp``.
+
+    Raises:
+        SettingsError: authentication is on without usable API keys.
+        CatalogError: the catalogue cannot be loaded.
+    """
+    state = state or ServerState()
+    api_keys = load_api_keys(settings)
+    catalog = load_catalog(settings.catalog)
+    tools = Tools(catalog, timeout_seconds=settings.tool_timeout_seconds)
+    dispatcher = Dispatcher(tools=tools, server_name="erlmcp", server_version=__version__)
+    endpoint = McpEndpoint(
+        dispatcher=dispatcher,
+        authenticator=ApiKeyAuthenticator(api_keys),
+        metrics=metrics,
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+    app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.erlmcp = state
+
+    async def livez() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz() -> Response:
+        if state.draining:
+            return Response(b'{"status":"draining"}', status_code=503, media_type="application/json")
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
+    for path in ("/readyz", "/healthz", "/health"):
+        app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    app.add_middleware(_ObserveRequests, metrics=metrics)
+    log.info(
+        "configured",
+        tools=list(tools.names),
+        auth="off" if settings.no_auth else "api-key",
+        catalog=str(settings.catalog) if settings.catalog else "built-in",
+    )
+    if settings.no_auth:
+        log.warning("authentication is off: anyone who reaches the port can call every tool (--no-auth)")
+    return app
+
+
+def create_metrics_app(metrics: Metrics) -> Starlette:
+    """The metrics application: Prometheus text format at ``/metrics``."""
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics_endpoint, methods=["GET"])])
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server whose signals are handled by :func:`serve`, which stops both listeners together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    """Run the MCP and metrics listeners until SIGTERM or SIGINT, then drain and stop both."""
+    metrics = Metrics(__version__)
+    state = ServerState()
+    app = create_app(settings, metrics=metrics, state=state)
+    common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False}
+    main = _Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            **common,
+        )
+    )
+    metrics_server = _Server(
+        uvicorn.Config(create_metrics_app(metrics), host=settings.host, port=settings.metrics_port, lifespan="off", **common)
+    )
+
+    def stop(signum: int) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        state.draining = True
+        main.should_exit = True
+        metrics_server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    log.info("starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port, version=__version__)
+    try:
+        # If one listener cannot start (port taken), stop the other too and fail.
+        results = await asyncio.gather(main.serve(), metrics_server.serve(), return_exceptions=True)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if not (main.started and metrics_server.started):
+        raise SystemExit(1)

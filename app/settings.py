@@ -1,0 +1,87 @@
+"""The one settings object: flags, ``ERLMCP_``-prefixed environment variables, and mounted files.
+
+Built once by the entry point and handed down; nothing below the entry point reads the environment.
+Precedence, highest first: command-line flags, environment variables, field defaults.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["LogFormat", "Settings", "SettingsError", "load_api_keys"]
+
+
+class SettingsError(ValueError):
+    """The configuration cannot run a server; the message says what to change."""
+
+
+class LogFormat(StrEnum):
+    """How log lines are rendered."""
+
+    JSON = "json"
+    CONSOLE = "console"
+    AUTO = "auto"  # console on a terminal, JSON otherwise
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start, validated before anything listens."""
+
+    model_config = SettingsConfigDict(env_prefix="ERLMCP_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the MCP HTTP listener binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the MCP HTTP listener (0 picks a free port).")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Port of the Prometheus /metrics listener.")
+    catalog: Path | None = Field(None, description="Catalogue file (YAML); the built-in default when absent.")
+    api_key_file: Path | None = Field(None, description="File of accepted API keys, one per line.")
+    no_auth: bool = Field(False, description="Turn authentication off (local development only).")
+    log_level: str = Field("INFO", description="Lowest log level written.")
+    log_format: LogFormat = Field(LogFormat.AUTO, description="json, console or auto.")
+    tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted request body.")
+    shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.port and self.port == self.metrics_port:
+            raise ValueError(f"port and metrics_port must differ (both are {self.port})")
+        return self
+
+
+def load_api_keys(settings: Settings) -> tuple[SecretStr, ...]:
+    """Read the accepted API keys named by the settings.
+
+    Lines are stripped; blank lines and lines starting with ``#`` are ignored.
+
+    Raises:
+        SettingsError: authentication is on but no key file is given, it cannot be read, or it holds no key.
+    """
+    if settings.no_auth:
+        return ()
+    path = settings.api_key_file
+    if path is None:
+        raise SettingsError(
+            "authentication is on but no API keys were given: pass --api-key-file FILE "
+            "(or ERLMCP_API_KEY_FILE), or --no-auth for local development"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
+    keys = tuple(
+        SecretStr(line.strip()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    )
+    if not keys:
+        raise SettingsError(f"the API key file {path} holds no key (one key per line)")
+    return keys

@@ -1,0 +1,1 @@
+"""Transports: bytes and framing, nothing of MCP methods."""

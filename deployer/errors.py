@@ -1,0 +1,32 @@
+"""The deployer's errors::
+
+    DeployerError       anything the deployer refuses or fails at; the message says what to change
+    ├── SchemaError     schema.yaml breaks a Marketplace rule
+    ├── ValuesError     a value is unknown to the schema, missing, or of the wrong type
+    ├── HelmError       Helm is missing or failed to render
+    └── LocalRunError   the rendered Deployment cannot be run as a local process
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeployerError", "HelmError", "LocalRunError", "SchemaError", "ValuesError"]
+
+
+class DeployerError(Exception):
+    """The deployer cannot go on; the message says why."""
+
+
+class SchemaError(DeployerError):
+    """schema.yaml breaks a Marketplace schema v2 rule."""
+
+
+class ValuesError(DeployerError):
+    """The values do not fit the schema."""
+
+
+class HelmError(DeployerError):
+    """Helm is missing or failed."""
+
+
+class LocalRunError(DeployerError):
+    """The rendered Deployment cannot be run locally."""

@@ -1,0 +1,137 @@
+"""Marketplace values -> Helm values, as Google's expand_config does.
+
+Values arrive flat, keyed by property name (``auth.enabled``), plus ``__image_repo_prefix__``. Nested mappings
+are accepted too and read as dotted names. Expansion checks every value against its property, fills defaults,
+generates missing passwords, projects the image names, and nests dotted names into Helm values.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from deployer.errors import ValuesError
+from deployer.schema import ImageProperty, Property, Schema
+
+__all__ = ["IMAGE_REPO_PREFIX", "expand", "flatten_values", "generate_password", "nest", "project_image"]
+
+IMAGE_REPO_PREFIX = "__image_repo_prefix__"
+# Google's generator leaves out characters that are easily misread: I, l, 0, O.
+_LOWER = "".join(c for c in string.ascii_lowercase if c != "l")
+_UPPER = "".join(c for c in string.ascii_uppercase if c not in "IO")
+_DIGITS = "".join(c for c in string.digits if c != "0")
+_SYMBOLS = "*-+."
+
+
+def flatten_values(values: Mapping[str, Any], schema: Schema, prefix: str = "") -> dict[str, Any]:
+    """Read nested mappings as dotted property names.
+
+    Raises:
+        ValuesError: a key names no property of the schema.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if name in schema.properties or (not prefix and name == IMAGE_REPO_PREFIX):
+            flat[name] = value
+        elif isinstance(value, Mapping) and any(p.startswith(f"{name}.") for p in schema.properties):
+            flat.update(flatten_values(value, schema, f"{name}."))
+        else:
+            raise ValuesError(f"No such property defined in schema: {name!r}")
+    return flat
+
+
+def generate_password(length: int, *, include_symbols: bool = False) -> str:
+    """A random password with at least one upper-case letter, lower-case letter and digit (and symbol)."""
+    classes = [_LOWER, _UPPER, _DIGITS] + ([_SYMBOLS] if include_symbols else [])
+    alphabet = "".join(classes)
+    while True:
+        candidate = "".join(secrets.choice(alphabet) for _ in range(length))
+        if all(any(c in group for c in candidate) for group in classes):
+            return candidate
+
+
+def project_image(prefix: str, image: ImageProperty, version: str) -> str:
+    """One projection of the image ``<prefix>[/<image>]:<version>``."""
+    repo = f"{prefix}/{image.image}" if image.image else prefix
+    registry, _, without_registry = repo.partition("/")
+    return {
+        "FULL": f"{repo}:{version}",
+        "REGISTRY": registry,
+        "REPO_WITH_REGISTRY": repo,
+        "REPO_WITHOUT_REGISTRY": without_registry,
+        "TAG": version,
+    }[image.projection]
+
+
+def _check(prop: Property, value: Any) -> None:
+    try:
+        jsonschema.validate(value, dict(prop.json_schema))
+    except jsonschema.ValidationError as exc:
+        raise ValuesError(f"Invalid value for property {prop.name!r}: {exc.message}") from exc
+
+
+def _generated(prop: Property) -> str:
+    config = prop.x_config.get("generatedPassword", {})
+    password = generate_password(int(config.get("length", 10)), include_symbols=bool(config.get("includeSymbols")))
+    if config.get("base64", True):
+        return base64.b64encode(password.encode()).decode()
+    return password
+
+
+def expand(values: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
+    """Complete and check the values: flat names to final values, generated and projected ones included.
+
+    Raises:
+        ValuesError: unknown key, wrong type, missing required value, or no image prefix.
+    """
+    given = flatten_values(values, schema)
+    prefix = given.pop(IMAGE_REPO_PREFIX, None)
+    if schema.images and not (isinstance(prefix, str) and prefix):
+        raise ValuesError(f"a v2 schema needs {IMAGE_REPO_PREFIX} in the values (the image repository prefix)")
+    final: dict[str, Any] = {}
+    for name, prop in schema.properties.items():
+        if name in given and given[name] is not None:
+            final[name] = given[name]
+        elif prop.has_default:
+            final[name] = prop.default
+        elif prop.x_type == "GENERATED_PASSWORD":
+            final[name] = _generated(prop)
+        elif prop.x_type in {"ISTIO_ENABLED"}:
+            final[name] = False
+        elif prop.x_type in {"INGRESS_AVAILABLE"}:
+            final[name] = True
+        if name in final:
+            _check(prop, final[name])
+    missing = [name for name in schema.required if name not in final]
+    if missing:
+        raise ValuesError(f"No value for required property: {', '.join(missing)}")
+    for image in schema.images:
+        final[image.value_name] = project_image(str(prefix), image, schema.published_version)
+    return final
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted names to nested mappings: ``{"a.b": 1}`` -> ``{"a": {"b": 1}}``.
+
+    Raises:
+        ValuesError: one name is both a value and a parent (``a`` and ``a.b``).
+    """
+    nested: dict[str, Any] = {}
+    for name in sorted(flat):
+        *parents, leaf = name.split(".")
+        node = nested
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValuesError(f"{'.'.join(parents[: i + 1])!r} is a value and also the parent of {name!r}")
+            node = child
+        if isinstance(node.get(leaf), dict):
+            raise ValuesError(f"{name!r} is a value and also the parent of other values")
+        node[leaf] = flat[name]
+    return nested

@@ -1,0 +1,242 @@
+"""Run the rendered Deployment's server container as a local process, configured exactly as the Pod would be.
+
+What the Pod gets, the process gets: the container's env (values, ConfigMap and Secret references), its
+ConfigMap, Secret and emptyDir volumes laid out under a private folder, and its ports. Paths under a mount
+point in env values are moved under that folder. Two things differ, and the plan lists them: the image's
+entrypoint is this machine's ``python -m app``, and a listener on 0.0.0.0 (all interfaces of the Pod's own
+network namespace) binds 127.0.0.1, which is what that means on a shared machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from deployer.errors import DeployerError, LocalRunError
+from deployer.manifests import Manifest, find, find_one
+
+__all__ = ["LocalPlan", "LocalServer", "plan_local_run"]
+
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}  # noqa: S104 - these are recognised, not bound
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPlan:
+    """How to start the server locally, and how to probe it."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    root: Path
+    ports: Mapping[str, int]  # container port name -> port
+    readiness_path: str
+    grace_seconds: float
+    differences: tuple[str, ...]
+    secret_env: frozenset[str] = field(default_factory=frozenset)
+
+    def describe(self) -> str:
+        """A readable summary, secrets masked."""
+        lines = [f"command: {' '.join(self.argv)}", f"root:    {self.root}"]
+        lines += [f"port:    {name}={port}" for name, port in self.ports.items()]
+        for key in sorted(self.env):
+            shown = "********" if key in self.secret_env else self.env[key]
+            lines.append(f"env:     {key}={shown}")
+        lines += [f"differs: {note}" for note in self.differences]
+        return "\n".join(lines)
+
+    def path_of(self, container_path: str) -> Path:
+        """Where a path inside the container lives locally."""
+        return self.root / container_path.lstrip("/")
+
+
+def _data_of(manifest: Manifest) -> dict[str, bytes]:
+    if manifest["kind"] == "Secret":
+        data = {k: base64.b64decode(v) for k, v in (manifest.get("data") or {}).items()}
+        data.update({k: str(v).encode() for k, v in (manifest.get("stringData") or {}).items()})
+        return data
+    return {k: str(v).encode() for k, v in (manifest.get("data") or {}).items()}
+
+
+def _source(manifests: Sequence[Manifest], kind: str, name: str) -> dict[str, bytes]:
+    try:
+        return _data_of(find_one(manifests, kind, name))
+    except DeployerError as exc:
+        raise LocalRunError(f"the Pod refers to {kind} {name!r}, which the chart does not render") from exc
+
+
+def _lay_out_volume(volume: Mapping[str, Any], target: Path, manifests: Sequence[Manifest]) -> bool:
+    """Write one volume's files under ``target``; returns whether it holds secrets."""
+    target.mkdir(parents=True, exist_ok=True)
+    if "emptyDir" in volume:
+        return False
+    if "configMap" in volume:
+        spec, kind, name_key = volume["configMap"], "ConfigMap", "name"
+    elif "secret" in volume:
+        spec, kind, name_key = volume["secret"], "Secret", "secretName"
+    else:
+        kinds = ", ".join(k for k in volume if k != "name")
+        raise LocalRunError(f"volume {volume.get('name')!r} is of a kind a local run cannot provide: {kinds}")
+    data = _source(manifests, kind, spec[name_key])
+    items = spec.get("items") or [{"key": key, "path": key} for key in data]
+    for item in items:
+        path = target / item["path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(data[item["key"]])
+    return kind == "Secret"
+
+
+def _env_value(entry: Mapping[str, Any], manifests: Sequence[Manifest]) -> tuple[str, bool]:
+    if "value" in entry:
+        return str(entry["value"]), False
+    ref = entry.get("valueFrom") or {}
+    for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+        if key in ref:
+            data = _source(manifests, kind, ref[key]["name"])
+            if ref[key]["key"] not in data:
+                raise LocalRunError(f"env {entry['name']}: {kind} {ref[key]['name']!r} has no key {ref[key]['key']!r}")
+            return data[ref[key]["key"]].decode(), kind == "Secret"
+    raise LocalRunError(f"env {entry['name']}: a local run cannot provide {', '.join(ref) or 'an empty value'}")
+
+
+def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Sequence[str]) -> LocalPlan:
+    """Lay out the Pod's files under ``root`` and plan the process.
+
+    Raises:
+        LocalRunError: the Deployment uses something a local process cannot have.
+        DeployerError: the manifests hold no single Deployment.
+    """
+    deployments = find(manifests, "Deployment")
+    if len(deployments) != 1:
+        raise LocalRunError(f"a local run needs exactly one Deployment in the manifests, found {len(deployments)}")
+    pod = deployments[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    mounts: dict[str, Path] = {}
+    secret_paths: list[str] = []
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise LocalRunError(f"volumeMount {mount['name']!r} names no volume of the Pod")
+        local = root / mount["mountPath"].lstrip("/")
+        if _lay_out_volume(volume, local, manifests):
+            secret_paths.append(mount["mountPath"])
+        mounts[mount["mountPath"]] = local
+
+    def localise(value: str) -> str:
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(mounts[mount_path]) + value[len(mount_path.rstrip("/")) :]
+        return value
+
+    differences = [f"entrypoint: {' '.join(entrypoint)} (the image runs python -m app)"]
+    env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    secret_env: set[str] = set()
+    for entry in container.get("env") or []:
+        value, secret = _env_value(entry, manifests)
+        if secret:
+            secret_env.add(entry["name"])
+        local_value = localise(value)
+        if value in _WILDCARD_HOSTS:
+            local_value = "127.0.0.1"
+            differences.append(f"{entry['name']}={value} binds 127.0.0.1 here (the Pod has its own network)")
+        env[entry["name"]] = local_value
+    ports = {p.get("name", str(p["containerPort"])): int(p["containerPort"]) for p in container.get("ports") or []}
+    probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
+    return LocalPlan(
+        argv=(*entrypoint, *(str(a) for a in container.get("args") or [])),
+        env=env,
+        root=root,
+        ports=ports,
+        readiness_path=str(probe.get("path", "/readyz")),
+        grace_seconds=float(pod.get("terminationGracePeriodSeconds", 30)),
+        differences=tuple(differences),
+        secret_env=frozenset(secret_env),
+    )
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalServer:
+    """The planned server as a child process: start, wait until ready, stop with the Pod's grace period."""
+
+    def __init__(self, plan: LocalPlan, log_path: Path) -> None:
+        self.plan = plan
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        """Start the process and wait until its readiness probe answers 200.
+
+        Raises:
+            LocalRunError: a port is taken, the process exits, or it is not ready in time.
+        """
+        taken = [f"{name} ({port})" for name, port in self.plan.ports.items() if _port_in_use(port)]
+        if taken:
+            raise LocalRunError(
+                f"port already in use on 127.0.0.1: {', '.join(taken)}; stop what listens there, "
+                "or choose other ports with service.port and service.metricsPort in the values file"
+            )
+        self._log = self.log_path.open("wb")
+        self._process = subprocess.Popen(
+            self.plan.argv, env=dict(self.plan.env), cwd=self.plan.root, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        port = self.plan.ports.get("http") or next(iter(self.plan.ports.values()))
+        url = f"http://127.0.0.1:{port}{self.plan.readiness_path}"
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise LocalRunError(
+                    f"the server exited with code {self._process.returncode} before it was ready:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback http URL built here
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise LocalRunError(f"the server was not ready at {url} within {ready_timeout:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after the grace period; returns the exit code."""
+        process = self._process
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.plan.grace_seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+        return process.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the server wrote."""
+        if self._log is not None:
+            self._log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def default_entrypoint() -> tuple[str, ...]:
+    """The image's entrypoint, run with this interpreter."""
+    return (sys.executable, "-m", "app")

@@ -1,0 +1,42 @@
+"""Schema + values -> rendered manifests: the deployer's core step, shared by every command."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployer.expand import expand, nest
+from deployer.helm import helm_template
+from deployer.manifests import Manifest, parse_manifests
+from deployer.schema import Schema
+
+__all__ = ["Rendered", "render"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The outcome of one render: who and where, the Helm values, the manifests as text and as objects."""
+
+    release: str
+    namespace: str
+    helm_values: Mapping[str, Any]
+    text: str
+    manifests: list[Manifest]
+
+
+def render(schema: Schema, values: Mapping[str, Any], *, chart: Path, helm: str) -> Rendered:
+    """Expand the values against the schema and render the chart with Helm, as Marketplace's deployer does.
+
+    Raises:
+        ValuesError: the values do not fit the schema.
+        HelmError: Helm fails.
+        DeployerError: Helm's output is not a list of Kubernetes objects.
+    """
+    final = expand(values, schema)
+    release = str(final[schema.property_of_type("NAME").name])
+    namespace = str(final[schema.property_of_type("NAMESPACE").name])
+    helm_values = nest(final)
+    text = helm_template(helm, chart, release=release, namespace=namespace, values=helm_values)
+    return Rendered(release, namespace, helm_values, text, parse_manifests(text))

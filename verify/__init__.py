@@ -1,0 +1,1 @@
+"""The erlmcp verification suite: checks a running server from outside, over the wire."""

@@ -1,0 +1,126 @@
+"""MCP over JSON-RPC: the handshake, ping, tools, and errors with the right codes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from verify.client import CheckFailed, WireClient, json_body
+
+__all__ = ["CHECKS"]
+
+HANDSHAKE_REVISIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+
+
+def check_initialize(client: WireClient) -> str:
+    """initialize answers a supported revision, server info and the tools capability."""
+    result = client.initialize()
+    version = result.get("protocolVersion")
+    if version not in HANDSHAKE_REVISIONS:
+        raise CheckFailed(f"initialize: protocolVersion {version!r} is not a revision clients speak")
+    info = result.get("serverInfo")
+    if not isinstance(info, dict) or not info.get("name") or not info.get("version"):
+        raise CheckFailed(f"initialize: serverInfo needs name and version, got {info!r}")
+    capabilities = result.get("capabilities")
+    if not isinstance(capabilities, dict) or "tools" not in capabilities:
+        raise CheckFailed(f"initialize: capabilities must declare tools, got {capabilities!r}")
+    return f"protocolVersion {version}, server {info['name']} {info['version']}"
+
+
+def check_initialized_notification(client: WireClient) -> str:
+    """A notification is accepted with 202 and no body."""
+    response = client.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    if response.status_code != 202:
+        raise CheckFailed(f"notifications/initialized: expected 202, got {response.status_code}")
+    if response.content:
+        raise CheckFailed(f"notifications/initialized: expected no body, got {response.content[:100]!r}")
+    return "202, no body"
+
+
+def check_ping(client: WireClient) -> str:
+    """ping answers an empty result."""
+    result = client.result("ping")
+    if result != {}:
+        raise CheckFailed(f"ping: expected an empty result, got {result!r}")
+    return "empty result"
+
+
+def check_tools_list(client: WireClient) -> str:
+    """tools/list offers echo with an object input schema."""
+    tools = client.result("tools/list").get("tools")
+    if not isinstance(tools, list):
+        raise CheckFailed(f"tools/list: tools must be a list, got {tools!r}")
+    by_name = {tool.get("name"): tool for tool in tools if isinstance(tool, dict)}
+    echo = by_name.get("echo")
+    if echo is None:
+        raise CheckFailed(f"tools/list: no echo tool among {sorted(map(str, by_name))}")
+    schema = echo.get("inputSchema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise CheckFailed(f"tools/list: echo's inputSchema must be an object schema, got {schema!r}")
+    return f"{len(tools)} tool(s): {', '.join(sorted(map(str, by_name)))}"
+
+
+def check_tools_call(client: WireClient) -> str:
+    """tools/call echo returns exactly the text sent."""
+    text = f"verify-{secrets.token_hex(8)}"
+    result = client.result("tools/call", {"name": "echo", "arguments": {"text": text}})
+    if result.get("isError"):
+        raise CheckFailed(f"tools/call echo: isError is true: {result}")
+    content = result.get("content")
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+        raise CheckFailed(f"tools/call echo: content must be a non-empty list, got {content!r}")
+    first = content[0]
+    if first.get("type") != "text" or first.get("text") != text:
+        raise CheckFailed(f"tools/call echo: expected text {text!r}, got {first!r}")
+    return "echo returned the text sent"
+
+
+def check_invalid_arguments(client: WireClient) -> str:
+    """Wrong arguments are a tool error (isError), not a protocol error."""
+    result = client.result("tools/call", {"name": "echo", "arguments": {"text": 42}})
+    if result.get("isError") is not True:
+        raise CheckFailed(f"tools/call with a number for text: expected isError true, got {result!r}")
+    return "isError true"
+
+
+def _expect_error(client: WireClient, method: str, params: dict[str, object] | None, code: int) -> str:
+    message = client.request(method, params)
+    error = message.get("error")
+    if not isinstance(error, dict) or error.get("code") != code:
+        raise CheckFailed(f"{method}: expected error code {code}, got {message}")
+    if not error.get("message"):
+        raise CheckFailed(f"{method}: error {code} must carry a message")
+    return f"error {code}: {error['message'][:60]}"
+
+
+def check_unknown_method(client: WireClient) -> str:
+    """An unknown method is -32601."""
+    return _expect_error(client, "verify/no-such-method", None, -32601)
+
+
+def check_unknown_tool(client: WireClient) -> str:
+    """An unknown tool is -32602."""
+    return _expect_error(client, "tools/call", {"name": "no-such-tool-verify", "arguments": {}}, -32602)
+
+
+def check_parse_error(client: WireClient) -> str:
+    """A body that is not JSON is -32700 with HTTP 400."""
+    response = client.post(b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    message = json_body(response, "malformed JSON")
+    code = (message.get("error") or {}).get("code")
+    if response.status_code != 400 or code != -32700:
+        raise CheckFailed(f"malformed JSON: expected HTTP 400 with -32700, got {response.status_code} with {code}")
+    return "HTTP 400, -32700"
+
+
+CHECKS: tuple[tuple[str, Callable[[WireClient], str]], ...] = (
+    ("mcp.initialize", check_initialize),
+    ("mcp.initialized_notification", check_initialized_notification),
+    ("mcp.ping", check_ping),
+    ("mcp.tools_list", check_tools_list),
+    ("mcp.tools_call", check_tools_call),
+    ("mcp.tools_call_invalid_arguments", check_invalid_arguments),
+    ("mcp.unknown_method", check_unknown_method),
+    ("mcp.unknown_tool", check_unknown_tool),
+    ("mcp.parse_error", check_parse_error),
+)

@@ -1,0 +1,52 @@
+"""Check results as a table for people and JUnit XML for CI systems."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET  # noqa: S405 - we write XML, never parse untrusted XML
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CheckResult", "render_table", "write_junit"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check's outcome."""
+
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+def render_table(results: Sequence[CheckResult], target: str) -> str:
+    """A plain-text table, one check a line, and a closing count line."""
+    width = max([len(r.name) for r in results] + [5])
+    lines = [f"erlmcp verify: {target}", "", f"{'check'.ljust(width)}  result  time     detail"]
+    for r in results:
+        lines.append(f"{r.name.ljust(width)}  {'PASS' if r.passed else 'FAIL'}    {r.seconds * 1000:6.1f}ms {r.detail}")
+    failed = sum(not r.passed for r in results)
+    lines += ["", f"{len(results) - failed} passed, {failed} failed"]
+    return "\n".join(lines)
+
+
+def write_junit(results: Sequence[CheckResult], path: Path, suite: str = "erlmcp-verify") -> None:
+    """Write JUnit XML: one testcase per check, failures with their detail."""
+    failures = sum(not r.passed for r in results)
+    root = ET.Element("testsuites", tests=str(len(results)), failures=str(failures))
+    testsuite = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        time=f"{sum(r.seconds for r in results):.3f}",
+    )
+    for r in results:
+        case = ET.SubElement(testsuite, "testcase", classname=suite, name=r.name, time=f"{r.seconds:.3f}")
+        if not r.passed:
+            failure = ET.SubElement(case, "failure", message=r.detail[:200])
+            failure.text = r.detail
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
