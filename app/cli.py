@@ -48,8 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[f.value for f in LogFormat],
         help="json, console, or auto: console on a terminal (env ERLMCP_LOG_FORMAT; default auto)",
     )
-    arg("--tool-timeout", dest="tool_timeout_seconds", type=float, metavar="SECONDS",
-        help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)")
+    arg(
+        "--tool-timeout",
+        dest="tool_timeout_seconds",
+        type=float,
+        metavar="SECONDS",
+        help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)",
+    )
     arg("--version", action="version", version=f"erlmcp {__version__}")
     return parser
 

@@ -174,7 +174,9 @@ async def serve(settings: Settings) -> None:
         )
     )
     metrics_server = _Server(
-        uvicorn.Config(create_metrics_app(metrics), host=settings.host, port=settings.metrics_port, lifespan="off", **common)
+        uvicorn.Config(
+            create_metrics_app(metrics), host=settings.host, port=settings.metrics_port, lifespan="off", **common
+        )
     )
 
     def stop(signum: int) -> None:
@@ -186,7 +188,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
-    log.info("starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port, version=__version__)
+    log.info(
+        "starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port, version=__version__
+    )
     try:
         # If one listener cannot start (port taken), stop the other too and fail.
         results = await asyncio.gather(main.serve(), metrics_server.serve(), return_exceptions=True)

@@ -66,7 +66,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="erlmcp-demo-"))
     try:
         plan = plan_local_run(rendered.manifests, root=root, entrypoint=default_entrypoint())
-        print(f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; running its Pod locally")
+        print(
+            f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; running its Pod locally"
+        )
         print(plan.describe())
         server = LocalServer(plan, root / "server.log")
         try:
@@ -83,10 +85,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             if args.junit:
                 command += ["--junit", str(args.junit)]
             print("== verify: " + " ".join(command[1:]), flush=True)
-            verified = subprocess.run(command, check=False).returncode  # noqa: S603 - our own interpreter and args
+            verified = subprocess.run(command, check=False).returncode
         finally:
             code = server.stop()
-        print(f"== server stopped (exit {code}); its log: {server.log_path}" if args.keep else f"== server stopped (exit {code})")
+        print(
+            f"== server stopped (exit {code}); its log: {server.log_path}"
+            if args.keep
+            else f"== server stopped (exit {code})"
+        )
         if verified != 0 or code != 0:
             print(f"== demo FAILED (verify exit {verified}, server exit {code}); server log tail:\n{server.log_tail()}")
             return 1
@@ -114,18 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("-f", "--values", type=Path, metavar="VALUES",
-                         help="Marketplace values file: property names (flat or nested) to values")
+        sub.add_argument(
+            "-f",
+            "--values",
+            type=Path,
+            metavar="VALUES",
+            help="Marketplace values file: property names (flat or nested) to values",
+        )
         sub.add_argument("--schema", type=Path, default=Path("schema.yaml"), help="schema file (default schema.yaml)")
         sub.add_argument("--chart", type=Path, default=Path("chart"), help="chart directory (default chart)")
         sub.add_argument("--name", default="erlmcp", help="release name when the values give none (default erlmcp)")
         sub.add_argument("--namespace", default="default", help="namespace when the values give none")
-        sub.add_argument("--image-repo-prefix", metavar="PREFIX",
-                         help=f"image repository prefix (sets {IMAGE_REPO_PREFIX}, e.g. gcr.io/PROJECT/erlmcp)")
+        sub.add_argument(
+            "--image-repo-prefix",
+            metavar="PREFIX",
+            help=f"image repository prefix (sets {IMAGE_REPO_PREFIX}, e.g. gcr.io/PROJECT/erlmcp)",
+        )
         sub.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
 
-    render_cmd = commands.add_parser("render", help="print the rendered manifests", description="Print the "
-                                     "manifests Marketplace would apply for these values.")
+    render_cmd = commands.add_parser(
+        "render",
+        help="print the rendered manifests",
+        description="Print the manifests Marketplace would apply for these values.",
+    )
     common(render_cmd)
     render_cmd.add_argument("-o", "--output", type=Path, help="write the manifests here instead of stdout")
     render_cmd.set_defaults(run=_cmd_render)
@@ -142,9 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--keep", action="store_true", help="keep the local Pod folder and server log")
     demo_cmd.set_defaults(run=_cmd_demo)
 
-    install_cmd = commands.add_parser("install", help="render and kubectl apply into the current cluster",
-                                      description="Render the chart and apply it with kubectl to the cluster "
-                                      "of the current (or given) kubeconfig context.")
+    install_cmd = commands.add_parser(
+        "install",
+        help="render and kubectl apply into the current cluster",
+        description="Render the chart and apply it with kubectl to the cluster "
+        "of the current (or given) kubeconfig context.",
+    )
     common(install_cmd)
     install_cmd.add_argument("--kubectl", help="kubectl binary (default: kubectl on PATH)")
     install_cmd.add_argument("--context", help="kubeconfig context (default: the current one)")

@@ -1,10 +1,10 @@
 """The deployer's errors::
 
-    DeployerError       anything the deployer refuses or fails at; the message says what to change
-    ├── SchemaError     schema.yaml breaks a Marketplace rule
-    ├── ValuesError     a value is unknown to the schema, missing, or of the wrong type
-    ├── HelmError       Helm is missing or failed to render
-    └── LocalRunError   the rendered Deployment cannot be run as a local process
+DeployerError       anything the deployer refuses or fails at; the message says what to change
+├── SchemaError     schema.yaml breaks a Marketplace rule
+├── ValuesError     a value is unknown to the schema, missing, or of the wrong type
+├── HelmError       Helm is missing or failed to render
+└── LocalRunError   the rendered Deployment cannot be run as a local process
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ network namespace) binds 127.0.0.1, which is what that means on a shared machine
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import signal
 import socket
@@ -171,6 +170,15 @@ def _port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _answers_ok(url: str) -> bool:
+    """Whether a GET of the (loopback, http) URL answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - a loopback http URL built here
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class LocalServer:
     """The planned server as a child process: start, wait until ready, stop with the Pod's grace period."""
 
@@ -204,10 +212,8 @@ class LocalServer:
                 raise LocalRunError(
                     f"the server exited with code {self._process.returncode} before it was ready:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback http URL built here
-                    if response.status == 200:
-                        return
+            if _answers_ok(url):
+                return
             time.sleep(0.1)
         raise LocalRunError(f"the server was not ready at {url} within {ready_timeout:g} s:\n{self.log_tail()}")
 

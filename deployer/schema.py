@@ -115,9 +115,7 @@ def _parse_property(name: str, raw: Any) -> Property:
         raise SchemaError(f"property name {name!r} may only hold letters, digits, '_', '.' and '-'")
     json_type = spec.get("type")
     if json_type not in _JSON_TYPES:
-        raise SchemaError(
-            f"property {name!r} has type {json_type!r}; use one of string, integer, int, number, boolean"
-        )
+        raise SchemaError(f"property {name!r} has type {json_type!r}; use one of string, integer, int, number, boolean")
     has_default = "default" in spec
     default = spec.get("default")
     if has_default and default and not _type_matches(default, json_type):
@@ -129,7 +127,7 @@ def _parse_property(name: str, raw: Any) -> Property:
         x_type = x_config.get("type")
         if x_type == "IMAGE":
             raise SchemaError(f"property {name!r}: type IMAGE is schema v1 only; declare images under images")
-        if x_type not in X_TYPES:
+        if not isinstance(x_type, str) or x_type not in X_TYPES:
             raise SchemaError(f"property {name!r}: unknown x-google-marketplace type {x_type!r}")
         needed = X_TYPES[x_type]
         if _JSON_TYPES[json_type] is not _JSON_TYPES[needed]:

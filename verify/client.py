@@ -48,7 +48,9 @@ class WireClient:
             headers["Authorization"] = f"Bearer {self.target.api_key}"
         return headers
 
-    def post(self, body: bytes | dict[str, Any], *, with_key: bool = True, headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self, body: bytes | dict[str, Any], *, with_key: bool = True, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """POST a raw body (bytes) or a JSON object to the MCP endpoint."""
         merged = {**self.headers(with_key=with_key), **(headers or {})}
         if isinstance(body, bytes):

@@ -13,7 +13,12 @@ __all__ = ["Dispatcher", "Outcome"]
 
 # Notifications a client may send; they are accepted and need no answer.
 _KNOWN_NOTIFICATIONS = frozenset(
-    {"notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/roots/list_changed"}
+    {
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+    }
 )
 
 

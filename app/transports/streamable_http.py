@@ -99,8 +99,8 @@ class McpEndpoint:
         request.scope["erlmcp"] = {"mcp_method": outcome.method, "mcp_outcome": outcome.status}
         if outcome.response is None:
             return Response(status_code=202)
-        error = outcome.response.get("error")
-        if error is not None and error.get("code") == INVALID_REQUEST:
+        failure = outcome.response.get("error")
+        if failure is not None and failure.get("code") == INVALID_REQUEST:
             return _json(outcome.response, 400)
         return _json(outcome.response)
 

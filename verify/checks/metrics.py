@@ -46,10 +46,10 @@ def check_traffic_counted(client: WireClient) -> str:
         value for labels, value in samples.get("mcp_requests_total", []) if labels.get("method") == "tools/call"
     )
     if tool_calls < 1:
-        raise CheckFailed("metrics: mcp_requests_total{method=\"tools/call\"} did not count the checks' tool calls")
+        raise CheckFailed('metrics: mcp_requests_total{method="tools/call"} did not count the checks\' tool calls')
     posts = sum(value for labels, value in samples.get("http_requests_total", []) if labels.get("method") == "POST")
     if posts < 1:
-        raise CheckFailed("metrics: http_requests_total{method=\"POST\"} did not count the checks' requests")
+        raise CheckFailed('metrics: http_requests_total{method="POST"} did not count the checks\' requests')
     return f"tools/call counted {tool_calls:g}, POST counted {posts:g}"
 
 
