@@ -8,13 +8,17 @@ from typing import Any
 
 import httpx
 
-__all__ = ["CheckFailed", "Target", "WireClient"]
+__all__ = ["CheckFailed", "CheckSkipped", "Target", "WireClient", "json_body"]
 
 PROTOCOL_VERSION = "2025-11-25"
 
 
 class CheckFailed(AssertionError):
     """A check saw the server do something wrong; the message says what was expected and what came."""
+
+
+class CheckSkipped(Exception):
+    """A check that does not apply to this target; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,14 @@ class CheckResult:
     """One check's outcome."""
 
     name: str
-    passed: bool
+    status: str  # PASS, FAIL or SKIP
     detail: str
     seconds: float
+
+    @property
+    def failed(self) -> bool:
+        """Whether the check failed (a skipped check did not)."""
+        return self.status == "FAIL"
 
 
 def render_table(results: Sequence[CheckResult], target: str) -> str:
@@ -25,15 +30,17 @@ def render_table(results: Sequence[CheckResult], target: str) -> str:
     width = max([len(r.name) for r in results] + [5])
     lines = [f"erlmcp verify: {target}", "", f"{'check'.ljust(width)}  result  time     detail"]
     for r in results:
-        lines.append(f"{r.name.ljust(width)}  {'PASS' if r.passed else 'FAIL'}    {r.seconds * 1000:6.1f}ms {r.detail}")
-    failed = sum(not r.passed for r in results)
-    lines += ["", f"{len(results) - failed} passed, {failed} failed"]
+        lines.append(f"{r.name.ljust(width)}  {r.status}    {r.seconds * 1000:6.1f}ms {r.detail}")
+    passed, failed = (sum(r.status == s for r in results) for s in ("PASS", "FAIL"))
+    skipped = len(results) - passed - failed
+    lines += ["", f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")]
     return "\n".join(lines)
 
 
 def write_junit(results: Sequence[CheckResult], path: Path, suite: str = "erlmcp-verify") -> None:
     """Write JUnit XML: one testcase per check, failures with their detail."""
-    failures = sum(not r.passed for r in results)
+    failures = sum(r.failed for r in results)
+    skipped = sum(r.status == "SKIP" for r in results)
     root = ET.Element("testsuites", tests=str(len(results)), failures=str(failures))
     testsuite = ET.SubElement(
         root,
@@ -42,11 +49,14 @@ def write_junit(results: Sequence[CheckResult], path: Path, suite: str = "erlmcp
         tests=str(len(results)),
         failures=str(failures),
         errors="0",
+        skipped=str(skipped),
         time=f"{sum(r.seconds for r in results):.3f}",
     )
     for r in results:
         case = ET.SubElement(testsuite, "testcase", classname=suite, name=r.name, time=f"{r.seconds:.3f}")
-        if not r.passed:
+        if r.status == "SKIP":
+            ET.SubElement(case, "skipped", message=r.detail[:200])
+        elif r.failed:
             failure = ET.SubElement(case, "failure", message=r.detail[:200])
             failure.text = r.detail
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

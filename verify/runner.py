@@ -8,24 +8,26 @@ from collections.abc import Sequence
 import httpx
 
 from verify.checks import ALL_CHECKS, Check
-from verify.client import CheckFailed, Target, WireClient
+from verify.client import CheckFailed, CheckSkipped, Target, WireClient
 from verify.report import CheckResult
 
 __all__ = ["run_checks"]
 
 
 def run_checks(target: Target, checks: Sequence[Check] = ALL_CHECKS) -> list[CheckResult]:
-    """Run every check in order; a check that fails or cannot connect is recorded, and the rest still run."""
+    """Run every check in order; a check that fails, is skipped or cannot connect is recorded; the rest still run."""
     results: list[CheckResult] = []
     with httpx.Client(timeout=target.timeout, follow_redirects=False) as http:
         client = WireClient(target, http)
         for name, check in checks:
             started = time.perf_counter()
             try:
-                detail, passed = check(client), True
+                detail, status = check(client), "PASS"
+            except CheckSkipped as exc:
+                detail, status = str(exc), "SKIP"
             except CheckFailed as exc:
-                detail, passed = str(exc), False
+                detail, status = str(exc), "FAIL"
             except httpx.HTTPError as exc:
-                detail, passed = f"{type(exc).__name__}: {exc or 'no detail'}", False
-            results.append(CheckResult(name, passed, detail, time.perf_counter() - started))
+                detail, status = f"{type(exc).__name__}: {exc or 'no detail'}", "FAIL"
+            results.append(CheckResult(name, status, detail, time.perf_counter() - started))
     return results

@@ -51,11 +51,11 @@ class _Tool:
 class Tools:
     """The tools of one catalogue."""
 
-    def __init__(self, catalog: Catalog, timeout_seconds: float) -> None:
+    def __init__(self, catalog: Catalog, timeout_seconds: float, builtins: Mapping[str, Builtin] = BUILTINS) -> None:
         self._timeout = timeout_seconds
         self._tools: dict[str, _Tool] = {}
         for entry in catalog.tools:
-            builtin = BUILTINS[entry.builtin]
+            builtin = builtins[entry.builtin]
             self._tools[entry.name] = _Tool(entry, builtin, Draft202012Validator(dict(builtin.input_schema)))
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from verify.client import CheckFailed, WireClient
+from verify.client import CheckFailed, CheckSkipped, WireClient
 
 __all__ = ["CHECKS"]
 
@@ -13,7 +13,7 @@ _PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 
 def _refused(client: WireClient, headers: dict[str, str], what: str) -> str:
     if not client.target.api_key:
-        return "skipped: no API key given, so the server is expected to run without authentication"
+        raise CheckSkipped("no API key given (--api-key or --api-key-file), so authentication is not checked")
     response = client.post(_PING, with_key=False, headers=headers)
     if response.status_code != 401:
         raise CheckFailed(f"a request {what} must get 401, got {response.status_code}")

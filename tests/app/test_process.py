@@ -1,0 +1,71 @@
+"""`python -m app` as a real process: the official MCP SDK client, start-up refusals, logs and shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+
+from tests.conftest import ROOT, RunningServer, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_official_mcp_sdk_client_lists_and_calls_echo(tmp_path: Path) -> None:
+    server = start_server(tmp_path, ["--no-auth"])
+    try:
+
+        async def session() -> tuple[list[str], str, bool]:
+            with anyio.fail_after(20):
+                async with Client(f"{server.url}/mcp") as client:
+                    tools = await client.list_tools()
+                    called = await client.call_tool("echo", {"text": "from the sdk"})
+                    return [tool.name for tool in tools.tools], called.content[0].text, called.is_error  # type: ignore[union-attr]
+
+        names, text, is_error = anyio.run(session)
+    finally:
+        assert server.stop() == 0
+    assert (names, text, is_error) == (["echo"], "from the sdk", False)
+
+
+def test_without_keys_or_no_auth_the_server_refuses_to_start_and_says_why() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--port", "0", "--metrics-port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "--api-key-file" in result.stderr
+
+
+def test_sigterm_stops_the_server_cleanly(server: RunningServer) -> None:
+    assert server.stop() == 0
+
+
+def test_logs_are_json_lines_in_cloud_logging_shape(server: RunningServer) -> None:
+    httpx.post(
+        f"{server.url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers={"Authorization": "Bearer test-key-0123456789abcdef"},
+    )
+    server.stop()
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    assert all({"severity", "message", "time"} <= set(line) for line in lines)
+    access = [line for line in lines if line["message"] == "request"]
+    assert access[0]["httpRequest"]["status"] == 200
+    assert access[0]["mcp_method"] == "ping"
+    assert "test-key-0123456789abcdef" not in server.log.read_text()
+
+
+def test_metrics_are_served_on_their_own_port_only(server: RunningServer) -> None:
+    assert httpx.get(server.metrics_url).status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 404

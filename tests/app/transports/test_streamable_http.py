@@ -1,0 +1,149 @@
+"""The MCP endpoint over HTTP, in process through Starlette's TestClient (the real ASGI app)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.observability.metrics import Metrics
+from app.server import create_app
+from app.settings import Settings
+
+KEY = "k-0123456789abcdef0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    keys = tmp_path / "keys"
+    keys.write_text(KEY + "\n", encoding="utf-8")
+    app = create_app(Settings(api_key_file=keys, max_request_bytes=1024), metrics=Metrics("test"))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def rpc(method: str, params: dict[str, Any] | None = None, request_id: int | None = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if request_id is not None:
+        body["id"] = request_id
+    if params is not None:
+        body["params"] = params
+    return body
+
+
+def test_initialize_answers_the_requested_supported_revision(client: TestClient) -> None:
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    response = client.post("/mcp", json=rpc("initialize", params), headers=AUTH)
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["protocolVersion"] == "2025-06-18"
+    assert result["serverInfo"]["name"] == "erlmcp"
+    assert result["capabilities"] == {"tools": {"listChanged": False}}
+
+
+def test_initialize_with_an_unknown_revision_answers_the_latest(client: TestClient) -> None:
+    params = {"protocolVersion": "1999-01-01", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    result = client.post("/mcp", json=rpc("initialize", params), headers=AUTH).json()["result"]
+    assert result["protocolVersion"] == "2025-11-25"
+
+
+def test_initialize_without_a_protocol_version_is_invalid_params(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("initialize", {}), headers=AUTH)
+    assert response.json()["error"]["code"] == -32602
+
+
+def test_a_notification_is_accepted_with_202_and_no_body(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("notifications/initialized", request_id=None), headers=AUTH)
+    assert (response.status_code, response.content) == (202, b"")
+
+
+def test_ping_answers_an_empty_result(client: TestClient) -> None:
+    assert client.post("/mcp", json=rpc("ping"), headers=AUTH).json() == {"jsonrpc": "2.0", "id": 1, "result": {}}
+
+
+def test_tools_call_echo_round_trips_the_text(client: TestClient) -> None:
+    body = rpc("tools/call", {"name": "echo", "arguments": {"text": "abc"}})
+    result = client.post("/mcp", json=body, headers=AUTH).json()["result"]
+    assert result == {"content": [{"type": "text", "text": "abc"}], "isError": False}
+
+
+def test_an_unknown_method_is_method_not_found(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("no/such"), headers=AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (200, -32601)
+
+
+def test_a_request_without_a_key_is_401_with_a_bearer_challenge(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == -32600
+
+
+def test_a_wrong_key_is_401(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+
+
+def test_the_key_is_also_accepted_in_x_api_key(client: TestClient) -> None:
+    assert client.post("/mcp", json=rpc("ping"), headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_malformed_json_is_400_with_parse_error(client: TestClient) -> None:
+    response = client.post("/mcp", content=b"{", headers={**AUTH, "Content-Type": "application/json"})
+    assert (response.status_code, response.json()["error"]["code"], response.json()["id"]) == (400, -32700, None)
+
+
+def test_a_batch_is_400_invalid_request(client: TestClient) -> None:
+    response = client.post("/mcp", json=[rpc("ping")], headers=AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
+
+
+def test_an_invalid_request_names_its_id_when_readable(client: TestClient) -> None:
+    response = client.post("/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "ping", "params": 1}, headers=AUTH)
+    assert (response.status_code, response.json()["id"]) == (400, 4)
+
+
+def test_a_body_that_is_not_json_typed_is_415(client: TestClient) -> None:
+    response = client.post("/mcp", content=b"{}", headers={**AUTH, "Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]
+
+
+def test_an_accept_header_without_json_is_406(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH, "Accept": "text/html"})
+    assert response.status_code == 406
+
+
+def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
+    body = rpc("tools/call", {"name": "echo", "arguments": {"text": "x" * 2048}})
+    response = client.post("/mcp", json=body, headers=AUTH)
+    assert response.status_code == 413
+
+
+def test_an_unsupported_protocol_version_header_is_400_listing_the_supported(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH, "MCP-Protocol-Version": "1999-01-01"})
+    assert response.status_code == 400
+    assert "2025-11-25" in response.json()["error"]["data"]["supported"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+def test_methods_other_than_post_are_405_with_allow(client: TestClient, method: str) -> None:
+    response = client.request(method, "/mcp", headers=AUTH)
+    assert response.status_code == 405
+    if method != "PUT":  # PUT never reaches the endpoint: the router answers it
+        assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz", "/health"])
+def test_health_endpoints_answer_without_credentials(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 200
+
+
+def test_readiness_fails_while_draining(client: TestClient) -> None:
+    client.app.state.erlmcp.draining = True  # type: ignore[attr-defined]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/livez").status_code == 200

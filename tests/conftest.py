@@ -1,0 +1,114 @@
+"""Shared fixtures: the repository root, the pinned Helm, free ports, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The pinned Helm 3 binary (scripts/install-tools.sh puts it in .tools/bin)."""
+    found = shutil.which("helm", path=os.pathsep.join([str(ROOT / ".tools" / "bin"), os.environ.get("PATH", "")]))
+    if found is None:
+        pytest.fail("helm is not installed: run `make setup` (scripts/install-tools.sh)")
+    return found
+
+
+@dataclass
+class RunningServer:
+    """A real `python -m app` process on loopback ports."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited early with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready within {timeout} s")
+
+
+def start_server(tmp_path: Path, args: Sequence[str], env: dict[str, str] | None = None) -> RunningServer:
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / f"server-{port}.log"
+    command = [sys.executable, "-m", "app", "--port", str(port), "--metrics-port", str(metrics_port), *args]
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("ERLMCP_")} | (env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=clean_env)
+    server = RunningServer(process, port, metrics_port, log)
+    try:
+        wait_ready(f"{server.url}/readyz", process)
+    except AssertionError:
+        server.stop()
+        raise AssertionError(log.read_text()) from None
+    return server
+
+
+@pytest.fixture
+def api_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "api-keys"
+    path.write_text("# accepted keys\ntest-key-0123456789abcdef\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path, api_key_file: Path) -> Iterator[RunningServer]:
+    """A real server with API-key authentication."""
+    running = start_server(tmp_path, ["--api-key-file", str(api_key_file), "--log-format", "json"])
+    yield running
+    running.stop()

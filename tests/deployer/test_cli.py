@@ -1,0 +1,88 @@
+"""`python -m deployer` as a user runs it: render to stdout, the local demo end to end, refusals."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def deployer(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    path = os.pathsep.join([str(ROOT / ".tools" / "bin"), os.environ.get("PATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "deployer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PATH": path, **(env or {})},
+    )
+
+
+def values_file(tmp_path: Path, **values: object) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def test_render_prints_the_manifests_on_stdout(tmp_path: Path) -> None:
+    values = values_file(tmp_path, name="r9", namespace="n9", __image_repo_prefix__="gcr.io/p/erlmcp")
+    result = deployer("render", "-f", str(values))
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert kinds == ["Application", "ConfigMap", "Deployment", "Secret", "Service"]
+
+
+def test_an_unknown_value_is_refused_with_exit_2_naming_it(tmp_path: Path) -> None:
+    values = values_file(tmp_path, replicas=3, __image_repo_prefix__="gcr.io/p/erlmcp")
+    result = deployer("render", "-f", str(values))
+    assert result.returncode == 2
+    assert "No such property defined in schema: 'replicas'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_render_without_an_image_prefix_is_refused() -> None:
+    result = deployer("render")
+    assert result.returncode == 2
+    assert "__image_repo_prefix__" in result.stderr
+
+
+def test_the_demo_runs_the_rendered_pod_locally_and_verifies_it(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": metrics_port})
+    junit = tmp_path / "verify.xml"
+    result = deployer("demo", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp", "--junit", str(junit))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "16 passed, 0 failed" in result.stdout
+    assert "ERLMCP_API_KEY_FILE=" in result.stdout and "== demo passed" in result.stdout
+    assert junit.exists()
+    with socket.socket() as probe:  # the server was stopped
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_demo_refuses_a_taken_port_and_says_which(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": free_port()})
+        result = deployer("demo", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp")
+    assert result.returncode == 1
+    assert f"http ({port})" in result.stderr
+
+
+def test_install_without_a_cluster_fails_and_says_so(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    result = deployer("install", "--image-repo-prefix", "gcr.io/p/erlmcp", env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 1
+    assert "no Kubernetes cluster is reachable" in result.stderr

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import pytest
+
+from deployer.errors import ValuesError
+from deployer.expand import expand, generate_password, nest, project_image
+from deployer.schema import ImageProperty, Schema, load_schema
+from tests.conftest import ROOT
+
+BASE = {"name": "mcp1", "namespace": "ns1", "__image_repo_prefix__": "gcr.io/acme/erlmcp"}
+
+
+@pytest.fixture(scope="module")
+def schema() -> Schema:
+    return load_schema(ROOT / "schema.yaml")
+
+
+def test_schema_defaults_fill_in_what_the_values_leave_out(schema: Schema) -> None:
+    final = expand(BASE, schema)
+    assert (final["replicaCount"], final["auth.enabled"], final["logLevel"]) == (1, True, "INFO")
+
+
+def test_the_image_is_projected_from_the_prefix_and_published_version(schema: Schema) -> None:
+    final = expand(BASE, schema)
+    assert (final["image.repository"], final["image.tag"]) == ("gcr.io/acme/erlmcp", schema.published_version)
+
+
+@pytest.mark.parametrize(
+    ("projection", "expected"),
+    [
+        ("FULL", "gcr.io/acme/mcp/exporter:1.2.3"),
+        ("REGISTRY", "gcr.io"),
+        ("REPO_WITH_REGISTRY", "gcr.io/acme/mcp/exporter"),
+        ("REPO_WITHOUT_REGISTRY", "acme/mcp/exporter"),
+        ("TAG", "1.2.3"),
+    ],
+)
+def test_image_projections_match_googles_tools(projection: str, expected: str) -> None:
+    image = ImageProperty("v", "exporter", projection)
+    assert project_image("gcr.io/acme/mcp", image, "1.2.3") == expected
+
+
+def test_a_missing_generated_password_is_generated_and_a_given_one_kept(schema: Schema) -> None:
+    generated = expand(BASE, schema)["auth.apiKey"]
+    assert len(generated) == 32 and generated.isalnum()
+    assert expand({**BASE, "auth.apiKey": "mine-0123456789"}, schema)["auth.apiKey"] == "mine-0123456789"
+
+
+def test_generated_passwords_mix_cases_and_digits_and_avoid_lookalikes() -> None:
+    for _ in range(50):
+        password = generate_password(8, include_symbols=True)
+        assert any(c.islower() for c in password) and any(c.isupper() for c in password)
+        assert any(c.isdigit() for c in password) and any(c in "*-+." for c in password)
+        assert not set(password) & set("Il0O")
+
+
+def test_a_base64_generated_password_is_encoded(schema: Schema) -> None:
+    # Google's default for generatedPassword: base64-encoded, 10 characters.
+    default_config = {"type": "GENERATED_PASSWORD"}
+    prop = dataclasses.replace(schema.properties["auth.apiKey"], x_config=default_config)
+    custom = dataclasses.replace(schema, properties={**schema.properties, "auth.apiKey": prop})
+    decoded = base64.b64decode(expand(BASE, custom)["auth.apiKey"]).decode()
+    assert len(decoded) == 10 and decoded.isalnum()
+
+
+def test_nested_values_are_read_as_dotted_names(schema: Schema) -> None:
+    assert expand({**BASE, "auth": {"enabled": False}}, schema)["auth.enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"nope": 1}, "No such property defined in schema: 'nope'"),
+        ({"auth": {"nope": 1}}, "'auth.nope'"),
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"auth.enabled": "yes"}, "auth.enabled"),
+        ({"__image_repo_prefix__": ""}, "__image_repo_prefix__"),
+    ],
+)
+def test_values_that_do_not_fit_the_schema_are_refused_naming_the_property(
+    schema: Schema, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValuesError, match=message):
+        expand({**BASE, **values}, schema)
+
+
+def test_a_required_property_without_value_is_refused(schema: Schema) -> None:
+    with pytest.raises(ValuesError, match="No value for required property: name"):
+        expand({k: v for k, v in BASE.items() if k != "name"}, schema)
+
+
+def test_dotted_names_become_nested_helm_values() -> None:
+    assert nest({"a.b.c": 1, "a.d": 2, "e": 3}) == {"a": {"b": {"c": 1}, "d": 2}, "e": 3}
+
+
+def test_a_name_that_is_both_value_and_parent_is_refused() -> None:
+    with pytest.raises(ValuesError, match="parent"):
+        nest({"a": 1, "a.b": 2})

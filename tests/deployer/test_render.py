@@ -1,0 +1,96 @@
+"""Rendering the real chart with the real Helm, through the deployer."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from deployer.errors import HelmError
+from deployer.helm import find_helm, helm_template
+from deployer.manifests import find_one
+from deployer.render import Rendered, render
+from deployer.schema import load_schema
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+BASE = {"name": "mcp1", "namespace": "ns1", "__image_repo_prefix__": "gcr.io/acme/erlmcp"}
+
+
+def rendered(helm: str, **values: Any) -> Rendered:
+    return render(load_schema(ROOT / "schema.yaml"), {**BASE, **values}, chart=ROOT / "chart", helm=helm)
+
+
+def container(result: Rendered) -> dict[str, Any]:
+    spec: dict[str, Any] = find_one(result.manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return spec
+
+
+def test_the_release_name_namespace_and_image_come_from_the_values(helm: str) -> None:
+    result = rendered(helm)
+    deployment = find_one(result.manifests, "Deployment")
+    assert (deployment["metadata"]["name"], deployment["metadata"]["namespace"]) == ("mcp1", "ns1")
+    assert container(result)["image"] == "gcr.io/acme/erlmcp:0.1.0"
+
+
+def test_every_object_is_labelled_with_the_release_name_for_the_application(helm: str) -> None:
+    result = rendered(helm)
+    assert all(m["metadata"]["labels"]["app.kubernetes.io/name"] == "mcp1" for m in result.manifests)
+
+
+def test_the_application_names_every_kind_the_chart_creates(helm: str) -> None:
+    result = rendered(helm)
+    application = find_one(result.manifests, "Application")
+    kinds = {component["kind"] for component in application["spec"]["componentKinds"]}
+    assert kinds == {m["kind"] for m in result.manifests} - {"Application"}
+    assert application["spec"]["descriptor"]["version"] == load_schema(ROOT / "schema.yaml").published_version
+    assert "partner_id" in application["metadata"]["annotations"]["marketplace.cloud.google.com/deploy-info"]
+
+
+def test_the_api_key_reaches_the_secret_the_pod_mounts(helm: str) -> None:
+    result = rendered(helm, **{"auth.apiKey": "key-from-values-123"})
+    secret = find_one(result.manifests, "Secret")
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == "key-from-values-123"
+    env = {e["name"]: e.get("value") for e in container(result)["env"]}
+    assert env["ERLMCP_API_KEY_FILE"] == "/etc/erlmcp/secrets/api-keys"
+
+
+def test_turning_auth_off_renders_no_secret_and_tells_the_server(helm: str) -> None:
+    result = rendered(helm, **{"auth.enabled": False})
+    assert not [m for m in result.manifests if m["kind"] == "Secret"]
+    env = {e["name"]: e.get("value") for e in container(result)["env"]}
+    assert env["ERLMCP_NO_AUTH"] == "true" and "ERLMCP_API_KEY_FILE" not in env
+
+
+def test_the_pod_runs_hardened_as_the_seed_design_asks(helm: str) -> None:
+    result = rendered(helm)
+    pod = find_one(result.manifests, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    security = container(result)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"] for m in container(result)["volumeMounts"]}
+    assert {"/tmp", "/var/run"} <= mounts
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_ports_8080_and_9090_are_exposed_and_probed(helm: str) -> None:
+    result = rendered(helm)
+    ports = {p["name"]: p["containerPort"] for p in container(result)["ports"]}
+    assert ports == {"http": 8080, "metrics": 9090}
+    assert container(result)["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    service = find_one(result.manifests, "Service")
+    assert {p["port"] for p in service["spec"]["ports"]} == {8080, 9090}
+
+
+def test_helm_refuses_values_the_chart_schema_does_not_know(helm: str) -> None:
+    with pytest.raises(HelmError, match="typo"):
+        helm_template(helm, ROOT / "chart", release="r", namespace="n", values={"typo": 1})
+
+
+def test_a_missing_helm_is_reported_with_how_to_install_it() -> None:
+    with pytest.raises(HelmError, match="install-tools"):
+        find_helm("/nonexistent/helm")
