@@ -24,7 +24,8 @@ def test_a_message_without_id_is_a_notification() -> None:
 
 def test_a_client_response_is_recognised_as_a_response() -> None:
     message = parse_message(b'{"jsonrpc": "2.0", "id": "s1", "result": {}}')
-    assert message.is_response and message.method is None
+    assert message.is_response
+    assert message.method is None
 
 
 def test_a_body_that_is_not_json_is_a_parse_error() -> None:

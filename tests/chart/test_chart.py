@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def test_helm_lint_strict_is_clean(helm: str) -> None:
     result = subprocess.run([helm, "lint", "--strict", str(ROOT / "chart")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
 
 
 @pytest.mark.parametrize("auth", ["true", "false"])

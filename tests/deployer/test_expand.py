@@ -46,15 +46,18 @@ def test_image_projections_match_googles_tools(projection: str, expected: str) -
 
 def test_a_missing_generated_password_is_generated_and_a_given_one_kept(schema: Schema) -> None:
     generated = expand(BASE, schema)["auth.apiKey"]
-    assert len(generated) == 32 and generated.isalnum()
+    assert len(generated) == 32
+    assert generated.isalnum()
     assert expand({**BASE, "auth.apiKey": "mine-0123456789"}, schema)["auth.apiKey"] == "mine-0123456789"
 
 
 def test_generated_passwords_mix_cases_and_digits_and_avoid_lookalikes() -> None:
     for _ in range(50):
         password = generate_password(8, include_symbols=True)
-        assert any(c.islower() for c in password) and any(c.isupper() for c in password)
-        assert any(c.isdigit() for c in password) and any(c in "*-+." for c in password)
+        assert any(c.islower() for c in password)
+        assert any(c.isupper() for c in password)
+        assert any(c.isdigit() for c in password)
+        assert any(c in "*-+." for c in password)
         assert not set(password) & set("Il0O")
 
 
@@ -64,7 +67,8 @@ def test_a_base64_generated_password_is_encoded(schema: Schema) -> None:
     prop = dataclasses.replace(schema.properties["auth.apiKey"], x_config=default_config)
     custom = dataclasses.replace(schema, properties={**schema.properties, "auth.apiKey": prop})
     decoded = base64.b64decode(expand(BASE, custom)["auth.apiKey"]).decode()
-    assert len(decoded) == 10 and decoded.isalnum()
+    assert len(decoded) == 10
+    assert decoded.isalnum()
 
 
 def test_nested_values_are_read_as_dotted_names(schema: Schema) -> None:

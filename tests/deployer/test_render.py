@@ -61,13 +61,15 @@ def test_turning_auth_off_renders_no_secret_and_tells_the_server(helm: str) -> N
     result = rendered(helm, **{"auth.enabled": False})
     assert not [m for m in result.manifests if m["kind"] == "Secret"]
     env = {e["name"]: e.get("value") for e in container(result)["env"]}
-    assert env["ERLMCP_NO_AUTH"] == "true" and "ERLMCP_API_KEY_FILE" not in env
+    assert env["ERLMCP_NO_AUTH"] == "true"
+    assert "ERLMCP_API_KEY_FILE" not in env
 
 
 def test_the_pod_runs_hardened_as_the_seed_design_asks(helm: str) -> None:
     result = rendered(helm)
     pod = find_one(result.manifests, "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
     security = container(result)["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
