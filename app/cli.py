@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from app import __version__
 from app.catalog import CatalogError
 from app.observability.logging import configure_logging
-from app.server import serve
+from app.server import ListenerError, serve
 from app.settings import LogFormat, Settings, SettingsError
 
 __all__ = ["build_parser", "main", "settings_from_args"]
@@ -88,4 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         structlog.get_logger("app").error("cannot start", reason=str(exc))
         print(f"erlmcp: {exc}", file=sys.stderr)
         return 2
+    except ListenerError as exc:
+        print(f"erlmcp: {exc}", file=sys.stderr)
+        return 1
     return 0

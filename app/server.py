@@ -29,11 +29,17 @@ from app.security import ApiKeyAuthenticator
 from app.settings import Settings, load_api_keys
 from app.transports.streamable_http import McpEndpoint
 
-__all__ = ["ServerState", "create_app", "create_metrics_app", "serve"]
+__all__ = ["ListenerError", "ServerState", "create_app", "create_metrics_app", "serve"]
 
 log = structlog.get_logger(__name__)
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/health"})
+# Metric labels take only these methods, so clients cannot create series at will.
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class ListenerError(RuntimeError):
+    """A listener could not start (the port is taken or the address cannot be bound)."""
 
 
 @dataclass(slots=True)
@@ -67,7 +73,7 @@ class _ObserveRequests:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in _HTTP_METHODS else "OTHER"
         self._metrics.http_requests_in_flight.inc()
         try:
             await self._app(scope, receive, observe)
@@ -191,14 +197,20 @@ async def serve(settings: Settings) -> None:
     log.info(
         "starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port, version=__version__
     )
+
+    async def run(server: _Server, other: _Server) -> bool:
+        """Serve until told to stop; False when the listener could not start (uvicorn exits on bind errors)."""
+        try:
+            await server.serve()
+        except SystemExit:
+            other.should_exit = True  # one listener without the other is no server: stop both
+            return False
+        return server.started
+
     try:
-        # If one listener cannot start (port taken), stop the other too and fail.
-        results = await asyncio.gather(main.serve(), metrics_server.serve(), return_exceptions=True)
+        started = await asyncio.gather(run(main, metrics_server), run(metrics_server, main))
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    if not (main.started and metrics_server.started):
-        raise SystemExit(1)
+    if not all(started):
+        raise ListenerError("a listener could not start; the log above says why")

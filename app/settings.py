@@ -79,6 +79,8 @@ def load_api_keys(settings: Settings) -> tuple[SecretStr, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"the API key file {path} is not UTF-8 text") from exc
     keys = tuple(
         SecretStr(line.strip()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
     )

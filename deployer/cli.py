@@ -31,8 +31,8 @@ def _read_values(path: Path | None) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ValuesError(f"cannot read the values file {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ValuesError(f"the values file {path} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValuesError(f"the values file {path} is not valid UTF-8 YAML: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -55,7 +55,10 @@ def _render(args: argparse.Namespace) -> Rendered:
 def _cmd_render(args: argparse.Namespace) -> int:
     rendered = _render(args)
     if args.output:
-        args.output.write_text(rendered.text, encoding="utf-8")
+        try:
+            args.output.write_text(rendered.text, encoding="utf-8")
+        except OSError as exc:
+            raise DeployerError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     else:
         sys.stdout.write(rendered.text)
     return 0

@@ -89,6 +89,8 @@ def _lay_out_volume(volume: Mapping[str, Any], target: Path, manifests: Sequence
     data = _source(manifests, kind, spec[name_key])
     items = spec.get("items") or [{"key": key, "path": key} for key in data]
     for item in items:
+        if item["key"] not in data:
+            raise LocalRunError(f"volume {volume.get('name')!r}: {kind} {spec[name_key]!r} has no key {item['key']!r}")
         path = target / item["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -204,7 +206,9 @@ class LocalServer:
         self._process = subprocess.Popen(
             self.plan.argv, env=dict(self.plan.env), cwd=self.plan.root, stdout=self._log, stderr=subprocess.STDOUT
         )
-        port = self.plan.ports.get("http") or next(iter(self.plan.ports.values()))
+        port = self.plan.ports.get("http")
+        if port is None:
+            raise LocalRunError("the server container declares no port named 'http' to probe")
         url = f"http://127.0.0.1:{port}{self.plan.readiness_path}"
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:

@@ -89,8 +89,8 @@ def load_schema(path: Path) -> Schema:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SchemaError(f"cannot read the schema {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SchemaError(f"the schema {path} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"the schema {path} is not valid UTF-8 YAML: {exc}") from exc
     return parse_schema(data)
 
 

@@ -17,7 +17,8 @@ __all__ = ["build_parser", "main"]
 
 def _default_metrics_url(url: str) -> str:
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, f"{parts.hostname}:9090", "/metrics", "", ""))
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return urlunsplit((parts.scheme, f"{host}:9090", "/metrics", "", ""))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,5 +29,7 @@ def run_checks(target: Target, checks: Sequence[Check] = ALL_CHECKS) -> list[Che
                 detail, status = str(exc), "FAIL"
             except httpx.HTTPError as exc:
                 detail, status = f"{type(exc).__name__}: {exc or 'no detail'}", "FAIL"
+            except Exception as exc:  # a reply of a shape no check expected: the check failed, the run goes on
+                detail, status = f"unexpected reply ({type(exc).__name__}: {exc})", "FAIL"
             results.append(CheckResult(name, status, detail, time.perf_counter() - started))
     return results

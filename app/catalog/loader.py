@@ -32,6 +32,8 @@ def load_catalog(path: Path | None) -> Catalog:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise CatalogError(f"cannot read the catalogue {source}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"the catalogue {source} is not UTF-8 text") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -41,3 +41,10 @@ def test_a_bad_catalogue_is_refused_naming_the_field(tmp_path: Path, text: str, 
 def test_a_missing_catalogue_is_refused_naming_the_path(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="absent.yaml"):
         load_catalog(tmp_path / "absent.yaml")
+
+
+def test_a_catalogue_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_bytes(b"\xff\xfe tools")
+    with pytest.raises(CatalogError, match="UTF-8"):
+        load_catalog(path)

@@ -69,3 +69,22 @@ def test_logs_are_json_lines_in_cloud_logging_shape(server: RunningServer) -> No
 def test_metrics_are_served_on_their_own_port_only(server: RunningServer) -> None:
     assert httpx.get(server.metrics_url).status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 404
+
+
+def test_a_taken_port_fails_start_up_with_exit_1_and_no_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "--no-auth", "--port", str(port), "--metrics-port", "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "address already in use" in result.stderr.lower()

@@ -65,3 +65,10 @@ def test_a_missing_key_file_is_refused_naming_the_path(tmp_path: Path) -> None:
 
 def test_no_auth_needs_no_keys() -> None:
     assert load_api_keys(Settings(no_auth=True)) == ()
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(SettingsError, match="UTF-8"):
+        load_api_keys(Settings(api_key_file=keys))

@@ -87,3 +87,13 @@ def test_install_without_a_cluster_fails_and_says_so(tmp_path: Path) -> None:
     result = deployer("install", "--image-repo-prefix", "gcr.io/p/erlmcp", env={"KUBECONFIG": str(kubeconfig)})
     assert result.returncode == 1
     assert "no Kubernetes cluster is reachable" in result.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"\xff\xfe", "UTF-8"), (b"a: [", "YAML"), (b"- 1\n", "mapping")])
+def test_a_values_file_that_cannot_be_read_is_refused_with_exit_2(tmp_path: Path, content: bytes, message: str) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_bytes(content)
+    result = deployer("render", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

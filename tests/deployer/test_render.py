@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import pytest
+import yaml
 
 from deployer.errors import HelmError
 from deployer.helm import find_helm, helm_template
@@ -96,3 +97,24 @@ def test_helm_refuses_values_the_chart_schema_does_not_know(helm: str) -> None:
 def test_a_missing_helm_is_reported_with_how_to_install_it() -> None:
     with pytest.raises(HelmError, match="install-tools"):
         find_helm("/nonexistent/helm")
+
+
+def test_a_null_api_key_gets_a_generated_one_not_the_text_nil(helm: str) -> None:
+    text = helm_template(helm, ROOT / "chart", release="r", namespace="n", values={"auth": {"apiKey": None}})
+    secret = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret")
+    key = base64.b64decode(secret["data"]["api-keys"]).decode()
+    assert key != "<nil>"
+    assert len(key) == 32
+
+
+def test_equal_mcp_and_metrics_ports_are_refused_at_render(helm: str) -> None:
+    with pytest.raises(HelmError, match="must differ"):
+        rendered(helm, **{"service.port": 9090, "service.metricsPort": 9090})
+
+
+def test_changing_the_api_key_changes_the_pod_template(helm: str) -> None:
+    def annotations(key: str) -> dict[str, str]:
+        pod = find_one(rendered(helm, **{"auth.apiKey": key}).manifests, "Deployment")["spec"]["template"]
+        return dict(pod["metadata"]["annotations"])
+
+    assert annotations("first-key-0123456789") != annotations("second-key-0123456789")

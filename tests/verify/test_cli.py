@@ -144,3 +144,9 @@ def test_verify_refuses_a_url_that_is_not_http() -> None:
     result = run_verify("--url", "ftp://example")
     assert result.returncode == 2
     assert "--url" in result.stderr
+
+
+def test_the_default_metrics_url_keeps_ipv6_brackets() -> None:
+    from verify.cli import _default_metrics_url
+
+    assert _default_metrics_url("http://[::1]:8080") == "http://[::1]:9090/metrics"

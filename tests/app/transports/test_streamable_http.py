@@ -147,3 +147,13 @@ def test_readiness_fails_while_draining(client: TestClient) -> None:
     client.app.state.erlmcp.draining = True  # type: ignore[attr-defined]
     assert client.get("/readyz").status_code == 503
     assert client.get("/livez").status_code == 200
+
+
+def test_unknown_http_methods_do_not_create_metric_series(tmp_path: Path) -> None:
+    metrics = Metrics("test")
+    app = create_app(Settings(no_auth=True), metrics=metrics)
+    with TestClient(app) as test_client:
+        for i in range(3):
+            test_client.request(f"FOO{i}", "/mcp")
+    methods = {s.labels["method"] for m in metrics.registry.collect() if m.name == "http_requests" for s in m.samples}
+    assert methods == {"OTHER"}
