@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)",
     )
+    arg(
+        "--drain-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, keep serving with /readyz answering 503 this long before closing "
+        "(env ERLMCP_DRAIN_SECONDS; default 0; the chart sets 5)",
+    )
     arg("--version", action="version", version=f"erlmcp {__version__}")
     return parser
 

@@ -185,11 +185,17 @@ async def serve(settings: Settings) -> None:
         )
     )
 
-    def stop(signum: int) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        state.draining = True
+    def close() -> None:
         main.should_exit = True
         metrics_server.should_exit = True
+
+    def stop(signum: int) -> None:
+        if state.draining:  # a second signal: stop now
+            close()
+            return
+        log.info("stopping", signal=signal.Signals(signum).name, drain_seconds=settings.drain_seconds)
+        state.draining = True  # /readyz answers 503 from now on, so endpoints and load balancers let go
+        loop.call_later(settings.drain_seconds, close)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(LogFormat.AUTO, description="json, console or auto.")
     tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted request body.")
+    drain_seconds: float = Field(
+        0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."
+    )
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 
     @field_validator("log_level")

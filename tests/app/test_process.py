@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -88,3 +90,25 @@ def test_a_taken_port_fails_start_up_with_exit_1_and_no_traceback(tmp_path: Path
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "address already in use" in result.stderr.lower()
+
+
+def test_after_sigterm_the_server_reports_unready_keeps_serving_then_exits(tmp_path: Path) -> None:
+    running = start_server(tmp_path, ["--no-auth", "--drain-seconds", "2"])
+    running.process.send_signal(signal.SIGTERM)
+    try:
+        wait_status(f"{running.url}/readyz", 503)
+        assert httpx.get(f"{running.url}/livez").status_code == 200
+        ping = httpx.post(f"{running.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert ping.json()["result"] == {}
+        assert running.process.wait(timeout=15) == 0
+    finally:
+        running.stop()
+
+
+def wait_status(url: str, status: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(url).status_code == status:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{url} never answered {status}")

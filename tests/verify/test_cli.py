@@ -8,6 +8,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -45,6 +46,7 @@ def fake_server_app(fault: str | None) -> Starlette:
         if "id" not in message:
             return Response(status_code=202)
         method, params, rid = message["method"], message.get("params") or {}, message["id"]
+        result: dict[str, Any]
         if method == "initialize":
             result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                       "serverInfo": {"name": "fake", "version": "1"}}  # fmt: skip
