@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--host", help="address to bind (env ERLMCP_HOST; default 127.0.0.1, 0.0.0.0 in the container image)")
     arg("--port", type=int, help="MCP HTTP port (env ERLMCP_PORT; default 8080)")
     arg("--metrics-port", type=int, help="Prometheus metrics port (env ERLMCP_METRICS_PORT; default 9090)")
-    arg("--catalog", type=Path, metavar="PATH", help="catalogue YAML file (env ERLMCP_CATALOG; default built-in)")
+    arg(
+        "--catalog",
+        metavar="PATH",
+        help="catalogue YAML file, or 'conformance' for the MCP conformance-suite fixtures "
+        "(env ERLMCP_CATALOG; default: the built-in catalogue)",
+    )
     arg("--api-key-file", type=Path, metavar="FILE", help="accepted API keys, one per line (env ERLMCP_API_KEY_FILE)")
     arg(
         "--no-auth",

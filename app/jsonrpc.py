@@ -102,6 +102,7 @@ class Message:
     id: RequestId | None = None
     params: dict[str, Any] = field(default_factory=dict)
     is_response: bool = False
+    payload: dict[str, Any] = field(default_factory=dict)  # the whole message as received
 
     @property
     def is_notification(self) -> bool:
@@ -133,7 +134,7 @@ def parse_message(body: bytes) -> Message:
         raise InvalidRequest('Invalid Request: "id" must be a string or an integer')
     if "method" not in payload:
         if ("result" in payload) != ("error" in payload) and request_id is not None:
-            return Message(method=None, id=request_id, is_response=True)
+            return Message(method=None, id=request_id, is_response=True, payload=payload)
         raise InvalidRequest('Invalid Request: "method" is missing', request_id=request_id)
     method = payload["method"]
     if not isinstance(method, str) or not method:
@@ -143,7 +144,7 @@ def parse_message(body: bytes) -> Message:
     params = payload.get("params", {})
     if not isinstance(params, dict):
         raise InvalidRequest('Invalid Request: "params" must be an object', request_id=request_id)
-    return Message(method=method, id=request_id, params=params)
+    return Message(method=method, id=request_id, params=params, payload=payload)
 
 
 def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, Any]:

@@ -21,13 +21,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.catalog import load_catalog
-from app.features.tools import Tools
+from app.catalog.features import load_features
 from app.observability.metrics import Metrics
-from app.protocol import Dispatcher
+from app.protocol.dispatcher import Dispatcher
 from app.security import ApiKeyAuthenticator
+from app.security.origin import OriginPolicy
+from app.sessions import SessionStore
 from app.settings import Settings, load_api_keys
-from app.transports.streamable_http import McpEndpoint
+from app.transports.streamable_http import McpEndpoint, TransportOptions
 
 __all__ = ["ListenerError", "ServerState", "create_app", "create_metrics_app", "serve"]
 
@@ -110,14 +111,19 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     """
     state = state or ServerState()
     api_keys = load_api_keys(settings)
-    catalog = load_catalog(settings.catalog)
-    tools = Tools(catalog, timeout_seconds=settings.tool_timeout_seconds)
-    dispatcher = Dispatcher(tools=tools, server_name="erlmcp", server_version=__version__)
+    features = load_features(
+        settings.catalog, timeout_seconds=settings.tool_timeout_seconds, page_size=settings.page_size
+    )
+    dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__)
     endpoint = McpEndpoint(
         dispatcher=dispatcher,
+        sessions=SessionStore(max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds),
         authenticator=ApiKeyAuthenticator(api_keys),
+        origins=OriginPolicy(
+            bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
+        ),
         metrics=metrics,
-        max_request_bytes=settings.max_request_bytes,
+        options=TransportOptions(max_request_bytes=settings.max_request_bytes, sse_retry_ms=settings.sse_retry_ms),
     )
 
     app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
@@ -138,9 +144,9 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.add_middleware(_ObserveRequests, metrics=metrics)
     log.info(
         "configured",
-        tools=list(tools.names),
+        tools=list(features.tools.names),
         auth="off" if settings.no_auth else "api-key",
-        catalog=str(settings.catalog) if settings.catalog else "built-in",
+        catalog=settings.catalog or "built-in",
     )
     if settings.no_auth:
         log.warning("authentication is off: anyone who reaches the port can call every tool (--no-auth)")

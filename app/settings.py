@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["LogFormat", "Settings", "SettingsError", "load_api_keys"]
 
@@ -35,7 +36,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the MCP HTTP listener binds.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the MCP HTTP listener (0 picks a free port).")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Port of the Prometheus /metrics listener.")
-    catalog: Path | None = Field(None, description="Catalogue file (YAML); the built-in default when absent.")
+    catalog: str | None = Field(
+        None, description="Catalogue file (YAML), or the name of a built-in profile (conformance); default built-in."
+    )
     api_key_file: Path | None = Field(None, description="File of accepted API keys, one per line.")
     no_auth: bool = Field(False, description="Turn authentication off (local development only).")
     log_level: str = Field("INFO", description="Lowest log level written.")
@@ -45,6 +48,16 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."
     )
+    max_sessions: int = Field(10_000, gt=0, description="Most concurrent sessions; more initialize get 503.")
+    session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
+    sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host headers accepted (empty: loopback names when bound to loopback)."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin headers accepted (empty: same host as Host, or loopback)."
+    )
+    page_size: int = Field(100, gt=0, description="Items per page of the list methods.")
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 
     @field_validator("log_level")
@@ -54,6 +67,13 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

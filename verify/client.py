@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-__all__ = ["CheckFailed", "CheckSkipped", "Target", "WireClient", "json_body"]
+__all__ = [
+    "CheckFailed",
+    "CheckSkipped",
+    "Target",
+    "WireClient",
+    "json_body",
+    "response_message",
+    "sse_messages",
+]
 
 PROTOCOL_VERSION = "2025-11-25"
 
@@ -38,25 +47,36 @@ class Target:
 
 
 class WireClient:
-    """JSON-RPC over HTTP POST, with the API key when one is given."""
+    """JSON-RPC over streamable HTTP: the API key when one is given, the session once initialized."""
 
     def __init__(self, target: Target, http: httpx.Client) -> None:
         self.target = target
         self.http = http
         self._ids = itertools.count(1)
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
 
-    def headers(self, *, with_key: bool = True) -> dict[str, str]:
+    def headers(self, *, with_key: bool = True, with_session: bool = True) -> dict[str, str]:
         """Headers of an MCP request."""
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if with_key and self.target.api_key:
             headers["Authorization"] = f"Bearer {self.target.api_key}"
+        if with_session and self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        if with_session and self.protocol_version:
+            headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
     def post(
-        self, body: bytes | dict[str, Any], *, with_key: bool = True, headers: dict[str, str] | None = None
+        self,
+        body: bytes | dict[str, Any],
+        *,
+        with_key: bool = True,
+        with_session: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """POST a raw body (bytes) or a JSON object to the MCP endpoint."""
-        merged = {**self.headers(with_key=with_key), **(headers or {})}
+        merged = {**self.headers(with_key=with_key, with_session=with_session), **(headers or {})}
         if isinstance(body, bytes):
             return self.http.post(self.target.mcp_url, content=body, headers=merged)
         return self.http.post(self.target.mcp_url, json=body, headers=merged)
@@ -67,10 +87,9 @@ class WireClient:
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             body["params"] = params
-        response = self.post(body)
-        message = json_body(response, f"{method} response")
-        if message.get("jsonrpc") != "2.0" or message.get("id") != request_id:
-            raise CheckFailed(f"{method}: response envelope is wrong (jsonrpc/id): {message}")
+        message = response_message(self.post(body), request_id, f"{method} response")
+        if message.get("jsonrpc") != "2.0":
+            raise CheckFailed(f"{method}: response envelope is wrong (jsonrpc): {message}")
         if ("result" in message) == ("error" in message):
             raise CheckFailed(f"{method}: a response holds exactly one of result and error: {message}")
         return message
@@ -86,15 +105,23 @@ class WireClient:
         return result
 
     def initialize(self) -> dict[str, Any]:
-        """The initialize handshake's result."""
-        return self.result(
-            "initialize",
-            {
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "erlmcp-verify", "version": "1"},
-            },
-        )
+        """The initialize handshake's result; keeps the session id and the negotiated revision."""
+        self.session_id = self.protocol_version = None
+        params = {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "erlmcp-verify", "version": "1"},
+        }
+        request_id = next(self._ids)
+        response = self.post({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})
+        message = response_message(response, request_id, "initialize response")
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise CheckFailed(f"initialize: expected a result, got {message}")
+        self.session_id = response.headers.get("mcp-session-id")
+        version = result.get("protocolVersion")
+        self.protocol_version = version if isinstance(version, str) else None
+        return result
 
 
 def json_body(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -109,3 +136,32 @@ def json_body(response: httpx.Response, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckFailed(f"{what}: body must be a JSON object, got {data!r}")
     return data
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages in an SSE body (events with data; priming events have none)."""
+    messages: list[dict[str, Any]] = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+        if not data.strip():
+            continue
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:
+            raise CheckFailed(f"an SSE event's data is not JSON: {data[:200]!r}") from exc
+        if isinstance(parsed, dict):
+            messages.append(parsed)
+    return messages
+
+
+def response_message(response: httpx.Response, request_id: int, what: str) -> dict[str, Any]:
+    """The response to ``request_id``, from a JSON body or from an SSE stream."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for message in sse_messages(response.text):
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message
+        raise CheckFailed(f"{what}: the event stream ended without the response to request {request_id}")
+    message = json_body(response, what)
+    if message.get("id") != request_id and message.get("id") is not None:
+        raise CheckFailed(f"{what}: the response's id {message.get('id')!r} is not the request's {request_id}")
+    return message

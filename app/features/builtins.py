@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BUILTINS", "Builtin", "ToolResult"]
+from app.features.tools import ToolHandler, ToolResult, text_result
+from app.protocol.context import RequestContext
 
-ToolResult = dict[str, Any]
+__all__ = ["BUILTINS", "Builtin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,12 +17,11 @@ class Builtin:
     """A tool implementation with the JSON Schema of its arguments."""
 
     input_schema: Mapping[str, Any]
-    run: Callable[[Mapping[str, Any]], Awaitable[ToolResult]]
+    run: ToolHandler
 
 
-async def _echo(arguments: Mapping[str, Any]) -> ToolResult:
-    text = arguments["text"]
-    return {"content": [{"type": "text", "text": text}], "isError": False}
+async def _echo(arguments: Mapping[str, Any], _: RequestContext) -> ToolResult:
+    return text_result(arguments["text"])
 
 
 BUILTINS: Mapping[str, Builtin] = {

@@ -1,22 +1,65 @@
-"""tools/list and tools/call over the catalogue, with argument validation and a deadline per call."""
+"""Tools: tools/list and tools/call, with argument validation, a deadline per call, and output checks."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from jsonschema import Draft202012Validator
 
-from app.catalog import Catalog, ToolEntry
-from app.features.builtins import BUILTINS, Builtin, ToolResult
+from app.features.pagination import paginate
 from app.jsonrpc import InvalidParams
+from app.protocol.context import ClientRequestError, RequestContext
 
-__all__ = ["ToolCallOutcome", "Tools"]
+__all__ = ["ToolCallOutcome", "ToolError", "ToolHandler", "ToolResult", "ToolSpec", "Tools", "text_result"]
 
 log = structlog.get_logger(__name__)
+
+ToolResult = dict[str, Any]
+ToolHandler = Callable[[Mapping[str, Any], RequestContext], Awaitable[ToolResult]]
+
+
+class ToolError(Exception):
+    """Raised by a tool to end its call with ``isError: true`` and this message for the model to read."""
+
+
+def text_result(text: str, *, is_error: bool = False) -> ToolResult:
+    """A result holding one text block."""
+    return {"content": [{"type": "text", "text": text}], "isError": is_error}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """One tool: what tools/list says about it and the handler tools/call runs."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+    handler: ToolHandler
+    title: str | None = None
+    output_schema: Mapping[str, Any] | None = None
+    annotations: Mapping[str, Any] | None = None
+    icons: Sequence[Mapping[str, Any]] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The tool as tools/list shows it."""
+        described: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": dict(self.input_schema),
+        }
+        optional = {
+            "title": self.title,
+            "outputSchema": self.output_schema,
+            "annotations": self.annotations,
+            "icons": self.icons,
+        }
+        described.update({key: value for key, value in optional.items() if value is not None})
+        return described
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,47 +70,46 @@ class ToolCallOutcome:
     outcome: str
 
 
-def _error_result(text: str) -> ToolResult:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
 @dataclass(frozen=True, slots=True)
 class _Tool:
-    entry: ToolEntry
-    builtin: Builtin
+    spec: ToolSpec
     validator: Draft202012Validator
-
-    def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = {
-            "name": self.entry.name,
-            "description": self.entry.description,
-            "inputSchema": dict(self.builtin.input_schema),
-        }
-        if self.entry.title:
-            described["title"] = self.entry.title
-        return described
+    output_validator: Draft202012Validator | None
 
 
 class Tools:
-    """The tools of one catalogue."""
+    """The tools one server offers."""
 
-    def __init__(self, catalog: Catalog, timeout_seconds: float, builtins: Mapping[str, Builtin] = BUILTINS) -> None:
+    def __init__(self, specs: Sequence[ToolSpec], *, timeout_seconds: float, page_size: int = 100) -> None:
         self._timeout = timeout_seconds
+        self._page_size = page_size
         self._tools: dict[str, _Tool] = {}
-        for entry in catalog.tools:
-            builtin = builtins[entry.builtin]
-            self._tools[entry.name] = _Tool(entry, builtin, Draft202012Validator(dict(builtin.input_schema)))
+        for spec in specs:
+            Draft202012Validator.check_schema(dict(spec.input_schema))
+            output = None
+            if spec.output_schema is not None:
+                Draft202012Validator.check_schema(dict(spec.output_schema))
+                output = Draft202012Validator(dict(spec.output_schema))
+            self._tools[spec.name] = _Tool(spec, Draft202012Validator(dict(spec.input_schema)), output)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The names of the tools offered, in catalogue order."""
         return tuple(self._tools)
 
-    def list(self) -> dict[str, Any]:
-        """The result of ``tools/list``."""
-        return {"tools": [tool.describe() for tool in self._tools.values()]}
+    def list(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The result of ``tools/list``.
 
-    async def call(self, params: Mapping[str, Any]) -> ToolCallOutcome:
+        Raises:
+            InvalidParams: the cursor is not one this server gave out.
+        """
+        page, next_cursor = paginate(list(self._tools.values()), params.get("cursor"), self._page_size)
+        result: dict[str, Any] = {"tools": [tool.spec.describe() for tool in page]}
+        if next_cursor:
+            result["nextCursor"] = next_cursor
+        return result
+
+    async def call(self, params: Mapping[str, Any], ctx: RequestContext) -> ToolCallOutcome:
         """Run ``tools/call``.
 
         Wrong arguments, failures and timeouts are tool errors (``isError: true``), as the specification asks.
@@ -80,8 +122,8 @@ class Tools:
             raise InvalidParams('Invalid params: "name" must be the name of a tool')
         tool = self._tools.get(name)
         if tool is None:
-            raise InvalidParams(f"Unknown tool: {name!r}", data={"name": name, "available": list(self._tools)})
-        arguments = params.get("arguments", {})
+            raise InvalidParams(f"Unknown tool: {name!r}", data={"name": name})
+        arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
@@ -89,13 +131,31 @@ class Tools:
         problems = sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.path))
         if problems:
             detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(arguments)'}: {p.message}" for p in problems)
-            return ToolCallOutcome(_error_result(f"Invalid arguments for tool {name!r}: {detail}"), "invalid_arguments")
+            return ToolCallOutcome(text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True),
+                                   "invalid_arguments")  # fmt: skip
         try:
             async with asyncio.timeout(self._timeout):
-                result = await tool.builtin.run(arguments)
+                result = await tool.spec.handler(arguments, ctx)
         except TimeoutError:
-            return ToolCallOutcome(_error_result(f"Tool {name!r} timed out after {self._timeout:g} s"), "timeout")
+            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {self._timeout:g} s", is_error=True),
+                                   "timeout")  # fmt: skip
+        except (ToolError, ClientRequestError) as exc:
+            return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
         except Exception:
             log.exception("tool failed", tool=name)
-            return ToolCallOutcome(_error_result(f"Tool {name!r} failed; the server log has the details"), "error")
+            return ToolCallOutcome(text_result(f"Tool {name!r} failed; the server log has the details", is_error=True),
+                                   "error")  # fmt: skip
+        return self._checked(tool, result)
+
+    def _checked(self, tool: _Tool, result: ToolResult) -> ToolCallOutcome:
+        if tool.output_validator is not None and not result.get("isError"):
+            structured = result.get("structuredContent")
+            problems = list(tool.output_validator.iter_errors(structured)) if structured is not None else None
+            if problems is None or problems:
+                log.error("tool output does not match its outputSchema", tool=tool.spec.name)
+                return ToolCallOutcome(
+                    text_result(f"Tool {tool.spec.name!r} returned output that does not match its outputSchema",
+                                is_error=True), "error")  # fmt: skip
+            if not result.get("content"):
+                result = {**result, "content": [{"type": "text", "text": orjson.dumps(structured).decode()}]}
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 
@@ -33,6 +34,13 @@ class ApiKeyAuthenticator:
             return credentials.strip()
         api_key = headers.get("x-api-key", "").strip()
         return api_key or None
+
+    def principal(self, headers: Mapping[str, str]) -> str:
+        """Who is calling, for binding sessions: a digest of the key (never the key), or ``anonymous``."""
+        presented = self.presented_key(headers) if self.enabled else None
+        if presented is None:
+            return "anonymous"
+        return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
 
     def accepts(self, headers: Mapping[str, str]) -> bool:
         """Whether the request may call the MCP endpoint."""

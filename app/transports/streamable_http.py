@@ -1,25 +1,46 @@
-"""The MCP endpoint over HTTP: POST one JSON-RPC message, receive one JSON response.
+"""The streamable HTTP transport (MCP 2025-03-26 to 2025-11-25) at one endpoint, ``/mcp``.
 
-This is the JSON-response mode of the streamable HTTP transport. Every refusal carries the right HTTP status
-and a JSON-RPC error body that says what was wrong.
+- POST carries one JSON-RPC message. A request is answered with ``application/json`` when its handler sends
+  nothing before the response, and with an SSE stream (a priming event, related notifications and requests,
+  then the response) when it does. Notifications and responses from the client get 202.
+- ``initialize`` opens a session: the response carries ``Mcp-Session-Id``, which every later request must
+  echo (400 without it, 404 for an unknown or ended one). Sessions are bound to the caller's credentials.
+- GET opens the session's stream for server-initiated messages, or resumes a stream from ``Last-Event-ID``.
+- DELETE ends the session.
+
+Every refusal carries the right HTTP status and a JSON-RPC error body that says what was wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from app.jsonrpc import INVALID_REQUEST, InvalidRequest, JsonRpcError, error_response, parse_message
+from app.jsonrpc import INVALID_REQUEST, InvalidRequest, JsonRpcError, Message, error_response, parse_message
 from app.observability.metrics import Metrics
-from app.protocol import HANDSHAKE_REVISIONS, Dispatcher
+from app.protocol import HANDSHAKE_REVISIONS
+from app.protocol.context import RequestContext
+from app.protocol.dispatcher import Dispatcher, Outcome
 from app.security import ApiKeyAuthenticator
+from app.security.origin import OriginPolicy
+from app.sessions import EventStream, Session, SessionLimitError, SessionStore
+from app.sessions.events import parse_event_id
+from app.transports.sse import SSE_HEADERS, format_event
 
-__all__ = ["McpEndpoint"]
+__all__ = ["McpEndpoint", "TransportOptions"]
+
+log = structlog.get_logger(__name__)
 
 _JSON = "application/json"
+_SSE = "text/event-stream"
+SESSION_HEADER = "mcp-session-id"
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -27,38 +48,48 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
 
 
 def _refusal(status: int, message: str, headers: dict[str, str] | None = None, data: Any = None) -> Response:
-    error = InvalidRequest(message, data=data)
-    return _json(error_response(None, error), status, headers)
+    return _json(error_response(None, InvalidRequest(message, data=data)), status, headers)
 
 
-def _accepts_json(accept: str) -> bool:
-    if not accept:
-        return True
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in {_JSON, "application/*", "*/*"}:
-            return True
-    return False
+def _media_types(accept: str) -> set[str]:
+    return {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """Limits and timings of the transport."""
+
+    max_request_bytes: int
+    sse_retry_ms: int = 1000
+    client_request_timeout: float = 60.0
 
 
 class McpEndpoint:
-    """Handles requests to ``/mcp``."""
+    """Handles every request to ``/mcp``."""
 
     def __init__(
         self,
         *,
         dispatcher: Dispatcher,
+        sessions: SessionStore,
         authenticator: ApiKeyAuthenticator,
+        origins: OriginPolicy,
         metrics: Metrics,
-        max_request_bytes: int,
+        options: TransportOptions,
     ) -> None:
         self._dispatcher = dispatcher
+        self._sessions = sessions
         self._auth = authenticator
+        self._origins = origins
         self._metrics = metrics
-        self._max_bytes = max_request_bytes
+        self._options = options
+        self._background: set[asyncio.Task[Any]] = set()
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the MCP endpoint."""
+        refused = self._origins.check(request.headers)
+        if refused is not None:
+            return _refusal(refused.status, refused.message)
         if not self._auth.accepts(request.headers):
             self._metrics.auth_failures.inc()
             return _refusal(
@@ -66,17 +97,51 @@ class McpEndpoint:
                 "Unauthorized: send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 headers={"WWW-Authenticate": 'Bearer realm="erlmcp"'},
             )
-        if request.method != "POST":
-            return _refusal(
-                405,
-                f"Method Not Allowed: {request.method} /mcp; this server answers POST with JSON responses",
-                headers={"Allow": "POST"},
-            )
+        if request.method == "POST":
+            return await self._post(request)
+        if request.method == "GET":
+            return await self._get(request)
+        if request.method == "DELETE":
+            return self._delete(request)
+        return _refusal(405, f"Method Not Allowed: {request.method} /mcp", headers={"Allow": "GET, POST, DELETE"})
+
+    # -- sessions ---------------------------------------------------------------------------------------------
+
+    def _session(self, request: Request) -> Session | Response:
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            return _refusal(400, "Bad Request: Missing Mcp-Session-Id header; send initialize first")
+        session = self._sessions.get(session_id)
+        if session is None or session.principal != self._auth.principal(request.headers):
+            return _refusal(404, "Session not found: it ended or never existed; send initialize again")
+        return session
+
+    def _delete(self, request: Request) -> Response:
+        found = self._session(request)
+        if isinstance(found, Response):
+            return found
+        self._sessions.delete(found.id)
+        return Response(status_code=200)
+
+    # -- POST -------------------------------------------------------------------------------------------------
+
+    async def _post(self, request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != _JSON:
             return _refusal(415, f"Unsupported Media Type: Content-Type must be application/json, not {content_type!r}")
-        if not _accepts_json(request.headers.get("accept", "")):
-            return _refusal(406, "Not Acceptable: the Accept header must allow application/json")
+        accept = _media_types(request.headers.get("accept", ""))
+        if accept and not accept & {_JSON, _SSE, "application/*", "*/*"}:
+            return _refusal(406, "Not Acceptable: the Accept header must allow application/json or text/event-stream")
+        body = await self._read_body(request)
+        if body is None:
+            return _refusal(413, f"Payload Too Large: the body exceeds {self._options.max_request_bytes} bytes")
+        try:
+            message = parse_message(body)
+        except JsonRpcError as error:
+            self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
+            return _json(error_response(error.request_id, error), 400)
+        if message.method == "initialize" and not message.is_notification:
+            return await self._initialize(request, message)
         version = request.headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_REVISIONS:
             return _refusal(
@@ -84,37 +149,190 @@ class McpEndpoint:
                 f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
                 data={"supported": list(HANDSHAKE_REVISIONS), "requested": version},
             )
-        body = await self._read_body(request)
-        if body is None:
-            return _refusal(413, f"Payload Too Large: the body exceeds {self._max_bytes} bytes")
-        try:
-            message = parse_message(body)
-        except JsonRpcError as error:
-            self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
-            return _json(error_response(error.request_id, error), 400)
-        outcome = await self._dispatcher.dispatch(message)
-        self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
-        if outcome.tool is not None:
-            self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
-        request.scope["erlmcp"] = {"mcp_method": outcome.method, "mcp_outcome": outcome.status}
-        if outcome.response is None:
+        found = self._session(request)
+        if isinstance(found, Response):
+            return found
+        if message.is_response:
+            return self._client_response(found, message)
+        if message.is_notification:
+            self._notification(found, message)
             return Response(status_code=202)
+        wants_stream = bool(accept & {_SSE})
+        return await self._request(request, found, message, wants_stream)
+
+    async def _initialize(self, request: Request, message: Message) -> Response:
+        assert message.id is not None
+        ctx = RequestContext(request_id=message.id, method="initialize")
+        outcome = await self._dispatcher.dispatch(message, ctx)
+        self._count(outcome)
+        request.scope["erlmcp"] = {"mcp_method": "initialize", "mcp_outcome": outcome.status}
+        result = outcome.response.get("result")
+        if result is None:
+            return _json(outcome.response)
+        try:
+            session = self._sessions.create(
+                protocol_version=result["protocolVersion"],
+                client_info=dict(message.params.get("clientInfo") or {}),
+                client_capabilities=dict(message.params.get("capabilities") or {}),
+                principal=self._auth.principal(request.headers),
+            )
+        except SessionLimitError as exc:
+            return _refusal(503, f"Service Unavailable: {exc}", headers={"Retry-After": "5"})
+        return _json(outcome.response, headers={"Mcp-Session-Id": session.id})
+
+    def _client_response(self, session: Session, message: Message) -> Response:
+        assert message.id is not None
+        future = session.pending.get(message.id)
+        if future is None or future.done():
+            return _refusal(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
+        future.set_result(message.payload)
+        return Response(status_code=202)
+
+    def _notification(self, session: Session, message: Message) -> None:
+        if message.method == "notifications/initialized":
+            session.initialized = True
+        elif message.method == "notifications/cancelled":
+            request_id = message.params.get("requestId")
+            task = session.in_flight.get(request_id) if isinstance(request_id, str | int) else None
+            if task is not None:
+                log.info("request cancelled by the client", request_id=request_id, reason=message.params.get("reason"))
+                task.cancel()
+        self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
+
+    async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
+        assert message.id is not None
+        outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: end the HTTP connection
+
+        async def end_connection() -> None:
+            await outbox.put(None)
+
+        meta = message.params.get("_meta")
+        ctx = RequestContext(
+            request_id=message.id,
+            method=message.method or "",
+            meta=meta if isinstance(meta, dict) else {},
+            session=session,
+            send=outbox.put if wants_stream else None,
+            protocol_version=session.protocol_version,
+            client_request_timeout=self._options.client_request_timeout,
+            end_connection=end_connection if wants_stream else None,
+        )
+        task = asyncio.create_task(self._dispatcher.dispatch(message, ctx))
+        session.in_flight[message.id] = task
+        task.add_done_callback(lambda _: session.in_flight.pop(message.id, None))  # type: ignore[arg-type]
+        first = asyncio.create_task(outbox.get())
+        await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not first.done():
+            first.cancel()
+            try:
+                outcome = task.result()
+            except asyncio.CancelledError:
+                return Response(status_code=204)  # cancelled by the client: no response is owed
+            return self._finish(request, outcome, _json(outcome.response))
+        stream = EventStream()
+        session.streams[stream.id] = stream
+        pump = asyncio.create_task(self._pump(request, session, stream, first, outbox, task))
+        self._background.add(pump)
+        pump.add_done_callback(self._background.discard)
+        headers = {**SSE_HEADERS, "Mcp-Session-Id": session.id}
+        return StreamingResponse(self._events(stream, 0, priming=True), media_type=_SSE, headers=headers)
+
+    async def _pump(
+        self,
+        request: Request,
+        session: Session,
+        stream: EventStream,
+        first: asyncio.Task[dict[str, Any] | None],
+        outbox: asyncio.Queue[dict[str, Any] | None],
+        task: asyncio.Task[Outcome],
+    ) -> None:
+        """Move a request's messages onto its stream, the response last; the stream outlives a disconnect."""
+        try:
+            await stream.append(b"")  # the priming event: an id to resume from, no data
+            await self._forward(stream, await first)
+            while not (task.done() and outbox.empty()):
+                getter = asyncio.create_task(outbox.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    await self._forward(stream, getter.result())
+                else:
+                    getter.cancel()
+            try:
+                outcome = task.result()
+            except asyncio.CancelledError:
+                return
+            self._count(outcome)
+            await stream.append(orjson.dumps(outcome.response))
+        finally:
+            await stream.close()
+            # Keep the finished stream a while for late resumption, then forget it.
+            asyncio.get_running_loop().call_later(60, session.streams.pop, stream.id, None)
+
+    @staticmethod
+    async def _forward(stream: EventStream, message: dict[str, Any] | None) -> None:
+        if message is None:
+            await stream.disconnect()
+        else:
+            await stream.append(orjson.dumps(message))
+
+    async def _events(self, stream: EventStream, after: int, *, priming: bool) -> AsyncIterator[bytes]:
+        retry = self._options.sse_retry_ms
+        async for event in stream.follow(after):
+            if not event.data:
+                yield format_event(event.id, b"", event=None, retry_ms=retry if priming else None)
+            else:
+                yield format_event(event.id, event.data)
+
+    def _finish(self, request: Request, outcome: Outcome, response: Response) -> Response:
+        self._count(outcome)
+        request.scope["erlmcp"] = {"mcp_method": outcome.method, "mcp_outcome": outcome.status}
         failure = outcome.response.get("error")
         if failure is not None and failure.get("code") == INVALID_REQUEST:
-            return _json(outcome.response, 400)
-        return _json(outcome.response)
+            response.status_code = 400
+        return response
+
+    def _count(self, outcome: Outcome) -> None:
+        self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
+        if outcome.tool is not None and outcome.method == "tools/call":
+            self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+
+    # -- GET --------------------------------------------------------------------------------------------------
+
+    async def _get(self, request: Request) -> Response:
+        if _SSE not in _media_types(request.headers.get("accept", "")):
+            return _refusal(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
+        found = self._session(request)
+        if isinstance(found, Response):
+            return found
+        session = found
+        headers = {**SSE_HEADERS, "Mcp-Session-Id": session.id}
+        last = request.headers.get("last-event-id")
+        if last:
+            parsed = parse_event_id(last)
+            stream = session.streams.get(parsed[0]) if parsed else None
+            if stream is None or parsed is None:
+                return _refusal(404, f"Not Found: no stream to resume from event {last!r}")
+            return StreamingResponse(self._events(stream, parsed[1], priming=False), media_type=_SSE, headers=headers)
+        if session.standalone is not None and not session.standalone.closed:
+            return _refusal(409, "Conflict: this session already has an open GET stream")
+        stream = EventStream()
+        session.standalone = stream
+        session.streams[stream.id] = stream
+        await stream.append(b"")
+        return StreamingResponse(self._events(stream, 0, priming=True), media_type=_SSE, headers=headers)
 
     async def _read_body(self, request: Request) -> bytes | None:
         """The body, or None when it is larger than allowed (checked before and while reading)."""
+        limit = self._options.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return None
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > self._max_bytes:
+                if size > limit:
                     return None
                 chunks.append(chunk)
         except ClientDisconnect:

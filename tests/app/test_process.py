@@ -54,17 +54,18 @@ def test_sigterm_stops_the_server_cleanly(server: RunningServer) -> None:
 
 
 def test_logs_are_json_lines_in_cloud_logging_shape(server: RunningServer) -> None:
-    httpx.post(
-        f"{server.url}/mcp",
-        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-        headers={"Authorization": "Bearer test-key-0123456789abcdef"},
-    )
+    headers = {"Authorization": "Bearer test-key-0123456789abcdef"}
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                                   "params": init}, headers=headers)  # fmt: skip
+    headers["Mcp-Session-Id"] = opened.headers["mcp-session-id"]
+    httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
     server.stop()
     lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
     assert all({"severity", "message", "time"} <= set(line) for line in lines)
     access = [line for line in lines if line["message"] == "request"]
-    assert access[0]["httpRequest"]["status"] == 200
-    assert access[0]["mcp_method"] == "ping"
+    assert [line["httpRequest"]["status"] for line in access] == [200, 200]
+    assert [line["mcp_method"] for line in access] == ["initialize", "ping"]
     assert "test-key-0123456789abcdef" not in server.log.read_text()
 
 
@@ -98,8 +99,10 @@ def test_after_sigterm_the_server_reports_unready_keeps_serving_then_exits(tmp_p
     try:
         wait_status(f"{running.url}/readyz", 503)
         assert httpx.get(f"{running.url}/livez").status_code == 200
-        ping = httpx.post(f"{running.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
-        assert ping.json()["result"] == {}
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        opened = httpx.post(f"{running.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                                                        "params": init})  # fmt: skip
+        assert opened.json()["result"]["protocolVersion"] == "2025-11-25"
         assert running.process.wait(timeout=15) == 0
     finally:
         running.stop()

@@ -36,21 +36,34 @@ GOOD_METRICS = (
 def fake_server_app(fault: str | None) -> Starlette:
     """A stand-in MCP server that behaves correctly except for the one injected fault."""
 
+    sessions: set[str] = set()
+
     async def mcp(request: Request) -> Response:
         if request.headers.get("authorization") != "Bearer good":
             return JSONResponse({"error": "no"}, 401, headers={"WWW-Authenticate": "Bearer"})
+        session = request.headers.get("mcp-session-id")
+        if request.method == "DELETE":
+            sessions.discard(session or "")
+            return Response(status_code=200)
         try:
             message = await request.json()
         except ValueError:
             return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse"}}, 400)
+        if message.get("method") == "initialize":
+            sessions.add(f"s{len(sessions) + 1}")
+            info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "fake", "version": "1"}}  # fmt: skip
+            body = {"jsonrpc": "2.0", "id": message["id"], "result": info}
+            return JSONResponse(body, headers={"Mcp-Session-Id": f"s{len(sessions)}"})
+        if session is None:
+            return JSONResponse({"error": "no session"}, 400)
+        if session not in sessions:
+            return JSONResponse({"error": "unknown session"}, 404)
         if "id" not in message:
             return Response(status_code=202)
         method, params, rid = message["method"], message.get("params") or {}, message["id"]
         result: dict[str, Any]
-        if method == "initialize":
-            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                      "serverInfo": {"name": "fake", "version": "1"}}  # fmt: skip
-        elif method == "ping":
+        if method == "ping":
             result = {}
         elif method == "tools/list":
             result = {"tools": [{"name": "echo", "description": "e", "inputSchema": {"type": "object"}}]}
@@ -75,7 +88,7 @@ def fake_server_app(fault: str | None) -> Starlette:
         return PlainTextResponse(GOOD_METRICS)
 
     routes = [Route(p, ok) for p in ("/livez", "/readyz", "/health")]
-    return Starlette(routes=[*routes, Route("/mcp", mcp, methods=["POST"]), Route("/metrics", metrics)])
+    return Starlette(routes=[*routes, Route("/mcp", mcp, methods=["POST", "DELETE"]), Route("/metrics", metrics)])
 
 
 @pytest.fixture(params=[None, "metrics", "tools_call"])
@@ -117,10 +130,10 @@ def test_verify_passes_against_the_real_server_and_writes_junit(server: RunningS
         "--api-key", "test-key-0123456789abcdef", "--junit", str(junit),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout
-    assert result.stdout.rstrip().endswith("16 passed, 0 failed")
+    assert result.stdout.rstrip().endswith("20 passed, 0 failed")
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures")) == ("16", "0")
+    assert (suite.get("tests"), suite.get("failures")) == ("20", "0")
 
 
 def test_verify_fails_auth_checks_against_a_server_with_auth_off(tmp_path: Path) -> None:
@@ -139,7 +152,7 @@ def test_verify_reports_every_check_failed_when_nothing_listens() -> None:
     port = free_port()
     result = run_verify("--url", f"http://127.0.0.1:{port}", "--timeout", "2")
     assert result.returncode == 1
-    assert "0 passed, 14 failed, 2 skipped" in result.stdout
+    assert "0 passed, 18 failed, 2 skipped" in result.stdout
 
 
 def test_verify_refuses_a_url_that_is_not_http() -> None:

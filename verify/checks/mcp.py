@@ -27,6 +27,44 @@ def check_initialize(client: WireClient) -> str:
     return f"protocolVersion {version}, server {info['name']} {info['version']}"
 
 
+def check_session_issued(client: WireClient) -> str:
+    """initialize opened a session: the response carried an Mcp-Session-Id of visible ASCII."""
+    session_id = client.session_id
+    if not session_id:
+        raise CheckFailed("initialize: the response carried no Mcp-Session-Id header")
+    if not all(0x21 <= ord(c) <= 0x7E for c in session_id):
+        raise CheckFailed(f"initialize: Mcp-Session-Id {session_id!r} holds characters outside visible ASCII")
+    return f"session id of {len(session_id)} characters"
+
+
+def check_session_required(client: WireClient) -> str:
+    """A request without the session id is 400."""
+    response = client.post({"jsonrpc": "2.0", "id": 9001, "method": "ping"}, with_session=False)
+    if response.status_code != 400:
+        raise CheckFailed(f"a request without Mcp-Session-Id: expected 400, got {response.status_code}")
+    return "400 without Mcp-Session-Id"
+
+
+def check_unknown_session(client: WireClient) -> str:
+    """A request with an unknown session id is 404, so the client knows to initialize again."""
+    headers = {"Mcp-Session-Id": "verify-no-such-session"}
+    response = client.post({"jsonrpc": "2.0", "id": 9002, "method": "ping"}, headers=headers)
+    if response.status_code != 404:
+        raise CheckFailed(f"a request with an unknown Mcp-Session-Id: expected 404, got {response.status_code}")
+    return "404 for an unknown session"
+
+
+def check_session_delete(client: WireClient) -> str:
+    """DELETE ends the session; the ended session is 404 afterwards."""
+    deleted = client.http.delete(client.target.mcp_url, headers=client.headers())
+    if deleted.status_code not in {200, 204}:
+        raise CheckFailed(f"DELETE of the session: expected 200 or 204, got {deleted.status_code}")
+    after = client.post({"jsonrpc": "2.0", "id": 9003, "method": "ping"})
+    if after.status_code != 404:
+        raise CheckFailed(f"a request on the deleted session: expected 404, got {after.status_code}")
+    return f"DELETE {deleted.status_code}, then 404"
+
+
 def check_initialized_notification(client: WireClient) -> str:
     """A notification is accepted with 202 and no body."""
     response = client.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -115,6 +153,9 @@ def check_parse_error(client: WireClient) -> str:
 
 CHECKS: tuple[tuple[str, Callable[[WireClient], str]], ...] = (
     ("mcp.initialize", check_initialize),
+    ("mcp.session_issued", check_session_issued),
+    ("mcp.session_required", check_session_required),
+    ("mcp.unknown_session", check_unknown_session),
     ("mcp.initialized_notification", check_initialized_notification),
     ("mcp.ping", check_ping),
     ("mcp.tools_list", check_tools_list),
@@ -123,4 +164,5 @@ CHECKS: tuple[tuple[str, Callable[[WireClient], str]], ...] = (
     ("mcp.unknown_method", check_unknown_method),
     ("mcp.unknown_tool", check_unknown_tool),
     ("mcp.parse_error", check_parse_error),
+    ("mcp.session_delete", check_session_delete),
 )

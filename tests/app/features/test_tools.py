@@ -6,31 +6,61 @@ from typing import Any
 
 import pytest
 
-from app.catalog import Catalog, ToolEntry
-from app.features.builtins import BUILTINS, Builtin
-from app.features.tools import Tools
+from app.features.builtins import BUILTINS
+from app.features.tools import ToolError, ToolHandler, Tools, ToolSpec
 from app.jsonrpc import InvalidParams
+from app.protocol.context import RequestContext
 
-ECHO = Catalog(tools=(ToolEntry(name="echo", description="Echo.", builtin="echo"),))
+ECHO = ToolSpec(name="echo", description="Echo.", input_schema=BUILTINS["echo"].input_schema,
+                handler=BUILTINS["echo"].run)  # fmt: skip
+CTX = RequestContext(request_id=1, method="tools/call")
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def tools(*specs: ToolSpec, timeout: float = 5, page_size: int = 100) -> Tools:
+    return Tools(specs or (ECHO,), timeout_seconds=timeout, page_size=page_size)
+
+
+def spec(handler: ToolHandler, **extra: Any) -> ToolSpec:
+    return ToolSpec(name="t", description="T.", input_schema={"type": "object"}, handler=handler, **extra)
+
+
 def test_tools_list_describes_each_tool_with_its_input_schema() -> None:
-    listed = Tools(ECHO, timeout_seconds=5).list()["tools"]
+    listed = tools().list({})["tools"]
     assert listed == [{"name": "echo", "description": "Echo.", "inputSchema": dict(BUILTINS["echo"].input_schema)}]
 
 
+def test_tools_list_pages_with_an_opaque_cursor() -> None:
+    many = [ToolSpec(name=f"t{i}", description="d", input_schema={"type": "object"}, handler=ECHO.handler)
+            for i in range(5)]  # fmt: skip
+    registry = Tools(many, timeout_seconds=5, page_size=2)
+    names, cursor = [], None
+    while True:
+        page = registry.list({"cursor": cursor} if cursor else {})
+        names += [tool["name"] for tool in page["tools"]]
+        cursor = page.get("nextCursor")
+        if cursor is None:
+            break
+    assert names == [f"t{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("cursor", ["nonsense", 5, "ZXJsbWNwOjk5"])
+def test_a_cursor_the_server_did_not_give_is_invalid_params(cursor: object) -> None:
+    with pytest.raises(InvalidParams):
+        tools().list({"cursor": cursor})
+
+
 def test_echo_returns_the_text_it_is_given() -> None:
-    called = run(Tools(ECHO, timeout_seconds=5).call({"name": "echo", "arguments": {"text": "héllo"}}))
+    called = run(tools().call({"name": "echo", "arguments": {"text": "héllo"}}, CTX))
     assert called.outcome == "ok"
     assert called.result == {"content": [{"type": "text", "text": "héllo"}], "isError": False}
 
 
 def test_wrong_arguments_are_a_tool_error_naming_the_problem() -> None:
-    called = run(Tools(ECHO, timeout_seconds=5).call({"name": "echo", "arguments": {"text": 1}}))
+    called = run(tools().call({"name": "echo", "arguments": {"text": 1}}, CTX))
     assert called.outcome == "invalid_arguments"
     assert called.result["isError"] is True
     assert "text" in called.result["content"][0]["text"]
@@ -38,34 +68,54 @@ def test_wrong_arguments_are_a_tool_error_naming_the_problem() -> None:
 
 def test_an_unknown_tool_is_invalid_params() -> None:
     with pytest.raises(InvalidParams) as caught:
-        run(Tools(ECHO, timeout_seconds=5).call({"name": "nope"}))
+        run(tools().call({"name": "nope"}, CTX))
     assert caught.value.code == -32602
 
 
 @pytest.mark.parametrize("params", [{}, {"name": 3}, {"name": "echo", "arguments": [1]}])
 def test_malformed_call_params_are_invalid_params(params: dict[str, Any]) -> None:
     with pytest.raises(InvalidParams):
-        run(Tools(ECHO, timeout_seconds=5).call(params))
-
-
-def _builtin(run_: Any) -> Mapping[str, Builtin]:
-    return {"echo": Builtin(input_schema={"type": "object"}, run=run_)}
+        run(tools().call(params, CTX))
 
 
 def test_a_tool_that_runs_past_its_deadline_is_stopped_and_reported() -> None:
-    async def slow(_: Mapping[str, Any]) -> dict[str, Any]:
+    async def slow(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
         await asyncio.sleep(60)
         raise AssertionError("not reached")
 
-    called = run(Tools(ECHO, timeout_seconds=0.05, builtins=_builtin(slow)).call({"name": "echo"}))
+    called = run(tools(spec(slow), timeout=0.05).call({"name": "t"}, CTX))
     assert called.outcome == "timeout"
     assert called.result["isError"] is True
 
 
 def test_a_tool_that_raises_is_a_tool_error_without_the_exception_text() -> None:
-    async def broken(_: Mapping[str, Any]) -> dict[str, Any]:
+    async def broken(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
         raise RuntimeError("secret internal detail")
 
-    called = run(Tools(ECHO, timeout_seconds=5, builtins=_builtin(broken)).call({"name": "echo"}))
+    called = run(tools(spec(broken)).call({"name": "t"}, CTX))
     assert called.outcome == "error"
     assert "secret internal detail" not in called.result["content"][0]["text"]
+
+
+def test_a_tool_error_carries_its_message_to_the_client() -> None:
+    async def refuses(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        raise ToolError("the quota is used up")
+
+    called = run(tools(spec(refuses)).call({"name": "t"}, CTX))
+    assert called.result["content"][0]["text"] == "the quota is used up"
+    assert called.result["isError"] is True
+
+
+def test_structured_output_is_checked_against_the_output_schema() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+    async def good(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"structuredContent": {"n": 3}}
+
+    async def bad(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"structuredContent": {"n": "three"}, "content": []}
+
+    ok = run(tools(spec(good, output_schema=schema)).call({"name": "t"}, CTX))
+    assert ok.result["structuredContent"] == {"n": 3}
+    assert ok.result["content"] == [{"type": "text", "text": '{"n":3}'}]
+    assert run(tools(spec(bad, output_schema=schema)).call({"name": "t"}, CTX)).outcome == "error"

@@ -17,13 +17,23 @@ KEY = "k-0123456789abcdef0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
+    """A client with an open session: its headers carry the key and the session id."""
     keys = tmp_path / "keys"
     keys.write_text(KEY + "\n", encoding="utf-8")
     app = create_app(Settings(api_key_file=keys, max_request_bytes=1024), metrics=Metrics("test"))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        opened = test_client.post("/mcp", json=rpc("initialize", INIT, request_id=0), headers=AUTH)
+        AUTH_SESSION.clear()
+        AUTH_SESSION.update({**AUTH, "Mcp-Session-Id": opened.headers["mcp-session-id"]})
         yield test_client
+
+
+AUTH_SESSION: dict[str, str] = {}
 
 
 def rpc(method: str, params: dict[str, Any] | None = None, request_id: int | None = 1) -> dict[str, Any]:
@@ -42,7 +52,7 @@ def test_initialize_answers_the_requested_supported_revision(client: TestClient)
     result = response.json()["result"]
     assert result["protocolVersion"] == "2025-06-18"
     assert result["serverInfo"]["name"] == "erlmcp"
-    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
 
 
 def test_initialize_with_an_unknown_revision_answers_the_latest(client: TestClient) -> None:
@@ -57,22 +67,26 @@ def test_initialize_without_a_protocol_version_is_invalid_params(client: TestCli
 
 
 def test_a_notification_is_accepted_with_202_and_no_body(client: TestClient) -> None:
-    response = client.post("/mcp", json=rpc("notifications/initialized", request_id=None), headers=AUTH)
+    response = client.post("/mcp", json=rpc("notifications/initialized", request_id=None), headers=AUTH_SESSION)
     assert (response.status_code, response.content) == (202, b"")
 
 
 def test_ping_answers_an_empty_result(client: TestClient) -> None:
-    assert client.post("/mcp", json=rpc("ping"), headers=AUTH).json() == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    assert client.post("/mcp", json=rpc("ping"), headers=AUTH_SESSION).json() == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {},
+    }
 
 
 def test_tools_call_echo_round_trips_the_text(client: TestClient) -> None:
     body = rpc("tools/call", {"name": "echo", "arguments": {"text": "abc"}})
-    result = client.post("/mcp", json=body, headers=AUTH).json()["result"]
+    result = client.post("/mcp", json=body, headers=AUTH_SESSION).json()["result"]
     assert result == {"content": [{"type": "text", "text": "abc"}], "isError": False}
 
 
 def test_an_unknown_method_is_method_not_found(client: TestClient) -> None:
-    response = client.post("/mcp", json=rpc("no/such"), headers=AUTH)
+    response = client.post("/mcp", json=rpc("no/such"), headers=AUTH_SESSION)
     assert (response.status_code, response.json()["error"]["code"]) == (200, -32601)
 
 
@@ -89,53 +103,100 @@ def test_a_wrong_key_is_401(client: TestClient) -> None:
 
 
 def test_the_key_is_also_accepted_in_x_api_key(client: TestClient) -> None:
-    assert client.post("/mcp", json=rpc("ping"), headers={"X-API-Key": KEY}).status_code == 200
+    headers = {"X-API-Key": KEY, "Mcp-Session-Id": AUTH_SESSION["Mcp-Session-Id"]}
+    assert client.post("/mcp", json=rpc("ping"), headers=headers).status_code == 200
 
 
 def test_malformed_json_is_400_with_parse_error(client: TestClient) -> None:
-    response = client.post("/mcp", content=b"{", headers={**AUTH, "Content-Type": "application/json"})
+    response = client.post("/mcp", content=b"{", headers={**AUTH_SESSION, "Content-Type": "application/json"})
     assert (response.status_code, response.json()["error"]["code"], response.json()["id"]) == (400, -32700, None)
 
 
 def test_a_batch_is_400_invalid_request(client: TestClient) -> None:
-    response = client.post("/mcp", json=[rpc("ping")], headers=AUTH)
+    response = client.post("/mcp", json=[rpc("ping")], headers=AUTH_SESSION)
     assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
 
 
 def test_an_invalid_request_names_its_id_when_readable(client: TestClient) -> None:
-    response = client.post("/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "ping", "params": 1}, headers=AUTH)
+    response = client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "ping", "params": 1}, headers=AUTH_SESSION
+    )
     assert (response.status_code, response.json()["id"]) == (400, 4)
 
 
 def test_a_body_that_is_not_json_typed_is_415(client: TestClient) -> None:
-    response = client.post("/mcp", content=b"{}", headers={**AUTH, "Content-Type": "text/plain"})
+    response = client.post("/mcp", content=b"{}", headers={**AUTH_SESSION, "Content-Type": "text/plain"})
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]["message"]
 
 
 def test_an_accept_header_without_json_is_406(client: TestClient) -> None:
-    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH, "Accept": "text/html"})
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, "Accept": "text/html"})
     assert response.status_code == 406
 
 
 def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
     body = rpc("tools/call", {"name": "echo", "arguments": {"text": "x" * 2048}})
-    response = client.post("/mcp", json=body, headers=AUTH)
+    response = client.post("/mcp", json=body, headers=AUTH_SESSION)
     assert response.status_code == 413
 
 
 def test_an_unsupported_protocol_version_header_is_400_listing_the_supported(client: TestClient) -> None:
-    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH, "MCP-Protocol-Version": "1999-01-01"})
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, "MCP-Protocol-Version": "1999-01-01"})
     assert response.status_code == 400
     assert "2025-11-25" in response.json()["error"]["data"]["supported"]
 
 
-@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
-def test_methods_other_than_post_are_405_with_allow(client: TestClient, method: str) -> None:
-    response = client.request(method, "/mcp", headers=AUTH)
-    assert response.status_code == 405
-    if method != "PUT":  # PUT never reaches the endpoint: the router answers it
-        assert response.headers["allow"] == "POST"
+def test_put_is_405(client: TestClient) -> None:
+    assert client.request("PUT", "/mcp", headers=AUTH_SESSION).status_code == 405
+
+
+def test_a_request_without_a_session_is_400(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers=AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
+
+
+def test_a_request_with_an_unknown_session_is_404(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH, "Mcp-Session-Id": "nope"})
+    assert response.status_code == 404
+
+
+def test_a_session_is_bound_to_the_key_that_opened_it(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("key-one-0123456789\nkey-two-0123456789\n", encoding="utf-8")
+    app = create_app(Settings(api_key_file=keys), metrics=Metrics("test"))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        one = {"Authorization": "Bearer key-one-0123456789"}
+        opened = test_client.post("/mcp", json=rpc("initialize", INIT), headers=one)
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        stolen = test_client.post("/mcp", json=rpc("ping"), headers={"Authorization": "Bearer key-two-0123456789",
+                                                                      **session})  # fmt: skip
+        assert stolen.status_code == 404
+        assert test_client.post("/mcp", json=rpc("ping"), headers={**one, **session}).status_code == 200
+
+
+def test_delete_ends_the_session(client: TestClient) -> None:
+    assert client.delete("/mcp", headers=AUTH_SESSION).status_code == 200
+    assert client.post("/mcp", json=rpc("ping"), headers=AUTH_SESSION).status_code == 404
+
+
+def test_get_without_accepting_an_event_stream_is_406(client: TestClient) -> None:
+    assert client.get("/mcp", headers={**AUTH_SESSION, "Accept": "application/json"}).status_code == 406
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"Host": "evil.example"}, 421), ({"Origin": "http://evil.example"}, 403)],
+)
+def test_a_loopback_server_refuses_foreign_host_and_origin_headers(
+    client: TestClient, headers: dict[str, str], status: int
+) -> None:
+    assert client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, **headers}).status_code == status
+
+
+def test_a_loopback_origin_is_accepted(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, "Origin": "http://localhost:3000"})
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz", "/health"])
@@ -152,7 +213,7 @@ def test_readiness_fails_while_draining(client: TestClient) -> None:
 def test_unknown_http_methods_do_not_create_metric_series(tmp_path: Path) -> None:
     metrics = Metrics("test")
     app = create_app(Settings(no_auth=True), metrics=metrics)
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         for i in range(3):
             test_client.request(f"FOO{i}", "/mcp")
     methods = {s.labels["method"] for m in metrics.registry.collect() if m.name == "http_requests" for s in m.samples}

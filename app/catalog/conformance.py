@@ -1,0 +1,315 @@
+"""The ``conformance`` profile: exactly the fixtures the official MCP conformance suite calls.
+
+Served only when asked for (``--catalog conformance``); names, texts and data follow the suite's fixture
+contract (the reference everything-server of the MCP Python SDK), so that the suite can judge the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from app.features import Features
+from app.features.prompts import PromptArgument, Prompts, PromptSpec
+from app.features.resources import ResourceContents, Resources, ResourceSpec, TemplateSpec
+from app.features.tools import ToolError, ToolResult, Tools, ToolSpec, text_result
+from app.protocol.context import RequestContext
+
+__all__ = ["conformance_features"]
+
+IMAGE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+AUDIO_WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
+NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+Args = Mapping[str, Any]
+
+
+def _content(*blocks: dict[str, Any]) -> ToolResult:
+    return {"content": list(blocks), "isError": False}
+
+
+def _image() -> dict[str, Any]:
+    return {"type": "image", "data": IMAGE_PNG, "mimeType": "image/png"}
+
+
+async def simple_text(_: Args, __: RequestContext) -> ToolResult:
+    return text_result("This is a simple text response for testing.")
+
+
+async def image_content(_: Args, __: RequestContext) -> ToolResult:
+    return _content(_image())
+
+
+async def audio_content(_: Args, __: RequestContext) -> ToolResult:
+    return _content({"type": "audio", "data": AUDIO_WAV, "mimeType": "audio/wav"})
+
+
+async def embedded_resource(_: Args, __: RequestContext) -> ToolResult:
+    resource = {"uri": "test://embedded-resource", "mimeType": "text/plain",
+                "text": "This is an embedded resource content."}  # fmt: skip
+    return _content({"type": "resource", "resource": resource})
+
+
+async def multiple_content_types(_: Args, __: RequestContext) -> ToolResult:
+    resource = {"uri": "test://mixed-content-resource", "mimeType": "application/json",
+                "text": '{"test": "data", "value": 123}'}  # fmt: skip
+    return _content(
+        {"type": "text", "text": "Multiple content types test:"}, _image(), {"type": "resource", "resource": resource}
+    )
+
+
+async def tool_with_logging(_: Args, ctx: RequestContext) -> ToolResult:
+    for step, text in enumerate(("Tool execution started", "Tool processing data", "Tool execution completed")):
+        if step:
+            await asyncio.sleep(0.05)
+        await ctx.log("info", text)
+    return text_result("Tool with logging executed successfully")
+
+
+async def tool_with_progress(_: Args, ctx: RequestContext) -> ToolResult:
+    for step, value in enumerate((0, 50, 100)):
+        if step:
+            await asyncio.sleep(0.05)
+        await ctx.progress(value, 100, f"Completed step {value} of 100")
+    token = ctx.progress_token
+    return text_result(str(token if token is not None else 0))
+
+
+async def error_handling(_: Args, __: RequestContext) -> ToolResult:
+    raise ToolError("This tool intentionally returns an error for testing")
+
+
+async def sampling(arguments: Args, ctx: RequestContext) -> ToolResult:
+    message = {"role": "user", "content": {"type": "text", "text": arguments["prompt"]}}
+    result = await ctx.request(
+        "sampling/createMessage", {"messages": [message], "maxTokens": 100}, capability="sampling"
+    )
+    content = result.get("content")
+    text = content.get("text") if isinstance(content, dict) and content.get("type") == "text" else "No response"
+    return text_result(f"LLM response: {text}")
+
+
+async def _elicit(ctx: RequestContext, message: str, schema: Mapping[str, Any]) -> tuple[str, str]:
+    result = await ctx.request(
+        "elicitation/create", {"message": message, "requestedSchema": dict(schema)}, capability="elicitation"
+    )
+    action = str(result.get("action"))
+    content = result.get("content") if action == "accept" else None
+    return action, orjson.dumps(content or {}).decode()
+
+
+USER_RESPONSE = {
+    "type": "object",
+    "properties": {"response": {"type": "string", "description": "User's response"}},
+    "required": ["response"],
+}
+
+
+async def elicitation(arguments: Args, ctx: RequestContext) -> ToolResult:
+    action, content = await _elicit(ctx, arguments["message"], USER_RESPONSE)
+    return text_result(f"User response: action={action}, content={content}")
+
+
+SEP1034_DEFAULTS = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "User name", "default": "John Doe"},
+        "age": {"type": "integer", "description": "User age", "default": 30},
+        "score": {"type": "number", "description": "User score", "default": 95.5},
+        "status": {
+            "type": "string",
+            "description": "User status",
+            "enum": ["active", "inactive", "pending"],
+            "default": "active",
+        },  # fmt: skip
+        "verified": {"type": "boolean", "description": "Verification status", "default": True},
+    },
+}
+
+
+async def elicitation_sep1034_defaults(_: Args, ctx: RequestContext) -> ToolResult:
+    action, content = await _elicit(ctx, "Please provide user information", SEP1034_DEFAULTS)
+    return text_result(f"Elicitation result: action={action}, content={content}")
+
+
+SEP1330_ENUMS = {
+    "type": "object",
+    "properties": {
+        "untitledSingle": {"type": "string", "description": "Simple enum without titles",
+                           "enum": ["active", "inactive", "pending"]},
+        "titledSingle": {"type": "string", "description": "Enum with titled options (oneOf)", "oneOf": [
+            {"const": "low", "title": "Low Priority"},
+            {"const": "medium", "title": "Medium Priority"},
+            {"const": "high", "title": "High Priority"},
+        ]},
+        "untitledMulti": {"type": "array", "description": "Multi-select without titles",
+                          "items": {"type": "string", "enum": ["read", "write", "execute"]}},
+        "titledMulti": {"type": "array", "description": "Multi-select with titled options", "items": {"anyOf": [
+            {"const": "feature", "title": "New Feature"},
+            {"const": "bug", "title": "Bug Fix"},
+            {"const": "docs", "title": "Documentation"},
+        ]}},
+        "legacyEnum": {"type": "string", "description": "Legacy enum with enumNames",
+                       "enum": ["small", "medium", "large"], "enumNames": ["Small Size", "Medium Size", "Large Size"]},
+    },
+    "required": ["untitledSingle", "titledSingle", "untitledMulti", "titledMulti", "legacyEnum"],
+}  # fmt: skip
+
+
+async def elicitation_sep1330_enums(_: Args, ctx: RequestContext) -> ToolResult:
+    action, content = await _elicit(ctx, "Please select values using different enum schema types", SEP1330_ENUMS)
+    return text_result(f"Elicitation completed: action={action}, content={content}")
+
+
+JSON_SCHEMA_2020_12: Mapping[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+async def json_schema_tool(_: Args, __: RequestContext) -> ToolResult:
+    return text_result("json_schema_2020_12_tool")
+
+
+async def reconnection(_: Args, ctx: RequestContext) -> ToolResult:
+    await ctx.log("info", "Before disconnect")
+    await ctx.close_stream()
+    await asyncio.sleep(0.2)  # the client reconnects with Last-Event-ID meanwhile
+    await ctx.log("info", "After reconnect")
+    return text_result("Reconnection test completed")
+
+
+def _tool(name: str, description: str, handler: Any, schema: Mapping[str, Any] = NO_ARGUMENTS) -> ToolSpec:
+    return ToolSpec(name=name, description=description, input_schema=schema, handler=handler)
+
+
+def _string_argument(name: str) -> Mapping[str, Any]:
+    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+
+
+TOOLS = (
+    _tool("test_simple_text", "Tests simple text content response", simple_text),
+    _tool("test_image_content", "Tests image content response", image_content),
+    _tool("test_audio_content", "Tests audio content response", audio_content),
+    _tool("test_embedded_resource", "Tests embedded resource content response", embedded_resource),
+    _tool("test_multiple_content_types", "Tests response with multiple content types (text, image, resource)",
+          multiple_content_types),
+    _tool("test_tool_with_logging", "Tests tool that emits log messages during execution", tool_with_logging),
+    _tool("test_tool_with_progress", "Tests tool that reports progress notifications", tool_with_progress),
+    _tool("test_error_handling", "Tests error response handling", error_handling),
+    _tool("test_sampling", "Tests server-initiated sampling (LLM completion request)", sampling,
+          _string_argument("prompt")),
+    _tool("test_elicitation", "Tests server-initiated elicitation (user input request)", elicitation,
+          _string_argument("message")),
+    _tool("test_elicitation_sep1034_defaults", "Tests elicitation with default values for all primitive types "
+          "(SEP-1034)", elicitation_sep1034_defaults),
+    _tool("test_elicitation_sep1330_enums", "Tests elicitation with enum schema variations per SEP-1330",
+          elicitation_sep1330_enums),
+    _tool("json_schema_2020_12_tool", "Tests JSON Schema 2020-12 keyword preservation in tools/list",
+          json_schema_tool, JSON_SCHEMA_2020_12),
+    _tool("test_reconnection", "Tests SSE polling by closing stream mid-call (SEP-1699)", reconnection),
+)  # fmt: skip
+
+
+def _text(text: str, mime_type: str = "text/plain") -> Any:
+    async def read(uri: str, _: Mapping[str, str]) -> ResourceContents:
+        return [{"uri": uri, "mimeType": mime_type, "text": text}]
+
+    return read
+
+
+async def _binary(uri: str, _: Mapping[str, str]) -> ResourceContents:
+    return [{"uri": uri, "mimeType": "image/png", "blob": base64.b64encode(base64.b64decode(IMAGE_PNG)).decode()}]
+
+
+async def _template(uri: str, variables: Mapping[str, str]) -> ResourceContents:
+    identifier = variables["id"]
+    text = json.dumps({"id": identifier, "templateTest": True, "data": f"Data for ID: {identifier}"})
+    return [{"uri": uri, "mimeType": "application/json", "text": text}]
+
+
+STATIC_TEXT = "This is the content of the static text resource."
+RESOURCES = (
+    ResourceSpec("test://static-text", "static_text_resource", _text(STATIC_TEXT),
+                 description="A static text resource for testing", mime_type="text/plain"),
+    ResourceSpec("test://static-binary", "static_binary_resource", _binary,
+                 description="A static binary resource (image) for testing", mime_type="image/png"),
+    ResourceSpec("test://watched-resource", "watched_resource", _text("Watched resource content"),
+                 description="A resource that can be subscribed to for updates", mime_type="text/plain",
+                 subscribable=True),
+)  # fmt: skip
+TEMPLATES = (
+    TemplateSpec("test://template/{id}/data", "template_resource", _template,
+                 description="A resource template with parameter substitution", mime_type="application/json"),
+)  # fmt: skip
+
+
+def _user(content: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+async def simple_prompt(_: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [_user({"type": "text", "text": "This is a simple prompt for testing."})]
+
+
+async def prompt_with_arguments(arguments: Mapping[str, str]) -> list[dict[str, Any]]:
+    text = f"Prompt with arguments: arg1='{arguments['arg1']}', arg2='{arguments['arg2']}'"
+    return [_user({"type": "text", "text": text})]
+
+
+async def prompt_with_embedded_resource(arguments: Mapping[str, str]) -> list[dict[str, Any]]:
+    resource = {"uri": arguments["resourceUri"], "mimeType": "text/plain",
+                "text": "Embedded resource content for testing."}  # fmt: skip
+    return [
+        _user({"type": "resource", "resource": resource}),
+        _user({"type": "text", "text": "Please process the embedded resource above."}),
+    ]
+
+
+async def prompt_with_image(_: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [_user(_image()), _user({"type": "text", "text": "Please analyze the image above."})]
+
+
+PROMPTS = (
+    PromptSpec("test_simple_prompt", simple_prompt, description="A simple prompt without arguments"),
+    PromptSpec("test_prompt_with_arguments", prompt_with_arguments, description="A prompt with required arguments",
+               arguments=(PromptArgument("arg1", "First test argument", required=True),
+                          PromptArgument("arg2", "Second test argument", required=True))),
+    PromptSpec("test_prompt_with_embedded_resource", prompt_with_embedded_resource,
+               description="A prompt that includes an embedded resource",
+               arguments=(PromptArgument("resourceUri", "URI of the resource to embed", required=True),)),
+    PromptSpec("test_prompt_with_image", prompt_with_image, description="A prompt that includes image content"),
+)  # fmt: skip
+
+
+def conformance_features(*, timeout_seconds: float, page_size: int) -> Features:
+    """The fixtures of the conformance suite."""
+    return Features(
+        tools=Tools(TOOLS, timeout_seconds=timeout_seconds, page_size=page_size),
+        resources=Resources(RESOURCES, TEMPLATES, page_size=page_size),
+        prompts=Prompts(PROMPTS, page_size=page_size),
+    )

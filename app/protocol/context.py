@@ -1,0 +1,122 @@
+"""What a handler may do while it answers one request: progress, log messages, requests to the client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.jsonrpc import RequestId
+from app.sessions import Session
+
+__all__ = ["LOG_LEVELS", "ClientRequestError", "RequestContext"]
+
+# RFC 5424 severities, lowest first, as MCP logging names them.
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ClientRequestError(Exception):
+    """A request to the client could not be made or was answered with an error."""
+
+    def __init__(self, message: str, error: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.error = dict(error or {})
+
+
+@dataclass
+class RequestContext:
+    """The request being answered and the channel back to the client.
+
+    ``send`` writes a message on the request's own stream; it is None when the client cannot take a stream
+    (it did not accept text/event-stream), and then related messages are left out.
+    """
+
+    request_id: RequestId
+    method: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    session: Session | None = None
+    send: Send | None = None
+    protocol_version: str | None = None
+    client_request_timeout: float = 60.0
+    # Ends the HTTP connection of the request's stream; the client resumes it with Last-Event-ID.
+    end_connection: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def progress_token(self) -> str | int | None:
+        """The token the client asked progress under, if any."""
+        token = self.meta.get("progressToken")
+        return token if isinstance(token, str | int) and not isinstance(token, bool) else None
+
+    async def notify(self, method: str, params: Mapping[str, Any]) -> bool:
+        """Send a notification related to this request; whether it could be sent."""
+        if self.send is None:
+            return False
+        await self.send({"jsonrpc": "2.0", "method": method, "params": dict(params)})
+        return True
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> bool:
+        """Report progress, when the client asked for it with a progress token."""
+        token = self.progress_token
+        if token is None:
+            return False
+        params: dict[str, Any] = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        return await self.notify("notifications/progress", params)
+
+    async def log(self, level: str, data: Any, logger: str | None = None) -> bool:
+        """Send a log message at ``level`` unless the client set a higher minimum level."""
+        minimum = self.session.log_level if self.session and self.session.log_level else "debug"
+        if LOG_LEVELS.index(level) < LOG_LEVELS.index(minimum):
+            return False
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger is not None:
+            params["logger"] = logger
+        return await self.notify("notifications/message", params)
+
+    async def close_stream(self) -> bool:
+        """Close the connection carrying this request's stream (SSE polling); whether there was one."""
+        if self.end_connection is None:
+            return False
+        await self.end_connection()
+        return True
+
+    def client_supports(self, capability: str) -> bool:
+        """Whether the client declared a capability (sampling, elicitation, roots) at initialize."""
+        return self.session is not None and capability in self.session.client_capabilities
+
+    async def request(self, method: str, params: Mapping[str, Any], *, capability: str) -> dict[str, Any]:
+        """Send a request to the client and wait for its result.
+
+        Raises:
+            ClientRequestError: the client lacks the capability, cannot be reached on a stream, answers
+                with an error, or does not answer in time.
+        """
+        if not self.client_supports(capability):
+            raise ClientRequestError(f"the client did not declare the {capability!r} capability")
+        if self.session is None or self.send is None:
+            raise ClientRequestError("the client cannot receive requests on this response (no event stream)")
+        request_id = self.session.next_request_id()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.session.pending[request_id] = future
+        try:
+            await self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params)})
+            async with asyncio.timeout(self.client_request_timeout):
+                response = await future
+        except TimeoutError as exc:
+            raise ClientRequestError(
+                f"the client did not answer {method} in {self.client_request_timeout:g} s"
+            ) from exc
+        finally:
+            self.session.pending.pop(request_id, None)
+        if "error" in response:
+            raise ClientRequestError(f"the client answered {method} with an error", response["error"])
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise ClientRequestError(f"the client's result for {method} is not an object")
+        return result

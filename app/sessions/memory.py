@@ -1,0 +1,124 @@
+"""The in-memory session store: one process, bounded in count, idle sessions expire."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.sessions.events import EventStream
+
+__all__ = ["Session", "SessionLimitError", "SessionStore"]
+
+
+class SessionLimitError(RuntimeError):
+    """The store holds as many sessions as it may."""
+
+
+@dataclass(eq=False)
+class Session:
+    """What one client negotiated, and the state the protocol keeps for it."""
+
+    id: str
+    protocol_version: str
+    client_info: dict[str, Any]
+    client_capabilities: dict[str, Any]
+    principal: str | None
+    last_seen: float
+    initialized: bool = False
+    log_level: str | None = None
+    subscriptions: set[str] = field(default_factory=set)
+    # Server-to-client requests waiting for the client's response, by request id.
+    pending: dict[str | int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    # Client requests being handled, by request id, so notifications/cancelled can stop them.
+    in_flight: dict[str | int, asyncio.Task[Any]] = field(default_factory=dict)
+    streams: dict[str, EventStream] = field(default_factory=dict)
+    standalone: EventStream | None = None
+    _next_request: int = 0
+
+    def next_request_id(self) -> str:
+        """A fresh id for a server-to-client request."""
+        self._next_request += 1
+        return f"srv-{self._next_request}"
+
+    def close(self) -> None:
+        """Stop everything the session runs: in-flight requests and waits for the client."""
+        for task in self.in_flight.values():
+            task.cancel()
+        for future in self.pending.values():
+            future.cancel()
+
+
+class SessionStore:
+    """Sessions by id. Ids are 128-bit random, visible ASCII, as the transport specification asks."""
+
+    def __init__(self, *, max_sessions: int, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._max = max_sessions
+        self._idle = idle_seconds
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(
+        self,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        client_capabilities: dict[str, Any],
+        principal: str | None,
+    ) -> Session:
+        """A new session.
+
+        Raises:
+            SessionLimitError: the store is full even after expiring idle sessions.
+        """
+        self.expire()
+        if len(self._sessions) >= self._max:
+            raise SessionLimitError(f"the server holds its maximum of {self._max} sessions; try again later")
+        session = Session(
+            id=secrets.token_urlsafe(16),
+            protocol_version=protocol_version,
+            client_info=client_info,
+            client_capabilities=client_capabilities,
+            principal=principal,
+            last_seen=self._clock(),
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session with this id, touched; None when unknown or expired."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_seen > self._idle:
+            self.delete(session_id)
+            return None
+        session.last_seen = now
+        return session
+
+    def delete(self, session_id: str) -> bool:
+        """End a session; whether it existed."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.close()
+        return True
+
+    def expire(self) -> int:
+        """Drop sessions idle for longer than allowed; how many were dropped."""
+        now = self._clock()
+        stale = [sid for sid, s in self._sessions.items() if now - s.last_seen > self._idle and not s.in_flight]
+        for session_id in stale:
+            self.delete(session_id)
+        return len(stale)
+
+    def all(self) -> list[Session]:
+        """Every live session (for broadcasting list changes and resource updates)."""
+        return list(self._sessions.values())
