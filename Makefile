@@ -7,13 +7,16 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format pytest helm-lint clean help
+.PHONY: setup conformance-tools demo test lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup:  ## create .venv from the lock file and install the pinned tools (helm, kubectl) into .tools/bin
 	@bash scripts/bootstrap.sh
+
+conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
+	@bash scripts/install-conformance.sh
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
@@ -29,7 +32,7 @@ format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-pytest: setup  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
+pytest: setup conformance-tools  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest  ## everything CI runs: lint, then every test

@@ -7,7 +7,10 @@ Errors form one small tree::
     ├── InvalidRequest      -32600, JSON but not a JSON-RPC 2.0 message
     ├── MethodNotFound      -32601
     ├── InvalidParams       -32602
-    └── InternalError       -32603
+    ├── InternalError       -32603
+    ├── HeaderMismatch      -32020, an HTTP header disagrees with the body (2026-07-28)
+    ├── MissingClientCapability  -32021, the request needs a capability the client did not declare (2026-07-28)
+    └── UnsupportedVersion  -32022, the request's protocol version is not spoken here (2026-07-28)
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "HEADER_MISMATCH",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
+    "MISSING_CLIENT_CAPABILITY",
     "PARSE_ERROR",
+    "UNSUPPORTED_PROTOCOL_VERSION",
+    "HeaderMismatch",
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
     "JsonRpcError",
     "Message",
     "MethodNotFound",
+    "MissingClientCapability",
     "ParseError",
     "RequestId",
+    "UnsupportedVersion",
     "error_response",
     "parse_message",
     "result_response",
@@ -41,6 +50,9 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 RequestId = str | int
 
@@ -92,6 +104,24 @@ class InternalError(JsonRpcError):
     """The server failed; the client did nothing wrong."""
 
     code = INTERNAL_ERROR
+
+
+class HeaderMismatch(JsonRpcError):
+    """An HTTP header (MCP-Protocol-Version, Mcp-Method, Mcp-Name, Mcp-Param-*) disagrees with the body."""
+
+    code = HEADER_MISMATCH
+
+
+class MissingClientCapability(JsonRpcError):
+    """The request needs a client capability the client did not declare."""
+
+    code = MISSING_CLIENT_CAPABILITY
+
+
+class UnsupportedVersion(JsonRpcError):
+    """The request's protocol version is not one this server speaks."""
+
+    code = UNSUPPORTED_PROTOCOL_VERSION
 
 
 @dataclass(frozen=True, slots=True)

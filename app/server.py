@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import time
 from collections.abc import Generator
@@ -24,6 +25,7 @@ from app import __version__
 from app.catalog.features import load_features
 from app.observability.metrics import Metrics
 from app.protocol.dispatcher import Dispatcher
+from app.protocol.request_state import RequestStateSealer
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.sessions import SessionStore
@@ -114,7 +116,11 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     features = load_features(
         settings.catalog, timeout_seconds=settings.tool_timeout_seconds, page_size=settings.page_size
     )
-    dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__)
+    key = settings.request_state_key.get_secret_value().encode() if settings.request_state_key else None
+    if key is None:
+        log.info("requestState is sealed with a key made at start-up; replicas need ERLMCP_REQUEST_STATE_KEY")
+    sealer = RequestStateSealer(key or secrets.token_bytes(32))
+    dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__, sealer=sealer)
     endpoint = McpEndpoint(
         dispatcher=dispatcher,
         sessions=SessionStore(max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds),

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origin headers accepted (empty: same host as Host, or loopback)."
     )
+    request_state_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="Key sealing 2026-07-28 requestState (at least 32 characters; the same on every replica).",
+    )
     page_size: int = Field(100, gt=0, description="Items per page of the list methods.")
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 

@@ -18,6 +18,7 @@ from app.features import Features
 from app.features.prompts import PromptArgument, Prompts, PromptSpec
 from app.features.resources import ResourceContents, Resources, ResourceSpec, TemplateSpec
 from app.features.tools import ToolError, ToolResult, Tools, ToolSpec, text_result
+from app.jsonrpc import MissingClientCapability
 from app.protocol.context import RequestContext
 
 __all__ = ["conformance_features"]
@@ -203,6 +204,144 @@ async def reconnection(_: Args, ctx: RequestContext) -> ToolResult:
     return text_result("Reconnection test completed")
 
 
+# -- 2026-07-28 fixtures ----------------------------------------------------------------------------------------
+
+
+async def missing_capability(_: Args, ctx: RequestContext) -> ToolResult:
+    if not ctx.client_supports("sampling"):
+        raise MissingClientCapability(
+            "This tool requires the client 'sampling' capability", data={"requiredCapabilities": {"sampling": {}}}
+        )
+    return text_result("Client declared sampling capability; proceeding.")
+
+
+async def streaming_elicitation(_: Args, ctx: RequestContext) -> ToolResult:
+    await ctx.progress(1, 1, "Streaming")
+    return text_result("Streaming complete")
+
+
+async def logging_tool(_: Args, ctx: RequestContext) -> ToolResult:
+    await ctx.log("info", "Logging evaluated")  # sent only when the request asked for a log level
+    return text_result("Logging evaluated")
+
+
+X_MCP_HEADER = {
+    "type": "object",
+    "properties": {"region": {"type": "string", "description": "Mirrored into the Mcp-Param-Region header",
+                              "x-mcp-header": "Region", "default": "<none>"}},
+}  # fmt: skip
+
+
+async def x_mcp_header(arguments: Args, _: RequestContext) -> ToolResult:
+    return text_result(f"region={arguments.get('region', '<none>')}")
+
+
+NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+OK_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+COLOR_SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+ROOTS_REQUEST = {"method": "roots/list", "params": {}}
+
+
+def _input_required(requests: Mapping[str, Any], state: str | None = None) -> ToolResult:
+    result: ToolResult = {"resultType": "input_required", "inputRequests": dict(requests)}
+    if state is not None:
+        result["requestState"] = state
+    return result
+
+
+def _ask(message: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"method": "elicitation/create", "params": {"message": message, "requestedSchema": dict(schema)}}
+
+
+def _sample(text: str, max_tokens: int) -> dict[str, Any]:
+    message = {"role": "user", "content": {"type": "text", "text": text}}
+    return {"method": "sampling/createMessage", "params": {"messages": [message], "maxTokens": max_tokens}}
+
+
+def _answered(ctx: RequestContext, key: str) -> dict[str, Any] | None:
+    """An input response, when it is an object (the client's answers are untrusted)."""
+    answer = (ctx.input_responses or {}).get(key)
+    return answer if isinstance(answer, dict) else None
+
+
+def _elicited(ctx: RequestContext, key: str, field: str) -> Any:
+    answer = _answered(ctx, key)
+    if answer is None or answer.get("action") != "accept" or not isinstance(answer.get("content"), dict):
+        return None
+    return answer["content"].get(field)
+
+
+def _sampled_text(ctx: RequestContext, key: str) -> str | None:
+    content = (_answered(ctx, key) or {}).get("content")
+    return content.get("text") if isinstance(content, dict) and isinstance(content.get("text"), str) else None
+
+
+def _roots(ctx: RequestContext, key: str) -> list[Any] | None:
+    roots = (_answered(ctx, key) or {}).get("roots")
+    return roots if isinstance(roots, list) else None
+
+
+async def irr_elicitation(_: Args, ctx: RequestContext) -> ToolResult:
+    name = _elicited(ctx, "user_name", "name")
+    if isinstance(name, str):
+        return text_result(f"Hello, {name}!")
+    return _input_required({"user_name": _ask("What is your name?", NAME_SCHEMA)})
+
+
+async def irr_sampling(_: Args, ctx: RequestContext) -> ToolResult:
+    text = _sampled_text(ctx, "capital_question")
+    if text is not None:
+        return text_result(f"Model said: {text}")
+    return _input_required({"capital_question": _sample("What is the capital of France?", 100)})
+
+
+async def irr_list_roots(_: Args, ctx: RequestContext) -> ToolResult:
+    roots = _roots(ctx, "client_roots")
+    if roots is not None:
+        return text_result(f"Client exposed {len(roots)} root(s).")
+    return _input_required({"client_roots": ROOTS_REQUEST})
+
+
+async def irr_request_state(_: Args, ctx: RequestContext) -> ToolResult:
+    if _elicited(ctx, "confirm", "ok") is not None and ctx.request_state == "request-state-nonce":
+        return text_result("state-ok: confirmation received")
+    return _input_required({"confirm": _ask("Please confirm", OK_SCHEMA)}, "request-state-nonce")
+
+
+async def irr_multiple_inputs(_: Args, ctx: RequestContext) -> ToolResult:
+    if (_elicited(ctx, "user_name", "name") is not None and _sampled_text(ctx, "greeting") is not None
+            and _roots(ctx, "client_roots") is not None):  # fmt: skip
+        return text_result("All inputs received.")
+    requests = {"user_name": _ask("What is your name?", NAME_SCHEMA), "greeting": _sample("Generate a greeting", 50),
+                "client_roots": ROOTS_REQUEST}  # fmt: skip
+    return _input_required(requests, "multiple-inputs")
+
+
+async def irr_multi_round(_: Args, ctx: RequestContext) -> ToolResult:
+    state = json.loads(ctx.request_state) if ctx.request_state else {"round": 0}
+    if state.get("round") == 1 and isinstance(name := _elicited(ctx, "step1", "name"), str):
+        step2 = _ask("Step 2: What is your favorite color?", COLOR_SCHEMA)
+        return _input_required({"step2": step2}, json.dumps({"round": 2, "name": name}))
+    if state.get("round") == 2 and isinstance(color := _elicited(ctx, "step2", "color"), str):
+        return text_result(f"{state.get('name')} likes {color}.")
+    return _input_required({"step1": _ask("Step 1: What is your name?", NAME_SCHEMA)}, json.dumps({"round": 1}))
+
+
+async def irr_tampered_state(_: Args, ctx: RequestContext) -> ToolResult:
+    if ctx.request_state is None:
+        return _input_required({"confirm": _ask("Please confirm", OK_SCHEMA)}, "round-1")
+    return text_result(f"state-ok: {ctx.request_state}")
+
+
+async def irr_capabilities(_: Args, ctx: RequestContext) -> ToolResult:
+    requests: dict[str, Any] = {}
+    if ctx.client_supports("sampling"):
+        requests["sample"] = _sample("Say hello", 50)
+    if ctx.client_supports("elicitation"):
+        requests["ask"] = _ask("What is your name?", NAME_SCHEMA)
+    return _input_required(requests, "capability-gated")
+
+
 def _tool(name: str, description: str, handler: Any, schema: Mapping[str, Any] = NO_ARGUMENTS) -> ToolSpec:
     return ToolSpec(name=name, description=description, input_schema=schema, handler=handler)
 
@@ -232,6 +371,26 @@ TOOLS = (
     _tool("json_schema_2020_12_tool", "Tests JSON Schema 2020-12 keyword preservation in tools/list",
           json_schema_tool, JSON_SCHEMA_2020_12),
     _tool("test_reconnection", "Tests SSE polling by closing stream mid-call (SEP-1699)", reconnection),
+    _tool("test_missing_capability", "Test tool requiring sampling", missing_capability),
+    _tool("test_streaming_elicitation", "Diagnostic tool validating response progress streams", streaming_elicitation),
+    _tool("test_logging_tool", "Diagnostic logging validator tool", logging_tool),
+    _tool("test_x_mcp_header", "Tests SEP-2243 Mcp-Param-* server-side validation", x_mcp_header, X_MCP_HEADER),
+    _tool("test_input_required_result_elicitation", "Tests InputRequiredResult with a single elicitation request",
+          irr_elicitation),
+    _tool("test_input_required_result_sampling", "Tests InputRequiredResult with a single sampling request",
+          irr_sampling),
+    _tool("test_input_required_result_list_roots", "Tests InputRequiredResult with a single roots/list request",
+          irr_list_roots),
+    _tool("test_input_required_result_request_state", "Tests requestState round-tripping in the InputRequiredResult "
+          "flow", irr_request_state),
+    _tool("test_input_required_result_multiple_inputs", "Tests InputRequiredResult carrying elicitation, sampling "
+          "and roots requests together", irr_multiple_inputs),
+    _tool("test_input_required_result_multi_round", "Tests a three-round InputRequiredResult flow with evolving "
+          "requestState", irr_multi_round),
+    _tool("test_input_required_result_tampered_state", "Tests that the server rejects a tampered requestState echo",
+          irr_tampered_state),
+    _tool("test_input_required_result_capabilities", "Tests that inputRequests only include methods the client "
+          "declared support for", irr_capabilities),
 )  # fmt: skip
 
 
@@ -272,16 +431,16 @@ def _user(content: dict[str, Any]) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
-async def simple_prompt(_: Mapping[str, str]) -> list[dict[str, Any]]:
+async def simple_prompt(_: Mapping[str, str], __: RequestContext) -> list[dict[str, Any]]:
     return [_user({"type": "text", "text": "This is a simple prompt for testing."})]
 
 
-async def prompt_with_arguments(arguments: Mapping[str, str]) -> list[dict[str, Any]]:
+async def prompt_with_arguments(arguments: Mapping[str, str], _: RequestContext) -> list[dict[str, Any]]:
     text = f"Prompt with arguments: arg1='{arguments['arg1']}', arg2='{arguments['arg2']}'"
     return [_user({"type": "text", "text": text})]
 
 
-async def prompt_with_embedded_resource(arguments: Mapping[str, str]) -> list[dict[str, Any]]:
+async def prompt_with_embedded_resource(arguments: Mapping[str, str], _: RequestContext) -> list[dict[str, Any]]:
     resource = {"uri": arguments["resourceUri"], "mimeType": "text/plain",
                 "text": "Embedded resource content for testing."}  # fmt: skip
     return [
@@ -290,8 +449,16 @@ async def prompt_with_embedded_resource(arguments: Mapping[str, str]) -> list[di
     ]
 
 
-async def prompt_with_image(_: Mapping[str, str]) -> list[dict[str, Any]]:
+async def prompt_with_image(_: Mapping[str, str], __: RequestContext) -> list[dict[str, Any]]:
     return [_user(_image()), _user({"type": "text", "text": "Please analyze the image above."})]
+
+
+async def irr_prompt(_: Mapping[str, str], ctx: RequestContext) -> list[dict[str, Any]] | dict[str, Any]:
+    context = _elicited(ctx, "user_context", "context")
+    if isinstance(context, str):
+        return [_user({"type": "text", "text": f"Use the following context: {context}"})]
+    schema = {"type": "object", "properties": {"context": {"type": "string"}}, "required": ["context"]}
+    return _input_required({"user_context": _ask("What context should the prompt use?", schema)})
 
 
 PROMPTS = (
@@ -303,6 +470,8 @@ PROMPTS = (
                description="A prompt that includes an embedded resource",
                arguments=(PromptArgument("resourceUri", "URI of the resource to embed", required=True),)),
     PromptSpec("test_prompt_with_image", prompt_with_image, description="A prompt that includes image content"),
+    PromptSpec("test_input_required_result_prompt", irr_prompt,
+               description="Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)"),
 )  # fmt: skip
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 from app.features.pagination import paginate
 from app.jsonrpc import InvalidParams
+from app.protocol.context import RequestContext
 
 __all__ = ["PromptArgument", "PromptSpec", "Prompts"]
 
-Renderer = Callable[[Mapping[str, str]], Awaitable[list[dict[str, Any]]]]
+# A renderer returns the prompt's messages, or (2026-07-28) an InputRequiredResult asking the client for input.
+Renderer = Callable[[Mapping[str, str], RequestContext], Awaitable[list[dict[str, Any]] | dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ class Prompts:
             result["nextCursor"] = next_cursor
         return result
 
-    async def get(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def get(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
         """The result of prompts/get.
 
         Raises:
@@ -91,7 +93,10 @@ class Prompts:
         missing = [a.name for a in prompt.arguments if a.required and a.name not in arguments]
         if missing:
             raise InvalidParams(f"Missing required arguments for prompt {name!r}: {', '.join(missing)}")
-        result: dict[str, Any] = {"messages": await prompt.render(arguments)}
+        rendered = await prompt.render(arguments, ctx)
+        if isinstance(rendered, dict):
+            return rendered  # an InputRequiredResult
+        result: dict[str, Any] = {"messages": rendered}
         if prompt.description:
             result["description"] = prompt.description
         return result

@@ -12,7 +12,7 @@ import structlog
 from jsonschema import Draft202012Validator
 
 from app.features.pagination import paginate
-from app.jsonrpc import InvalidParams
+from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
 
 __all__ = ["ToolCallOutcome", "ToolError", "ToolHandler", "ToolResult", "ToolSpec", "Tools", "text_result"]
@@ -92,6 +92,11 @@ class Tools:
                 output = Draft202012Validator(dict(spec.output_schema))
             self._tools[spec.name] = _Tool(spec, Draft202012Validator(dict(spec.input_schema)), output)
 
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema of the tool called ``name``, if there is one."""
+        tool = self._tools.get(name)
+        return tool.spec.input_schema if tool else None
+
     @property
     def names(self) -> tuple[str, ...]:
         """The names of the tools offered, in catalogue order."""
@@ -116,6 +121,7 @@ class Tools:
 
         Raises:
             InvalidParams: the params name no known tool or are malformed.
+            JsonRpcError: the tool refused with a protocol error (such as a missing client capability).
         """
         name = params.get("name")
         if not isinstance(name, str):
@@ -141,6 +147,8 @@ class Tools:
                                    "timeout")  # fmt: skip
         except (ToolError, ClientRequestError) as exc:
             return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
+        except JsonRpcError:
+            raise  # a protocol error the tool chose (e.g. a missing client capability) stays a protocol error
         except Exception:
             log.exception("tool failed", tool=name)
             return ToolCallOutcome(text_result(f"Tool {name!r} failed; the server log has the details", is_error=True),
@@ -148,6 +156,8 @@ class Tools:
         return self._checked(tool, result)
 
     def _checked(self, tool: _Tool, result: ToolResult) -> ToolCallOutcome:
+        if result.get("resultType") == "input_required":
+            return ToolCallOutcome(result, "input_required")
         if tool.output_validator is not None and not result.get("isError"):
             structured = result.get("structuredContent")
             problems = list(tool.output_validator.iter_errors(structured)) if structured is not None else None

@@ -43,6 +43,20 @@ class RequestContext:
     client_request_timeout: float = 60.0
     # Ends the HTTP connection of the request's stream; the client resumes it with Last-Event-ID.
     end_connection: Callable[[], Awaitable[None]] | None = None
+    # 2026-07-28 (stateless): the capabilities and log level come with each request, the client cannot be sent
+    # requests, and multi-round handlers get the client's inputResponses and their own opened requestState.
+    stateless: bool = False
+    request_client_capabilities: Mapping[str, Any] = field(default_factory=dict)
+    request_log_level: str | None = None
+    input_responses: Mapping[str, Any] | None = None
+    request_state: str | None = None
+
+    @property
+    def client_capabilities(self) -> Mapping[str, Any]:
+        """What the client declared: at initialize, or (stateless) on this request."""
+        if self.stateless or self.session is None:
+            return self.request_client_capabilities
+        return self.session.client_capabilities
 
     @property
     def progress_token(self) -> str | int | None:
@@ -71,8 +85,11 @@ class RequestContext:
 
     async def log(self, level: str, data: Any, logger: str | None = None) -> bool:
         """Send a log message at ``level`` unless the client set a higher minimum level."""
-        minimum = self.session.log_level if self.session and self.session.log_level else "debug"
-        if LOG_LEVELS.index(level) < LOG_LEVELS.index(minimum):
+        if self.stateless:
+            minimum = self.request_log_level  # no logLevel in _meta: no log messages at all
+        else:
+            minimum = self.session.log_level if self.session and self.session.log_level else "debug"
+        if minimum not in LOG_LEVELS or LOG_LEVELS.index(level) < LOG_LEVELS.index(minimum):
             return False
         params: dict[str, Any] = {"level": level, "data": data}
         if logger is not None:
@@ -88,7 +105,7 @@ class RequestContext:
 
     def client_supports(self, capability: str) -> bool:
         """Whether the client declared a capability (sampling, elicitation, roots) at initialize."""
-        return self.session is not None and capability in self.session.client_capabilities
+        return capability in self.client_capabilities
 
     async def request(self, method: str, params: Mapping[str, Any], *, capability: str) -> dict[str, Any]:
         """Send a request to the client and wait for its result.
@@ -97,6 +114,8 @@ class RequestContext:
             ClientRequestError: the client lacks the capability, cannot be reached on a stream, answers
                 with an error, or does not answer in time.
         """
+        if self.stateless:
+            raise ClientRequestError(f"{method} cannot be sent to a stateless (2026-07-28) client; ask for input")
         if not self.client_supports(capability):
             raise ClientRequestError(f"the client did not declare the {capability!r} capability")
         if self.session is None or self.send is None:

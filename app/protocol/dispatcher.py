@@ -10,9 +10,11 @@ import structlog
 
 from app.features import Features
 from app.features.completion import complete
+from app.features.resources import ResourceNotFound
 from app.jsonrpc import (
     InternalError,
     InvalidParams,
+    InvalidRequest,
     JsonRpcError,
     Message,
     MethodNotFound,
@@ -20,9 +22,26 @@ from app.jsonrpc import (
     result_response,
 )
 from app.protocol.context import LOG_LEVELS, RequestContext
-from app.protocol.revisions import negotiate
+from app.protocol.request_state import RequestStateError, RequestStateSealer
+from app.protocol.revisions import STATELESS_REVISIONS, negotiate
 
 log = structlog.get_logger(__name__)
+
+# 2026-07-28 drops the handshake, ping, logging/setLevel and resources/(un)subscribe, and adds server/discover.
+_STATELESS_METHODS = frozenset(
+    {"server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
+     "prompts/list", "prompts/get", "completion/complete"}
+)  # fmt: skip
+_MULTI_ROUND = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer InputRequiredResult
+_CACHE_SCOPES = {
+    "server/discover": "public",
+    "tools/list": "public",
+    "prompts/list": "public",
+    "resources/list": "public",
+    "resources/templates/list": "public",
+    "resources/read": "private",
+}
+_CACHE_TTL_MS = {method: (0 if method == "resources/read" else 60_000) for method in _CACHE_SCOPES}
 
 __all__ = ["Dispatcher", "Outcome"]
 
@@ -42,8 +61,11 @@ class Outcome:
 class Dispatcher:
     """Answers the MCP requests of the handshake-era revisions (2024-11-05 to 2025-11-25)."""
 
-    def __init__(self, *, features: Features, server_name: str, server_version: str) -> None:
+    def __init__(
+        self, *, features: Features, server_name: str, server_version: str, sealer: RequestStateSealer
+    ) -> None:
         self._features = features
+        self._sealer = sealer
         self.server_info = {"name": server_name, "version": server_version}
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
@@ -93,33 +115,119 @@ class Dispatcher:
             result["instructions"] = self._features.instructions
         return result
 
+    def tool_schema(self, name: object) -> Mapping[str, Any] | None:
+        """The input schema of a tool, for checking the Mcp-Param-* headers of a call."""
+        return self._features.tools.input_schema(name) if isinstance(name, str) else None
+
+    def discover_result(self) -> dict[str, Any]:
+        """The result of server/discover (2026-07-28): versions, capabilities and server info, cacheable."""
+        features = self._features
+        changes = features.dynamic
+        capabilities: dict[str, Any] = {"tools": {"listChanged": changes}}
+        if not features.resources.empty:
+            capabilities["resources"] = {"listChanged": changes, "subscribe": changes}
+        if not features.prompts.empty:
+            capabilities["prompts"] = {"listChanged": changes}
+        if not features.prompts.empty or features.resources.templates:
+            capabilities["completions"] = {}
+        result: dict[str, Any] = {
+            "supportedVersions": list(STATELESS_REVISIONS),
+            "capabilities": capabilities,
+            "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info},
+        }
+        if features.instructions:
+            result["instructions"] = features.instructions
+        return result
+
     def knows(self, method: str) -> bool:
-        """Whether ``method`` is a request this server answers."""
+        """Whether ``method`` is a request this server answers in the handshake era."""
         return method in self._handlers or method in {"initialize", "tools/call"}
 
     async def dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
-        """Answer one request; protocol errors become error responses, never exceptions."""
+        """Answer one handshake-era request; protocol errors become error responses, never exceptions."""
         method = message.method or ""
         assert message.id is not None
         label = method if self.knows(method) else "(unknown)"
         try:
             if method == "initialize":
                 return Outcome(result_response(message.id, self.initialize_result(message.params)), label, "ok")
-            if method == "tools/call":
-                name = message.params.get("name")
-                called = await self._features.tools.call(message.params, ctx)
-                return Outcome(result_response(message.id, called.result), label, called.outcome, str(name))
-            handler = self._handlers.get(method)
-            if handler is None:
-                raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
-            result = await handler(message.params, ctx)
+            result, status, tool = await self._invoke(method, message.params, ctx)
+            if result.get("resultType") == "input_required":  # only 2026-07-28 clients can answer that
+                raise InvalidRequest(f"{method} needs input only a 2026-07-28 client can give")
         except JsonRpcError as error:
             return Outcome(error_response(message.id, error), label, "error")
         except Exception:  # never a stack trace on the wire; the log has it
             log.exception("request failed", method=method)
             internal = InternalError("Internal error: the server failed to answer; its log has the details")
             return Outcome(error_response(message.id, internal), label, "error")
-        return Outcome(result_response(message.id, result), label, "ok")
+        return Outcome(result_response(message.id, result), label, status, tool)
+
+    async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
+        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
+        method = message.method or ""
+        assert message.id is not None
+        known = method in _STATELESS_METHODS
+        label = method if known else "(unknown)"
+        try:
+            if not known:
+                raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
+            if method == "server/discover":
+                result, status, tool = self.discover_result(), "ok", None
+            else:
+                scope = self._open_input(method, message.params, ctx)
+                result, status, tool = await self._invoke(method, message.params, ctx)
+                if result.get("resultType") == "input_required":
+                    result = self._seal_input(method, scope, result)
+        except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
+            error = InvalidParams(missing.message, data=missing.data)
+            return Outcome(error_response(message.id, error), label, "error")
+        except JsonRpcError as error:
+            return Outcome(error_response(message.id, error), label, "error")
+        except Exception:
+            log.exception("request failed", method=method)
+            internal = InternalError("Internal error: the server failed to answer; its log has the details")
+            return Outcome(error_response(message.id, internal), label, "error")
+        result.setdefault("resultType", "complete")
+        if method in _CACHE_SCOPES and result["resultType"] == "complete":
+            result.setdefault("ttlMs", _CACHE_TTL_MS[method])
+            result.setdefault("cacheScope", _CACHE_SCOPES[method])
+        return Outcome(result_response(message.id, result), label, status, tool)
+
+    def _open_input(self, method: str, params: Mapping[str, Any], ctx: RequestContext) -> str:
+        """Check a retried request's inputResponses and open its requestState into the context."""
+        scope = f"{method}\x00{params.get('name') or params.get('uri') or ''}"
+        responses = params.get("inputResponses")
+        if responses is not None and not isinstance(responses, dict):
+            raise InvalidParams('Invalid params: "inputResponses" must be an object keyed by input request')
+        state = params.get("requestState")
+        if state is not None:
+            if method not in _MULTI_ROUND or not isinstance(state, str):
+                raise InvalidParams('Invalid params: "requestState" must be the string the server returned')
+            try:
+                ctx.request_state = self._sealer.open(state, scope)
+            except RequestStateError as exc:
+                raise InvalidParams(str(exc)) from exc
+        ctx.input_responses = responses
+        return scope
+
+    def _seal_input(self, method: str, scope: str, result: dict[str, Any]) -> dict[str, Any]:
+        if method not in _MULTI_ROUND:
+            raise InternalError(f"Internal error: {method} cannot ask the client for input")
+        if "requestState" in result:
+            result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), scope)}
+        return result
+
+    async def _invoke(
+        self, method: str, params: Mapping[str, Any], ctx: RequestContext
+    ) -> tuple[dict[str, Any], str, str | None]:
+        """Run one method's handler: the result, its outcome label, and the tool called (for tools/call)."""
+        if method == "tools/call":
+            called = await self._features.tools.call(params, ctx)
+            return called.result, called.outcome, str(params.get("name"))
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
+        return await handler(params, ctx), "ok", None
 
     async def _ping(self, _: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
         return {}
@@ -151,8 +259,8 @@ class Dispatcher:
     async def _prompts_list(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
         return self._features.prompts.list(params)
 
-    async def _prompts_get(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
-        return await self._features.prompts.get(params)
+    async def _prompts_get(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        return await self._features.prompts.get(params, ctx)
 
     async def _complete(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
         return complete(params, self._features.prompts, self._features.resources)

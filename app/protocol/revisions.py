@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["HANDSHAKE_REVISIONS", "LATEST_HANDSHAKE_REVISION", "negotiate"]
+__all__ = ["HANDSHAKE_REVISIONS", "LATEST_HANDSHAKE_REVISION", "STATELESS_REVISIONS", "negotiate"]
 
 # Revisions that open with the initialize handshake, oldest first.
 HANDSHAKE_REVISIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_HANDSHAKE_REVISION = HANDSHAKE_REVISIONS[-1]
+# Revisions without a handshake: every request carries its version and capabilities in _meta.
+STATELESS_REVISIONS = ("2026-07-28",)
 
 
 def negotiate(requested: object) -> str:

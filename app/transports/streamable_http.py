@@ -23,15 +23,25 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from app.jsonrpc import INVALID_REQUEST, InvalidRequest, JsonRpcError, Message, error_response, parse_message
+from app.jsonrpc import (
+    INVALID_REQUEST,
+    InvalidRequest,
+    JsonRpcError,
+    Message,
+    UnsupportedVersion,
+    error_response,
+    parse_message,
+)
 from app.observability.metrics import Metrics
 from app.protocol import HANDSHAKE_REVISIONS
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
+from app.protocol.revisions import STATELESS_REVISIONS
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.sessions import EventStream, Session, SessionLimitError, SessionStore
 from app.sessions.events import parse_event_id
+from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_headers, check_meta
 from app.transports.sse import SSE_HEADERS, format_event
 
 __all__ = ["McpEndpoint", "TransportOptions"]
@@ -49,6 +59,16 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
 
 def _refusal(status: int, message: str, headers: dict[str, str] | None = None, data: Any = None) -> Response:
     return _json(error_response(None, InvalidRequest(message, data=data)), status, headers)
+
+
+def _stateless_status(response: dict[str, Any]) -> int:
+    """The HTTP status of a 2026-07-28 response: 404 for an unknown method, 400 for a bad request, else 200."""
+    code = (response.get("error") or {}).get("code")
+    if code == -32601:
+        return 404
+    if code in {-32700, -32600, -32602, -32020, -32021, -32022}:
+        return 400
+    return 200
 
 
 def _media_types(accept: str) -> set[str]:
@@ -97,6 +117,10 @@ class McpEndpoint:
                 "Unauthorized: send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 headers={"WWW-Authenticate": 'Bearer realm="erlmcp"'},
             )
+        version = request.headers.get("mcp-protocol-version", "").strip()
+        if request.method in {"GET", "DELETE"} and version and version not in HANDSHAKE_REVISIONS:
+            return _refusal(405, f"Method Not Allowed: {request.method} has no use in protocol {version}",
+                            headers={"Allow": "POST"})  # fmt: skip
         if request.method == "POST":
             return await self._post(request)
         if request.method == "GET":
@@ -140,15 +164,12 @@ class McpEndpoint:
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return _json(error_response(error.request_id, error), 400)
+        version = request.headers.get("mcp-protocol-version", "").strip()
+        if version and version not in HANDSHAKE_REVISIONS:
+            # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
+            return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}))
         if message.method == "initialize" and not message.is_notification:
             return await self._initialize(request, message)
-        version = request.headers.get("mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_REVISIONS:
-            return _refusal(
-                400,
-                f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
-                data={"supported": list(HANDSHAKE_REVISIONS), "requested": version},
-            )
         found = self._session(request)
         if isinstance(found, Response):
             return found
@@ -295,6 +316,79 @@ class McpEndpoint:
         self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
         if outcome.tool is not None and outcome.method == "tools/call":
             self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+
+    # -- 2026-07-28: stateless POST ----------------------------------------------------------------------------
+
+    async def _stateless(self, request: Request, message: Message, *, wants_stream: bool) -> Response:
+        if message.is_notification:
+            self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
+            return Response(status_code=202)
+        if message.is_response:
+            return _refusal(400, "Bad Request: a 2026-07-28 client sends no responses; answer with inputResponses")
+        assert message.id is not None
+        try:
+            meta = check_meta(message)
+            tool = message.params.get("name") if message.method == "tools/call" else None
+            check_headers(message, request.headers, meta, self._dispatcher.tool_schema(tool))
+            if meta[META_VERSION] not in STATELESS_REVISIONS:
+                raise UnsupportedVersion(
+                    f"Unsupported protocol version {meta[META_VERSION]!r}",
+                    data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
+                )
+        except JsonRpcError as error:
+            self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
+            return _json(error_response(message.id, error), 400)
+        outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        level = meta.get(META_LOG_LEVEL)
+        ctx = RequestContext(
+            request_id=message.id,
+            method=message.method or "",
+            meta=meta,
+            send=outbox.put if wants_stream else None,
+            protocol_version=meta[META_VERSION],
+            stateless=True,
+            request_client_capabilities=meta[META_CAPABILITIES],
+            request_log_level=level if isinstance(level, str) else None,
+        )
+        task = asyncio.create_task(self._dispatcher.dispatch_stateless(message, ctx))
+        first = asyncio.create_task(outbox.get())
+        await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not first.done():
+            first.cancel()
+            outcome = task.result()
+            return self._finish(request, outcome, _json(outcome.response, _stateless_status(outcome.response)))
+        return StreamingResponse(
+            self._stateless_events(request, first, outbox, task), media_type=_SSE, headers=dict(SSE_HEADERS)
+        )
+
+    async def _stateless_events(
+        self,
+        request: Request,
+        first: asyncio.Task[dict[str, Any] | None],
+        outbox: asyncio.Queue[dict[str, Any] | None],
+        task: asyncio.Task[Outcome],
+    ) -> AsyncIterator[bytes]:
+        """A stateless response stream: related notifications, then the response. Closing it cancels the request."""
+        try:
+            message = await first
+            if message is not None:
+                yield format_event(None, orjson.dumps(message))
+            while not (task.done() and outbox.empty()):
+                getter = asyncio.create_task(outbox.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    item = getter.result()
+                    if item is not None:
+                        yield format_event(None, orjson.dumps(item))
+                else:
+                    getter.cancel()
+            outcome = task.result()
+            self._count(outcome)
+            request.scope["erlmcp"] = {"mcp_method": outcome.method, "mcp_outcome": outcome.status}
+            yield format_event(None, orjson.dumps(outcome.response))
+        finally:
+            if not task.done():
+                task.cancel()  # the client closed the stream: in 2026-07-28 that cancels the request
 
     # -- GET --------------------------------------------------------------------------------------------------
 

@@ -141,10 +141,11 @@ def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
     assert response.status_code == 413
 
 
-def test_an_unsupported_protocol_version_header_is_400_listing_the_supported(client: TestClient) -> None:
+def test_an_unknown_protocol_version_header_is_treated_as_stateless_and_refused_with_400(client: TestClient) -> None:
     response = client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, "MCP-Protocol-Version": "1999-01-01"})
     assert response.status_code == 400
-    assert "2025-11-25" in response.json()["error"]["data"]["supported"]
+    assert response.json()["error"]["code"] == -32602  # no _meta: not a request of any revision we speak
+    assert response.json()["id"] == 1
 
 
 def test_put_is_405(client: TestClient) -> None:
