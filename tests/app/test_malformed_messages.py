@@ -1,0 +1,127 @@
+"""Property-based: malformed and mutated messages of every request type never crash the server or earn a 5xx.
+
+Each answer is either a result or a JSON-RPC error with a code the specification defines for bad input, and the
+server keeps answering well-formed requests afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import json
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from app.observability.metrics import Metrics
+from app.server import create_app
+from app.settings import Settings
+
+METHODS = [
+    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
+    "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get", "completion/complete",
+    "logging/setLevel", "server/discover", "notifications/initialized", "notifications/cancelled",
+]  # fmt: skip
+# Codes for bad input (never -32603, which would mean the server itself failed), and tool-level refusals.
+CLIENT_ERRORS = {-32700, -32600, -32601, -32602, -32002, -32020, -32021, -32022}
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+STATELESS_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+params = st.dictionaries(
+    st.sampled_from(["name", "uri", "arguments", "cursor", "level", "ref", "argument", "protocolVersion",
+                     "requestState", "inputResponses", "_meta"]) | st.text(max_size=8),
+    json_values,
+    max_size=5,
+)  # fmt: skip
+ids = st.none() | st.integers() | st.text(max_size=8) | st.booleans() | st.floats(allow_nan=False) | st.just([1])
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    app = create_app(Settings(no_auth=True, catalog="conformance", tool_timeout_seconds=2), metrics=Metrics("t"))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def session(client: TestClient) -> dict[str, str]:
+    opened = client.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT})
+    return {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Accept": "application/json"}
+
+
+def assert_well_answered(response: Any) -> None:
+    assert response.status_code < 500, response.text
+    if response.status_code in {202, 204} or not response.content:
+        return
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert body.get("jsonrpc") == "2.0"
+    if "error" in body:
+        assert body["error"]["code"] in CLIENT_ERRORS, body
+        assert body["error"]["message"]
+    else:
+        assert isinstance(body["result"], dict)
+
+
+def still_alive(client: TestClient, headers: dict[str, str]) -> None:
+    ping = client.post("/mcp", json={"jsonrpc": "2.0", "id": "alive", "method": "ping"}, headers=headers)
+    assert ping.json()["result"] == {}
+
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(method=st.sampled_from(METHODS), request_id=ids, body_params=params)
+def test_mutated_handshake_era_requests_get_client_errors_never_5xx(
+    client: TestClient, session: dict[str, str], method: str, request_id: Any, body_params: dict[str, Any]
+) -> None:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": body_params}
+    if request_id is not None:
+        body["id"] = request_id
+    assert_well_answered(client.post("/mcp", content=json.dumps(body).encode(), headers={**session,
+                                                                                  "Content-Type": "application/json"}))
+    still_alive(client, session)
+
+
+@SETTINGS
+@given(method=st.sampled_from(METHODS), body_params=params, meta=st.none() | json_values)
+def test_mutated_stateless_requests_get_client_errors_never_5xx(
+    client: TestClient, method: str, body_params: dict[str, Any], meta: Any
+) -> None:
+    sent = {**body_params, "_meta": STATELESS_META if meta is None else meta}
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": method}  # fmt: skip
+    name = sent.get("name") if method in {"tools/call", "prompts/get"} else sent.get("uri")
+    if isinstance(name, str) and name.isascii() and name.isprintable():
+        headers["Mcp-Name"] = name
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": sent}
+    assert_well_answered(client.post("/mcp", content=json.dumps(body).encode(), headers=headers))
+
+
+@SETTINGS
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_arbitrary_bodies_get_client_errors_never_5xx(client: TestClient, session: dict[str, str], raw: bytes) -> None:
+    response = client.post("/mcp", content=raw, headers={**session, "Content-Type": "application/json"})
+    assert_well_answered(response)
+    still_alive(client, session)
+
+
+@SETTINGS
+@given(envelope=st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params", "result", "error"]),
+                                json_values, max_size=6))  # fmt: skip
+def test_mutated_envelopes_get_client_errors_never_5xx(
+    client: TestClient, session: dict[str, str], envelope: dict[str, Any]
+) -> None:
+    response = client.post("/mcp", content=json.dumps(envelope).encode(), headers={**session,
+                                                                            "Content-Type": "application/json"})
+    assert_well_answered(response)
+    still_alive(client, session)
