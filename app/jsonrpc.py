@@ -41,6 +41,8 @@ __all__ = [
     "RequestId",
     "UnsupportedVersion",
     "error_response",
+    "message_from",
+    "parse_json",
     "parse_message",
     "result_response",
 ]
@@ -140,6 +142,18 @@ class Message:
         return self.method is not None and self.id is None
 
 
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a request body.
+
+    Raises:
+        ParseError: the body is not JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"Parse error: the body is not valid JSON ({exc})") from exc
+
+
 def parse_message(body: bytes) -> Message:
     """Parse one JSON-RPC 2.0 message from a request body.
 
@@ -148,12 +162,18 @@ def parse_message(body: bytes) -> Message:
         InvalidRequest: the JSON is a batch, or not a JSON-RPC 2.0 message (the error's ``request_id`` holds
             the id when one could be read, so the reply can name it).
     """
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ParseError(f"Parse error: the body is not valid JSON ({exc})") from exc
+    payload = parse_json(body)
     if isinstance(payload, list):
         raise InvalidRequest("Invalid Request: JSON-RPC batches are not supported; send one message per request")
+    return message_from(payload)
+
+
+def message_from(payload: Any) -> Message:
+    """Validate one parsed JSON value as a JSON-RPC 2.0 message.
+
+    Raises:
+        InvalidRequest: it is not a JSON-RPC 2.0 message.
+    """
     if not isinstance(payload, dict):
         raise InvalidRequest("Invalid Request: a JSON-RPC message must be a JSON object")
     raw_id = payload.get("id")

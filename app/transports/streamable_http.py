@@ -30,7 +30,8 @@ from app.jsonrpc import (
     Message,
     UnsupportedVersion,
     error_response,
-    parse_message,
+    message_from,
+    parse_json,
 )
 from app.observability.metrics import Metrics
 from app.protocol import HANDSHAKE_REVISIONS
@@ -69,6 +70,11 @@ def _stateless_status(response: dict[str, Any]) -> int:
     if code in {-32700, -32600, -32602, -32020, -32021, -32022}:
         return 400
     return 200
+
+
+def _meta_of(message: Message) -> dict[str, Any]:
+    meta = message.params.get("_meta")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _media_types(accept: str) -> set[str]:
@@ -160,7 +166,10 @@ class McpEndpoint:
         if body is None:
             return _refusal(413, f"Payload Too Large: the body exceeds {self._options.max_request_bytes} bytes")
         try:
-            message = parse_message(body)
+            payload = parse_json(body)
+            if isinstance(payload, list):
+                return await self._batch(request, payload)
+            message = message_from(payload)
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return _json(error_response(error.request_id, error), 400)
@@ -227,11 +236,10 @@ class McpEndpoint:
         async def end_connection() -> None:
             await outbox.put(None)
 
-        meta = message.params.get("_meta")
         ctx = RequestContext(
             request_id=message.id,
             method=message.method or "",
-            meta=meta if isinstance(meta, dict) else {},
+            meta=_meta_of(message),
             session=session,
             send=outbox.put if wants_stream else None,
             protocol_version=session.protocol_version,
@@ -316,6 +324,50 @@ class McpEndpoint:
         self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
         if outcome.tool is not None and outcome.method == "tools/call":
             self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+
+    async def _batch(self, request: Request, payload: list[Any]) -> Response:
+        """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching)."""
+        found = self._session(request)
+        if isinstance(found, Response):
+            return found
+        if found.protocol_version != "2025-03-26":
+            return _refusal(400, f"Invalid Request: batches are not part of protocol {found.protocol_version}; "
+                            "send one message per request")  # fmt: skip
+        if not payload:
+            return _refusal(400, "Invalid Request: an empty batch")
+        answers: list[dict[str, Any]] = []
+        requests: list[Message] = []
+        for item in payload:
+            try:
+                message = message_from(item)
+            except JsonRpcError as error:
+                answers.append(error_response(error.request_id, error))
+                continue
+            if message.method == "initialize":
+                answers.append(
+                    error_response(message.id, InvalidRequest("Invalid Request: initialize cannot be batched"))
+                )
+            elif message.is_response:
+                future = found.pending.get(message.id) if message.id is not None else None
+                if future is not None and not future.done():
+                    future.set_result(message.payload)
+            elif message.is_notification:
+                self._notification(found, message)
+            else:
+                requests.append(message)
+
+        async def answer(message: Message) -> dict[str, Any]:
+            assert message.id is not None
+            ctx = RequestContext(request_id=message.id, method=message.method or "", session=found,
+                                 meta=_meta_of(message), protocol_version=found.protocol_version)  # fmt: skip
+            outcome = await self._dispatcher.dispatch(message, ctx)
+            self._count(outcome)
+            return outcome.response
+
+        answers += await asyncio.gather(*(answer(m) for m in requests))
+        if not answers:
+            return Response(status_code=202)
+        return Response(orjson.dumps(answers), media_type=_JSON)
 
     # -- 2026-07-28: stateless POST ----------------------------------------------------------------------------
 

@@ -6,10 +6,10 @@ server keeps answering well-formed requests afterwards.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
-import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -87,8 +87,9 @@ def test_mutated_handshake_era_requests_get_client_errors_never_5xx(
     body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": body_params}
     if request_id is not None:
         body["id"] = request_id
-    assert_well_answered(client.post("/mcp", content=json.dumps(body).encode(), headers={**session,
-                                                                                  "Content-Type": "application/json"}))
+    assert_well_answered(
+        client.post("/mcp", content=json.dumps(body).encode(), headers={**session, "Content-Type": "application/json"})
+    )
     still_alive(client, session)
 
 
@@ -121,7 +122,8 @@ def test_arbitrary_bodies_get_client_errors_never_5xx(client: TestClient, sessio
 def test_mutated_envelopes_get_client_errors_never_5xx(
     client: TestClient, session: dict[str, str], envelope: dict[str, Any]
 ) -> None:
-    response = client.post("/mcp", content=json.dumps(envelope).encode(), headers={**session,
-                                                                            "Content-Type": "application/json"})
+    response = client.post(
+        "/mcp", content=json.dumps(envelope).encode(), headers={**session, "Content-Type": "application/json"}
+    )
     assert_well_answered(response)
     still_alive(client, session)

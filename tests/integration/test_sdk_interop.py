@@ -52,9 +52,10 @@ def test_the_sdk_client_lists_calls_reads_and_gets_prompts(server: RunningServer
 
 
 def test_the_sdk_client_answers_a_sampling_request_mid_call(server: RunningServer, tmp_path: Path) -> None:
-    from mcp.types import CreateMessageRequestParams, CreateMessageResult, TextContent
+    from mcp.client.session import ClientRequestContext
+    from mcp_types import CreateMessageRequestParams, CreateMessageResult, TextContent
 
-    async def sample(_: Any, params: CreateMessageRequestParams) -> CreateMessageResult:
+    async def sample(context: ClientRequestContext, params: CreateMessageRequestParams) -> CreateMessageResult:
         asked = params.messages[0].content.text  # type: ignore[union-attr]
         return CreateMessageResult(role="assistant", content=TextContent(type="text", text=f"echo:{asked}"),
                                    model="test-model")  # fmt: skip

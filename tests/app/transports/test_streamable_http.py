@@ -219,3 +219,41 @@ def test_unknown_http_methods_do_not_create_metric_series(tmp_path: Path) -> Non
             test_client.request(f"FOO{i}", "/mcp")
     methods = {s.labels["method"] for m in metrics.registry.collect() if m.name == "http_requests" for s in m.samples}
     assert methods == {"OTHER"}
+
+
+def open_session(client: TestClient, version: str) -> dict[str, str]:
+    params = {**INIT, "protocolVersion": version}
+    opened = client.post("/mcp", json=rpc("initialize", params, request_id=0), headers=AUTH)
+    assert opened.json()["result"]["protocolVersion"] == version
+    return {**AUTH, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+
+
+def test_a_2025_03_26_session_may_send_a_batch_and_gets_the_answers_in_an_array(client: TestClient) -> None:
+    headers = open_session(client, "2025-03-26")
+    batch = [rpc("ping", request_id=1), rpc("notifications/initialized", request_id=None), rpc("no/such", request_id=2),
+             {"jsonrpc": "2.0", "id": 3}]  # fmt: skip
+    answers = client.post("/mcp", json=batch, headers=headers).json()
+    by_id = {answer["id"]: answer for answer in answers}
+    assert by_id[1]["result"] == {}
+    assert by_id[2]["error"]["code"] == -32601
+    assert by_id[3]["error"]["code"] == -32600
+    assert len(answers) == 3
+
+
+def test_a_batch_of_notifications_only_is_202(client: TestClient) -> None:
+    headers = open_session(client, "2025-03-26")
+    response = client.post("/mcp", json=[rpc("notifications/initialized", request_id=None)], headers=headers)
+    assert response.status_code == 202
+
+
+def test_initialize_inside_a_batch_is_refused(client: TestClient) -> None:
+    headers = open_session(client, "2025-03-26")
+    answers = client.post("/mcp", json=[rpc("initialize", INIT, request_id=5)], headers=headers).json()
+    assert answers[0]["error"]["code"] == -32600
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-06-18", "2025-11-25"])
+def test_revisions_without_batching_refuse_a_batch(client: TestClient, version: str) -> None:
+    headers = open_session(client, version)
+    response = client.post("/mcp", json=[rpc("ping")], headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
