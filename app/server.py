@@ -134,6 +134,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
 
     app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.erlmcp = state
+    app.state.mcp_endpoint = endpoint
 
     async def livez() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -198,6 +199,7 @@ async def serve(settings: Settings) -> None:
     )
 
     def close() -> None:
+        app.state.mcp_endpoint.shutdown()  # end the long-lived streams, or they would hold the drain open
         main.should_exit = True
         metrics_server.should_exit = True
 

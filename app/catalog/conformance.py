@@ -475,10 +475,43 @@ PROMPTS = (
 )  # fmt: skip
 
 
+def _triggers(tools: Tools, prompts: Prompts) -> tuple[ToolSpec, ...]:
+    """Tools that really change the offer (add, then remove, a dynamic entry) and announce the change."""
+
+    async def dynamic_tool(_: Args, __: RequestContext) -> ToolResult:
+        return text_result("dynamic")
+
+    async def dynamic_prompt(_: Mapping[str, str], __: RequestContext) -> list[dict[str, Any]]:
+        return [_user({"type": "text", "text": "dynamic"})]
+
+    async def tool_change(_: Args, ctx: RequestContext) -> ToolResult:
+        tools.add(_tool("test_dynamic_tool", "A tool registered and removed by test_trigger_tool_change",
+                        dynamic_tool))  # fmt: skip
+        tools.remove("test_dynamic_tool")
+        await ctx.notify_change("notifications/tools/list_changed")
+        return text_result("tool list changed")
+
+    async def prompt_change(_: Args, ctx: RequestContext) -> ToolResult:
+        prompts.add(PromptSpec("test_dynamic_prompt", dynamic_prompt, description="dynamic"))
+        prompts.remove("test_dynamic_prompt")
+        await ctx.notify_change("notifications/prompts/list_changed")
+        return text_result("prompt list changed")
+
+    return (
+        _tool("test_trigger_tool_change", "Mutates the tool list and announces it (SEP-2575)", tool_change),
+        _tool("test_trigger_prompt_change", "Mutates the prompt list and announces it (SEP-2575)", prompt_change),
+    )
+
+
 def conformance_features(*, timeout_seconds: float, page_size: int) -> Features:
     """The fixtures of the conformance suite."""
+    tools = Tools(TOOLS, timeout_seconds=timeout_seconds, page_size=page_size)
+    prompts = Prompts(PROMPTS, page_size=page_size)
+    for trigger in _triggers(tools, prompts):
+        tools.add(trigger)
     return Features(
-        tools=Tools(TOOLS, timeout_seconds=timeout_seconds, page_size=page_size),
+        tools=tools,
         resources=Resources(RESOURCES, TEMPLATES, page_size=page_size),
-        prompts=Prompts(PROMPTS, page_size=page_size),
+        prompts=prompts,
+        dynamic=True,
     )

@@ -65,6 +65,14 @@ class Prompts:
         """Whether nothing is offered."""
         return not self._prompts
 
+    def add(self, spec: PromptSpec) -> None:
+        """Offer one more prompt (or replace the one of the same name)."""
+        self._prompts[spec.name] = spec
+
+    def remove(self, name: str) -> bool:
+        """Stop offering a prompt; whether it was offered."""
+        return self._prompts.pop(name, None) is not None
+
     def get_spec(self, name: str) -> PromptSpec | None:
         """The prompt called ``name``."""
         return self._prompts.get(name)

@@ -85,12 +85,20 @@ class Tools:
         self._page_size = page_size
         self._tools: dict[str, _Tool] = {}
         for spec in specs:
-            Draft202012Validator.check_schema(dict(spec.input_schema))
-            output = None
-            if spec.output_schema is not None:
-                Draft202012Validator.check_schema(dict(spec.output_schema))
-                output = Draft202012Validator(dict(spec.output_schema))
-            self._tools[spec.name] = _Tool(spec, Draft202012Validator(dict(spec.input_schema)), output)
+            self.add(spec)
+
+    def add(self, spec: ToolSpec) -> None:
+        """Offer one more tool (or replace the one of the same name)."""
+        Draft202012Validator.check_schema(dict(spec.input_schema))
+        output = None
+        if spec.output_schema is not None:
+            Draft202012Validator.check_schema(dict(spec.output_schema))
+            output = Draft202012Validator(dict(spec.output_schema))
+        self._tools[spec.name] = _Tool(spec, Draft202012Validator(dict(spec.input_schema)), output)
+
+    def remove(self, name: str) -> bool:
+        """Stop offering a tool; whether it was offered."""
+        return self._tools.pop(name, None) is not None
 
     def input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of the tool called ``name``, if there is one."""

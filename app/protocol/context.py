@@ -50,6 +50,8 @@ class RequestContext:
     request_log_level: str | None = None
     input_responses: Mapping[str, Any] | None = None
     request_state: str | None = None
+    # Publishes a change notification (list_changed, resources/updated) to every client that listens for it.
+    announce: Callable[[str, Mapping[str, Any]], Awaitable[int]] | None = None
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:
@@ -102,6 +104,12 @@ class RequestContext:
             return False
         await self.end_connection()
         return True
+
+    async def notify_change(self, method: str, params: Mapping[str, Any] | None = None) -> int:
+        """Tell every listening client that something changed; how many were told."""
+        if self.announce is None:
+            return 0
+        return await self.announce(method, params or {})
 
     def client_supports(self, capability: str) -> bool:
         """Whether the client declared a capability (sampling, elicitation, roots) at initialize."""

@@ -115,6 +115,11 @@ class Dispatcher:
             result["instructions"] = self._features.instructions
         return result
 
+    @property
+    def announces_changes(self) -> bool:
+        """Whether the offer can change, so that clients may listen for list changes."""
+        return self._features.dynamic
+
     def tool_schema(self, name: object) -> Mapping[str, Any] | None:
         """The input schema of a tool, for checking the Mcp-Param-* headers of a call."""
         return self._features.tools.input_schema(name) if isinstance(name, str) else None

@@ -14,7 +14,7 @@ Every refusal carries the right HTTP status and a JSON-RPC error body that says 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from app.jsonrpc import (
 )
 from app.observability.metrics import Metrics
 from app.protocol import HANDSHAKE_REVISIONS
+from app.protocol.changes import Change, ChangeFeed
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.protocol.revisions import STATELESS_REVISIONS
@@ -60,6 +61,14 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
 
 def _refusal(status: int, message: str, headers: dict[str, str] | None = None, data: Any = None) -> Response:
     return _json(error_response(None, InvalidRequest(message, data=data)), status, headers)
+
+
+# subscriptions/listen filters and the notification each one selects.
+_LIST_FILTERS = {
+    "toolsListChanged": "notifications/tools/list_changed",
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
 
 
 def _stateless_status(response: dict[str, Any]) -> int:
@@ -110,6 +119,18 @@ class McpEndpoint:
         self._metrics = metrics
         self._options = options
         self._background: set[asyncio.Task[Any]] = set()
+        self._feed = ChangeFeed()
+
+    async def announce(self, method: str, params: Mapping[str, Any]) -> int:
+        """Publish a change notification to every client listening for it; how many listeners got it."""
+        return await self._feed.publish(Change(method, dict(params)))
+
+    def shutdown(self) -> None:
+        """End the long-lived streams (GET streams, listen streams) so that the server can stop."""
+        self._feed.close()
+        for session in self._sessions.all():
+            if session.standalone is not None:
+                asyncio.get_running_loop().create_task(session.standalone.close())
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the MCP endpoint."""
@@ -245,6 +266,7 @@ class McpEndpoint:
             protocol_version=session.protocol_version,
             client_request_timeout=self._options.client_request_timeout,
             end_connection=end_connection if wants_stream else None,
+            announce=self.announce,
         )
         task = asyncio.create_task(self._dispatcher.dispatch(message, ctx))
         session.in_flight[message.id] = task
@@ -390,6 +412,8 @@ class McpEndpoint:
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return _json(error_response(message.id, error), 400)
+        if message.method == "subscriptions/listen" and self._dispatcher.announces_changes:
+            return self._listen(message)
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         level = meta.get(META_LOG_LEVEL)
         ctx = RequestContext(
@@ -401,6 +425,7 @@ class McpEndpoint:
             stateless=True,
             request_client_capabilities=meta[META_CAPABILITIES],
             request_log_level=level if isinstance(level, str) else None,
+            announce=self.announce,
         )
         task = asyncio.create_task(self._dispatcher.dispatch_stateless(message, ctx))
         first = asyncio.create_task(outbox.get())
@@ -442,6 +467,41 @@ class McpEndpoint:
             if not task.done():
                 task.cancel()  # the client closed the stream: in 2026-07-28 that cancels the request
 
+    def _listen(self, message: Message) -> Response:
+        """subscriptions/listen: acknowledge what will be delivered, then stream those notifications, tagged."""
+        asked = message.params.get("notifications")
+        asked = asked if isinstance(asked, dict) else {}
+        honoured: dict[str, Any] = {key: True for key in _LIST_FILTERS if asked.get(key) is True}
+        uris = asked.get("resourceSubscriptions")
+        if isinstance(uris, list) and all(isinstance(uri, str) for uri in uris) and uris:
+            honoured["resourceSubscriptions"] = list(uris)
+        methods = {_LIST_FILTERS[key] for key in honoured if key in _LIST_FILTERS}
+        watched = set(honoured.get("resourceSubscriptions", []))
+
+        def wants(change: Change) -> bool:
+            if change.method == "notifications/resources/updated":
+                return change.params.get("uri") in watched
+            return change.method in methods
+
+        listener = self._feed.listen(wants)
+        tag = {"io.modelcontextprotocol/subscriptionId": message.id}
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                       "params": {"_meta": tag, "notifications": honoured}}  # fmt: skip
+                yield format_event(None, orjson.dumps(ack))
+                async for change in listener.changes():
+                    params = {**change.params, "_meta": {**change.params.get("_meta", {}), **tag}}
+                    yield format_event(
+                        None, orjson.dumps({"jsonrpc": "2.0", "method": change.method, "params": params})
+                    )
+            finally:
+                self._feed.forget(listener)
+
+        self._metrics.mcp_requests.labels(method="subscriptions/listen", outcome="ok").inc()
+        return StreamingResponse(events(), media_type=_SSE, headers=dict(SSE_HEADERS))
+
     # -- GET --------------------------------------------------------------------------------------------------
 
     async def _get(self, request: Request) -> Response:
@@ -465,7 +525,29 @@ class McpEndpoint:
         session.standalone = stream
         session.streams[stream.id] = stream
         await stream.append(b"")
-        return StreamingResponse(self._events(stream, 0, priming=True), media_type=_SSE, headers=headers)
+        listener = self._feed.listen(
+            lambda change: (
+                change.method != "notifications/resources/updated" or change.params.get("uri") in session.subscriptions
+            )
+        )
+
+        async def forward() -> None:
+            async for change in listener.changes():
+                message = {"jsonrpc": "2.0", "method": change.method, "params": change.params}
+                await stream.append(orjson.dumps(message))
+
+        pump = asyncio.create_task(forward())
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._events(stream, 0, priming=True):
+                    yield chunk
+            finally:
+                self._feed.forget(listener)
+                pump.cancel()
+                await stream.close()
+
+        return StreamingResponse(events(), media_type=_SSE, headers=headers)
 
     async def _read_body(self, request: Request) -> bytes | None:
         """The body, or None when it is larger than allowed (checked before and while reading)."""
