@@ -17,8 +17,9 @@ import orjson
 from app.features import Features
 from app.features.prompts import PromptArgument, Prompts, PromptSpec
 from app.features.resources import ResourceContents, Resources, ResourceSpec, TemplateSpec
+from app.features.tasks import RunAsTask, TaskContext
 from app.features.tools import ToolError, ToolResult, Tools, ToolSpec, text_result
-from app.jsonrpc import MissingClientCapability
+from app.jsonrpc import InternalError, MissingClientCapability
 from app.protocol.context import RequestContext
 
 __all__ = ["conformance_features"]
@@ -342,8 +343,97 @@ async def irr_capabilities(_: Args, ctx: RequestContext) -> ToolResult:
     return _input_required(requests, "capability-gated")
 
 
-def _tool(name: str, description: str, handler: Any, schema: Mapping[str, Any] = NO_ARGUMENTS) -> ToolSpec:
-    return ToolSpec(name=name, description=description, input_schema=schema, handler=handler)
+# -- tasks extension fixtures -------------------------------------------------------------------------------------
+
+
+async def greet(arguments: Args, _: RequestContext) -> ToolResult:
+    return text_result(f"Hello, {arguments['name']}!")
+
+
+async def slow_compute(arguments: Args, _: RequestContext) -> ToolResult | RunAsTask:
+    seconds, label = int(arguments.get("seconds", 3)), str(arguments.get("label", "default"))
+    if seconds <= 0:
+        return text_result(f'Computation "{label}" completed instantly. Result: 42.')
+
+    async def compute(_: TaskContext) -> ToolResult:
+        await asyncio.sleep(seconds)
+        return text_result(f'Computation "{label}" completed after {seconds} seconds. Result: 42.')
+
+    return RunAsTask(compute)
+
+
+async def failing_job(_: Args, __: RequestContext) -> RunAsTask:
+    async def fail(_: TaskContext) -> ToolResult:
+        await asyncio.sleep(1)
+        return text_result("simulated failure: job crashed", is_error=True)
+
+    return RunAsTask(fail)
+
+
+async def protocol_error_job(_: Args, __: RequestContext) -> RunAsTask:
+    async def crash(_: TaskContext) -> ToolResult:
+        await asyncio.sleep(0.5)
+        raise InternalError("internal error: simulated protocol error: server internal failure")
+
+    return RunAsTask(crash)
+
+
+CONFIRM_SCHEMA = {"type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}
+
+
+def _accepted(answer: Any, field: str) -> Any:
+    if isinstance(answer, dict) and answer.get("action") == "accept" and isinstance(answer.get("content"), dict):
+        return answer["content"].get(field)
+    return None
+
+
+async def confirm_delete(arguments: Args, _: RequestContext) -> RunAsTask:
+    filename = str(arguments.get("filename", "important.txt"))
+
+    async def ask(task: TaskContext) -> ToolResult:
+        answers = await task.ask({"elicit": _ask(f"Delete '{filename}'?", CONFIRM_SCHEMA)})
+        confirmed = _accepted(answers["elicit"], "confirm") is True
+        return text_result(f"deleted '{filename}'" if confirmed else f"kept '{filename}'")
+
+    return RunAsTask(ask)
+
+
+async def multi_input(_: Args, __: RequestContext) -> RunAsTask:
+    async def ask(task: TaskContext) -> ToolResult:
+        answers = await task.ask({"name": _ask("Enter your name:", NAME_SCHEMA),
+                                  "confirm": _ask("Confirm action?", CONFIRM_SCHEMA)})  # fmt: skip
+        return text_result(f'name="{_accepted(answers["name"], "name")}" '
+                           f"confirmed={_accepted(answers['confirm'], 'confirm')}")  # fmt: skip
+
+    return RunAsTask(ask)
+
+
+async def tool_with_task(_: Args, ctx: RequestContext) -> ToolResult | RunAsTask:
+    name = _elicited(ctx, "user_name", "name")
+    if not isinstance(name, str):  # first ask, in the request itself; then finish as a task
+        return _input_required({"user_name": _ask("What is your name?", NAME_SCHEMA)})
+
+    async def compute(_: TaskContext) -> ToolResult:
+        await asyncio.sleep(0.05)
+        return text_result(f"Hello, {name}! (computed in task)")
+
+    return RunAsTask(compute)
+
+
+GREET_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "description": "Name to greet"}},
+                "required": ["name"]}  # fmt: skip
+SLOW_SCHEMA = {"type": "object", "properties": {
+    "seconds": {"type": "integer", "description": "How many seconds to compute (sleep)", "default": 3},
+    "label": {"type": "string", "description": "A label for the computation", "default": "default"}}}  # fmt: skip
+FILENAME_SCHEMA = {"type": "object", "properties": {"filename": {
+    "type": "string", "description": "File the user is being asked to confirm deletion of",
+    "default": "important.txt"}}}  # fmt: skip
+
+
+def _tool(
+    name: str, description: str, handler: Any, schema: Mapping[str, Any] = NO_ARGUMENTS, tasks: str | None = None
+) -> ToolSpec:
+    return ToolSpec(name=name, description=description, input_schema=schema, handler=handler, task_support=tasks)
 
 
 def _string_argument(name: str) -> Mapping[str, Any]:
@@ -391,6 +481,18 @@ TOOLS = (
           irr_tampered_state),
     _tool("test_input_required_result_capabilities", "Tests that inputRequests only include methods the client "
           "declared support for", irr_capabilities),
+    _tool("greet", "Greets by name, always at once", greet, GREET_SCHEMA),
+    _tool("slow_compute", "Computes for some seconds; runs as a task for clients with the tasks extension",
+          slow_compute, SLOW_SCHEMA, tasks="optional"),
+    _tool("failing_job", "A task whose tool fails", failing_job, {"type": "object", "properties": {}}, "required"),
+    _tool("protocol_error_job", "A task that fails with a protocol error", protocol_error_job,
+          {"type": "object", "properties": {}}, "required"),
+    _tool("confirm_delete", "Asks the user to confirm a deletion, inside a task", confirm_delete, FILENAME_SCHEMA,
+          "required"),
+    _tool("multi_input", "Asks the user two questions at once, inside a task", multi_input,
+          {"type": "object", "properties": {}}, "required"),
+    _tool("test_tool_with_task", "Asks for a name first, then finishes as a task", tool_with_task,
+          {"type": "object"}, "required"),
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import structlog
 from jsonschema import Draft202012Validator
 
 from app.features.pagination import paginate
+from app.features.tasks import RunAsTask, TaskContext
 from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
 
@@ -20,7 +21,8 @@ __all__ = ["ToolCallOutcome", "ToolError", "ToolHandler", "ToolResult", "ToolSpe
 log = structlog.get_logger(__name__)
 
 ToolResult = dict[str, Any]
-ToolHandler = Callable[[Mapping[str, Any], RequestContext], Awaitable[ToolResult]]
+# A handler answers with a result, or (tools that support tasks) with RunAsTask to finish in the background.
+ToolHandler = Callable[[Mapping[str, Any], RequestContext], Awaitable["ToolResult | RunAsTask"]]
 
 
 class ToolError(Exception):
@@ -44,6 +46,8 @@ class ToolSpec:
     output_schema: Mapping[str, Any] | None = None
     annotations: Mapping[str, Any] | None = None
     icons: Sequence[Mapping[str, Any]] | None = None
+    # Tasks extension: "optional" or "required" when the tool can finish in the background; None: never.
+    task_support: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The tool as tools/list shows it."""
@@ -59,15 +63,21 @@ class ToolSpec:
             "icons": self.icons,
         }
         described.update({key: value for key, value in optional.items() if value is not None})
+        if self.task_support is not None:
+            described["execution"] = {"taskSupport": self.task_support}
         return described
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCallOutcome:
-    """A tool call's result and how it ended (``ok``, ``error``, ``invalid_arguments`` or ``timeout``)."""
+    """A tool call's result and how it ended (``ok``, ``error``, ``invalid_arguments``, ``timeout``, ``task``).
+
+    ``background`` is set when the tool asked to finish as a task; the caller decides whether it may.
+    """
 
     result: ToolResult
     outcome: str
+    background: RunAsTask | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,28 @@ class Tools:
     def remove(self, name: str) -> bool:
         """Stop offering a tool; whether it was offered."""
         return self._tools.pop(name, None) is not None
+
+    def spec(self, name: str) -> ToolSpec | None:
+        """The tool called ``name``."""
+        tool = self._tools.get(name)
+        return tool.spec if tool else None
+
+    @property
+    def support_tasks(self) -> bool:
+        """Whether any tool can finish as a task."""
+        return any(tool.spec.task_support for tool in self._tools.values())
+
+    async def run_inline(self, name: str, background: RunAsTask) -> ToolCallOutcome:
+        """Finish a task-capable call in the request itself (for clients without the tasks extension)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await background.worker(TaskContext(None))
+        except TimeoutError:
+            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {self._timeout:g} s", is_error=True),
+                                   "timeout")  # fmt: skip
+        except (ToolError, ClientRequestError, RuntimeError) as exc:
+            return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
+        return ToolCallOutcome(result, "error" if result.get("isError") else "ok")
 
     def input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of the tool called ``name``, if there is one."""
@@ -163,7 +195,9 @@ class Tools:
                                    "error")  # fmt: skip
         return self._checked(tool, result)
 
-    def _checked(self, tool: _Tool, result: ToolResult) -> ToolCallOutcome:
+    def _checked(self, tool: _Tool, result: ToolResult | RunAsTask) -> ToolCallOutcome:
+        if isinstance(result, RunAsTask):
+            return ToolCallOutcome({}, "task", background=result)
         if result.get("resultType") == "input_required":
             return ToolCallOutcome(result, "input_required")
         if tool.output_validator is not None and not result.get("isError"):

@@ -11,6 +11,7 @@ import structlog
 from app.features import Features
 from app.features.completion import complete
 from app.features.resources import ResourceNotFound
+from app.features.tasks import TASKS_EXTENSION, TaskStore
 from app.jsonrpc import (
     InternalError,
     InvalidParams,
@@ -18,6 +19,7 @@ from app.jsonrpc import (
     JsonRpcError,
     Message,
     MethodNotFound,
+    MissingClientCapability,
     error_response,
     result_response,
 )
@@ -32,6 +34,8 @@ _STATELESS_METHODS = frozenset(
     {"server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
      "prompts/list", "prompts/get", "completion/complete"}
 )  # fmt: skip
+_TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+_NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
 _MULTI_ROUND = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer InputRequiredResult
 _CACHE_SCOPES = {
     "server/discover": "public",
@@ -62,10 +66,17 @@ class Dispatcher:
     """Answers the MCP requests of the handshake-era revisions (2024-11-05 to 2025-11-25)."""
 
     def __init__(
-        self, *, features: Features, server_name: str, server_version: str, sealer: RequestStateSealer
+        self,
+        *,
+        features: Features,
+        server_name: str,
+        server_version: str,
+        sealer: RequestStateSealer,
+        tasks: TaskStore | None = None,
     ) -> None:
         self._features = features
         self._sealer = sealer
+        self._tasks = tasks or TaskStore()
         self.server_info = {"name": server_name, "version": server_version}
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
@@ -115,6 +126,10 @@ class Dispatcher:
             result["instructions"] = self._features.instructions
         return result
 
+    def close(self) -> None:
+        """Cancel the tasks still running (the server is stopping)."""
+        self._tasks.close()
+
     @property
     def announces_changes(self) -> bool:
         """Whether the offer can change, so that clients may listen for list changes."""
@@ -135,6 +150,8 @@ class Dispatcher:
             capabilities["prompts"] = {"listChanged": changes}
         if not features.prompts.empty or features.resources.templates:
             capabilities["completions"] = {}
+        if features.tools.support_tasks:
+            capabilities["extensions"] = {TASKS_EXTENSION: {}}
         result: dict[str, Any] = {
             "supportedVersions": list(STATELESS_REVISIONS),
             "capabilities": capabilities,
@@ -171,13 +188,15 @@ class Dispatcher:
         """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
         method = message.method or ""
         assert message.id is not None
-        known = method in _STATELESS_METHODS
+        known = method in _STATELESS_METHODS or (method in _TASK_METHODS and self._features.tools.support_tasks)
         label = method if known else "(unknown)"
         try:
             if not known:
                 raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
             if method == "server/discover":
                 result, status, tool = self.discover_result(), "ok", None
+            elif method in _TASK_METHODS:
+                result, status, tool = self._task_method(method, message.params, ctx), "ok", None
             else:
                 scope = self._open_input(method, message.params, ctx)
                 result, status, tool = await self._invoke(method, message.params, ctx)
@@ -222,13 +241,48 @@ class Dispatcher:
             result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), scope)}
         return result
 
+    @staticmethod
+    def _declares_tasks(ctx: RequestContext) -> bool:
+        """Whether this request (2026-07-28 capabilities come with each request) declared the tasks extension."""
+        extensions = ctx.client_capabilities.get("extensions")
+        return ctx.stateless and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
+
+    def _task_method(self, method: str, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        if not self._declares_tasks(ctx):
+            raise MissingClientCapability(f"method requires extension {TASKS_EXTENSION}", data=_NEEDS_TASKS)
+        task = self._tasks.get(params.get("taskId"))
+        if method == "tasks/get":
+            return task.describe(detailed=True)
+        if method == "tasks/update":
+            responses = params.get("inputResponses")
+            if not isinstance(responses, dict):
+                raise InvalidParams('Invalid params: tasks/update needs "inputResponses" (an object)')
+            task.deliver(responses)
+        else:
+            task.cancel()
+        return {}
+
     async def _invoke(
         self, method: str, params: Mapping[str, Any], ctx: RequestContext
     ) -> tuple[dict[str, Any], str, str | None]:
         """Run one method's handler: the result, its outcome label, and the tool called (for tools/call)."""
         if method == "tools/call":
-            called = await self._features.tools.call(params, ctx)
-            return called.result, called.outcome, str(params.get("name"))
+            name = params.get("name")
+            tools = self._features.tools
+            spec = tools.spec(name) if isinstance(name, str) else None
+            tasks_declared = self._declares_tasks(ctx)
+            if ctx.stateless and spec is not None and spec.task_support == "required" and not tasks_declared:
+                raise MissingClientCapability(
+                    f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
+                )
+            called = await tools.call(params, ctx)
+            if called.background is not None:
+                if tasks_declared:
+                    task = self._tasks.start(called.background.worker)
+                    # "content": [] keeps the reply a valid CallToolResult for clients that do not know tasks.
+                    return {"resultType": "task", **task.describe(detailed=False), "content": []}, "task", str(name)
+                called = await tools.run_inline(str(name), called.background)
+            return called.result, called.outcome, str(name)
         handler = self._handlers.get(method)
         if handler is None:
             raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})

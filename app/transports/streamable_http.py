@@ -128,6 +128,7 @@ class McpEndpoint:
     def shutdown(self) -> None:
         """End the long-lived streams (GET streams, listen streams) so that the server can stop."""
         self._feed.close()
+        self._dispatcher.close()
         for session in self._sessions.all():
             if session.standalone is not None:
                 asyncio.get_running_loop().create_task(session.standalone.close())
