@@ -85,10 +85,13 @@ def test_a_second_get_stream_for_the_same_session_is_409(server: RunningServer) 
     headers = open_session(server)
 
     async def scenario() -> int:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            async with client.stream("GET", "/mcp", headers={**headers, "Accept": "text/event-stream"}) as first:
-                assert first.status_code == 200
-                second = await client.get("/mcp", headers={**headers, "Accept": "text/event-stream"})
-                return second.status_code
+        stream_headers = {**headers, "Accept": "text/event-stream"}
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+            client.stream("GET", "/mcp", headers=stream_headers) as first,
+        ):
+            assert first.status_code == 200
+            second = await client.get("/mcp", headers=stream_headers)
+            return second.status_code
 
     assert asyncio.run(scenario()) == 409
