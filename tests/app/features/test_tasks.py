@@ -76,13 +76,14 @@ def test_partial_answers_leave_the_task_waiting_for_the_rest() -> None:
 
         task = store.start(ask)
         await asyncio.sleep(0.01)
-        seen = [task.status, sorted(task.input_requests)]
+        seen: list[Any] = [task.status, sorted(task.input_requests)]
         first, second = sorted(task.input_requests)
         task.deliver({first: "x", "unknown-key": "ignored"})
         seen += [task.status, sorted(task.input_requests)]
         task.deliver({second: "y"})
         await asyncio.wait_for(task.worker, 5)  # type: ignore[arg-type]
-        seen += [task.status, task.result["content"][0]["text"] if task.result else None]
+        seen.append(task.status)
+        seen.append(task.result["content"][0]["text"] if task.result else None)
         return seen
 
     waiting, keys, still, left, done, text = run(scenario())
