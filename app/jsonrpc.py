@@ -8,6 +8,7 @@ Errors form one small tree::
     ├── MethodNotFound      -32601
     ├── InvalidParams       -32602
     ├── InternalError       -32603
+    ├── UrlElicitationRequired  -32042, the user must first complete the given URL elicitations (2025-11-25)
     ├── HeaderMismatch      -32020, an HTTP header disagrees with the body (2026-07-28)
     ├── MissingClientCapability  -32021, the request needs a capability the client did not declare (2026-07-28)
     └── UnsupportedVersion  -32022, the request's protocol version is not spoken here (2026-07-28)
@@ -29,6 +30,7 @@ __all__ = [
     "MISSING_CLIENT_CAPABILITY",
     "PARSE_ERROR",
     "UNSUPPORTED_PROTOCOL_VERSION",
+    "URL_ELICITATION_REQUIRED",
     "HeaderMismatch",
     "InternalError",
     "InvalidParams",
@@ -40,6 +42,7 @@ __all__ = [
     "ParseError",
     "RequestId",
     "UnsupportedVersion",
+    "UrlElicitationRequired",
     "error_response",
     "message_from",
     "parse_json",
@@ -52,6 +55,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+URL_ELICITATION_REQUIRED = -32042
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
@@ -106,6 +110,15 @@ class InternalError(JsonRpcError):
     """The server failed; the client did nothing wrong."""
 
     code = INTERNAL_ERROR
+
+
+class UrlElicitationRequired(JsonRpcError):
+    """The request can go on only after the user completes out-of-band (URL mode) elicitations.
+
+    ``data`` is ``{"elicitations": [{"mode": "url", "elicitationId": ..., "url": ..., "message": ...}]}``.
+    """
+
+    code = URL_ELICITATION_REQUIRED
 
 
 class HeaderMismatch(JsonRpcError):

@@ -119,3 +119,16 @@ def test_structured_output_is_checked_against_the_output_schema() -> None:
     assert ok.result["structuredContent"] == {"n": 3}
     assert ok.result["content"] == [{"type": "text", "text": '{"n":3}'}]
     assert run(tools(spec(bad, output_schema=schema)).call({"name": "t"}, CTX)).outcome == "error"
+
+
+def test_a_tool_may_answer_with_a_protocol_error_such_as_url_elicitation_required() -> None:
+    from app.jsonrpc import UrlElicitationRequired
+
+    elicitation = {"mode": "url", "elicitationId": "e1", "url": "https://auth.example/consent", "message": "Sign in"}
+
+    async def needs_consent(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        raise UrlElicitationRequired("Sign-in required", data={"elicitations": [elicitation]})
+
+    with pytest.raises(UrlElicitationRequired) as caught:
+        run(tools(spec(needs_consent)).call({"name": "t"}, CTX))
+    assert caught.value.to_error()["code"] == -32042
