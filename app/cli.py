@@ -31,9 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: python -m app --no-auth --port 8080",
     )
     arg = parser.add_argument
+    arg(
+        "--transport",
+        choices=["http", "stdio"],
+        help="http: HTTP listeners (/mcp, /ws, /sse) and optional TCP; stdio: one client on stdin/stdout, "
+        "logs on stderr (env ERLMCP_TRANSPORT; default http)",
+    )
     arg("--host", help="address to bind (env ERLMCP_HOST; default 127.0.0.1, 0.0.0.0 in the container image)")
     arg("--port", type=int, help="MCP HTTP port (env ERLMCP_PORT; default 8080)")
     arg("--metrics-port", type=int, help="Prometheus metrics port (env ERLMCP_METRICS_PORT; default 9090)")
+    arg(
+        "--tcp-port",
+        type=int,
+        help="also serve newline-delimited JSON-RPC over TCP on this port (env ERLMCP_TCP_PORT; default off)",
+    )
     arg(
         "--catalog",
         metavar="PATH",

@@ -30,7 +30,11 @@ from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.sessions import SessionStore
 from app.settings import Settings, load_api_keys
+from app.transports.legacy_sse import LegacySse
+from app.transports.stdio import serve_stdio
 from app.transports.streamable_http import McpEndpoint, TransportOptions
+from app.transports.tcp import serve_tcp
+from app.transports.websocket import websocket_handler
 
 __all__ = ["ListenerError", "ServerState", "create_app", "create_metrics_app", "serve"]
 
@@ -129,7 +133,13 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
             bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
         ),
         metrics=metrics,
-        options=TransportOptions(max_request_bytes=settings.max_request_bytes, sse_retry_ms=settings.sse_retry_ms),
+        options=TransportOptions(
+            max_request_bytes=settings.max_request_bytes,
+            sse_retry_ms=settings.sse_retry_ms,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+            stateless=settings.stateless,
+            initialize_per_minute=settings.initialize_per_minute,
+        ),
     )
 
     app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
@@ -148,6 +158,12 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     for path in ("/readyz", "/healthz", "/health"):
         app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    app.add_api_websocket_route("/ws", websocket_handler(endpoint, max_message_bytes=settings.max_request_bytes))
+    legacy = LegacySse(endpoint, max_request_bytes=settings.max_request_bytes,
+                       keepalive_seconds=settings.sse_keepalive_seconds)  # fmt: skip
+    app.state.legacy_sse = legacy
+    app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
     app.add_middleware(_ObserveRequests, metrics=metrics)
     log.info(
         "configured",
@@ -177,11 +193,30 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def serve_stdio_only(settings: Settings) -> None:
+    """Serve one client over stdin and stdout (``--transport stdio``): no listeners, no API keys (the client
+    started this process), logs on stderr."""
+    local = settings.model_copy(update={"no_auth": True})
+    app = create_app(local, metrics=Metrics(__version__))
+    await serve_stdio(app.state.mcp_endpoint, max_message_bytes=settings.max_request_bytes)
+    app.state.mcp_endpoint.shutdown()
+
+
 async def serve(settings: Settings) -> None:
-    """Run the MCP and metrics listeners until SIGTERM or SIGINT, then drain and stop both."""
+    """Run the MCP and metrics listeners (and TCP, when configured) until SIGTERM or SIGINT, then drain and stop."""
+    if settings.transport == "stdio":
+        await serve_stdio_only(settings)
+        return
     metrics = Metrics(__version__)
     state = ServerState()
     app = create_app(settings, metrics=metrics, state=state)
+    tcp = None
+    if settings.tcp_port is not None:
+        try:
+            tcp = await serve_tcp(app.state.mcp_endpoint, host=settings.host, port=settings.tcp_port,
+                                  max_message_bytes=settings.max_request_bytes)  # fmt: skip
+        except OSError as exc:
+            raise ListenerError(f"the TCP listener cannot bind {settings.host}:{settings.tcp_port}: {exc}") from exc
     common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False}
     main = _Server(
         uvicorn.Config(
@@ -200,6 +235,9 @@ async def serve(settings: Settings) -> None:
 
     def close() -> None:
         app.state.mcp_endpoint.shutdown()  # end the long-lived streams, or they would hold the drain open
+        app.state.legacy_sse.close()
+        if tcp is not None:
+            tcp.close()
         main.should_exit = True
         metrics_server.should_exit = True
 
@@ -214,9 +252,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
-    log.info(
-        "starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port, version=__version__
-    )
+    log.info("starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port,
+             tcp_port=settings.tcp_port, version=__version__)  # fmt: skip
 
     async def run(server: _Server, other: _Server) -> bool:
         """Serve until told to stop; False when the listener could not start (uvicorn exits on bind errors)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,9 +33,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ERLMCP_", extra="forbid", frozen=True)
 
+    transport: Literal["http", "stdio"] = Field(
+        "http", description="http: listeners on the ports below; stdio: one client on stdin/stdout."
+    )
     host: str = Field("127.0.0.1", description="Address the MCP HTTP listener binds.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the MCP HTTP listener (0 picks a free port).")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Port of the Prometheus /metrics listener.")
+    tcp_port: int | None = Field(None, ge=0, le=65535, description="Port of the newline-delimited TCP listener.")
     catalog: str | None = Field(
         None, description="Catalogue file (YAML), or the name of a built-in profile (conformance); default built-in."
     )
@@ -48,9 +52,12 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."
     )
+    stateless: bool = Field(False, description="Keep no sessions (for Cloud Run-style autoscaling).")
+    initialize_per_minute: int = Field(60, gt=0, description="initialize requests allowed per client per minute.")
     max_sessions: int = Field(10_000, gt=0, description="Most concurrent sessions; more initialize get 503.")
     session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
     sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")
+    sse_keepalive_seconds: float = Field(15.0, gt=0, description="A keep-alive comment on quiet SSE streams.")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Host headers accepted (empty: loopback names when bound to loopback)."
     )

@@ -42,6 +42,12 @@ class Metrics:
             ["tool", "outcome"],
             registry=self.registry,
         )
+        self.mcp_cancellations = Counter(
+            "mcp_requests_cancelled",
+            "Requests stopped because the client cancelled them, by transport.",
+            ["transport"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )

@@ -44,6 +44,24 @@ class Session:
         self._next_request += 1
         return f"srv-{self._next_request}"
 
+    def on_notification(self, method: str, params: dict[str, Any]) -> None:
+        """Apply a client notification: ``initialized`` marks the session ready, ``cancelled`` stops a request."""
+        if method == "notifications/initialized":
+            self.initialized = True
+        elif method == "notifications/cancelled":
+            request_id = params.get("requestId")
+            task = self.in_flight.get(request_id) if isinstance(request_id, str | int) else None
+            if task is not None:
+                task.cancel()  # the handler stops, and no response is sent (the client asked not to get one)
+
+    def on_response(self, request_id: str | int | None, payload: dict[str, Any]) -> bool:
+        """Hand the client's response to the server request waiting for it; whether one was waiting."""
+        future = self.pending.get(request_id) if request_id is not None else None
+        if future is None or future.done():
+            return False
+        future.set_result(payload)
+        return True
+
     def close(self) -> None:
         """Stop everything the session runs: in-flight requests and waits for the client."""
         for task in self.in_flight.values():

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["SSE_HEADERS", "format_event"]
+import asyncio
+from collections.abc import AsyncIterator
+
+__all__ = ["KEEPALIVE", "SSE_HEADERS", "format_event", "with_keepalive"]
+
+KEEPALIVE = b": keep-alive\n\n"
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
@@ -20,3 +25,27 @@ def format_event(
         lines.append(b"event: " + event.encode())
     lines.append(b"data: " + data if data else b"data:")
     return b"\n".join(lines) + b"\n\n"
+
+
+async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """The events, with a ``: keep-alive`` comment whenever ``interval`` seconds pass without one, so that
+    proxies and load balancers do not close a quiet stream."""
+    iterator = aiter(events)
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -41,10 +41,12 @@ from app.protocol.dispatcher import Dispatcher, Outcome
 from app.protocol.revisions import STATELESS_REVISIONS
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
+from app.security.ratelimit import WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError, SessionStore
 from app.sessions.events import parse_event_id
+from app.transports.connection import MessageConnection, Send
 from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_headers, check_meta
-from app.transports.sse import SSE_HEADERS, format_event
+from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
 
 __all__ = ["McpEndpoint", "TransportOptions"]
 
@@ -96,6 +98,9 @@ class TransportOptions:
 
     max_request_bytes: int
     sse_retry_ms: int = 1000
+    keepalive_seconds: float = 15.0
+    stateless: bool = False  # no sessions: every request stands alone (Cloud Run-style autoscaling)
+    initialize_per_minute: int = 60  # per caller (key and address)
     client_request_timeout: float = 60.0
 
 
@@ -120,6 +125,31 @@ class McpEndpoint:
         self._options = options
         self._background: set[asyncio.Task[Any]] = set()
         self._feed = ChangeFeed()
+        self._initialize_limit = WindowLimiter(options.initialize_per_minute)
+
+    def connection(self, *, send: Send, principal: str, transport: str) -> MessageConnection:
+        """The protocol side of a new stream connection (stdio, TCP, WebSocket, HTTP+SSE) sharing this endpoint's
+        sessions, change feed and dispatcher."""
+        return MessageConnection(
+            dispatcher=self._dispatcher,
+            sessions=self._sessions,
+            feed=self._feed,
+            metrics=self._metrics,
+            send=send,
+            principal=principal,
+            transport=transport,
+            client_request_timeout=self._options.client_request_timeout,
+        )
+
+    @property
+    def authenticator(self) -> ApiKeyAuthenticator:
+        """Who may call (the other HTTP transports check the same keys)."""
+        return self._auth
+
+    @property
+    def origins(self) -> OriginPolicy:
+        """Which Host and Origin headers are accepted (the other HTTP transports check the same)."""
+        return self._origins
 
     async def announce(self, method: str, params: Mapping[str, Any]) -> int:
         """Publish a change notification to every client listening for it; how many listeners got it."""
@@ -146,6 +176,9 @@ class McpEndpoint:
                 headers={"WWW-Authenticate": 'Bearer realm="erlmcp"'},
             )
         version = request.headers.get("mcp-protocol-version", "").strip()
+        if request.method in {"GET", "DELETE"} and self._options.stateless:
+            return _refusal(405, f"Method Not Allowed: this server keeps no sessions, so {request.method} has no use",
+                            headers={"Allow": "POST"})  # fmt: skip
         if request.method in {"GET", "DELETE"} and version and version not in HANDSHAKE_REVISIONS:
             return _refusal(405, f"Method Not Allowed: {request.method} has no use in protocol {version}",
                             headers={"Allow": "POST"})  # fmt: skip
@@ -201,7 +234,7 @@ class McpEndpoint:
             return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}))
         if message.method == "initialize" and not message.is_notification:
             return await self._initialize(request, message)
-        found = self._session(request)
+        found = self._ephemeral_session(request, version) if self._options.stateless else self._session(request)
         if isinstance(found, Response):
             return found
         if message.is_response:
@@ -212,14 +245,30 @@ class McpEndpoint:
         wants_stream = bool(accept & {_SSE})
         return await self._request(request, found, message, wants_stream)
 
+    def _ephemeral_session(self, request: Request, version: str) -> Session:
+        """Stateless mode: a session of one request, never stored (no server requests, no resumption)."""
+        return Session(
+            id="",
+            protocol_version=version or HANDSHAKE_REVISIONS[-1],
+            client_info={},
+            client_capabilities={},
+            principal=self._auth.principal(request.headers),
+            last_seen=0.0,
+        )
+
     async def _initialize(self, request: Request, message: Message) -> Response:
         assert message.id is not None
+        caller = f"{self._auth.principal(request.headers)}@{request.client.host if request.client else '-'}"
+        wait = self._initialize_limit.allow(caller)
+        if wait > 0:
+            return _refusal(429, "Too Many Requests: initialize is limited per client; retry later",
+                            headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip
         ctx = RequestContext(request_id=message.id, method="initialize")
         outcome = await self._dispatcher.dispatch(message, ctx)
         self._count(outcome)
         request.scope["erlmcp"] = {"mcp_method": "initialize", "mcp_outcome": outcome.status}
         result = outcome.response.get("result")
-        if result is None:
+        if result is None or self._options.stateless:
             return _json(outcome.response)
         try:
             session = self._sessions.create(
@@ -233,22 +282,12 @@ class McpEndpoint:
         return _json(outcome.response, headers={"Mcp-Session-Id": session.id})
 
     def _client_response(self, session: Session, message: Message) -> Response:
-        assert message.id is not None
-        future = session.pending.get(message.id)
-        if future is None or future.done():
+        if not session.on_response(message.id, message.payload):
             return _refusal(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
-        future.set_result(message.payload)
         return Response(status_code=202)
 
     def _notification(self, session: Session, message: Message) -> None:
-        if message.method == "notifications/initialized":
-            session.initialized = True
-        elif message.method == "notifications/cancelled":
-            request_id = message.params.get("requestId")
-            task = session.in_flight.get(request_id) if isinstance(request_id, str | int) else None
-            if task is not None:
-                log.info("request cancelled by the client", request_id=request_id, reason=message.params.get("reason"))
-                task.cancel()
+        session.on_notification(message.method or "", message.params)
         self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
 
     async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
@@ -279,6 +318,7 @@ class McpEndpoint:
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
+                self._metrics.mcp_cancellations.labels(transport="streamable-http").inc()
                 return Response(status_code=204)  # cancelled by the client: no response is owed
             return self._finish(request, outcome, _json(outcome.response))
         stream = EventStream()
@@ -286,7 +326,7 @@ class McpEndpoint:
         pump = asyncio.create_task(self._pump(request, session, stream, first, outbox, task))
         self._background.add(pump)
         pump.add_done_callback(self._background.discard)
-        headers = {**SSE_HEADERS, "Mcp-Session-Id": session.id}
+        headers = {**SSE_HEADERS, **({"Mcp-Session-Id": session.id} if session.id else {})}
         return StreamingResponse(self._events(stream, 0, priming=True), media_type=_SSE, headers=headers)
 
     async def _pump(
@@ -312,6 +352,7 @@ class McpEndpoint:
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
+                self._metrics.mcp_cancellations.labels(transport="streamable-http").inc()
                 return
             self._count(outcome)
             await stream.append(orjson.dumps(outcome.response))
@@ -329,11 +370,16 @@ class McpEndpoint:
 
     async def _events(self, stream: EventStream, after: int, *, priming: bool) -> AsyncIterator[bytes]:
         retry = self._options.sse_retry_ms
-        async for event in stream.follow(after):
-            if not event.data:
-                yield format_event(event.id, b"", event=None, retry_ms=retry if priming else None)
-            else:
-                yield format_event(event.id, event.data)
+
+        async def framed() -> AsyncIterator[bytes]:
+            async for event in stream.follow(after):
+                if not event.data:
+                    yield format_event(event.id, b"", event=None, retry_ms=retry if priming else None)
+                else:
+                    yield format_event(event.id, event.data)
+
+        async for chunk in with_keepalive(framed(), self._options.keepalive_seconds):
+            yield chunk
 
     def _finish(self, request: Request, outcome: Outcome, response: Response) -> Response:
         self._count(outcome)
@@ -371,9 +417,7 @@ class McpEndpoint:
                     error_response(message.id, InvalidRequest("Invalid Request: initialize cannot be batched"))
                 )
             elif message.is_response:
-                future = found.pending.get(message.id) if message.id is not None else None
-                if future is not None and not future.done():
-                    future.set_result(message.payload)
+                found.on_response(message.id, message.payload)
             elif message.is_notification:
                 self._notification(found, message)
             else:

@@ -21,7 +21,10 @@ NODE = ROOT / ".tools" / "bin" / "node22"
 def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     if not CLI.exists() or not NODE.exists():
         pytest.fail("the conformance suite is not installed: run scripts/install-conformance.sh (make setup does)")
-    server = start_server(tmp_path_factory.mktemp("conformance"), ["--no-auth", "--catalog", "conformance"])
+    # The suite opens hundreds of sessions from one address in seconds; the per-client initialize limit is
+    # raised for it (the limit itself is tested in tests/app/transports).
+    server = start_server(tmp_path_factory.mktemp("conformance"), ["--no-auth", "--catalog", "conformance"],
+                          env={"ERLMCP_INITIALIZE_PER_MINUTE": "100000"})  # fmt: skip
     yield server
     server.stop()
 

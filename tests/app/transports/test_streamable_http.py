@@ -257,3 +257,31 @@ def test_revisions_without_batching_refuse_a_batch(client: TestClient, version: 
     headers = open_session(client, version)
     response = client.post("/mcp", json=[rpc("ping")], headers=headers)
     assert (response.status_code, response.json()["error"]["code"]) == (400, -32600)
+
+
+def test_stateless_mode_issues_no_session_and_serves_requests_without_one() -> None:
+    app = create_app(Settings(no_auth=True, stateless=True), metrics=Metrics("test"))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        opened = test_client.post("/mcp", json=rpc("initialize", INIT))
+        assert "mcp-session-id" not in opened.headers
+        called = test_client.post("/mcp", json=rpc("tools/call", {"name": "echo", "arguments": {"text": "x"}}))
+        assert called.json()["result"]["content"][0]["text"] == "x"
+        assert test_client.get("/mcp", headers={"Accept": "text/event-stream"}).status_code == 405
+
+
+def test_initialize_is_limited_per_client_with_retry_after() -> None:
+    app = create_app(Settings(no_auth=True, initialize_per_minute=2), metrics=Metrics("test"))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        statuses = [test_client.post("/mcp", json=rpc("initialize", INIT)).status_code for _ in range(3)]
+        refused = test_client.post("/mcp", json=rpc("initialize", INIT))
+    assert statuses == [200, 200, 429]
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_full_session_store_answers_503_with_retry_after() -> None:
+    app = create_app(Settings(no_auth=True, max_sessions=1), metrics=Metrics("test"))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        assert test_client.post("/mcp", json=rpc("initialize", INIT)).status_code == 200
+        full = test_client.post("/mcp", json=rpc("initialize", INIT))
+    assert full.status_code == 503
+    assert full.headers["retry-after"]

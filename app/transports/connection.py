@@ -1,0 +1,218 @@
+"""One bidirectional message channel (stdio, TCP, WebSocket, HTTP+SSE): the protocol core, transport-free.
+
+The transport hands in each message it reads and a ``send`` coroutine for what goes back; everything else is
+here: the handshake and the session it opens, requests run concurrently (so that ``notifications/cancelled``
+and the client's answers to server requests get through while they run), change notifications. A message that
+carries the 2026-07-28 ``_meta`` is served statelessly, as on HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+
+from app.jsonrpc import (
+    InvalidRequest,
+    JsonRpcError,
+    Message,
+    UnsupportedVersion,
+    error_response,
+    message_from,
+    parse_json,
+)
+from app.observability.metrics import Metrics
+from app.protocol.changes import Change, ChangeFeed, Listener
+from app.protocol.context import RequestContext
+from app.protocol.dispatcher import Dispatcher, Outcome
+from app.protocol.revisions import STATELESS_REVISIONS
+from app.sessions import Session, SessionLimitError, SessionStore
+from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_meta
+
+__all__ = ["MessageConnection", "Send"]
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class MessageConnection:
+    """The MCP side of one connection. Call :meth:`receive` per message and :meth:`close` at the end."""
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        sessions: SessionStore,
+        feed: ChangeFeed,
+        metrics: Metrics,
+        send: Send,
+        principal: str,
+        transport: str,
+        client_request_timeout: float = 60.0,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._sessions = sessions
+        self._feed = feed
+        self._metrics = metrics
+        self._send_bytes = send
+        self._principal = principal
+        self._transport = transport
+        self._timeout = client_request_timeout
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: Listener | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+        self.session: Session | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one message (messages never interleave)."""
+        async with self._send_lock:
+            await self._send_bytes(orjson.dumps(message))
+
+    async def receive(self, data: bytes) -> None:
+        """Handle one message the client sent."""
+        try:
+            payload = parse_json(data)
+            if isinstance(payload, list):
+                raise InvalidRequest("Invalid Request: batches are not supported on this transport")
+            message = message_from(payload)
+        except JsonRpcError as error:
+            self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
+            await self.send(error_response(error.request_id, error))
+            return
+        if message.is_response:
+            if self.session is not None:
+                self.session.on_response(message.id, message.payload)
+            return
+        if message.is_notification:
+            if self.session is not None:
+                self.session.on_notification(message.method or "", message.params)
+            return
+        if message.method == "initialize":
+            await self._initialize(message)
+        elif isinstance(message.params.get("_meta"), dict) and META_VERSION in message.params["_meta"]:
+            self._spawn(self._stateless(message))
+        elif self.session is None:
+            refusal = InvalidRequest("Invalid Request: send initialize first (or 2026-07-28 _meta on every request)")
+            await self.send(error_response(message.id, refusal))
+        else:
+            self._spawn(self._request(self.session, message))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _initialize(self, message: Message) -> None:
+        assert message.id is not None
+        if self.session is not None:
+            await self.send(error_response(message.id, InvalidRequest("Invalid Request: already initialized")))
+            return
+        outcome = await self._dispatcher.dispatch(message, RequestContext(request_id=message.id, method="initialize"))
+        self._count(outcome)
+        result = outcome.response.get("result")
+        if result is not None:
+            try:
+                self.session = self._sessions.create(
+                    protocol_version=result["protocolVersion"],
+                    client_info=dict(message.params.get("clientInfo") or {}),
+                    client_capabilities=dict(message.params.get("capabilities") or {}),
+                    principal=self._principal,
+                )
+            except SessionLimitError as exc:
+                await self.send(error_response(message.id, InvalidRequest(f"Service unavailable: {exc}")))
+                return
+            self._watch_changes(self.session)
+        await self.send(outcome.response)
+
+    def _watch_changes(self, session: Session) -> None:
+        self._listener = self._feed.listen(
+            lambda change: (
+                change.method != "notifications/resources/updated" or change.params.get("uri") in session.subscriptions
+            )
+        )
+
+        async def forward(listener: Listener) -> None:
+            async for change in listener.changes():
+                await self.send({"jsonrpc": "2.0", "method": change.method, "params": change.params})
+
+        self._forwarder = asyncio.ensure_future(forward(self._listener))
+
+    async def _announce(self, method: str, params: Any) -> int:
+        return await self._feed.publish(Change(method, dict(params)))
+
+    async def _request(self, session: Session, message: Message) -> None:
+        assert message.id is not None
+        meta = message.params.get("_meta")
+        ctx = RequestContext(
+            request_id=message.id,
+            method=message.method or "",
+            meta=meta if isinstance(meta, dict) else {},
+            session=session,
+            send=self.send,
+            protocol_version=session.protocol_version,
+            client_request_timeout=self._timeout,
+            announce=self._announce,
+        )
+        current = asyncio.current_task()
+        assert current is not None
+        session.in_flight[message.id] = current
+        try:
+            outcome = await self._dispatcher.dispatch(message, ctx)
+        except asyncio.CancelledError:
+            self._metrics.mcp_cancellations.labels(transport=self._transport).inc()
+            return  # cancelled by the client: no response is owed
+        finally:
+            session.in_flight.pop(message.id, None)
+        self._count(outcome)
+        await self.send(outcome.response)
+
+    async def _stateless(self, message: Message) -> None:
+        assert message.id is not None
+        try:
+            meta = check_meta(message)
+            if meta[META_VERSION] not in STATELESS_REVISIONS:
+                raise UnsupportedVersion(
+                    f"Unsupported protocol version {meta[META_VERSION]!r}",
+                    data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
+                )
+        except JsonRpcError as error:
+            await self.send(error_response(message.id, error))
+            return
+        level = meta.get(META_LOG_LEVEL)
+        ctx = RequestContext(
+            request_id=message.id,
+            method=message.method or "",
+            meta=meta,
+            send=self.send,
+            protocol_version=meta[META_VERSION],
+            stateless=True,
+            request_client_capabilities=meta[META_CAPABILITIES],
+            request_log_level=level if isinstance(level, str) else None,
+            announce=self._announce,
+        )
+        outcome = await self._dispatcher.dispatch_stateless(message, ctx)
+        self._count(outcome)
+        await self.send(outcome.response)
+
+    def _count(self, outcome: Outcome) -> None:
+        self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
+        if outcome.tool is not None and outcome.method == "tools/call":
+            self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+
+    async def close(self) -> None:
+        """The connection ended: stop its requests and end its session."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._listener is not None:
+            self._feed.forget(self._listener)
+        if self._forwarder is not None:
+            self._forwarder.cancel()
+        if self.session is not None:
+            self._sessions.delete(self.session.id)
+        log.info("connection closed", transport=self._transport)
