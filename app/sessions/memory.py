@@ -71,7 +71,11 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by id. Ids are 128-bit random, visible ASCII, as the transport specification asks."""
+    """Sessions of one process, by id. Ids are 128-bit random, visible ASCII, as the transport specification asks.
+
+    Every method that another backend may need the network for is a coroutine, so that the Redis backend
+    (``app.sessions.redis``) can stand in for this one.
+    """
 
     def __init__(self, *, max_sessions: int, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions: dict[str, Session] = {}
@@ -82,20 +86,9 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(
-        self,
-        *,
-        protocol_version: str,
-        client_info: dict[str, Any],
-        client_capabilities: dict[str, Any],
-        principal: str | None,
-    ) -> Session:
-        """A new session.
-
-        Raises:
-            SessionLimitError: the store is full even after expiring idle sessions.
-        """
-        self.expire()
+    def _new(self, protocol_version: str, client_info: dict[str, Any], client_capabilities: dict[str, Any],
+             principal: str | None) -> Session:  # fmt: skip
+        self._expire()
         if len(self._sessions) >= self._max:
             raise SessionLimitError(f"the server holds its maximum of {self._max} sessions; try again later")
         session = Session(
@@ -109,34 +102,78 @@ class SessionStore:
         self._sessions[session.id] = session
         return session
 
-    def get(self, session_id: str) -> Session | None:
-        """The live session with this id, touched; None when unknown or expired."""
+    async def create(
+        self,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        client_capabilities: dict[str, Any],
+        principal: str | None,
+    ) -> Session:
+        """A new session.
+
+        Raises:
+            SessionLimitError: the store is full even after expiring idle sessions.
+        """
+        return self._new(protocol_version, client_info, client_capabilities, principal)
+
+    def _touch(self, session_id: str) -> Session | None:
         session = self._sessions.get(session_id)
         if session is None:
             return None
         now = self._clock()
         if now - session.last_seen > self._idle:
-            self.delete(session_id)
+            self._drop(session_id)
             return None
         session.last_seen = now
         return session
 
-    def delete(self, session_id: str) -> bool:
-        """End a session; whether it existed."""
+    async def get(self, session_id: str) -> Session | None:
+        """The live session with this id, touched; None when unknown or expired."""
+        return self._touch(session_id)
+
+    def _drop(self, session_id: str) -> bool:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
         session.close()
         return True
 
-    def expire(self) -> int:
-        """Drop sessions idle for longer than allowed; how many were dropped."""
+    async def delete(self, session_id: str) -> bool:
+        """End a session; whether it existed."""
+        return self._drop(session_id)
+
+    async def save(self, session: Session) -> None:
+        """Persist what a request changed in the session (nothing to do in memory)."""
+
+    def new_stream(self, session: Session) -> EventStream:
+        """A new event stream of the session (a response stream or a GET stream)."""
+        stream = EventStream()
+        session.streams[stream.id] = stream
+        return stream
+
+    async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
+        """The session's stream with this id, to resume it."""
+        return session.streams.get(stream_id)
+
+    async def deliver_response(self, session: Session, request_id: str | int | None, payload: dict[str, Any]) -> bool:
+        """Hand the client's response to the server request waiting for it."""
+        return session.on_response(request_id, payload)
+
+    async def deliver_notification(self, session: Session, method: str, params: dict[str, Any]) -> None:
+        """Apply a client notification (initialized, cancelled) to the session."""
+        session.on_notification(method, params)
+
+    def _expire(self) -> int:
         now = self._clock()
         stale = [sid for sid, s in self._sessions.items() if now - s.last_seen > self._idle and not s.in_flight]
         for session_id in stale:
-            self.delete(session_id)
+            self._drop(session_id)
         return len(stale)
 
     def all(self) -> list[Session]:
-        """Every live session (for broadcasting list changes and resource updates)."""
+        """Every live session of this process (for broadcasting and shutdown)."""
         return list(self._sessions.values())
+
+    async def close(self) -> None:
+        """Release the store's resources (the server is stopping)."""

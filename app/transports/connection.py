@@ -86,11 +86,11 @@ class MessageConnection:
             return
         if message.is_response:
             if self.session is not None:
-                self.session.on_response(message.id, message.payload)
+                await self._sessions.deliver_response(self.session, message.id, message.payload)
             return
         if message.is_notification:
             if self.session is not None:
-                self.session.on_notification(message.method or "", message.params)
+                await self._sessions.deliver_notification(self.session, message.method or "", message.params)
             return
         if message.method == "initialize":
             await self._initialize(message)
@@ -118,7 +118,7 @@ class MessageConnection:
         result = outcome.response.get("result")
         if result is not None:
             try:
-                self.session = self._sessions.create(
+                self.session = await self._sessions.create(
                     protocol_version=result["protocolVersion"],
                     client_info=dict(message.params.get("clientInfo") or {}),
                     client_capabilities=dict(message.params.get("capabilities") or {}),
@@ -169,6 +169,7 @@ class MessageConnection:
             return  # cancelled by the client: no response is owed
         finally:
             session.in_flight.pop(message.id, None)
+        await self._sessions.save(session)
         self._count(outcome)
         await self.send(outcome.response)
 
@@ -214,5 +215,5 @@ class MessageConnection:
         if self._forwarder is not None:
             self._forwarder.cancel()
         if self.session is not None:
-            self._sessions.delete(self.session.id)
+            await self._sessions.delete(self.session.id)
         log.info("connection closed", transport=self._transport)

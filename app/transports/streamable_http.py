@@ -187,25 +187,25 @@ class McpEndpoint:
         if request.method == "GET":
             return await self._get(request)
         if request.method == "DELETE":
-            return self._delete(request)
+            return await self._delete(request)
         return _refusal(405, f"Method Not Allowed: {request.method} /mcp", headers={"Allow": "GET, POST, DELETE"})
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
-    def _session(self, request: Request) -> Session | Response:
+    async def _session(self, request: Request) -> Session | Response:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             return _refusal(400, "Bad Request: Missing Mcp-Session-Id header; send initialize first")
-        session = self._sessions.get(session_id)
+        session = await self._sessions.get(session_id)
         if session is None or session.principal != self._auth.principal(request.headers):
             return _refusal(404, "Session not found: it ended or never existed; send initialize again")
         return session
 
-    def _delete(self, request: Request) -> Response:
-        found = self._session(request)
+    async def _delete(self, request: Request) -> Response:
+        found = await self._session(request)
         if isinstance(found, Response):
             return found
-        self._sessions.delete(found.id)
+        await self._sessions.delete(found.id)
         return Response(status_code=200)
 
     # -- POST -------------------------------------------------------------------------------------------------
@@ -234,13 +234,13 @@ class McpEndpoint:
             return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}))
         if message.method == "initialize" and not message.is_notification:
             return await self._initialize(request, message)
-        found = self._ephemeral_session(request, version) if self._options.stateless else self._session(request)
+        found = self._ephemeral_session(request, version) if self._options.stateless else await self._session(request)
         if isinstance(found, Response):
             return found
         if message.is_response:
-            return self._client_response(found, message)
+            return await self._client_response(found, message)
         if message.is_notification:
-            self._notification(found, message)
+            await self._notification(found, message)
             return Response(status_code=202)
         wants_stream = bool(accept & {_SSE})
         return await self._request(request, found, message, wants_stream)
@@ -271,7 +271,7 @@ class McpEndpoint:
         if result is None or self._options.stateless:
             return _json(outcome.response)
         try:
-            session = self._sessions.create(
+            session = await self._sessions.create(
                 protocol_version=result["protocolVersion"],
                 client_info=dict(message.params.get("clientInfo") or {}),
                 client_capabilities=dict(message.params.get("capabilities") or {}),
@@ -281,13 +281,14 @@ class McpEndpoint:
             return _refusal(503, f"Service Unavailable: {exc}", headers={"Retry-After": "5"})
         return _json(outcome.response, headers={"Mcp-Session-Id": session.id})
 
-    def _client_response(self, session: Session, message: Message) -> Response:
-        if not session.on_response(message.id, message.payload):
+    async def _client_response(self, session: Session, message: Message) -> Response:
+        if not await self._sessions.deliver_response(session, message.id, message.payload):
             return _refusal(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
         return Response(status_code=202)
 
-    def _notification(self, session: Session, message: Message) -> None:
-        session.on_notification(message.method or "", message.params)
+    async def _notification(self, session: Session, message: Message) -> None:
+        await self._sessions.deliver_notification(session, message.method or "", message.params)
+        await self._sessions.save(session)
         self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
 
     async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
@@ -320,9 +321,10 @@ class McpEndpoint:
             except asyncio.CancelledError:
                 self._metrics.mcp_cancellations.labels(transport="streamable-http").inc()
                 return Response(status_code=204)  # cancelled by the client: no response is owed
+            if session.id:
+                await self._sessions.save(session)
             return self._finish(request, outcome, _json(outcome.response))
-        stream = EventStream()
-        session.streams[stream.id] = stream
+        stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(self._pump(request, session, stream, first, outbox, task))
         self._background.add(pump)
         pump.add_done_callback(self._background.discard)
@@ -358,6 +360,7 @@ class McpEndpoint:
             await stream.append(orjson.dumps(outcome.response))
         finally:
             await stream.close()
+            await self._sessions.save(session)
             # Keep the finished stream a while for late resumption, then forget it.
             asyncio.get_running_loop().call_later(60, session.streams.pop, stream.id, None)
 
@@ -396,7 +399,7 @@ class McpEndpoint:
 
     async def _batch(self, request: Request, payload: list[Any]) -> Response:
         """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching)."""
-        found = self._session(request)
+        found = await self._session(request)
         if isinstance(found, Response):
             return found
         if found.protocol_version != "2025-03-26":
@@ -417,9 +420,9 @@ class McpEndpoint:
                     error_response(message.id, InvalidRequest("Invalid Request: initialize cannot be batched"))
                 )
             elif message.is_response:
-                found.on_response(message.id, message.payload)
+                await self._sessions.deliver_response(found, message.id, message.payload)
             elif message.is_notification:
-                self._notification(found, message)
+                await self._notification(found, message)
             else:
                 requests.append(message)
 
@@ -552,7 +555,7 @@ class McpEndpoint:
     async def _get(self, request: Request) -> Response:
         if _SSE not in _media_types(request.headers.get("accept", "")):
             return _refusal(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
-        found = self._session(request)
+        found = await self._session(request)
         if isinstance(found, Response):
             return found
         session = found
@@ -560,15 +563,14 @@ class McpEndpoint:
         last = request.headers.get("last-event-id")
         if last:
             parsed = parse_event_id(last)
-            stream = session.streams.get(parsed[0]) if parsed else None
+            stream = await self._sessions.find_stream(session, parsed[0]) if parsed else None
             if stream is None or parsed is None:
                 return _refusal(404, f"Not Found: no stream to resume from event {last!r}")
             return StreamingResponse(self._events(stream, parsed[1], priming=False), media_type=_SSE, headers=headers)
         if session.standalone is not None and not session.standalone.closed:
             return _refusal(409, "Conflict: this session already has an open GET stream")
-        stream = EventStream()
+        stream = self._sessions.new_stream(session)
         session.standalone = stream
-        session.streams[stream.id] = stream
         await stream.append(b"")
         listener = self._feed.listen(
             lambda change: (

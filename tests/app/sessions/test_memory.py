@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 
@@ -14,8 +15,13 @@ BUDGET_BYTES = 25 * 1024 * 1024
 def new(store: SessionStore, principal: str = "key:1") -> str:
     capabilities: dict[str, object] = {"sampling": {}, "elicitation": {}}
     client = {"name": "client", "version": "1.0.0"}
-    return store.create(protocol_version="2025-11-25", client_info=client, client_capabilities=capabilities,
-                        principal=principal).id  # fmt: skip
+    created = store.create(protocol_version="2025-11-25", client_info=client, client_capabilities=capabilities,
+                           principal=principal)  # fmt: skip
+    return asyncio.run(created).id
+
+
+def get(store: SessionStore, session_id: str) -> object:
+    return asyncio.run(store.get(session_id))
 
 
 def test_session_ids_are_long_random_and_visible_ascii() -> None:
@@ -30,11 +36,11 @@ def test_an_idle_session_is_evicted_after_its_timeout() -> None:
     store = SessionStore(max_sessions=10, idle_seconds=30, clock=lambda: now[0])
     session_id = new(store)
     now[0] = 29
-    assert store.get(session_id) is not None  # touched: idle time starts again
+    assert get(store, session_id) is not None  # touched: idle time starts again
     now[0] = 58
-    assert store.get(session_id) is not None
+    assert get(store, session_id) is not None
     now[0] = 89
-    assert store.get(session_id) is None
+    assert get(store, session_id) is None
 
 
 def test_the_cap_refuses_new_sessions_until_idle_ones_expire() -> None:
@@ -50,13 +56,17 @@ def test_the_cap_refuses_new_sessions_until_idle_ones_expire() -> None:
 
 
 def test_ten_thousand_idle_sessions_stay_within_the_memory_budget() -> None:
+    async def fill(store: SessionStore) -> None:
+        for i in range(10_000):
+            await store.create(protocol_version="2025-11-25", client_info={"name": "client", "version": "1.0.0"},
+                               client_capabilities={"sampling": {}}, principal=f"key:{i % 50}")  # fmt: skip
+
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         store = SessionStore(max_sessions=10_000, idle_seconds=1800)
-        for i in range(10_000):
-            new(store, principal=f"key:{i % 50}")
+        asyncio.run(fill(store))
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
