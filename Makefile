@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools demo test lint format pytest clean help
+.PHONY: setup conformance-tools test-services demo test lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
+
+test-services:  ## install Debian's redis-server for the multi-replica tests (the tests start it themselves)
+	@bash scripts/install-redis.sh
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
@@ -32,7 +35,7 @@ format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-pytest: setup conformance-tools  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
+pytest: setup conformance-tools test-services  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest  ## everything CI runs: lint, then every test

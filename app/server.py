@@ -15,6 +15,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +30,8 @@ from app.protocol.request_state import RequestStateSealer
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.sessions import SessionStore
+from app.sessions.redis import RedisSessionStore
+from app.sessions.store import SessionBackend
 from app.settings import Settings, load_api_keys
 from app.transports.legacy_sse import LegacySse
 from app.transports.stdio import serve_stdio
@@ -108,6 +111,14 @@ class _ObserveRequests:
                 )
 
 
+def session_backend(settings: Settings) -> SessionBackend:
+    """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
+    if settings.redis_url is None:
+        return SessionStore(max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds)
+    client = Redis.from_url(settings.redis_url.get_secret_value())
+    return RedisSessionStore(client, max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds)
+
+
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FastAPI:
     """The MCP application: health endpoints and the MCP endpoint at ``/mcp``.
 
@@ -127,7 +138,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__, sealer=sealer)
     endpoint = McpEndpoint(
         dispatcher=dispatcher,
-        sessions=SessionStore(max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds),
+        sessions=session_backend(settings),
         authenticator=ApiKeyAuthenticator(api_keys),
         origins=OriginPolicy(
             bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
@@ -269,5 +280,6 @@ async def serve(settings: Settings) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await app.state.mcp_endpoint.aclose()
     if not all(started):
         raise ListenerError("a listener could not start; the log above says why")

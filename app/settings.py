@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     )
     stateless: bool = Field(False, description="Keep no sessions (for Cloud Run-style autoscaling).")
     initialize_per_minute: int = Field(60, gt=0, description="initialize requests allowed per client per minute.")
+    redis_url: SecretStr | None = Field(
+        None, description="redis://... to share sessions and event streams between replicas (default: in memory)."
+    )
     max_sessions: int = Field(10_000, gt=0, description="Most concurrent sessions; more initialize get 503.")
     session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
     sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")

@@ -29,7 +29,8 @@ from app.protocol.changes import Change, ChangeFeed, Listener
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.protocol.revisions import STATELESS_REVISIONS
-from app.sessions import Session, SessionLimitError, SessionStore
+from app.sessions import Session, SessionLimitError
+from app.sessions.store import SessionBackend
 from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_meta
 
 __all__ = ["MessageConnection", "Send"]
@@ -46,7 +47,7 @@ class MessageConnection:
         self,
         *,
         dispatcher: Dispatcher,
-        sessions: SessionStore,
+        sessions: SessionBackend,
         feed: ChangeFeed,
         metrics: Metrics,
         send: Send,

@@ -42,8 +42,9 @@ from app.protocol.revisions import STATELESS_REVISIONS
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import WindowLimiter
-from app.sessions import EventStream, Session, SessionLimitError, SessionStore
+from app.sessions import EventStream, Session, SessionLimitError
 from app.sessions.events import parse_event_id
+from app.sessions.store import SessionBackend
 from app.transports.connection import MessageConnection, Send
 from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_headers, check_meta
 from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
@@ -111,7 +112,7 @@ class McpEndpoint:
         self,
         *,
         dispatcher: Dispatcher,
-        sessions: SessionStore,
+        sessions: SessionBackend,
         authenticator: ApiKeyAuthenticator,
         origins: OriginPolicy,
         metrics: Metrics,
@@ -150,6 +151,10 @@ class McpEndpoint:
     def origins(self) -> OriginPolicy:
         """Which Host and Origin headers are accepted (the other HTTP transports check the same)."""
         return self._origins
+
+    async def aclose(self) -> None:
+        """Release the session store (after the listeners stopped)."""
+        await self._sessions.close()
 
     async def announce(self, method: str, params: Mapping[str, Any]) -> int:
         """Publish a change notification to every client listening for it; how many listeners got it."""

@@ -1,0 +1,43 @@
+"""What the transports need of a session store; the in-memory store and the Redis store both provide it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from app.sessions.events import EventStream
+from app.sessions.memory import Session
+
+__all__ = ["SessionBackend"]
+
+
+class SessionBackend(Protocol):
+    """Sessions by id, their event streams, and delivery of what clients send to the request it concerns."""
+
+    async def create(
+        self,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        client_capabilities: dict[str, Any],
+        principal: str | None,
+    ) -> Session: ...
+
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def save(self, session: Session) -> None: ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+    def new_stream(self, session: Session) -> EventStream: ...
+
+    async def find_stream(self, session: Session, stream_id: str) -> EventStream | None: ...
+
+    async def deliver_response(
+        self, session: Session, request_id: str | int | None, payload: dict[str, Any]
+    ) -> bool: ...
+
+    async def deliver_notification(self, session: Session, method: str, params: dict[str, Any]) -> None: ...
+
+    def all(self) -> list[Session]: ...
+
+    async def close(self) -> None: ...
