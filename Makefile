@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools test-services demo test lint format pytest clean help
+.PHONY: setup conformance-tools test-services demo bench test lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ test-services:  ## install Debian's redis-server for the multi-replica tests (th
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
+
+bench: setup  ## benchmark erlmcp against the official Python SDK and a bare FastAPI ceiling (bench-results/)
+	$(PY) -m benchmarks
 
 lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
 	ruff check .

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import secrets
 import signal
 import time
@@ -66,6 +68,17 @@ class _ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app = app
         self._metrics = metrics
+        self._access_log = logging.getLogger(__name__).isEnabledFor(logging.INFO)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labelled metric children, made once
+
+    def _count(self, method: str, status: int, elapsed: float) -> None:
+        children = self._children.get((method, status))
+        if children is None:
+            children = (self._metrics.http_requests.labels(method=method, code=str(status)),
+                        self._metrics.http_request_duration.labels(method=method))  # fmt: skip
+            self._children[(method, status)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,9 +103,8 @@ class _ObserveRequests:
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.http_requests_in_flight.dec()
-            self._metrics.http_requests.labels(method=method, code=str(status)).inc()
-            self._metrics.http_request_duration.labels(method=method).observe(elapsed)
-            if scope["path"] not in HEALTH_PATHS:
+            self._count(method, status, elapsed)
+            if scope["path"] not in HEALTH_PATHS and self._access_log:
                 headers = dict(scope.get("headers") or [])
                 client = scope.get("client")
                 log.info(
@@ -168,7 +180,8 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
     for path in ("/readyz", "/healthz", "/health"):
         app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    # A plain Starlette route: the endpoint reads the request itself, so FastAPI's parameter analysis is skipped.
+    app.add_route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     app.add_api_websocket_route("/ws", websocket_handler(endpoint, max_message_bytes=settings.max_request_bytes))
     legacy = LegacySse(endpoint, max_request_bytes=settings.max_request_bytes,
                        keepalive_seconds=settings.sse_keepalive_seconds)  # fmt: skip
@@ -275,6 +288,8 @@ async def serve(settings: Settings) -> None:
             return False
         return server.started
 
+    # Everything built so far lives as long as the process: keep the cycle collector from scanning it again.
+    gc.freeze()
     try:
         started = await asyncio.gather(run(main, metrics_server), run(metrics_server, main))
     finally:

@@ -174,7 +174,11 @@ class Tools:
             arguments = {}
         if not isinstance(arguments, dict):
             raise InvalidParams('Invalid params: "arguments" must be an object')
-        problems = sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.path))
+        problems = (
+            []
+            if tool.validator.is_valid(arguments)
+            else sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.path))
+        )
         if problems:
             detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(arguments)'}: {p.message}" for p in problems)
             return ToolCallOutcome(text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True),

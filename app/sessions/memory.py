@@ -82,13 +82,16 @@ class SessionStore:
         self._max = max_sessions
         self._idle = idle_seconds
         self._clock = clock
+        self._swept = clock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def _new(self, protocol_version: str, client_info: dict[str, Any], client_capabilities: dict[str, Any],
              principal: str | None) -> Session:  # fmt: skip
-        self._expire()
+        # Sweeping is O(sessions): at most once a second, or when the store is full.
+        if len(self._sessions) >= self._max or self._clock() - self._swept >= 1.0:
+            self._expire()
         if len(self._sessions) >= self._max:
             raise SessionLimitError(f"the server holds its maximum of {self._max} sessions; try again later")
         session = Session(
@@ -165,7 +168,7 @@ class SessionStore:
         session.on_notification(method, params)
 
     def _expire(self) -> int:
-        now = self._clock()
+        now = self._swept = self._clock()
         stale = [sid for sid, s in self._sessions.items() if now - s.last_seen > self._idle and not s.in_flight]
         for session_id in stale:
             self._drop(session_id)

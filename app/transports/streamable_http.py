@@ -126,6 +126,7 @@ class McpEndpoint:
         self._options = options
         self._background: set[asyncio.Task[Any]] = set()
         self._feed = ChangeFeed()
+        self._counted: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         self._initialize_limit = WindowLimiter(options.initialize_per_minute)
 
     def connection(self, *, send: Send, principal: str, transport: str) -> MessageConnection:
@@ -299,16 +300,27 @@ class McpEndpoint:
     async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
         assert message.id is not None
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: end the HTTP connection
+        # Woken by the first message the handler sends, or by its end: whichever comes first decides between
+        # a JSON response and an event stream (one future, no extra task, on the hot path).
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def rouse(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        async def send(item: dict[str, Any] | None) -> None:
+            outbox.put_nowait(item)
+            rouse()
 
         async def end_connection() -> None:
-            await outbox.put(None)
+            await send(None)
 
         ctx = RequestContext(
             request_id=message.id,
             method=message.method or "",
             meta=_meta_of(message),
             session=session,
-            send=outbox.put if wants_stream else None,
+            send=send if wants_stream else None,
             protocol_version=session.protocol_version,
             client_request_timeout=self._options.client_request_timeout,
             end_connection=end_connection if wants_stream else None,
@@ -317,10 +329,9 @@ class McpEndpoint:
         task = asyncio.create_task(self._dispatcher.dispatch(message, ctx))
         session.in_flight[message.id] = task
         task.add_done_callback(lambda _: session.in_flight.pop(message.id, None))  # type: ignore[arg-type]
-        first = asyncio.create_task(outbox.get())
-        await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done() and not first.done():
-            first.cancel()
+        task.add_done_callback(rouse)
+        await wake
+        if task.done() and outbox.empty():
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
@@ -330,7 +341,7 @@ class McpEndpoint:
                 await self._sessions.save(session)
             return self._finish(request, outcome, _json(outcome.response))
         stream = self._sessions.new_stream(session) if session.id else EventStream()
-        pump = asyncio.create_task(self._pump(request, session, stream, first, outbox, task))
+        pump = asyncio.create_task(self._pump(request, session, stream, outbox, task))
         self._background.add(pump)
         pump.add_done_callback(self._background.discard)
         headers = {**SSE_HEADERS, **({"Mcp-Session-Id": session.id} if session.id else {})}
@@ -341,14 +352,12 @@ class McpEndpoint:
         request: Request,
         session: Session,
         stream: EventStream,
-        first: asyncio.Task[dict[str, Any] | None],
         outbox: asyncio.Queue[dict[str, Any] | None],
         task: asyncio.Task[Outcome],
     ) -> None:
         """Move a request's messages onto its stream, the response last; the stream outlives a disconnect."""
         try:
             await stream.append(b"")  # the priming event: an id to resume from, no data
-            await self._forward(stream, await first)
             while not (task.done() and outbox.empty()):
                 getter = asyncio.create_task(outbox.get())
                 await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
@@ -398,9 +407,17 @@ class McpEndpoint:
         return response
 
     def _count(self, outcome: Outcome) -> None:
-        self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
-        if outcome.tool is not None and outcome.method == "tools/call":
-            self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+        key = (outcome.method, outcome.status, outcome.tool if outcome.method == "tools/call" else None)
+        children = self._counted.get(key)
+        if children is None:
+            requests = self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status)
+            tool = self._metrics.mcp_tool_calls.labels(tool=key[2], outcome=outcome.status) if key[2] else None
+            children = (requests, tool)
+            if len(self._counted) < 10_000:  # tool names come from the catalogue, but stay bounded anyway
+                self._counted[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
 
     async def _batch(self, request: Request, payload: list[Any]) -> Response:
         """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching)."""
@@ -605,8 +622,13 @@ class McpEndpoint:
         """The body, or None when it is larger than allowed (checked before and while reading)."""
         limit = self._options.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return None
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                return None
+            try:
+                return await request.body()  # the length is known and allowed: read it in one go
+            except ClientDisconnect:
+                return b""
         chunks: list[bytes] = []
         size = 0
         try:
