@@ -131,6 +131,22 @@ def session_backend(settings: Settings) -> SessionBackend:
     return RedisSessionStore(client, max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds)
 
 
+class _McpFastPath:
+    """Pure ASGI middleware: ``/mcp`` goes straight to the MCP endpoint, past the router and FastAPI's request
+    plumbing (the hot path); every other path goes on as usual."""
+
+    def __init__(self, app: ASGIApp, endpoint: McpEndpoint) -> None:
+        self._app = app
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/mcp":
+            await self._app(scope, receive, send)
+            return
+        response = await self._endpoint.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FastAPI:
     """The MCP application: health endpoints and the MCP endpoint at ``/mcp``.
 
@@ -188,7 +204,8 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.state.legacy_sse = legacy
     app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
     app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
-    app.add_middleware(_ObserveRequests, metrics=metrics)
+    app.add_middleware(_McpFastPath, endpoint=endpoint)
+    app.add_middleware(_ObserveRequests, metrics=metrics)  # added last: outermost, so it sees /mcp too
     log.info(
         "configured",
         tools=list(features.tools.names),
