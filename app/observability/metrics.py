@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 __all__ = ["Metrics"]
@@ -48,6 +50,21 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
+        self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         self.auth_failures = Counter(
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )
+
+    def count_outcome(self, method: str, outcome: str, tool: str | None) -> None:
+        """Count one answered MCP request (and the tool call, for tools/call); labelled children are cached."""
+        key = (method, outcome, tool if method == "tools/call" else None)
+        children = self._outcomes.get(key)
+        if children is None:
+            requests = self.mcp_requests.labels(method=method, outcome=outcome)
+            calls = self.mcp_tool_calls.labels(tool=key[2], outcome=outcome) if key[2] else None
+            children = (requests, calls)
+            if len(self._outcomes) < 10_000:  # labels come from bounded sets; stay bounded all the same
+                self._outcomes[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()

@@ -203,9 +203,7 @@ class MessageConnection:
         await self.send(outcome.response)
 
     def _count(self, outcome: Outcome) -> None:
-        self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status).inc()
-        if outcome.tool is not None and outcome.method == "tools/call":
-            self._metrics.mcp_tool_calls.labels(tool=outcome.tool, outcome=outcome.status).inc()
+        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool)
 
     async def close(self) -> None:
         """The connection ended: stop its requests and end its session."""

@@ -126,7 +126,6 @@ class McpEndpoint:
         self._options = options
         self._background: set[asyncio.Task[Any]] = set()
         self._feed = ChangeFeed()
-        self._counted: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         self._initialize_limit = WindowLimiter(options.initialize_per_minute)
 
     def connection(self, *, send: Send, principal: str, transport: str) -> MessageConnection:
@@ -407,17 +406,7 @@ class McpEndpoint:
         return response
 
     def _count(self, outcome: Outcome) -> None:
-        key = (outcome.method, outcome.status, outcome.tool if outcome.method == "tools/call" else None)
-        children = self._counted.get(key)
-        if children is None:
-            requests = self._metrics.mcp_requests.labels(method=outcome.method, outcome=outcome.status)
-            tool = self._metrics.mcp_tool_calls.labels(tool=key[2], outcome=outcome.status) if key[2] else None
-            children = (requests, tool)
-            if len(self._counted) < 10_000:  # tool names come from the catalogue, but stay bounded anyway
-                self._counted[key] = children
-        children[0].inc()
-        if children[1] is not None:
-            children[1].inc()
+        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool)
 
     async def _batch(self, request: Request, payload: list[Any]) -> Response:
         """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching)."""

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.conftest import RunningServer, free_port, start_server
 from tests.integration.proxy import RoundRobinProxy
+from tests.sse import events
 
 pytestmark = pytest.mark.slow
 
@@ -63,17 +63,6 @@ def proxy(replicas: list[RunningServer]) -> Iterator[RoundRobinProxy]:
 def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     sent = {"Accept": "application/json, text/event-stream", "Connection": "close", **(headers or {})}
     return httpx.post(f"{url}/mcp", json=body, headers=sent, timeout=10)
-
-
-def events(text: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-    found = []
-    for block in text.split("\n\n"):
-        lines = block.splitlines()
-        event_id = next((line[4:] for line in lines if line.startswith("id: ")), None)
-        data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
-        if event_id or data:
-            found.append((event_id, orjson.loads(data) if data else None))
-    return found
 
 
 def open_session(url: str) -> dict[str, str]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.conftest import RunningServer, start_server
+from tests.sse import events
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +28,6 @@ def open_session(server: RunningServer) -> dict[str, str]:
     opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
                                                    "params": INIT})  # fmt: skip
     return {**SSE, "Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
-
-
-def events(text: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-    found = []
-    for block in text.split("\n\n"):
-        lines = block.splitlines()
-        event_id = next((line[4:] for line in lines if line.startswith("id: ")), None)
-        data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
-        if event_id or data:
-            found.append((event_id, orjson.loads(data) if data else None))
-    return found
 
 
 def test_a_stream_closed_by_the_server_resumes_from_the_last_event_id(server: RunningServer) -> None:
