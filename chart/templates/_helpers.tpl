@@ -27,3 +27,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "erlmcp.configName" -}}
 {{ include "erlmcp.fullname" . }}-config
 {{- end -}}
+
+{{- define "erlmcp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.name -}}
+{{ .Values.serviceAccount.name }}
+{{- else if .Values.serviceAccount.create -}}
+{{ include "erlmcp.fullname" . }}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{- define "erlmcp.stateSecretName" -}}
+{{ include "erlmcp.fullname" . }}-state
+{{- end -}}
+
+{{/* policy/v1 PodDisruptionBudget from Kubernetes 1.21, policy/v1beta1 before. */}}
+{{- define "erlmcp.pdbApiVersion" -}}
+{{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version -}}policy/v1{{- else -}}policy/v1beta1{{- end -}}
+{{- end -}}
+
+{{/* autoscaling/v2 from Kubernetes 1.23, autoscaling/v2beta2 before. */}}
+{{- define "erlmcp.hpaApiVersion" -}}
+{{- if semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version -}}autoscaling/v2{{- else -}}autoscaling/v2beta2{{- end -}}
+{{- end -}}
+
+{{- define "erlmcp.pdbEnabled" -}}
+{{- if and .Values.podDisruptionBudget.enabled (or .Values.autoscaling.enabled (ge (int .Values.replicaCount) 2)) -}}true{{- end -}}
+{{- end -}}

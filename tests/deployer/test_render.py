@@ -45,14 +45,15 @@ def test_the_application_names_every_kind_the_chart_creates(helm: str) -> None:
     result = rendered(helm)
     application = find_one(result.manifests, "Application")
     kinds = {component["kind"] for component in application["spec"]["componentKinds"]}
-    assert kinds == {m["kind"] for m in result.manifests} - {"Application"}
+    hooks = [m for m in result.manifests if "helm.sh/hook" in (m["metadata"].get("annotations") or {})]
+    assert kinds == {m["kind"] for m in result.manifests if m not in hooks} - {"Application"}
     assert application["spec"]["descriptor"]["version"] == load_schema(ROOT / "schema.yaml").published_version
     assert "partner_id" in application["metadata"]["annotations"]["marketplace.cloud.google.com/deploy-info"]
 
 
 def test_the_api_key_reaches_the_secret_the_pod_mounts(helm: str) -> None:
     result = rendered(helm, **{"auth.apiKey": "key-from-values-123"})
-    secret = find_one(result.manifests, "Secret")
+    secret = find_one(result.manifests, "Secret", "mcp1-api-keys")
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == "key-from-values-123"
     env = {e["name"]: e.get("value") for e in container(result)["env"]}
     assert env["ERLMCP_API_KEY_FILE"] == "/etc/erlmcp/secrets/api-keys"
@@ -60,7 +61,7 @@ def test_the_api_key_reaches_the_secret_the_pod_mounts(helm: str) -> None:
 
 def test_turning_auth_off_renders_no_secret_and_tells_the_server(helm: str) -> None:
     result = rendered(helm, **{"auth.enabled": False})
-    assert not [m for m in result.manifests if m["kind"] == "Secret"]
+    assert not [m for m in result.manifests if m["kind"] == "Secret" and m["metadata"]["name"] == "mcp1-api-keys"]
     env = {e["name"]: e.get("value") for e in container(result)["env"]}
     assert env["ERLMCP_NO_AUTH"] == "true"
     assert "ERLMCP_API_KEY_FILE" not in env
@@ -85,8 +86,12 @@ def test_ports_8080_and_9090_are_exposed_and_probed(helm: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in container(result)["ports"]}
     assert ports == {"http": 8080, "metrics": 9090}
     assert container(result)["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    service = find_one(result.manifests, "Service")
-    assert {p["port"] for p in service["spec"]["ports"]} == {8080, 9090}
+    mcp = find_one(result.manifests, "Service", "mcp1")
+    metrics = find_one(result.manifests, "Service", "mcp1-metrics")
+    assert ([p["port"] for p in mcp["spec"]["ports"]], [p["port"] for p in metrics["spec"]["ports"]]) == (
+        [8080],
+        [9090],
+    )
 
 
 def test_helm_refuses_values_the_chart_schema_does_not_know(helm: str) -> None:
@@ -101,7 +106,7 @@ def test_a_missing_helm_is_reported_with_how_to_install_it() -> None:
 
 def test_a_null_api_key_gets_a_generated_one_not_the_text_nil(helm: str) -> None:
     text = helm_template(helm, ROOT / "chart", release="r", namespace="n", values={"auth": {"apiKey": None}})
-    secret = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret")
+    secret = next(d for d in yaml.safe_load_all(text) if d and d["metadata"]["name"] == "r-api-keys")
     key = base64.b64decode(secret["data"]["api-keys"]).decode()
     assert key != "<nil>"
     assert len(key) == 32
