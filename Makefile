@@ -18,8 +18,9 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
 
-test-services:  ## install Debian's redis-server for the multi-replica tests (the tests start it themselves)
+test-services:  ## install Debian's redis-server (multi-replica tests start it) and checkov (chart tests)
 	@bash scripts/install-redis.sh
+	@bash scripts/install-checkov.sh
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,8 +92,11 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     given: dict[str, Any] = {key: value for key, value in vars(args).items() if value is not None}
+    # Secrets may also come as files named after the variables (erlmcp_request_state_key, erlmcp_redis_url, ...)
+    # in the folder ERLMCP_SECRETS_DIR names: what a mounted Kubernetes Secret gives.
+    secrets_dir = os.environ.get("ERLMCP_SECRETS_DIR") or None
     try:
-        return Settings(**given)
+        return Settings(**given, _secrets_dir=secrets_dir)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()

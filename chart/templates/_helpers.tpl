@@ -12,7 +12,13 @@ app.kubernetes.io/component: server
 {{- end -}}
 
 {{- define "erlmcp.labels" -}}
-{{ include "erlmcp.selectorLabels" . }}
+{{ include "erlmcp.commonLabels" . }}
+app.kubernetes.io/component: server
+{{- end -}}
+
+{{/* Labels without the component, for objects that are not the server (metrics Service, tester). */}}
+{{- define "erlmcp.commonLabels" -}}
+app.kubernetes.io/name: {{ .Release.Name | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/part-of: erlmcp
 app.kubernetes.io/version: {{ .Values.image.tag | toString | trunc 63 | quote }}

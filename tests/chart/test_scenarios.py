@@ -23,13 +23,28 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResou
                   "PriorityClass", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}  # fmt: skip
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (a template that writes a label twice)."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    keys = [loader.construct_object(key, deep=deep) for key, _ in node.value]
+    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise AssertionError(f"duplicate keys in the rendered YAML: {duplicates}")
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def render(helm: str, scenario: Path, kube_version: str = "1.30.0") -> list[dict[str, Any]]:
     result = subprocess.run(
         [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1", "-f", str(scenario),
          "--kube-version", kube_version],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.load_all(result.stdout, Loader=_StrictLoader) if doc]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)

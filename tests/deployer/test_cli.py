@@ -39,8 +39,8 @@ def test_render_prints_the_manifests_on_stdout(tmp_path: Path) -> None:
     result = deployer("render", "-f", str(values))
     assert result.returncode == 0, result.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
-    assert kinds == ["Application", "ConfigMap", "Deployment", "NetworkPolicy", "Pod", "Secret", "Secret", "Service",
-                     "Service", "ServiceAccount"]  # fmt: skip
+    assert kinds == ["Application", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Secret",
+                     "Secret", "Service", "Service", "ServiceAccount"]  # fmt: skip
 
 
 def test_an_unknown_value_is_refused_with_exit_2_naming_it(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ def test_the_application_names_every_kind_the_chart_creates(helm: str) -> None:
     assert kinds == {m["kind"] for m in result.manifests if m not in hooks} - {"Application"}
     assert application["spec"]["descriptor"]["version"] == load_schema(ROOT / "schema.yaml").published_version
     assert "partner_id" in application["metadata"]["annotations"]["marketplace.cloud.google.com/deploy-info"]
+    icon = application["metadata"]["annotations"]["kubernetes-engine.cloud.google.com/icon"]
+    assert base64.b64decode(icon.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG")
 
 
 def test_the_api_key_reaches_the_secret_the_pod_mounts(helm: str) -> None:
