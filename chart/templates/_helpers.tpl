@@ -27,7 +27,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end -}}
 
 {{- define "erlmcp.secretName" -}}
-{{ include "erlmcp.fullname" . }}-api-keys
+{{ .Values.auth.existingSecret | default (printf "%s-api-keys" (include "erlmcp.fullname" .)) }}
 {{- end -}}
 
 {{- define "erlmcp.configName" -}}

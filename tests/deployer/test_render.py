@@ -125,3 +125,13 @@ def test_changing_the_api_key_changes_the_pod_template(helm: str) -> None:
         return dict(pod["metadata"]["annotations"])
 
     assert annotations("first-key-0123456789") != annotations("second-key-0123456789")
+
+
+def test_an_existing_api_key_secret_is_mounted_instead_of_a_new_one(helm: str) -> None:
+    text = helm_template(helm, ROOT / "chart", release="r", namespace="n",
+                         values={"auth": {"existingSecret": "keys-from-elsewhere"}})  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    assert not [d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == "r-api-keys"]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "keys-from-elsewhere"
