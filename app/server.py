@@ -143,8 +143,28 @@ class _McpFastPath:
         if scope["type"] != "http" or scope["path"] != "/mcp":
             await self._app(scope, receive, send)
             return
-        response = await self._endpoint.handle(Request(scope, receive))
+        try:
+            response = await self._endpoint.handle(Request(scope, receive))
+        except Exception:  # never a stack trace on the wire; the log has it
+            log.exception("the MCP endpoint failed")
+            body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}'
+            response = Response(body, status_code=500, media_type="application/json")
         await response(scope, receive, send)
+
+
+class _Front:
+    """What uvicorn serves: ``/mcp`` through the metrics-and-log wrapper straight to the endpoint; everything
+    else (health, /ws, /sse, 404s) through the whole FastAPI application."""
+
+    def __init__(self, app: FastAPI, metrics: Metrics) -> None:
+        self._app = app
+        self._mcp = _ObserveRequests(_McpFastPath(app, app.state.mcp_endpoint), metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mcp":
+            await self._mcp(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FastAPI:
@@ -258,10 +278,12 @@ async def serve(settings: Settings) -> None:
                                   max_message_bytes=settings.max_request_bytes)  # fmt: skip
         except OSError as exc:
             raise ListenerError(f"the TCP listener cannot bind {settings.host}:{settings.tcp_port}: {exc}") from exc
-    common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False}
+    # proxy_headers off: X-Forwarded-* would be trusted from 127.0.0.1 only, which is not where the load
+    # balancer's requests come from; the middleware would cost every request for nothing.
+    common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False}
     main = _Server(
         uvicorn.Config(
-            app,
+            _Front(app, metrics),
             host=settings.host,
             port=settings.port,
             timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
