@@ -10,12 +10,13 @@ from typing import Any
 from app.jsonrpc import RequestId
 from app.sessions import Session
 
-__all__ = ["LOG_LEVELS", "ClientRequestError", "RequestContext"]
+__all__ = ["LOG_LEVELS", "Announce", "ClientRequestError", "RequestContext", "Send"]
 
 # RFC 5424 severities, lowest first, as MCP logging names them.
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Announce = Callable[[str, Mapping[str, Any]], Awaitable[int]]
 
 
 class ClientRequestError(Exception):
@@ -51,7 +52,7 @@ class RequestContext:
     input_responses: Mapping[str, Any] | None = None
     request_state: str | None = None
     # Publishes a change notification (list_changed, resources/updated) to every client that listens for it.
-    announce: Callable[[str, Mapping[str, Any]], Awaitable[int]] | None = None
+    announce: Announce | None = None
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:

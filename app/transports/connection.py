@@ -19,7 +19,6 @@ from app.jsonrpc import (
     InvalidRequest,
     JsonRpcError,
     Message,
-    UnsupportedVersion,
     error_response,
     message_from,
     parse_json,
@@ -28,10 +27,9 @@ from app.observability.metrics import Metrics
 from app.protocol.changes import Change, ChangeFeed, Listener
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
-from app.protocol.revisions import STATELESS_REVISIONS
 from app.sessions import Session, SessionLimitError
 from app.sessions.store import SessionBackend
-from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_meta
+from app.transports.headers import META_VERSION, check_meta, check_version, stateless_context
 
 __all__ = ["MessageConnection", "Send"]
 
@@ -178,26 +176,11 @@ class MessageConnection:
         assert message.id is not None
         try:
             meta = check_meta(message)
-            if meta[META_VERSION] not in STATELESS_REVISIONS:
-                raise UnsupportedVersion(
-                    f"Unsupported protocol version {meta[META_VERSION]!r}",
-                    data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
-                )
+            check_version(meta)
         except JsonRpcError as error:
             await self.send(error_response(message.id, error))
             return
-        level = meta.get(META_LOG_LEVEL)
-        ctx = RequestContext(
-            request_id=message.id,
-            method=message.method or "",
-            meta=meta,
-            send=self.send,
-            protocol_version=meta[META_VERSION],
-            stateless=True,
-            request_client_capabilities=meta[META_CAPABILITIES],
-            request_log_level=level if isinstance(level, str) else None,
-            announce=self._announce,
-        )
+        ctx = stateless_context(message, meta, send=self.send, announce=self._announce)
         outcome = await self._dispatcher.dispatch_stateless(message, ctx)
         self._count(outcome)
         await self.send(outcome.response)

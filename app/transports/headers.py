@@ -7,9 +7,20 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from app.jsonrpc import HeaderMismatch, InvalidParams, Message
+from app.jsonrpc import HeaderMismatch, InvalidParams, Message, UnsupportedVersion
+from app.protocol.context import Announce, RequestContext, Send
+from app.protocol.revisions import STATELESS_REVISIONS
 
-__all__ = ["META_CAPABILITIES", "META_LOG_LEVEL", "META_VERSION", "check_headers", "check_meta", "decode_header"]
+__all__ = [
+    "META_CAPABILITIES",
+    "META_LOG_LEVEL",
+    "META_VERSION",
+    "check_headers",
+    "check_meta",
+    "check_version",
+    "decode_header",
+    "stateless_context",
+]
 
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -95,3 +106,35 @@ def _check_param_headers(message: Message, headers: Mapping[str, str], schema: M
         header = headers.get(f"mcp-param-{suffix.lower()}")
         if header is None or decode_header(header) != str(arguments[prop]):
             raise _mismatch(message, f"Mcp-Param-{suffix} must equal arguments.{prop}")
+
+
+def check_version(meta: Mapping[str, Any]) -> None:
+    """Refuse a ``_meta`` protocol version this server does not speak.
+
+    Raises:
+        UnsupportedVersion: with the supported versions and the requested one in ``data``.
+    """
+    if meta[META_VERSION] not in STATELESS_REVISIONS:
+        raise UnsupportedVersion(
+            f"Unsupported protocol version {meta[META_VERSION]!r}",
+            data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
+        )
+
+
+def stateless_context(
+    message: Message, meta: Mapping[str, Any], *, send: Send | None, announce: Announce | None
+) -> RequestContext:
+    """The context of a 2026-07-28 request: capabilities and log level come with the request itself."""
+    assert message.id is not None
+    level = meta.get(META_LOG_LEVEL)
+    return RequestContext(
+        request_id=message.id,
+        method=message.method or "",
+        meta=meta,
+        send=send,
+        protocol_version=meta[META_VERSION],
+        stateless=True,
+        request_client_capabilities=meta[META_CAPABILITIES],
+        request_log_level=level if isinstance(level, str) else None,
+        announce=announce,
+    )

@@ -28,7 +28,6 @@ from app.jsonrpc import (
     InvalidRequest,
     JsonRpcError,
     Message,
-    UnsupportedVersion,
     error_response,
     message_from,
     parse_json,
@@ -38,7 +37,6 @@ from app.protocol import HANDSHAKE_REVISIONS
 from app.protocol.changes import Change, ChangeFeed
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
-from app.protocol.revisions import STATELESS_REVISIONS
 from app.security import ApiKeyAuthenticator
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import WindowLimiter
@@ -46,7 +44,7 @@ from app.sessions import EventStream, Session, SessionLimitError
 from app.sessions.events import parse_event_id
 from app.sessions.store import SessionBackend
 from app.transports.connection import MessageConnection, Send
-from app.transports.headers import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, check_headers, check_meta
+from app.transports.headers import check_headers, check_meta, check_version, stateless_context
 from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
 
 __all__ = ["McpEndpoint", "TransportOptions"]
@@ -463,29 +461,14 @@ class McpEndpoint:
             meta = check_meta(message)
             tool = message.params.get("name") if message.method == "tools/call" else None
             check_headers(message, request.headers, meta, self._dispatcher.tool_schema(tool))
-            if meta[META_VERSION] not in STATELESS_REVISIONS:
-                raise UnsupportedVersion(
-                    f"Unsupported protocol version {meta[META_VERSION]!r}",
-                    data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
-                )
+            check_version(meta)
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return _json(error_response(message.id, error), 400)
         if message.method == "subscriptions/listen" and self._dispatcher.announces_changes:
             return self._listen(message)
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        level = meta.get(META_LOG_LEVEL)
-        ctx = RequestContext(
-            request_id=message.id,
-            method=message.method or "",
-            meta=meta,
-            send=outbox.put if wants_stream else None,
-            protocol_version=meta[META_VERSION],
-            stateless=True,
-            request_client_capabilities=meta[META_CAPABILITIES],
-            request_log_level=level if isinstance(level, str) else None,
-            announce=self.announce,
-        )
+        ctx = stateless_context(message, meta, send=outbox.put if wants_stream else None, announce=self.announce)
         task = asyncio.create_task(self._dispatcher.dispatch_stateless(message, ctx))
         first = asyncio.create_task(outbox.get())
         await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
