@@ -216,15 +216,13 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
     for path in ("/readyz", "/healthz", "/health"):
         app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
-    # A plain Starlette route: the endpoint reads the request itself, so FastAPI's parameter analysis is skipped.
-    app.add_route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     app.add_api_websocket_route("/ws", websocket_handler(endpoint, max_message_bytes=settings.max_request_bytes))
     legacy = LegacySse(endpoint, max_request_bytes=settings.max_request_bytes,
                        keepalive_seconds=settings.sse_keepalive_seconds)  # fmt: skip
     app.state.legacy_sse = legacy
     app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
     app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
-    app.add_middleware(_McpFastPath, endpoint=endpoint)
+    app.add_middleware(_McpFastPath, endpoint=endpoint)  # /mcp, every method: the router never sees it
     app.add_middleware(_ObserveRequests, metrics=metrics)  # added last: outermost, so it sees /mcp too
     log.info(
         "configured",

@@ -520,8 +520,7 @@ RESOURCES = (
     ResourceSpec("test://static-binary", "static_binary_resource", _binary,
                  description="A static binary resource (image) for testing", mime_type="image/png"),
     ResourceSpec("test://watched-resource", "watched_resource", _text("Watched resource content"),
-                 description="A resource that can be subscribed to for updates", mime_type="text/plain",
-                 subscribable=True),
+                 description="A resource that can be subscribed to for updates", mime_type="text/plain"),
 )  # fmt: skip
 TEMPLATES = (
     TemplateSpec("test://template/{id}/data", "template_resource", _template,

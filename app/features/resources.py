@@ -32,7 +32,6 @@ class ResourceSpec:
     title: str | None = None
     description: str | None = None
     mime_type: str | None = None
-    subscribable: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The resource as resources/list shows it."""

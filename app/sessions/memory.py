@@ -87,8 +87,19 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def _new(self, protocol_version: str, client_info: dict[str, Any], client_capabilities: dict[str, Any],
-             principal: str | None) -> Session:  # fmt: skip
+    async def create(
+        self,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        client_capabilities: dict[str, Any],
+        principal: str | None,
+    ) -> Session:
+        """A new session.
+
+        Raises:
+            SessionLimitError: the store is full even after expiring idle sessions.
+        """
         # Sweeping is O(sessions): at most once a second, or when the store is full.
         if len(self._sessions) >= self._max or self._clock() - self._swept >= 1.0:
             self._expire()
@@ -104,21 +115,6 @@ class SessionStore:
         )
         self._sessions[session.id] = session
         return session
-
-    async def create(
-        self,
-        *,
-        protocol_version: str,
-        client_info: dict[str, Any],
-        client_capabilities: dict[str, Any],
-        principal: str | None,
-    ) -> Session:
-        """A new session.
-
-        Raises:
-            SessionLimitError: the store is full even after expiring idle sessions.
-        """
-        return self._new(protocol_version, client_info, client_capabilities, principal)
 
     def _touch(self, session_id: str) -> Session | None:
         session = self._sessions.get(session_id)

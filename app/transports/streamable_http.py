@@ -186,7 +186,7 @@ class McpEndpoint:
             return _refusal(405, f"Method Not Allowed: {request.method} has no use in protocol {version}",
                             headers={"Allow": "POST"})  # fmt: skip
         if request.method == "POST":
-            return await self._post(request)
+            return await self._post(request, version)
         if request.method == "GET":
             return await self._get(request)
         if request.method == "DELETE":
@@ -213,7 +213,7 @@ class McpEndpoint:
 
     # -- POST -------------------------------------------------------------------------------------------------
 
-    async def _post(self, request: Request) -> Response:
+    async def _post(self, request: Request, version: str) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != _JSON:
             return _refusal(415, f"Unsupported Media Type: Content-Type must be application/json, not {content_type!r}")
@@ -231,7 +231,6 @@ class McpEndpoint:
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return _json(error_response(error.request_id, error), 400)
-        version = request.headers.get("mcp-protocol-version", "").strip()
         if version and version not in HANDSHAKE_REVISIONS:
             # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
             return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}))
