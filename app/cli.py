@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,22 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (every Linux install: it is a dependency), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop wheels
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; returns the process exit code."""
     settings = settings_from_args(argv)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(serve(settings))
     except (SettingsError, CatalogError) as exc:
         structlog.get_logger("app").error("cannot start", reason=str(exc))
         print(f"erlmcp: {exc}", file=sys.stderr)

@@ -314,7 +314,8 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
     log.info("starting", host=settings.host, port=settings.port, metrics_port=settings.metrics_port,
-             tcp_port=settings.tcp_port, version=__version__)  # fmt: skip
+             tcp_port=settings.tcp_port, version=__version__,
+             event_loop=type(loop).__module__.split(".")[0])  # "uvloop" or "asyncio"  # fmt: skip
 
     async def run(server: _Server, other: _Server) -> bool:
         """Serve until told to stop; False when the listener could not start (uvicorn exits on bind errors)."""

@@ -69,6 +69,13 @@ def test_logs_are_json_lines_in_cloud_logging_shape(server: RunningServer) -> No
     assert "test-key-0123456789abcdef" not in server.log.read_text()
 
 
+def test_the_server_runs_on_uvloop_and_says_so_in_its_start_line(server: RunningServer) -> None:
+    server.stop()
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    (starting,) = [line for line in lines if line["message"] == "starting"]
+    assert starting["event_loop"] == "uvloop"
+
+
 def test_metrics_are_served_on_their_own_port_only(server: RunningServer) -> None:
     assert httpx.get(server.metrics_url).status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 404
