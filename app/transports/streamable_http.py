@@ -295,7 +295,9 @@ class McpEndpoint:
 
     async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
         assert message.id is not None
-        outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: end the HTTP connection
+        # What the handler sends before its response (None: end the HTTP connection); made on the first send,
+        # since most requests send nothing but their response.
+        outbox: asyncio.Queue[dict[str, Any] | None] | None = None
         # Woken by the first message the handler sends, or by its end: whichever comes first decides between
         # a JSON response and an event stream (one future, no extra task, on the hot path).
         wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -305,6 +307,9 @@ class McpEndpoint:
                 wake.set_result(None)
 
         async def send(item: dict[str, Any] | None) -> None:
+            nonlocal outbox
+            if outbox is None:
+                outbox = asyncio.Queue()
             outbox.put_nowait(item)
             rouse()
 
@@ -327,7 +332,7 @@ class McpEndpoint:
         task.add_done_callback(lambda _: session.in_flight.pop(message.id, None))  # type: ignore[arg-type]
         task.add_done_callback(rouse)
         await wake
-        if task.done() and outbox.empty():
+        if task.done() and outbox is None:
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
@@ -336,6 +341,7 @@ class McpEndpoint:
             if session.id:
                 await self._sessions.save(session)
             return self._finish(request, outcome, _json(outcome.response))
+        assert outbox is not None  # the handler is still running, so it woke us by sending
         stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(self._pump(request, session, stream, outbox, task))
         self._background.add(pump)
