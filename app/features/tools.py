@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 import structlog
-from jsonschema import Draft202012Validator
 
 from app.features.pagination import paginate
+from app.features.schemas import SchemaCheck
 from app.features.tasks import RunAsTask, TaskContext
 from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
@@ -83,8 +83,8 @@ class ToolCallOutcome:
 @dataclass(frozen=True, slots=True)
 class _Tool:
     spec: ToolSpec
-    validator: Draft202012Validator
-    output_validator: Draft202012Validator | None
+    arguments: SchemaCheck
+    output: SchemaCheck | None
 
 
 class Tools:
@@ -99,12 +99,8 @@ class Tools:
 
     def add(self, spec: ToolSpec) -> None:
         """Offer one more tool (or replace the one of the same name)."""
-        Draft202012Validator.check_schema(dict(spec.input_schema))
-        output = None
-        if spec.output_schema is not None:
-            Draft202012Validator.check_schema(dict(spec.output_schema))
-            output = Draft202012Validator(dict(spec.output_schema))
-        self._tools[spec.name] = _Tool(spec, Draft202012Validator(dict(spec.input_schema)), output)
+        output = SchemaCheck(spec.output_schema) if spec.output_schema is not None else None
+        self._tools[spec.name] = _Tool(spec, SchemaCheck(spec.input_schema), output)
 
     def remove(self, name: str) -> bool:
         """Stop offering a tool; whether it was offered."""
@@ -174,11 +170,7 @@ class Tools:
             arguments = {}
         if not isinstance(arguments, dict):
             raise InvalidParams('Invalid params: "arguments" must be an object')
-        problems = (
-            []
-            if tool.validator.is_valid(arguments)
-            else sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.path))
-        )
+        problems = tool.arguments.problems(arguments)
         if problems:
             detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(arguments)'}: {p.message}" for p in problems)
             return ToolCallOutcome(text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True),
@@ -204,9 +196,9 @@ class Tools:
             return ToolCallOutcome({}, "task", background=result)
         if result.get("resultType") == "input_required":
             return ToolCallOutcome(result, "input_required")
-        if tool.output_validator is not None and not result.get("isError"):
+        if tool.output is not None and not result.get("isError"):
             structured = result.get("structuredContent")
-            problems = list(tool.output_validator.iter_errors(structured)) if structured is not None else None
+            problems = tool.output.problems(structured) if structured is not None else None
             if problems is None or problems:
                 log.error("tool output does not match its outputSchema", tool=tool.spec.name)
                 return ToolCallOutcome(
