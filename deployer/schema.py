@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from deployer.errors import SchemaError
+from deployer.rules import check_cluster_constraints, check_form, check_service_account
 
 __all__ = ["IMAGE_PROJECTIONS", "X_TYPES", "ImageProperty", "Property", "Schema", "load_schema", "parse_schema"]
 
@@ -136,6 +137,12 @@ def _parse_property(name: str, raw: Any) -> Property:
             length = _mapping(x_config.get("generatedPassword", {}), f"{name}.generatedPassword").get("length", 10)
             if not isinstance(length, int) or length < 8:
                 raise SchemaError(f"property {name!r}: generatedPassword.length must be an integer of at least 8")
+        elif x_type == "SERVICE_ACCOUNT":
+            check_service_account(x_config.get("serviceAccount"), f"property {name!r} serviceAccount")
+        elif x_type == "STORAGE_CLASS":
+            storage = _mapping(x_config.get("storageClass"), f"property {name!r} storageClass")
+            if storage.get("type") != "SSD":
+                raise SchemaError(f"property {name!r}: storageClass.type is required and must be SSD")
     json_schema = {key: value for key, value in spec.items() if key not in {"x-google-marketplace", "title"}}
     if json_type == "int":
         json_schema["type"] = "integer"
@@ -164,6 +171,14 @@ def parse_schema(data: Any) -> Schema:
     partner, solution = x.get("partnerId"), x.get("solutionId")
     if (partner is None) != (solution is None):
         raise SchemaError("give both x-google-marketplace.partnerId and solutionId, or neither")
+    kalm = _mapping(x.get("managedUpdates") or {}, "x-google-marketplace.managedUpdates").get("kalmSupported", False)
+    if not isinstance(kalm, bool):
+        raise SchemaError("x-google-marketplace.managedUpdates.kalmSupported must be true or false")
+    if "clusterConstraints" in x:
+        check_cluster_constraints(x["clusterConstraints"])
+    if "deployerServiceAccount" in x:
+        check_service_account(x["deployerServiceAccount"], "x-google-marketplace.deployerServiceAccount")
+    check_form(root.get("form"))
 
     images: list[ImageProperty] = []
     for image, image_spec in _mapping(x["images"] or {}, "x-google-marketplace.images").items():
@@ -203,3 +218,28 @@ def parse_schema(data: Any) -> Schema:
         required=tuple(str(name) for name in required),
         images=tuple(images),
     )
+
+
+def overlay_test_schema(base: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, Any]:
+    """``/data-test/schema.yaml`` laid over ``/data/schema.yaml`` for a test run, as Google's tools do: only its
+    ``properties`` count (they add properties or replace them, defaults included) and a property may not change
+    its x-google-marketplace type; ``required`` entries are added.
+
+    Raises:
+        SchemaError: the test schema is not a mapping, or it changes a property's Marketplace type.
+    """
+    merged = dict(base)
+    properties = dict(_mapping(base.get("properties", {}), "properties"))
+    test_properties = _mapping(_mapping(test, "the test schema").get("properties", {}), "the test schema properties")
+    for name, raw in test_properties.items():
+        spec = _mapping(raw, f"test schema property {name!r}")
+        before = _mapping(properties.get(name, {}), f"property {name!r}").get("x-google-marketplace", {}) or {}
+        after = spec.get("x-google-marketplace", {}) or {}
+        if name in properties and _mapping(before, name).get("type") != _mapping(after, name).get("type"):
+            raise SchemaError(f"the test schema may not change the x-google-marketplace type of property {name!r}")
+        properties[name] = spec
+    merged["properties"] = properties
+    required = list(base.get("required", []) or [])
+    required += [name for name in test.get("required", []) or [] if name not in required]
+    merged["required"] = required
+    return merged
