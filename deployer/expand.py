@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import orjson
 
+from deployer.certificates import self_signed_certificate
 from deployer.errors import ValuesError
 from deployer.schema import ImageProperty, Property, Schema
 
@@ -84,11 +86,46 @@ def _generated(prop: Property) -> str:
     return password
 
 
-def expand(values: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _derived(prop: Property, value: Any, app_uid: str | None) -> dict[str, Any]:
+    """The generated properties a property's x-google-marketplace block asks for, from its final value."""
+    derived: dict[str, Any] = {}
+    if prop.x_type == "STRING":
+        target = prop.x_config.get("string", {}).get("generatedProperties", {}).get("base64Encoded")
+        if target and value is not None:
+            derived[target] = _b64(str(value))
+    elif prop.x_type == "TLS_CERTIFICATE":
+        names = prop.x_config.get("tlsCertificate", {}).get("generatedProperties", {})
+        try:
+            pair = orjson.loads(value)
+            key, certificate = pair["private_key"], pair["certificate"]
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            raise ValuesError(
+                f"Invalid value for property {prop.name!r}: a TLS certificate must be JSON "
+                '{"private_key": PEM, "certificate": PEM}'
+            ) from exc
+        if names.get("base64EncodedPrivateKey"):
+            derived[names["base64EncodedPrivateKey"]] = _b64(key)
+        if names.get("base64EncodedCertificate"):
+            derived[names["base64EncodedCertificate"]] = _b64(certificate)
+    elif prop.x_type == "APPLICATION_UID":
+        target = prop.x_config.get("applicationUid", {}).get("generatedProperties", {}).get("createApplicationBoolean")
+        if target:
+            derived[target] = not app_uid  # the chart makes the Application only when none exists yet
+    return derived
+
+
+def expand(values: Mapping[str, Any], schema: Schema, *, app_uid: str | None = None) -> dict[str, Any]:
     """Complete and check the values: flat names to final values, generated and projected ones included.
 
+    ``app_uid`` is the UID of the Application that already exists (Marketplace makes a placeholder).
+
     Raises:
-        ValuesError: unknown key, wrong type, missing required value, or no image prefix.
+        ValuesError: unknown key, wrong type, missing required value, no image prefix, or a generated property
+            that collides with a given one.
     """
     given = flatten_values(values, schema)
     prefix = given.pop(IMAGE_REPO_PREFIX, None)
@@ -102,15 +139,26 @@ def expand(values: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
             final[name] = prop.default
         elif prop.x_type == "GENERATED_PASSWORD":
             final[name] = _generated(prop)
+        elif prop.x_type == "TLS_CERTIFICATE":
+            final[name] = self_signed_certificate()
+        elif prop.x_type == "APPLICATION_UID" and app_uid:
+            final[name] = app_uid
         elif prop.x_type in {"ISTIO_ENABLED"}:
             final[name] = False
         elif prop.x_type in {"INGRESS_AVAILABLE"}:
             final[name] = True
+        elif prop.x_type == "DEPLOYER_IMAGE" and isinstance(prefix, str) and prefix:
+            final[name] = f"{prefix}/deployer:{schema.published_version}"
         if name in final:
             _check(prop, final[name])
     missing = [name for name in schema.required if name not in final]
     if missing:
         raise ValuesError(f"No value for required property: {', '.join(missing)}")
+    for name, prop in schema.properties.items():
+        for target, value in _derived(prop, final.get(name), app_uid).items():
+            if target in final or target in given:
+                raise ValuesError(f"the generated property {target!r} (from {name!r}) collides with a given value")
+            final[target] = value
     for image in schema.images:
         final[image.value_name] = project_image(str(prefix), image, schema.published_version)
     return final

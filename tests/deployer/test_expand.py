@@ -4,7 +4,10 @@ import base64
 import dataclasses
 from typing import Any
 
+import orjson
 import pytest
+import yaml
+from cryptography import x509
 
 from deployer.errors import ValuesError
 from deployer.expand import expand, generate_password, nest, project_image
@@ -106,3 +109,55 @@ def test_dotted_names_become_nested_helm_values() -> None:
 def test_a_name_that_is_both_value_and_parent_is_refused() -> None:
     with pytest.raises(ValuesError, match="parent"):
         nest({"a": 1, "a.b": 2})
+
+
+def with_properties(schema: Schema, **extra: dict[str, Any]) -> Schema:
+    from deployer.schema import parse_schema
+
+    data = yaml.safe_load((ROOT / "schema.yaml").read_text())
+    data["properties"].update(extra)
+    return parse_schema(data)
+
+
+def test_an_empty_tls_certificate_is_generated_self_signed_with_base64_copies(schema: Schema) -> None:
+    final = expand(BASE, schema)
+    pair = orjson.loads(final["tls.certificate"])
+    certificate = x509.load_pem_x509_certificate(pair["certificate"].encode())
+    assert certificate.subject.rfc4514_string() == "CN=Temporary Certificate"
+    assert certificate.public_key().key_size == 2048  # type: ignore[union-attr]
+    assert base64.b64decode(final["tls.base64EncodedCertificate"]).decode() == pair["certificate"]
+    assert base64.b64decode(final["tls.base64EncodedPrivateKey"]).decode() == pair["private_key"]
+
+
+def test_a_tls_certificate_that_is_not_the_json_pair_is_refused(schema: Schema) -> None:
+    with pytest.raises(ValuesError, match="'tls.certificate': a TLS certificate must be JSON"):
+        expand({**BASE, "tls.certificate": "-----BEGIN CERTIFICATE-----"}, schema)
+
+
+def test_a_string_property_can_ask_for_its_base64_copy(schema: Schema) -> None:
+    found = with_properties(schema, greeting={"type": "string", "default": "hello", "x-google-marketplace": {
+        "type": "STRING", "string": {"generatedProperties": {"base64Encoded": "greetingB64"}}}})  # fmt: skip
+    assert expand(BASE, found)["greetingB64"] == base64.b64encode(b"hello").decode()
+
+
+def test_the_application_uid_and_whether_to_create_the_application(schema: Schema) -> None:
+    found = with_properties(
+        schema,
+        appUid={
+            "type": "string",
+            "x-google-marketplace": {
+                "type": "APPLICATION_UID",
+                "applicationUid": {"generatedProperties": {"createApplicationBoolean": "createApp"}},
+            },
+        },
+    )
+    assert (expand(BASE, found)["createApp"], "appUid" in expand(BASE, found)) == (True, False)
+    placed = expand(BASE, found, app_uid="1234")
+    assert (placed["appUid"], placed["createApp"]) == ("1234", False)
+
+
+def test_a_generated_property_may_not_collide_with_a_given_value(schema: Schema) -> None:
+    found = with_properties(schema, greeting={"type": "string", "default": "hi", "x-google-marketplace": {
+        "type": "STRING", "string": {"generatedProperties": {"base64Encoded": "logLevel"}}}})  # fmt: skip
+    with pytest.raises(ValuesError, match="'logLevel' \\(from 'greeting'\\) collides"):
+        expand(BASE, found)
