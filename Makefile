@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools test-services demo bench test lint format pytest clean help
+.PHONY: setup conformance-tools test-services kind-verify demo bench test lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,9 +18,13 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
 
-test-services:  ## install Debian's redis-server (multi-replica tests start it) and checkov (chart tests)
+test-services:  ## install redis-server, checkov, etcd and kube-apiserver 1.20 (built once, ~8 min, cached)
 	@bash scripts/install-redis.sh
 	@bash scripts/install-checkov.sh
+	@bash scripts/install-kube.sh
+
+kind-verify:  ## mpdev verify on a local kind cluster with a local registry (needs docker and kind; not in CI)
+	@bash scripts/kind-verify.sh
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
@@ -33,7 +37,7 @@ lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
 	ruff format --check .
 	mypy
 	helm lint --strict chart/
-	hadolint Dockerfile
+	hadolint Dockerfile deployer/Dockerfile verify/Dockerfile
 
 format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -11,15 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
-from deployer.errors import DeployerError, SchemaError, ValuesError
+from deployer.application import Prepared, prepare
+from deployer.cluster import Cluster
+from deployer.contract import DataDir, extracted_chart
+from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesError
 from deployer.expand import IMAGE_REPO_PREFIX
 from deployer.helm import find_helm
-from deployer.kube import apply_manifests
+from deployer.install import application_status, install, mark_phase, run_testers, uninstall, wait_until_ready
 from deployer.local import LocalServer, default_entrypoint, plan_local_run
+from deployer.plan import plan
 from deployer.render import Rendered, render
-from deployer.schema import load_schema
+from deployer.schema import Schema, load_schema
 
 __all__ = ["build_parser", "main"]
 
@@ -40,25 +47,72 @@ def _read_values(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def _render(args: argparse.Namespace) -> Rendered:
-    schema = load_schema(args.schema)
+def _progress(message: str) -> None:
+    print(f"deployer: {message}", file=sys.stderr, flush=True)
+
+
+def _settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs; each value is read as YAML (``true``, ``3``, ``text``)."""
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ValuesError(f"--set takes NAME=VALUE, not {pair!r}")
+        try:
+            found[name] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ValuesError(f"--set {name}: the value is not valid YAML: {exc}") from exc
+    return found
+
+
+def _values(args: argparse.Namespace, schema: Schema) -> dict[str, Any]:
     values = _read_values(args.values)
+    values.update(_settings(args.set))
     name_key = schema.property_of_type("NAME").name
     namespace_key = schema.property_of_type("NAMESPACE").name
     values.setdefault(name_key, args.name)
     values.setdefault(namespace_key, args.namespace)
     if args.image_repo_prefix:
         values[IMAGE_REPO_PREFIX] = args.image_repo_prefix
-    return render(schema, values, chart=args.chart, helm=find_helm(args.helm))
+    return values
+
+
+def _render(args: argparse.Namespace) -> Rendered:
+    schema = load_schema(args.schema)
+    return render(schema, _values(args, schema), chart=args.chart, helm=find_helm(args.helm))
+
+
+def _connect(args: argparse.Namespace) -> Cluster:
+    return Cluster.connect(kubeconfig=args.kubeconfig, context=args.context)
+
+
+def _emit(data: Any, output: str) -> None:
+    """Data on stdout, in the format asked for."""
+    if output == "json":
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif output == "yaml":
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    else:
+        rows = data.get("components") or data.get("objects") or []
+        header = f"{data.get('name')} in {data.get('namespace')}: " + ", ".join(
+            f"{key} {data[key]}" for key in ("version", "assemblyPhase", "ready") if key in data
+        )
+        print(header)
+        if rows:
+            columns = list(rows[0])
+            widths = [max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+            print("  ".join(str(c).upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+            for row in rows:
+                print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
     rendered = _render(args)
-    if args.output:
+    if args.to:
         try:
-            args.output.write_text(rendered.text, encoding="utf-8")
+            args.to.write_text(rendered.text, encoding="utf-8")
         except OSError as exc:
-            raise DeployerError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+            raise DeployerError(f"cannot write {args.to}: {exc.strerror or exc}") from exc
     else:
         sys.stdout.write(rendered.text)
     return 0
@@ -106,34 +160,153 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _objects(prepared: Prepared) -> list[dict[str, str]]:
+    return [{"kind": m["kind"], "name": m["metadata"]["name"], "apiVersion": m["apiVersion"]}
+            for m in [prepared.application, *prepared.components]]  # fmt: skip
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
-    rendered = _render(args)
-    print(apply_manifests(rendered.text, namespace=rendered.namespace, kubectl=args.kubectl, context=args.context))
+    schema = load_schema(args.schema)
+    if args.dry_run:  # render and check as the install would, touch no cluster
+        rendered = _render(args)
+        prepared = prepare(rendered.manifests, release=rendered.release, schema=schema)
+        _emit({"name": rendered.release, "namespace": rendered.namespace, "dryRun": True,
+               "objects": _objects(prepared)}, args.output)  # fmt: skip
+        return 0
+    cluster = _connect(args)
+    try:
+        rendered, prepared = plan(cluster, schema, _values(args, schema), chart=args.chart, helm=find_helm(args.helm))
+        install(cluster, prepared, namespace=rendered.namespace, log=_progress)
+        if args.wait:
+            wait_until_ready(cluster, prepared, rendered.namespace, timeout=args.timeout, stable=args.stable_seconds,
+                             log=_progress)  # fmt: skip
+        _emit(application_status(cluster, rendered.release, rendered.namespace), args.output)
+    finally:
+        cluster.close()
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cluster = _connect(args)
+    try:
+        status = application_status(cluster, args.name, args.namespace)
+    finally:
+        cluster.close()
+    _emit(status, args.output)
+    return 0 if status["ready"] and status["assemblyPhase"] == "Success" else 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    schema = load_schema(args.schema)
+    cluster = _connect(args)
+    try:
+        values = _values(args, schema)
+        name, namespace = (
+            str(values[schema.property_of_type("NAME").name]),
+            str(values[schema.property_of_type("NAMESPACE").name]),
+        )
+        live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
+        if live is None:
+            raise ClusterError(f"there is no Application {name} in namespace {namespace}; install it first", status=404)
+        _, prepared = plan(cluster, schema, values, chart=args.chart, helm=find_helm(args.helm), test=True)
+        outcomes = run_testers(cluster, prepared, live["metadata"]["uid"], namespace, timeout=args.timeout,
+                               log=_progress)  # fmt: skip
+    finally:
+        cluster.close()
+    _emit({"name": name, "namespace": namespace,
+           "objects": [{"tester": o.name, "phase": o.phase} for o in outcomes]}, args.output)  # fmt: skip
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    cluster = _connect(args)
+    try:
+        removed = uninstall(cluster, args.name, args.namespace, timeout=args.timeout, log=_progress)
+    finally:
+        cluster.close()
+    if not removed:
+        _progress(f"there is no Application {args.name} in namespace {args.namespace}; nothing to remove")
+    return 0
+
+
+def _cmd_marketplace(args: argparse.Namespace) -> int:
+    """The deployer Job: /data in, the app applied, Success or Failed on the Application, exit 0 or not."""
+    data = DataDir(args.data, args.data_test)
+    schema = data.schema(test=args.test)
+    values = data.values(args.values)
+    name_key, namespace_key = schema.property_of_type("NAME").name, schema.property_of_type("NAMESPACE").name
+    if not values.get(name_key) or not values.get(namespace_key):
+        raise ValuesError(f"No value for required property: {name_key if not values.get(name_key) else namespace_key}")
+    name, namespace = str(values[name_key]), str(values[namespace_key])
+    charts, overlays = data.charts(test=args.test)
+    if len(charts) != 1:
+        raise DeployerError(f"{data.data / 'chart'} must hold exactly one chart tarball, found {len(charts)}")
+    cluster = _connect(args)
+    application: dict[str, Any] | None = None
+    try:
+        live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
+        if live is not None:
+            application = live
+        try:
+            with extracted_chart(charts[0], overlays) as chart:
+                _, prepared = plan(cluster, schema, values, chart=chart, helm=find_helm(args.helm), test=args.test)
+            application = prepared.application
+            uid = install(cluster, prepared, namespace=namespace, log=_progress)
+            if args.test:
+                wait_until_ready(cluster, prepared, namespace, timeout=args.wait_timeout, stable=args.stable_seconds,
+                                 log=_progress)  # fmt: skip
+                run_testers(cluster, prepared, uid, namespace, timeout=args.tester_timeout, log=_progress)
+        except DeployerError:
+            if application is not None:
+                with contextlib.suppress(DeployerError):
+                    mark_phase(cluster, application, namespace, "Failed")
+            raise
+        _clean_deployer_account(cluster, name, namespace)
+    finally:
+        cluster.close()
+    _progress(f"Application {name} installed" + (" and verified" if args.test else ""))
+    return 0
+
+
+def _clean_deployer_account(cluster: Cluster, name: str, namespace: str) -> None:
+    """Delete the deployer's own ServiceAccount once it is done (its RBAC goes with it), as Google's tools do."""
+    for account in cluster.list("v1", "ServiceAccount", namespace, labels={
+            "app.kubernetes.io/component": "deployer.marketplace.cloud.google.com",
+            "app.kubernetes.io/name": name}):  # fmt: skip
+        cluster.delete("v1", "ServiceAccount", account["metadata"]["name"], namespace)
+        _progress(f"deleted the deployer ServiceAccount {account['metadata']['name']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m deployer",
-        description="Render the erlmcp Helm chart from Marketplace schema v2 values, as Google's deployer does "
-        "(schema defaults, generated passwords, image projections, dotted names -> nested Helm values), "
-        "then print it, run it locally, or apply it to a cluster.",
+        description="Install erlmcp from its Marketplace schema v2 and Helm chart, as Google's Marketplace deployer "
+        "does (schema rules, defaults, generated passwords and certificates, image projections, Helm 3, "
+        "ownerReferences to the Application, server-side apply, assemblyPhase), or print it, run it locally, "
+        "check it and remove it. Data goes to stdout, progress to stderr. Exit codes: 0 success, 1 failure, "
+        "2 bad input (nothing applied).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def release(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--name", default="erlmcp", help="release (Application) name when the values give none "
+                         "(default erlmcp)")  # fmt: skip
+        sub.add_argument("-n", "--namespace", default="default", help="namespace when the values give none")
+
     def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("-f", "--values", type=Path, metavar="VALUES",
+                         help="Marketplace values file: property names (flat or nested) to values")  # fmt: skip
         sub.add_argument(
-            "-f",
-            "--values",
-            type=Path,
-            metavar="VALUES",
-            help="Marketplace values file: property names (flat or nested) to values",
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="one property value (YAML), e.g. --set replicaCount=2; repeatable, wins over -f",
         )
         sub.add_argument("--schema", type=Path, default=Path("schema.yaml"), help="schema file (default schema.yaml)")
         sub.add_argument("--chart", type=Path, default=Path("chart"), help="chart directory (default chart)")
-        sub.add_argument("--name", default="erlmcp", help="release name when the values give none (default erlmcp)")
-        sub.add_argument("--namespace", default="default", help="namespace when the values give none")
+        release(sub)
         sub.add_argument(
             "--image-repo-prefix",
             metavar="PREFIX",
@@ -141,13 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
 
+    def cluster(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or "
+                         "the in-cluster service account)")  # fmt: skip
+        sub.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    def output(sub: argparse.ArgumentParser, default: str = "table") -> None:
+        sub.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=default,
+                         help=f"format of the data on stdout (default {default})")  # fmt: skip
+
     render_cmd = commands.add_parser(
         "render",
         help="print the rendered manifests",
         description="Print the manifests Marketplace would apply for these values.",
     )
     common(render_cmd)
-    render_cmd.add_argument("-o", "--output", type=Path, help="write the manifests here instead of stdout")
+    render_cmd.add_argument("--to", "--output-file", dest="to", type=Path, help="write the manifests here, not stdout")
     render_cmd.set_defaults(run=_cmd_render)
 
     demo_cmd = commands.add_parser(
@@ -164,14 +346,70 @@ def build_parser() -> argparse.ArgumentParser:
 
     install_cmd = commands.add_parser(
         "install",
-        help="render and kubectl apply into the current cluster",
-        description="Render the chart and apply it with kubectl to the cluster "
-        "of the current (or given) kubeconfig context.",
+        help="install (or upgrade) into a cluster",
+        description="Render the chart for the cluster's Kubernetes version, apply the Application (Pending), "
+        "then every component owned by it with server-side apply, then mark it Success (Failed on an error). "
+        "Running it again converges.",
     )
     common(install_cmd)
-    install_cmd.add_argument("--kubectl", help="kubectl binary (default: kubectl on PATH)")
-    install_cmd.add_argument("--context", help="kubeconfig context (default: the current one)")
+    cluster(install_cmd)
+    output(install_cmd)
+    install_cmd.add_argument("--dry-run", action="store_true", help="render and check, print what would be applied, "
+                             "touch no cluster")  # fmt: skip
+    install_cmd.add_argument("--wait", action="store_true", help="wait until every component is ready and stays "
+                             "ready (see --stable-seconds)")  # fmt: skip
+    install_cmd.add_argument("--timeout", type=float, default=300.0, help="seconds --wait may take (default 300)")
+    install_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay "
+                             "ready (default 30, as Marketplace)")  # fmt: skip
     install_cmd.set_defaults(run=_cmd_install)
+
+    status_cmd = commands.add_parser("status", help="the Application's phase and its components' readiness",
+                                     description="Exit 0 when the Application is Success and every component "
+                                     "is ready, 1 otherwise.")  # fmt: skip
+    release(status_cmd)
+    cluster(status_cmd)
+    output(status_cmd)
+    status_cmd.set_defaults(run=_cmd_status)
+
+    verify_cmd = commands.add_parser(
+        "verify",
+        help="run the tester Pod in the cluster, print its log",
+        description="Run the chart's tester Pod (the verify suite) against the "
+        "installed app, as mpdev verify and helm test do; exit 1 if it fails.",
+    )
+    common(verify_cmd)
+    cluster(verify_cmd)
+    output(verify_cmd)
+    verify_cmd.add_argument("--timeout", type=float, default=300.0, help="seconds the tester may take (default 300)")
+    verify_cmd.set_defaults(run=_cmd_verify)
+
+    uninstall_cmd = commands.add_parser("uninstall", help="delete the Application and everything it owns",
+                                        description="Delete the Application, then every object labelled as its "
+                                        "component, and wait until none is left.")  # fmt: skip
+    release(uninstall_cmd)
+    cluster(uninstall_cmd)
+    uninstall_cmd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+    uninstall_cmd.set_defaults(run=_cmd_uninstall)
+
+    market_cmd = commands.add_parser(
+        "marketplace",
+        help="the Marketplace deployer Job (the deployer image's entrypoint)",
+        description="Read /data/values.yaml, /data/schema.yaml and /data/chart/*.tar.gz, install into the "
+        "namespace the values name, next to the placeholder Application. With --test (mpdev verify): lay "
+        "/data-test over /data, wait until ready and stable, run the tester Pods, delete them.",
+    )
+    cluster(market_cmd)
+    market_cmd.add_argument("--test", action="store_true", help="the test run of mpdev verify")
+    market_cmd.add_argument("--data", type=Path, default=Path("/data"), help="the data folder (default /data)")
+    market_cmd.add_argument("--data-test", type=Path, default=Path("/data-test"), help="the test overlay folder")
+    market_cmd.add_argument("-f", "--values", type=Path, help="values file (default DATA/values.yaml)")
+    market_cmd.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
+    market_cmd.add_argument("--wait-timeout", type=float, default=float(os.environ.get("WAIT_FOR_READY_TIMEOUT", 300)),
+                            help="seconds to wait for readiness (default WAIT_FOR_READY_TIMEOUT or 300)")  # fmt: skip
+    market_cmd.add_argument("--tester-timeout", type=float, default=float(os.environ.get("TESTER_TIMEOUT", 300)),
+                            help="seconds a tester may run (default TESTER_TIMEOUT or 300)")  # fmt: skip
+    market_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay ready")
+    market_cmd.set_defaults(run=_cmd_marketplace)
     return parser
 
 

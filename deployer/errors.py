@@ -4,12 +4,14 @@ DeployerError       anything the deployer refuses or fails at; the message says 
 ├── SchemaError     schema.yaml breaks a Marketplace rule
 ├── ValuesError     a value is unknown to the schema, missing, or of the wrong type
 ├── HelmError       Helm is missing or failed to render
+├── ClusterError    the Kubernetes API refused a request or cannot be reached
+├── InstallError    the installation failed: an invalid chart output, a component not ready, a tester failed
 └── LocalRunError   the rendered Deployment cannot be run as a local process
 """
 
 from __future__ import annotations
 
-__all__ = ["DeployerError", "HelmError", "LocalRunError", "SchemaError", "ValuesError"]
+__all__ = ["ClusterError", "DeployerError", "HelmError", "InstallError", "LocalRunError", "SchemaError", "ValuesError"]
 
 
 class DeployerError(Exception):
@@ -30,3 +32,15 @@ class HelmError(DeployerError):
 
 class LocalRunError(DeployerError):
     """The rendered Deployment cannot be run locally."""
+
+
+class ClusterError(DeployerError):
+    """The Kubernetes API refused a request or cannot be reached; ``status`` is the HTTP status, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InstallError(DeployerError):
+    """The installation failed after it started: the Application is marked Failed."""

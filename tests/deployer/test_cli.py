@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -39,8 +40,9 @@ def test_render_prints_the_manifests_on_stdout(tmp_path: Path) -> None:
     result = deployer("render", "-f", str(values))
     assert result.returncode == 0, result.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
+    # Three Secrets: the API keys, the server's state key, and the TLS certificate Marketplace generates.
     assert kinds == ["Application", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Secret",
-                     "Secret", "Service", "Service", "ServiceAccount"]  # fmt: skip
+                     "Secret", "Secret", "Service", "Service", "ServiceAccount"]  # fmt: skip
 
 
 def test_an_unknown_value_is_refused_with_exit_2_naming_it(tmp_path: Path) -> None:
@@ -87,7 +89,33 @@ def test_install_without_a_cluster_fails_and_says_so(tmp_path: Path) -> None:
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
     result = deployer("install", "--image-repo-prefix", "gcr.io/p/erlmcp", env={"KUBECONFIG": str(kubeconfig)})
     assert result.returncode == 1
-    assert "no Kubernetes cluster is reachable" in result.stderr
+    assert "no Kubernetes cluster is configured" in result.stderr
+
+
+def test_install_against_an_unreachable_api_server_fails_and_says_so(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:{port}'}}}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\nusers: [{name: u, user: {token: t}}]\n"
+    )
+    result = deployer("install", "--image-repo-prefix", "gcr.io/p/erlmcp", env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 1
+    assert "the Kubernetes API server cannot be reached" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_install_dry_run_prints_what_would_be_applied_and_needs_no_cluster() -> None:
+    result = deployer("install", "--dry-run", "-n", "apps", "--name", "mcp", "--image-repo-prefix", "gcr.io/p/erlmcp",
+                      "-o", "json", env={"KUBECONFIG": "/nonexistent"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dryRun"] is True
+    kinds = {item["kind"] for item in report["objects"]}
+    assert {"Application", "Deployment", "Service", "Secret", "ConfigMap"} <= kinds
 
 
 @pytest.mark.parametrize(("content", "message"), [(b"\xff\xfe", "UTF-8"), (b"a: [", "YAML"), (b"- 1\n", "mapping")])

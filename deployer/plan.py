@@ -1,0 +1,45 @@
+"""What to apply to one cluster: values (with those generated before), the chart rendered for that cluster's
+Kubernetes version, checked and split by Marketplace's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deployer.application import Prepared, prepare
+from deployer.cluster import Cluster
+from deployer.expand import IMAGE_REPO_PREFIX, flatten_values
+from deployer.generated import keep, recall
+from deployer.render import Rendered, render
+from deployer.schema import Schema
+
+__all__ = ["plan"]
+
+
+def plan(
+    cluster: Cluster, schema: Schema, values: Mapping[str, Any], *, chart: Path, helm: str, test: bool = False
+) -> tuple[Rendered, Prepared]:
+    """Render and prepare the app for ``cluster``.
+
+    Raises:
+        ValuesError, HelmError, InstallError, ClusterError: as the steps do; nothing has been applied yet.
+    """
+    given = flatten_values(values, schema)
+    explicit = {name for name, value in given.items() if value is not None and name != IMAGE_REPO_PREFIX}
+    name = str(given.get(schema.property_of_type("NAME").name) or "")
+    namespace = str(given.get(schema.property_of_type("NAMESPACE").name) or "")
+    live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace) if name and namespace else None
+    remembered = recall(cluster, schema, name, namespace) if name and namespace else {}
+    rendered = render(
+        schema,
+        {**remembered, **given},
+        chart=chart,
+        helm=helm,
+        app_uid=(live or {}).get("metadata", {}).get("uid"),
+        kube_version=cluster.version(),
+        api_versions=cluster.api_versions(),
+    )
+    kept = keep(schema, rendered.values, explicit, rendered.release, rendered.namespace)
+    prepared = prepare([*rendered.manifests, kept], release=rendered.release, schema=schema, test=test)
+    return rendered, prepared
