@@ -32,6 +32,7 @@ VERIFICATION_ANNOTATION = "marketplace.cloud.google.com/verification"
 DEPLOY_INFO = "marketplace.cloud.google.com/deploy-info"
 _HOOK = "helm.sh/hook"
 _TEST_HOOKS = {"test", "test-success"}
+_FAILURE_HOOK = "test-failure"  # dropped in production; a test run cannot honour it
 _NEVER_OWNED = {"Application", "PersistentVolumeClaim"}
 
 
@@ -93,6 +94,8 @@ def _split_hooks(manifests: Sequence[Manifest], *, test: bool) -> tuple[list[Man
         hook = _hook_of(manifest)
         if hook is None:
             app.append(manifest)
+        elif hook == _FAILURE_HOOK and not test:
+            continue
         elif hook in _TEST_HOOKS:
             if test:
                 tester = copy.deepcopy(manifest)

@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +178,11 @@ def _cmd_install(args: argparse.Namespace) -> int:
     cluster = _connect(args)
     try:
         rendered, prepared = plan(cluster, schema, _values(args, schema), chart=args.chart, helm=find_helm(args.helm))
-        install(cluster, prepared, namespace=rendered.namespace, log=_progress)
-        if args.wait:
-            wait_until_ready(cluster, prepared, rendered.namespace, timeout=args.timeout, stable=args.stable_seconds,
-                             log=_progress)  # fmt: skip
+        with _failed_on_error(cluster, rendered.release, rendered.namespace):
+            install(cluster, prepared, namespace=rendered.namespace, log=_progress)
+            if args.wait:
+                wait_until_ready(cluster, prepared, rendered.namespace, timeout=args.timeout,
+                                 stable=args.stable_seconds, log=_progress)  # fmt: skip
         _emit(application_status(cluster, rendered.release, rendered.namespace), args.output)
     finally:
         cluster.close()
@@ -229,39 +232,70 @@ def _cmd_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release(schema: Schema, values: dict[str, Any]) -> tuple[str, str]:
+    """NAME and NAMESPACE from the values.
+
+    Raises:
+        ValuesError: one of them has no value.
+    """
+    found = []
+    for x_type in ("NAME", "NAMESPACE"):
+        key = schema.property_of_type(x_type).name
+        if not values.get(key):
+            raise ValuesError(f"No value for required property: {key}")
+        found.append(str(values[key]))
+    return found[0], found[1]
+
+
+@contextlib.contextmanager
+def _failed_on_error(cluster: Cluster, name: str, namespace: str) -> Iterator[None]:
+    """Whatever stops the block (an error, a bug, SIGTERM), mark the Application Failed if it exists, as the
+    trap in Google's deploy.sh does, then let the failure go on."""
+    try:
+        yield
+    except BaseException:
+        try:
+            live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
+            if live is not None:
+                mark_phase(cluster, live, namespace, "Failed")
+                _progress(f"Application {name}: assemblyPhase Failed")
+        except Exception as exc:
+            _progress(f"could not mark the Application Failed: {exc}")
+        raise
+
+
+def _stop_on_sigterm() -> None:
+    """A Job that is stopped (deleted, or past its deadline) still marks the Application Failed."""
+
+    def stop(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _cmd_marketplace(args: argparse.Namespace) -> int:
     """The deployer Job: /data in, the app applied, Success or Failed on the Application, exit 0 or not."""
     data = DataDir(args.data, args.data_test)
-    schema = data.schema(test=args.test)
+    # The names come first, from the schema as shipped and the raw values: every failure after this point is
+    # recorded on the Application.
     values = data.values(args.values)
-    name_key, namespace_key = schema.property_of_type("NAME").name, schema.property_of_type("NAMESPACE").name
-    if not values.get(name_key) or not values.get(namespace_key):
-        raise ValuesError(f"No value for required property: {name_key if not values.get(name_key) else namespace_key}")
-    name, namespace = str(values[name_key]), str(values[namespace_key])
-    charts, overlays = data.charts(test=args.test)
-    if len(charts) != 1:
-        raise DeployerError(f"{data.data / 'chart'} must hold exactly one chart tarball, found {len(charts)}")
+    name, namespace = _release(data.schema(test=False), values)
+    _stop_on_sigterm()
     cluster = _connect(args)
-    application: dict[str, Any] | None = None
     try:
-        live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
-        if live is not None:
-            application = live
-        try:
+        with _failed_on_error(cluster, name, namespace):
+            schema = data.schema(test=args.test)
+            charts, overlays = data.charts(test=args.test)
+            if len(charts) != 1:
+                raise DeployerError(f"{data.data / 'chart'} must hold exactly one chart tarball, found {len(charts)}")
             with extracted_chart(charts[0], overlays) as chart:
                 _, prepared = plan(cluster, schema, values, chart=chart, helm=find_helm(args.helm), test=args.test)
-            application = prepared.application
             uid = install(cluster, prepared, namespace=namespace, log=_progress)
             if args.test:
                 wait_until_ready(cluster, prepared, namespace, timeout=args.wait_timeout, stable=args.stable_seconds,
                                  log=_progress)  # fmt: skip
                 run_testers(cluster, prepared, uid, namespace, timeout=args.tester_timeout, log=_progress)
-        except DeployerError:
-            if application is not None:
-                with contextlib.suppress(DeployerError):
-                    mark_phase(cluster, application, namespace, "Failed")
-            raise
-        _clean_deployer_account(cluster, name, namespace)
+            _clean_deployer_account(cluster, name, namespace)
     finally:
         cluster.close()
     _progress(f"Application {name} installed" + (" and verified" if args.test else ""))
@@ -404,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     market_cmd.add_argument("--data-test", type=Path, default=Path("/data-test"), help="the test overlay folder")
     market_cmd.add_argument("-f", "--values", type=Path, help="values file (default DATA/values.yaml)")
     market_cmd.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
-    market_cmd.add_argument("--wait-timeout", type=float, default=float(os.environ.get("WAIT_FOR_READY_TIMEOUT", 300)),
+    market_cmd.add_argument("--wait-timeout", type=float, default=os.environ.get("WAIT_FOR_READY_TIMEOUT", "300"),
                             help="seconds to wait for readiness (default WAIT_FOR_READY_TIMEOUT or 300)")  # fmt: skip
-    market_cmd.add_argument("--tester-timeout", type=float, default=float(os.environ.get("TESTER_TIMEOUT", 300)),
+    market_cmd.add_argument("--tester-timeout", type=float, default=os.environ.get("TESTER_TIMEOUT", "300"),
                             help="seconds a tester may run (default TESTER_TIMEOUT or 300)")  # fmt: skip
     market_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay ready")
     market_cmd.set_defaults(run=_cmd_marketplace)
@@ -423,5 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DeployerError as exc:
         print(f"deployer: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: say so plainly, with the traceback for the report
+        traceback.print_exc()
+        print(f"deployer: internal error ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 1
     return code

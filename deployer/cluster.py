@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError, ResourceNotUniqueError
 from urllib3.exceptions import HTTPError
 
 from deployer.errors import ClusterError
@@ -27,6 +28,8 @@ FIELD_MANAGER = "erlmcp-deployer"
 _CLUSTER_SCOPED = frozenset({
     "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass",
     "PersistentVolume", "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Node",
+    "PodSecurityPolicy", "CertificateSigningRequest", "VolumeAttachment", "RuntimeClass", "IngressClass",
+    "CSIDriver", "CSINode", "ClusterIssuer",
 })  # fmt: skip
 
 
@@ -85,7 +88,7 @@ class Cluster:
                 config.load_incluster_config(client_configuration=configuration)
                 return cls(client.ApiClient(configuration))
             return cls(config.new_client_from_config(config_file=str(path or default), context=context))
-        except (ConfigException, OSError) as exc:
+        except (ConfigException, OSError, yaml.YAMLError) as exc:
             raise ClusterError(
                 f"no Kubernetes cluster is configured ({exc}); use 'gcloud container clusters get-credentials', "
                 "KUBECONFIG or --kubeconfig"
@@ -102,19 +105,34 @@ class Cluster:
         """Let go of the connection pool."""
         self._api_client.close()
 
-    def _resource(self, api_version: str, kind: str) -> Any:
+    def _find(self, what: str, **search: Any) -> Any:
         for attempt in range(2):
             try:
-                with _api(f"looking up {kind} ({api_version})"):
-                    return self._client.resources.get(api_version=api_version, kind=kind)
+                with _api(f"looking up {what}"):
+                    return self._client.resources.get(**search)
             except ResourceNotFoundError:
                 if attempt == 0:  # a custom resource defined since discovery was read: read it again
-                    self._client.resources.invalidate_cache()
+                    with _api("reading the API server's discovery"):
+                        self._client.resources.invalidate_cache()
                     continue
+            except ResourceNotUniqueError as exc:
+                raise ClusterError(f"{what} is served more than once; name its version") from exc
         raise ClusterError(
-            f"the cluster does not serve {kind} ({api_version}); install its CustomResourceDefinition first "
+            f"the cluster does not serve {what}; install its CustomResourceDefinition first "
             "or turn off the chart feature that needs it"
         )
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self._find(f"{kind} ({api_version})", api_version=api_version, kind=kind)
+
+    def api_version_of(self, group: str, kind: str) -> str:
+        """The version the server prefers for ``kind`` in ``group`` (an Application's componentKinds name a
+        group, or a group/version such as ``apps/v1``, or ``v1`` for the core group)."""
+        name = group.split("/")[0] if "/" in group else ("" if group in {"", "v1", "core"} else group)
+        return str(self._find(f"{kind} ({group or 'core'})", group=name, kind=kind, preferred=True).group_version)
+
+    def _namespace_for(self, resource: Any, namespace: str | None) -> str | None:
+        return namespace if getattr(resource, "namespaced", True) else None
 
     # -- discovery --------------------------------------------------------------------------------------------
 
@@ -141,7 +159,7 @@ class Cluster:
         resource = self._resource(api_version, kind)
         try:
             with _api(f"reading {kind} {name}"):
-                found = resource.get(name=name, namespace=None if is_cluster_scoped(kind) else namespace)
+                found = resource.get(name=name, namespace=self._namespace_for(resource, namespace))
         except ClusterError as exc:
             if exc.status == 404:
                 return None
@@ -164,7 +182,7 @@ class Cluster:
             applied = resource.server_side_apply(
                 body=dict(manifest),
                 name=name,
-                namespace=None if is_cluster_scoped(kind) else namespace,
+                namespace=self._namespace_for(resource, namespace),
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
             )
@@ -192,7 +210,7 @@ class Cluster:
             with _api(f"deleting {kind} {name}"):
                 resource.delete(
                     name=name,
-                    namespace=None if is_cluster_scoped(kind) else namespace,
+                    namespace=self._namespace_for(resource, namespace),
                     body={"propagationPolicy": propagation},
                 )
         except ClusterError as exc:

@@ -8,6 +8,8 @@ or Failed. Readiness follows Google's ``wait_for_ready`` rules; testers are Pods
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 
 from deployer.application import NAME_LABEL, Prepared, component_kinds, owned
 from deployer.cluster import Cluster, is_cluster_scoped
-from deployer.errors import ClusterError, DeployerError, InstallError
+from deployer.errors import ClusterError, InstallError
 from deployer.manifests import Manifest
 
 __all__ = [
@@ -30,22 +32,8 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
-_CORE_GROUPS = {"", "v1", "core"}
-# The API versions the deployer reads each component kind at (the group of componentKinds names only a group).
-_READ_VERSIONS: Mapping[str, str] = {
-    "Deployment": "apps/v1",
-    "StatefulSet": "apps/v1",
-    "DaemonSet": "apps/v1",
-    "Job": "batch/v1",
-    "Pod": "v1",
-    "Service": "v1",
-    "ConfigMap": "v1",
-    "Secret": "v1",
-    "ServiceAccount": "v1",
-    "PersistentVolumeClaim": "v1",
-    "Ingress": "networking.k8s.io/v1",
-    "NetworkPolicy": "networking.k8s.io/v1",
-}
+_DEPLOYER_COMPONENT = "deployer.marketplace.cloud.google.com"
+_ENDED = frozenset({"Succeeded", "Failed", "Gone"})
 
 
 @dataclass
@@ -56,16 +44,12 @@ class Clock:
     sleep: Callable[[float], None] = time.sleep
 
 
-def _api_version(group: str, kind: str, manifests: Sequence[Manifest]) -> str:
-    """The apiVersion to read ``kind`` at: the one the chart rendered it at, else a known one, else group/v1."""
+def _api_version(cluster: Cluster, group: str, kind: str, manifests: Sequence[Manifest]) -> str:
+    """The apiVersion to read ``kind`` at: the one the chart rendered it at, else the server's preferred one."""
     for manifest in manifests:
         if manifest["kind"] == kind:
             return str(manifest["apiVersion"])
-    if kind in _READ_VERSIONS:
-        return _READ_VERSIONS[kind]
-    if group in _CORE_GROUPS:
-        return "v1"
-    return group if "/" in group else f"{group}/v1"
+    return cluster.api_version_of(group, kind)
 
 
 def mark_phase(cluster: Cluster, application: Manifest, namespace: str, phase: str) -> None:
@@ -75,7 +59,8 @@ def mark_phase(cluster: Cluster, application: Manifest, namespace: str, phase: s
 
 
 def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -> str:
-    """Apply the app: the Application first (Pending), then every component owned by it; Success at the end.
+    """Apply the app: the Application first (Pending), then every component owned by it; objects of an earlier
+    install that this one no longer renders are deleted; Success at the end.
 
     Returns the Application's UID. On any failure after the Application exists it is marked Failed.
 
@@ -85,6 +70,7 @@ def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -
     application = prepared.application
     name = application["metadata"]["name"]
     live = cluster.get(application["apiVersion"], "Application", name, namespace)
+    earlier_kinds = component_kinds(live) if live is not None else []
     if live is not None:
         log(f"Application {name} exists (uid {live['metadata']['uid']}); taking it over")
     pending = {**application, "spec": {**application.get("spec", {}), "assemblyPhase": "Pending"}}
@@ -95,12 +81,34 @@ def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -
         for manifest in components:
             cluster.apply(manifest, namespace)
             log(f"applied {manifest['kind']} {manifest['metadata']['name']}")
+        _prune(cluster, prepared, uid, earlier_kinds, namespace, log)
         mark_phase(cluster, application, namespace, "Success")
-    except DeployerError:
+    except BaseException:
         _mark_failed(cluster, application, namespace, log)
         raise
     log(f"Application {name}: assemblyPhase Success")
     return uid
+
+
+def _prune(
+    cluster: Cluster, prepared: Prepared, uid: str, earlier: Sequence[tuple[str, str]], namespace: str, log: Log
+) -> None:
+    """Delete what an earlier install made and this one no longer renders (a PodDisruptionBudget after scaling
+    to one replica, say): objects of the Application's kinds, then or now, that it owns and that carry its label."""
+    name = prepared.application["metadata"]["name"]
+    rendered = {(m["kind"], m["metadata"]["name"]) for m in [prepared.application, *prepared.components]}
+    testers = {(m["kind"], m["metadata"]["name"]) for m in prepared.testers}
+    for group, kind in dict.fromkeys([*earlier, *component_kinds(prepared.application)]):
+        if is_cluster_scoped(kind) or kind == "Application":
+            continue
+        api_version = _api_version(cluster, group, kind, [prepared.application, *prepared.components])
+        for item in cluster.list(api_version, kind, namespace, labels={NAME_LABEL: name}):
+            key = (kind, item["metadata"]["name"])
+            owners = {ref.get("uid") for ref in item["metadata"].get("ownerReferences") or []}
+            if key in rendered or key in testers or uid not in owners:
+                continue
+            cluster.delete(api_version, kind, key[1], namespace)
+            log(f"deleted {kind} {key[1]}: no longer part of the app")
 
 
 def _mark_failed(cluster: Cluster, application: Manifest, namespace: str, log: Log) -> None:
@@ -136,6 +144,8 @@ def judge(item: Mapping[str, Any]) -> Readiness:
         ok = _conditions(item).get("Ready") == "True"
         return Readiness(kind, name, ok, "Ready" if ok else f"phase {status.get('phase', 'unknown')}")
     if kind == "Job":
+        if ((item.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == _DEPLOYER_COMPONENT:
+            return Readiness(kind, name, True, "the deployer itself")
         ok = _conditions(item).get("Complete") == "True"
         return Readiness(kind, name, ok, "complete" if ok else "not complete")
     if kind == "PersistentVolumeClaim":
@@ -159,7 +169,7 @@ def check_ready(
     for group, kind in component_kinds(application):
         if is_cluster_scoped(kind):
             continue
-        items = cluster.list(_api_version(group, kind, rendered), kind, namespace, labels={NAME_LABEL: name})
+        items = cluster.list(_api_version(cluster, group, kind, rendered), kind, namespace, labels={NAME_LABEL: name})
         for item in items:
             item.setdefault("kind", kind)
             found.append(judge(item))
@@ -218,6 +228,30 @@ class TesterOutcome:
     problems: list[str] = field(default_factory=list)
 
 
+def _fresh(cluster: Cluster, tester: Manifest, namespace: str, clock: Clock, timeout: float = 60.0) -> str:
+    """Apply a tester as a new object (one left by an earlier run is deleted first, so that its old result is
+    never read as this run's); returns the new object's UID.
+
+    Raises:
+        InstallError: the old one is still there after ``timeout`` seconds.
+    """
+    api_version, kind, name = tester["apiVersion"], tester["kind"], tester["metadata"]["name"]
+    if cluster.delete(api_version, kind, name, namespace):
+        deadline = clock.now() + timeout
+        while cluster.get(api_version, kind, name, namespace) is not None:
+            if clock.now() >= deadline:
+                raise InstallError(f"the tester {kind} {name} of an earlier run is still being deleted")
+            clock.sleep(0.5)
+    return str(cluster.apply(tester, namespace)["metadata"]["uid"])
+
+
+def _phase(cluster: Cluster, name: str, uid: str, namespace: str) -> str:
+    live = cluster.get("v1", "Pod", name, namespace)
+    if live is None or live["metadata"].get("uid") != uid or live["metadata"].get("deletionTimestamp"):
+        return "Gone"  # deleted (or replaced) by someone else while it ran
+    return str((live.get("status") or {}).get("phase") or "Pending")
+
+
 def run_testers(
     cluster: Cluster,
     prepared: Prepared,
@@ -227,45 +261,53 @@ def run_testers(
     timeout: float,
     poll: float = 2.0,
     log: Log,
+    output: Log | None = None,
     clock: Clock | None = None,
 ) -> list[TesterOutcome]:
-    """Run the tester Pods: apply them, wait until each Succeeded or Failed, print their logs, delete them.
+    """Run the tester Pods as Google's run_tester does: apply them, give each ``timeout`` seconds to end
+    Succeeded or Failed, write their logs as ``SMOKE_TEST`` lines (``output``: stderr, unprefixed, which is
+    what mpdev verify collects into tester.log), delete them.
 
     Raises:
-        InstallError: there is no tester, one could not be created, or one failed or timed out.
+        InstallError: there is no tester, one could not be created, or one failed, vanished or timed out.
     """
     clock = clock or Clock()
+    write = output or (lambda line: print(line, file=sys.stderr, flush=True))
     _, testers = owned(prepared, uid)
     pods = [t for t in testers if t["kind"] == "Pod"]
     if not pods:
         raise InstallError("the chart rendered no tester Pod (helm.sh/hook: test); nothing would be verified")
-    for tester in testers:
-        cluster.apply(tester, namespace)
-        log(f"started tester {tester['kind']} {tester['metadata']['name']}")
     outcomes: list[TesterOutcome] = []
-    deadline = clock.now() + timeout
     try:
+        uids = {}
+        for tester in testers:
+            uids[(tester["kind"], tester["metadata"]["name"])] = _fresh(cluster, tester, namespace, clock)
+            log(f"started tester {tester['kind']} {tester['metadata']['name']}")
         for pod in pods:
             name = pod["metadata"]["name"]
-            phase = "Pending"
-            while True:
-                live = cluster.get("v1", "Pod", name, namespace)
-                phase = ((live or {}).get("status") or {}).get("phase") or "Pending"
-                if phase in {"Succeeded", "Failed"} or clock.now() >= deadline:
+            deadline = clock.now() + timeout
+            while (phase := _phase(cluster, name, uids[("Pod", name)], namespace)) not in {
+                "Succeeded",
+                "Failed",
+                "Gone",
+            }:
+                if clock.now() >= deadline:
+                    phase = f"timed out after {timeout:g} s ({phase})"
                     break
                 clock.sleep(poll)
-            outcome = TesterOutcome(name, phase if phase in {"Succeeded", "Failed"} else f"timed out ({phase})")
+            outcome = TesterOutcome(name, phase)
             try:
                 outcome.log = cluster.pod_log(name, namespace)
             except ClusterError as exc:
                 outcome.log = f"(log unavailable: {exc})"
             for line in outcome.log.splitlines() or [""]:
-                log(f"SMOKE_TEST {name}: {line}")
+                write(f"SMOKE_TEST {name}: {line}")
             log(f"tester {name}: {outcome.phase}")
             outcomes.append(outcome)
     finally:
         for tester in testers:
-            cluster.delete(tester["apiVersion"], tester["kind"], tester["metadata"]["name"], namespace)
+            with contextlib.suppress(ClusterError):
+                cluster.delete(tester["apiVersion"], tester["kind"], tester["metadata"]["name"], namespace)
     failed = [o.name for o in outcomes if o.phase != "Succeeded"]
     if failed:
         raise InstallError(f"At least 1 test failed or timed out: {', '.join(failed)}")
@@ -309,20 +351,19 @@ def uninstall(
     application = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
     if application is None:
         return False
-    kinds = component_kinds(application)
+    # Versions first: a kind the cluster cannot serve stops us before anything is deleted.
+    kinds = [(kind, _api_version(cluster, group, kind, [])) for group, kind in component_kinds(application)
+             if not is_cluster_scoped(kind) and kind != "Application"]  # fmt: skip
     cluster.delete(application["apiVersion"], "Application", name, namespace, propagation="Foreground")
     log(f"deleted Application {name}; its components go with it")
     deadline = clock.now() + timeout
     while True:
         left: list[str] = []
-        for group, kind in kinds:
-            if is_cluster_scoped(kind):
-                continue
-            for item in cluster.list(_api_version(group, kind, []), kind, namespace, labels={NAME_LABEL: name}):
+        for kind, api_version in kinds:
+            for item in cluster.list(api_version, kind, namespace, labels={NAME_LABEL: name}):
                 if not (item.get("metadata") or {}).get("deletionTimestamp"):
                     # Not owned (or no garbage collector runs): delete it by name.
-                    cluster.delete(item.get("apiVersion") or _api_version(group, kind, []), kind,
-                                   item["metadata"]["name"], namespace)  # fmt: skip
+                    cluster.delete(api_version, kind, item["metadata"]["name"], namespace)
                 left.append(f"{kind} {item['metadata']['name']}")
         if cluster.get(application["apiVersion"], "Application", name, namespace) is not None:
             left.append(f"Application {name}")

@@ -222,8 +222,8 @@ def parse_schema(data: Any) -> Schema:
 
 def overlay_test_schema(base: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, Any]:
     """``/data-test/schema.yaml`` laid over ``/data/schema.yaml`` for a test run, as Google's tools do: only its
-    ``properties`` count (they add properties or replace them, defaults included) and a property may not change
-    its x-google-marketplace type; ``required`` entries are added.
+    ``properties`` count (they add plain properties or replace existing ones, defaults included); a property
+    may not get, lose or change an x-google-marketplace type; everything else in the test schema is ignored.
 
     Raises:
         SchemaError: the test schema is not a mapping, or it changes a property's Marketplace type.
@@ -235,11 +235,8 @@ def overlay_test_schema(base: Mapping[str, Any], test: Mapping[str, Any]) -> dic
         spec = _mapping(raw, f"test schema property {name!r}")
         before = _mapping(properties.get(name, {}), f"property {name!r}").get("x-google-marketplace", {}) or {}
         after = spec.get("x-google-marketplace", {}) or {}
-        if name in properties and _mapping(before, name).get("type") != _mapping(after, name).get("type"):
+        if _mapping(before, name).get("type") != _mapping(after, name).get("type"):
             raise SchemaError(f"the test schema may not change the x-google-marketplace type of property {name!r}")
         properties[name] = spec
     merged["properties"] = properties
-    required = list(base.get("required", []) or [])
-    required += [name for name in test.get("required", []) or [] if name not in required]
-    merged["required"] = required
     return merged

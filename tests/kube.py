@@ -7,6 +7,7 @@ status through the API, as a kubelet would. The binaries come from scripts/insta
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -85,6 +86,14 @@ class ControlPlane:
     _processes: list[subprocess.Popen[bytes]] | None = None
 
     def start(self, timeout: float = 90.0) -> None:
+        """Start all three; if any fails to come up, stop what did start before raising."""
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         pki = self.root / "pki"
         pki.mkdir(parents=True)
         ca_key, server_key, sa_key = _key(), _key(), _key()
@@ -172,11 +181,13 @@ class ControlPlane:
     def stop(self) -> None:
         for process in reversed(self._processes or []):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
         for process in reversed(self._processes or []):
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         shutil.rmtree(self.root / "etcd", ignore_errors=True)

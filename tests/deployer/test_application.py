@@ -63,6 +63,20 @@ def test_test_hooks_become_testers_in_test_mode_and_are_dropped_otherwise(schema
     assert [t["metadata"]["annotations"] for t in testers] == [{VERIFICATION_ANNOTATION: "test"}]
 
 
+def test_a_test_failure_hook_is_dropped_in_production_and_refused_in_a_test_run(schema: Schema) -> None:
+    failure = obj("Pod", "mcp-fail", annotations={"helm.sh/hook": "test-failure"})
+    prepared = prepare(chart(failure), release="mcp", schema=schema)
+    assert "mcp-fail" not in {m["metadata"]["name"] for m in [*prepared.components, *prepared.testers]}
+    with pytest.raises(InstallError, match="Helm hook 'test-failure'"):
+        prepare(chart(failure), release="mcp", schema=schema, test=True)
+
+
+def test_the_deployer_job_itself_never_counts_as_not_ready() -> None:
+    job = {"kind": "Job", "metadata": {"name": "mcp-deployer", "labels": {
+        "app.kubernetes.io/component": "deployer.marketplace.cloud.google.com"}}, "status": {}}  # fmt: skip
+    assert judge(job).ready
+
+
 def test_a_hook_other_than_test_is_refused(schema: Schema) -> None:
     hooked = obj("Secret", "pre", annotations={"helm.sh/hook": "pre-install"})
     with pytest.raises(InstallError, match="Helm hook 'pre-install' on Secret pre is not supported"):

@@ -126,3 +126,18 @@ def test_a_values_file_that_cannot_be_read_is_refused_with_exit_2(tmp_path: Path
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_kubeconfig_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("clusters: [unclosed\n")
+    result = deployer("status", "--name", "mcp", env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 1
+    assert "no Kubernetes cluster is configured" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_timeout_variable_that_is_not_a_number_is_bad_input(tmp_path: Path) -> None:
+    result = deployer("marketplace", "--data", str(tmp_path), env={"WAIT_FOR_READY_TIMEOUT": "5m"})
+    assert result.returncode == 2
+    assert "--wait-timeout: invalid float value: '5m'" in result.stderr

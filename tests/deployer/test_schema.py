@@ -259,3 +259,8 @@ def test_the_test_schema_adds_properties_and_defaults_but_cannot_change_a_market
     assert merged.properties["logLevel"].default == "DEBUG"
     with pytest.raises(SchemaError, match="may not change the x-google-marketplace type of property 'name'"):
         overlay_test_schema(shipped(), {"properties": {"name": {"type": "string"}}})
+    typed = {"type": "string", "x-google-marketplace": {"type": "MASKED_FIELD"}}
+    with pytest.raises(SchemaError, match="may not change the x-google-marketplace type of property 'secret'"):
+        overlay_test_schema(shipped(), {"properties": {"secret": typed}})
+    # Only properties count: a required list in the test schema is ignored, as Google's overlay does.
+    assert overlay_test_schema(shipped(), {"required": ["ghost"]})["required"] == shipped()["required"]
