@@ -53,13 +53,17 @@ def _progress(message: str) -> None:
     print(f"deployer: {message}", file=sys.stderr, flush=True)
 
 
-def _settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``--set NAME=VALUE`` pairs; each value is read as YAML (``true``, ``3``, ``text``)."""
+def _settings(pairs: Sequence[str], schema: Schema) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs: the text as is for a string property, else read as YAML (``true``, ``3``)."""
     found: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
             raise ValuesError(f"--set takes NAME=VALUE, not {pair!r}")
+        prop = schema.properties.get(name)
+        if prop is not None and prop.json_type == "string":
+            found[name] = raw
+            continue
         try:
             found[name] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as exc:
@@ -69,7 +73,7 @@ def _settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _values(args: argparse.Namespace, schema: Schema) -> dict[str, Any]:
     values = _read_values(args.values)
-    values.update(_settings(args.set))
+    values.update(_settings(args.set, schema))
     name_key = schema.property_of_type("NAME").name
     namespace_key = schema.property_of_type("NAMESPACE").name
     values.setdefault(name_key, args.name)

@@ -135,3 +135,16 @@ def test_an_existing_api_key_secret_is_mounted_instead_of_a_new_one(helm: str) -
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["api-keys"]["secret"]["secretName"] == "keys-from-elsewhere"
+
+
+def test_a_catalogue_document_from_the_form_replaces_the_default_catalogue(helm: str) -> None:
+    document = "tools:\n  - {name: hello, description: Says hello, builtin: echo}\n"
+    config = find_one(rendered(helm, catalogYaml=document).manifests, "ConfigMap")
+    assert yaml.safe_load(config["data"]["catalog.yaml"]) == {
+        "tools": [{"name": "hello", "description": "Says hello", "builtin": "echo"}]
+    }
+
+
+def test_a_catalogue_document_that_is_not_yaml_is_refused_at_render(helm: str) -> None:
+    with pytest.raises(HelmError, match="catalogYaml is not a YAML mapping"):
+        rendered(helm, catalogYaml="tools: [")
