@@ -87,6 +87,11 @@ def _meta_of(message: Message) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def _stream_only(accept: set[str]) -> bool:
+    """Whether the client accepts an event stream and no JSON body."""
+    return _SSE in accept and not accept & {_JSON, "application/*", "*/*"}
+
+
 def _media_types(accept: str) -> set[str]:
     return {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
 
@@ -233,7 +238,8 @@ class McpEndpoint:
             return _json(error_response(error.request_id, error), 400)
         if version and version not in HANDSHAKE_REVISIONS:
             # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
-            return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}))
+            return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}),
+                                         stream_only=_stream_only(accept))  # fmt: skip
         if message.method == "initialize" and not message.is_notification:
             return await self._initialize(request, message)
         found = self._ephemeral_session(request, version) if self._options.stateless else await self._session(request)
@@ -245,7 +251,7 @@ class McpEndpoint:
             await self._notification(found, message)
             return Response(status_code=202)
         wants_stream = bool(accept & {_SSE})
-        return await self._request(request, found, message, wants_stream)
+        return await self._request(request, found, message, wants_stream, stream_only=_stream_only(accept))
 
     def _ephemeral_session(self, request: Request, version: str) -> Session:
         """Stateless mode: a session of one request, never stored (no server requests, no resumption)."""
@@ -293,7 +299,9 @@ class McpEndpoint:
         await self._sessions.save(session)
         self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
 
-    async def _request(self, request: Request, session: Session, message: Message, wants_stream: bool) -> Response:
+    async def _request(
+        self, request: Request, session: Session, message: Message, wants_stream: bool, *, stream_only: bool = False
+    ) -> Response:
         assert message.id is not None
         # What the handler sends before its response (None: end the HTTP connection); made on the first send,
         # since most requests send nothing but their response.
@@ -332,7 +340,7 @@ class McpEndpoint:
         task.add_done_callback(lambda _: session.in_flight.pop(message.id, None))  # type: ignore[arg-type]
         task.add_done_callback(rouse)
         await wake
-        if task.done() and outbox is None:
+        if task.done() and outbox is None and not stream_only:
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
@@ -341,7 +349,8 @@ class McpEndpoint:
             if session.id:
                 await self._sessions.save(session)
             return self._finish(request, outcome, _json(outcome.response))
-        assert outbox is not None  # the handler is still running, so it woke us by sending
+        if outbox is None:  # finished without sending, but the client takes only event streams
+            outbox = asyncio.Queue()
         stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(self._pump(request, session, stream, outbox, task))
         self._background.add(pump)
@@ -455,7 +464,9 @@ class McpEndpoint:
 
     # -- 2026-07-28: stateless POST ----------------------------------------------------------------------------
 
-    async def _stateless(self, request: Request, message: Message, *, wants_stream: bool) -> Response:
+    async def _stateless(
+        self, request: Request, message: Message, *, wants_stream: bool, stream_only: bool = False
+    ) -> Response:
         if message.is_notification:
             self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
             return Response(status_code=202)
@@ -480,6 +491,10 @@ class McpEndpoint:
         if task.done() and not first.done():
             first.cancel()
             outcome = task.result()
+            if stream_only:  # the client takes only event streams: the response as the stream's one event
+                event = format_event(None, orjson.dumps(outcome.response))
+                return self._finish(request, outcome, StreamingResponse(
+                    iter([event]), media_type=_SSE, headers=dict(SSE_HEADERS)))  # fmt: skip
             return self._finish(request, outcome, _json(outcome.response, _stateless_status(outcome.response)))
         return StreamingResponse(
             self._stateless_events(request, first, outbox, task), media_type=_SSE, headers=dict(SSE_HEADERS)

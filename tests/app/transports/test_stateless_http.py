@@ -166,3 +166,12 @@ def test_no_log_messages_without_a_log_level_in_meta(client: TestClient) -> None
     loud = call(client, "tools/call", {"name": "test_logging_tool", "arguments": {}},
                 meta=level, accept="application/json, text/event-stream")  # fmt: skip
     assert "notifications/message" in loud.text
+
+
+def test_a_client_that_accepts_only_an_event_stream_gets_the_response_as_one(client: TestClient) -> None:
+    response = call(client, "server/discover", accept="text/event-stream")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    messages = [orjson.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    assert [m["id"] for m in messages] == [7]
+    assert VERSION in messages[0]["result"]["supportedVersions"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,14 @@ def test_a_body_that_is_not_json_typed_is_415(client: TestClient) -> None:
 def test_an_accept_header_without_json_is_406(client: TestClient) -> None:
     response = client.post("/mcp", json=rpc("ping"), headers={**AUTH_SESSION, "Accept": "text/html"})
     assert response.status_code == 406
+
+
+def test_a_client_that_accepts_only_an_event_stream_gets_the_response_as_one(client: TestClient) -> None:
+    response = client.post("/mcp", json=rpc("ping", request_id=7), headers={**AUTH_SESSION, "Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+    assert [json.loads(data) for data in events] == [{"jsonrpc": "2.0", "id": 7, "result": {}}]
 
 
 def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
