@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, the pinned Helm, free ports, and real server processes."""
+"""Shared fixtures: the repository root, the pinned Helm, free ports, real server processes, and one real
+Kubernetes control plane for the session."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from deployer.cluster import Cluster
+from tests.kube import ControlPlane, binaries_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,3 +117,29 @@ def server(tmp_path: Path, api_key_file: Path) -> Iterator[RunningServer]:
     running = start_server(tmp_path, ["--api-key-file", str(api_key_file), "--log-format", "json"])
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    missing = binaries_missing()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run scripts/install-kube.sh (make test does)")
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
+    try:
+        plane.start()
+        cluster = Cluster.connect(kubeconfig=plane.kubeconfig)
+        crd = yaml.safe_load((ROOT / "deployer/crd/application.yaml").read_text())
+        cluster.apply(crd, "default")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            live = cluster.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd["metadata"]["name"], None)
+            conditions = {c["type"]: c["status"] for c in ((live or {}).get("status") or {}).get("conditions") or []}
+            if conditions.get("Established") == "True":
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the Application CRD was not Established within 30 s")
+        cluster.close()
+        yield plane
+    finally:
+        plane.stop()

@@ -27,9 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import ROOT
-
-BIN = ROOT / ".tools" / "bin"
+BIN = Path(__file__).resolve().parents[1] / ".tools" / "bin"
 
 
 def binaries_missing() -> list[str]:

@@ -32,13 +32,16 @@ class CheckSkipped(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The server under test."""
+    """The server under test, and what the checks may assume about its configuration."""
 
     url: str  # base URL, e.g. http://127.0.0.1:8080
     metrics_url: str
     mcp_path: str = "/mcp"
-    api_key: str | None = None
+    api_key: str | None = None  # an API key or a bearer token: both go in Authorization: Bearer
     timeout: float = 10.0
+    ca_file: str | None = None  # trust this CA bundle for https (e.g. Marketplace's self-signed certificate)
+    max_request_bytes: int = 4 * 1024 * 1024  # the server's body limit (ERLMCP_MAX_REQUEST_BYTES)
+    initialize_limit: int | None = None  # the server's initialize-per-minute limit, when the 429 is to be checked
 
     @property
     def mcp_url(self) -> str:
@@ -55,6 +58,7 @@ class WireClient:
         self._ids = itertools.count(1)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
+        self.baseline: dict[str, float] = {}  # counter totals read before the other checks' traffic
 
     def headers(self, *, with_key: bool = True, with_session: bool = True) -> dict[str, str]:
         """Headers of an MCP request."""

@@ -17,7 +17,8 @@ __all__ = ["run_checks"]
 def run_checks(target: Target, checks: Sequence[Check] = ALL_CHECKS) -> list[CheckResult]:
     """Run every check in order; a check that fails, is skipped or cannot connect is recorded; the rest still run."""
     results: list[CheckResult] = []
-    with httpx.Client(timeout=target.timeout, follow_redirects=False) as http:
+    verify: str | bool = target.ca_file or True
+    with httpx.Client(timeout=target.timeout, follow_redirects=False, verify=verify) as http:
         client = WireClient(target, http)
         for name, check in checks:
             started = time.perf_counter()

@@ -25,36 +25,10 @@ import yaml
 
 from deployer.cluster import Cluster
 from tests.conftest import ROOT
-from tests.kube import ControlPlane, binaries_missing
+from tests.kube import ControlPlane
 
 pytestmark = pytest.mark.slow
 PREFIX = "gcr.io/erlmcp-test/erlmcp"
-
-
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    missing = binaries_missing()
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: run scripts/install-kube.sh (make test does)")
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
-    try:
-        plane.start()
-        cluster = Cluster.connect(kubeconfig=plane.kubeconfig)
-        crd = yaml.safe_load((ROOT / "deployer/crd/application.yaml").read_text())
-        cluster.apply(crd, "default")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            live = cluster.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd["metadata"]["name"], None)
-            conditions = {c["type"]: c["status"] for c in ((live or {}).get("status") or {}).get("conditions") or []}
-            if conditions.get("Established") == "True":
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the Application CRD was not Established within 30 s")
-        cluster.close()
-        yield plane
-    finally:
-        plane.stop()
 
 
 @pytest.fixture

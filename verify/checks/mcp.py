@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from verify.client import CheckFailed, WireClient, json_body
+from verify.client import CheckFailed, WireClient, json_body, response_message, sse_messages
 
 __all__ = ["CHECKS"]
 
 HANDSHAKE_REVISIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+STATELESS_REVISION = "2026-07-28"
 
 
 def check_initialize(client: WireClient) -> str:
@@ -25,6 +26,71 @@ def check_initialize(client: WireClient) -> str:
     if not isinstance(capabilities, dict) or "tools" not in capabilities:
         raise CheckFailed(f"initialize: capabilities must declare tools, got {capabilities!r}")
     return f"protocolVersion {version}, server {info['name']} {info['version']}"
+
+
+def check_version_negotiation(client: WireClient) -> str:
+    """A client asking for a revision the server does not know gets one the server supports (not an error)."""
+    params = {
+        "protocolVersion": "1999-01-01",
+        "capabilities": {},
+        "clientInfo": {"name": "erlmcp-verify", "version": "1"},
+    }
+    response = client.post({"jsonrpc": "2.0", "id": 9100, "method": "initialize", "params": params}, with_session=False)
+    message = response_message(response, 9100, "initialize with revision 1999-01-01")
+    version = (message.get("result") or {}).get("protocolVersion")
+    if session := response.headers.get("mcp-session-id"):  # close the extra session again
+        client.http.delete(
+            client.target.mcp_url, headers={**client.headers(with_session=False), "Mcp-Session-Id": session}
+        )
+    if version not in HANDSHAKE_REVISIONS:
+        raise CheckFailed(f"initialize asking for 1999-01-01 must answer a supported revision, got {message}")
+    return f"1999-01-01 -> {version}"
+
+
+def check_server_discover(client: WireClient) -> str:
+    """The 2026-07-28 revision: server/discover, with no session, lists the versions and capabilities."""
+    meta = {"io.modelcontextprotocol/protocolVersion": STATELESS_REVISION,
+            "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+    body = {"jsonrpc": "2.0", "id": 9200, "method": "server/discover", "params": {"_meta": meta}}
+    headers = {"MCP-Protocol-Version": STATELESS_REVISION, "Mcp-Method": "server/discover"}
+    response = client.post(body, with_session=False, headers=headers)
+    message = response_message(response, 9200, "server/discover")
+    result = message.get("result")
+    if not isinstance(result, dict):
+        raise CheckFailed(f"server/discover: expected a result, got {message}")
+    versions = result.get("supportedVersions")
+    if not isinstance(versions, list) or STATELESS_REVISION not in versions:
+        raise CheckFailed(f"server/discover: supportedVersions must include {STATELESS_REVISION}, got {versions!r}")
+    if not isinstance(result.get("capabilities"), dict):
+        raise CheckFailed(f"server/discover: capabilities must be an object, got {result.get('capabilities')!r}")
+    return f"versions {', '.join(map(str, versions))}"
+
+
+def _listing(method: str, key: str) -> Callable[[WireClient], str]:
+    def check(client: WireClient) -> str:
+        items = client.result(method).get(key)
+        if not isinstance(items, list):
+            raise CheckFailed(f"{method}: {key} must be a list, got {items!r}")
+        return f"{len(items)} {key}"
+
+    check.__doc__ = f"{method} answers a list of {key}."
+    return check
+
+
+def check_sse_response(client: WireClient) -> str:
+    """A client that accepts only an event stream gets its response as one."""
+    response = client.post({"jsonrpc": "2.0", "id": 9300, "method": "ping"}, headers={"Accept": "text/event-stream"})
+    if response.status_code != 200:
+        raise CheckFailed(f"ping accepting only text/event-stream: expected 200, got {response.status_code}")
+    content_type = response.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise CheckFailed(f"ping accepting only text/event-stream: got {content_type!r}")
+    answers = [m for m in sse_messages(response.text) if m.get("id") == 9300]
+    if not answers or answers[-1].get("result") != {}:
+        raise CheckFailed(
+            f"ping accepting only text/event-stream: no ping result in the stream {response.text[:200]!r}"
+        )
+    return "the response came as an event"
 
 
 def check_session_issued(client: WireClient) -> str:
@@ -153,16 +219,21 @@ def check_parse_error(client: WireClient) -> str:
 
 CHECKS: tuple[tuple[str, Callable[[WireClient], str]], ...] = (
     ("mcp.initialize", check_initialize),
+    ("mcp.version_negotiation", check_version_negotiation),
     ("mcp.session_issued", check_session_issued),
     ("mcp.session_required", check_session_required),
     ("mcp.unknown_session", check_unknown_session),
     ("mcp.initialized_notification", check_initialized_notification),
     ("mcp.ping", check_ping),
     ("mcp.tools_list", check_tools_list),
+    ("mcp.resources_list", _listing("resources/list", "resources")),
+    ("mcp.prompts_list", _listing("prompts/list", "prompts")),
+    ("mcp.sse_response", check_sse_response),
     ("mcp.tools_call", check_tools_call),
     ("mcp.tools_call_invalid_arguments", check_invalid_arguments),
     ("mcp.unknown_method", check_unknown_method),
     ("mcp.unknown_tool", check_unknown_tool),
     ("mcp.parse_error", check_parse_error),
     ("mcp.session_delete", check_session_delete),
+    ("mcp.server_discover", check_server_discover),
 )

@@ -1,4 +1,5 @@
-"""Prometheus metrics: the text format parses, and the traffic of the earlier checks was counted."""
+"""Prometheus metrics: the text format parses, the families operators dashboard exist, and the counters moved
+with the traffic of the other checks (read once before them, once after)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from verify.client import CheckFailed, WireClient
 
-__all__ = ["CHECKS"]
+__all__ = ["BASELINE", "CHECKS", "REQUIRED_FAMILIES"]
+
+# Sample names that must be there: the HTTP names GKE's dashboards read and the MCP request counters.
+REQUIRED_FAMILIES = (
+    "http_requests_total",
+    "http_request_duration_seconds_count",
+    "mcp_requests_total",
+    "mcp_tool_calls_total",
+)
+_MOVING = (("mcp_requests_total", "method", "tools/call"), ("http_requests_total", "method", "POST"))
 
 
 def _samples(client: WireClient) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -29,30 +39,38 @@ def _samples(client: WireClient) -> dict[str, list[tuple[dict[str, str], float]]
     return samples
 
 
+def _totals(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, float]:
+    return {
+        f"{name}{{{label}={value!r}}}": sum(v for labels, v in samples.get(name, []) if labels.get(label) == value)
+        for name, label, value in _MOVING
+    }
+
+
+def check_baseline(client: WireClient) -> str:
+    """Read the counters before the other checks send traffic (metrics.traffic_counted compares)."""
+    client.baseline = _totals(_samples(client))
+    return ", ".join(f"{name} {value:g}" for name, value in client.baseline.items())
+
+
 def check_exposition(client: WireClient) -> str:
     """The endpoint serves parseable metrics with the families operators dashboard."""
     samples = _samples(client)
-    needed = ("http_requests_total", "http_request_duration_seconds_count", "mcp_requests_total")
-    missing = [name for name in needed if name not in samples]
+    missing = [name for name in REQUIRED_FAMILIES if name not in samples]
     if missing:
         raise CheckFailed(f"metrics: missing {', '.join(missing)}")
     return f"{len(samples)} sample names"
 
 
 def check_traffic_counted(client: WireClient) -> str:
-    """tools/call and HTTP requests made by the earlier checks show in the counters."""
-    samples = _samples(client)
-    tool_calls = sum(
-        value for labels, value in samples.get("mcp_requests_total", []) if labels.get("method") == "tools/call"
-    )
-    if tool_calls < 1:
-        raise CheckFailed('metrics: mcp_requests_total{method="tools/call"} did not count the checks\' tool calls')
-    posts = sum(value for labels, value in samples.get("http_requests_total", []) if labels.get("method") == "POST")
-    if posts < 1:
-        raise CheckFailed('metrics: http_requests_total{method="POST"} did not count the checks\' requests')
-    return f"tools/call counted {tool_calls:g}, POST counted {posts:g}"
+    """The tools/call and HTTP requests of the other checks made the counters move."""
+    after = _totals(_samples(client))
+    still = [name for name, value in after.items() if value <= client.baseline.get(name, 0.0)]
+    if still:
+        raise CheckFailed(f"metrics: {', '.join(still)} did not move with the checks' traffic")
+    return ", ".join(f"{name} +{after[name] - client.baseline.get(name, 0.0):g}" for name in after)
 
 
+BASELINE: tuple[tuple[str, Callable[[WireClient], str]], ...] = (("metrics.baseline", check_baseline),)
 CHECKS: tuple[tuple[str, Callable[[WireClient], str]], ...] = (
     ("metrics.exposition", check_exposition),
     ("metrics.traffic_counted", check_traffic_counted),

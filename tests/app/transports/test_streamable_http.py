@@ -137,7 +137,9 @@ def test_an_accept_header_without_json_is_406(client: TestClient) -> None:
 
 
 def test_a_client_that_accepts_only_an_event_stream_gets_the_response_as_one(client: TestClient) -> None:
-    response = client.post("/mcp", json=rpc("ping", request_id=7), headers={**AUTH_SESSION, "Accept": "text/event-stream"})
+    response = client.post(
+        "/mcp", json=rpc("ping", request_id=7), headers={**AUTH_SESSION, "Accept": "text/event-stream"}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
