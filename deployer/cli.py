@@ -25,7 +25,7 @@ from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesErro
 from deployer.expand import IMAGE_REPO_PREFIX
 from deployer.helm import find_helm
 from deployer.install import application_status, install, mark_phase, run_testers, uninstall, wait_until_ready
-from deployer.local import LocalServer, default_entrypoint, plan_local_run
+from deployer.local import LocalServer, default_entrypoint, plan_local_run, plan_tester_run
 from deployer.plan import plan
 from deployer.render import Rendered, render
 from deployer.schema import Schema, load_schema
@@ -136,19 +136,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         server = LocalServer(plan, root / "server.log")
         try:
             server.start(ready_timeout=args.ready_timeout)
-            http, metrics = plan.ports["http"], plan.ports["metrics"]
-            command = [
-                sys.executable, "-m", "verify",
-                "--url", f"http://127.0.0.1:{http}",
-                "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
-            ]  # fmt: skip
-            key_file = plan.env.get("ERLMCP_API_KEY_FILE")
-            if key_file:
-                command += ["--api-key-file", key_file]
-            if args.junit:
-                command += ["--junit", str(args.junit)]
-            print("== verify: " + " ".join(command[1:]), flush=True)
-            verified = subprocess.run(command, check=False).returncode
+            # The chart's own tester Pod (what helm test and mpdev verify run), with its args and Secret.
+            tester = plan_tester_run(rendered.manifests, plan, root=root / "tester",
+                                     entrypoint=(sys.executable, "-m", "verify"))  # fmt: skip
+            command = [*tester.argv, *(["--junit", str(args.junit)] if args.junit else [])]
+            print("== the chart's tester Pod, run locally:")
+            print(tester.describe(), flush=True)
+            verified = subprocess.run(command, check=False, env={**os.environ, **tester.env}).returncode
         finally:
             code = server.stop()
         print(

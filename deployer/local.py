@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +27,7 @@ from typing import IO, Any
 from deployer.errors import DeployerError, LocalRunError
 from deployer.manifests import Manifest, find, find_one
 
-__all__ = ["LocalPlan", "LocalServer", "plan_local_run"]
+__all__ = ["LocalPlan", "LocalServer", "plan_local_run", "plan_tester_run"]
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}  # noqa: S104 - these are recognised, not bound
 
@@ -111,37 +112,35 @@ def _env_value(entry: Mapping[str, Any], manifests: Sequence[Manifest]) -> tuple
     raise LocalRunError(f"env {entry['name']}: a local run cannot provide {', '.join(ref) or 'an empty value'}")
 
 
-def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Sequence[str]) -> LocalPlan:
-    """Lay out the Pod's files under ``root`` and plan the process.
-
-    Raises:
-        LocalRunError: the Deployment uses something a local process cannot have.
-        DeployerError: the manifests hold no single Deployment.
-    """
-    deployments = find(manifests, "Deployment")
-    if len(deployments) != 1:
-        raise LocalRunError(f"a local run needs exactly one Deployment in the manifests, found {len(deployments)}")
-    pod = deployments[0]["spec"]["template"]["spec"]
+def _plan_pod(
+    pod: Mapping[str, Any],
+    manifests: Sequence[Manifest],
+    *,
+    root: Path,
+    entrypoint: Sequence[str],
+    image_runs: str,
+    translate: Callable[[str], str] = lambda value: value,
+    notes: Sequence[str] = (),
+) -> LocalPlan:
+    """Lay out one Pod's files under ``root`` and plan its first container as a process."""
     container = pod["containers"][0]
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     mounts: dict[str, Path] = {}
-    secret_paths: list[str] = []
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"])
         if volume is None:
             raise LocalRunError(f"volumeMount {mount['name']!r} names no volume of the Pod")
         local = root / mount["mountPath"].lstrip("/")
-        if _lay_out_volume(volume, local, manifests):
-            secret_paths.append(mount["mountPath"])
+        _lay_out_volume(volume, local, manifests)
         mounts[mount["mountPath"]] = local
 
     def localise(value: str) -> str:
         for mount_path in sorted(mounts, key=len, reverse=True):
             if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                 return str(mounts[mount_path]) + value[len(mount_path.rstrip("/")) :]
-        return value
+        return translate(value)
 
-    differences = [f"entrypoint: {' '.join(entrypoint)} (the image runs python -m app)"]
+    differences = [f"entrypoint: {' '.join(entrypoint)} (the image runs {image_runs})", *notes]
     env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     secret_env: set[str] = set()
     for entry in container.get("env") or []:
@@ -156,7 +155,7 @@ def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Seq
     ports = {p.get("name", str(p["containerPort"])): int(p["containerPort"]) for p in container.get("ports") or []}
     probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
     return LocalPlan(
-        argv=(*entrypoint, *(str(a) for a in container.get("args") or [])),
+        argv=(*entrypoint, *(localise(str(a)) for a in container.get("args") or [])),
         env=env,
         root=root,
         ports=ports,
@@ -165,6 +164,60 @@ def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Seq
         differences=tuple(differences),
         secret_env=frozenset(secret_env),
     )
+
+
+def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Sequence[str]) -> LocalPlan:
+    """Lay out the server Pod's files under ``root`` and plan the process.
+
+    Raises:
+        LocalRunError: the Deployment uses something a local process cannot have.
+        DeployerError: the manifests hold no single Deployment.
+    """
+    deployments = find(manifests, "Deployment")
+    if len(deployments) != 1:
+        raise LocalRunError(f"a local run needs exactly one Deployment in the manifests, found {len(deployments)}")
+    pod = deployments[0]["spec"]["template"]["spec"]
+    return _plan_pod(pod, manifests, root=root, entrypoint=entrypoint, image_runs="python -m app")
+
+
+def _hook(manifest: Manifest) -> str | None:
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    hook = annotations.get("helm.sh/hook")
+    return str(hook) if hook is not None else None
+
+
+def plan_tester_run(
+    manifests: Sequence[Manifest], server: LocalPlan, *, root: Path, entrypoint: Sequence[str]
+) -> LocalPlan:
+    """Plan the chart's tester Pod (``helm.sh/hook: test``) as a local process against the local server: its own
+    args and mounted Secrets, with each Service's cluster DNS name and port turned into 127.0.0.1 and the
+    server's container port the Service targets.
+
+    Raises:
+        LocalRunError: the chart renders no single tester Pod, or a Service targets a port the server lacks.
+    """
+    testers = [m for m in find(manifests, "Pod") if _hook(m) in {"test", "test-success"}]
+    if len(testers) != 1:
+        raise LocalRunError(f"the chart must render exactly one tester Pod (helm.sh/hook: test), found {len(testers)}")
+    addresses: dict[str, str] = {}
+    for service in find(manifests, "Service"):
+        name, namespace = service["metadata"]["name"], service["metadata"].get("namespace", "default")
+        for port in service["spec"].get("ports") or []:
+            target = port.get("targetPort", port["port"])
+            local = server.ports.get(str(target)) if isinstance(target, str) else int(target)
+            if local is None:
+                raise LocalRunError(f"Service {name} targets port {target!r}, which the server container lacks")
+            for host in (f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}.svc", f"{name}.{namespace}"):
+                addresses[f"{host}:{port['port']}"] = f"127.0.0.1:{local}"
+
+    def translate(value: str) -> str:
+        for address in sorted(addresses, key=len, reverse=True):
+            value = re.sub(rf"(?<=//){re.escape(address)}(?=/|$)", addresses[address], value)
+        return value
+
+    note = "Service DNS names resolve to the local server on 127.0.0.1 here (no cluster DNS)"
+    return _plan_pod(testers[0]["spec"], manifests, root=root, entrypoint=entrypoint, image_runs="python -m verify",
+                     translate=translate, notes=(note,))  # fmt: skip
 
 
 def _port_in_use(port: int) -> bool:

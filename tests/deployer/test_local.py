@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from deployer.errors import LocalRunError
-from deployer.local import plan_local_run
+from deployer.local import plan_local_run, plan_tester_run
+from deployer.render import render
+from deployer.schema import load_schema
+from tests.conftest import ROOT
 
 
 def manifests(env: list[dict[str, Any]], volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> list[Any]:
@@ -98,3 +101,18 @@ def test_what_a_local_process_cannot_have_is_refused_clearly(
 ) -> None:
     with pytest.raises(LocalRunError, match=message):
         plan_local_run(manifests(env, volumes, mounts), root=tmp_path, entrypoint=["srv"])
+
+
+@pytest.mark.slow
+def test_the_testers_service_addresses_become_the_local_servers_ports(tmp_path: Path, helm: str) -> None:
+    values = {"name": "mcp", "namespace": "apps", "__image_repo_prefix__": "gcr.io/p/erlmcp",
+              "service.port": 18080, "service.metricsPort": 19090}  # fmt: skip
+    manifests = render(load_schema(ROOT / "schema.yaml"), values, chart=ROOT / "chart", helm=helm).manifests
+    server = plan_local_run(manifests, root=tmp_path / "server", entrypoint=("python", "-m", "app"))
+    tester = plan_tester_run(manifests, server, root=tmp_path / "tester", entrypoint=("python", "-m", "verify"))
+    args = list(tester.argv)
+    assert args[args.index("--url") + 1] == "http://127.0.0.1:18080"
+    assert args[args.index("--metrics-url") + 1] == "http://127.0.0.1:19090/metrics"
+    key_file = Path(args[args.index("--api-key-file") + 1])
+    assert key_file.is_relative_to(tmp_path / "tester")
+    assert key_file.read_text().strip()  # the chart's API-key Secret, laid out where the Pod mounts it
