@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(env ERLMCP_CATALOG; default: the built-in catalogue)",
     )
     arg("--api-key-file", type=Path, metavar="FILE", help="accepted API keys, one per line (env ERLMCP_API_KEY_FILE)")
+    arg("--jwt-public-key-file", type=Path, metavar="PEM",
+        help="accept JWT bearer tokens signed by this public key (env ERLMCP_JWT_PUBLIC_KEY_FILE)")  # fmt: skip
+    arg("--jwt-jwks-url", metavar="URL", help="accept JWT bearer tokens signed by a key of this JWKS "
+        "(env ERLMCP_JWT_JWKS_URL); also set --jwt-issuer and --resource-url or ERLMCP_JWT_AUDIENCE")  # fmt: skip
+    arg("--jwt-issuer", metavar="ISS", help="the iss accepted tokens carry (env ERLMCP_JWT_ISSUER)")
+    arg("--resource-url", metavar="URL", help="this server's public URL: the tokens' audience and the RFC 9728 "
+        "resource at /.well-known/oauth-protected-resource (env ERLMCP_RESOURCE_URL)")  # fmt: skip
     arg(
         "--no-auth",
         action="store_true",

@@ -9,14 +9,16 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,12 +31,12 @@ from app.catalog.features import load_features
 from app.observability.metrics import Metrics
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
-from app.security import ApiKeyAuthenticator
+from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
 from app.security.origin import OriginPolicy
 from app.sessions import SessionStore
 from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
-from app.settings import Settings, load_api_keys
+from app.settings import Settings, SettingsError, load_api_keys
 from app.transports.legacy_sse import LegacySse
 from app.transports.stdio import serve_stdio
 from app.transports.streamable_http import McpEndpoint, TransportOptions
@@ -123,6 +125,48 @@ class _ObserveRequests:
                 )
 
 
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
+def _resource(settings: Settings) -> str:
+    return (settings.resource_url or settings.jwt_audience or "").rstrip("/")
+
+
+def protected_resource_metadata(settings: Settings) -> dict[str, Any]:
+    """RFC 9728 protected-resource metadata: which authorization servers issue tokens for this server."""
+    return {
+        "resource": _resource(settings),
+        "authorization_servers": settings.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "erlmcp",
+    }
+
+
+def authenticator(settings: Settings, api_keys: Sequence[SecretStr]) -> Authenticator:
+    """API keys and, when configured, JWT bearer tokens.
+
+    Raises:
+        SettingsError: the JWT settings cannot be used (an unsafe algorithm, an unreadable key file, ...).
+    """
+    tokens = None
+    if settings.jwt_enabled:
+        assert settings.jwt_issuer is not None
+        try:
+            tokens = JwtVerifier(
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience or _resource(settings),
+                algorithms=settings.jwt_algorithms,
+                leeway_seconds=settings.jwt_leeway_seconds,
+                public_key_file=settings.jwt_public_key_file,
+                jwks_url=settings.jwt_jwks_url,
+                min_refresh_seconds=settings.jwks_min_refresh_seconds,
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+    metadata_url = f"{_resource(settings)}{METADATA_PATH}" if tokens is not None and _resource(settings) else None
+    return Authenticator(ApiKeyAuthenticator(api_keys), tokens, metadata_url=metadata_url)
+
+
 def session_backend(settings: Settings) -> SessionBackend:
     """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
     if settings.redis_url is None:
@@ -187,7 +231,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     endpoint = McpEndpoint(
         dispatcher=dispatcher,
         sessions=session_backend(settings),
-        authenticator=ApiKeyAuthenticator(api_keys),
+        authenticator=authenticator(settings, api_keys),
         origins=OriginPolicy(
             bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
         ),
@@ -216,6 +260,13 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
     for path in ("/readyz", "/healthz", "/health"):
         app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
+    if settings.jwt_enabled:
+        metadata = orjson.dumps(protected_resource_metadata(settings))
+
+        async def resource_metadata() -> Response:
+            return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
+
+        app.add_api_route(METADATA_PATH, resource_metadata, methods=["GET"], include_in_schema=False)
     app.add_api_websocket_route("/ws", websocket_handler(endpoint, max_message_bytes=settings.max_request_bytes))
     legacy = LegacySse(endpoint, max_request_bytes=settings.max_request_bytes,
                        keepalive_seconds=settings.sse_keepalive_seconds)  # fmt: skip
@@ -227,7 +278,9 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     log.info(
         "configured",
         tools=list(features.tools.names),
-        auth="off" if settings.no_auth else "api-key",
+        auth="off"
+        if settings.no_auth
+        else "+".join((["api-key"] if api_keys else []) + (["jwt"] if settings.jwt_enabled else [])),
         catalog=settings.catalog or "built-in",
     )
     if settings.no_auth:

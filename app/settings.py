@@ -45,6 +45,23 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(None, description="File of accepted API keys, one per line.")
     no_auth: bool = Field(False, description="Turn authentication off (local development only).")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key that signs accepted JWT bearer tokens.")
+    jwt_jwks_url: str | None = Field(None, description="JWKS URL of the token issuer (instead of a key file).")
+    jwt_issuer: str | None = Field(None, description="The iss every accepted token must carry.")
+    jwt_audience: str | None = Field(
+        None, description="The aud every accepted token must carry (default: resource_url)."
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"], description="Accepted token signature algorithms."
+    )
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    jwks_min_refresh_seconds: float = Field(30.0, ge=0, description="Fewest seconds between two JWKS fetches.")
+    resource_url: str | None = Field(
+        None, description="This server's public URL: the token audience and the RFC 9728 resource identifier."
+    )
+    authorization_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Authorization servers listed in the protected-resource metadata."
+    )
     log_level: str = Field("INFO", description="Lowest log level written.")
     log_format: LogFormat = Field(LogFormat.AUTO, description="json, console or auto.")
     tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
@@ -83,12 +100,29 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("allowed_hosts", "allowed_origins", "jwt_algorithms", "authorization_servers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether JWT bearer tokens are accepted."""
+        return self.jwt_public_key_file is not None or self.jwt_jwks_url is not None
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> Settings:
+        if self.jwt_public_key_file is not None and self.jwt_jwks_url is not None:
+            raise ValueError("give jwt_public_key_file or jwt_jwks_url, not both")
+        if self.jwt_enabled and not self.jwt_issuer:
+            raise ValueError("JWT tokens are on (a key file or JWKS URL is set) but jwt_issuer is not")
+        if self.jwt_enabled and not (self.jwt_audience or self.resource_url):
+            raise ValueError(
+                "JWT tokens are on but neither jwt_audience nor resource_url says which audience to accept"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
@@ -108,6 +142,8 @@ def load_api_keys(settings: Settings) -> tuple[SecretStr, ...]:
     if settings.no_auth:
         return ()
     path = settings.api_key_file
+    if path is None and settings.jwt_enabled:
+        return ()  # bearer tokens only
     if path is None:
         raise SettingsError(
             "authentication is on but no API keys were given: pass --api-key-file FILE "

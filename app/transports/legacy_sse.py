@@ -43,18 +43,18 @@ class LegacySse:
         self._max = max_request_bytes
         self._keepalive = keepalive_seconds
 
-    def _refused(self, request: Request) -> Response | None:
+    async def _refused(self, request: Request) -> Response | None:
         refused = self._endpoint.origins.check(request.headers)
         if refused is not None:
             return _refusal(refused.status, refused.message)
-        if not self._endpoint.authenticator.accepts(request.headers):
-            return _refusal(401, "Unauthorized: send a valid API key as 'Authorization: Bearer KEY'",
-                            {"WWW-Authenticate": 'Bearer realm="erlmcp"'})  # fmt: skip
+        verdict = await self._endpoint.authenticator.authenticate(request.headers)
+        if verdict.principal is None:
+            return _refusal(verdict.status, verdict.message, dict(verdict.headers))
         return None
 
     async def open(self, request: Request) -> Response:
         """GET /sse: the stream, announcing the messages URL first."""
-        refused = self._refused(request)
+        refused = await self._refused(request)
         if refused is not None:
             return refused
         stream_id = secrets.token_urlsafe(16)
@@ -85,7 +85,7 @@ class LegacySse:
 
     async def post(self, request: Request) -> Response:
         """POST /messages?session_id=...: one message for the stream's connection; answers come on the stream."""
-        refused = self._refused(request)
+        refused = await self._refused(request)
         if refused is not None:
             return refused
         stream = self._streams.get(request.query_params.get("session_id", ""))

@@ -37,7 +37,7 @@ from app.protocol import HANDSHAKE_REVISIONS
 from app.protocol.changes import Change, ChangeFeed
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
-from app.security import ApiKeyAuthenticator
+from app.security import Authenticator
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError
@@ -116,7 +116,7 @@ class McpEndpoint:
         *,
         dispatcher: Dispatcher,
         sessions: SessionBackend,
-        authenticator: ApiKeyAuthenticator,
+        authenticator: Authenticator,
         origins: OriginPolicy,
         metrics: Metrics,
         options: TransportOptions,
@@ -146,7 +146,7 @@ class McpEndpoint:
         )
 
     @property
-    def authenticator(self) -> ApiKeyAuthenticator:
+    def authenticator(self) -> Authenticator:
         """Who may call (the other HTTP transports check the same keys)."""
         return self._auth
 
@@ -176,13 +176,10 @@ class McpEndpoint:
         refused = self._origins.check(request.headers)
         if refused is not None:
             return _refusal(refused.status, refused.message)
-        if not self._auth.accepts(request.headers):
+        verdict = await self._auth.authenticate(request.headers)
+        if verdict.principal is None:
             self._metrics.auth_failures.inc()
-            return _refusal(
-                401,
-                "Unauthorized: send a valid API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                headers={"WWW-Authenticate": 'Bearer realm="erlmcp"'},
-            )
+            return _refusal(verdict.status, verdict.message, headers=dict(verdict.headers))
         version = request.headers.get("mcp-protocol-version", "").strip()
         if request.method in {"GET", "DELETE"} and self._options.stateless:
             return _refusal(405, f"Method Not Allowed: this server keeps no sessions, so {request.method} has no use",

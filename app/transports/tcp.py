@@ -49,7 +49,7 @@ async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_
                 first = b""
             key = _presented_key(first)
             headers = {"authorization": f"Bearer {key}"} if key else {}
-            if not auth.accepts(headers):
+            if (await auth.authenticate(headers)).principal is None:
                 refusal = InvalidRequest(f'Unauthorized: the first message needs params._meta["{API_KEY_META}"]')
                 writer.write(encode_line(orjson.dumps(error_response(None, refusal))))
                 await writer.drain()

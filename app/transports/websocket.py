@@ -19,9 +19,8 @@ def websocket_handler(endpoint: McpEndpoint, *, max_message_bytes: int) -> Calla
     """The ``/ws`` route: Host/Origin and key checked before the upgrade, then messages both ways."""
 
     async def handle(websocket: WebSocket) -> None:
-        if endpoint.origins.check(websocket.headers) is not None or not endpoint.authenticator.accepts(
-            websocket.headers
-        ):
+        verdict = await endpoint.authenticator.authenticate(websocket.headers)
+        if endpoint.origins.check(websocket.headers) is not None or verdict.principal is None:
             await websocket.close(code=_POLICY)  # before accept: the client sees the upgrade refused (403)
             return
         if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):

@@ -1,0 +1,177 @@
+"""JWT bearer tokens: signatures checked against a public key file or a JWKS URL, claims checked strictly.
+
+Only asymmetric algorithms from an allow-list are accepted (never ``none``, never an HMAC keyed with a public
+key); ``exp``, ``iss`` and ``aud`` are required, with a small clock-skew leeway. A JWKS is fetched at the first
+token, cached, and fetched again when a token names a key id it does not hold, at most once per
+``min_refresh_seconds`` (so unknown key ids cannot make the server hammer the identity provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["ASYMMETRIC_ALGORITHMS", "JwtVerifier", "TokenRejected", "VerifiedToken", "looks_like_jwt"]
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_MAX_JWKS_BYTES = 1024 * 1024
+
+
+class TokenRejected(Exception):
+    """A token that is not accepted: ``status`` 401 (the token is wrong) or 503 (it cannot be checked now)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """Who a valid token speaks for."""
+
+    principal: str  # jwt:<digest of iss and sub>: stable, and no personal data in logs
+    subject: str
+    scopes: frozenset[str]
+    expires_at: float
+
+
+def looks_like_jwt(credential: str) -> bool:
+    """Whether a bearer credential has the shape of a JWT (three base64url parts)."""
+    return credential.count(".") == 2 and all(credential.split("."))
+
+
+def _fetch_url(url: str, timeout: float) -> bytes:
+    # The URL's scheme is checked when the verifier is made: https, or http to a loopback address.
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        body: bytes = response.read(_MAX_JWKS_BYTES + 1)
+    if len(body) > _MAX_JWKS_BYTES:
+        raise ValueError(f"the JWKS is larger than {_MAX_JWKS_BYTES} bytes")
+    return body
+
+
+class JwtVerifier:
+    """Checks JWT bearer tokens for one resource (this server)."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        algorithms: Sequence[str],
+        leeway_seconds: float = 30.0,
+        public_key_file: Path | None = None,
+        jwks_url: str | None = None,
+        min_refresh_seconds: float = 30.0,
+        fetch_timeout: float = 5.0,
+        fetch: Callable[[str, float], bytes] = _fetch_url,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        unsafe = sorted(set(algorithms) - ASYMMETRIC_ALGORITHMS)
+        if unsafe:
+            raise ValueError(
+                f"JWT algorithms {', '.join(unsafe)} are not allowed; use {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+        if (public_key_file is None) == (jwks_url is None):
+            raise ValueError("JWT checking needs exactly one of a public key file and a JWKS URL")
+        if jwks_url is not None:
+            parts = urlsplit(jwks_url)
+            loopback = parts.hostname in {"127.0.0.1", "::1", "localhost"}
+            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+                raise ValueError(f"the JWKS URL must be https (http only to a loopback address), not {jwks_url!r}")
+        self._issuer, self._audience, self._algorithms = issuer, audience, list(algorithms)
+        self._leeway = leeway_seconds
+        self._jwks_url, self._fetch, self._fetch_timeout = jwks_url, fetch, fetch_timeout
+        self._min_refresh, self._clock = min_refresh_seconds, clock
+        self._keys: dict[str | None, Any] = {}
+        self._last_fetch: float | None = None
+        self._lock = asyncio.Lock()
+        if public_key_file is not None:
+            try:
+                self._keys[None] = serialization.load_pem_public_key(public_key_file.read_bytes())
+            except (OSError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot use the JWT public key file {public_key_file}: {exc}") from exc
+
+    async def _refresh(self) -> None:
+        """Fetch the JWKS again, unless that was done less than ``min_refresh_seconds`` ago."""
+        assert self._jwks_url is not None
+        async with self._lock:
+            now = self._clock()
+            if self._last_fetch is not None and now - self._last_fetch < self._min_refresh:
+                return
+            self._last_fetch = now
+            try:
+                body = await asyncio.to_thread(self._fetch, self._jwks_url, self._fetch_timeout)
+                key_set = jwt.PyJWKSet.from_dict(orjson.loads(body))
+            except (OSError, ValueError, jwt.PyJWKSetError, jwt.InvalidKeyError) as exc:
+                if not self._keys:
+                    raise TokenRejected(
+                        f"the token cannot be checked: the JWKS at {self._jwks_url} cannot be read ({exc})",
+                        status=503,
+                    ) from exc
+                return  # keep the keys we have; the next refresh may succeed
+            self._keys = {key.key_id: key.key for key in key_set.keys}
+
+    async def _key_for(self, kid: str | None) -> Any:
+        if self._jwks_url is None:
+            return self._keys[None]
+        if kid not in self._keys:
+            await self._refresh()
+        if kid not in self._keys:
+            raise TokenRejected(f"the token's key id {kid!r} is not in the issuer's key set")
+        return self._keys[kid]
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Check a token.
+
+        Raises:
+            TokenRejected: the token is not valid for this server (401) or cannot be checked now (503).
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise TokenRejected(f"the token is not a JWT: {exc}") from exc
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise TokenRejected(f"the token's algorithm {algorithm!r} is not accepted")
+        key = await self._key_for(header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenRejected("the token has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise TokenRejected("the token is not valid yet (nbf)") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenRejected(f"the token has no {exc.claim!r} claim") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise TokenRejected(f"the token is not meant for this server (aud must be {self._audience!r})") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenRejected(f"the token's issuer is not {self._issuer!r}") from exc
+        except jwt.InvalidTokenError as exc:
+            raise TokenRejected(f"the token is not valid: {exc}") from exc
+        subject = str(claims.get("sub", ""))
+        digest = hashlib.sha256(f"{claims['iss']}\0{subject}".encode()).hexdigest()[:16]
+        raw_scopes = claims.get("scope", "")
+        scopes = frozenset(raw_scopes.split() if isinstance(raw_scopes, str) else [])
+        return VerifiedToken(f"jwt:{digest}", subject, scopes, float(claims["exp"]))
