@@ -32,7 +32,9 @@ from app.observability.metrics import Metrics
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
 from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
+from app.security.clients import parse_networks
 from app.security.origin import OriginPolicy
+from app.security.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from app.sessions import SessionStore
 from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
@@ -167,6 +169,15 @@ def authenticator(settings: Settings, api_keys: Sequence[SecretStr]) -> Authenti
     return Authenticator(ApiKeyAuthenticator(api_keys), tokens, metadata_url=metadata_url)
 
 
+def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
+    """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here."""
+    if settings.rate_limit_per_second <= 0:
+        return None
+    if isinstance(sessions, RedisSessionStore):
+        return RedisTokenBuckets(sessions.redis, settings.rate_limit_per_second, settings.rate_limit_burst)
+    return TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+
 def session_backend(settings: Settings) -> SessionBackend:
     """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
     if settings.redis_url is None:
@@ -228,10 +239,13 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         log.info("requestState is sealed with a key made at start-up; replicas need ERLMCP_REQUEST_STATE_KEY")
     sealer = RequestStateSealer(key or secrets.token_bytes(32))
     dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__, sealer=sealer)
+    sessions = session_backend(settings)
     endpoint = McpEndpoint(
         dispatcher=dispatcher,
-        sessions=session_backend(settings),
+        sessions=sessions,
         authenticator=authenticator(settings, api_keys),
+        limiter=rate_limiter(settings, sessions),
+        trusted_proxies=parse_networks(settings.trusted_proxies),
         origins=OriginPolicy(
             bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
         ),

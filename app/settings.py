@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.security.clients import parse_networks
+
 __all__ = ["LogFormat", "Settings", "SettingsError", "load_api_keys"]
 
 
@@ -71,6 +73,13 @@ class Settings(BaseSettings):
     )
     stateless: bool = Field(False, description="Keep no sessions (for Cloud Run-style autoscaling).")
     initialize_per_minute: int = Field(60, gt=0, description="initialize requests allowed per client per minute.")
+    rate_limit_per_second: float = Field(
+        0.0, ge=0, description="Requests per second each client may send on average (0: no limit)."
+    )
+    rate_limit_burst: int = Field(100, gt=0, description="Requests a client may send at once before the rate holds.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Proxies (CIDR) whose X-Forwarded-For names the client."
+    )
     redis_url: SecretStr | None = Field(
         None, description="redis://... to share sessions and event streams between replicas (default: in memory)."
     )
@@ -100,11 +109,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    @field_validator("allowed_hosts", "allowed_origins", "jwt_algorithms", "authorization_servers", mode="before")
+    @field_validator(
+        "allowed_hosts", "allowed_origins", "jwt_algorithms", "authorization_servers", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # refuse what is not an address or a CIDR block, naming it
         return value
 
     @property

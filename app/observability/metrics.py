@@ -51,6 +51,9 @@ class Metrics:
             registry=self.registry,
         )
         self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
+        self.rate_limited = Counter(
+            "mcp_rate_limited", "Requests refused with 429 because a client was over its rate.", registry=self.registry
+        )
         self.auth_failures = Counter(
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )

@@ -1,12 +1,16 @@
-"""Sliding-window request limits per client."""
+"""Request limits per client: a sliding window (initialize) and token buckets (every request), in this
+process or in Redis."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["WindowLimiter"]
+from redis.asyncio import Redis
+
+__all__ = ["RateLimiter", "RedisTokenBuckets", "TokenBuckets", "WindowLimiter"]
 
 
 class WindowLimiter:
@@ -31,3 +35,62 @@ class WindowLimiter:
             for stale in [k for k, v in self._events.items() if not v or v[-1] <= now - self._window]:
                 del self._events[stale]
         return 0.0
+
+
+class RateLimiter(Protocol):
+    """A request budget per client: ``take`` answers 0 (go ahead) or the seconds to wait."""
+
+    async def take(self, key: str) -> float: ...
+
+
+class TokenBuckets:
+    """Token buckets in this process: each client holds up to ``burst`` tokens, refilled at ``rate`` per second;
+    a request takes one. Buckets that have filled up again are forgotten (they hold nothing to remember)."""
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._clock = rate, float(burst), clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    async def take(self, key: str) -> float:
+        now = self._clock()
+        tokens, then = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self._rate
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > 10_000:
+            full = self._burst / self._rate
+            for stale in [k for k, (_, when) in self._buckets.items() if now - when >= full]:
+                del self._buckets[stale]
+        return 0.0
+
+
+# One atomic step of a token bucket in Redis; the time comes from Redis, so every replica shares one clock.
+_BUCKET_SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisTokenBuckets:
+    """The same token buckets in Redis, so that a client's budget holds across every replica."""
+
+    def __init__(self, client: Redis, rate: float, burst: int, *, prefix: str = "erlmcp:rate:") -> None:
+        self._script = client.register_script(_BUCKET_SCRIPT)
+        self._rate, self._burst, self._prefix = rate, burst, prefix
+
+    async def take(self, key: str) -> float:
+        wait = await self._script(keys=[self._prefix + key], args=[self._rate, self._burst])
+        return float(wait)

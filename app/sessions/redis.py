@@ -107,6 +107,11 @@ class RedisSessionStore:
         self._bus: asyncio.Task[None] | None = None
         self._channel = f"{prefix}:bus"
 
+    @property
+    def redis(self) -> Redis:
+        """The Redis client this store uses (other shared state, such as rate limits, uses it too)."""
+        return self._redis
+
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:session:{session_id}"
 

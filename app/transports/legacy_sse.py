@@ -50,6 +50,8 @@ class LegacySse:
         verdict = await self._endpoint.authenticator.authenticate(request.headers)
         if verdict.principal is None:
             return _refusal(verdict.status, verdict.message, dict(verdict.headers))
+        if self._endpoint.limits_rate:
+            return await self._endpoint.rate_limited(verdict.principal, request)
         return None
 
     async def open(self, request: Request) -> Response:

@@ -14,12 +14,14 @@ Every refusal carries the right HTTP status and a JSON-RPC error body that says 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
+from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -38,8 +40,9 @@ from app.protocol.changes import Change, ChangeFeed
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.security import Authenticator
+from app.security.clients import Network, client_address
 from app.security.origin import OriginPolicy
-from app.security.ratelimit import WindowLimiter
+from app.security.ratelimit import RateLimiter, WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError
 from app.sessions.events import parse_event_id
 from app.sessions.store import SessionBackend
@@ -120,7 +123,10 @@ class McpEndpoint:
         origins: OriginPolicy,
         metrics: Metrics,
         options: TransportOptions,
+        limiter: RateLimiter | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
+        self._limiter, self._trusted_proxies = limiter, tuple(trusted_proxies)
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._auth = authenticator
@@ -144,6 +150,29 @@ class McpEndpoint:
             transport=transport,
             client_request_timeout=self._options.client_request_timeout,
         )
+
+    @property
+    def limits_rate(self) -> bool:
+        """Whether clients have a request budget."""
+        return self._limiter is not None
+
+    async def rate_limited(self, principal: str, request: Request) -> Response | None:
+        """The 429 for a client over its request budget (per principal; per address when anonymous), or None.
+        Should the shared budget in Redis be unreachable, requests go on unlimited and the log says so."""
+        assert self._limiter is not None
+        if principal == "anonymous":
+            peer = request.client.host if request.client else None
+            principal = "ip:" + client_address(peer, request.headers, self._trusted_proxies)
+        try:
+            wait = await self._limiter.take(principal)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
+            return None
+        if wait <= 0:
+            return None
+        self._metrics.rate_limited.inc()
+        return _refusal(429, f"Too Many Requests: this client is over its request rate; retry in {wait:.1f} s",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
 
     @property
     def authenticator(self) -> Authenticator:
@@ -180,6 +209,10 @@ class McpEndpoint:
         if verdict.principal is None:
             self._metrics.auth_failures.inc()
             return _refusal(verdict.status, verdict.message, headers=dict(verdict.headers))
+        if self._limiter is not None:
+            limited = await self.rate_limited(verdict.principal, request)
+            if limited is not None:
+                return limited
         version = request.headers.get("mcp-protocol-version", "").strip()
         if request.method in {"GET", "DELETE"} and self._options.stateless:
             return _refusal(405, f"Method Not Allowed: this server keeps no sessions, so {request.method} has no use",

@@ -138,3 +138,27 @@ def test_the_answer_to_a_server_request_reaches_the_replica_that_asked(replicas:
     assert asked is not None
     assert result is not None
     assert result["result"]["content"][0]["text"] == "LLM response: from replica two"
+
+
+def test_a_clients_rate_limit_holds_across_replicas_sharing_redis(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    keys = tmp_path_factory.mktemp("rate-keys") / "keys"
+    keys.write_text("key-a-0123456789abcdef\nkey-b-0123456789abcdef\n")
+    env = {"ERLMCP_REDIS_URL": redis_url, "ERLMCP_RATE_LIMIT_PER_SECOND": "0.01", "ERLMCP_RATE_LIMIT_BURST": "5"}
+    pair = [start_server(tmp_path_factory.mktemp(f"rate{i}"), ["--api-key-file", str(keys)], env) for i in range(2)]
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+
+        def status(replica: RunningServer, key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+            return httpx.post(f"{replica.url}/mcp", json=body, headers=headers).status_code
+
+        # ping without a session is a 400 once past the limit check: 429 is the limiter, anything else is not
+        a = [status(pair[i % 2], "key-a-0123456789abcdef") for i in range(8)]
+        b = [status(pair[i % 2], "key-b-0123456789abcdef") for i in range(5)]
+    finally:
+        for replica in pair:
+            replica.stop()
+    assert [code == 429 for code in a] == [False] * 5 + [True] * 3  # one budget of 5 across both replicas
+    assert 429 not in b

@@ -1,0 +1,71 @@
+"""Request budgets per client: token buckets, who a client is behind proxies, and the 429 on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.observability.metrics import Metrics
+from app.security.clients import client_address, parse_networks
+from app.security.ratelimit import TokenBuckets
+from app.server import create_app
+from app.settings import Settings
+
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+
+def test_a_bucket_lets_a_burst_through_then_holds_the_rate() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
+    waits = [asyncio.run(buckets.take("a")) for _ in range(4)]
+    assert waits == [0.0, 0.0, 0.0, 0.5]  # three at once, the fourth must wait half a second at 2/s
+    now[0] = 0.5
+    assert asyncio.run(buckets.take("a")) == 0.0
+    assert asyncio.run(buckets.take("b")) == 0.0  # another client has its own bucket
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
+    proxies = parse_networks(["10.0.0.0/8"])
+    forwarded = {"x-forwarded-for": "6.6.6.6, 1.2.3.4, 10.0.0.7"}
+    assert client_address("10.0.0.9", forwarded, proxies) == "1.2.3.4"  # right-most hop that is not a proxy
+    assert client_address("8.8.8.8", forwarded, proxies) == "8.8.8.8"  # not a proxy: the header is ignored
+    assert client_address("10.0.0.9", {}, proxies) == "10.0.0.9"
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 network"):
+        parse_networks(["not-a-network"])
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[TestClient]:
+    keys = tmp_path / "keys"
+    keys.write_text("key-a-0123456789abcdef\nkey-b-0123456789abcdef\n")
+    settings = Settings(api_key_file=keys, rate_limit_per_second=0.01, rate_limit_burst=5)
+    with TestClient(create_app(settings, metrics=Metrics("test")), base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def initialize(client: TestClient, key: str) -> int:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    return client.post("/mcp", json=body, headers=headers).status_code
+
+
+def test_a_client_over_its_limit_gets_exactly_the_excess_as_429_and_another_is_unaffected(limited: TestClient) -> None:
+    a = [initialize(limited, "key-a-0123456789abcdef") for _ in range(8)]
+    b = [initialize(limited, "key-b-0123456789abcdef") for _ in range(5)]
+    assert a == [200] * 5 + [429] * 3
+    assert b == [200] * 5
+
+
+def test_the_429_says_when_to_retry(limited: TestClient) -> None:
+    headers = {"Authorization": "Bearer key-a-0123456789abcdef", "Accept": "application/json"}
+    for _ in range(5):
+        limited.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, headers=headers)
+    refused = limited.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": INIT},
+                           headers=headers)  # fmt: skip
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "over its request rate" in refused.json()["error"]["message"]
