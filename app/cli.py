@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--jwt-issuer", metavar="ISS", help="the iss accepted tokens carry (env ERLMCP_JWT_ISSUER)")
     arg("--resource-url", metavar="URL", help="this server's public URL: the tokens' audience and the RFC 9728 "
         "resource at /.well-known/oauth-protected-resource (env ERLMCP_RESOURCE_URL)")  # fmt: skip
+    arg("--tls-cert-file", type=Path, metavar="PEM", help="serve MCP over TLS with this certificate (chain) "
+        "(env ERLMCP_TLS_CERT_FILE); TLS 1.2 at least, 1.3 when the client has it")  # fmt: skip
+    arg("--tls-key-file", type=Path, metavar="PEM", help="the certificate's private key (env ERLMCP_TLS_KEY_FILE)")
+    arg("--tls-client-ca-file", type=Path, metavar="PEM", help="require client certificates from this CA: mutual "
+        "TLS (env ERLMCP_TLS_CLIENT_CA_FILE)")  # fmt: skip
     arg(
         "--no-auth",
         action="store_true",

@@ -8,6 +8,7 @@ import gc
 import logging
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -169,6 +171,16 @@ def authenticator(settings: Settings, api_keys: Sequence[SecretStr]) -> Authenti
     return Authenticator(ApiKeyAuthenticator(api_keys), tokens, metadata_url=metadata_url)
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS settings: the certificate and key, and for mutual TLS the CA that client certificates need."""
+    if settings.tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    if settings.tls_client_ca_file is not None:
+        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
 def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
     """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here."""
     if settings.rate_limit_per_second <= 0:
@@ -207,13 +219,26 @@ class _McpFastPath:
         await response(scope, receive, send)
 
 
+# What a browser MCP client sends and must be able to read (2025-11-25 and 2026-07-28 headers).
+_CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "Mcp-Session-Id", "MCP-Protocol-Version",
+                         "Last-Event-ID", "Mcp-Method", "Mcp-Name", "X-API-Key")  # fmt: skip
+_CORS_RESPONSE_HEADERS = ("Mcp-Session-Id", "WWW-Authenticate", "Retry-After")
+
+
+def cors_options(origins: Sequence[str]) -> dict[str, Any]:
+    """CORS for browser clients from ``origins``: preflights answered, the session header readable."""
+    return {"allow_origins": list(origins), "allow_methods": ["GET", "POST", "DELETE"], "max_age": 600,
+            "allow_headers": list(_CORS_REQUEST_HEADERS), "expose_headers": list(_CORS_RESPONSE_HEADERS)}  # fmt: skip
+
+
 class _Front:
     """What uvicorn serves: ``/mcp`` through the metrics-and-log wrapper straight to the endpoint; everything
     else (health, /ws, /sse, 404s) through the whole FastAPI application."""
 
-    def __init__(self, app: FastAPI, metrics: Metrics) -> None:
+    def __init__(self, app: FastAPI, metrics: Metrics, *, cors_origins: Sequence[str] = ()) -> None:
         self._app = app
-        self._mcp = _ObserveRequests(_McpFastPath(app, app.state.mcp_endpoint), metrics)
+        mcp = _ObserveRequests(_McpFastPath(app, app.state.mcp_endpoint), metrics)
+        self._mcp: ASGIApp = CORSMiddleware(mcp, **cors_options(cors_origins)) if cors_origins else mcp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/mcp":
@@ -247,7 +272,9 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         limiter=rate_limiter(settings, sessions),
         trusted_proxies=parse_networks(settings.trusted_proxies),
         origins=OriginPolicy(
-            bind_host=settings.host, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
+            bind_host=settings.host,
+            allowed_hosts=settings.allowed_hosts,
+            allowed_origins=[*settings.allowed_origins, *settings.cors_origins],
         ),
         metrics=metrics,
         options=TransportOptions(
@@ -289,6 +316,8 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
     app.add_middleware(_McpFastPath, endpoint=endpoint)  # /mcp, every method: the router never sees it
     app.add_middleware(_ObserveRequests, metrics=metrics)  # added last: outermost, so it sees /mcp too
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
     log.info(
         "configured",
         tools=list(features.tools.names),
@@ -346,15 +375,22 @@ async def serve(settings: Settings) -> None:
     # proxy_headers off: X-Forwarded-* would be trusted from 127.0.0.1 only, which is not where the load
     # balancer's requests come from; the middleware would cost every request for nothing.
     common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False}
-    main = _Server(
-        uvicorn.Config(
-            _Front(app, metrics),
-            host=settings.host,
-            port=settings.port,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-            **common,
-        )
+    main_config = uvicorn.Config(
+        _Front(app, metrics, cors_origins=settings.cors_origins),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        **common,
+        **tls_options(settings),
     )
+    if settings.tls_cert_file is not None:
+        try:
+            main_config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"the TLS certificate or key cannot be used: {exc}") from exc
+        assert main_config.ssl is not None
+        main_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 is chosen whenever the client has it
+    main = _Server(main_config)
     metrics_server = _Server(
         uvicorn.Config(
             create_metrics_app(metrics), host=settings.host, port=settings.metrics_port, lifespan="off", **common

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Requests per second each client may send on average (0: no limit)."
     )
     rate_limit_burst: int = Field(100, gt=0, description="Requests a client may send at once before the rate holds.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed to call the server (CORS); also accepted Origins."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve MCP over TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the TLS certificate.")
+    tls_client_ca_file: Path | None = Field(None, description="CA bundle client certificates must chain to (mTLS).")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Proxies (CIDR) whose X-Forwarded-For names the client."
     )
@@ -110,7 +116,13 @@ class Settings(BaseSettings):
         return level
 
     @field_validator(
-        "allowed_hosts", "allowed_origins", "jwt_algorithms", "authorization_servers", "trusted_proxies", mode="before"
+        "allowed_hosts",
+        "allowed_origins",
+        "jwt_algorithms",
+        "authorization_servers",
+        "trusted_proxies",
+        "cors_origins",
+        mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -128,6 +140,14 @@ class Settings(BaseSettings):
     def jwt_enabled(self) -> bool:
         """Whether JWT bearer tokens are accepted."""
         return self.jwt_public_key_file is not None or self.jwt_jwks_url is not None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _jwt_complete(self) -> Settings:

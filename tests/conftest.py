@@ -88,7 +88,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout
     raise AssertionError(f"{url} not ready within {timeout} s")
 
 
-def start_server(tmp_path: Path, args: Sequence[str], env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    tmp_path: Path, args: Sequence[str], env: dict[str, str] | None = None, *, tls: bool = False
+) -> RunningServer:
+    """A real server process; ready when /readyz answers (with ``tls``: when the metrics listener answers and the
+    TLS port accepts connections, since the test's own client decides how to speak TLS to it)."""
     port, metrics_port = free_port(), free_port()
     log = tmp_path / f"server-{port}.log"
     command = [sys.executable, "-m", "app", "--port", str(port), "--metrics-port", str(metrics_port), *args]
@@ -97,7 +101,12 @@ def start_server(tmp_path: Path, args: Sequence[str], env: dict[str, str] | None
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=clean_env)
     server = RunningServer(process, port, metrics_port, log)
     try:
-        wait_ready(f"{server.url}/readyz", process)
+        if tls:
+            wait_ready(server.metrics_url, process)
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+        else:
+            wait_ready(f"{server.url}/readyz", process)
     except AssertionError:
         server.stop()
         raise AssertionError(log.read_text()) from None

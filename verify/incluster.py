@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def discover(namespace: str, app: str, *, api_url: str, service_account_dir: Pat
     except OSError as exc:
         raise InClusterError(f"no service-account token in {service_account_dir}: {exc.strerror or exc}") from exc
     ca = service_account_dir / "ca.crt"
-    verify: str | bool = str(ca) if ca.exists() else True
+    verify = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
     with httpx.Client(verify=verify, timeout=timeout, headers={"Authorization": f"Bearer {token}"}) as api:
         services = _items(api, api_url, namespace, "services", app)
         secrets = _items(api, api_url, namespace, "secrets", app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ __all__ = ["run_checks"]
 def run_checks(target: Target, checks: Sequence[Check] = ALL_CHECKS) -> list[CheckResult]:
     """Run every check in order; a check that fails, is skipped or cannot connect is recorded; the rest still run."""
     results: list[CheckResult] = []
-    verify: str | bool = target.ca_file or True
+    verify = ssl.create_default_context(cafile=target.ca_file)  # the system's CAs, or the one given
     with httpx.Client(timeout=target.timeout, follow_redirects=False, verify=verify) as http:
         client = WireClient(target, http)
         for name, check in checks:

@@ -3,8 +3,6 @@ time. Verify must pass the correct one and fail every mutant, naming the check t
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import subprocess
 import sys
@@ -16,16 +14,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from tests.certificates import tls_files
 from tests.conftest import ROOT, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -247,36 +242,6 @@ def test_verify_fails_a_server_with_one_fault_naming_the_check(serve: Any, fault
     code, failing, output = verify(serve(fault))
     assert code == 1, output
     assert check in failing, output
-
-
-def tls_files(folder: Path, *, host: str, days: int) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for ``host`` signed by it, valid for ``days``: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey,
-              *, ca: bool, valid: int) -> x509.Certificate:  # fmt: skip
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=valid))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
-        if not ca:
-            names: list[x509.GeneralName] = [x509.DNSName(host)]
-            if host[0].isdigit():
-                names = [x509.IPAddress(ipaddress.ip_address(host))]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, server_key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
-    ca = build("verify-test-ca", ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "verify-test-ca")]), ca_key,
-               ca=True, valid=30)  # fmt: skip
-    server = build(host, server_key, ca.subject, ca_key, ca=False, valid=days)
-    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))  # fmt: skip
-    return paths
 
 
 @pytest.mark.parametrize(
