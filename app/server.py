@@ -19,7 +19,6 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -35,6 +34,7 @@ from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
 from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
 from app.security.clients import parse_networks
+from app.security.keys import ApiKey
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from app.sessions import SessionStore
@@ -146,7 +146,7 @@ def protected_resource_metadata(settings: Settings) -> dict[str, Any]:
     }
 
 
-def authenticator(settings: Settings, api_keys: Sequence[SecretStr]) -> Authenticator:
+def authenticator(settings: Settings, api_keys: Sequence[ApiKey]) -> Authenticator:
     """API keys and, when configured, JWT bearer tokens.
 
     Raises:
@@ -168,7 +168,8 @@ def authenticator(settings: Settings, api_keys: Sequence[SecretStr]) -> Authenti
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
     metadata_url = f"{_resource(settings)}{METADATA_PATH}" if tokens is not None and _resource(settings) else None
-    return Authenticator(ApiKeyAuthenticator(api_keys), tokens, metadata_url=metadata_url)
+    keys = ApiKeyAuthenticator(api_keys, source=settings.api_key_file if api_keys else None)
+    return Authenticator(keys, tokens, metadata_url=metadata_url)
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.security.clients import parse_networks
+from app.security.keys import ApiKey, KeyFileError, read_key_file
 
 __all__ = ["LogFormat", "Settings", "SettingsError", "load_api_keys"]
 
@@ -168,13 +169,12 @@ class Settings(BaseSettings):
         return self
 
 
-def load_api_keys(settings: Settings) -> tuple[SecretStr, ...]:
-    """Read the accepted API keys named by the settings.
-
-    Lines are stripped; blank lines and lines starting with ``#`` are ignored.
+def load_api_keys(settings: Settings) -> tuple[ApiKey, ...]:
+    """Read the accepted API keys named by the settings (the file format: :mod:`app.security.keys`).
 
     Raises:
-        SettingsError: authentication is on but no key file is given, it cannot be read, or it holds no key.
+        SettingsError: authentication is on but no key file is given, it cannot be read, a line is malformed,
+            or it holds no key.
     """
     if settings.no_auth:
         return ()
@@ -187,14 +187,9 @@ def load_api_keys(settings: Settings) -> tuple[SecretStr, ...]:
             "(or ERLMCP_API_KEY_FILE), or --no-auth for local development"
         )
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"the API key file {path} is not UTF-8 text") from exc
-    keys = tuple(
-        SecretStr(line.strip()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
-    )
+        keys = read_key_file(path)
+    except KeyFileError as exc:
+        raise SettingsError(str(exc)) from exc
     if not keys:
         raise SettingsError(f"the API key file {path} holds no key (one key per line)")
     return keys

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from verify.checks import ALL_CHECKS, GROUPS, Check
-from verify.client import Target
+from verify.client import Target, key_from_lines
 from verify.incluster import SERVICE_ACCOUNT_DIR, InClusterError, discover
 from verify.report import render_lines, render_table, write_json, write_junit
 from verify.runner import run_checks
@@ -79,10 +79,10 @@ def _read_key(path: Path, parser: argparse.ArgumentParser, what: str = "API key"
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         parser.error(f"cannot read the {what} file {path}: {exc.strerror or exc}")
-    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
+    key = key_from_lines(lines)
+    if key is None:
         parser.error(f"the {what} file {path} holds no {what}")
-    return keys[0]
+    return key
 
 
 def _selected(only: Sequence[str], parser: argparse.ArgumentParser) -> tuple[Check, ...]:

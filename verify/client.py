@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "key_from_lines",
     "CheckFailed",
     "CheckSkipped",
     "Target",
@@ -20,6 +21,19 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "2025-11-25"
+
+
+def key_from_lines(lines: list[str]) -> str | None:
+    """The first usable key of an erlmcp API key file: lines are ``KEY`` or ``NAME SCOPES KEY`` (``#`` comments);
+    a ``sha256:`` digest cannot be sent, so such lines are passed over."""
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        key = line.split()[-1]
+        if not key.startswith("sha256:"):
+            return key
+    return None
 
 
 class CheckFailed(AssertionError):

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from verify.client import key_from_lines
+
 __all__ = ["SERVICE_ACCOUNT_DIR", "Discovered", "InClusterError", "discover"]
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -88,7 +90,6 @@ def discover(namespace: str, app: str, *, api_url: str, service_account_dir: Pat
                 lines = base64.b64decode(encoded).decode().splitlines()
             except (binascii.Error, UnicodeDecodeError) as exc:
                 raise InClusterError(f"Secret {secret['metadata']['name']}: api-keys is not base64 text") from exc
-            keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-            api_key = keys[0] if keys else None
+            api_key = key_from_lines(lines)
             break
     return Discovered(url, metrics_url, api_key)

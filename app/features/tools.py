@@ -15,6 +15,7 @@ from app.features.schemas import SchemaCheck
 from app.features.tasks import RunAsTask, TaskContext
 from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
+from app.security.keys import ALL_TOOLS, allows_tool
 
 __all__ = ["ToolCallOutcome", "ToolError", "ToolHandler", "ToolResult", "ToolSpec", "Tools", "text_result"]
 
@@ -138,13 +139,14 @@ class Tools:
         """The names of the tools offered, in catalogue order."""
         return tuple(self._tools)
 
-    def list(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The result of ``tools/list``.
+    def list(self, params: Mapping[str, Any], scopes: frozenset[str] = ALL_TOOLS) -> dict[str, Any]:
+        """The result of ``tools/list``: the tools ``scopes`` allow.
 
         Raises:
             InvalidParams: the cursor is not one this server gave out.
         """
-        page, next_cursor = paginate(list(self._tools.values()), params.get("cursor"), self._page_size)
+        visible = [tool for tool in self._tools.values() if allows_tool(scopes, tool.spec.name)]
+        page, next_cursor = paginate(visible, params.get("cursor"), self._page_size)
         result: dict[str, Any] = {"tools": [tool.spec.describe() for tool in page]}
         if next_cursor:
             result["nextCursor"] = next_cursor
@@ -163,7 +165,7 @@ class Tools:
         if not isinstance(name, str):
             raise InvalidParams('Invalid params: "name" must be the name of a tool')
         tool = self._tools.get(name)
-        if tool is None:
+        if tool is None or not allows_tool(ctx.scopes, tool.spec.name):  # a tool out of scope does not exist
             raise InvalidParams(f"Unknown tool: {name!r}", data={"name": name})
         arguments = params.get("arguments")
         if arguments is None:

@@ -53,6 +53,8 @@ class RequestContext:
     request_state: str | None = None
     # Publishes a change notification (list_changed, resources/updated) to every client that listens for it.
     announce: Announce | None = None
+    # What the caller may use: * (everything), tools:* or tools:NAME, from its API key or token.
+    scopes: frozenset[str] = frozenset({"*"})
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:

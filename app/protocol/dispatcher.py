@@ -26,6 +26,7 @@ from app.jsonrpc import (
 from app.protocol.context import LOG_LEVELS, RequestContext
 from app.protocol.request_state import RequestStateError, RequestStateSealer
 from app.protocol.revisions import STATELESS_REVISIONS, negotiate
+from app.security.keys import allows_tool
 
 log = structlog.get_logger(__name__)
 
@@ -269,7 +270,7 @@ class Dispatcher:
         if method == "tools/call":
             name = params.get("name")
             tools = self._features.tools
-            spec = tools.spec(name) if isinstance(name, str) else None
+            spec = tools.spec(name) if isinstance(name, str) and allows_tool(ctx.scopes, name) else None
             tasks_declared = self._declares_tasks(ctx)
             if ctx.stateless and spec is not None and spec.task_support == "required" and not tasks_declared:
                 raise MissingClientCapability(
@@ -291,8 +292,8 @@ class Dispatcher:
     async def _ping(self, _: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
         return {}
 
-    async def _tools_list(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
-        return self._features.tools.list(params)
+    async def _tools_list(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        return self._features.tools.list(params, ctx.scopes)
 
     async def _resources_list(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
         return self._features.resources.list(params)

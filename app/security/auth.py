@@ -2,28 +2,66 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pydantic import SecretStr
+import structlog
 
+from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, digest_of, read_key_file
 from app.security.tokens import JwtVerifier, TokenRejected, VerifiedToken, looks_like_jwt
 
 __all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict"]
 
+log = structlog.get_logger(__name__)
+
 
 class ApiKeyAuthenticator:
-    """Accepts a request that carries one of the configured keys.
+    """Accepts a request that carries one of the configured keys, and says whose key it is.
 
-    The key travels as ``Authorization: Bearer KEY`` (what MCP clients send) or ``X-API-Key: KEY``.
-    Every configured key is compared in constant time, so timing does not reveal which prefix matched.
+    The key travels as ``Authorization: Bearer KEY`` (what MCP clients send) or ``X-API-Key: KEY``. Only the
+    keys' SHA-256 digests are kept; the presented key's digest is compared with every one in constant time, so
+    timing does not reveal which matched. With ``source``, the file is read again when it changes (checked at
+    most once a second), so a rotated Secret takes effect without a restart; a file that breaks while the server
+    runs keeps the keys it had, and the log says why.
     """
 
-    def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._keys = tuple(key.get_secret_value().encode() for key in keys)
+    def __init__(
+        self, keys: Iterable[ApiKey], *, source: Path | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._keys = tuple(keys)
+        self._source, self._clock = source, clock
+        self._checked = clock()
+        self._stamp = self._stamp_of(source) if source is not None else None
+
+    @staticmethod
+    def _stamp_of(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def _reload_if_changed(self) -> None:
+        if self._source is None or self._clock() - self._checked < 1.0:
+            return
+        self._checked = self._clock()
+        stamp = self._stamp_of(self._source)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            keys = read_key_file(self._source)
+        except KeyFileError as exc:
+            log.error("the API key file changed but cannot be used; the previous keys stay", reason=str(exc))
+            return
+        if not keys:
+            log.error("the API key file changed and holds no key; the previous keys stay", path=str(self._source))
+            return
+        self._keys = keys
+        log.info("API keys reloaded", names=[key.name for key in keys])
 
     @property
     def enabled(self) -> bool:
@@ -39,25 +77,27 @@ class ApiKeyAuthenticator:
         api_key = headers.get("x-api-key", "").strip()
         return api_key or None
 
+    def match(self, headers: Mapping[str, str]) -> ApiKey | None:
+        """The configured key the request presents, or None."""
+        self._reload_if_changed()
+        presented = self.presented_key(headers)
+        if presented is None or not self._keys:
+            return None
+        digest = digest_of(presented).encode()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest.encode()):
+                found = key
+        return found
+
     def principal(self, headers: Mapping[str, str]) -> str:
-        """Who is calling, for binding sessions: a digest of the key (never the key), or ``anonymous``."""
-        presented = self.presented_key(headers) if self.enabled else None
-        if presented is None:
-            return "anonymous"
-        return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+        """Who is calling, for binding sessions: ``key:<name>`` (never the key), or ``anonymous``."""
+        key = self.match(headers) if self.enabled else None
+        return f"key:{key.name}" if key is not None else "anonymous"
 
     def accepts(self, headers: Mapping[str, str]) -> bool:
         """Whether the request may call the MCP endpoint."""
-        if not self.enabled:
-            return True
-        presented = self.presented_key(headers)
-        if presented is None:
-            return False
-        candidate = presented.encode()
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
-        return matched
+        return not self.enabled or self.match(headers) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +105,7 @@ class Verdict:
     """The outcome of authenticating one request: a principal, or the refusal to send."""
 
     principal: str | None  # None: refused
+    scopes: frozenset[str] = ALL_TOOLS  # what the principal may use (tools:NAME, tools:*, *)
     status: int = 200
     message: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -118,20 +159,24 @@ class Authenticator:
         what = "an API key or a bearer token" if self._tokens and self._keys.enabled else (
             "a bearer token" if self._tokens else "a valid API key")  # fmt: skip
         if credential is None:
-            return Verdict(None, 401, f"Unauthorized: send {what} as 'Authorization: Bearer ...'", self._challenge())
-        if self._keys.enabled and self._keys.accepts(headers):
-            return Verdict(self._keys.principal(headers))
+            return Verdict(None, status=401, message=f"Unauthorized: send {what} as 'Authorization: Bearer ...'",
+                           headers=self._challenge())  # fmt: skip
+        key = self._keys.match(headers) if self._keys.enabled else None
+        if key is not None:
+            return Verdict(f"key:{key.name}", key.scopes)
         if self._tokens is not None and looks_like_jwt(credential):
             try:
                 verified = await self._tokens.verify(credential)
             except TokenRejected as rejected:
                 if rejected.status == 503:
-                    return Verdict(None, 503, f"Service Unavailable: {rejected}", {"Retry-After": "30"})
-                return Verdict(None, 401, f"Unauthorized: {rejected}", self._challenge("invalid_token", str(rejected)))
+                    return Verdict(None, status=503, message=f"Service Unavailable: {rejected}",
+                                   headers={"Retry-After": "30"})  # fmt: skip
+                return Verdict(None, status=401, message=f"Unauthorized: {rejected}",
+                               headers=self._challenge("invalid_token", str(rejected)))  # fmt: skip
             self._remember(credential, verified)
-            return Verdict(verified.principal)
-        return Verdict(None, 401, f"Unauthorized: the credential sent is not {what}",
-                       self._challenge("invalid_token", "the credential is not accepted"))  # fmt: skip
+            return Verdict(verified.principal, verified.scopes or ALL_TOOLS)
+        return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {what}",
+                       headers=self._challenge("invalid_token", "the credential is not accepted"))  # fmt: skip
 
     def _remember(self, token: str, verified: VerifiedToken) -> None:
         if len(self._verified) >= self._max_cached:

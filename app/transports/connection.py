@@ -52,7 +52,9 @@ class MessageConnection:
         principal: str,
         transport: str,
         client_request_timeout: float = 60.0,
+        scopes: frozenset[str] = frozenset({"*"}),
     ) -> None:
+        self._scopes = scopes
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._feed = feed
@@ -157,6 +159,7 @@ class MessageConnection:
             protocol_version=session.protocol_version,
             client_request_timeout=self._timeout,
             announce=self._announce,
+            scopes=self._scopes,
         )
         current = asyncio.current_task()
         assert current is not None

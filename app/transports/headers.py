@@ -122,7 +122,12 @@ def check_version(meta: Mapping[str, Any]) -> None:
 
 
 def stateless_context(
-    message: Message, meta: Mapping[str, Any], *, send: Send | None, announce: Announce | None
+    message: Message,
+    meta: Mapping[str, Any],
+    *,
+    send: Send | None,
+    announce: Announce | None,
+    scopes: frozenset[str] = frozenset({"*"}),
 ) -> RequestContext:
     """The context of a 2026-07-28 request: capabilities and log level come with the request itself."""
     assert message.id is not None
@@ -132,6 +137,7 @@ def stateless_context(
         method=message.method or "",
         meta=meta,
         send=send,
+        scopes=scopes,
         protocol_version=meta[META_VERSION],
         stateless=True,
         request_client_capabilities=meta[META_CAPABILITIES],

@@ -50,6 +50,7 @@ class LegacySse:
         verdict = await self._endpoint.authenticator.authenticate(request.headers)
         if verdict.principal is None:
             return _refusal(verdict.status, verdict.message, dict(verdict.headers))
+        request.scope["erlmcp.scopes"] = verdict.scopes
         if self._endpoint.limits_rate:
             return await self._endpoint.rate_limited(verdict.principal, request)
         return None
@@ -66,7 +67,8 @@ class LegacySse:
             await outbox.put(data)
 
         principal = self._endpoint.authenticator.principal(request.headers)
-        connection = self._endpoint.connection(send=send, principal=principal, transport="sse")
+        scopes = request.scope.get("erlmcp.scopes", frozenset({"*"}))
+        connection = self._endpoint.connection(send=send, principal=principal, transport="sse", scopes=scopes)
         self._streams[stream_id] = _Stream(connection, principal, outbox)
 
         async def events() -> AsyncIterator[bytes]:

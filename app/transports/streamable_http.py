@@ -41,6 +41,7 @@ from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.security import Authenticator
 from app.security.clients import Network, client_address
+from app.security.keys import allows_tool
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import RateLimiter, WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError
@@ -90,6 +91,15 @@ def _meta_of(message: Message) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+_SCOPES = "erlmcp.scopes"
+
+
+def _scopes_of(request: Request) -> frozenset[str]:
+    """What the authenticated caller may use (everything when authentication is off)."""
+    scopes: frozenset[str] = request.scope.get(_SCOPES, frozenset({"*"}))
+    return scopes
+
+
 def _stream_only(accept: set[str]) -> bool:
     """Whether the client accepts an event stream and no JSON body."""
     return _SSE in accept and not accept & {_JSON, "application/*", "*/*"}
@@ -137,7 +147,9 @@ class McpEndpoint:
         self._feed = ChangeFeed()
         self._initialize_limit = WindowLimiter(options.initialize_per_minute)
 
-    def connection(self, *, send: Send, principal: str, transport: str) -> MessageConnection:
+    def connection(
+        self, *, send: Send, principal: str, transport: str, scopes: frozenset[str] = frozenset({"*"})
+    ) -> MessageConnection:
         """The protocol side of a new stream connection (stdio, TCP, WebSocket, HTTP+SSE) sharing this endpoint's
         sessions, change feed and dispatcher."""
         return MessageConnection(
@@ -149,6 +161,7 @@ class McpEndpoint:
             principal=principal,
             transport=transport,
             client_request_timeout=self._options.client_request_timeout,
+            scopes=scopes,
         )
 
     @property
@@ -213,6 +226,7 @@ class McpEndpoint:
             limited = await self.rate_limited(verdict.principal, request)
             if limited is not None:
                 return limited
+        request.scope[_SCOPES] = verdict.scopes  # what this caller may use, for the request context
         version = request.headers.get("mcp-protocol-version", "").strip()
         if request.method in {"GET", "DELETE"} and self._options.stateless:
             return _refusal(405, f"Method Not Allowed: this server keeps no sessions, so {request.method} has no use",
@@ -270,6 +284,9 @@ class McpEndpoint:
             # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
             return await self._stateless(request, message, wants_stream=bool(accept & {_SSE}),
                                          stream_only=_stream_only(accept))  # fmt: skip
+        refused = self._out_of_scope(request, message)
+        if refused is not None:
+            return refused
         if message.method == "initialize" and not message.is_notification:
             return await self._initialize(request, message)
         found = self._ephemeral_session(request, version) if self._options.stateless else await self._session(request)
@@ -282,6 +299,17 @@ class McpEndpoint:
             return Response(status_code=202)
         wants_stream = bool(accept & {_SSE})
         return await self._request(request, found, message, wants_stream, stream_only=_stream_only(accept))
+
+    def _out_of_scope(self, request: Request, message: Message) -> Response | None:
+        """403 ``insufficient_scope`` (RFC 6750) for a tools/call of a tool the caller's scopes do not cover."""
+        name = message.params.get("name") if message.method == "tools/call" else None
+        if not isinstance(name, str) or self._dispatcher.tool_schema(name) is None:
+            return None
+        if allows_tool(_scopes_of(request), name):
+            return None
+        challenge = f'Bearer realm="erlmcp", error="insufficient_scope", scope="tools:{name}"'
+        return _refusal(403, f"Forbidden: calling {name!r} needs the scope tools:{name}",
+                        headers={"WWW-Authenticate": challenge})  # fmt: skip
 
     def _ephemeral_session(self, request: Request, version: str) -> Session:
         """Stateless mode: a session of one request, never stored (no server requests, no resumption)."""
@@ -364,6 +392,7 @@ class McpEndpoint:
             client_request_timeout=self._options.client_request_timeout,
             end_connection=end_connection if wants_stream else None,
             announce=self.announce,
+            scopes=_scopes_of(request),
         )
         task = asyncio.create_task(self._dispatcher.dispatch(message, ctx))
         session.in_flight[message.id] = task
@@ -482,7 +511,8 @@ class McpEndpoint:
         async def answer(message: Message) -> dict[str, Any]:
             assert message.id is not None
             ctx = RequestContext(request_id=message.id, method=message.method or "", session=found,
-                                 meta=_meta_of(message), protocol_version=found.protocol_version)  # fmt: skip
+                                 meta=_meta_of(message), protocol_version=found.protocol_version,
+                                 scopes=_scopes_of(request))  # fmt: skip
             outcome = await self._dispatcher.dispatch(message, ctx)
             self._count(outcome)
             return outcome.response
@@ -514,7 +544,8 @@ class McpEndpoint:
         if message.method == "subscriptions/listen" and self._dispatcher.announces_changes:
             return self._listen(message)
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        ctx = stateless_context(message, meta, send=outbox.put if wants_stream else None, announce=self.announce)
+        ctx = stateless_context(message, meta, send=outbox.put if wants_stream else None, announce=self.announce,
+                                scopes=_scopes_of(request))  # fmt: skip
         task = asyncio.create_task(self._dispatcher.dispatch_stateless(message, ctx))
         first = asyncio.create_task(outbox.get())
         await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)

@@ -41,6 +41,7 @@ async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_
         peer = writer.get_extra_info("peername")
         auth = endpoint.authenticator
         principal = "anonymous"
+        scopes: frozenset[str] = frozenset({"*"})
         first: bytes | None = None
         if auth.enabled:
             try:
@@ -49,19 +50,20 @@ async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_
                 first = b""
             key = _presented_key(first)
             headers = {"authorization": f"Bearer {key}"} if key else {}
-            if (await auth.authenticate(headers)).principal is None:
+            verdict = await auth.authenticate(headers)
+            if verdict.principal is None:
                 refusal = InvalidRequest(f'Unauthorized: the first message needs params._meta["{API_KEY_META}"]')
                 writer.write(encode_line(orjson.dumps(error_response(None, refusal))))
                 await writer.drain()
                 writer.close()
                 return
-            principal = auth.principal(headers)
+            principal, scopes = auth.principal(headers), verdict.scopes
 
         async def send(data: bytes) -> None:
             writer.write(encode_line(data))
             await writer.drain()
 
-        connection = endpoint.connection(send=send, principal=principal, transport="tcp")
+        connection = endpoint.connection(send=send, principal=principal, transport="tcp", scopes=scopes)
         log.info("tcp connection", peer=str(peer))
         try:
             if first and first.strip():

@@ -32,7 +32,10 @@ def websocket_handler(endpoint: McpEndpoint, *, max_message_bytes: int) -> Calla
             await websocket.send_text(data.decode())
 
         connection = endpoint.connection(
-            send=send, principal=endpoint.authenticator.principal(websocket.headers), transport="websocket"
+            send=send,
+            principal=endpoint.authenticator.principal(websocket.headers),
+            transport="websocket",
+            scopes=verdict.scopes,
         )
         try:
             while True:

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.cli import settings_from_args
+from app.security.keys import digest_of
 from app.settings import Settings, SettingsError, load_api_keys
 
 
@@ -39,11 +40,15 @@ def test_the_same_port_for_mcp_and_metrics_is_refused() -> None:
         Settings(port=8080, metrics_port=8080)
 
 
-def test_api_keys_are_read_one_per_line_skipping_blanks_and_comments(tmp_path: Path) -> None:
+def test_api_keys_are_read_one_per_line_skipping_blanks_and_comments_and_kept_as_digests(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    keys.write_text("# comment\n\n key-one \nkey-two\n", encoding="utf-8")
+    keys.write_text("# comment\n\n key-one-0123456789 \nkey-two-0123456789\n", encoding="utf-8")
     loaded = load_api_keys(Settings(api_key_file=keys))
-    assert [key.get_secret_value() for key in loaded] == ["key-one", "key-two"]
+    assert [(key.name, key.digest) for key in loaded] == [
+        ("key-3", digest_of("key-one-0123456789")),
+        ("key-4", digest_of("key-two-0123456789")),
+    ]
+    assert "key-one-0123456789" not in repr(loaded)  # the keys themselves are not kept
 
 
 def test_authentication_without_a_key_file_is_refused_with_advice() -> None:

@@ -140,3 +140,12 @@ def test_the_default_metrics_url_keeps_ipv6_brackets() -> None:
     from verify.cli import _default_metrics_url
 
     assert _default_metrics_url("http://[::1]:8080") == "http://[::1]:9090/metrics"
+
+
+def test_the_key_is_taken_from_the_servers_key_file_format() -> None:
+    from verify.client import key_from_lines
+
+    lines = ["# keys", f"ops * sha256:{'0' * 64}", "ci tools:echo ci-key-0123456789abcdef  # the CI bot"]
+    assert key_from_lines(lines) == "ci-key-0123456789abcdef"  # a digest cannot be sent; the next key can
+    assert key_from_lines(["plain-key-0123456789abcdef"]) == "plain-key-0123456789abcdef"
+    assert key_from_lines(["# nothing"]) is None

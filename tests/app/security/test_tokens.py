@@ -249,3 +249,16 @@ def test_unsafe_or_incomplete_token_settings_refuse_to_start(settings: dict[str,
 
     with pytest.raises((SettingsError, ValidationError), match=message):
         create_app(Settings(**settings), metrics=Metrics("test"))
+
+
+def test_a_tokens_scope_claim_limits_the_tools_it_sees(client: TestClient, jwks: Jwks) -> None:
+    def tools(token: str) -> list[str]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+        opened = client.post("/mcp", json=PING, headers=headers)
+        headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        listed = client.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers)
+        return [tool["name"] for tool in listed.json()["result"]["tools"]]
+
+    assert tools(jwks.token(scope="openid tools:echo")) == ["echo"]
+    assert tools(jwks.token(scope="openid profile")) == []  # scopes given, none for a tool
+    assert tools(jwks.token()) == ["echo"]  # no scope claim at all: every tool, as with an unscoped key

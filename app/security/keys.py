@@ -1,0 +1,106 @@
+"""The API key file: named keys with the tools they may use, kept in memory only as digests.
+
+One key per line, ``#`` starts a comment::
+
+    ci-bot   tools:echo,tools:add   9b7c0d...        # NAME SCOPES KEY
+    admin    *                      sha256:4f53...   # the key's SHA-256 digest instead of the key
+    s3cr3t-plain-key                                 # a key alone: named key-<line>, every tool
+
+Scopes: ``*`` or ``tools:*`` (every tool), ``tools:NAME`` (one tool). The file is read again when it changes
+(a rotated Kubernetes Secret), so keys are added and revoked without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ALL_TOOLS", "ApiKey", "KeyFileError", "allows_tool", "digest_of", "parse_key_file", "read_key_file"]
+
+ALL_TOOLS = frozenset({"*"})
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
+_SCOPE = re.compile(r"^(\*|tools:\*|tools:[A-Za-z0-9_.\-]{1,128})$")
+
+
+class KeyFileError(ValueError):
+    """The key file cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One accepted key: who it is, what it may use, and the SHA-256 of the key (never the key)."""
+
+    name: str
+    scopes: frozenset[str]
+    digest: str  # hex
+
+
+def digest_of(key: str) -> str:
+    """The SHA-256 of a key, in hex: what the file may hold as ``sha256:HEX`` and what is kept in memory."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def allows_tool(scopes: frozenset[str], tool: str) -> bool:
+    """Whether a principal with ``scopes`` may see and call ``tool``."""
+    return "*" in scopes or "tools:*" in scopes or f"tools:{tool}" in scopes
+
+
+def parse_key_file(text: str, *, source: str = "the API key file") -> tuple[ApiKey, ...]:
+    """Every key of a key file's text.
+
+    Raises:
+        KeyFileError: a line is not ``KEY`` or ``NAME SCOPES KEY``, a scope or name is malformed, or a name repeats.
+    """
+    keys: list[ApiKey] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) == 1:
+            name, scopes, key = f"key-{number}", ALL_TOOLS, fields[0]
+        elif len(fields) == 3:
+            name, key = fields[0], fields[2]
+            scopes = frozenset(scope for scope in fields[1].split(",") if scope)
+            if not _NAME.match(name):
+                raise KeyFileError(f"{source} line {number}: the name {name!r} may hold letters, digits and _.@- only")
+            bad = sorted(scope for scope in scopes if not _SCOPE.match(scope))
+            if bad or not scopes:
+                raise KeyFileError(
+                    f"{source} line {number}: scopes must be *, tools:* or tools:NAME, not {bad or '(none)'}"
+                )
+        else:
+            raise KeyFileError(f"{source} line {number}: expected KEY or NAME SCOPES KEY, found {len(fields)} fields")
+        found = _DIGEST.match(key)
+        if found is None and len(key) < 16:
+            raise KeyFileError(f"{source} line {number}: a key needs at least 16 characters")
+        keys.append(ApiKey(name, scopes, found.group(1) if found else digest_of(key)))
+    names = [key.name for key in keys]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise KeyFileError(f"{source}: names appear more than once: {', '.join(repeated)}")
+    return tuple(keys)
+
+
+def read_key_file(path: Path) -> tuple[ApiKey, ...]:
+    """The keys of a key file.
+
+    Raises:
+        KeyFileError: it cannot be read, is not UTF-8, or holds a malformed line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"the API key file {path} is not UTF-8 text") from exc
+    return parse_key_file(text, source=f"the API key file {path}")
+
+
+def names(keys: Sequence[ApiKey]) -> list[str]:
+    """The key names, for logs (never the keys)."""
+    return [key.name for key in keys]
