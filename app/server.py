@@ -41,6 +41,7 @@ from app.sessions import SessionStore
 from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
 from app.settings import Settings, SettingsError, load_api_keys
+from app.transports.guard import guarded_protocol
 from app.transports.legacy_sse import LegacySse
 from app.transports.stdio import serve_stdio
 from app.transports.streamable_http import McpEndpoint, TransportOptions
@@ -381,6 +382,11 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        http=guarded_protocol(
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+            max_header_bytes=settings.max_header_bytes,
+        ),  # fmt: skip
         **common,
         **tls_options(settings),
     )

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="Key sealing 2026-07-28 requestState (at least 32 characters; the same on every replica).",
     )
     page_size: int = Field(100, gt=0, description="Items per page of the list methods.")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="A request's headers must arrive within this.")
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this of its headers."
+    )
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest header block accepted (else 431).")
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 
     @field_validator("log_level")

@@ -1,0 +1,106 @@
+"""Slow and oversized clients are cut off at the HTTP layer, before the application sees them.
+
+uvicorn with httptools has no deadline for a request's headers or body and no cap on header size, so a
+slowloris client (headers a byte at a time), a stalled body, or a 1 MB header block would hold a connection
+and its memory for as long as the client likes. This protocol adds three limits per request: the headers must
+arrive within ``header_timeout`` (counted from the connection or the request's first byte), the body within
+``body_timeout`` of the headers, and the header block may not exceed ``max_header_bytes`` (answered 431).
+Responses, including long event streams, are not limited: the clock stops once the request is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
+
+log = structlog.get_logger(__name__)
+
+_REFUSAL = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Request header fields too large"}}'
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + b"content-length: "
+    + str(len(_REFUSAL)).encode()
+    + b"\r\n\r\n"
+    + _REFUSAL
+)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with request deadlines and a header size cap (see the module)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # of the request being read
+
+    def _arm(self, seconds: float, stage: str) -> None:
+        self._disarm()
+        self._guard = self.loop.call_later(seconds, self._cut, stage)
+
+    def _disarm(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+
+    def _cut(self, stage: str) -> None:
+        log.warning("connection cut: the client was too slow", stage=stage, client=str(self.client))
+        self._guard = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _too_large(self) -> None:
+        log.warning("request refused: header block too large", client=str(self.client))
+        self._disarm()
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._arm(self.header_timeout, "headers")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._too_large()
+
+    def on_headers_complete(self) -> None:
+        if self.transport.is_closing():  # refused above: the application never sees this request
+            return
+        super().on_headers_complete()
+        self._arm(self.body_timeout, "body")
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection becomes a WebSocket: its own protocol takes over, with no deadline here
+        super().handle_websocket_upgrade()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+def guarded_protocol(*, header_timeout: float, body_timeout: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+    """The protocol class with these limits (uvicorn takes a class, not an instance)."""
+    return type(
+        "ConfiguredGuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_bytes": max_header_bytes},
+    )

@@ -1,0 +1,114 @@
+"""Slow and oversized clients are cut off while the server keeps serving others (real sockets, real server)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import RunningServer, start_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {"ERLMCP_HEADER_TIMEOUT_SECONDS": "1", "ERLMCP_BODY_TIMEOUT_SECONDS": "1", "ERLMCP_MAX_HEADER_BYTES": "8192"}
+    running = start_server(tmp_path_factory.mktemp("guard"), ["--no-auth"], env)
+    yield running
+    running.stop()
+
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> tuple[bool, bytes]:
+    """Keep trickling bytes (if any) until the server closes the connection or ``seconds`` pass."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    received = b""
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True, received
+            received += chunk
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True, received
+    return False, received
+
+
+def probe(server: RunningServer) -> int:
+    return httpx.get(f"{server.url}/livez", timeout=2).status_code
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_and_others_are_served(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert probe(server) == 200
+        cut, _ = closed_within(slow, 5, trickle=b"X")
+    assert cut
+
+
+def test_a_connection_that_sends_nothing_is_cut_off(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
+        cut, _ = closed_within(idle, 5)
+    assert cut
+
+
+def test_a_body_that_stalls_is_cut_off(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")  # fmt: skip
+        assert probe(server) == 200
+        cut, _ = closed_within(slow, 5)
+    assert cut
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_50_mb_body_is_refused_without_being_read(server: RunningServer, declared: bool) -> None:
+    size = 50 * 1024 * 1024
+    head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
+    head += f"Content-Length: {size}\r\n\r\n".encode() if declared else b"Transfer-Encoding: chunked\r\n\r\n"
+    chunk = b"x" * 65536
+    framed = chunk if declared else f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent, reset = 0, False
+    with socket.create_connection(("127.0.0.1", server.port)) as big:
+        big.sendall(head)
+        big.settimeout(0.05)
+        answer = b""
+        while sent < size:
+            try:
+                big.sendall(framed)
+                sent += len(chunk)
+                answer += big.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                reset = True  # the server answered and closed; the answer may be lost with the reset
+                break
+            if answer:
+                break
+    assert sent < size  # refused long before 50 MB had gone in
+    assert answer.startswith(b"HTTP/1.1 413") or (reset and not answer), answer[:200]
+    assert probe(server) == 200
+
+
+def test_an_oversized_header_block_is_431(server: RunningServer) -> None:
+    response = httpx.get(f"{server.url}/livez", headers={f"x-pad-{i}": "y" * 1000 for i in range(12)})
+    assert response.status_code == 431
+    assert probe(server) == 200
+
+
+def test_a_websocket_outlives_the_request_deadlines(server: RunningServer, tmp_path: Path) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    with connect(f"ws://127.0.0.1:{server.port}/ws", subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+        time.sleep(2.5)  # longer than both deadlines
+        ws.send(httpx.Response(200, json=init).text)
+        assert ws.recv(timeout=5)
