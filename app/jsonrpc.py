@@ -155,16 +155,48 @@ class Message:
         return self.method is not None and self.id is None
 
 
+MAX_DEPTH = 64  # nesting of objects and arrays in one message
+MAX_STRING = 1024 * 1024  # characters in one string or key
+
+
+def _check_shape(value: Any) -> None:
+    """Refuse a value nested deeper than MAX_DEPTH or holding a string longer than MAX_STRING (walked without
+    recursion, so the check itself cannot be made to overflow)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+            if any(len(key) > MAX_STRING for key in item):
+                raise InvalidRequest(f"Invalid Request: a key is longer than {MAX_STRING} characters")
+        elif isinstance(item, list):
+            children = item
+        else:
+            if isinstance(item, str) and len(item) > MAX_STRING:
+                raise InvalidRequest(f"Invalid Request: a string is longer than {MAX_STRING} characters")
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"Invalid Request: the message nests deeper than {MAX_DEPTH} levels")
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str) and len(child) > MAX_STRING:
+                raise InvalidRequest(f"Invalid Request: a string is longer than {MAX_STRING} characters")
+
+
 def parse_json(body: bytes) -> Any:
     """The JSON value of a request body.
 
     Raises:
         ParseError: the body is not JSON.
+        InvalidRequest: it nests deeper than MAX_DEPTH levels or holds a string longer than MAX_STRING.
     """
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"Parse error: the body is not valid JSON ({exc})") from exc
+    _check_shape(value)
+    return value
 
 
 def parse_message(body: bytes) -> Message:

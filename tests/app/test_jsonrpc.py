@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from app.jsonrpc import (
     INVALID_REQUEST,
+    MAX_DEPTH,
+    MAX_STRING,
     PARSE_ERROR,
     InvalidRequest,
     MethodNotFound,
     ParseError,
     error_response,
+    parse_json,
     parse_message,
 )
 
@@ -65,3 +69,24 @@ def test_an_invalid_request_keeps_the_id_it_could_read() -> None:
 def test_an_error_response_carries_code_message_and_data() -> None:
     response = error_response(3, MethodNotFound("nope", data={"m": "x"}))
     assert response == {"jsonrpc": "2.0", "id": 3, "error": {"code": -32601, "message": "nope", "data": {"m": "x"}}}
+
+
+def test_a_message_nested_deeper_than_the_limit_is_refused_but_the_limit_itself_is_fine() -> None:
+    def nested(levels: int) -> bytes:
+        return b'{"jsonrpc":"2.0","id":1,"method":"ping","params":' + b'{"a":' * levels + b"1" + b"}" * levels + b"}"
+
+    parse_message(nested(MAX_DEPTH - 2))  # the message object and params count as two levels
+    with pytest.raises(InvalidRequest, match=f"nests deeper than {MAX_DEPTH} levels"):
+        parse_message(nested(MAX_DEPTH))
+    with pytest.raises(InvalidRequest, match="nests deeper"):
+        parse_json(b"[" * 1000 + b"]" * 1000)  # arrays too, far below orjson's own limit
+
+
+def test_a_string_or_key_longer_than_the_limit_is_refused() -> None:
+    long = "x" * (MAX_STRING + 1)
+    with pytest.raises(InvalidRequest, match="a string is longer"):
+        parse_json(orjson.dumps({"params": {"text": long}}))
+    with pytest.raises(InvalidRequest, match="a key is longer"):
+        parse_json(orjson.dumps({long: 1}))
+    with pytest.raises(InvalidRequest, match="a string is longer"):
+        parse_json(orjson.dumps([long]))
