@@ -148,3 +148,23 @@ def test_a_catalogue_document_from_the_form_replaces_the_default_catalogue(helm:
 def test_a_catalogue_document_that_is_not_yaml_is_refused_at_render(helm: str) -> None:
     with pytest.raises(HelmError, match="catalogYaml is not a YAML mapping"):
         rendered(helm, catalogYaml="tools: [")
+
+
+def test_bearer_tokens_cors_and_trusted_proxies_reach_the_server(helm: str) -> None:
+    jwt = {"jwksUrl": "https://idp.example/jwks", "issuer": "https://idp.example",
+           "resourceUrl": "https://mcp.example", "authorizationServers": ["https://idp.example"]}  # fmt: skip
+    values = {"jwt": jwt, "cors": {"origins": ["https://app.example"]},
+              "rateLimit": {"trustedProxies": ["130.211.0.0/22"]}}  # fmt: skip
+    text = helm_template(helm, ROOT / "chart", release="mcp", namespace="apps", values=values)
+    env = {e["name"]: e.get("value") for e in find_one(list(yaml.safe_load_all(text)), "Deployment")["spec"]["template"]
+           ["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["ERLMCP_JWT_JWKS_URL"] == "https://idp.example/jwks"
+    assert env["ERLMCP_RESOURCE_URL"] == "https://mcp.example"
+    assert env["ERLMCP_CORS_ORIGINS"] == "https://app.example"
+    assert env["ERLMCP_TRUSTED_PROXIES"] == "130.211.0.0/22"
+
+
+def test_a_jwks_url_without_an_issuer_is_refused_at_render(helm: str) -> None:
+    jwt = {"jwksUrl": "https://idp.example/jwks", "resourceUrl": "https://mcp.example"}
+    with pytest.raises(HelmError, match="jwt.issuer is required"):
+        helm_template(helm, ROOT / "chart", release="mcp", namespace="apps", values={"jwt": jwt})
