@@ -39,21 +39,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard: asyncio.TimerHandle | None = None
+        # Each stage only sets a deadline; a ticker per connection, running while a request is being read,
+        # compares it with the clock. A busy keep-alive connection costs a tick a second, not timers per request.
+        self._ticker: asyncio.TimerHandle | None = None
+        self._stage: str | None = None
+        self._deadline = 0.0
         self._header_bytes = 0  # of the request being read
 
+    @property
+    def _tick(self) -> float:
+        return min(1.0, self.header_timeout / 4, self.body_timeout / 4)
+
     def _arm(self, seconds: float, stage: str) -> None:
-        self._disarm()
-        self._guard = self.loop.call_later(seconds, self._cut, stage)
+        self._stage, self._deadline = stage, self.loop.time() + seconds
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self._tick, self._check)
 
     def _disarm(self) -> None:
-        if self._guard is not None:
-            self._guard.cancel()
-            self._guard = None
+        self._stage = None
+
+    def _check(self) -> None:
+        self._ticker = None
+        if self._stage is None:
+            return  # between requests: the keep-alive timeout of uvicorn applies; the next request re-arms
+        if self.loop.time() >= self._deadline:
+            self._cut(self._stage)
+            return
+        self._ticker = self.loop.call_later(self._tick, self._check)
 
     def _cut(self, stage: str) -> None:
         log.warning("connection cut: the client was too slow", stage=stage, client=str(self.client))
-        self._guard = None
+        self._stage = None
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -63,6 +79,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         super().connection_lost(exc)
 
     def _too_large(self) -> None:
