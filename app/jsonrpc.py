@@ -59,6 +59,7 @@ URL_ELICITATION_REQUIRED = -32042
 HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+RATE_LIMITED = -32029  # implementation-defined (-32000 to -32099): the HTTP 429 of stream transports
 
 RequestId = str | int
 
@@ -131,6 +132,12 @@ class MissingClientCapability(JsonRpcError):
     """The request needs a client capability the client did not declare."""
 
     code = MISSING_CLIENT_CAPABILITY
+
+
+class RateLimited(JsonRpcError):
+    """A client over its request budget on a stream transport; ``data.retryAfter`` says when to try again."""
+
+    code = RATE_LIMITED
 
 
 class UnsupportedVersion(JsonRpcError):

@@ -9,6 +9,7 @@ carries the 2026-07-28 ``_meta`` is served statelessly, as on HTTP.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from app.jsonrpc import (
     InvalidRequest,
     JsonRpcError,
     Message,
+    RateLimited,
     error_response,
     message_from,
     parse_json,
@@ -53,8 +55,10 @@ class MessageConnection:
         transport: str,
         client_request_timeout: float = 60.0,
         scopes: frozenset[str] = frozenset({"*"}),
+        budget: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self._scopes = scopes
+        self._budget = budget  # the client's request budget: 0 (go on) or the seconds to wait
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._feed = feed
@@ -93,6 +97,15 @@ class MessageConnection:
             if self.session is not None:
                 await self._sessions.deliver_notification(self.session, message.method or "", message.params)
             return
+        if self._budget is not None:
+            wait = await self._budget()
+            if wait > 0:
+                self._metrics.rate_limited.inc()
+                retry = max(1, math.ceil(wait))
+                limited = RateLimited(f"Too Many Requests: this client is over its request rate; retry in {retry} s",
+                                      data={"retryAfter": retry})  # fmt: skip
+                await self.send(error_response(message.id, limited))
+                return
         if message.method == "initialize":
             await self._initialize(message)
         elif isinstance(message.params.get("_meta"), dict) and META_VERSION in message.params["_meta"]:

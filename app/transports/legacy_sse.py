@@ -68,7 +68,8 @@ class LegacySse:
 
         principal = self._endpoint.authenticator.principal(request.headers)
         scopes = request.scope.get("erlmcp.scopes", frozenset({"*"}))
-        connection = self._endpoint.connection(send=send, principal=principal, transport="sse", scopes=scopes)
+        connection = self._endpoint.connection(send=send, principal=principal, transport="sse", scopes=scopes,
+                                               address=request.client.host if request.client else None)  # fmt: skip
         self._streams[stream_id] = _Stream(connection, principal, outbox)
 
         async def events() -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +148,13 @@ class McpEndpoint:
         self._initialize_limit = WindowLimiter(options.initialize_per_minute)
 
     def connection(
-        self, *, send: Send, principal: str, transport: str, scopes: frozenset[str] = frozenset({"*"})
+        self,
+        *,
+        send: Send,
+        principal: str,
+        transport: str,
+        scopes: frozenset[str] = frozenset({"*"}),
+        address: str | None = None,
     ) -> MessageConnection:
         """The protocol side of a new stream connection (stdio, TCP, WebSocket, HTTP+SSE) sharing this endpoint's
         sessions, change feed and dispatcher."""
@@ -162,7 +168,23 @@ class McpEndpoint:
             transport=transport,
             client_request_timeout=self._options.client_request_timeout,
             scopes=scopes,
+            budget=self._budget_of(principal if principal != "anonymous" else f"ip:{address or '-'}"),
         )
+
+    def _budget_of(self, client: str) -> Callable[[], Awaitable[float]] | None:
+        """A stream connection's request budget: the same bucket as the client's HTTP requests."""
+        limiter = self._limiter
+        if limiter is None:
+            return None
+
+        async def take() -> float:
+            try:
+                return await limiter.take(client)
+            except (RedisError, OSError) as exc:
+                log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
+                return 0.0
+
+        return take
 
     @property
     def limits_rate(self) -> bool:

@@ -63,7 +63,9 @@ async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_
             writer.write(encode_line(data))
             await writer.drain()
 
-        connection = endpoint.connection(send=send, principal=principal, transport="tcp", scopes=scopes)
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        connection = endpoint.connection(send=send, principal=principal, transport="tcp", scopes=scopes,
+                                         address=address)  # fmt: skip
         log.info("tcp connection", peer=str(peer))
         try:
             if first and first.strip():

@@ -36,6 +36,7 @@ def websocket_handler(endpoint: McpEndpoint, *, max_message_bytes: int) -> Calla
             principal=endpoint.authenticator.principal(websocket.headers),
             transport="websocket",
             scopes=verdict.scopes,
+            address=websocket.client.host if websocket.client else None,
         )
         try:
             while True:

@@ -69,3 +69,17 @@ def test_the_429_says_when_to_retry(limited: TestClient) -> None:
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     assert "over its request rate" in refused.json()["error"]["message"]
+
+
+def test_requests_on_a_websocket_share_the_clients_budget(limited: TestClient) -> None:
+    headers = {"Authorization": "Bearer key-a-0123456789abcdef"}
+    with limited.websocket_connect("ws://127.0.0.1/ws", subprotocols=["mcp"], headers=headers) as ws:
+        ws.send_json({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT})
+        answers = [ws.receive_json()]
+        ws.send_json({"jsonrpc": "2.0", "method": "notifications/initialized"})  # notifications are not counted
+        for number in range(1, 7):
+            ws.send_json({"jsonrpc": "2.0", "id": number, "method": "ping"})
+            answers.append(ws.receive_json())
+    errors = [answer.get("error", {}).get("code") for answer in answers]
+    assert errors == [None] * 5 + [-32029] * 2  # the burst of 5, then the budget holds
+    assert answers[-1]["error"]["data"]["retryAfter"] >= 1
