@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.jsonrpc import RequestId
+from app.security.keys import ALL_TOOLS
 from app.sessions import Session
 
 __all__ = ["LOG_LEVELS", "Announce", "ClientRequestError", "RequestContext", "Send"]
@@ -54,7 +55,7 @@ class RequestContext:
     # Publishes a change notification (list_changed, resources/updated) to every client that listens for it.
     announce: Announce | None = None
     # What the caller may use: * (everything), tools:* or tools:NAME, from its API key or token.
-    scopes: frozenset[str] = frozenset({"*"})
+    scopes: frozenset[str] = ALL_TOOLS
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:

@@ -29,6 +29,7 @@ from app.observability.metrics import Metrics
 from app.protocol.changes import Change, ChangeFeed, Listener
 from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
+from app.security.keys import ALL_TOOLS
 from app.sessions import Session, SessionLimitError
 from app.sessions.store import SessionBackend
 from app.transports.headers import META_VERSION, check_meta, check_version, stateless_context
@@ -54,7 +55,7 @@ class MessageConnection:
         principal: str,
         transport: str,
         client_request_timeout: float = 60.0,
-        scopes: frozenset[str] = frozenset({"*"}),
+        scopes: frozenset[str] = ALL_TOOLS,
         budget: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self._scopes = scopes

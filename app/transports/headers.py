@@ -10,6 +10,7 @@ from typing import Any
 from app.jsonrpc import HeaderMismatch, InvalidParams, Message, UnsupportedVersion
 from app.protocol.context import Announce, RequestContext, Send
 from app.protocol.revisions import STATELESS_REVISIONS
+from app.security.keys import ALL_TOOLS
 
 __all__ = [
     "META_CAPABILITIES",
@@ -127,7 +128,7 @@ def stateless_context(
     *,
     send: Send | None,
     announce: Announce | None,
-    scopes: frozenset[str] = frozenset({"*"}),
+    scopes: frozenset[str] = ALL_TOOLS,
 ) -> RequestContext:
     """The context of a 2026-07-28 request: capabilities and log level come with the request itself."""
     assert message.id is not None

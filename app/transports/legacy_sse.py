@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from app.jsonrpc import InvalidRequest, error_response
 from app.transports.connection import MessageConnection
 from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
-from app.transports.streamable_http import McpEndpoint
+from app.transports.streamable_http import SCOPES_KEY, McpEndpoint, scopes_of
 
 __all__ = ["LegacySse"]
 
@@ -50,7 +50,7 @@ class LegacySse:
         verdict = await self._endpoint.authenticator.authenticate(request.headers)
         if verdict.principal is None:
             return _refusal(verdict.status, verdict.message, dict(verdict.headers))
-        request.scope["erlmcp.scopes"] = verdict.scopes
+        request.scope[SCOPES_KEY] = verdict.scopes
         if self._endpoint.limits_rate:
             return await self._endpoint.rate_limited(verdict.principal, request)
         return None
@@ -67,7 +67,7 @@ class LegacySse:
             await outbox.put(data)
 
         principal = self._endpoint.authenticator.principal(request.headers)
-        scopes = request.scope.get("erlmcp.scopes", frozenset({"*"}))
+        scopes = scopes_of(request)
         connection = self._endpoint.connection(send=send, principal=principal, transport="sse", scopes=scopes,
                                                address=request.client.host if request.client else None)  # fmt: skip
         self._streams[stream_id] = _Stream(connection, principal, outbox)

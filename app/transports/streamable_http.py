@@ -14,6 +14,7 @@ Every refusal carries the right HTTP status and a JSON-RPC error body that says 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.security import Authenticator
 from app.security.clients import Network, client_address
-from app.security.keys import allows_tool
+from app.security.keys import ALL_TOOLS, allows_tool
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import RateLimiter, WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError
@@ -91,12 +92,12 @@ def _meta_of(message: Message) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-_SCOPES = "erlmcp.scopes"
+SCOPES_KEY = "erlmcp.scopes"  # where the caller's scopes wait in the ASGI scope
 
 
-def _scopes_of(request: Request) -> frozenset[str]:
+def scopes_of(request: Request) -> frozenset[str]:
     """What the authenticated caller may use (everything when authentication is off)."""
-    scopes: frozenset[str] = request.scope.get(_SCOPES, frozenset({"*"}))
+    scopes: frozenset[str] = request.scope.get(SCOPES_KEY, ALL_TOOLS)
     return scopes
 
 
@@ -153,7 +154,7 @@ class McpEndpoint:
         send: Send,
         principal: str,
         transport: str,
-        scopes: frozenset[str] = frozenset({"*"}),
+        scopes: frozenset[str] = ALL_TOOLS,
         address: str | None = None,
     ) -> MessageConnection:
         """The protocol side of a new stream connection (stdio, TCP, WebSocket, HTTP+SSE) sharing this endpoint's
@@ -168,23 +169,28 @@ class McpEndpoint:
             transport=transport,
             client_request_timeout=self._options.client_request_timeout,
             scopes=scopes,
-            budget=self._budget_of(principal if principal != "anonymous" else f"ip:{address or '-'}"),
+            budget=self._budget_of(self._client_key(principal, address, {})),
         )
+
+    def _client_key(self, principal: str, peer: str | None, headers: Mapping[str, str]) -> str:
+        """Whose budget a request takes from: the principal, or the address for anonymous callers."""
+        if principal != "anonymous":
+            return principal
+        return "ip:" + client_address(peer, headers, self._trusted_proxies)
+
+    async def _take(self, client: str) -> float:
+        """0 when ``client`` may go on (and one request is counted), else the seconds to wait. Should the shared
+        budget in Redis be unreachable, requests go on unlimited and the log says so."""
+        assert self._limiter is not None
+        try:
+            return await self._limiter.take(client)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
+            return 0.0
 
     def _budget_of(self, client: str) -> Callable[[], Awaitable[float]] | None:
         """A stream connection's request budget: the same bucket as the client's HTTP requests."""
-        limiter = self._limiter
-        if limiter is None:
-            return None
-
-        async def take() -> float:
-            try:
-                return await limiter.take(client)
-            except (RedisError, OSError) as exc:
-                log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
-                return 0.0
-
-        return take
+        return functools.partial(self._take, client) if self._limiter is not None else None
 
     @property
     def limits_rate(self) -> bool:
@@ -192,17 +198,9 @@ class McpEndpoint:
         return self._limiter is not None
 
     async def rate_limited(self, principal: str, request: Request) -> Response | None:
-        """The 429 for a client over its request budget (per principal; per address when anonymous), or None.
-        Should the shared budget in Redis be unreachable, requests go on unlimited and the log says so."""
-        assert self._limiter is not None
-        if principal == "anonymous":
-            peer = request.client.host if request.client else None
-            principal = "ip:" + client_address(peer, request.headers, self._trusted_proxies)
-        try:
-            wait = await self._limiter.take(principal)
-        except (RedisError, OSError) as exc:
-            log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
-            return None
+        """The 429 for a client over its request budget (per principal; per address when anonymous), or None."""
+        peer = request.client.host if request.client else None
+        wait = await self._take(self._client_key(principal, peer, request.headers))
         if wait <= 0:
             return None
         self._metrics.rate_limited.inc()
@@ -248,7 +246,7 @@ class McpEndpoint:
             limited = await self.rate_limited(verdict.principal, request)
             if limited is not None:
                 return limited
-        request.scope[_SCOPES] = verdict.scopes  # what this caller may use, for the request context
+        request.scope[SCOPES_KEY] = verdict.scopes  # what this caller may use, for the request context
         version = request.headers.get("mcp-protocol-version", "").strip()
         if request.method in {"GET", "DELETE"} and self._options.stateless:
             return _refusal(405, f"Method Not Allowed: this server keeps no sessions, so {request.method} has no use",
@@ -327,7 +325,7 @@ class McpEndpoint:
         name = message.params.get("name") if message.method == "tools/call" else None
         if not isinstance(name, str) or self._dispatcher.tool_schema(name) is None:
             return None
-        if allows_tool(_scopes_of(request), name):
+        if allows_tool(scopes_of(request), name):
             return None
         challenge = f'Bearer realm="erlmcp", error="insufficient_scope", scope="tools:{name}"'
         return _refusal(403, f"Forbidden: calling {name!r} needs the scope tools:{name}",
@@ -414,7 +412,7 @@ class McpEndpoint:
             client_request_timeout=self._options.client_request_timeout,
             end_connection=end_connection if wants_stream else None,
             announce=self.announce,
-            scopes=_scopes_of(request),
+            scopes=scopes_of(request),
         )
         task = asyncio.create_task(self._dispatcher.dispatch(message, ctx))
         session.in_flight[message.id] = task
@@ -534,7 +532,7 @@ class McpEndpoint:
             assert message.id is not None
             ctx = RequestContext(request_id=message.id, method=message.method or "", session=found,
                                  meta=_meta_of(message), protocol_version=found.protocol_version,
-                                 scopes=_scopes_of(request))  # fmt: skip
+                                 scopes=scopes_of(request))  # fmt: skip
             outcome = await self._dispatcher.dispatch(message, ctx)
             self._count(outcome)
             return outcome.response
@@ -567,7 +565,7 @@ class McpEndpoint:
             return self._listen(message)
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         ctx = stateless_context(message, meta, send=outbox.put if wants_stream else None, announce=self.announce,
-                                scopes=_scopes_of(request))  # fmt: skip
+                                scopes=scopes_of(request))  # fmt: skip
         task = asyncio.create_task(self._dispatcher.dispatch_stateless(message, ctx))
         first = asyncio.create_task(outbox.get())
         await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)

@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 from app.jsonrpc import InvalidRequest, error_response
+from app.security.keys import ALL_TOOLS
 from app.transports.lines import encode_line, serve_lines
 from app.transports.streamable_http import McpEndpoint
 
@@ -41,7 +42,7 @@ async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_
         peer = writer.get_extra_info("peername")
         auth = endpoint.authenticator
         principal = "anonymous"
-        scopes: frozenset[str] = frozenset({"*"})
+        scopes: frozenset[str] = ALL_TOOLS
         first: bytes | None = None
         if auth.enabled:
             try:
