@@ -21,6 +21,7 @@ __all__ = [
     "VERIFICATION_ANNOTATION",
     "Prepared",
     "component_kinds",
+    "hook_of",
     "owner_reference",
     "prepare",
     "with_owner",
@@ -76,7 +77,8 @@ def with_owner(manifest: Manifest, reference: dict[str, Any]) -> Manifest:
     return owned
 
 
-def _hook_of(manifest: Manifest) -> str | None:
+def hook_of(manifest: Manifest) -> str | None:
+    """The Helm hook an object carries (``helm.sh/hook``), if any."""
     annotations = (manifest.get("metadata") or {}).get("annotations") or {}
     hook = annotations.get(_HOOK)
     return str(hook) if hook is not None else None
@@ -91,7 +93,7 @@ def _split_hooks(manifests: Sequence[Manifest], *, test: bool) -> tuple[list[Man
     app: list[Manifest] = []
     testers: list[Manifest] = []
     for manifest in manifests:
-        hook = _hook_of(manifest)
+        hook = hook_of(manifest)
         if hook is None:
             app.append(manifest)
         elif hook == _FAILURE_HOOK and not test:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +19,24 @@ import yaml
 
 from deployer.application import Prepared, prepare
 from deployer.cluster import Cluster
-from deployer.contract import DataDir, extracted_chart
+from deployer.contract import DataDir, extracted_chart, read_values
 from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesError
 from deployer.expand import IMAGE_REPO_PREFIX
 from deployer.helm import find_helm
-from deployer.install import application_status, install, mark_phase, run_testers, uninstall, wait_until_ready
+from deployer.install import (
+    application_status,
+    failed_on_error,
+    install,
+    run_testers,
+    uninstall,
+    wait_until_ready,
+)
 from deployer.local import LocalServer, default_entrypoint, plan_local_run, plan_tester_run
 from deployer.plan import plan
 from deployer.render import Rendered, render
 from deployer.schema import Schema, load_schema
 
 __all__ = ["build_parser", "main"]
-
-
-def _read_values(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValuesError(f"cannot read the values file {path}: {exc.strerror or exc}") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValuesError(f"the values file {path} is not valid UTF-8 YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValuesError(f"the values file {path} must hold a mapping of property names to values")
-    return data
 
 
 def _progress(message: str) -> None:
@@ -72,7 +62,7 @@ def _settings(pairs: Sequence[str], schema: Schema) -> dict[str, Any]:
 
 
 def _values(args: argparse.Namespace, schema: Schema) -> dict[str, Any]:
-    values = _read_values(args.values)
+    values = read_values(args.values) if args.values is not None else {}
     values.update(_settings(args.set, schema))
     name_key = schema.property_of_type("NAME").name
     namespace_key = schema.property_of_type("NAMESPACE").name
@@ -176,7 +166,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     cluster = _connect(args)
     try:
         rendered, prepared = plan(cluster, schema, _values(args, schema), chart=args.chart, helm=find_helm(args.helm))
-        with _failed_on_error(cluster, rendered.release, rendered.namespace):
+        with failed_on_error(cluster, rendered.release, rendered.namespace, log=_progress):
             install(cluster, prepared, namespace=rendered.namespace, log=_progress)
             if args.wait:
                 wait_until_ready(cluster, prepared, rendered.namespace, timeout=args.timeout,
@@ -245,23 +235,6 @@ def _release(schema: Schema, values: dict[str, Any]) -> tuple[str, str]:
     return found[0], found[1]
 
 
-@contextlib.contextmanager
-def _failed_on_error(cluster: Cluster, name: str, namespace: str) -> Iterator[None]:
-    """Whatever stops the block (an error, a bug, SIGTERM), mark the Application Failed if it exists, as the
-    trap in Google's deploy.sh does, then let the failure go on."""
-    try:
-        yield
-    except BaseException:
-        try:
-            live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
-            if live is not None:
-                mark_phase(cluster, live, namespace, "Failed")
-                _progress(f"Application {name}: assemblyPhase Failed")
-        except Exception as exc:
-            _progress(f"could not mark the Application Failed: {exc}")
-        raise
-
-
 def _stop_on_sigterm() -> None:
     """A Job that is stopped (deleted, or past its deadline) still marks the Application Failed."""
 
@@ -281,7 +254,7 @@ def _cmd_marketplace(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     cluster = _connect(args)
     try:
-        with _failed_on_error(cluster, name, namespace):
+        with failed_on_error(cluster, name, namespace, log=_progress):
             schema = data.schema(test=args.test)
             charts, overlays = data.charts(test=args.test)
             if len(charts) != 1:

@@ -22,7 +22,7 @@ import yaml
 from deployer.errors import DeployerError, SchemaError, ValuesError
 from deployer.schema import Schema, overlay_test_schema, parse_schema
 
-__all__ = ["DataDir", "extracted_chart", "read_yaml"]
+__all__ = ["DataDir", "extracted_chart", "read_values", "read_yaml"]
 
 
 def read_yaml(path: Path, what: str, error: type[DeployerError]) -> Any:
@@ -37,6 +37,20 @@ def read_yaml(path: Path, what: str, error: type[DeployerError]) -> Any:
         raise error(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise error(f"the {what} {path} is not valid UTF-8 YAML: {exc}") from exc
+
+
+def read_values(path: Path) -> dict[str, Any]:
+    """A values file: property names (flat or nested) to values; an empty file is no values.
+
+    Raises:
+        ValuesError: the file is missing, not YAML, or not a mapping.
+    """
+    data = read_yaml(path, "values file", ValuesError)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValuesError(f"the values file {path} must hold a mapping of property names to values")
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +77,7 @@ class DataDir:
         Raises:
             ValuesError: the file is missing, not YAML, or not a mapping.
         """
-        path = override or self.data / "values.yaml"
-        data = read_yaml(path, "values file", ValuesError)
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValuesError(f"the values file {path} must hold a mapping of property names to values")
-        return data
+        return read_values(override or self.data / "values.yaml")
 
     def charts(self, *, test: bool) -> tuple[list[Path], list[Path]]:
         """The chart tarballs and, for a test run, the test overlays."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from deployer.manifests import Manifest
 
 __all__ = [
     "Clock",
+    "failed_on_error",
     "Readiness",
     "application_status",
     "install",
@@ -62,10 +63,11 @@ def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -
     """Apply the app: the Application first (Pending), then every component owned by it; objects of an earlier
     install that this one no longer renders are deleted; Success at the end.
 
-    Returns the Application's UID. On any failure after the Application exists it is marked Failed.
+    Returns the Application's UID. Run it inside :func:`failed_on_error`, which marks the Application Failed
+    whatever stops the install.
 
     Raises:
-        ClusterError: the API server refused an object (the Application is left Failed).
+        ClusterError: the API server refused an object.
     """
     application = prepared.application
     name = application["metadata"]["name"]
@@ -76,16 +78,12 @@ def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -
     pending = {**application, "spec": {**application.get("spec", {}), "assemblyPhase": "Pending"}}
     applied = cluster.apply(pending, namespace)
     uid = str(applied["metadata"]["uid"])
-    try:
-        components, _ = owned(prepared, uid)
-        for manifest in components:
-            cluster.apply(manifest, namespace)
-            log(f"applied {manifest['kind']} {manifest['metadata']['name']}")
-        _prune(cluster, prepared, uid, earlier_kinds, namespace, log)
-        mark_phase(cluster, application, namespace, "Success")
-    except BaseException:
-        _mark_failed(cluster, application, namespace, log)
-        raise
+    components, _ = owned(prepared, uid)
+    for manifest in components:
+        cluster.apply(manifest, namespace)
+        log(f"applied {manifest['kind']} {manifest['metadata']['name']}")
+    _prune(cluster, prepared, uid, earlier_kinds, namespace, log)
+    mark_phase(cluster, application, namespace, "Success")
     log(f"Application {name}: assemblyPhase Success")
     return uid
 
@@ -111,12 +109,21 @@ def _prune(
             log(f"deleted {kind} {key[1]}: no longer part of the app")
 
 
-def _mark_failed(cluster: Cluster, application: Manifest, namespace: str, log: Log) -> None:
+@contextlib.contextmanager
+def failed_on_error(cluster: Cluster, name: str, namespace: str, *, log: Log) -> Iterator[None]:
+    """Whatever stops the block (an error, a bug, SIGTERM), mark the Application Failed if it exists, as the
+    trap in Google's deploy.sh does, then let the failure go on."""
     try:
-        mark_phase(cluster, application, namespace, "Failed")
-        log(f"Application {application['metadata']['name']}: assemblyPhase Failed")
-    except ClusterError as exc:  # the original failure matters more; say this one too
-        log(f"could not mark the Application Failed: {exc}")
+        yield
+    except BaseException:
+        try:
+            live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
+            if live is not None:
+                mark_phase(cluster, live, namespace, "Failed")
+                log(f"Application {name}: assemblyPhase Failed")
+        except Exception as exc:
+            log(f"could not mark the Application Failed: {exc}")
+        raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from deployer.application import hook_of
 from deployer.errors import DeployerError, LocalRunError
 from deployer.manifests import Manifest, find, find_one
 
@@ -180,12 +181,6 @@ def plan_local_run(manifests: Sequence[Manifest], *, root: Path, entrypoint: Seq
     return _plan_pod(pod, manifests, root=root, entrypoint=entrypoint, image_runs="python -m app")
 
 
-def _hook(manifest: Manifest) -> str | None:
-    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
-    hook = annotations.get("helm.sh/hook")
-    return str(hook) if hook is not None else None
-
-
 def plan_tester_run(
     manifests: Sequence[Manifest], server: LocalPlan, *, root: Path, entrypoint: Sequence[str]
 ) -> LocalPlan:
@@ -196,7 +191,7 @@ def plan_tester_run(
     Raises:
         LocalRunError: the chart renders no single tester Pod, or a Service targets a port the server lacks.
     """
-    testers = [m for m in find(manifests, "Pod") if _hook(m) in {"test", "test-success"}]
+    testers = [m for m in find(manifests, "Pod") if hook_of(m) in {"test", "test-success"}]
     if len(testers) != 1:
         raise LocalRunError(f"the chart must render exactly one tester Pod (helm.sh/hook: test), found {len(testers)}")
     addresses: dict[str, str] = {}
