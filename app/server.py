@@ -46,6 +46,7 @@ from app.transports.legacy_sse import LegacySse
 from app.transports.stdio import serve_stdio
 from app.transports.streamable_http import McpEndpoint, TransportOptions
 from app.transports.tcp import serve_tcp
+from app.transports.tls import ServingTls
 from app.transports.websocket import websocket_handler
 
 __all__ = ["ListenerError", "ServerState", "create_app", "create_metrics_app", "serve"]
@@ -55,6 +56,13 @@ log = structlog.get_logger(__name__)
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/health"})
 # Metric labels take only these methods, so clients cannot create series at will.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def _health(*, draining: bool) -> Response:
+    """A health answer: 200 ``ok``, or 503 ``draining`` once the server was asked to stop."""
+    if draining:
+        return Response(b'{"status":"draining"}', status_code=503, media_type="application/json")
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
 class ListenerError(RuntimeError):
@@ -173,14 +181,14 @@ def authenticator(settings: Settings, api_keys: Sequence[ApiKey]) -> Authenticat
     return Authenticator(keys, tokens, metadata_url=metadata_url)
 
 
-def tls_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's TLS settings: the certificate and key, and for mutual TLS the CA that client certificates need."""
-    if settings.tls_cert_file is None:
-        return {}
-    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
-    if settings.tls_client_ca_file is not None:
-        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return options
+def serving_tls(settings: Settings) -> ServingTls | None:
+    """The TLS context of the MCP listener, or None for plain HTTP; reloaded when its files change."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        return ServingTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"the TLS certificate or key cannot be used: {exc}") from exc
 
 
 def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
@@ -293,12 +301,10 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.state.mcp_endpoint = endpoint
 
     async def livez() -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
+        return _health(draining=False)
 
     async def readyz() -> Response:
-        if state.draining:
-            return Response(b'{"status":"draining"}', status_code=503, media_type="application/json")
-        return Response(b'{"status":"ok"}', media_type="application/json")
+        return _health(draining=state.draining)
 
     app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
     for path in ("/readyz", "/healthz", "/health"):
@@ -333,13 +339,24 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     return app
 
 
-def create_metrics_app(metrics: Metrics) -> Starlette:
-    """The metrics application: Prometheus text format at ``/metrics``."""
+def create_metrics_app(metrics: Metrics, state: ServerState | None = None) -> Starlette:
+    """The metrics application: Prometheus text format at ``/metrics``, and the health endpoints again (plain
+    HTTP, no credentials), for kubelet probes when the MCP listener demands client certificates."""
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/metrics", metrics_endpoint, methods=["GET"])])
+    health = state or ServerState()
+
+    async def livez(_: Request) -> Response:
+        return _health(draining=False)
+
+    async def readyz(_: Request) -> Response:
+        return _health(draining=health.draining)
+
+    routes = [Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/livez", livez, methods=["GET"])]
+    routes += [Route(path, readyz, methods=["GET"]) for path in ("/readyz", "/healthz", "/health")]
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):
@@ -388,19 +405,15 @@ async def serve(settings: Settings) -> None:
             max_header_bytes=settings.max_header_bytes,
         ),  # fmt: skip
         **common,
-        **tls_options(settings),
     )
-    if settings.tls_cert_file is not None:
-        try:
-            main_config.load()
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"the TLS certificate or key cannot be used: {exc}") from exc
-        assert main_config.ssl is not None
-        main_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 is chosen whenever the client has it
+    tls = serving_tls(settings)
+    if tls is not None:
+        main_config.load()
+        main_config.ssl = tls.context  # uvicorn serves whatever context the loaded config holds
     main = _Server(main_config)
     metrics_server = _Server(
         uvicorn.Config(
-            create_metrics_app(metrics), host=settings.host, port=settings.metrics_port, lifespan="off", **common
+            create_metrics_app(metrics, state), host=settings.host, port=settings.metrics_port, lifespan="off", **common
         )
     )
 

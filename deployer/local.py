@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,6 +46,23 @@ class LocalPlan:
     grace_seconds: float
     differences: tuple[str, ...]
     secret_env: frozenset[str] = field(default_factory=frozenset)
+    readiness_port: str = "http"  # the probe's port: a container port name or a number
+    readiness_scheme: str = "HTTP"  # the probe's scheme: HTTP, or HTTPS (not verified, as the kubelet does)
+
+    def readiness_url(self) -> str:
+        """The URL the kubelet's readiness probe asks, on 127.0.0.1.
+
+        Raises:
+            LocalRunError: the probe names a port the container does not declare.
+        """
+        port = self.ports.get(self.readiness_port) or (
+            int(self.readiness_port) if self.readiness_port.isdigit() else None
+        )
+        if port is None:
+            raise LocalRunError(
+                f"the readiness probe's port {self.readiness_port!r} is not a port of the server container"
+            )
+        return f"{self.readiness_scheme.lower()}://127.0.0.1:{port}{self.readiness_path}"
 
     def describe(self) -> str:
         """A readable summary, secrets masked."""
@@ -164,6 +182,8 @@ def _plan_pod(
         grace_seconds=float(pod.get("terminationGracePeriodSeconds", 30)),
         differences=tuple(differences),
         secret_env=frozenset(secret_env),
+        readiness_port=str(probe.get("port", "http")),
+        readiness_scheme=str(probe.get("scheme", "HTTP")),
     )
 
 
@@ -221,9 +241,11 @@ def _port_in_use(port: int) -> bool:
 
 
 def _answers_ok(url: str) -> bool:
-    """Whether a GET of the (loopback, http) URL answers 200."""
+    """Whether a GET of the loopback URL answers 200; over https the certificate is not checked (nor does the
+    kubelet check it)."""
+    unverified = ssl._create_unverified_context() if url.startswith("https:") else None  # noqa: S323 - a probe
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - a loopback http URL built here
+        with urllib.request.urlopen(url, timeout=1, context=unverified) as response:  # noqa: S310 - built here
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -254,10 +276,7 @@ class LocalServer:
         self._process = subprocess.Popen(
             self.plan.argv, env=dict(self.plan.env), cwd=self.plan.root, stdout=self._log, stderr=subprocess.STDOUT
         )
-        port = self.plan.ports.get("http")
-        if port is None:
-            raise LocalRunError("the server container declares no port named 'http' to probe")
-        url = f"http://127.0.0.1:{port}{self.plan.readiness_path}"
+        url = self.plan.readiness_url()
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only this group or check (repeatable): {', '.join(GROUPS)}, or e.g. mcp.ping",
     )
     parser.add_argument("--ca-file", type=Path, help="CA bundle to trust for https (e.g. a self-signed certificate)")
+    parser.add_argument("--cert-file", type=Path, metavar="PEM",
+                        help="client certificate to present to a server that requires one (mutual TLS)")  # fmt: skip
+    parser.add_argument("--key-file", type=Path, metavar="PEM", help="the client certificate's private key")
     parser.add_argument(
         "--max-request-bytes",
         type=int,
@@ -115,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = _selected(args.only, parser)
+    if args.key_file and not args.cert_file:
+        parser.error("--key-file needs --cert-file")
     api_key = args.api_key
     if args.api_key_file:
         api_key = _read_key(args.api_key_file, parser)
@@ -146,9 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=api_key,
         timeout=args.timeout,
         ca_file=str(args.ca_file) if args.ca_file else None,
+        client_cert_file=str(args.cert_file) if args.cert_file else None,
+        client_key_file=str(args.key_file) if args.key_file else None,
         max_request_bytes=args.max_request_bytes,
         initialize_limit=args.initialize_limit,
     )
+    try:
+        target.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        print(f"verify: the CA bundle or client certificate cannot be used: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     problem = _reachable(target.url, args.timeout)
     if problem is not None:
         print(f"verify: cannot reach {target.url}: {problem}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,8 @@ class Target:
     api_key: str | None = None  # an API key or a bearer token: both go in Authorization: Bearer
     timeout: float = 10.0
     ca_file: str | None = None  # trust this CA bundle for https (e.g. Marketplace's self-signed certificate)
+    client_cert_file: str | None = None  # present this certificate (PEM, with its key) to a mutual-TLS server
+    client_key_file: str | None = None
     max_request_bytes: int = 4 * 1024 * 1024  # the server's body limit (ERLMCP_MAX_REQUEST_BYTES)
     initialize_limit: int | None = None  # the server's initialize-per-minute limit, when the 429 is to be checked
 
@@ -61,6 +64,13 @@ class Target:
     def mcp_url(self) -> str:
         """The MCP endpoint."""
         return self.url.rstrip("/") + self.mcp_path
+
+    def tls_context(self) -> ssl.SSLContext:
+        """How to speak TLS to the server: the system's CAs or ``ca_file``, and the client certificate if any."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert_file is not None:
+            context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
 
 
 class WireClient:

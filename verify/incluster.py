@@ -56,6 +56,14 @@ def _port(service: dict[str, Any], name: str) -> int | None:
     return None
 
 
+def _scheme(service: dict[str, Any], name: str) -> str:
+    """https when the port declares ``appProtocol: https`` (the chart's end-to-end TLS), else http."""
+    for port in (service.get("spec") or {}).get("ports") or []:
+        if port.get("name") == name and str(port.get("appProtocol", "")).lower() == "https":
+            return "https"
+    return "http"
+
+
 def discover(namespace: str, app: str, *, api_url: str, service_account_dir: Path, timeout: float) -> Discovered:
     """The app's MCP and metrics URLs (cluster DNS names) and its API key.
 
@@ -76,7 +84,7 @@ def discover(namespace: str, app: str, *, api_url: str, service_account_dir: Pat
     if not mcp:
         raise InClusterError(f"no Service labelled {NAME_LABEL}={app} with a port named http in namespace {namespace}")
     service, port = mcp[0]
-    url = f"http://{service['metadata']['name']}.{namespace}.svc:{port}"
+    url = f"{_scheme(service, 'http')}://{service['metadata']['name']}.{namespace}.svc:{port}"
     if metrics:
         metrics_service, metrics_port = metrics[0]
         metrics_url = f"http://{metrics_service['metadata']['name']}.{namespace}.svc:{metrics_port}/metrics"

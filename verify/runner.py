@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ __all__ = ["run_checks"]
 def run_checks(target: Target, checks: Sequence[Check] = ALL_CHECKS) -> list[CheckResult]:
     """Run every check in order; a check that fails, is skipped or cannot connect is recorded; the rest still run."""
     results: list[CheckResult] = []
-    verify = ssl.create_default_context(cafile=target.ca_file)  # the system's CAs, or the one given
+    verify = target.tls_context()  # the system's CAs or the one given, and a client certificate if any
     with httpx.Client(timeout=target.timeout, follow_redirects=False, verify=verify) as http:
         client = WireClient(target, http)
         for name, check in checks:

@@ -61,3 +61,25 @@ default
 {{- define "erlmcp.pdbEnabled" -}}
 {{- if and .Values.podDisruptionBudget.enabled (or .Values.autoscaling.enabled (ge (int .Values.replicaCount) 2)) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the MCP listener's certificate (end-to-end TLS): the operator's, or the one the chart makes. */}}
+{{- define "erlmcp.serverTlsSecretName" -}}
+{{ .Values.serverTls.secretName | default (printf "%s-server-tls" (include "erlmcp.fullname" .)) }}
+{{- end -}}
+
+{{/* http or https: how the Service's MCP port, the probes and the test Pod speak to the server. */}}
+{{- define "erlmcp.scheme" -}}
+{{- if .Values.serverTls.enabled -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* Where the kubelet's probes go: the MCP port (over HTTPS with serverTls), or the metrics port under mutual TLS. */}}
+{{- define "erlmcp.probeTarget" -}}
+{{- if .Values.serverTls.clientCaSecret -}}
+port: metrics
+{{- else if .Values.serverTls.enabled -}}
+port: http
+scheme: HTTPS
+{{- else -}}
+port: http
+{{- end -}}
+{{- end -}}

@@ -73,6 +73,17 @@ def test_the_demo_runs_the_rendered_pod_locally_and_verifies_it(tmp_path: Path) 
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_the_demo_with_end_to_end_tls_serves_https_and_the_tester_trusts_the_chart_made_ca(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": metrics_port,
+                                      "serverTls.enabled": True})  # fmt: skip
+    result = deployer("demo", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS tls.certificate" in result.stdout  # over https, against the certificate the chart made
+    assert "30 passed, 0 failed, 1 skipped" in result.stdout
+    assert "ERLMCP_TLS_CERT_FILE=" in result.stdout
+
+
 def test_the_demo_refuses_a_taken_port_and_says_which(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -149,3 +149,51 @@ def test_the_key_is_taken_from_the_servers_key_file_format() -> None:
     assert key_from_lines(lines) == "ci-key-0123456789abcdef"  # a digest cannot be sent; the next key can
     assert key_from_lines(["plain-key-0123456789abcdef"]) == "plain-key-0123456789abcdef"
     assert key_from_lines(["# nothing"]) is None
+
+
+def test_a_mutual_tls_server_passes_with_the_client_certificate_and_fails_without(
+    tmp_path: Path, api_key_file: Path
+) -> None:
+    from tests.certificates import certificate_authority, client_certificate, tls_files
+    from tests.conftest import start_server
+
+    ca, cert, key = tls_files(tmp_path, host="127.0.0.1", days=30)
+    client_ca, client_ca_key, client_ca_cert = certificate_authority(tmp_path)
+    client_cert, client_key = client_certificate(tmp_path, client_ca_key, client_ca_cert)
+    server = start_server(
+        tmp_path,
+        [
+            "--api-key-file",
+            str(api_key_file),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-client-ca-file",
+            str(client_ca),
+        ],
+        tls=True,
+    )
+    url = f"https://127.0.0.1:{server.port}"
+    common = ("--url", url, "--metrics-url", server.metrics_url, "--api-key-file", str(api_key_file),
+              "--ca-file", str(ca))  # fmt: skip
+    try:
+        with_certificate = run_verify(*common, "--cert-file", str(client_cert), "--key-file", str(client_key))
+        without = run_verify(*common, "--only", "tls")
+    finally:
+        server.stop()
+    assert with_certificate.returncode == 0, with_certificate.stdout
+    assert "PASS tls.certificate" in with_certificate.stdout
+    assert "PASS transport.websocket" in with_certificate.stdout
+    assert without.returncode == 1
+    assert "FAIL tls.certificate" in without.stdout
+    assert "client certificate (mutual TLS)" in without.stdout
+    assert "give --cert-file and --key-file" in without.stdout, without.stdout
+
+
+def test_an_unusable_client_certificate_is_bad_usage(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = run_verify("--url", "https://127.0.0.1:1", "--cert-file", str(missing))
+    assert result.returncode == 2
+    assert "the CA bundle or client certificate cannot be used" in result.stderr
+    assert run_verify("--url", "https://127.0.0.1:1", "--key-file", str(missing)).returncode == 2

@@ -85,3 +85,22 @@ def test_in_cluster_mode_without_a_token_is_bad_usage(control_plane: ControlPlan
     done = in_cluster(control_plane, tmp_path / "missing", "mcp")
     assert done.returncode == 2
     assert "no service-account token" in done.stderr
+
+
+def test_in_cluster_mode_speaks_https_to_a_port_that_declares_it(control_plane: ControlPlane, tmp_path: Path) -> None:
+    from verify.incluster import discover
+
+    namespace = "verify-in-cluster-tls"
+    labels = {"app.kubernetes.io/name": "tls"}
+    cluster = Cluster.connect(kubeconfig=control_plane.kubeconfig)
+    try:
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, namespace)
+        port = {"name": "http", "port": 8443, "protocol": "TCP", "appProtocol": "https"}
+        cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tls", "namespace": namespace,
+                       "labels": labels}, "spec": {"ports": [port]}}, namespace)  # fmt: skip
+    finally:
+        cluster.close()
+    found = discover(namespace, "tls", api_url=f"https://127.0.0.1:{control_plane.api_port}",
+                     service_account_dir=service_account(control_plane, tmp_path / "sa"), timeout=10)  # fmt: skip
+    assert found.url == f"https://tls.{namespace}.svc:8443"
+    assert found.metrics_url == f"http://tls.{namespace}.svc:9090/metrics"

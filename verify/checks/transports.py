@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +22,7 @@ def check_websocket(client: WireClient) -> str:
     headers = {"Authorization": f"Bearer {client.target.api_key}"} if client.target.api_key else {}
     context = None
     if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=client.target.ca_file)
+        context = client.target.tls_context()
     params = {
         "protocolVersion": "2025-11-25",
         "capabilities": {},

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -55,6 +59,63 @@ def test_mutual_tls_lets_in_only_clients_with_a_certificate_from_the_client_ca(t
             httpx.get(url, verify=ssl.create_default_context(cafile=str(ca)))
     finally:
         server.stop()
+
+
+def test_under_mutual_tls_the_probes_answer_on_the_metrics_port_without_a_certificate(tmp_path: Path) -> None:
+    _, cert, key = tls_files(tmp_path, host="127.0.0.1", days=30)
+    client_ca, _, _ = certificate_authority(tmp_path)
+    server = start_server(tmp_path, ["--no-auth", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                                     "--tls-client-ca-file", str(client_ca)], tls=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{server.metrics_port}"
+        for path in ("/livez", "/readyz", "/healthz", "/health"):
+            response = httpx.get(base + path)
+            assert (response.status_code, response.json()) == (200, {"status": "ok"}), path
+        server.process.send_signal(signal.SIGTERM)  # draining: readiness goes, liveness stays
+        assert _eventually(lambda: httpx.get(base + "/readyz").status_code == 503)
+        assert httpx.get(base + "/livez").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_renewed_certificate_is_served_by_the_running_server(tmp_path: Path) -> None:
+    """Through the real server's event loop (uvloop's TLS, not the standard library's), after the file check."""
+    ca, cert, key = tls_files(tmp_path, host="127.0.0.1", days=5)
+    (tmp_path / "renewed").mkdir()
+    new_ca, new_cert, new_key = tls_files(tmp_path / "renewed", host="127.0.0.1", days=90)
+    served_cert, served_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    served_cert.write_bytes(cert.read_bytes())
+    served_key.write_bytes(key.read_bytes())
+    server = start_server(tmp_path, ["--no-auth", "--tls-cert-file", str(served_cert),
+                                     "--tls-key-file", str(served_key)], tls=True)  # fmt: skip
+    url = f"https://127.0.0.1:{server.port}/livez"
+    try:
+        assert httpx.get(url, verify=ssl.create_default_context(cafile=str(ca))).status_code == 200
+        for source, target in ((new_cert, served_cert), (new_key, served_key)):
+            staged = target.with_suffix(".new")
+            staged.write_bytes(source.read_bytes())
+            os.replace(staged, target)
+        renewed = ssl.create_default_context(cafile=str(new_ca))
+
+        def serves_renewed() -> bool:
+            try:
+                return httpx.get(url, verify=renewed).status_code == 200
+            except httpx.ConnectError:
+                return False
+
+        assert _eventually(serves_renewed, seconds=15)  # the files are looked at every 5 s
+        assert "TLS certificate reloaded" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_a_certificate_without_its_key_refuses_to_start(tmp_path: Path) -> None:
