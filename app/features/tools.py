@@ -15,6 +15,7 @@ from app.features.schemas import SchemaCheck
 from app.features.tasks import RunAsTask, TaskContext
 from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
+from app.runtime.errors import ToolError
 from app.security.keys import ALL_TOOLS, allows_tool
 
 __all__ = ["ToolCallOutcome", "ToolError", "ToolHandler", "ToolResult", "ToolSpec", "Tools", "text_result"]
@@ -24,10 +25,6 @@ log = structlog.get_logger(__name__)
 ToolResult = dict[str, Any]
 # A handler answers with a result, or (tools that support tasks) with RunAsTask to finish in the background.
 ToolHandler = Callable[[Mapping[str, Any], RequestContext], Awaitable["ToolResult | RunAsTask"]]
-
-
-class ToolError(Exception):
-    """Raised by a tool to end its call with ``isError: true`` and this message for the model to read."""
 
 
 def text_result(text: str, *, is_error: bool = False) -> ToolResult:
@@ -49,6 +46,9 @@ class ToolSpec:
     icons: Sequence[Mapping[str, Any]] | None = None
     # Tasks extension: "optional" or "required" when the tool can finish in the background; None: never.
     task_support: str | None = None
+    # This tool's own deadline (the server's maximum caps it) and how many of its calls may run at once.
+    timeout_seconds: float | None = None
+    max_concurrency: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """The tool as tools/list shows it."""
@@ -86,6 +86,8 @@ class _Tool:
     spec: ToolSpec
     arguments: SchemaCheck
     output: SchemaCheck | None
+    timeout: float
+    slots: asyncio.Semaphore | None  # the tool's concurrency limit; None: unlimited
 
 
 class Tools:
@@ -101,7 +103,9 @@ class Tools:
     def add(self, spec: ToolSpec) -> None:
         """Offer one more tool (or replace the one of the same name)."""
         output = SchemaCheck(spec.output_schema) if spec.output_schema is not None else None
-        self._tools[spec.name] = _Tool(spec, SchemaCheck(spec.input_schema), output)
+        timeout = min(spec.timeout_seconds or self._timeout, self._timeout)
+        slots = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
+        self._tools[spec.name] = _Tool(spec, SchemaCheck(spec.input_schema), output, timeout, slots)
 
     def remove(self, name: str) -> bool:
         """Stop offering a tool; whether it was offered."""
@@ -178,10 +182,14 @@ class Tools:
             return ToolCallOutcome(text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True),
                                    "invalid_arguments")  # fmt: skip
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await tool.spec.handler(arguments, ctx)
+            async with asyncio.timeout(tool.timeout):  # waiting for a free slot counts against the deadline too
+                if tool.slots is None:
+                    result = await tool.spec.handler(arguments, ctx)
+                else:
+                    async with tool.slots:
+                        result = await tool.spec.handler(arguments, ctx)
         except TimeoutError:
-            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {self._timeout:g} s", is_error=True),
+            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {tool.timeout:g} s", is_error=True),
                                    "timeout")  # fmt: skip
         except (ToolError, ClientRequestError) as exc:
             return ToolCallOutcome(text_result(str(exc), is_error=True), "error")

@@ -132,3 +132,58 @@ def test_a_tool_may_answer_with_a_protocol_error_such_as_url_elicitation_require
     with pytest.raises(UrlElicitationRequired) as caught:
         run(tools(spec(needs_consent)).call({"name": "t"}, CTX))
     assert caught.value.to_error()["code"] == -32042
+
+
+def test_a_tools_own_timeout_ends_its_call_before_the_servers_maximum() -> None:
+    async def slow(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {}
+
+    called = run(tools(spec(slow, timeout_seconds=0.05), timeout=5).call({"name": "t"}, CTX))
+    assert called.outcome == "timeout"
+    assert "timed out after 0.05 s" in called.result["content"][0]["text"]
+
+
+def test_a_tools_timeout_longer_than_the_servers_maximum_is_capped() -> None:
+    async def slow(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {}
+
+    called = run(tools(spec(slow, timeout_seconds=60), timeout=0.05).call({"name": "t"}, CTX))
+    assert called.outcome == "timeout"
+    assert "timed out after 0.05 s" in called.result["content"][0]["text"]
+
+
+def test_a_concurrency_limit_lets_that_many_calls_run_at_once_and_the_rest_wait() -> None:
+    running, most = 0, 0
+
+    async def counted(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return {"content": [], "isError": False}
+
+    registry = tools(spec(counted, max_concurrency=2))
+
+    async def many() -> list[str]:
+        calls = [registry.call({"name": "t"}, CTX) for _ in range(7)]
+        return [outcome.outcome for outcome in await asyncio.gather(*calls)]
+
+    assert run(many()) == ["ok"] * 7
+    assert most == 2
+
+
+def test_waiting_for_a_free_slot_counts_against_the_deadline() -> None:
+    async def hold(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {}
+
+    registry = tools(spec(hold, max_concurrency=1, timeout_seconds=0.1))
+
+    async def two() -> list[str]:
+        return [o.outcome for o in await asyncio.gather(registry.call({"name": "t"}, CTX),
+                                                         registry.call({"name": "t"}, CTX))]  # fmt: skip
+
+    assert run(two()) == ["timeout", "timeout"]
