@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)",
     )
+    arg("--tool-workers", type=int, metavar="N", help="worker processes for tools marked isolation: process "
+        "(env ERLMCP_TOOL_WORKERS; default 2)")  # fmt: skip
+    arg("--tool-worker-memory-mb", type=int, metavar="MIB", help="address-space limit of each tool worker; a tool "
+        "that needs more gets an error and its worker is replaced (env ERLMCP_TOOL_WORKER_MEMORY_MB; default 512, "
+        "0: none)")  # fmt: skip
+    arg("--catalog-reload-seconds", type=float, metavar="SECONDS", help="how often the catalogue file is checked "
+        "for changes, served without a restart (env ERLMCP_CATALOG_RELOAD_SECONDS; default 2, 0: never)")  # fmt: skip
     arg(
         "--drain-seconds",
         type=float,

@@ -10,8 +10,9 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,7 +29,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.catalog.features import load_features
+from app.catalog.features import PROFILES, CatalogRuntime, load_features
+from app.catalog.reload import CatalogWatcher
+from app.features import Features
 from app.observability.metrics import Metrics
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
@@ -266,9 +269,16 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     """
     state = state or ServerState()
     api_keys = load_api_keys(settings)
-    features = load_features(
-        settings.catalog, timeout_seconds=settings.tool_timeout_seconds, page_size=settings.page_size
-    )
+    runtime = CatalogRuntime(workers=settings.tool_workers, worker_memory_mb=settings.tool_worker_memory_mb or None,
+                             threads=settings.tool_threads)  # fmt: skip
+
+    reloadable = settings.catalog not in (None, *PROFILES) and settings.catalog_reload_seconds > 0
+
+    def load() -> Features:
+        return load_features(settings.catalog, runtime=runtime, timeout_seconds=settings.tool_timeout_seconds,
+                             page_size=settings.page_size, reloadable=reloadable)  # fmt: skip
+
+    features = load()
     key = settings.request_state_key.get_secret_value().encode() if settings.request_state_key else None
     if key is None:
         log.info("requestState is sealed with a key made at start-up; replicas need ERLMCP_REQUEST_STATE_KEY")
@@ -296,9 +306,33 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         ),
     )
 
-    app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    watcher = None
+    if reloadable:
+        assert settings.catalog is not None
+
+        async def serve_features(new: Features, changes: list[str]) -> None:
+            dispatcher.replace_features(new)
+            for method in changes:
+                await endpoint.announce(method, {})
+
+        watcher = CatalogWatcher(Path(settings.catalog), load=load, current=features, serve=serve_features,
+                                 interval_seconds=settings.catalog_reload_seconds)  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reloading = asyncio.create_task(watcher.run()) if watcher is not None else None
+        try:
+            yield
+        finally:
+            if reloading is not None:
+                reloading.cancel()
+            await runtime.aclose()
+
+    app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)  # fmt: skip
     app.state.erlmcp = state
     app.state.mcp_endpoint = endpoint
+    app.state.catalog_runtime = runtime
 
     async def livez() -> Response:
         return _health(draining=False)
@@ -374,6 +408,7 @@ async def serve_stdio_only(settings: Settings) -> None:
     app = create_app(local, metrics=Metrics(__version__))
     await serve_stdio(app.state.mcp_endpoint, max_message_bytes=settings.max_request_bytes)
     app.state.mcp_endpoint.shutdown()
+    await app.state.catalog_runtime.aclose()  # no lifespan runs without a listener
 
 
 async def serve(settings: Settings) -> None:

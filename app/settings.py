@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.runtime.pool import MIN_MEMORY_LIMIT_MB
 from app.security.clients import parse_networks
 from app.security.keys import ApiKey, KeyFileError, read_key_file
 
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Lowest log level written.")
     log_format: LogFormat = Field(LogFormat.AUTO, description="json, console or auto.")
     tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
+    tool_workers: int = Field(2, ge=1, le=64, description="Worker processes for tools with isolation: process.")
+    tool_worker_memory_mb: int = Field(
+        512, ge=0, description="Address-space limit of each tool worker process, in MiB (0: none; else at least 64)."
+    )
+    tool_threads: int = Field(16, ge=1, le=256, description="Threads for sync Python tools (never the event loop).")
+    catalog_reload_seconds: float = Field(
+        2.0, ge=0, description="How often the catalogue file is checked for changes (0: never reloaded)."
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted request body.")
     drain_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."
@@ -146,6 +155,13 @@ class Settings(BaseSettings):
     def jwt_enabled(self) -> bool:
         """Whether JWT bearer tokens are accepted."""
         return self.jwt_public_key_file is not None or self.jwt_jwks_url is not None
+
+    @field_validator("tool_worker_memory_mb")
+    @classmethod
+    def _worker_memory(cls, megabytes: int) -> int:
+        if 0 < megabytes < MIN_MEMORY_LIMIT_MB:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_MEMORY_LIMIT_MB}: a Python worker needs that much")
+        return megabytes
 
     @model_validator(mode="after")
     def _tls_complete(self) -> Settings:

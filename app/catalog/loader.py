@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from app.catalog.model import Catalog
 
@@ -41,7 +43,26 @@ def load_catalog(path: Path | None) -> Catalog:
     try:
         return Catalog.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(data, err) for err in exc.errors())
         raise CatalogError(f"the catalogue {source} is invalid: {problems}") from exc
+
+
+def _problem(data: Any, error: ErrorDetails) -> str:
+    """One validation error as the operator would look for it: ``tools[2] 'weather': url: <why>``."""
+    where: list[str] = []
+    node = data
+    location = list(error["loc"])
+    while location:
+        part = location.pop(0)
+        if isinstance(part, int) and where and isinstance(node, list) and part < len(node):
+            node = node[part]
+            label = node.get("name") or node.get("uri") or node.get("uriTemplate") if isinstance(node, dict) else None
+            where[-1] += f"[{part}]" + (f" {label!r}" if isinstance(label, str) else "")
+            kind = (node.get("kind") or ("builtin" if "builtin" in node else None)) if isinstance(node, dict) else None
+            if location and location[0] == kind:
+                location.pop(0)  # the tagged-union branch pydantic took (the entry's kind), not a field
+            continue
+        where.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{': '.join(where)}: {message}" if where else message

@@ -46,5 +46,5 @@ def complete(params: Mapping[str, Any], prompts: Prompts, resources: Resources) 
             raise InvalidParams(f"Unknown resource template: {uri!r}")
         if name not in template.variables:
             raise InvalidParams(f"Template {uri!r} has no variable {name!r}")
-        return {"completion": _matching((), value)}
+        return {"completion": _matching(template.completions.get(name, ()), value)}
     raise InvalidParams(f"Invalid params: unknown reference type {ref.get('type')!r}")

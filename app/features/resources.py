@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.features.pagination import paginate
@@ -51,6 +51,7 @@ class TemplateSpec:
     title: str | None = None
     description: str | None = None
     mime_type: str | None = None
+    completions: Mapping[str, Sequence[str]] = field(default_factory=dict)  # values offered per variable
 
     def describe(self) -> dict[str, Any]:
         """The template as resources/templates/list shows it."""

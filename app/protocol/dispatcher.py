@@ -127,6 +127,16 @@ class Dispatcher:
             result["instructions"] = self._features.instructions
         return result
 
+    @property
+    def features(self) -> Features:
+        """What this server offers now."""
+        return self._features
+
+    def replace_features(self, features: Features) -> None:
+        """Serve ``features`` from the next request on (a reloaded catalogue); calls under way finish with the
+        tools they started with."""
+        self._features = features
+
     def close(self) -> None:
         """Cancel the tasks still running (the server is stopping)."""
         self._tasks.close()

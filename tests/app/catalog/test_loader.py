@@ -1,3 +1,5 @@
+"""Loading a catalogue: the built-in default, a file, and refusals that name the file, the entry and the field."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +9,12 @@ import pytest
 from app.catalog import CatalogError, load_catalog
 
 
-def test_the_built_in_catalogue_offers_echo() -> None:
-    assert [tool.name for tool in load_catalog(None).tools] == ["echo"]
+def test_the_built_in_catalogue_offers_the_example_tools_a_help_resource_and_a_prompt() -> None:
+    catalog = load_catalog(None)
+    assert [tool.name for tool in catalog.tools] == ["echo", "add", "subtract", "multiply", "divide", "power", "sqrt",
+                                                     "system_info"]  # fmt: skip
+    assert [resource.name for resource in catalog.resources] == ["help"]
+    assert [prompt.name for prompt in catalog.prompts] == ["explain"]
 
 
 def test_a_catalogue_file_is_loaded(tmp_path: Path) -> None:
@@ -20,8 +26,32 @@ def test_a_catalogue_file_is_loaded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "names"),
     [
-        ("tools: [{name: 'bad name', description: d, builtin: echo}]", "tools.0.name"),
-        ("tools: [{name: a, description: d, builtin: rm-rf}]", "tools.0.builtin"),
+        ("tools: [{name: 'bad name', description: d, builtin: echo}]", r"tools\[0\] 'bad name': name: String should"),
+        ("tools: [{name: a, description: d, builtin: rm-rf}]", r"tools\[0\] 'a': builtin: Input should be 'echo'"),
+        ("tools: [{name: a, description: d, kind: python, function: 'no colon'}]", r"tools\[0\] 'a': function"),
+        (
+            "tools: [{name: a, description: d, kind: http, url: 'https://x.example/', method: BREW}]",
+            r"tools\[0\] 'a': method: Input should be 'GET'",
+        ),
+        (
+            "allowedHosts: [x.example]\ntools: [{name: a, description: d, kind: http, url: 'https://x.example/',"
+            " secrets: {token: relative/path}}]",
+            r"tools\[0\] 'a': secrets: secret 'token': 'relative/path' must be an absolute path",
+        ),
+        ("resources: [{kind: text, uri: 'a://b', name: n}]", r"resources\[0\] 'n': text: Field required"),
+        (
+            "resourceTemplates: [{kind: text, uriTemplate: 'a://fixed', name: t, text: x}]",
+            r"resourceTemplates\[0\] 't': uriTemplate: 'a://fixed' has no \{variable\}",
+        ),
+        (
+            "prompts: [{name: p, arguments: [{name: a}, {name: a}], messages: [{text: x}]}]",
+            r"prompts\[0\] 'p': argument 'a' is declared more than once",
+        ),
+        (
+            "resourceTemplates: [{kind: text, uriTemplate: 'a://{x}', name: t, text: x, completions: {y: [b]}}]",
+            r"resourceTemplates\[0\] 't': completions: 'y' is not a variable",
+        ),
+        ("allowedHosts: ['http://x']", "allowedHosts: .*must be a host name"),
         (
             "tools: [{name: a, description: d, builtin: echo}, {name: a, description: d, builtin: echo}]",
             "more than once",

@@ -65,7 +65,8 @@ def test_under_mutual_tls_the_probes_answer_on_the_metrics_port_without_a_certif
     _, cert, key = tls_files(tmp_path, host="127.0.0.1", days=30)
     client_ca, _, _ = certificate_authority(tmp_path)
     server = start_server(tmp_path, ["--no-auth", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                                     "--tls-client-ca-file", str(client_ca)], tls=True)  # fmt: skip
+                                     "--tls-client-ca-file", str(client_ca), "--drain-seconds", "10"],
+                          tls=True)  # fmt: skip
     try:
         base = f"http://127.0.0.1:{server.metrics_port}"
         for path in ("/livez", "/readyz", "/healthz", "/health"):

@@ -53,7 +53,10 @@ def test_initialize_answers_the_requested_supported_revision(client: TestClient)
     result = response.json()["result"]
     assert result["protocolVersion"] == "2025-06-18"
     assert result["serverInfo"]["name"] == "erlmcp"
-    assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
+    # The built-in catalogue: tools, a resource and a prompt (with completion); it cannot change while running.
+    assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}, "completions": {},
+                                      "resources": {"subscribe": True, "listChanged": False},
+                                      "prompts": {"listChanged": False}}  # fmt: skip
 
 
 def test_initialize_with_an_unknown_revision_answers_the_latest(client: TestClient) -> None:

@@ -1,0 +1,140 @@
+"""Tools, resources and resource templates of kind ``http``: each call or read renders the entry's request,
+sends it to the upstream, and turns the answer into a tool result or resource contents.
+
+A tool's templates see every argument by name (``{{ city }}``), all of them as ``arguments``, and the secrets
+as ``secrets`` (an argument cannot stand in for them). A 2xx JSON answer is the result's text, and its
+``structuredContent`` when the tool declares an ``outputSchema`` (tools/call then checks it against the
+schema). Anything else the model cannot use is a tool error saying why, with secret values blanked out.
+
+A resource's templates see the URI template's variables (none for a fixed resource) and ``secrets``. Textual
+answers (``text/*``, JSON, XML, YAML) are ``text``, anything else a base64 ``blob``. An upstream 404 or 410
+means the resource does not exist; other failures are internal errors naming the URI and the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import structlog
+
+from app.catalog.model import HttpResourceEntry, HttpTemplateEntry, HttpToolEntry
+from app.catalog.upstream import Upstream, UpstreamError, UpstreamResponse, is_json, is_textual, redacted
+from app.features.resources import Reader, ResourceContents, ResourceNotFound
+from app.features.tools import ToolError, ToolHandler, ToolResult, text_result
+from app.jsonrpc import InternalError
+from app.protocol.context import RequestContext
+
+__all__ = ["http_resource_reader", "http_tool_handler"]
+
+log = structlog.get_logger(__name__)
+
+
+def http_tool_handler(entry: HttpToolEntry, upstream: Upstream, *, timeout_seconds: float) -> ToolHandler:
+    """The tools/call handler of ``entry``; the upstream must answer within ``timeout_seconds``."""
+
+    async def call(arguments: Mapping[str, Any], ctx: RequestContext) -> ToolResult:
+        secrets: dict[str, str] = {}
+        try:
+            secrets = upstream.secrets(entry.secrets)
+            variables = {**arguments, "arguments": dict(arguments), "secrets": secrets}
+            url = upstream.render(entry.url, variables, field="url")
+            headers = {name: upstream.render(value, variables, field=f"headers.{name}")
+                       for name, value in entry.headers.items()}  # fmt: skip
+            body = upstream.render(entry.body, variables, field="body") if entry.body is not None else None
+            if body is not None and not any(name.lower() == "content-type" for name in headers) and _json(body):
+                headers["Content-Type"] = "application/json"
+            response = await upstream.request(method=entry.method, url=url, headers=headers, body=body,
+                                              timeout=timeout_seconds)  # fmt: skip
+            return _result(entry, response)
+        except (UpstreamError, ToolError) as exc:
+            message = redacted(str(exc), secrets)
+            log.info("http tool call failed", tool=entry.name, error=message)
+            raise ToolError(message) from None
+
+    return call
+
+
+def _json(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _result(entry: HttpToolEntry, response: UpstreamResponse) -> ToolResult:
+    status = response.status_line
+    if not response.ok:
+        snippet = response.snippet()
+        raise ToolError(f"the upstream answered {status}: {snippet}" if snippet
+                        else f"the upstream answered {status} with an empty body")  # fmt: skip
+    media = response.media_type
+    if entry.output_schema is not None:
+        if not response.content:
+            raise ToolError(f"the upstream answered {status} with no body, and the tool declares an outputSchema")
+        if media and not is_json(media):
+            raise ToolError(f"the upstream answered {media}, not JSON, and the tool declares an outputSchema")
+        try:
+            parsed = orjson.loads(response.text)
+        except orjson.JSONDecodeError as exc:
+            raise ToolError(f"the upstream's answer is not valid JSON ({exc}), and the tool declares an outputSchema"
+                            ) from None  # fmt: skip
+        if not isinstance(parsed, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(parsed), "a number or null")
+            raise ToolError(f"the upstream's JSON is not an object (it is {kind}), and the tool declares an "
+                            "outputSchema")  # fmt: skip
+        return {**text_result(response.text), "structuredContent": parsed}
+    if not response.content:
+        return text_result(f"(empty response, {status})")
+    if is_textual(media) or (not media and _utf8(response.content)):
+        return text_result(response.text)
+    if media.startswith(("image/", "audio/")):
+        data = base64.b64encode(response.content).decode("ascii")
+        return {"content": [{"type": media.partition("/")[0], "data": data, "mimeType": media}], "isError": False}
+    raise ToolError(f"the upstream answered {media or 'binary data'} ({len(response.content)} bytes), which is "
+                    "not text, JSON, an image or audio")  # fmt: skip
+
+
+def http_resource_reader(entry: HttpResourceEntry | HttpTemplateEntry, upstream: Upstream, *,
+                         timeout_seconds: float = 30.0) -> Reader:  # fmt: skip
+    """The resources/read reader of ``entry``; the upstream must answer within ``timeout_seconds``."""
+
+    async def read(uri: str, variables: Mapping[str, str]) -> ResourceContents:
+        secrets: dict[str, str] = {}
+        try:
+            secrets = upstream.secrets(entry.secrets)
+            context = {**variables, "secrets": secrets}
+            url = upstream.render(entry.url, context, field="url")
+            headers = {name: upstream.render(value, context, field=f"headers.{name}")
+                       for name, value in entry.headers.items()}  # fmt: skip
+            response = await upstream.request(method="GET", url=url, headers=headers, body=None,
+                                              timeout=timeout_seconds)  # fmt: skip
+        except UpstreamError as exc:
+            message = redacted(str(exc), secrets)
+            log.warning("http resource read failed", uri=uri, error=message)
+            raise InternalError(f"resource {uri!r} cannot be read: {message}", data={"uri": uri}) from None
+        if response.status in (404, 410):
+            raise ResourceNotFound(f"Resource not found: {uri!r} (the upstream answered {response.status_line})",
+                                   data={"uri": uri})  # fmt: skip
+        if not response.ok:
+            snippet = redacted(response.snippet(), secrets)
+            log.warning("http resource read failed", uri=uri, status=response.status)
+            raise InternalError(f"resource {uri!r} cannot be read: the upstream answered {response.status_line}"
+                                + (f": {snippet}" if snippet else ""), data={"uri": uri})  # fmt: skip
+        mime_type = entry.mime_type or response.media_type or "application/octet-stream"
+        if is_textual(mime_type.partition(";")[0].strip().lower()):
+            return [{"uri": uri, "mimeType": mime_type, "text": response.text}]
+        return [{"uri": uri, "mimeType": mime_type, "blob": base64.b64encode(response.content).decode("ascii")}]
+
+    return read

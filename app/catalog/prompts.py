@@ -1,0 +1,41 @@
+"""Catalogue prompts: Jinja2 templates (sandboxed) over the declared arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import TemplateError
+
+from app.catalog.model import PromptEntry, template_environment
+from app.features.prompts import PromptArgument, PromptSpec
+from app.jsonrpc import InvalidParams
+from app.protocol.context import RequestContext
+
+__all__ = ["prompt_spec"]
+
+
+def prompt_spec(entry: PromptEntry) -> PromptSpec:
+    """The prompt of a catalogue entry: each message rendered with the arguments given (an optional argument not
+    given is an empty string, so ``{% if topic %}`` works); completion offers each argument's ``values``."""
+    environment = template_environment()
+    messages = [(message.role, environment.from_string(message.text)) for message in entry.messages]
+    declared = [argument.name for argument in entry.arguments]
+
+    async def render(arguments: Mapping[str, str], _: RequestContext) -> list[dict[str, Any]]:
+        unknown = sorted(set(arguments) - set(declared))
+        if unknown:
+            raise InvalidParams(f"Prompt {entry.name!r} has no argument {unknown[0]!r} (it takes: "
+                                f"{', '.join(declared) or 'none'})")  # fmt: skip
+        variables = {name: arguments.get(name, "") for name in declared}
+        try:
+            return [{"role": role, "content": {"type": "text", "text": template.render(**variables)}}
+                    for role, template in messages]  # fmt: skip
+        except TemplateError as exc:
+            raise InvalidParams(f"Prompt {entry.name!r} cannot be rendered: {exc}") from None
+
+    arguments = tuple(
+        PromptArgument(a.name, description=a.description, required=a.required, completions=tuple(a.values))
+        for a in entry.arguments
+    )
+    return PromptSpec(entry.name, render, title=entry.title, description=entry.description, arguments=arguments)
