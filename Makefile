@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools test-services kind-verify demo bench test lint format pytest clean help
+.PHONY: setup conformance-tools test-services kind-verify demo bench images test lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,8 +18,9 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
 
-test-services:  ## install redis-server, checkov, etcd and kube-apiserver 1.20 (built once, ~8 min, cached)
+test-services:  ## install redis-server, checkov, etcd, kube-apiserver 1.20 (built once, ~8 min, cached), docker.io
 	@bash scripts/install-redis.sh
+	@bash scripts/container-engine.sh install || echo "make: no container engine here; the image tests will skip"
 	@bash scripts/install-checkov.sh
 	@bash scripts/install-kube.sh
 
@@ -28,6 +29,9 @@ kind-verify:  ## mpdev verify on a local kind cluster with a local registry (nee
 
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
+
+images: setup  ## build the server, tester and deployer images with a local Docker engine (no registry); print sizes
+	bash scripts/build-images.sh $(IMAGE_REPO_PREFIX) $(shell $(PY) -c "import app; print(app.__version__)")
 
 bench: setup  ## benchmark erlmcp against the official Python SDK and a bare FastAPI ceiling (bench-results/)
 	$(PY) -m benchmarks

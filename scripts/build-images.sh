@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build the three Marketplace images with a local Docker engine, from a local base image, without a registry:
+#   scripts/build-images.sh PREFIX TAG
+# makes PREFIX:TAG (server), PREFIX/deployer:TAG and PREFIX/tester:TAG, and prints each image's size. Every wheel
+# and tool comes from wheelhouse/ (filled here from the lock file, checked by hash): the build needs no network.
+# Exit 3 when no container engine can run on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX="${1:?usage: build-images.sh PREFIX TAG}"
+TAG="${2:?usage: build-images.sh PREFIX TAG}"
+
+bash scripts/container-engine.sh install
+eval "export $(bash scripts/container-engine.sh start)"
+base="$(bash scripts/container-engine.sh base-image)"
+python_version="$(docker run --rm --network none "$base" python3 -c 'import platform; print(platform.python_version())')"
+bash scripts/wheelhouse.sh "$python_version" app verify deployer
+bash scripts/install-tools.sh >/dev/null  # the pinned helm and kubectl; the deployer image checks their sha256
+rm -rf wheelhouse/bin && mkdir -p wheelhouse/bin && cp -L .tools/bin/helm .tools/bin/kubectl wheelhouse/bin/
+
+build() {  # build IMAGE DOCKERFILE [BUILD-ARG...]
+  local image=$1 dockerfile=$2
+  shift 2
+  local args=(--network none --build-arg "PYTHON_IMAGE=$base" --build-arg WHEELS=offline)
+  for arg in "$@"; do args+=(--build-arg "$arg"); done
+  docker build --quiet "${args[@]}" -f "$dockerfile" -t "$image" . >/dev/null
+  printf '%-50s %s\n' "$image" "$(docker image inspect "$image" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}')"
+}
+build "$PREFIX:$TAG" Dockerfile "VERSION=$TAG"
+build "$PREFIX/tester:$TAG" verify/Dockerfile "VERSION=$TAG"
+build "$PREFIX/deployer:$TAG" deployer/Dockerfile "REGISTRY=$PREFIX" "TAG=$TAG"
+echo "base image $base ($(docker image inspect "$base" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}'))"

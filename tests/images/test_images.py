@@ -1,0 +1,127 @@
+"""The three images built with a real Docker engine from a local base: the server runs as the chart's security
+context demands (read-only root, UID 1000, no capabilities, writable /tmp and /var/run only) and the tester image
+verifies it; the deployer image carries the filled-in schema and the chart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from app import __version__
+from tests.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first build makes the base image (about 1 min)
+
+PREFIX = "erlmcp-local/erlmcp"
+KEY = "image-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def docker() -> Iterator[dict[str, str]]:
+    """The images built (scripts/build-images.sh), and the environment that reaches the engine."""
+    built = subprocess.run(["bash", "scripts/build-images.sh", PREFIX, __version__], cwd=ROOT, capture_output=True,
+                           text=True, timeout=1800)  # fmt: skip
+    if built.returncode == 3:
+        pytest.skip(f"no container engine can run on this machine: {built.stderr.strip()}")
+    assert built.returncode == 0, built.stdout + built.stderr
+    started = subprocess.run(["bash", "scripts/container-engine.sh", "start"], cwd=ROOT, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+    env = {**os.environ, started.stdout.strip().split("=", 1)[0]: started.stdout.strip().split("=", 1)[1]}
+    print(built.stdout)  # the image sizes, in the test log
+    yield env
+    subprocess.run(["bash", "scripts/container-engine.sh", "stop"], cwd=ROOT, capture_output=True, check=False)
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=300, check=check)
+
+
+def inspect(env: dict[str, str], image: str) -> dict[str, Any]:
+    config: dict[str, Any] = orjson.loads(run(env, "image", "inspect", image).stdout)[0]["Config"]
+    return config
+
+
+def test_each_image_runs_as_uid_1000_with_an_exec_form_entrypoint_and_oci_labels(docker: dict[str, str]) -> None:
+    for image in (f"{PREFIX}:{__version__}", f"{PREFIX}/tester:{__version__}", f"{PREFIX}/deployer:{__version__}"):
+        config = inspect(docker, image)
+        assert config["User"] == "1000:1000", image
+        assert isinstance(config["Entrypoint"], list), image
+        assert config["Labels"]["org.opencontainers.image.version"] == __version__, image
+        assert config["Labels"]["org.opencontainers.image.licenses"] == "Apache-2.0", image
+
+
+def test_the_hardened_server_passes_the_tester_images_verify_run_and_stops_on_sigterm(
+    docker: dict[str, str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\n")
+    keys.chmod(0o644)
+    port, metrics_port = free_port(), free_port()
+    name = f"erlmcp-smoke-{port}"
+    run(docker, "run", "--detach", "--name", name, "--read-only", "--user", "1000:1000", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "--tmpfs", "/var/run", "--network", "host",
+        "--env", "ERLMCP_HOST=127.0.0.1", "--env", f"ERLMCP_PORT={port}",
+        "--env", f"ERLMCP_METRICS_PORT={metrics_port}", "--volume", f"{keys}:/etc/erlmcp/keys:ro",
+        f"{PREFIX}:{__version__}", "--api-key-file", "/etc/erlmcp/keys")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, run(docker, "logs", name, check=False).stderr
+            time.sleep(0.2)
+        verified = run(docker, "run", "--rm", "--read-only", "--user", "1000:1000", "--cap-drop", "ALL",
+                       "--network", "host", "--volume", f"{keys}:/etc/erlmcp/keys:ro", f"{PREFIX}/tester:{__version__}",
+                       "--url", f"http://127.0.0.1:{port}", "--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics",
+                       "--api-key-file", "/etc/erlmcp/keys", check=False)  # fmt: skip
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "0 failed" in verified.stdout
+        # A process-isolated tool call needs nothing writable but /tmp: the worker starts under a read-only root.
+        worker = run(docker, "exec", name, "python", "-c",
+                     "import asyncio; from app.runtime.pool import WorkerPool\n"
+                     "async def main():\n    pool = WorkerPool(size=1, memory_limit_mb=256)\n"
+                     "    print(await pool.call('os:getpid', {}) > 1); await pool.aclose()\n"
+                     "asyncio.run(main())")  # fmt: skip
+        assert "True" in worker.stdout.splitlines(), worker.stdout + worker.stderr
+        started = time.monotonic()
+        run(docker, "stop", "--time", "20", name)
+        stopped_in = time.monotonic() - started
+        state = orjson.loads(run(docker, "inspect", name).stdout)[0]["State"]
+    finally:
+        logs = run(docker, "logs", name, check=False)
+        run(docker, "rm", "--force", name, check=False)
+    assert state["ExitCode"] == 0, logs.stdout + logs.stderr  # SIGTERM handled, not killed after the grace period
+    assert stopped_in < 20
+    lines = [orjson.loads(line) for line in logs.stderr.splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "stopping" for line in lines)
+
+
+def test_the_deployer_image_carries_the_chart_and_the_schema_with_its_images(docker: dict[str, str]) -> None:
+    image = f"{PREFIX}/deployer:{__version__}"
+    cat = ("run", "--rm", "--network", "none", "--entrypoint", "cat", image)
+    schema = run(docker, *cat, "/data/schema.yaml").stdout
+    assert f'publishedVersion: "{__version__}"' in schema
+    tests = run(docker, *cat, "/data-test/schema.yaml").stdout
+    assert f"default: {PREFIX}/tester" in tests  # the tester image this very build made
+    assert f"default: {__version__}" in tests
+    assert "$REGISTRY" not in tests
+    listed = run(docker, "run", "--rm", "--network", "none", "--entrypoint", "tar", image, "-tzf",
+                 "/data/chart/erlmcp.tar.gz").stdout  # fmt: skip
+    assert "chart/Chart.yaml" in listed
+    helped = run(
+        docker, "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-m", "deployer", "--help"
+    )
+    assert "marketplace" in helped.stdout
+    helm = run(docker, "run", "--rm", "--network", "none", "--entrypoint", "helm", image, "version", "--short")
+    assert helm.stdout.startswith("v3.18.0")

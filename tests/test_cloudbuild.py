@@ -1,0 +1,92 @@
+"""cloudbuild.yaml builds, tags, pushes and annotates exactly the images the deployer derives from
+publishedVersion (the server, <prefix>/deployer and <prefix>/tester, each at the version and MAJOR.MINOR), and
+verifies the deployer image with mpdev."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from deployer.expand import project_image
+from deployer.schema import load_schema
+from tests.conftest import ROOT
+
+PREFIX = "registry.example/p/erlmcp"
+ANNOTATION = "com.googleapis.cloudmarketplace.product.service.name"
+
+
+def build() -> tuple[dict[str, Any], dict[str, str]]:
+    text = (ROOT / "cloudbuild.yaml").read_text()
+    document = yaml.safe_load(text)
+    values = {**document["substitutions"], "_REGISTRY": PREFIX, "PROJECT_ID": "p"}
+    expanded = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), text).replace("$$", "$")
+    return yaml.safe_load(expanded), values
+
+
+def derived_images() -> dict[str, str]:
+    """What the deployer and Marketplace derive: the schema's images, <prefix>/deployer, the test schema's tester."""
+    schema = load_schema(ROOT / "schema.yaml")
+    version = schema.published_version
+    images = {prop.image or "server": project_image(PREFIX, prop, version) for prop in schema.images
+              if prop.projection == "REPO_WITH_REGISTRY"}  # fmt: skip
+    images = {name: f"{repo}:{version}" for name, repo in images.items()}
+    tester = yaml.safe_load((ROOT / "deployer" / "data-test" / "schema.yaml").read_text())["properties"]
+    repository = tester["tester.image.repository"]["default"].replace("$REGISTRY", PREFIX)
+    images["tester"] = f"{repository}:{tester['tester.image.tag']['default'].replace('$TAG', version)}"
+    images["deployer"] = f"{PREFIX}/deployer:{version}"
+    return images
+
+
+def test_the_version_and_track_defaults_follow_published_version() -> None:
+    document, values = build()
+    version = load_schema(ROOT / "schema.yaml").published_version
+    assert values["_VERSION"] == version
+    assert values["_TRACK"] == ".".join(version.split(".")[:2])
+
+
+def test_every_derived_image_is_built_with_both_tags() -> None:
+    document, values = build()
+    built = {tag for step in document["steps"] if step["args"][:1] == ["build"]
+             for flag, tag in zip(step["args"], step["args"][1:], strict=False) if flag == "--tag"}  # fmt: skip
+    for name, image in derived_images().items():
+        repo = image.rsplit(":", 1)[0]
+        assert image in built, name
+        assert f"{repo}:{values['_TRACK']}" in built, name
+
+
+def test_the_deployer_image_is_built_for_this_prefix_and_version() -> None:
+    document, values = build()
+    [step] = [s for s in document["steps"] if s["id"] == "build-deployer"]
+    assert step["args"][step["args"].index("--file") + 1] == "deployer/Dockerfile"
+    assert f"REGISTRY={PREFIX}" in step["args"]
+    assert f"TAG={values['_VERSION']}" in step["args"]
+
+
+def test_every_image_is_pushed_and_annotated_with_the_service_name_at_both_tags() -> None:
+    document, values = build()
+    steps = {step["id"]: step for step in document["steps"]}
+    repos = {image.rsplit(":", 1)[0] for image in derived_images().values()}
+    push, annotate = steps["push"]["args"][-1], steps["annotate"]["args"][-1]
+    pushed = set(re.findall(r'"([^"]+)"', push.split(";")[0]))
+    annotated = set(re.findall(r'"([^"]+)"', annotate.split(";")[0]))
+    assert repos <= pushed
+    assert repos <= annotated
+    assert f'"{values["_VERSION"]}" "{values["_TRACK"]}"' in annotate
+    assert f"{ANNOTATION}={values['_SERVICE_NAME']}" in annotate
+    assert steps["annotate"]["waitFor"] == ["push"]
+    assert "images" not in document  # a final push would overwrite the annotated manifests
+
+
+def test_nothing_is_pushed_before_the_tester_image_verified_the_server_image() -> None:
+    document, _ = build()
+    steps = {step["id"]: step for step in document["steps"]}
+    assert "verify" in steps["push"]["waitFor"]
+    assert "--api-key-file" in steps["verify"]["args"][-1]
+
+
+def test_mpdev_verifies_the_deployer_image() -> None:
+    document, values = build()
+    [step] = [s for s in document["steps"] if s["id"] == "mpdev-verify"]
+    assert f"--deployer={derived_images()['deployer']}" in step["args"][-1]
