@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from app import __version__
 from app.catalog import CatalogError
 from app.observability.logging import configure_logging
+from app.observability.tracing import configure_tracing
 from app.server import ListenerError, serve
 from app.settings import LogFormat, Settings, SettingsError
 
@@ -136,7 +137,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; returns the process exit code."""
     settings = settings_from_args(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+    # The standard OTEL_* variables decide on traces; the SDK's own parts read theirs (endpoint, headers, batching).
+    stop_tracing = configure_tracing(os.environ, service_version=__version__, stdio=settings.transport == "stdio")
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(settings))
@@ -147,4 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenerError as exc:
         print(f"erlmcp: {exc}", file=sys.stderr)
         return 1
+    finally:
+        stop_tracing()  # the spans still in the batch go out before the process ends
     return 0

@@ -8,12 +8,13 @@ import gc
 import logging
 import secrets
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -32,6 +33,8 @@ from app import __version__
 from app.catalog.features import PROFILES, CatalogRuntime, load_features
 from app.catalog.reload import CatalogWatcher
 from app.features import Features
+from app.observability import logging as logs
+from app.observability import tracing
 from app.observability.metrics import Metrics
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
@@ -51,6 +54,9 @@ from app.transports.streamable_http import McpEndpoint, TransportOptions
 from app.transports.tcp import serve_tcp
 from app.transports.tls import ServingTls
 from app.transports.websocket import websocket_handler
+
+if TYPE_CHECKING:
+    from app.observability.cloud_monitoring import CloudMonitoringExporter
 
 __all__ = ["ListenerError", "ServerState", "create_app", "create_metrics_app", "serve"]
 
@@ -81,13 +87,20 @@ class ServerState:
 
 
 class _ObserveRequests:
-    """Pure ASGI middleware: one access-log line and the HTTP metrics for every request."""
+    """Pure ASGI middleware: one access-log line and the HTTP metrics for every request.
+
+    The request runs under the trace context its headers carry (``traceparent``, ``tracestate``), so that its
+    log lines and the spans of the messages it brings belong to the caller's trace. A valid ``X-Request-ID`` is
+    the ``requestId`` of its log lines and comes back on the response; without one, the trace id does. WebSocket
+    connections are only noted, for the spans of their messages (their trace context comes in ``_meta``).
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app = app
         self._metrics = metrics
         self._access_log = logging.getLogger(__name__).isEnabledFor(logging.INFO)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labelled metric children, made once
+        self._trace_headers = tracing.propagated_headers()
 
     def _count(self, method: str, status: int, elapsed: float) -> None:
         children = self._children.get((method, status))
@@ -100,45 +113,66 @@ class _ObserveRequests:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self._app(scope, receive, send)
+            if scope["type"] != "websocket":
+                await self._app(scope, receive, send)
+                return
+            with tracing.Exchange("websocket", None, scope.get("client")):
+                await self._app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
         sent = 0
+        carried = False
+        request_id = None
+        for name, value in scope["headers"]:
+            if name in self._trace_headers:
+                carried = True
+            elif name == b"x-request-id":
+                request_id = logs.request_id(value)
+        exchange = tracing.Exchange("http", scope.get("http_version"), scope.get("client"),
+                                    scope["headers"] if carried else None)  # fmt: skip
 
         async def observe(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+                echoed = request_id or exchange.trace_id
+                if echoed is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", echoed.encode())]}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 
         method = scope["method"] if scope["method"] in _HTTP_METHODS else "OTHER"
+        bound = structlog.contextvars.bind_contextvars(requestId=request_id) if request_id is not None else None
         self._metrics.http_requests_in_flight.inc()
-        try:
-            await self._app(scope, receive, observe)
-        finally:
-            elapsed = time.perf_counter() - started
-            self._metrics.http_requests_in_flight.dec()
-            self._count(method, status, elapsed)
-            if scope["path"] not in HEALTH_PATHS and self._access_log:
-                headers = dict(scope.get("headers") or [])
-                client = scope.get("client")
-                log.info(
-                    "request",
-                    httpRequest={
-                        "requestMethod": method,
-                        "requestUrl": scope["path"],
-                        "status": status,
-                        "responseSize": str(sent),
-                        "latency": f"{elapsed:.6f}s",
-                        "remoteIp": client[0] if client else None,
-                        "userAgent": headers.get(b"user-agent", b"").decode("latin-1") or None,
-                        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
-                    },
-                    **scope.get("erlmcp", {}),
-                )
+        with exchange:
+            try:
+                await self._app(scope, receive, observe)
+            finally:
+                elapsed = time.perf_counter() - started
+                self._metrics.http_requests_in_flight.dec()
+                self._count(method, status, elapsed)
+                if scope["path"] not in HEALTH_PATHS and self._access_log:
+                    headers = dict(scope.get("headers") or [])
+                    client = scope.get("client")
+                    with exchange.reporting():  # the line names the span the request was answered in
+                        log.info(
+                            "request",
+                            httpRequest={
+                                "requestMethod": method,
+                                "requestUrl": scope["path"],
+                                "status": status,
+                                "responseSize": str(sent),
+                                "latency": f"{elapsed:.6f}s",
+                                "remoteIp": client[0] if client else None,
+                                "userAgent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+                                "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+                            },
+                            **scope.get("erlmcp", {}),
+                        )
+                if bound is not None:
+                    structlog.contextvars.reset_contextvars(**bound)
 
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
@@ -194,6 +228,32 @@ def serving_tls(settings: Settings) -> ServingTls | None:
         raise SettingsError(f"the TLS certificate or key cannot be used: {exc}") from exc
 
 
+def cloud_monitoring_exporter(settings: Settings, metrics: Metrics) -> CloudMonitoringExporter | None:
+    """The Cloud Monitoring exporter of the seed's five custom metrics, when a project is configured."""
+    if not settings.cloud_monitoring_project:
+        return None
+    from app.observability.cloud_monitoring import CloudMonitoringExporter  # the Google client loads only if used
+
+    labels = {"location": settings.cloud_monitoring_location, "namespace": settings.cloud_monitoring_namespace,
+              "job": "erlmcp", "task_id": settings.cloud_monitoring_task_id or socket.gethostname()}  # fmt: skip
+    try:
+        from google.cloud import monitoring_v3
+
+        if settings.cloud_monitoring_endpoint:  # a local server of the API's protocol: plaintext, no credentials
+            import grpc  # type: ignore[import-untyped]
+            from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+            channel = grpc.insecure_channel(settings.cloud_monitoring_endpoint)
+            client = monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
+        else:
+            client = monitoring_v3.MetricServiceClient()  # finds the credentials now: a missing one stops the start
+        return CloudMonitoringExporter(metrics.registry, project_id=settings.cloud_monitoring_project,
+                                       resource_labels=labels, client=client,
+                                       interval_seconds=settings.cloud_monitoring_interval_seconds)  # fmt: skip
+    except Exception as exc:  # no credentials, a bad label: say so at start rather than fail later
+        raise SettingsError(f"Cloud Monitoring export cannot start: {exc}") from exc
+
+
 def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
     """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here."""
     if settings.rate_limit_per_second <= 0:
@@ -234,8 +294,9 @@ class _McpFastPath:
 
 # What a browser MCP client sends and must be able to read (2025-11-25 and 2026-07-28 headers).
 _CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "Mcp-Session-Id", "MCP-Protocol-Version",
-                         "Last-Event-ID", "Mcp-Method", "Mcp-Name", "X-API-Key")  # fmt: skip
-_CORS_RESPONSE_HEADERS = ("Mcp-Session-Id", "WWW-Authenticate", "Retry-After")
+                         "Last-Event-ID", "Mcp-Method", "Mcp-Name", "X-API-Key", "traceparent", "tracestate",
+                         "X-Request-ID")  # fmt: skip
+_CORS_RESPONSE_HEADERS = ("Mcp-Session-Id", "WWW-Authenticate", "Retry-After", "X-Request-ID")
 
 
 def cors_options(origins: Sequence[str]) -> dict[str, Any]:
@@ -318,14 +379,24 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         watcher = CatalogWatcher(Path(settings.catalog), load=load, current=features, serve=serve_features,
                                  interval_seconds=settings.catalog_reload_seconds)  # fmt: skip
 
+    loop: list[asyncio.AbstractEventLoop] = []  # the serving loop, known once the lifespan starts
+    metrics.watch(sessions=lambda: len(sessions), tasks=lambda: len(asyncio.all_tasks(loop[0])) if loop else 0,
+                  workers=lambda: runtime.pool.live_workers)  # fmt: skip
+
+    exporter = cloud_monitoring_exporter(settings, metrics)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        reloading = asyncio.create_task(watcher.run()) if watcher is not None else None
+        loop.append(asyncio.get_running_loop())
+        background = [asyncio.create_task(watcher.run())] if watcher is not None else []
+        if exporter is not None:
+            background.append(asyncio.create_task(exporter.run()))
         try:
             yield
         finally:
-            if reloading is not None:
-                reloading.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)  # the exporter writes once more
             await runtime.aclose()
 
     app = FastAPI(title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
         512, ge=0, description="Address-space limit of each tool worker process, in MiB (0: none; else at least 64)."
     )
     tool_threads: int = Field(16, ge=1, le=256, description="Threads for sync Python tools (never the event loop).")
+    cloud_monitoring_project: str | None = Field(
+        None, description="Write the five custom metrics to Cloud Monitoring in this project (default: off)."
+    )
+    cloud_monitoring_location: str = Field("global", description="generic_task location: the region or zone.")
+    cloud_monitoring_namespace: str = Field("default", description="generic_task namespace: the Kubernetes namespace.")
+    cloud_monitoring_task_id: str | None = Field(None, description="generic_task task_id (default: the host name).")
+    cloud_monitoring_interval_seconds: float = Field(60.0, ge=10, description="Seconds between two exports.")
+    cloud_monitoring_endpoint: str | None = Field(
+        None, description="HOST:PORT of a local server of the Monitoring API, spoken to in plaintext (tests only)."
+    )
     catalog_reload_seconds: float = Field(
         2.0, ge=0, description="How often the catalogue file is checked for changes (0: never reloaded)."
     )

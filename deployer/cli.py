@@ -282,6 +282,36 @@ def _clean_deployer_account(cluster: Cluster, name: str, namespace: str) -> None
         _progress(f"deleted the deployer ServiceAccount {account['metadata']['name']}")
 
 
+def _cmd_monitoring(args: argparse.Namespace) -> int:
+    from deployer import monitoring  # the Google Cloud clients load for this command only
+
+    return monitoring.command(args, log=_progress)
+
+
+def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
+    """The options of ``python -m deployer monitoring``."""
+    sub.add_argument("action", choices=("plan", "apply"), help="plan: show what would change; apply: change it")
+    sub.add_argument("--project", required=True, help="Google Cloud project ID the objects live in")
+    sub.add_argument("-n", "--namespace", help="watch only the erlmcp in this Kubernetes namespace (default: every "
+                     "namespace); objects of different namespaces are managed separately")  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="with apply: print the plan, write nothing")
+    sub.add_argument("--email", action="append", default=[], metavar="ADDR", help="an email channel; repeatable")
+    sub.add_argument("--pagerduty-key-file", type=Path, metavar="FILE", help="a PagerDuty channel with the "
+                     "integration (service) key in FILE; paged for CRITICAL and ERROR policies only")  # fmt: skip
+    sub.add_argument("--slack-channel", metavar="CHANNEL", help="a Slack channel (e.g. #erlmcp-alerts); needs "
+                     "--slack-token-file")  # fmt: skip
+    sub.add_argument("--slack-token-file", type=Path, metavar="FILE", help="file holding the Slack app's token")
+    sub.add_argument("--webhook-url", metavar="URL", help="a webhook (webhook_tokenauth) channel posting to URL")
+    sub.add_argument("--memory-limit-bytes", type=int, default=512 * 1024 * 1024, metavar="BYTES",
+                     help="the pods' memory limit; the memory policy fires at 90%% (default 512 MiB)")  # fmt: skip
+    sub.add_argument("--max-connections", type=int, default=10_000, metavar="N", help="long-lived connections "
+                     "one pod is sized for; the saturation policy fires at 80%% (default 10000)")  # fmt: skip
+    sub.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sub.add_argument("--endpoint", metavar="HOST:PORT", help="advanced: the API endpoint (default Google's)")
+    sub.add_argument("--insecure", action="store_true", help="advanced, for testing: plaintext gRPC to "
+                     "--endpoint without credentials, e.g. a local server speaking the API")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -415,6 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seconds a tester may run (default TESTER_TIMEOUT or 300)")  # fmt: skip
     market_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay ready")
     market_cmd.set_defaults(run=_cmd_marketplace)
+
+    monitoring_cmd = commands.add_parser(
+        "monitoring",
+        help="plan or apply the Cloud Monitoring alert policies, dashboards and channels",
+        description="Six alert policies, four dashboards and the notification channels given, on the custom "
+        "metrics the server exports. plan prints CREATE, UPDATE (with the fields that differ), NO CHANGE or "
+        "DELETE per object; apply makes it so, and changes nothing when run again. Only objects labelled "
+        "managed-by: erlmcp are ever changed. Secrets come from files and are never printed. Credentials: "
+        "Application Default Credentials.",
+    )
+    _add_monitoring_arguments(monitoring_cmd)
+    monitoring_cmd.set_defaults(run=_cmd_monitoring)
     return parser
 
 

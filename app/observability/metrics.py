@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 __all__ = ["Metrics"]
 
@@ -50,7 +60,37 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
-        self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
+        self.mcp_request_duration = Histogram(
+            "mcp_request_duration_seconds",
+            "Time to answer an MCP request, by JSON-RPC method.",
+            ["method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.mcp_tool_duration = Histogram(
+            "mcp_tool_duration_seconds",
+            "Time a tools/call took, by tool.",
+            ["tool"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.sessions_active = Gauge(
+            "mcp_sessions_active", "MCP sessions this server holds (handshake-era revisions).", registry=self.registry
+        )
+        self.connections_active = Gauge(
+            "mcp_connections_active",
+            "Long-lived connections open now, by transport (WebSocket, TCP, HTTP+SSE, stdio, streamable-HTTP streams).",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.asyncio_tasks = Gauge("erlmcp_asyncio_tasks", "Live asyncio tasks in the server.", registry=self.registry)
+        self.tool_workers = Gauge(
+            "erlmcp_tool_workers", "Live worker processes of isolation: process tools.", registry=self.registry
+        )
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any, Any, Any]] = {}
         self.rate_limited = Counter(
             "mcp_rate_limited", "Requests refused with 429 because a client was over its rate.", registry=self.registry
         )
@@ -58,16 +98,27 @@ class Metrics:
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )
 
-    def count_outcome(self, method: str, outcome: str, tool: str | None) -> None:
-        """Count one answered MCP request (and the tool call, for tools/call); labelled children are cached."""
+    def count_outcome(self, method: str, outcome: str, tool: str | None, seconds: float = 0.0) -> None:
+        """Count one answered MCP request and its duration (and the tool call, for tools/call); labelled children
+        are cached. ``method`` and ``tool`` come from bounded sets: known methods and catalogue tools only."""
         key = (method, outcome, tool if method == "tools/call" else None)
         children = self._outcomes.get(key)
         if children is None:
             requests = self.mcp_requests.labels(method=method, outcome=outcome)
+            duration = self.mcp_request_duration.labels(method=method)
             calls = self.mcp_tool_calls.labels(tool=key[2], outcome=outcome) if key[2] else None
-            children = (requests, calls)
+            tool_duration = self.mcp_tool_duration.labels(tool=key[2]) if key[2] else None
+            children = (requests, duration, calls, tool_duration)
             if len(self._outcomes) < 10_000:  # labels come from bounded sets; stay bounded all the same
                 self._outcomes[key] = children
         children[0].inc()
-        if children[1] is not None:
-            children[1].inc()
+        children[1].observe(seconds)
+        if children[2] is not None and children[3] is not None:
+            children[2].inc()
+            children[3].observe(seconds)
+
+    def watch(self, *, sessions: Callable[[], int], tasks: Callable[[], int], workers: Callable[[], int]) -> None:
+        """Gauges read when scraped: sessions held, live asyncio tasks, tool worker processes."""
+        self.sessions_active.set_function(sessions)
+        self.asyncio_tasks.set_function(tasks)
+        self.tool_workers.set_function(workers)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -23,6 +24,7 @@ from app.jsonrpc import (
     error_response,
     result_response,
 )
+from app.observability import tracing
 from app.protocol.context import LOG_LEVELS, RequestContext
 from app.protocol.request_state import RequestStateError, RequestStateSealer
 from app.protocol.revisions import STATELESS_REVISIONS, negotiate
@@ -61,6 +63,7 @@ class Outcome:
     method: str  # the method, or "(unknown)" so that metric labels stay bounded
     status: str  # ok, error (a JSON-RPC error), or the tool outcome for tools/call
     tool: str | None = None
+    seconds: float = 0.0  # time from dispatch to answer
 
 
 class Dispatcher:
@@ -177,7 +180,25 @@ class Dispatcher:
         return method in self._handlers or method in {"initialize", "tools/call"}
 
     async def dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
-        """Answer one handshake-era request; protocol errors become error responses, never exceptions."""
+        """Answer one handshake-era request; protocol errors become error responses, never exceptions. The answer
+        is traced (:mod:`app.observability.tracing`) when tracing is on or the request carries a trace context."""
+        started = time.perf_counter()
+        if tracing.quiet(message):
+            outcome = await self._dispatch(message, ctx)
+        else:
+            outcome = await tracing.traced(self._dispatch(message, ctx), message, ctx, self._features)
+        return replace(outcome, seconds=time.perf_counter() - started)
+
+    async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
+        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
+        started = time.perf_counter()
+        if tracing.quiet(message):
+            outcome = await self._dispatch_stateless(message, ctx)
+        else:
+            outcome = await tracing.traced(self._dispatch_stateless(message, ctx), message, ctx, self._features)
+        return replace(outcome, seconds=time.perf_counter() - started)
+
+    async def _dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
         method = message.method or ""
         assert message.id is not None
         label = method if self.knows(method) else "(unknown)"
@@ -195,8 +216,7 @@ class Dispatcher:
             return Outcome(error_response(message.id, internal), label, "error")
         return Outcome(result_response(message.id, result), label, status, tool)
 
-    async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
-        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
+    async def _dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
         method = message.method or ""
         assert message.id is not None
         known = method in _STATELESS_METHODS or (method in _TASK_METHODS and self._features.tools.support_tasks)

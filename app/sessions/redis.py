@@ -262,6 +262,10 @@ class RedisSessionStore:
         if method == "notifications/cancelled" and params.get("requestId") not in session.in_flight:
             await self._publish({"type": "notification", "session": session.id, "method": method, "params": params})
 
+    def __len__(self) -> int:
+        """Sessions this replica holds (others hold theirs; the shared state is in Redis)."""
+        return len(self._local)
+
     def all(self) -> list[Session]:
         """The sessions this replica holds a copy of."""
         return [session for session, _ in self._local.values()]

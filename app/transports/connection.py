@@ -73,6 +73,8 @@ class MessageConnection:
         self._listener: Listener | None = None
         self._forwarder: asyncio.Task[None] | None = None
         self.session: Session | None = None
+        self._open = metrics.connections_active.labels(transport=transport)
+        self._open.inc()
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write one message (messages never interleave)."""
@@ -203,10 +205,11 @@ class MessageConnection:
         await self.send(outcome.response)
 
     def _count(self, outcome: Outcome) -> None:
-        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool)
+        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool, outcome.seconds)
 
     async def close(self) -> None:
         """The connection ended: stop its requests and end its session."""
+        self._open.dec()
         for task in list(self._tasks):
             task.cancel()
         if self._listener is not None:

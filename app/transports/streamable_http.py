@@ -143,6 +143,7 @@ class McpEndpoint:
         self._auth = authenticator
         self._origins = origins
         self._metrics = metrics
+        self._streams_open = metrics.connections_active.labels(transport="streamable-http")  # GET and listen streams
         self._options = options
         self._background: set[asyncio.Task[Any]] = set()
         self._feed = ChangeFeed()
@@ -497,7 +498,7 @@ class McpEndpoint:
         return response
 
     def _count(self, outcome: Outcome) -> None:
-        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool)
+        self._metrics.count_outcome(outcome.method, outcome.status, outcome.tool, outcome.seconds)
 
     async def _batch(self, request: Request, payload: list[Any]) -> Response:
         """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching)."""
@@ -630,6 +631,7 @@ class McpEndpoint:
         tag = {"io.modelcontextprotocol/subscriptionId": message.id}
 
         async def events() -> AsyncIterator[bytes]:
+            self._streams_open.inc()
             try:
                 ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                        "params": {"_meta": tag, "notifications": honoured}}  # fmt: skip
@@ -640,6 +642,7 @@ class McpEndpoint:
                         None, orjson.dumps({"jsonrpc": "2.0", "method": change.method, "params": params})
                     )
             finally:
+                self._streams_open.dec()
                 self._feed.forget(listener)
 
         self._metrics.mcp_requests.labels(method="subscriptions/listen", outcome="ok").inc()
@@ -681,10 +684,12 @@ class McpEndpoint:
         pump = asyncio.create_task(forward())
 
         async def events() -> AsyncIterator[bytes]:
+            self._streams_open.inc()
             try:
                 async for chunk in self._events(stream, 0, priming=True):
                     yield chunk
             finally:
+                self._streams_open.dec()
                 self._feed.forget(listener)
                 pump.cancel()
                 await stream.close()
