@@ -275,14 +275,39 @@ class _McpFastPath:
     """Pure ASGI middleware: ``/mcp`` goes straight to the MCP endpoint, past the router and FastAPI's request
     plumbing (the hot path); every other path goes on as usual."""
 
-    def __init__(self, app: ASGIApp, endpoint: McpEndpoint) -> None:
+    def __init__(self, app: ASGIApp, endpoint: McpEndpoint, *, max_in_flight: int = 0, metrics: Metrics | None = None):
         self._app = app
         self._endpoint = endpoint
+        self._max_in_flight = max_in_flight  # POSTs answered at once; 0: no bound
+        self._in_flight = 0
+        self._shed = metrics.requests_shed if metrics is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/mcp":
             await self._app(scope, receive, send)
             return
+        if self._max_in_flight and scope["method"] == "POST":
+            if self._in_flight >= self._max_in_flight:
+                await self._overloaded(scope, receive, send)
+                return
+            self._in_flight += 1
+            try:
+                await self._answer(scope, receive, send)
+            finally:
+                self._in_flight -= 1
+            return
+        await self._answer(scope, receive, send)
+
+    async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Shed a request at once, so that it is retried elsewhere rather than queued until it times out."""
+        if self._shed is not None:
+            self._shed.inc()
+        message = f"Server overloaded: {self._in_flight} requests in progress; retry after 1 s"
+        body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}})
+        await Response(body, status_code=503, media_type="application/json",
+                       headers={"Retry-After": "1"})(scope, receive, send)  # fmt: skip
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             response = await self._endpoint.handle(Request(scope, receive))
         except Exception:  # never a stack trace on the wire; the log has it
@@ -309,9 +334,10 @@ class _Front:
     """What uvicorn serves: ``/mcp`` through the metrics-and-log wrapper straight to the endpoint; everything
     else (health, /ws, /sse, 404s) through the whole FastAPI application."""
 
-    def __init__(self, app: FastAPI, metrics: Metrics, *, cors_origins: Sequence[str] = ()) -> None:
+    def __init__(self, app: FastAPI, metrics: Metrics, *, cors_origins: Sequence[str] = (), max_in_flight: int = 0):
         self._app = app
-        mcp = _ObserveRequests(_McpFastPath(app, app.state.mcp_endpoint), metrics)
+        fast = _McpFastPath(app, app.state.mcp_endpoint, max_in_flight=max_in_flight, metrics=metrics)
+        mcp = _ObserveRequests(fast, metrics)
         self._mcp: ASGIApp = CORSMiddleware(mcp, **cors_options(cors_origins)) if cors_origins else mcp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -501,7 +527,7 @@ async def serve(settings: Settings) -> None:
     # balancer's requests come from; the middleware would cost every request for nothing.
     common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False}
     main_config = uvicorn.Config(
-        _Front(app, metrics, cors_origins=settings.cors_origins),
+        _Front(app, metrics, cors_origins=settings.cors_origins, max_in_flight=settings.max_concurrent_requests),
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     catalog_reload_seconds: float = Field(
         2.0, ge=0, description="How often the catalogue file is checked for changes (0: never reloaded)."
     )
+    max_concurrent_requests: int = Field(
+        256,
+        ge=0,
+        description="POST /mcp requests answered at once; more get 503 with Retry-After at once (0: no bound).",
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted request body.")
     drain_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."

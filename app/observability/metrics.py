@@ -94,6 +94,11 @@ class Metrics:
         self.rate_limited = Counter(
             "mcp_rate_limited", "Requests refused with 429 because a client was over its rate.", registry=self.registry
         )
+        self.requests_shed = Counter(
+            "mcp_requests_shed",
+            "POST /mcp requests answered 503 at once because the server had its bound of requests in progress.",
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )
