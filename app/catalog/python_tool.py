@@ -21,15 +21,18 @@ from concurrent.futures import Executor
 from typing import Any, get_type_hints
 
 import orjson
+import structlog
 from pydantic import ConfigDict, PydanticUserError, create_model
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from app.catalog.model import PythonToolEntry
 from app.features.tools import ToolError, ToolHandler, ToolResult
 from app.protocol.context import RequestContext
-from app.runtime.pool import WorkerError, WorkerPool
+from app.runtime.pool import ToolFailed, WorkerError, WorkerPool
 
 __all__ = ["import_function", "python_tool_handler", "schema_from_hints", "tool_result_of"]
+
+log = structlog.get_logger(__name__)
 
 
 def import_function(target: str) -> Callable[..., Any]:
@@ -121,7 +124,12 @@ def python_tool_handler(
         async def in_worker(arguments: Mapping[str, Any], _: RequestContext) -> ToolResult:
             try:
                 value = await pool.call(target, arguments)
-            except WorkerError as exc:
+            except ToolFailed as exc:
+                if exc.kind == "exception":  # as in a thread: the details go to the log, not to the model
+                    log.error("tool failed in its worker", tool=entry.name, error_type=exc.type, error=exc.message)
+                    raise ToolError(f"Tool {entry.name!r} failed; the server log has the details") from None
+                raise ToolError(str(exc)) from None  # the tool's own ToolError, or our sentence (import, not JSON)
+            except WorkerError as exc:  # crashed, out of memory: our sentences
                 raise ToolError(str(exc)) from None
             return tool_result_of(value, structured=structured)
 

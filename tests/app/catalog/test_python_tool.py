@@ -103,3 +103,30 @@ def test_values_that_are_not_json_or_not_an_object_for_an_output_schema_are_tool
     with pytest.raises(ToolError, match="returned list, not an object"):
         tool_result_of([1, 2], structured=True)
     assert tool_result_of(None, structured=False) == {"content": [], "isError": False}
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_in_a_worker_is_reported_as_in_a_thread_without_its_details() -> None:
+    from app.runtime.pool import WorkerPool
+
+    def call_in_worker(function: str) -> str:
+        spec = PythonToolEntry.model_validate({"kind": "python", "name": "t", "description": "d",
+                                               "function": function, "isolation": "process"})  # fmt: skip
+
+        async def run() -> str:
+            pool = WorkerPool(size=1, memory_limit_mb=256)
+            try:
+                with ThreadPoolExecutor(1) as threads:
+                    await python_tool_handler(spec, import_function(function), threads=threads, pool=pool)({}, CTX)
+            except ToolError as exc:
+                return str(exc)
+            finally:
+                await pool.aclose()
+            raise AssertionError("no tool error")
+
+        return asyncio.run(run())
+
+    failed = call_in_worker("tests.app.runtime.functions:fail")
+    assert failed == "Tool 't' failed; the server log has the details"
+    assert "not what I expected" not in failed
+    assert call_in_worker("tests.app.catalog.functions:crash") == "Tool 't' failed; the server log has the details"
