@@ -17,20 +17,11 @@ import structlog
 
 from app.catalog.loader import CatalogError
 from app.features import Features
+from app.file_stamp import file_stamp
 
 __all__ = ["CatalogWatcher", "changed_lists"]
 
 log = structlog.get_logger(__name__)
-
-_Signature = tuple[int, int, int] | None
-
-
-def _signature(path: Path) -> _Signature:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def changed_lists(old: Features, new: Features) -> list[str]:
@@ -60,7 +51,7 @@ class CatalogWatcher:
         self._serve = serve
         self._current = current
         self._interval = interval_seconds
-        self._signature = _signature(path)
+        self._signature = file_stamp(path)
 
     @property
     def current(self) -> Features:
@@ -69,7 +60,7 @@ class CatalogWatcher:
 
     async def check(self) -> bool:
         """Reload if the file changed since the last look; True when new features went into service."""
-        signature = _signature(self._path)
+        signature = file_stamp(self._path)
         if signature == self._signature:
             return False
         self._signature = signature

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from app.file_stamp import file_stamp
 from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, digest_of, read_key_file
 from app.security.tokens import JwtVerifier, TokenRejected, VerifiedToken, looks_like_jwt
 
@@ -34,21 +35,13 @@ class ApiKeyAuthenticator:
         self._keys = tuple(keys)
         self._source, self._clock = source, clock
         self._checked = clock()
-        self._stamp = self._stamp_of(source) if source is not None else None
-
-    @staticmethod
-    def _stamp_of(path: Path) -> tuple[int, int, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+        self._stamp = file_stamp(source) if source is not None else None
 
     def _reload_if_changed(self) -> None:
         if self._source is None or self._clock() - self._checked < 1.0:
             return
         self._checked = self._clock()
-        stamp = self._stamp_of(self._source)
+        stamp = file_stamp(self._source)
         if stamp == self._stamp:
             return
         self._stamp = stamp

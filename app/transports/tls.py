@@ -16,24 +16,15 @@ from pathlib import Path
 
 import structlog
 
+from app.file_stamp import FileStamp, file_stamp
+
 __all__ = ["ServingTls"]
 
 log = structlog.get_logger(__name__)
 
-_Signature = tuple[tuple[int, int, int] | None, ...]
 
-
-def _signature(paths: tuple[Path, ...]) -> _Signature:
-    """What changes when a file is rewritten or its symlink is swapped: mtime, size and inode of each file."""
-
-    def one(path: Path) -> tuple[int, int, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
-
-    return tuple(one(path) for path in paths)
+def _signature(paths: tuple[Path, ...]) -> tuple[FileStamp, ...]:
+    return tuple(file_stamp(path) for path in paths)
 
 
 class ServingTls:
