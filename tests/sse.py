@@ -16,3 +16,12 @@ def events(text: str) -> list[tuple[str | None, dict[str, Any] | None]]:
         if event_id or data:
             found.append((event_id, orjson.loads(data) if data else None))
     return found
+
+
+def response_message(content_type: str, body: str) -> dict[str, Any]:
+    """The JSON-RPC response of a POST, whether it came as a JSON body or as an event stream (where it is the
+    message with an ``id`` after any notifications)."""
+    if not content_type.startswith("text/event-stream"):
+        message: dict[str, Any] = orjson.loads(body)
+        return message
+    return next(m for _, m in events(body) if m is not None and "id" in m)

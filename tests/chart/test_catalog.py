@@ -3,23 +3,16 @@ Pods), with the Secrets and ConfigMaps its entries read mounted where the catalo
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from app.catalog.loader import load_catalog
+from tests.chart.rendering import render
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def render(helm: str, *arguments: str) -> list[dict[str, Any]]:
-    command = [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1", *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -28,7 +21,7 @@ def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def test_the_catalogue_the_chart_writes_is_one_the_server_accepts(helm: str, tmp_path: Path) -> None:
-    documents = render(helm, "-f", str(ROOT / "chart" / "ci" / "catalog-values.yaml"))
+    documents = render(helm, values=ROOT / "chart" / "ci" / "catalog-values.yaml")
     path = tmp_path / "catalog.yaml"
     path.write_text(one(documents, "ConfigMap")["data"]["catalog.yaml"])
     catalog = load_catalog(path)
@@ -43,10 +36,9 @@ def test_the_catalogue_the_chart_writes_is_one_the_server_accepts(helm: str, tmp
 
 
 def test_a_changed_catalogue_does_not_roll_the_pods(helm: str) -> None:
-    before = one(render(helm, "--set", "catalog.tools[0].name=a", "--set", "catalog.tools[0].builtin=echo",
-                        "--set", "catalog.tools[0].description=d"), "Deployment")  # fmt: skip
-    after = one(render(helm, "--set", "catalog.tools[0].name=b", "--set", "catalog.tools[0].builtin=echo",
-                       "--set", "catalog.tools[0].description=d"), "Deployment")  # fmt: skip
+    tool = ("catalog.tools[0].builtin=echo", "catalog.tools[0].description=d")
+    before = one(render(helm, "catalog.tools[0].name=a", *tool), "Deployment")
+    after = one(render(helm, "catalog.tools[0].name=b", *tool), "Deployment")
     assert before["spec"]["template"] == after["spec"]["template"]
 
 
@@ -59,5 +51,5 @@ def test_without_a_catalogue_the_server_serves_its_built_in_one(helm: str) -> No
 
 
 def test_a_secret_name_with_dots_makes_a_valid_volume_name(helm: str) -> None:
-    spec = one(render(helm, "--set", "catalogSecrets={api.weather.example}"), "Deployment")["spec"]["template"]["spec"]
+    spec = one(render(helm, "catalogSecrets={api.weather.example}"), "Deployment")["spec"]["template"]["spec"]
     assert "catalog-secret-api-weather-example" in {v["name"] for v in spec["volumes"]}

@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from typing import Any
 
 import pytest
-import yaml
 
+from tests.chart.rendering import render
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def render(helm: str, *sets: str) -> list[dict[str, Any]]:
-    command = [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1"]
-    for value in sets:
-        command += ["--set", value]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def test_nothing_for_monitoring_is_rendered_by_default(helm: str) -> None:

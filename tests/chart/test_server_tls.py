@@ -11,20 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 
+from tests.chart.rendering import render
 from tests.conftest import ROOT, start_server
 
 pytestmark = pytest.mark.slow
-
-
-def render(helm: str, *sets: str) -> list[dict[str, Any]]:
-    command = [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1"]
-    for value in sets:
-        command += ["--set", value]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def one(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT, RunningServer, start_server
+from tests.sse import response_message
 
 pytestmark = pytest.mark.slow
 
@@ -83,11 +84,7 @@ class Client:
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = {"jsonrpc": "2.0", "id": 2, "method": method, "params": params or {}}
         response = self.http.post(self.url, headers=self.headers, content=orjson.dumps(body))
-        text = response.text
-        if response.headers["content-type"].startswith("text/event-stream"):
-            text = next(line[5:] for line in text.splitlines() if line.startswith("data:") and '"id"' in line)
-        message: dict[str, Any] = orjson.loads(text)
-        return message
+        return response_message(response.headers["content-type"], response.text)
 
     def heard(self, method: str, seconds: float = 15) -> bool:
         deadline = time.monotonic() + seconds

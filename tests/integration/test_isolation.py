@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.conftest import RunningServer, start_server
+from tests.sse import response_message
+from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +35,8 @@ tools:
 
 
 def call(server: RunningServer, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": name}  # fmt: skip
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}  # fmt: skip
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments, "_meta": meta}}  # fmt: skip
-    response = httpx.post(f"{server.url}/mcp", headers=headers, content=orjson.dumps(body), timeout=60)
-    result: dict[str, Any] = orjson.loads(response.content)["result"]
+    result: dict[str, Any] = post(f"{server.url}/mcp", "tools/call", {"name": name, "arguments": arguments},
+                                  timeout=60).json()["result"]  # fmt: skip
     return result
 
 
@@ -159,7 +154,4 @@ def test_notifications_cancelled_kills_the_worker_of_the_call_it_names(tmp_path:
 def call_tool_in_session(url: str, headers: dict[str, str]) -> str:
     body = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}}
     response = httpx.post(url, headers=headers, json=body, timeout=60)
-    text = response.text
-    if response.headers["content-type"].startswith("text/event-stream"):
-        text = next(line[5:] for line in text.splitlines() if line.startswith("data:") and '"id"' in line)
-    return str(orjson.loads(text)["result"]["content"][0]["text"])
+    return str(response_message(response.headers["content-type"], response.text)["result"]["content"][0]["text"])

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer, start_server
+from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +24,7 @@ tools:
 
 
 def call(server: RunningServer, name: str, arguments: dict[str, Any]) -> httpx.Response:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": name}  # fmt: skip
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}  # fmt: skip
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments,
-                                                                          "_meta": meta}}  # fmt: skip
-    return httpx.post(f"{server.url}/mcp", headers=headers, content=orjson.dumps(body), timeout=30)
+    return post(f"{server.url}/mcp", "tools/call", {"name": name, "arguments": arguments})
 
 
 def test_past_its_bound_the_server_sheds_at_once_and_serves_what_it_admitted(tmp_path: Path) -> None:

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
 import pytest
 
 from tests.conftest import ROOT, start_server
+from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +48,7 @@ def install(site: Path) -> None:
 
 
 def rpc(url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}  # fmt: skip
-    if "name" in params or "uri" in params:
-        headers["Mcp-Name"] = params.get("name") or params["uri"]
-    body = {"jsonrpc": "2.0", "id": 1, "method": method,
-            "params": {**params, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                                           "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-                                           "io.modelcontextprotocol/clientCapabilities": {}}}}  # fmt: skip
-    response = httpx.post(url, headers=headers, content=orjson.dumps(body), timeout=30)
-    message: dict[str, Any] = orjson.loads(response.content)
+    message: dict[str, Any] = post(url, method, params).json()
     assert "result" in message, message
     result: dict[str, Any] = message["result"]
     return result

@@ -1,0 +1,24 @@
+"""The chart rendered by real Helm as release r1 in namespace ns1, parsed into its documents."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import ROOT
+
+__all__ = ["render"]
+
+
+def render(helm: str, *sets: str, values: Path | None = None) -> list[dict[str, Any]]:
+    """``helm template`` with each ``NAME=VALUE`` of ``sets`` as a ``--set`` (and ``values`` as ``-f``)."""
+    command = [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1"]
+    if values is not None:
+        command += ["-f", str(values)]
+    for value in sets:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -1,0 +1,22 @@
+"""A 2026-07-28 (stateless) request to a real server over HTTP: the `_meta` and the headers that mirror the body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}  # fmt: skip
+_NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+def post(url: str, method: str, params: dict[str, Any], *, timeout: float = 30) -> httpx.Response:
+    """POST one request to the MCP endpoint ``url``, with Mcp-Method (and Mcp-Name) mirroring the body."""
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}  # fmt: skip
+    if method in _NAMED_BY:
+        headers["Mcp-Name"] = str(params[_NAMED_BY[method]])
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}}
+    return httpx.post(url, headers=headers, content=orjson.dumps(body), timeout=timeout)
