@@ -187,9 +187,7 @@ def _plugins(catalog: Catalog, runtime: CatalogRuntime) -> tuple[list[ToolSpec],
                                     messages=[PromptMessageEntry.model_validate({"role": role, "text": text})
                                               for role, text in prompt.messages])  # fmt: skip
                 prompts.append(prompt_spec(entry))
-    except PluginError as exc:
-        raise CatalogError(f"plugins: {exc}") from None
-    except ValueError as exc:  # a plugin's prompt or tool that does not validate
+    except ValueError as exc:  # PluginError, or a plugin's prompt or tool that does not validate
         raise CatalogError(f"plugins: {exc}") from None
     return tools, resources, prompts
 
