@@ -312,6 +312,49 @@ def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
                      "--endpoint without credentials, e.g. a local server speaking the API")  # fmt: skip
 
 
+# platform -> (module in deployer.gcp, actions, help)
+PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "network": ("network", ("plan", "apply"), "the VPC, subnet, Cloud Router and NAT, and firewall rules"),
+    "cluster": ("gke", ("plan", "apply", "check"), "the regional GKE cluster and its node pools; check compares "
+                "an existing cluster with the seed design"),
+    "secrets": ("secrets", ("plan", "apply"), "the secrets erlmcp reads, in Secret Manager, and the Workload "
+                "Identity binding that lets the app's service account read them"),
+    "cloudrun": ("cloudrun", ("plan", "apply", "canary", "promote", "rollback"), "the Cloud Run service; canary "
+                 "deploys a tagged revision at a small share of traffic, promote or rollback ends it"),
+    "gce": ("compute", ("plan", "apply"), "the Compute Engine instance template, regional managed instance group, "
+            "autoscaler, health check and load balancer backend"),
+}  # fmt: skip
+
+
+def _cmd_platform(args: argparse.Namespace) -> int:
+    import importlib  # the Google Cloud clients load for this command only
+
+    module = importlib.import_module(f"deployer.gcp.{PLATFORMS[args.command][0]}")
+    code: int = module.command(args, log=_progress)
+    return code
+
+
+def _add_platform_arguments(sub: argparse.ArgumentParser, actions: Sequence[str]) -> None:
+    """The options every ``python -m deployer <platform>`` command shares."""
+    sub.add_argument(
+        "action",
+        choices=actions,
+        help="plan: show what would change; apply: change it"
+        + ("; " + ", ".join(actions[2:]) + ": see the description" if len(actions) > 2 else ""),
+    )
+    sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="the erlmcp Google Cloud configuration "
+                     "(YAML; every key defaults to the seed design, see the README)")  # fmt: skip
+    sub.add_argument("--project", help="Google Cloud project ID (overrides the configuration's project)")
+    sub.add_argument("--region", help="region (overrides the configuration's region, default us-central1)")
+    sub.add_argument("--image", help="the server image (overrides the configuration's image)")
+    sub.add_argument("--dry-run", action="store_true", help="with apply (or any change): print the plan, write "
+                     "nothing")  # fmt: skip
+    sub.add_argument("--json", action="store_true", help="print the plan or report as JSON")
+    sub.add_argument("--endpoint", metavar="HOST:PORT", help="advanced: the API endpoint (default Google's)")
+    sub.add_argument("--insecure", action="store_true", help="advanced, for testing: no TLS and no credentials "
+                     "to --endpoint, e.g. a local server speaking the API")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -457,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_monitoring_arguments(monitoring_cmd)
     monitoring_cmd.set_defaults(run=_cmd_monitoring)
+
+    for platform, (_, actions, text) in PLATFORMS.items():
+        platform_cmd = commands.add_parser(platform, help=f"plan or apply {text}", description=f"Plan or apply "
+                                           f"{text}, from the configuration file. Credentials: Application "
+                                           "Default Credentials.")  # fmt: skip
+        _add_platform_arguments(platform_cmd, actions)
+        platform_cmd.set_defaults(run=_cmd_platform)
     return parser
 
 

@@ -62,6 +62,7 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
     NotificationChannelServiceGrpcTransport,
 )
 
+from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences
 from deployer.errors import DeployerError, ValuesError
 
 __all__ = [
@@ -83,7 +84,6 @@ __all__ = [
     "render",
 ]
 
-CREATE, UPDATE, NO_CHANGE, DELETE = "CREATE", "UPDATE", "NO CHANGE", "DELETE"
 MANAGED_BY, OWNER = "managed-by", "erlmcp"
 KEY_LABEL, NAMESPACE_LABEL, SECRET_LABEL = "erlmcp-key", "erlmcp-namespace", "erlmcp-secret"
 ALL_NAMESPACES = "_all"
@@ -480,22 +480,6 @@ def _view(message: Any) -> dict[str, Any]:
     return found
 
 
-def _differences(desired: Any, actual: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """Where ``actual`` differs from ``desired`` on the fields ``desired`` sets: (path, actual, desired)."""
-    if isinstance(desired, dict):
-        if not isinstance(actual, dict):
-            return [(path, actual, desired)]
-        return [d for k, v in desired.items() for d in _differences(v, actual.get(k), f"{path}.{k}" if path else k)]
-    if isinstance(desired, list):
-        if not isinstance(actual, list) or len(actual) != len(desired):
-            return [(path, actual, desired)]
-        if not any(isinstance(v, dict | list) for v in desired):  # a set of names: order does not matter
-            return [] if sorted(map(str, desired)) == sorted(map(str, actual)) else [(path, actual, desired)]
-        return [d for i, (v, a) in enumerate(zip(desired, actual, strict=True))
-                for d in _differences(v, a, f"{path}[{i}]")]  # fmt: skip
-    return [] if desired == actual else [(path, actual, desired)]
-
-
 @dataclass(frozen=True)
 class _Kind:
     """One kind of object and the calls that list, create, update and delete it."""
@@ -568,9 +552,9 @@ def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list
             changes.append(Change(CREATE, kind.title, key, want.message.display_name, secrets=want.secrets,
                                   desired=want.message))  # fmt: skip
             continue
-        differences = [_shown(d, want) for d in _differences(_view(want.message), _view(found[0]))]
-        changes.append(Change(UPDATE if differences else NO_CHANGE, kind.title, key, want.message.display_name,
-                              found[0].name, differences, want.secrets, want.message, found[0]))  # fmt: skip
+        shown = [_shown(d, want) for d in differences(_view(want.message), _view(found[0]))]
+        changes.append(Change(UPDATE if shown else NO_CHANGE, kind.title, key, want.message.display_name,
+                              found[0].name, shown, want.secrets, want.message, found[0]))  # fmt: skip
     for key, messages in actual.items():
         for message in messages[0 if key not in desired else 1 :]:
             changes.append(Change(DELETE, kind.title, key, message.display_name, message.name, actual=message))

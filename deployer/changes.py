@@ -1,0 +1,80 @@
+"""Plans of Google Cloud objects: what happens to each (CREATE, UPDATE with the fields that differ, NO CHANGE,
+DELETE), compared on the fields the desired object sets, and printed the same way by every command that
+plans (``monitoring`` and the platforms of :mod:`deployer.gcp`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+__all__ = ["ACTIONS", "CREATE", "DELETE", "NO_CHANGE", "UPDATE", "Change", "differences", "render", "summary"]
+
+CREATE, UPDATE, NO_CHANGE, DELETE = "CREATE", "UPDATE", "NO CHANGE", "DELETE"
+ACTIONS = (CREATE, UPDATE, DELETE, NO_CHANGE)
+
+
+def differences(desired: Any, actual: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Where ``actual`` differs from ``desired`` on the fields ``desired`` sets: (path, actual, desired). A list of
+    plain values is a set (order does not matter); a list of objects is compared item by item."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return [(path, actual, desired)]
+        return [d for k, v in desired.items() for d in differences(v, actual.get(k), f"{path}.{k}" if path else k)]
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return [(path, actual, desired)]
+        if not any(isinstance(v, dict | list) for v in desired):
+            return [] if sorted(map(str, desired)) == sorted(map(str, actual)) else [(path, actual, desired)]
+        return [d for i, (v, a) in enumerate(zip(desired, actual, strict=True))
+                for d in differences(v, a, f"{path}[{i}]")]  # fmt: skip
+    return [] if desired == actual else [(path, actual, desired)]
+
+
+@dataclass
+class Change:
+    """One line of a plan: ``action`` on the object ``kind`` ``name``; for UPDATE the differing fields."""
+
+    action: str
+    kind: str
+    name: str
+    differences: list[tuple[str, Any, Any]] = field(default_factory=list)
+    desired: Any = None
+    actual: Any = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "kind": self.kind, "name": self.name, "note": self.note,
+                "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences]}  # fmt: skip
+
+
+def summary(changes: Sequence[Change]) -> dict[str, int]:
+    return {action: sum(c.action == action for c in changes) for action in ACTIONS}
+
+
+def _brief(value: Any, width: int = 70) -> str:
+    text = "(unset)" if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(title: str, changes: Sequence[Change], *, mode: str, out: TextIO, as_json: bool = False) -> None:
+    """The plan (``mode`` plan, dry-run or apply) as a table, or as one JSON document with ``as_json``."""
+    counts = summary(changes)
+    if as_json:
+        document = {"title": title, "mode": mode, "summary": counts, "changes": [c.as_dict() for c in changes]}
+        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+        return
+    if mode == "apply":
+        print(f"{title} applied: {counts[CREATE]} created, {counts[UPDATE]} updated, {counts[DELETE]} deleted, "
+              f"{counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+    else:
+        verb = "plan (dry run: nothing written)" if mode == "dry-run" else "plan"
+        print(f"{title} {verb}: {counts[CREATE]} to create, {counts[UPDATE]} to update, {counts[DELETE]} to "
+              f"delete, {counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+    widths = (max(len(c.kind) for c in changes), max(len(c.name) for c in changes)) if changes else (0, 0)
+    for change in changes:
+        line = f"  {change.action:<9}  {change.kind:<{widths[0]}}  {change.name:<{widths[1]}}"
+        print((line + (f"  {change.note}" if change.note else "")).rstrip(), file=out)
+        for path, actual, desired in change.differences:
+            print(f"      {path}: {_brief(actual)} -> {_brief(desired)}", file=out)

@@ -1,0 +1,188 @@
+"""One configuration for every Google Cloud platform (``--config erlmcp-gcp.yaml``; every key has the seed
+design's value as its default, so an empty file, or none, describes the seed design in ``us-central1``).
+
+Keys are camelCase, as in the chart's values; unknown keys are refused with their path. The sections name each
+other's resources through the properties here (the cluster's subnet and secondary ranges are the network's, the
+Cloud Run service reads the secrets' Secret Manager names), so a name changed in one place changes everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from deployer.errors import ValuesError
+
+__all__ = [
+    "CloudRunConfig",
+    "ClusterConfig",
+    "ComputeConfig",
+    "GcpConfig",
+    "NetworkConfig",
+    "SecretsConfig",
+    "load_config",
+]
+
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_NAME = re.compile(r"[a-z]([-a-z0-9]{0,40}[a-z0-9])?")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class NetworkConfig(_Section):
+    """The VPC of the seed design (section 5)."""
+
+    name: str = "erlmcp-vpc"
+    subnet_cidr: str = "10.0.0.0/24"
+    pods_range: str = "10.1.0.0/16"
+    services_range: str = "10.2.0.0/16"
+    mtu: int = 1460
+    router_asn: int = 65001
+    https_public: bool = False  # the seed's optional rule 1003: 443 from anywhere
+    deny_all: bool = False  # the seed's optional rule 65534
+
+
+class ClusterConfig(_Section):
+    """The regional GKE cluster of the seed design (section 1)."""
+
+    name: str = "erlmcp-cluster"
+    master_cidr: str = "172.16.0.0/28"
+    release_channel: str = "REGULAR"
+    machine_type: str = "e2-standard-4"
+    spot_machine_type: str = "e2-standard-2"
+    min_nodes: int = 3
+    max_nodes: int = 10
+    spot_max_nodes: int = 5
+    master_authorized_networks: tuple[str, ...] = ()
+    namespace: str = "erlmcp"  # where the app is installed: the Workload Identity binding names its KSA
+    service_account: str = "erlmcp"  # the app's Kubernetes service account
+
+
+class SecretsConfig(_Section):
+    """The secrets erlmcp reads, in Secret Manager (section 8)."""
+
+    replication: str = "automatic"
+    rotation_days: int = 90
+
+
+class CloudRunConfig(_Section):
+    """The Cloud Run service (section 2)."""
+
+    service: str = "erlmcp"
+    min_instances: int = 0
+    max_instances: int = 100
+    concurrency: int = 80
+    cpu: str = "1"
+    memory: str = "512Mi"
+    timeout_seconds: int = 300
+    canary_percent: int = 5
+    redis_url_secret: str | None = None  # a Secret Manager secret holding the Redis URL: sessions shared
+
+
+class ComputeConfig(_Section):
+    """The Compute Engine managed instance group (section 3)."""
+
+    machine_type: str = "e2-standard-4"
+    min_replicas: int = 2
+    max_replicas: int = 10
+    cpu_target: float = 0.7
+    cooldown_seconds: int = 60
+    health_check_path: str = "/health"
+    port: int = 8080
+
+
+class GcpConfig(_Section):
+    """Everything :mod:`deployer.gcp` makes, from one file."""
+
+    project: str = ""
+    region: str = "us-central1"
+    zones: tuple[str, ...] = ()  # default: the region's a, b and c
+    name: str = "erlmcp"  # the prefix of every resource name
+    image: str = ""  # the server image; default: the Marketplace image of this version
+    service_account: str = "erlmcp"  # the Google service account's ID (erlmcp@PROJECT.iam.gserviceaccount.com)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    cloud_run: CloudRunConfig = Field(default_factory=CloudRunConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        if value and not _PROJECT.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Google Cloud project ID (6-30 of a-z, 0-9 and -)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Google Cloud region (e.g. us-central1)")
+        return value
+
+    @field_validator("name", "service_account")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a resource name (a-z, 0-9 and -, starting with a letter)")
+        return value
+
+    @property
+    def zone_list(self) -> tuple[str, ...]:
+        return self.zones or tuple(f"{self.region}-{z}" for z in "abc")
+
+    @property
+    def service_account_email(self) -> str:
+        return f"{self.service_account}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def subnet_name(self) -> str:
+        return f"{self.network.name.removesuffix('-vpc')}-subnet-{self.region}"
+
+    def server_image(self) -> str:
+        if self.image:
+            return self.image
+        from app import __version__
+
+        return f"gcr.io/erlmcp-public/erlmcp:{__version__}"
+
+
+def _where(error: Any) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def load_config(path: Path | None, **overrides: Any) -> GcpConfig:
+    """The configuration in ``path`` (none: all defaults) with the command line's ``overrides`` (``None`` values
+    are not overrides); ``project`` is required.
+
+    Raises:
+        ValuesError: the file cannot be read, is not a YAML mapping, or a key is unknown or has a bad value.
+    """
+    data: Any = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ValuesError(f"cannot read the configuration {path}: {exc.strerror or exc}") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValuesError(f"the configuration {path} is not valid UTF-8 YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValuesError(f"the configuration {path} must be a YAML mapping")
+    data = {**data, **{key: value for key, value in overrides.items() if value is not None}}
+    try:
+        config = GcpConfig.model_validate(data)
+    except ValidationError as exc:
+        source = path or "the command line"
+        problems = "; ".join(f"{_where(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ValuesError(f"the configuration {source} is invalid: {problems}") from exc
+    if not config.project:
+        raise ValuesError("no project: give --project or `project:` in the configuration")
+    return config
