@@ -6,12 +6,22 @@ DeployerError       anything the deployer refuses or fails at; the message says 
 ├── HelmError       Helm is missing or failed to render
 ├── ClusterError    the Kubernetes API refused a request or cannot be reached
 ├── InstallError    the installation failed: an invalid chart output, a component not ready, a tester failed
-└── LocalRunError   the rendered Deployment cannot be run as a local process
+├── LocalRunError   the rendered Deployment cannot be run as a local process
+└── CloudError      a Google Cloud API refused a call or cannot be reached
 """
 
 from __future__ import annotations
 
-__all__ = ["ClusterError", "DeployerError", "HelmError", "InstallError", "LocalRunError", "SchemaError", "ValuesError"]
+__all__ = [
+    "CloudError",
+    "ClusterError",
+    "DeployerError",
+    "HelmError",
+    "InstallError",
+    "LocalRunError",
+    "SchemaError",
+    "ValuesError",
+]
 
 
 class DeployerError(Exception):
@@ -44,3 +54,7 @@ class ClusterError(DeployerError):
 
 class InstallError(DeployerError):
     """The installation failed after it started: the Application is marked Failed."""
+
+
+class CloudError(DeployerError):
+    """A Google Cloud API refused a call, or cannot be reached, or has no credentials; the message says which."""

@@ -67,8 +67,9 @@ class ClusterConfig(_Section):
 
 
 class SecretsConfig(_Section):
-    """The secrets erlmcp reads, in Secret Manager (section 8)."""
+    """The secrets erlmcp reads, in Secret Manager (section 8); see :mod:`deployer.gcp.server_secrets`."""
 
+    keys: tuple[str, ...] = ("api-keys",)  # which of SERVER_SECRETS this deployment uses
     replication: str = "automatic"
     rotation_days: int = 90
 
