@@ -2,10 +2,13 @@
 # The erlmcp server image: python -m app as UID 1000, listening on 0.0.0.0:8080 (MCP) and :9090 (metrics).
 # Build: docker build -t IMAGE .   Only the app extra of the lock file is installed, each wheel pinned by hash.
 # PYTHON_IMAGE: any Debian-based image with python3 3.11+ and venv (tests build from a local debootstrap base).
+# The runtime venv has no pip or setuptools, and its extension modules are stripped of symbols nothing loads.
 # WHEELS=offline: install from ./wheelhouse only (scripts/wheelhouse.sh fills it), for builds without PyPI.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# BUILD_IMAGE: the same Python with binutils (strip); its python3 must sit at the same path as PYTHON_IMAGE's.
+ARG BUILD_IMAGE=python:3.11-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ARG WHEELS=""
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -14,8 +17,10 @@ RUN python3 -m venv /opt/uv \
  && /opt/uv/bin/pip install ${WHEELS:+--no-index --find-links /wheelhouse} "uv==0.13.9"
 COPY pyproject.toml uv.lock README.md ./
 RUN /opt/uv/bin/uv export --frozen --no-dev --extra app --no-emit-project --format requirements-txt -o /tmp/requirements.txt \
- && python3 -m venv /opt/erlmcp \
- && /opt/erlmcp/bin/pip install ${WHEELS:+--no-index --find-links /wheelhouse} --require-hashes -r /tmp/requirements.txt
+ && python3 -m venv --without-pip /opt/erlmcp \
+ && /opt/uv/bin/uv pip install --python /opt/erlmcp/bin/python --no-cache --compile-bytecode --require-hashes \
+      ${WHEELS:+--offline --no-index --find-links /wheelhouse} -r /tmp/requirements.txt \
+ && find /opt/erlmcp -name '*.so' ! -path '*.libs/*' -exec strip --strip-unneeded {} +
 COPY app /srv/erlmcp/app
 RUN /opt/erlmcp/bin/python -m compileall -q /srv/erlmcp/app
 

@@ -12,6 +12,7 @@ TAG="${2:?usage: build-images.sh PREFIX TAG}"
 bash scripts/container-engine.sh install
 eval "export $(bash scripts/container-engine.sh start)"
 base="$(bash scripts/container-engine.sh base-image)"
+build_base="$(bash scripts/container-engine.sh build-image)"
 python_version="$(docker run --rm --network none "$base" python3 -c 'import platform; print(platform.python_version())')"
 bash scripts/wheelhouse.sh "$python_version" app verify deployer
 bash scripts/install-tools.sh >/dev/null  # the pinned helm and kubectl; the deployer image checks their sha256
@@ -20,7 +21,7 @@ rm -rf wheelhouse/bin && mkdir -p wheelhouse/bin && cp -L .tools/bin/helm .tools
 build() {  # build IMAGE DOCKERFILE [BUILD-ARG...]
   local image=$1 dockerfile=$2
   shift 2
-  local args=(--network none --build-arg "PYTHON_IMAGE=$base" --build-arg WHEELS=offline)
+  local args=(--network none --build-arg "PYTHON_IMAGE=$base" --build-arg "BUILD_IMAGE=$build_base" --build-arg WHEELS=offline)
   for arg in "$@"; do args+=(--build-arg "$arg"); done
   docker build --quiet "${args[@]}" -f "$dockerfile" -t "$image" . >/dev/null
   printf '%-50s %s\n' "$image" "$(docker image inspect "$image" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}')"
