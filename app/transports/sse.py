@@ -27,6 +27,12 @@ def format_event(
     return b"\n".join(lines) + b"\n\n"
 
 
+def format_retry(retry_ms: int) -> bytes:
+    """A field-only event that sets how long the client waits before reconnecting: the last thing a stream the
+    server ends on purpose (shutdown) sends, so that its client comes back (to another replica) with Last-Event-ID."""
+    return b"retry: " + str(retry_ms).encode() + b"\n\n"
+
+
 async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """The events, with a ``: keep-alive`` comment whenever ``interval`` seconds pass without one, so that
     proxies and load balancers do not close a quiet stream."""

@@ -50,7 +50,7 @@ from app.sessions.events import parse_event_id
 from app.sessions.store import SessionBackend
 from app.transports.connection import MessageConnection, Send
 from app.transports.headers import check_headers, check_meta, check_version, stateless_context
-from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
+from app.transports.sse import SSE_HEADERS, format_event, format_retry, with_keepalive
 
 __all__ = ["McpEndpoint", "TransportOptions"]
 
@@ -145,6 +145,7 @@ class McpEndpoint:
         self._metrics = metrics
         self._streams_open = metrics.connections_active.labels(transport="streamable-http")  # GET and listen streams
         self._options = options
+        self._stopping = False
         self._background: set[asyncio.Task[Any]] = set()
         self._feed = ChangeFeed()
         self._initialize_limit = WindowLimiter(options.initialize_per_minute)
@@ -227,7 +228,9 @@ class McpEndpoint:
         return await self._feed.publish(Change(method, dict(params)))
 
     def shutdown(self) -> None:
-        """End the long-lived streams (GET streams, listen streams) so that the server can stop."""
+        """End the long-lived streams (GET streams, listen streams) so that the server can stop; every stream that
+        ends from now on ends with a ``retry`` hint."""
+        self._stopping = True
         self._feed.close()
         self._dispatcher.close()
         for session in self._sessions.all():
@@ -488,6 +491,8 @@ class McpEndpoint:
 
         async for chunk in with_keepalive(framed(), self._options.keepalive_seconds):
             yield chunk
+        if self._stopping:
+            yield format_retry(retry)
 
     def _finish(self, request: Request, outcome: Outcome, response: Response) -> Response:
         self._count(outcome)
