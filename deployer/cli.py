@@ -316,7 +316,7 @@ def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
 PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "network": ("network", ("plan", "apply"), "the VPC, subnet, Cloud Router and NAT, and firewall rules"),
     "cluster": ("gke", ("plan", "apply", "check"), "the regional GKE cluster and its node pools; check compares "
-                "an existing cluster with the seed design"),
+                "an existing cluster with the seed design and exits 1 when it differs"),
     "secrets": ("secrets", ("plan", "apply"), "the secrets erlmcp reads, in Secret Manager, and the Workload "
                 "Identity binding that lets the app's service account read them"),
     "cloudrun": ("cloudrun", ("plan", "apply", "canary", "promote", "rollback"), "the Cloud Run service; canary "
@@ -506,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            f"{text}, from the configuration file. Credentials: Application "
                                            "Default Credentials.")  # fmt: skip
         _add_platform_arguments(platform_cmd, actions)
+        if platform == "secrets":  # -- secrets-only options (deployer.gcp.secrets) --
+            platform_cmd.add_argument("--value", action="append", default=[], metavar="KEY=FILE",
+                                      help="the file whose content becomes a new version of secret KEY when it "
+                                      "differs from the latest (compared by SHA-256, never printed); "
+                                      "repeatable")  # fmt: skip
+        # -- end of secrets-only options --
         platform_cmd.set_defaults(run=_cmd_platform)
     return parser
 

@@ -44,10 +44,16 @@ class NetworkConfig(_Section):
     subnet_cidr: str = "10.0.0.0/24"
     pods_range: str = "10.1.0.0/16"
     services_range: str = "10.2.0.0/16"
+    pods_range_name: str = "pods"  # the subnet's secondary range names, which the GKE cluster names too
+    services_range_name: str = "services"
     mtu: int = 1460
     router_asn: int = 65001
     https_public: bool = False  # the seed's optional rule 1003: 443 from anywhere
     deny_all: bool = False  # the seed's optional rule 65534
+    internal_ranges: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")  # rule 1000's sources
+    ssh_via_iap: bool = True  # SSH from Identity-Aware Proxy's range only; false: no SSH rule at all
+    flow_log_sampling: float = 0.5  # the subnet's VPC flow logs (5-second aggregation)
+    nat_min_ports_per_vm: int = 64  # Cloud NAT: ports per VM, grown on demand up to 65536
 
 
 class ClusterConfig(_Section):
@@ -64,14 +70,18 @@ class ClusterConfig(_Section):
     master_authorized_networks: tuple[str, ...] = ()
     namespace: str = "erlmcp"  # where the app is installed: the Workload Identity binding names its KSA
     service_account: str = "erlmcp"  # the app's Kubernetes service account
+    node_service_account: str = "erlmcp-gke-nodes"  # the nodes' own least-privilege Google service account ID
+    autoscaling_profile: str = "BALANCED"  # the cluster autoscaler's profile
 
 
 class SecretsConfig(_Section):
     """The secrets erlmcp reads, in Secret Manager (section 8); see :mod:`deployer.gcp.server_secrets`."""
 
     keys: tuple[str, ...] = ("api-keys",)  # which of SERVER_SECRETS this deployment uses
-    replication: str = "automatic"
+    replication: str = "automatic"  # or "user-managed": replicas in `locations` only
     rotation_days: int = 90
+    locations: tuple[str, ...] = ()  # user-managed replication's regions; default: the configuration's region
+    rotation_topic: str | None = None  # Pub/Sub topic (ID or projects/P/topics/T) for rotation notices; none: none
 
 
 class CloudRunConfig(_Section):
@@ -86,6 +96,12 @@ class CloudRunConfig(_Section):
     timeout_seconds: int = 300
     canary_percent: int = 5
     redis_url_secret: str | None = None  # a Secret Manager secret holding the Redis URL: sessions shared
+    # Added for deployer.gcp.cloudrun (validated there, naming the key):
+    request_state_key_secret: str | None = None  # a secret holding ERLMCP_REQUEST_STATE_KEY, shared by instances
+    ingress: str = "all"  # run.googleapis.com/ingress: all, internal or internal-and-cloud-load-balancing
+    invoker_iam_check: bool = False  # true: callers also need roles/run.invoker (a Google ID token)
+    vpc_egress: str = "auto"  # Direct VPC egress: auto (private ranges when Redis is used), none, private-ranges-only
+    env: dict[str, str] = Field(default_factory=dict)  # more server settings, e.g. ERLMCP_JWT_ISSUER
 
 
 class ComputeConfig(_Section):
@@ -98,6 +114,13 @@ class ComputeConfig(_Section):
     cooldown_seconds: int = 60
     health_check_path: str = "/health"
     port: int = 8080
+    metrics_port: int = 9090  # the server's Prometheus listener, open to health checks and the VPC only
+    source_image: str = "projects/cos-cloud/global/images/family/cos-stable"  # Container-Optimized OS
+    boot_disk_gb: int = 20
+    boot_disk_type: str = "pd-balanced"
+    autohealing_delay_seconds: int = 300  # a new VM's time to boot and pull the image before health checks count
+    backend_timeout_seconds: int = 30
+    load_balancing_scheme: str = "EXTERNAL_MANAGED"  # the regional backend service: external or INTERNAL_MANAGED
 
 
 class GcpConfig(_Section):

@@ -13,8 +13,11 @@ things it does not have:
   is installed; the chart ships a dashboard for yours) and ``backup-key`` (the server keeps no state to back up:
   sessions live in Redis or in memory).
 
-Every secret is optional: a deployment creates the ones it uses (``--secret KEY=FILE`` or the configuration),
-and each platform passes only those to the server.
+Every secret is optional: a deployment lists the ones it uses in ``secrets.keys`` of the configuration (default
+``api-keys`` only); ``python -m deployer secrets apply`` (:mod:`deployer.gcp.secrets`) creates them as
+``<name>-<key>`` and adds a version from ``--value KEY=FILE``, and each platform passes only those to the server.
+The server itself never calls Secret Manager: it reads files and environment variables, so the same image runs
+anywhere; the platform (Cloud Run's secret references, a GKE mount, a startup script) brings the values.
 """
 
 from __future__ import annotations

@@ -1,0 +1,708 @@
+"""Secret Manager as code: the secrets erlmcp reads, and the identities that let the app read them
+(``python -m deployer secrets plan|apply [--dry-run] [--value KEY=FILE ...]``).
+
+What it manages, in this order (each a plan line: CREATE, UPDATE with the differing fields, or NO CHANGE):
+
+1. The **Google service account** ``config.service_account`` (created when missing, never changed when present:
+   it may be shared; a disabled one is reported).
+2. For each key of ``secrets.keys`` (see :mod:`deployer.gcp.server_secrets`), the **secret**
+   ``projects/P/secrets/<name>-<key>``: replication automatic (``secrets.replication: user-managed`` puts the
+   replicas in ``secrets.locations``, default the region), labels ``managed-by: erlmcp`` and
+   ``erlmcp-key: <key>`` (other labels are kept), and a rotation schedule only with ``secrets.rotationTopic``.
+3. Its **version**: a new one only for ``--value KEY=FILE`` whose content differs from the latest version. The
+   latest version is accessed and compared by SHA-256; values are never printed, logged or put in ``--json``,
+   and without ``--value`` no value is read at all.
+4. The **accessor binding**: ``roles/secretmanager.secretAccessor`` for the service account on the secret (the
+   secret's own IAM policy, not the project's: the app reads its secrets and nothing else).
+5. The **Workload Identity binding**: ``roles/iam.workloadIdentityUser`` for the Kubernetes service account
+   ``serviceAccount:P.svc.id.goog[NAMESPACE/KSA]`` on the Google service account, so the pod acts as it.
+
+Decisions:
+
+* **Rotation needs a topic.** Secret Manager rotates nothing itself: at ``next_rotation_time`` it publishes a
+  ``SECRET_ROTATE`` message to the secret's Pub/Sub topics, and refuses a rotation without topics. The seed's
+  "90 days (automatic)" is therefore only true with a subscriber that adds the new version. So a schedule
+  (``rotationDays``, default 90; ``next_rotation_time`` = now + the period) is set only when
+  ``rotationTopic`` names a topic; without one, rotation is neither set nor removed and the plan says so. The
+  Secret Manager service agent must be allowed to publish to the topic (``roles/pubsub.publisher``).
+  ``rotation_period`` is input-only in the API, so the period set is also recorded in the annotation
+  ``erlmcp-rotation-period`` and compared from there when the API does not give the period back.
+* **Replication cannot change** after creation: a difference is shown as an UPDATE that apply refuses (exit 1,
+  before writing anything): recreating the secret would destroy its versions.
+* **IAM is additive and optimistic**: read the policy (version 3), add the member to the role's unconditional
+  binding, write it back with the etag read; other members, roles and conditional bindings stay. A concurrent
+  change (``ABORTED``: stale etag) is re-read and retried.
+* **A new service account takes time to appear** in IAM: right after creating it, policy writes naming it may
+  be refused (``INVALID_ARGUMENT``/``NOT_FOUND``); they are retried for about a minute
+  (:data:`PROPAGATION_DELAYS`). A missing Workload Identity pool (no cluster with Workload Identity in the
+  project yet) is not retried: the error says to create the cluster first.
+* **Values** are read as bytes, before any call (a bad file is bad input: exit 2): a file-mounted secret byte
+  for byte; an environment-variable secret (``redis-url``) without the trailing newline an editor adds, since an
+  environment variable ending in a newline is not the URL. At most 64 KiB (the API's limit), never empty.
+
+The Kubernetes side is not changed here: the output ends with the annotation the Kubernetes service account
+needs (``iam.gke.io/gcp-service-account: EMAIL``) and how the chart sets it (``serviceAccount.gcpServiceAccount``,
+on the service account the chart creates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import io
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import grpc  # type: ignore[import-untyped]
+from google.api_core import exceptions as api
+from google.api_core.client_options import ClientOptions
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import iam_admin_v1, secretmanager_v1
+from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+    SecretManagerServiceGrpcTransport,
+)
+from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
+
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render
+from deployer.errors import CloudError, ValuesError
+from deployer.gcp.config import GcpConfig, load_config
+from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
+
+__all__ = [
+    "ACCESSOR",
+    "ANNOTATION",
+    "PROPAGATION_DELAYS",
+    "WORKLOAD_IDENTITY_USER",
+    "Clients",
+    "SecretsError",
+    "Settings",
+    "Value",
+    "command",
+    "converge",
+    "read_values",
+]
+
+ACCESSOR = "roles/secretmanager.secretAccessor"
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
+ANNOTATION = "iam.gke.io/gcp-service-account"
+MANAGED_BY, OWNER, KEY_LABEL = "managed-by", "erlmcp", "erlmcp-key"
+PERIOD_ANNOTATION = "erlmcp-rotation-period"
+MAX_VALUE_BYTES = 64 * 1024
+MAX_ROTATION_DAYS = 36_500  # the API's limit: 100 years
+ETAG_ATTEMPTS = 3
+PROPAGATION_DELAYS: tuple[float, ...] = (1, 2, 4, 8, 15, 30)
+"""Seconds to wait before retrying a policy write that names a service account created moments ago."""
+
+KIND_ACCOUNT, KIND_SECRET, KIND_VERSION = "service account", "secret", "secret version"
+KIND_ACCESS, KIND_WORKLOAD = "accessor binding", "workload identity binding"
+_ACCOUNT_ID = re.compile(r"[a-z][-a-z0-9]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_TOPIC_ID = re.compile(r"[A-Za-z][-A-Za-z0-9_.~+%]{2,254}")
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_REPLICATION = ("automatic", "user-managed")
+Log = Callable[[str], None]
+T = TypeVar("T")
+
+
+class SecretsError(CloudError):
+    """Secret Manager or IAM refused a call, or cannot be reached; the message names the resource."""
+
+
+# -- what is wanted ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Value:
+    """The content of ``--value KEY=FILE``: kept in memory only to be sent; its repr shows the file, not the data."""
+
+    key: str
+    path: Path
+    data: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.data).digest()
+
+    @property
+    def source(self) -> str:
+        return f"(from {self.path})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything :func:`converge` needs, checked: from the configuration and the ``--value`` options."""
+
+    project: str
+    prefix: str
+    specs: tuple[SecretSpec, ...]
+    replication: str
+    locations: tuple[str, ...]
+    rotation_days: int
+    rotation_topic: str | None
+    account_id: str
+    namespace: str
+    kubernetes_account: str
+    values: Mapping[str, Value] = field(default_factory=dict)
+
+    @property
+    def email(self) -> str:
+        return f"{self.account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def account_name(self) -> str:
+        return f"projects/{self.project}/serviceAccounts/{self.email}"
+
+    @property
+    def accessor_member(self) -> str:
+        return f"serviceAccount:{self.email}"
+
+    @property
+    def workload_member(self) -> str:
+        return f"serviceAccount:{self.project}.svc.id.goog[{self.namespace}/{self.kubernetes_account}]"
+
+    @property
+    def rotation_period(self) -> timedelta:
+        return timedelta(days=self.rotation_days)
+
+    def secret_name(self, spec: SecretSpec) -> str:
+        return f"projects/{self.project}/secrets/{spec.secret_id(self.prefix)}"
+
+    @classmethod
+    def from_config(cls, config: GcpConfig, values: Sequence[str] = ()) -> Settings:
+        """Raises :class:`ValuesError` for a configuration or ``--value`` that cannot describe a setup."""
+        section = config.secrets
+        specs: list[SecretSpec] = []
+        for key in dict.fromkeys(section.keys):
+            try:
+                specs.append(by_key(key))
+            except KeyError as exc:
+                raise ValuesError(f"secrets.keys: {exc.args[0]}") from exc
+        if section.replication not in _REPLICATION:
+            raise ValuesError(f"secrets.replication must be automatic or user-managed, not {section.replication!r}")
+        locations = tuple(dict.fromkeys(section.locations)) or (config.region,)
+        if section.replication == "automatic" and section.locations:
+            raise ValuesError("secrets.locations needs secrets.replication: user-managed")
+        for location in locations:
+            if not _REGION.fullmatch(location):
+                raise ValuesError(f"secrets.locations: {location!r} is not a Google Cloud region")
+        if not 1 <= section.rotation_days <= MAX_ROTATION_DAYS:
+            raise ValuesError(f"secrets.rotationDays must be 1 to {MAX_ROTATION_DAYS}, not {section.rotation_days}")
+        if not _ACCOUNT_ID.fullmatch(config.service_account):
+            raise ValuesError(f"serviceAccount {config.service_account!r} is not a service account ID (6 to 30 of "
+                              "a-z, 0-9 and -, starting with a letter)")  # fmt: skip
+        for what, name in (("cluster.namespace", config.cluster.namespace),
+                           ("cluster.serviceAccount", config.cluster.service_account)):  # fmt: skip
+            if not _K8S_NAME.fullmatch(name):
+                raise ValuesError(f"{what} {name!r} is not a Kubernetes name")
+        return cls(project=config.project, prefix=config.name, specs=tuple(specs), replication=section.replication,
+                   locations=locations if section.replication == "user-managed" else (),
+                   rotation_days=section.rotation_days, rotation_topic=_topic(section.rotation_topic, config.project),
+                   account_id=config.service_account, namespace=config.cluster.namespace,
+                   kubernetes_account=config.cluster.service_account,
+                   values=read_values(values, specs))  # fmt: skip
+
+
+def _topic(topic: str | None, project: str) -> str | None:
+    if topic is None:
+        return None
+    full = topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
+    parts = full.split("/")
+    if len(parts) != 4 or parts[2] != "topics" or not parts[1] or not _TOPIC_ID.fullmatch(parts[3]):
+        raise ValuesError(f"secrets.rotationTopic {topic!r} is not a Pub/Sub topic (TOPIC or projects/P/topics/T)")
+    return full
+
+
+def read_values(pairs: Sequence[str], specs: Sequence[SecretSpec]) -> dict[str, Value]:
+    """``--value KEY=FILE`` options, read: KEY must be a configured key, once; the file readable, not empty, at most
+    64 KiB. An environment-variable secret loses its trailing line break (see the module's decisions)."""
+    configured = {spec.key: spec for spec in specs}
+    found: dict[str, Value] = {}
+    for pair in pairs:
+        key, sep, file = pair.partition("=")
+        if not sep or not key or not file:
+            raise ValuesError(f"--value takes KEY=FILE, not {pair!r}")
+        if key not in configured:
+            known = "; known: " + ", ".join(s.key for s in SERVER_SECRETS) if key not in _known_keys() else ""
+            raise ValuesError(f"--value {key}: not one of this deployment's secrets.keys "
+                              f"({', '.join(configured) or 'none'}){known}")  # fmt: skip
+        if key in found:
+            raise ValuesError(f"--value {key} is given twice")
+        path = Path(file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValuesError(f"--value {key}: cannot read {path}: {exc.strerror or exc}") from exc
+        if not configured[key].as_file:
+            data = data.rstrip(b"\r\n")
+        if not data:
+            raise ValuesError(f"--value {key}: {path} is empty")
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValuesError(f"--value {key}: {path} holds {len(data)} bytes; a secret version holds at most 64 KiB")
+        found[key] = Value(key, path, data)
+    return found
+
+
+def _known_keys() -> set[str]:
+    return {spec.key for spec in SERVER_SECRETS}
+
+
+def _labels(spec: SecretSpec) -> dict[str, str]:
+    return {MANAGED_BY: OWNER, KEY_LABEL: spec.key}
+
+
+def _days(period: timedelta | None) -> str | None:
+    if period is None:
+        return None
+    days, rest = divmod(int(period.total_seconds()), 86_400)
+    return f"{days} days" if not rest else f"{int(period.total_seconds())}s"
+
+
+def _desired_secret(settings: Settings, spec: SecretSpec, now: datetime) -> Any:
+    """The secret as created: replication, labels and, with a topic, the rotation schedule."""
+    if settings.replication == "automatic":
+        replication = secretmanager_v1.Replication(automatic=secretmanager_v1.Replication.Automatic())
+    else:
+        replicas = [secretmanager_v1.Replication.UserManaged.Replica(location=loc) for loc in settings.locations]
+        replication = secretmanager_v1.Replication(user_managed=secretmanager_v1.Replication.UserManaged(
+            replicas=replicas))  # fmt: skip
+    secret = secretmanager_v1.Secret(replication=replication, labels=_labels(spec))
+    if settings.rotation_topic is not None:
+        secret.topics = [secretmanager_v1.Topic(name=settings.rotation_topic)]
+        secret.rotation = _rotation(settings, now)
+        secret.annotations = {PERIOD_ANNOTATION: _seconds(settings.rotation_period)}
+    return secret
+
+
+def _rotation(settings: Settings, now: datetime) -> Any:
+    return secretmanager_v1.Rotation(rotation_period=settings.rotation_period,
+                                     next_rotation_time=now + settings.rotation_period)  # fmt: skip
+
+
+def _seconds(period: timedelta) -> str:
+    return f"{int(period.total_seconds())}s"
+
+
+def _replication_view(secret: Any) -> str:
+    if "user_managed" in secret.replication:
+        return "user-managed: " + ", ".join(sorted(r.location for r in secret.replication.user_managed.replicas))
+    return "automatic"
+
+
+def _wanted_replication(settings: Settings) -> str:
+    return "automatic" if settings.replication == "automatic" else "user-managed: " + ", ".join(
+        sorted(settings.locations))  # fmt: skip
+
+
+def _secret_note(settings: Settings) -> str:
+    replication = ("automatic replication" if settings.replication == "automatic"
+                   else "replicas in " + ", ".join(settings.locations))  # fmt: skip
+    if settings.rotation_topic is None:
+        return f"{replication}; no rotation (Secret Manager rotates only by notifying a topic: secrets.rotationTopic)"
+    return f"{replication}; rotation notice every {_days(settings.rotation_period)} to {settings.rotation_topic}"
+
+
+def _actual_period(secret: Any) -> timedelta | None:
+    """The rotation period: from the API when it gives it back (it is documented input-only), else from our
+    annotation; None without a schedule."""
+    if "rotation" not in secret or secret.rotation.next_rotation_time is None:
+        return None
+    given: timedelta = secret.rotation.rotation_period
+    if given:
+        return given
+    recorded = secret.annotations.get(PERIOD_ANNOTATION, "")
+    return timedelta(seconds=int(recorded[:-1])) if re.fullmatch(r"[0-9]+s", recorded) else None
+
+
+def _secret_differences(settings: Settings, spec: SecretSpec, actual: Any) -> tuple[list[Any], list[str]]:
+    """The differences of an existing secret (path, actual, desired) and the update mask that fixes them."""
+    found = differences({"labels": _labels(spec)}, {"labels": dict(actual.labels)})
+    mask = ["labels"] if found else []
+    if _replication_view(actual) != _wanted_replication(settings):
+        found.append(("replication", _replication_view(actual), _wanted_replication(settings)))
+    topic = settings.rotation_topic
+    if topic is not None:
+        topics = [t.name for t in actual.topics]
+        if topic not in topics:
+            found.append(("topics", topics or None, [*topics, topic]))
+            mask.append("topics")
+        period = _actual_period(actual)
+        if period != settings.rotation_period:
+            found.append(("rotation.rotation_period", _days(period), _days(settings.rotation_period)))
+            mask += ["rotation", "annotations"]
+    return found, mask
+
+
+# -- the API -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clients:
+    """The Secret Manager and IAM clients; :meth:`connect` makes them, tests may pass their own."""
+
+    secrets: secretmanager_v1.SecretManagerServiceClient
+    iam: iam_admin_v1.IAMClient
+    _channel: Any = None
+
+    @classmethod
+    def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
+        """Clients with Application Default Credentials on Google's endpoints (``endpoint``: one endpoint serving
+        both APIs); with ``insecure`` a plaintext gRPC channel to ``endpoint`` and no credentials: for a local
+        server that speaks the APIs."""
+        try:
+            if insecure:
+                if not endpoint:
+                    raise ValuesError("--insecure needs --endpoint HOST:PORT")
+                channel = grpc.insecure_channel(endpoint)
+                return cls(secretmanager_v1.SecretManagerServiceClient(
+                               transport=SecretManagerServiceGrpcTransport(channel=channel)),
+                           iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=channel)), channel)  # fmt: skip
+            options = ClientOptions(api_endpoint=endpoint) if endpoint else None
+            return cls(secretmanager_v1.SecretManagerServiceClient(client_options=options),
+                       iam_admin_v1.IAMClient(client_options=options))  # fmt: skip
+        except GoogleAuthError as exc:
+            raise SecretsError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
+                               "or run where a service account is attached") from exc  # fmt: skip
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        else:
+            for client in (self.secrets, self.iam):
+                close: Callable[[], None] = client.transport.close
+                close()
+
+
+_NEEDS = {
+    KIND_ACCOUNT: "roles/iam.serviceAccountAdmin",
+    KIND_SECRET: "roles/secretmanager.admin",
+    KIND_VERSION: "roles/secretmanager.admin",
+    KIND_ACCESS: "roles/secretmanager.admin",
+    KIND_WORKLOAD: "roles/iam.serviceAccountAdmin",
+}
+
+
+_NO_POOL = (
+    "Workload Identity is not enabled on any GKE cluster of this project yet (its pool PROJECT.svc.id.goog "
+    "comes with the first): `python -m deployer cluster apply` first"
+)
+
+
+def _call(what: str, kind: str, call: Callable[[], T]) -> T:
+    """``call()``, its refusal as :class:`SecretsError` saying ``what`` failed (and the role it takes)."""
+    try:
+        return call()
+    except api.PermissionDenied as exc:
+        raise SecretsError(f"{what}: permission denied ({exc.message}); the caller needs {_NEEDS[kind]} on "
+                           "the project") from exc  # fmt: skip
+    except api.GoogleAPICallError as exc:
+        message = exc.message or str(exc)
+        if "Identity Pool does not exist" in message:
+            message += f"; {_NO_POOL}"
+        raise SecretsError(f"{what}: {message}") from exc
+    except (api.GoogleAPIError, GoogleAuthError) as exc:
+        raise SecretsError(f"{what}: {exc}") from exc
+
+
+def _maybe(what: str, kind: str, call: Callable[[], T]) -> T | None:
+    """``call()``, or None when the object does not exist."""
+
+    def found() -> T | None:
+        try:
+            return call()
+        except api.NotFound:
+            return None
+
+    return _call(what, kind, found)
+
+
+def _patiently(call: Callable[[], T], *, fresh: bool) -> T:
+    """``call()``, retried while IAM does not know a service account created moments ago (``fresh``)."""
+    for delay in (*(PROPAGATION_DELAYS if fresh else ()), None):
+        try:
+            return call()
+        except (api.InvalidArgument, api.NotFound) as exc:
+            if delay is None or "Identity Pool" in (exc.message or ""):
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _holds(policy: Any, role: str, member: str) -> bool:
+    return any(b.role == role and member in b.members and not b.HasField("condition") for b in policy.bindings)
+
+
+def _granted(policy: Any, role: str, member: str) -> Any:
+    """A copy of ``policy`` with ``member`` in ``role``'s unconditional binding; everything else as it was."""
+    updated = policy_pb2.Policy()
+    updated.CopyFrom(policy)
+    for binding in updated.bindings:
+        if binding.role == role and not binding.HasField("condition"):
+            binding.members.append(member)
+            return updated
+    updated.bindings.add(role=role, members=[member])
+    return updated
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """The IAM policy calls of one resource (a secret, or the service account)."""
+
+    resource: str
+    get: Callable[[Any], Any]
+    set: Callable[[Any], Any]
+
+    def read(self) -> Any:
+        options = options_pb2.GetPolicyOptions(requested_policy_version=3)
+        return self.get(iam_policy_pb2.GetIamPolicyRequest(resource=self.resource, options=options))
+
+    def grant(self, role: str, member: str) -> bool:
+        """Adds ``member`` to ``role`` with the etag read (re-read on a concurrent change); False if it was there."""
+        for attempt in range(ETAG_ATTEMPTS):
+            policy = self.read()
+            if _holds(policy, role, member):
+                return False
+            try:
+                self.set(iam_policy_pb2.SetIamPolicyRequest(resource=self.resource,
+                                                            policy=_granted(policy, role, member)))  # fmt: skip
+                return True
+            except api.Aborted:
+                if attempt == ETAG_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- the plan ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """A plan line and, unless NO CHANGE, what apply does (returns the progress line); ``refused``: why apply
+    cannot do it."""
+
+    change: Change
+    run: Callable[[], str] | None = None
+    refused: str | None = None
+
+
+def _binding_step(kind: str, policy: _Policy, role: str, member: str, existing: Any | None, *, exists: bool,
+                  fresh: bool, shown: str | None = None) -> _Step:  # fmt: skip
+    """The step that grants ``role`` to ``member`` on ``policy.resource`` (``existing``: its policy, if it exists;
+    ``shown``: the name in the plan, default the resource's)."""
+    note, name = f"{role} for {member}", shown or policy.resource
+    change = Change(CREATE if not exists else UPDATE, kind, name, note=note)
+    if existing is not None:
+        if _holds(existing, role, member):
+            return _Step(Change(NO_CHANGE, kind, name, note=note))
+        change.differences = [("member", "absent", "present")]
+
+    def run() -> str:
+        what = f"cannot grant {role} on {policy.resource} to {member}"
+        done = _call(what, kind, lambda: _patiently(lambda: policy.grant(role, member), fresh=fresh))
+        return f"granted {role} on {policy.resource} to {member}" if done else f"{member} already holds {role}"
+
+    return _Step(change, run)
+
+
+def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
+    """The service account's step, and whether it exists now."""
+    account = _maybe(f"cannot read service account {settings.account_name}", KIND_ACCOUNT,
+                     lambda: clients.iam.get_service_account(name=settings.account_name))  # fmt: skip
+    if account is not None:
+        note = "disabled: the app cannot authenticate as it until it is enabled" if account.disabled else ""
+        return _Step(Change(NO_CHANGE, KIND_ACCOUNT, settings.email, note=note)), True
+
+    def create() -> str:
+        request = iam_admin_v1.CreateServiceAccountRequest(
+            name=f"projects/{settings.project}", account_id=settings.account_id,
+            service_account=iam_admin_v1.ServiceAccount(
+                display_name="erlmcp server",
+                description="erlmcp reads its secrets as this account (python -m deployer secrets)"))  # fmt: skip
+        made = _call(f"cannot create service account {settings.email}", KIND_ACCOUNT,
+                     lambda: clients.iam.create_service_account(request=request))  # fmt: skip
+        return f"created service account {made.email or settings.email}"
+
+    return _Step(Change(CREATE, KIND_ACCOUNT, settings.email, note="display name 'erlmcp server'"), create), False
+
+
+def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual: Any | None, now: datetime) -> _Step:
+    name = settings.secret_name(spec)
+    desired = _desired_secret(settings, spec, now)
+    if actual is None:
+
+        def create() -> str:
+            _call(f"cannot create secret {name}", KIND_SECRET, lambda: clients.secrets.create_secret(
+                parent=f"projects/{settings.project}", secret_id=spec.secret_id(settings.prefix),
+                secret=desired))  # fmt: skip
+            return f"created secret {name}"
+
+        return _Step(Change(CREATE, KIND_SECRET, name, note=_secret_note(settings)), create)
+    found, mask = _secret_differences(settings, spec, actual)
+    if not found:
+        return _Step(Change(NO_CHANGE, KIND_SECRET, name))
+    refused = None
+    note = ", ".join(dict.fromkeys(path.split(".")[0] for path, _, _ in found))
+    if any(path == "replication" for path, _, _ in found):
+        refused = (f"the replication of secret {name} cannot change (the API does not allow it; recreating the "
+                   "secret would destroy its versions): change secrets.replication/locations back, or delete the "
+                   "secret yourself and apply again")  # fmt: skip
+        note += " (replication cannot change: apply refuses)"
+
+    def update() -> str:
+        patch = secretmanager_v1.Secret(name=name, etag=actual.etag, labels={**actual.labels, **_labels(spec)},
+                                        topics=[*actual.topics, *(t for t in desired.topics
+                                                                  if t.name not in {a.name for a in actual.topics})],
+                                        annotations={**actual.annotations, **desired.annotations})  # fmt: skip
+        if "rotation" in mask:
+            patch.rotation = _rotation(settings, datetime.now(UTC))
+        _call(f"cannot update secret {name}", KIND_SECRET, lambda: clients.secrets.update_secret(
+            secret=patch, update_mask={"paths": sorted(set(mask))}))  # fmt: skip
+        return f"updated secret {name}: {note}"
+
+    return _Step(Change(UPDATE, KIND_SECRET, name, found, note=note), update, refused)
+
+
+def _latest_digest(clients: Clients, name: str) -> tuple[bytes | None, str]:
+    """SHA-256 of the latest version's data (None: no usable latest version, and why). The data is dropped here."""
+
+    def access() -> bytes | None:
+        try:
+            response = clients.secrets.access_secret_version(name=f"{name}/versions/latest")
+        except api.NotFound:
+            return None
+        except api.FailedPrecondition:  # the latest version is disabled or destroyed
+            return b""
+        return hashlib.sha256(response.payload.data).digest()
+
+    digest = _call(f"cannot access the latest version of secret {name}", KIND_VERSION, access)
+    if digest == b"":
+        return None, "the latest version is disabled or destroyed"
+    return digest, "" if digest is not None else "no version yet"
+
+
+def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists: bool) -> _Step:
+    name = settings.secret_name(spec)
+    value = settings.values.get(spec.key)
+    if value is None:
+        note = ("no --value given: the secret has no version, and the server cannot read it, until one is added"
+                if not exists else "no --value given: versions left as they are")  # fmt: skip
+        return _Step(Change(NO_CHANGE, KIND_VERSION, name, note=note))
+    if exists:
+        digest, why = _latest_digest(clients, name)
+        if digest is not None and hmac.compare_digest(digest, value.digest):
+            return _Step(Change(NO_CHANGE, KIND_VERSION, name, note=f"the latest version is {value.path}'s content"))
+    note = f"new version {value.source}" + (f"; {why}" if exists and why else "")
+
+    def add() -> str:
+        made = _call(f"cannot add a version to secret {name}", KIND_VERSION, lambda: clients.secrets.add_secret_version(
+            parent=name, payload=secretmanager_v1.SecretPayload(data=value.data)))  # fmt: skip
+        return f"added {made.name or 'a version'} {value.source}"
+
+    return _Step(Change(CREATE, KIND_VERSION, name, note=note), add)
+
+
+def plan(clients: Clients, settings: Settings) -> list[_Step]:
+    """Reads the state (no writes) and returns the steps, in the order apply takes them."""
+    now = datetime.now(UTC)
+    account_step, account_exists = _account_step(clients, settings)
+    fresh = not account_exists
+    steps = [account_step]
+    for spec in settings.specs:
+        name = settings.secret_name(spec)
+        actual = _maybe(f"cannot read secret {name}", KIND_SECRET, partial(clients.secrets.get_secret, name=name))
+        steps.append(_secret_step(clients, settings, spec, actual, now))
+        steps.append(_version_step(clients, settings, spec, actual is not None))
+        policy = _Policy(name, lambda r: clients.secrets.get_iam_policy(request=r),
+                         lambda r: clients.secrets.set_iam_policy(request=r))  # fmt: skip
+        existing = None if actual is None else _call(f"cannot read the IAM policy of secret {name}", KIND_ACCESS,
+                                                     policy.read)  # fmt: skip
+        steps.append(_binding_step(KIND_ACCESS, policy, ACCESSOR, settings.accessor_member, existing,
+                                   exists=actual is not None, fresh=fresh))  # fmt: skip
+    policy = _Policy(settings.account_name, lambda r: clients.iam.get_iam_policy(request=r),
+                     lambda r: clients.iam.set_iam_policy(request=r))  # fmt: skip
+    existing = None
+    if account_exists:
+        existing = _call(f"cannot read the IAM policy of service account {settings.email}", KIND_WORKLOAD, policy.read)
+    steps.append(_binding_step(KIND_WORKLOAD, policy, WORKLOAD_IDENTITY_USER, settings.workload_member, existing,
+                               exists=account_exists, fresh=fresh, shown=settings.email))  # fmt: skip
+    return steps
+
+
+def converge(clients: Clients, settings: Settings, *, apply: bool, log: Log = lambda _: None) -> list[Change]:
+    """The plan (``apply`` False: nothing is written) or its application; returns the changes, in order.
+
+    Raises:
+        SecretsError: a call was refused, or apply cannot make a change (then before writing anything).
+    """
+    steps = plan(clients, settings)
+    if apply:
+        refused = [step.refused for step in steps if step.refused]
+        if refused:
+            raise SecretsError("nothing applied: " + "; ".join(refused))
+        for step in steps:
+            if step.run is not None:
+                log(step.run())
+    return [step.change for step in steps]
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+
+
+def workload_identity(settings: Settings) -> dict[str, Any]:
+    """What the Kubernetes side needs, and how the chart provides it (see chart/values.yaml
+    ``serviceAccount.gcpServiceAccount``: the chart annotates the service account it creates)."""
+    return {
+        "kubernetesServiceAccount": f"{settings.namespace}/{settings.kubernetes_account}",
+        "annotation": {ANNOTATION: settings.email},
+        "chart": f"set by the chart on the service account it creates: --set serviceAccount.gcpServiceAccount="
+        f"{settings.email}",
+        "existingServiceAccount": f"kubectl annotate serviceaccount --namespace {settings.namespace} "
+        f"{settings.kubernetes_account} {ANNOTATION}={settings.email}",
+    }
+
+
+def _print_workload_identity(settings: Settings, out: TextIO) -> None:
+    wanted = workload_identity(settings)
+    print(f"Workload Identity: the Kubernetes service account {wanted['kubernetesServiceAccount']} needs the "
+          f"annotation\n  {ANNOTATION}: {settings.email}", file=out)  # fmt: skip
+    print(f"  The chart sets it on the service account it creates: --set serviceAccount.gcpServiceAccount="
+          f"{settings.email}", file=out)  # fmt: skip
+    print(f"  An existing service account (serviceAccount.name, as Marketplace passes) needs: "
+          f"{wanted['existingServiceAccount']}", file=out)  # fmt: skip
+
+
+def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
+    """``secrets plan|apply``: 0 when done; :class:`ValuesError` for bad input (before any call),
+    :class:`SecretsError` when an API refuses."""
+    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    settings = Settings.from_config(config, getattr(args, "value", None) or ())
+    if args.insecure and not args.endpoint:
+        raise ValuesError("--insecure needs --endpoint HOST:PORT")
+    out = out or sys.stdout
+    apply = args.action == "apply" and not args.dry_run
+    mode = "apply" if apply else "dry-run" if args.action == "apply" else "plan"
+    clients = Clients.connect(args.endpoint, insecure=args.insecure)
+    try:
+        changes = converge(clients, settings, apply=apply, log=log)
+    finally:
+        clients.close()
+    title = f"Secret Manager (project {settings.project})"
+    if args.json:
+        buffer = io.StringIO()
+        render(title, changes, mode=mode, out=buffer, as_json=True)
+        document = {**json.loads(buffer.getvalue()), "project": settings.project,
+                    "workloadIdentity": workload_identity(settings)}  # fmt: skip
+        out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(title, changes, mode=mode, out=out)
+        _print_workload_identity(settings, out)
+    return 0
