@@ -535,6 +535,7 @@ async def serve(settings: Settings) -> None:
             header_timeout=settings.header_timeout_seconds,
             body_timeout=settings.body_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
+            write_timeout=settings.write_timeout_seconds,
         ),  # fmt: skip
         **common,
     )

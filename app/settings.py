@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A request's body must arrive within this of its headers."
     )
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest header block accepted (else 431).")
+    write_timeout_seconds: float = Field(
+        30.0, gt=0, description="A client that reads none of its response (or stream) this long is cut off."
+    )
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 
     @field_validator("log_level")

@@ -5,7 +5,11 @@ slowloris client (headers a byte at a time), a stalled body, or a 1 MB header bl
 and its memory for as long as the client likes. This protocol adds three limits per request: the headers must
 arrive within ``header_timeout`` (counted from the connection or the request's first byte), the body within
 ``body_timeout`` of the headers, and the header block may not exceed ``max_header_bytes`` (answered 431).
-Responses, including long event streams, are not limited: the clock stops once the request is complete.
+Responses, including long event streams, have no deadline, but a client that stops reading them does: when the
+transport's buffer is full (asyncio calls ``pause_writing``) and stays full for ``write_timeout`` seconds, the
+connection is aborted. A stalled reader then costs the buffer it filled for that long and no more (an event stream
+keeps at most its last 1000 events for resumption), and a reader that is merely slow is never cut: each time the
+buffer drains, the clock stops.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
+    write_timeout: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +50,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stage: str | None = None
         self._deadline = 0.0
         self._header_bytes = 0  # of the request being read
+        self._write_stall: asyncio.TimerHandle | None = None
 
     @property
     def _tick(self) -> float:
@@ -77,7 +83,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm(self.header_timeout, "headers")
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_stall is None:
+            self._write_stall = self.loop.call_later(self.write_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+
+    def _stalled(self) -> None:
+        self._write_stall = None
+        log.warning("connection cut: the client stopped reading", seconds=self.write_timeout, client=str(self.client))
+        self.transport.abort()  # close() would wait to flush a buffer the client never takes
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
         self._disarm()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -116,10 +141,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-def guarded_protocol(*, header_timeout: float, body_timeout: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    *, header_timeout: float, body_timeout: float, max_header_bytes: int, write_timeout: float = 30.0
+) -> type[HttpToolsProtocol]:
     """The protocol class with these limits (uvicorn takes a class, not an instance)."""
     return type(
         "ConfiguredGuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_bytes": max_header_bytes},
-    )
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_bytes": max_header_bytes,
+         "write_timeout": write_timeout},
+    )  # fmt: skip

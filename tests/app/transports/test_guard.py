@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import RunningServer, start_server
+from tests.stateless import META
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +115,53 @@ def test_a_websocket_outlives_the_request_deadlines(server: RunningServer, tmp_p
         time.sleep(2.5)  # longer than both deadlines
         ws.send(httpx.Response(200, json=init).text)
         assert ws.recv(timeout=5)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def stalled_reader(server: RunningServer, request: bytes) -> socket.socket:
+    """A connection that sends ``request`` and then never reads: its receive window closes at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(request)
+    return sock
+
+
+def test_a_client_that_stops_reading_its_response_is_cut_off_and_its_memory_released(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(7 * 1024 * 1024))  # about 9.3 MB of JSON once base64-encoded
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(f"resources:\n  - {{uri: 'file:///big', name: big, kind: file, path: '{big}', "
+                       "mimeType: application/octet-stream}\n")  # fmt: skip
+    running = start_server(tmp_path, ["--no-auth", "--catalog", str(catalog)], {"ERLMCP_WRITE_TIMEOUT_SECONDS": "1"})
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+                         "params": {"uri": "file:///big", "_meta": META}})  # fmt: skip
+    request = (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n"
+               b"Mcp-Method: resources/read\r\nMcp-Name: file:///big\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    stalled: list[socket.socket] = []
+    try:
+        baseline = rss_mib(running.process.pid)
+        stalled += [stalled_reader(running, request) for _ in range(4)]
+        time.sleep(0.5)
+        assert probe(running) == 200  # others are served while four clients sit on 37 MB of answers
+        time.sleep(2.5)  # past the write timeout
+        after = rss_mib(running.process.pid)
+        outcomes = [closed_within(sock, 5) for sock in stalled]
+        log = running.log.read_text()
+    finally:
+        for sock in stalled:
+            sock.close()
+        running.stop()
+    for cut, received in outcomes:
+        assert cut, "a client that stopped reading was never cut off"
+        assert len(received) < 9 * 1024 * 1024  # it did not get its answer: the server gave up on it
+    assert log.count("connection cut: the client stopped reading") == 4
+    assert after - baseline < 40, f"the server kept {after - baseline:.0f} MiB after cutting the stalled clients"
