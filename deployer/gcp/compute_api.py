@@ -1,0 +1,407 @@
+"""A small converge engine over the Compute Engine API (google-cloud-compute, REST), shared by ``network`` and
+``gce``: each desired resource is a :class:`Kind` (which client, which message, global or regional) and the
+``compute_v1`` message itself, and ``plan`` / ``apply`` make the project match, idempotently.
+
+Decisions:
+
+* **Read, then compare what we set.** The actual resource is read by name (404: CREATE). It is compared with
+  :func:`deployer.changes.differences` on the fields the desired message sets, as ``to_dict`` views without
+  defaults: fields the API fills in (ids, links, timestamps, defaults we leave alone) never show as drift. Links
+  are always written as the full ``https://www.googleapis.com/compute/v1/...`` URLs the API answers with, so they
+  compare equal. A resource's ``create_only`` fields (a managed instance group's size, which its autoscaler moves)
+  are sent on insert and never compared.
+* **UPDATE is a PATCH of what differs.** The body carries the name and only the top-level fields that differ
+  (Compute Engine's PATCH is a JSON merge patch: nested objects merge, lists are replaced), so fields the API
+  allows to change only in some ways (a subnet's range) are never sent when they did not change. Where the kind
+  has a ``fingerprint`` (subnetworks, backend services, instance group managers) the one read is sent back: the
+  API requires it there, and a change made by someone else in between is refused (412) instead of overwritten.
+* **Immutable kinds are named by their content.** An instance template cannot be changed, so :func:`immutable`
+  names it ``<base>-<first 10 hex digits of the SHA-256 of its content>``: a changed template is a new name, a
+  CREATE, and whatever points at it (the managed instance group) shows an UPDATE to the new link. An existing
+  template of that name is NO CHANGE by construction. Old templates are left in place (a rollback is an apply of
+  the old configuration, which finds its template still there); delete them with ``gcloud`` when unwanted.
+* **DELETE only by name, only what was ours.** Nothing is listed: a platform names the resources of its own that
+  must not exist (an optional firewall rule turned off, :class:`Absent`), and those are deleted if they exist.
+  Whatever else is in the project is never read or touched.
+* **Operations are waited for explicitly.** Writes use the ``*_unary`` calls and the Global/Region Operations
+  ``wait`` method until DONE; an operation that ends in error fails the command. (The library's
+  ``ExtendedOperation.result()`` polls through a client it builds on Google's default endpoint, which would
+  bypass ``--endpoint``.)
+* **Connections.** Application Default Credentials normally (``--endpoint`` may point at another API host over
+  TLS); ``--insecure --endpoint HOST:PORT`` is plain HTTP with anonymous credentials, for a local server that
+  speaks the Compute Engine REST protocol (the tests' ``tests/compute_rest.py``).
+* **Errors** from the API, the network or the credentials become :class:`~deployer.errors.CloudError` naming the
+  resource and what was attempted; bad input is :class:`~deployer.errors.ValuesError`, raised before any call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TextIO
+
+import google.auth
+import requests
+from google.api_core.client_options import ClientOptions
+from google.api_core.exceptions import GoogleAPICallError, NotFound
+from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import compute_v1
+
+from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, render
+from deployer.errors import CloudError, ValuesError
+from deployer.gcp.config import GcpConfig, load_config
+
+__all__ = [
+    "API_ROOT",
+    "AUTOSCALER",
+    "Absent",
+    "BACKEND_SERVICE",
+    "FIREWALL",
+    "HEALTH_CHECK",
+    "INSTANCE_GROUP_MANAGER",
+    "INSTANCE_TEMPLATE",
+    "NETWORK",
+    "ROUTER",
+    "SUBNETWORK",
+    "ComputeApi",
+    "Kind",
+    "Location",
+    "Log",
+    "Platform",
+    "Requirement",
+    "Resource",
+    "apply",
+    "check_name",
+    "immutable",
+    "plan",
+    "run",
+    "view",
+]
+
+API_ROOT = "https://www.googleapis.com/compute/v1"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+CALL_TIMEOUT = 60.0  # seconds one API call may take
+OPERATION_TIMEOUT = 20 * 60.0  # seconds an operation may take to be DONE
+_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of Compute Engine resource: its client and message, its URL collection, the request field that
+    names it (``firewall``: the body is ``firewall_resource``), global or regional, mutable or not."""
+
+    title: str
+    client: type[Any]
+    message: type[Any]
+    collection: str
+    field: str
+    regional: bool
+    immutable: bool = False
+
+
+NETWORK = Kind("network", compute_v1.NetworksClient, compute_v1.Network, "networks", "network", False)
+SUBNETWORK = Kind("subnetwork", compute_v1.SubnetworksClient, compute_v1.Subnetwork, "subnetworks", "subnetwork",
+                  True)  # fmt: skip
+ROUTER = Kind("router", compute_v1.RoutersClient, compute_v1.Router, "routers", "router", True)
+FIREWALL = Kind("firewall rule", compute_v1.FirewallsClient, compute_v1.Firewall, "firewalls", "firewall", False)
+INSTANCE_TEMPLATE = Kind("instance template", compute_v1.InstanceTemplatesClient, compute_v1.InstanceTemplate,
+                         "instanceTemplates", "instance_template", False, immutable=True)  # fmt: skip
+HEALTH_CHECK = Kind("health check", compute_v1.RegionHealthChecksClient, compute_v1.HealthCheck, "healthChecks",
+                    "health_check", True)  # fmt: skip
+INSTANCE_GROUP_MANAGER = Kind("instance group manager", compute_v1.RegionInstanceGroupManagersClient,
+                              compute_v1.InstanceGroupManager, "instanceGroupManagers", "instance_group_manager",
+                              True)  # fmt: skip
+AUTOSCALER = Kind("autoscaler", compute_v1.RegionAutoscalersClient, compute_v1.Autoscaler, "autoscalers",
+                  "autoscaler", True)  # fmt: skip
+BACKEND_SERVICE = Kind("backend service", compute_v1.RegionBackendServicesClient, compute_v1.BackendService,
+                       "backendServices", "backend_service", True)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Location:
+    """The project and region resources live in, and the links the API uses for them."""
+
+    project: str
+    region: str
+
+    def link(self, kind: Kind, name: str) -> str:
+        scope = f"regions/{self.region}" if kind.regional else "global"
+        return f"{API_ROOT}/projects/{self.project}/{scope}/{kind.collection}/{name}"
+
+    def zone_link(self, zone: str) -> str:
+        return f"{API_ROOT}/projects/{self.project}/zones/{zone}"
+
+    def instance_group_link(self, name: str) -> str:
+        """The instance group a regional managed instance group called ``name`` manages."""
+        return f"{API_ROOT}/projects/{self.project}/regions/{self.region}/instanceGroups/{name}"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource as it should be: the message (with its name); ``create_only`` fields are sent on insert and
+    never compared; ``note`` is printed next to a CREATE or UPDATE."""
+
+    kind: Kind
+    message: Any
+    create_only: frozenset[str] = frozenset()
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.message.name)
+
+
+@dataclass(frozen=True)
+class Absent:
+    """A resource of ours that must not exist (an optional firewall rule turned off): DELETE if it does."""
+
+    kind: Kind
+    name: str
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A resource another platform makes that this one needs (``hint``: the command that makes it)."""
+
+    kind: Kind
+    name: str
+    hint: str
+
+
+def check_name(name: str, what: str) -> None:
+    """Raises :class:`ValuesError` unless ``name`` is a Compute Engine resource name (RFC 1035, at most 63)."""
+    if not _NAME.fullmatch(name):
+        raise ValuesError(f"{what} {name!r} is not a Compute Engine name: 1-63 of a-z, 0-9 and -, starting with a "
+                          "letter, not ending with -; shorten or rename it in the configuration")  # fmt: skip
+
+
+def view(message: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields ``message`` sets, as a dict (fields at their default that it does not set are left out)."""
+    found: dict[str, Any] = type(message).to_dict(message, use_integers_for_enums=False,
+                                                  always_print_fields_with_no_presence=False)  # fmt: skip
+    for name in leave_out:
+        found.pop(name, None)
+    return found
+
+
+def immutable(kind: Kind, base: str, message: Any, *, note: str = "") -> Resource:
+    """``message`` named ``<base>-<hash of its content>``: a changed content is a new resource."""
+    content = json.dumps(view(message, ("name",)), sort_keys=True, separators=(",", ":"))
+    named = type(message)(message)
+    named.name = f"{base}-{hashlib.sha256(content.encode()).hexdigest()[:10]}"
+    return Resource(kind, named, note=note)
+
+
+class ComputeApi:
+    """The Compute Engine clients of one project and region; :meth:`connect` makes them."""
+
+    def __init__(self, location: Location, make_client: Callable[[type[Any]], Any]) -> None:
+        self.location = location
+        self._make_client = make_client
+        self._clients: dict[type[Any], Any] = {}
+
+    @classmethod
+    def connect(cls, location: Location, endpoint: str | None = None, *, insecure: bool = False) -> ComputeApi:
+        """Clients with Application Default Credentials on Google's endpoint (or ``endpoint``, over TLS); with
+        ``insecure``: plain HTTP to ``endpoint`` and no credentials, for a local server speaking the API."""
+        if insecure:
+            if not endpoint:
+                raise ValuesError("--insecure needs --endpoint HOST:PORT")
+            anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+            def plain(client: type[Any]) -> Any:
+                transport = client.get_transport_class("rest")
+                return client(transport=transport(host=endpoint, credentials=anonymous, url_scheme="http"))
+
+            return cls(location, plain)
+        try:
+            credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+        except GoogleAuthError as exc:
+            raise CloudError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
+                             "or run where a service account is attached") from exc  # fmt: skip
+        options = ClientOptions(api_endpoint=endpoint) if endpoint else None
+
+        def authorized(client: type[Any]) -> Any:
+            return client(credentials=credentials, client_options=options)
+
+        return cls(location, authorized)
+
+    def client(self, client: type[Any]) -> Any:
+        if client not in self._clients:
+            self._clients[client] = self._make_client(client)
+        return self._clients[client]
+
+    def close(self) -> None:
+        for made in self._clients.values():
+            made.transport.close()
+        self._clients.clear()
+
+    def _scope(self, kind: Kind) -> dict[str, str]:
+        return {"project": self.location.project, **({"region": self.location.region} if kind.regional else {})}
+
+    def get(self, kind: Kind, name: str) -> Any | None:
+        """The resource, or None if there is none of that name."""
+        request = {**self._scope(kind), kind.field: name}
+
+        def read() -> Any | None:
+            try:
+                return self.client(kind.client).get(request=request, timeout=CALL_TIMEOUT)
+            except NotFound:
+                return None
+
+        return _call(f"cannot read {kind.title} {name}", self.location, read)
+
+    def insert(self, resource: Resource) -> None:
+        kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.name}"
+        request = {**self._scope(kind), f"{kind.field}_resource": resource.message}
+        operation = _call(what, self.location, lambda: self.client(kind.client).insert_unary(
+            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        self._wait(kind, operation, what)
+
+    def patch(self, resource: Resource, fields: Iterable[str], actual: Any) -> None:
+        """PATCH ``fields`` (top-level) of the desired message, with the fingerprint of ``actual`` if it has one."""
+        kind, what = resource.kind, f"cannot update {resource.kind.title} {resource.name}"
+        body = kind.message(name=resource.name)
+        for name in fields:
+            setattr(body, name, getattr(resource.message, name))
+        if "fingerprint" in kind.message.meta.fields and actual.fingerprint:
+            body.fingerprint = actual.fingerprint
+        request = {**self._scope(kind), kind.field: resource.name, f"{kind.field}_resource": body}
+        operation = _call(what, self.location, lambda: self.client(kind.client).patch_unary(
+            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        self._wait(kind, operation, what)
+
+    def delete(self, kind: Kind, name: str) -> None:
+        what = f"cannot delete {kind.title} {name}"
+        request = {**self._scope(kind), kind.field: name}
+        operation = _call(what, self.location, lambda: self.client(kind.client).delete_unary(
+            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        self._wait(kind, operation, what)
+
+    def _wait(self, kind: Kind, operation: Any, what: str) -> None:
+        """Until ``operation`` is DONE; CloudError if it ended in error or took longer than OPERATION_TIMEOUT."""
+        operations = self.client(compute_v1.RegionOperationsClient if kind.regional else
+                                 compute_v1.GlobalOperationsClient)  # fmt: skip
+        deadline = time.monotonic() + OPERATION_TIMEOUT
+        while operation.status != compute_v1.Operation.Status.DONE:
+            if time.monotonic() > deadline:
+                raise CloudError(f"{what}: operation {operation.name} not done after {OPERATION_TIMEOUT:.0f} s; "
+                                 "see it with `gcloud compute operations describe`")  # fmt: skip
+            request = {**self._scope(kind), "operation": operation.name}
+            operation = _call(what, self.location, partial(operations.wait, request=request,
+                                                           timeout=CALL_TIMEOUT + 120))  # fmt: skip
+        if operation.error.errors:
+            messages = "; ".join(f"{e.message} ({e.code})" for e in operation.error.errors)
+            raise CloudError(f"{what}: {messages}")
+
+
+def _call(what: str, location: Location, call: Callable[[], Any]) -> Any:
+    """``call()``, with the API's, the network's and the credentials' errors as CloudError saying ``what``."""
+    try:
+        return call()
+    except GoogleAPICallError as exc:
+        hint = ""
+        if exc.code == 403:
+            hint = (
+                f"; check that the Compute Engine API is enabled in project {location.project} and that your "
+                "account may change it (e.g. roles/compute.networkAdmin, roles/compute.instanceAdmin.v1)"
+            )
+        raise CloudError(f"{what}: {exc.message} (HTTP {exc.code}){hint}") from exc
+    except requests.RequestException as exc:
+        raise CloudError(f"{what}: the Compute Engine API cannot be reached ({type(exc).__name__}: {exc})") from exc
+    except GoogleAuthError as exc:
+        raise CloudError(f"{what}: the credentials were refused ({exc}); run `gcloud auth application-default "
+                         "login`") from exc  # fmt: skip
+
+
+def _compare(resource: Resource, actual: Any | None) -> Change:
+    kind = resource.kind
+    if actual is None:
+        return Change(CREATE, kind.title, resource.name, desired=resource, note=resource.note)
+    if kind.immutable:  # named by its content: the same name is the same content
+        return Change(NO_CHANGE, kind.title, resource.name, desired=resource, actual=actual)
+    found = differences(view(resource.message, resource.create_only), view(actual))
+    return Change(UPDATE if found else NO_CHANGE, kind.title, resource.name, found, resource, actual,
+                  resource.note if found else "")  # fmt: skip
+
+
+def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
+    """What :func:`apply` would do to make each resource as desired, in order, then delete those of ``absent``
+    that exist; reads only."""
+    changes = [_compare(resource, api.get(resource.kind, resource.name)) for resource in resources]
+    for gone in absent:
+        actual = api.get(gone.kind, gone.name)
+        if actual is not None:
+            changes.append(Change(DELETE, gone.kind.title, gone.name, desired=gone, actual=actual,
+                                  note="no longer in the configuration"))  # fmt: skip
+    return changes
+
+
+def _top_level(paths: Iterable[str]) -> list[str]:
+    """The top-level fields of difference paths (``allowed[0].ports`` -> ``allowed``), in order, once each."""
+    return list(dict.fromkeys(re.split(r"[.\[]", path, maxsplit=1)[0] for path in paths))
+
+
+def apply(api: ComputeApi, changes: Sequence[Change], log: Log) -> None:
+    """Create, update and delete, in the order planned (the builders put what is referenced first)."""
+    for change in changes:
+        resource = change.desired
+        if change.action == CREATE:
+            api.insert(resource)
+            log(f"created {change.kind} {change.name}")
+        elif change.action == UPDATE:
+            fields = _top_level(path for path, _, _ in change.differences)
+            api.patch(resource, fields, change.actual)
+            log(f"updated {change.kind} {change.name}: " + ", ".join(path for path, _, _ in change.differences))
+        elif change.action == DELETE:
+            api.delete(change.desired.kind, change.name)
+            log(f"deleted {change.kind} {change.name}")
+
+
+def _required(api: ComputeApi, requirements: Sequence[Requirement], *, applying: bool, log: Log) -> None:
+    for needed in requirements:
+        if api.get(needed.kind, needed.name) is None:
+            message = f"the {needed.kind.title} {needed.name} does not exist: {needed.hint}"
+            if applying:
+                raise CloudError(message)
+            log(f"warning: {message} (before apply)")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What :func:`run` needs of a platform: a title, the desired resources, what must exist first."""
+
+    title: Callable[[GcpConfig], str]
+    desired: Callable[[GcpConfig], Sequence[Resource]]
+    requirements: Callable[[GcpConfig], Sequence[Requirement]] = field(default=lambda _: ())
+    absent: Callable[[GcpConfig], Sequence[Absent]] = field(default=lambda _: ())
+
+
+def run(args: argparse.Namespace, platform: Platform, *, log: Log, out: TextIO | None = None) -> int:
+    """``<platform> plan|apply [--dry-run]``: the configuration and the desired resources are built (and refused
+    with :class:`ValuesError`) before any call; then plan, apply unless it is a plan or a dry run, print."""
+    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    resources = platform.desired(config)
+    if args.insecure and not args.endpoint:
+        raise ValuesError("--insecure needs --endpoint HOST:PORT")
+    applying = args.action == "apply" and not args.dry_run
+    mode = "apply" if applying else "dry-run" if args.action == "apply" else "plan"
+    api = ComputeApi.connect(Location(config.project, config.region), args.endpoint, insecure=args.insecure)
+    try:
+        _required(api, platform.requirements(config), applying=applying, log=log)
+        changes = plan(api, resources, platform.absent(config))
+        if applying:
+            apply(api, changes, log)
+    finally:
+        api.close()
+    render(platform.title(config), changes, mode=mode, out=out or sys.stdout, as_json=args.json)
+    return 0
