@@ -236,6 +236,24 @@ def test_uninstall_leaves_nothing_behind(control_plane: ControlPlane, cluster: C
     assert "nothing to remove" in again.stderr
 
 
+def test_uninstalling_a_half_installed_app_removes_what_the_failed_apply_made(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str
+) -> None:
+    blocker = {"apiVersion": "v1", "kind": "Secret", "immutable": True,
+               "metadata": {"name": "mcp-api-keys", "namespace": namespace}, "data": {"x": "eA=="}}  # fmt: skip
+    cluster.apply(blocker, namespace)
+    failed = install(control_plane, namespace)
+    assert failed.returncode == 1
+    made_before_the_failure = components(cluster, namespace)
+    assert made_before_the_failure, "the failed apply made nothing: this test would prove nothing"
+    done = deployer(control_plane, "uninstall", "-n", namespace, "--name", "mcp", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    assert application(cluster, namespace) is None
+    assert components(cluster, namespace) == []
+    # The blocker was never the app's (no ownerReference, no app label): an uninstall leaves it alone.
+    assert cluster.get("v1", "Secret", "mcp-api-keys", namespace) is not None
+
+
 def test_deleting_the_application_garbage_collects_its_components(
     control_plane: ControlPlane, cluster: Cluster, namespace: str
 ) -> None:
