@@ -11,7 +11,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,9 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -67,11 +70,32 @@ HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/health"})
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-def _health(*, draining: bool) -> Response:
-    """A health answer: 200 ``ok``, or 503 ``draining`` once the server was asked to stop."""
+def _health(*, draining: bool, unavailable: str | None = None) -> Response:
+    """A health answer: 200 ``ok``; 503 ``draining`` once the server was asked to stop, or ``unavailable`` (with
+    the reason) while a dependency, such as the Redis session store, does not answer."""
     if draining:
         return Response(b'{"status":"draining"}', status_code=503, media_type="application/json")
+    if unavailable is not None:
+        body = orjson.dumps({"status": "unavailable", "reason": unavailable})
+        return Response(body, status_code=503, media_type="application/json", headers={"Retry-After": "1"})
     return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def _readiness(state: ServerState) -> Response:
+    """Readiness: not while draining, nor while the session store cannot serve (its own background check says
+    so; a probe does not reach Redis). Liveness never asks: a Redis outage must not restart the process."""
+    if state.draining:
+        return _health(draining=True)
+    return _health(draining=False, unavailable=await state.dependency() if state.dependency else None)
+
+
+async def _expire_idle_sessions(sessions: SessionBackend, idle_seconds: float) -> None:
+    """Release sessions whose client vanished without DELETE, whether or not other traffic comes (the stores also
+    sweep when they are full); every quarter of the idle time, between 0.5 and 5 seconds."""
+    interval = min(5.0, max(0.5, idle_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        sessions.expire()
 
 
 class ListenerError(RuntimeError):
@@ -80,10 +104,12 @@ class ListenerError(RuntimeError):
 
 @dataclass(slots=True)
 class ServerState:
-    """What the health endpoints report: draining starts when the server is asked to stop."""
+    """What the health endpoints report: draining starts when the server is asked to stop; ``dependency`` says
+    why the server cannot serve now (None when it can), for readiness."""
 
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    dependency: Callable[[], Awaitable[str | None]] | None = None
 
 
 class _ObserveRequests:
@@ -267,7 +293,11 @@ def session_backend(settings: Settings) -> SessionBackend:
     """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
     if settings.redis_url is None:
         return SessionStore(max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds)
-    client = Redis.from_url(settings.redis_url.get_secret_value())
+    # Fail fast while Redis is away: the default would be 5 s per attempt, retried 10 times. One immediate retry
+    # on a connection error replaces a pooled connection that died with an earlier Redis; none on a timeout.
+    timeout = settings.redis_timeout_seconds
+    client = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=timeout,
+                            socket_timeout=timeout, retry=Retry(NoBackoff(), 1, (RedisConnectionError,)))  # fmt: skip
     return RedisSessionStore(client, max_sessions=settings.max_sessions, idle_seconds=settings.session_idle_seconds)
 
 
@@ -414,7 +444,9 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loop.append(asyncio.get_running_loop())
-        background = [asyncio.create_task(watcher.run())] if watcher is not None else []
+        background = [asyncio.create_task(_expire_idle_sessions(sessions, settings.session_idle_seconds))]
+        if watcher is not None:
+            background.append(asyncio.create_task(watcher.run()))
         if exporter is not None:
             background.append(asyncio.create_task(exporter.run()))
         try:
@@ -431,11 +463,13 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     app.state.mcp_endpoint = endpoint
     app.state.catalog_runtime = runtime
 
+    state.dependency = sessions.unavailable
+
     async def livez() -> Response:
         return _health(draining=False)
 
     async def readyz() -> Response:
-        return _health(draining=state.draining)
+        return await _readiness(state)
 
     app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
     for path in ("/readyz", "/healthz", "/health"):
@@ -483,7 +517,7 @@ def create_metrics_app(metrics: Metrics, state: ServerState | None = None) -> St
         return _health(draining=False)
 
     async def readyz(_: Request) -> Response:
-        return _health(draining=health.draining)
+        return await _readiness(health)
 
     routes = [Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/livez", livez, methods=["GET"])]
     routes += [Route(path, readyz, methods=["GET"]) for path in ("/readyz", "/healthz", "/health")]

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None, description="redis://... to share sessions and event streams between replicas (default: in memory)."
     )
+    redis_timeout_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Longest a Redis connection attempt or command may take before the request fails with 503 "
+        "(Retry-After) and readiness checks Redis again.",
+    )
     max_sessions: int = Field(10_000, gt=0, description="Most concurrent sessions; more initialize get 503.")
     session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
     sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")

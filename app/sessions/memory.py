@@ -163,6 +163,12 @@ class SessionStore:
         """Apply a client notification (initialized, cancelled) to the session."""
         session.on_notification(method, params)
 
+    def expire(self) -> int:
+        """End the sessions idle longer than the idle time (none with a request in flight); how many. The server
+        calls this every few seconds, so that a client that vanished without DELETE is released even when no
+        other traffic comes."""
+        return self._expire()
+
     def _expire(self) -> int:
         now = self._swept = self._clock()
         stale = [sid for sid, s in self._sessions.items() if now - s.last_seen > self._idle and not s.in_flight]
@@ -173,6 +179,10 @@ class SessionStore:
     def all(self) -> list[Session]:
         """Every live session of this process (for broadcasting and shutdown)."""
         return list(self._sessions.values())
+
+    async def unavailable(self) -> str | None:
+        """Never: the sessions live in this process."""
+        return None
 
     async def close(self) -> None:
         """Release the store's resources (the server is stopping)."""

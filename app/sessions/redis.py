@@ -7,28 +7,48 @@
   replay it from ``Last-Event-ID`` and follow it to its end.
 - What a client sends for a request running on another replica (its answer to a server request, a
   cancellation) goes to that replica over a pub/sub channel.
+
+Redis may go away, and come back. Every command is bounded by the client's timeouts (the server makes the
+client with ``ERLMCP_REDIS_TIMEOUT_SECONDS``); a background task checks Redis every second, which readiness
+reports (one warning when Redis goes, one info when it is back). While Redis is known to be away, what needs
+it fails at once with :class:`SessionStoreUnavailable` (the transport answers 503 with ``Retry-After``).
+What a running request writes later (its events, the session record) is kept and written, in order, once
+Redis answers again: a request that was running when Redis went away still finishes and can be resumed. The
+bus listener subscribes again after an outage.
+
+Each replica refreshes a liveness key; a reader following a stream whose writer's key has been gone for a while
+(the replica was killed) ends its connection instead of waiting for events that will never come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.sessions.events import Event, EventStream
 from app.sessions.memory import Session, SessionLimitError
+from app.sessions.store import SessionStoreUnavailable
 
 __all__ = ["RedisEventStream", "RedisSessionStore"]
 
 log = structlog.get_logger(__name__)
 
 _CLOSED = b"-1"  # the sequence number of the end-of-stream marker
+_UNAVAILABLE = "the session store is unavailable: Redis does not answer"
+_FAILURES = (RedisError, OSError)  # what a command raises when Redis does not answer (OSError: TimeoutError too)
+CHECK_SECONDS = 1.0  # how often each replica checks Redis and refreshes its liveness key
+_LIVENESS_MS = 3000  # a replica's liveness key lasts this long after its last refresh
+_WRITER_GONE_SECONDS = 2.0  # a reader gives up on a stream whose writer's key was missing this long
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:
@@ -41,43 +61,97 @@ def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:
     return [(entry_id, fields) for entry_id, fields in items]
 
 
-class RedisEventStream(EventStream):
-    """An event stream kept in a Redis stream."""
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
-    def __init__(self, redis: Redis, stream_id: str, *, prefix: str, ttl_seconds: int) -> None:
+
+class RedisEventStream(EventStream):
+    """An event stream kept in a Redis stream; written by one replica, read by any."""
+
+    def __init__(self, store: RedisSessionStore, stream_id: str) -> None:
         super().__init__(id=stream_id)
-        self._redis = redis
-        self._key = f"{prefix}:events:{stream_id}"
-        self._ttl = ttl_seconds
+        self._store = store
+        self._redis = store.redis
+        self._key = store.stream_key(stream_id)
+        self._ttl = store.ttl_seconds
+        self._unwritten: deque[dict[str, bytes | str]] = deque()  # in order; written when Redis answers
+        self._writing = asyncio.Lock()
 
     async def append(self, data: bytes) -> Event:
         """Add an event (only the replica running the request writes)."""
         self._sequence += 1
         event = Event(f"{self.id}-{self._sequence}", data)
-        await self._redis.xadd(self._key, {"seq": str(self._sequence), "data": data}, maxlen=self.max_events)
-        await self._redis.expire(self._key, self._ttl)
+        await self._write({"seq": str(self._sequence), "data": data})
         return event
 
     async def close(self) -> None:
         """Mark the end, for readers on any replica."""
         self.closed = True
-        await self._redis.xadd(self._key, {"seq": _CLOSED, "data": b""}, maxlen=self.max_events)
-        await self._redis.expire(self._key, self._ttl)
+        await self._write({"seq": _CLOSED, "data": b""})
+
+    async def _write(self, fields: dict[str, bytes | str]) -> None:
+        """Write now, or, while Redis does not answer, keep the entry for when it does (never raises)."""
+        fields["w"] = self._store.replica  # the writer, whose liveness readers check
+        self._unwritten.append(fields)
+        if len(self._unwritten) > self.max_events:
+            self._unwritten.popleft()  # the stream keeps only the last max_events anyway
+        if self._store.known_down:
+            self._store.defer(self)
+            return
+        await self.flush()
+
+    @property
+    def unwritten(self) -> int:
+        """Entries waiting for Redis."""
+        return len(self._unwritten)
+
+    async def flush(self) -> bool:
+        """Write the waiting entries, in order; False (they wait on) when Redis does not answer."""
+        async with self._writing:
+            while self._unwritten:
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.xadd(self._key, self._unwritten[0], maxlen=self.max_events)  # type: ignore[arg-type]
+                        pipe.expire(self._key, self._ttl)
+                        await pipe.execute()
+                except _FAILURES:
+                    self._store.defer(self)
+                    return False
+                self._unwritten.popleft()
+        return True
 
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """The events after sequence ``after``, then new ones as they are appended anywhere, until the end marker
-        (or :meth:`disconnect` ends this reader, or the stream expires)."""
+        (or :meth:`disconnect` ends this reader, the stream expires, its writer is gone, or Redis does not
+        answer: the client resumes from the last event it got)."""
         generation = self._generation
         position = "0-0"
+        writer: bytes | None = None
+        missing_since: float | None = None
         while self._generation == generation:
-            reply: Any = await self._redis.xread({self._key: position}, count=100, block=100)
-            entries = _entries(reply)
+            try:
+                reply: Any = await self._redis.xread({self._key: position}, count=100, block=100)
+                entries = _entries(reply)
+                alive = True
+                if not entries:
+                    exists, alive = await self._store.stream_and_writer(self._key, writer)
+                    if not exists:
+                        return
+            except _FAILURES as exc:
+                log.debug("a stream reader lost Redis; the client resumes", stream=self.id, error=_reason(exc))
+                return
             if not entries:
-                if not await self._redis.exists(self._key):
+                if alive:
+                    missing_since = None
+                elif missing_since is None:
+                    missing_since = time.monotonic()
+                elif time.monotonic() - missing_since >= _WRITER_GONE_SECONDS:
+                    log.debug("the replica writing a stream is gone; ended its reader", stream=self.id)
                     return
                 continue
             for entry_id, fields in entries:
                 position = entry_id
+                writer = fields.get(b"w", writer)
                 sequence = fields[b"seq"]
                 if sequence == _CLOSED:
                     return
@@ -98,22 +172,51 @@ class RedisSessionStore:
         max_sessions: int,
         idle_seconds: float,
         prefix: str = "erlmcp",
+        check_seconds: float = CHECK_SECONDS,
     ) -> None:
         self._redis = redis
         self._max = max_sessions
         self._idle = max(1, int(idle_seconds))
         self._prefix = prefix
         self._local: dict[str, tuple[Session, float]] = {}
-        self._bus: asyncio.Task[None] | None = None
         self._channel = f"{prefix}:bus"
+        self.replica = secrets.token_hex(6)  # this process, in its liveness key and in the entries it writes
+        self._alive_key = self._replica_key(self.replica.encode())
+        self._check_seconds = check_seconds
+        self._up: bool | None = None  # None until the first check
+        self._down_since = 0.0
+        self._started: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._bus: asyncio.Task[None] | None = None
+        self._bus_ready = asyncio.Event()  # set once the current bus connection is subscribed
+        self._check_now = asyncio.Event()  # a command failed: check Redis without waiting for the next round
+        self._unsaved: dict[str, Session] = {}  # records to write once Redis answers again
+        self._unwritten: set[RedisEventStream] = set()  # streams with entries waiting for Redis
 
     @property
     def redis(self) -> Redis:
         """The Redis client this store uses (other shared state, such as rate limits, uses it too)."""
         return self._redis
 
+    @property
+    def ttl_seconds(self) -> int:
+        """How long an idle session, or stream, is kept."""
+        return self._idle
+
+    @property
+    def known_down(self) -> bool:
+        """Whether the last check found Redis not answering."""
+        return self._up is False
+
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:session:{session_id}"
+
+    def stream_key(self, stream_id: str) -> str:
+        """The Redis key of an event stream."""
+        return f"{self._prefix}:events:{stream_id}"
+
+    def _replica_key(self, replica: bytes) -> bytes:
+        return f"{self._prefix}:replica:".encode() + replica
 
     @staticmethod
     def _record(session: Session) -> bytes:
@@ -127,41 +230,167 @@ class RedisSessionStore:
             "subscriptions": sorted(session.subscriptions),
         })  # fmt: skip
 
-    async def _ensure_bus(self) -> None:
-        if self._bus is None:
-            pubsub = self._redis.pubsub()
-            await pubsub.subscribe(self._channel)
-            self._bus = asyncio.get_running_loop().create_task(self._listen(pubsub))
+    # -- availability ------------------------------------------------------------------------------------------
 
-    async def _listen(self, pubsub: Any) -> None:
-        async for item in pubsub.listen():
-            if item.get("type") != "message":
-                continue
+    async def start(self) -> None:
+        """Check Redis once, then keep checking it and listen on the bus in the background (the first call does
+        this; every call waits for that first check)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._begin())
+        await asyncio.shield(self._started)
+
+    async def _begin(self) -> None:
+        await self._check()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._restart_bus()
+        if self._up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bus_ready.wait(), timeout=2 * self._check_seconds)
+
+    async def unavailable(self) -> str | None:
+        """None while Redis answers and the bus listens, else why not (for readiness)."""
+        await self.start()
+        if not self._up:
+            return _UNAVAILABLE
+        if not self._bus_ready.is_set():
+            return "not yet listening on the session bus"
+        return None
+
+    @contextlib.contextmanager
+    def _commands(self) -> Iterator[None]:
+        """Around commands a request needs answered: fail at once while Redis is known to be away, and turn a
+        failure into :class:`SessionStoreUnavailable` (a prompt check of Redis follows)."""
+        if self._up is False:
+            raise SessionStoreUnavailable(_UNAVAILABLE)
+        try:
+            yield
+        except _FAILURES as exc:
+            self._check_now.set()
+            raise SessionStoreUnavailable(_UNAVAILABLE) from exc  # the reason (an address) stays in the log
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), timeout=self._check_seconds)
+            self._check_now.clear()
+            await self._check()
+
+    async def _check(self) -> None:
+        """One round: refresh this replica's liveness key (which tells whether Redis answers); on the way back,
+        write what waited and listen on the bus again."""
+        try:
+            async with asyncio.timeout(2 * self._check_seconds + 1):  # the client's own timeouts come first
+                await self._redis.set(self._alive_key, b"1", px=_LIVENESS_MS)
+        except _FAILURES as exc:
+            if self._up is not False:
+                self._down_since = time.monotonic()
+                log.warning("Redis does not answer: requests that need the session store get 503 until it does",
+                            error=_reason(exc))  # fmt: skip
+            self._up = False
+            return
+        if not await self._write_waiting():
+            return  # it went away again; still down (or not yet known to be up)
+        if self._up is False:
+            log.info("Redis answers again", down_seconds=round(time.monotonic() - self._down_since, 1))
+            self._restart_bus()  # the subscription may not have survived (a restarted or failed-over Redis)
+        self._up = True
+
+    def defer(self, stream: RedisEventStream) -> None:
+        """Have a stream's waiting entries written once Redis answers again."""
+        self._unwritten.add(stream)
+
+    async def _write_waiting(self) -> bool:
+        """Write the records and stream entries that waited for Redis (and what came meanwhile); False when it
+        stopped answering."""
+        while self._unsaved or self._unwritten:
+            for session_id, session in list(self._unsaved.items()):
+                record = self._record(session)
+                try:
+                    await self._redis.set(self._key(session_id), record, ex=self._idle, xx=True)
+                except _FAILURES:
+                    return False
+                if self._unsaved.get(session_id) is session and self._record(session) == record:
+                    del self._unsaved[session_id]  # (else it changed meanwhile: written again next time round)
+            for stream in list(self._unwritten):
+                self._unwritten.discard(stream)
+                if not await stream.flush():
+                    return False
+        return True
+
+    def _restart_bus(self) -> None:
+        if self._bus is not None:
+            self._bus.cancel()
+        self._bus_ready = asyncio.Event()
+        self._bus = asyncio.get_running_loop().create_task(self._listen(self._bus_ready))
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        """Deliver what other replicas publish for sessions held here; subscribe again whenever the connection
+        fails, for as long as the store runs."""
+        while True:
+            pubsub = self._redis.pubsub()
             try:
-                message = orjson.loads(item["data"])
-                entry = self._local.get(message["session"])
-                if entry is None:
-                    continue
-                session = entry[0]
-                if message["type"] == "response":
-                    session.on_response(message["id"], message["payload"])
-                elif message["type"] == "notification":
-                    session.on_notification(message["method"], message["params"])
-                elif message["type"] == "deleted":
-                    self._local.pop(message["session"], None)
-                    session.close()
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignored a malformed message on the session bus")
+                await pubsub.subscribe(self._channel)
+                while True:
+                    item = await pubsub.get_message(timeout=self._check_seconds)
+                    if item is None:
+                        continue
+                    if item.get("type") == "subscribe":
+                        ready.set()
+                    elif item.get("type") == "message":
+                        self._on_message(item["data"])
+            except _FAILURES as exc:
+                log.debug("the session bus lost Redis; subscribing again", error=_reason(exc))
+            finally:
+                ready.clear()
+                with contextlib.suppress(*_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._check_seconds / 2)
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            entry = self._local.get(message["session"])
+            if entry is None:
+                return
+            session = entry[0]
+            if message["type"] == "response":
+                session.on_response(message["id"], message["payload"])
+            elif message["type"] == "notification":
+                session.on_notification(message["method"], message["params"])
+            elif message["type"] == "deleted":
+                self._local.pop(message["session"], None)
+                self._unsaved.pop(message["session"], None)
+                session.close()
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed message on the session bus")
+
+    async def stream_and_writer(self, key: str, writer: bytes | None) -> tuple[bool, bool]:
+        """Whether a stream still exists, and whether the replica writing it is alive (True when unknown)."""
+        if writer is None or writer == self.replica.encode():
+            return bool(await self._redis.exists(key)), True
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.exists(self._replica_key(writer))
+            exists, alive = await pipe.execute()
+        return bool(exists), bool(alive)
+
+    # -- sessions ----------------------------------------------------------------------------------------------
 
     async def _publish(self, message: dict[str, Any]) -> None:
-        await self._redis.publish(self._channel, orjson.dumps(message))
+        with self._commands():
+            await self._redis.publish(self._channel, orjson.dumps(message))
 
-    def _prune(self) -> None:
+    def _prune(self) -> int:
         now = time.monotonic()
-        for session_id in [
-            sid for sid, (s, seen) in self._local.items() if now - seen > self._idle and not s.in_flight
-        ]:
+        stale = [sid for sid, (s, seen) in self._local.items() if now - seen > self._idle and not s.in_flight]
+        for session_id in stale:
             self._local.pop(session_id)[0].close()
+        return len(stale)
+
+    def expire(self) -> int:
+        """Forget the local state of sessions idle longer than the idle time (Redis expires their records by
+        itself); how many."""
+        return self._prune()
 
     async def create(
         self,
@@ -175,8 +404,9 @@ class RedisSessionStore:
 
         Raises:
             SessionLimitError: this replica holds as many sessions as it may.
+            SessionStoreUnavailable: Redis does not answer.
         """
-        await self._ensure_bus()
+        await self.start()
         self._prune()
         if len(self._local) >= self._max:
             raise SessionLimitError(f"this replica holds its maximum of {self._max} sessions; try again later")
@@ -188,21 +418,29 @@ class RedisSessionStore:
             principal=principal,
             last_seen=time.monotonic(),
         )
-        await self._redis.set(self._key(session.id), self._record(session), ex=self._idle)
+        with self._commands():
+            await self._redis.set(self._key(session.id), self._record(session), ex=self._idle)
         self._local[session.id] = (session, time.monotonic())
         return session
 
     async def get(self, session_id: str) -> Session | None:
-        """The session, from this replica's copy refreshed from Redis; None when unknown, ended or expired."""
-        await self._ensure_bus()
+        """The session, from this replica's copy refreshed from Redis; None when unknown, ended or expired.
+
+        Raises:
+            SessionStoreUnavailable: Redis does not answer.
+        """
+        await self.start()
         key = self._key(session_id)
-        raw = await self._redis.get(key)
+        with self._commands():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.expire(key, self._idle)
+                raw, _ = await pipe.execute()
         if raw is None:
             entry = self._local.pop(session_id, None)
             if entry is not None:
                 entry[0].close()
             return None
-        await self._redis.expire(key, self._idle)
         record = orjson.loads(raw)
         entry = self._local.get(session_id)
         session = entry[0] if entry else Session(
@@ -213,19 +451,35 @@ class RedisSessionStore:
             principal=record["principal"],
             last_seen=time.monotonic(),
         )  # fmt: skip
-        session.initialized = record["initialized"]
-        session.log_level = record["log_level"]
-        session.subscriptions = set(record["subscriptions"])
+        if session_id not in self._unsaved:  # else what this replica holds is newer than Redis's copy
+            session.initialized = record["initialized"]
+            session.log_level = record["log_level"]
+            session.subscriptions = set(record["subscriptions"])
         self._local[session_id] = (session, time.monotonic())
         return session
 
     async def save(self, session: Session) -> None:
-        """Write back what a request changed; a session ended meanwhile stays ended (``XX``)."""
-        await self._redis.set(self._key(session.id), self._record(session), ex=self._idle, xx=True)
+        """Write back what a request changed; a session ended meanwhile stays ended (``XX``). While Redis does
+        not answer, the record is written once it does (never raises: the request itself succeeded)."""
+        if self._up is not False:
+            try:
+                await self._redis.set(self._key(session.id), self._record(session), ex=self._idle, xx=True)
+            except _FAILURES:
+                self._check_now.set()
+            else:
+                self._unsaved.pop(session.id, None)
+                return
+        self._unsaved[session.id] = session
 
     async def delete(self, session_id: str) -> bool:
-        """End the session on every replica."""
-        existed = bool(await self._redis.delete(self._key(session_id)))
+        """End the session on every replica.
+
+        Raises:
+            SessionStoreUnavailable: Redis does not answer.
+        """
+        with self._commands():
+            existed = bool(await self._redis.delete(self._key(session_id)))
+        self._unsaved.pop(session_id, None)
         entry = self._local.pop(session_id, None)
         if entry is not None:
             entry[0].close()
@@ -234,30 +488,43 @@ class RedisSessionStore:
 
     def new_stream(self, session: Session) -> EventStream:
         """A stream kept in Redis, so that another replica can resume it."""
-        stream = RedisEventStream(self._redis, secrets.token_hex(8), prefix=self._prefix, ttl_seconds=self._idle)
+        stream = RedisEventStream(self, secrets.token_hex(8))
         session.streams[stream.id] = stream
         return stream
 
     async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
-        """A stream of the session, written here or on another replica."""
+        """A stream of the session, written here or on another replica.
+
+        Raises:
+            SessionStoreUnavailable: Redis does not answer.
+        """
         local = session.streams.get(stream_id)
         if local is not None:
             return local
         if not all(c in "0123456789abcdef" for c in stream_id):
             return None
-        if not await self._redis.exists(f"{self._prefix}:events:{stream_id}"):
-            return None
-        return RedisEventStream(self._redis, stream_id, prefix=self._prefix, ttl_seconds=self._idle)
+        with self._commands():
+            if not await self._redis.exists(self.stream_key(stream_id)):
+                return None
+        return RedisEventStream(self, stream_id)
 
     async def deliver_response(self, session: Session, request_id: str | int | None, payload: dict[str, Any]) -> bool:
-        """Hand the answer to the waiting request here, or to the replica that runs it."""
+        """Hand the answer to the waiting request here, or to the replica that runs it.
+
+        Raises:
+            SessionStoreUnavailable: the answer is for another replica and Redis does not answer.
+        """
         if session.on_response(request_id, payload):
             return True
         await self._publish({"type": "response", "session": session.id, "id": request_id, "payload": payload})
         return True
 
     async def deliver_notification(self, session: Session, method: str, params: dict[str, Any]) -> None:
-        """Apply a notification here, and (cancellations) on the replica that runs the request."""
+        """Apply a notification here, and (cancellations) on the replica that runs the request.
+
+        Raises:
+            SessionStoreUnavailable: a cancellation is for another replica and Redis does not answer.
+        """
         session.on_notification(method, params)
         if method == "notifications/cancelled" and params.get("requestId") not in session.in_flight:
             await self._publish({"type": "notification", "session": session.id, "method": method, "params": params})
@@ -271,7 +538,13 @@ class RedisSessionStore:
         return [session for session, _ in self._local.values()]
 
     async def close(self) -> None:
-        """Stop listening and close the connection."""
-        if self._bus is not None:
-            self._bus.cancel()
+        """Stop checking and listening, write what waited if Redis answers, and close the connection."""
+        tasks = [task for task in (self._started, self._watcher, self._bus) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._up:
+            with contextlib.suppress(*_FAILURES):
+                await self._write_waiting()
+                await self._redis.delete(self._alive_key)  # readers of this replica's streams need not wait
         await self._redis.aclose()

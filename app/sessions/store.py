@@ -7,7 +7,13 @@ from typing import Any, Protocol
 from app.sessions.events import EventStream
 from app.sessions.memory import Session
 
-__all__ = ["SessionBackend"]
+__all__ = ["SessionBackend", "SessionStoreUnavailable"]
+
+
+class SessionStoreUnavailable(RuntimeError):
+    """The shared session store (Redis) does not answer: the request failed fast and may be retried shortly."""
+
+    retry_after = 1  # seconds: the store is checked about this often, so a retry then has a chance
 
 
 class SessionBackend(Protocol):
@@ -42,6 +48,14 @@ class SessionBackend(Protocol):
 
     def __len__(self) -> int:
         """Sessions this server holds now."""
+        ...
+
+    def expire(self) -> int:
+        """End the sessions idle past the idle time (this process's part of them); how many."""
+        ...
+
+    async def unavailable(self) -> str | None:
+        """None while the store can serve requests, else why it cannot (readiness answers 503 then); never raises."""
         ...
 
     async def close(self) -> None: ...

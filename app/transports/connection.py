@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from app.jsonrpc import (
+    InternalError,
     InvalidRequest,
     JsonRpcError,
     Message,
@@ -31,7 +32,7 @@ from app.protocol.context import RequestContext
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.security.keys import ALL_TOOLS
 from app.sessions import Session, SessionLimitError
-from app.sessions.store import SessionBackend
+from app.sessions.store import SessionBackend, SessionStoreUnavailable
 from app.transports.headers import META_VERSION, check_meta, check_version, stateless_context
 
 __all__ = ["MessageConnection", "Send"]
@@ -92,13 +93,15 @@ class MessageConnection:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             await self.send(error_response(error.request_id, error))
             return
-        if message.is_response:
+        if message.is_response or message.is_notification:
             if self.session is not None:
-                await self._sessions.deliver_response(self.session, message.id, message.payload)
-            return
-        if message.is_notification:
-            if self.session is not None:
-                await self._sessions.deliver_notification(self.session, message.method or "", message.params)
+                try:
+                    if message.is_response:
+                        await self._sessions.deliver_response(self.session, message.id, message.payload)
+                    else:
+                        await self._sessions.deliver_notification(self.session, message.method or "", message.params)
+                except SessionStoreUnavailable as exc:  # nothing to answer; the server request waiting times out
+                    log.warning("client message not delivered", transport=self._transport, reason=str(exc))
             return
         if self._budget is not None:
             wait = await self._budget()
@@ -143,6 +146,11 @@ class MessageConnection:
                 )
             except SessionLimitError as exc:
                 await self.send(error_response(message.id, InvalidRequest(f"Service unavailable: {exc}")))
+                return
+            except SessionStoreUnavailable as exc:  # Redis is away: say so at once; the client may try again
+                unavailable = InternalError(f"Service Unavailable: {exc}; retry later",
+                                            data={"retryAfter": exc.retry_after})  # fmt: skip
+                await self.send(error_response(message.id, unavailable))
                 return
             self._watch_changes(self.session)
         await self.send(outcome.response)
@@ -217,5 +225,8 @@ class MessageConnection:
         if self._forwarder is not None:
             self._forwarder.cancel()
         if self.session is not None:
-            await self._sessions.delete(self.session.id)
+            try:
+                await self._sessions.delete(self.session.id)
+            except SessionStoreUnavailable as exc:  # the record expires on its own (idle timeout)
+                log.warning("session not deleted", transport=self._transport, reason=str(exc))
         log.info("connection closed", transport=self._transport)

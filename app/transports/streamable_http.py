@@ -28,6 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.jsonrpc import (
     INVALID_REQUEST,
+    InternalError,
     InvalidRequest,
     JsonRpcError,
     Message,
@@ -47,12 +48,14 @@ from app.security.origin import OriginPolicy
 from app.security.ratelimit import RateLimiter, WindowLimiter
 from app.sessions import EventStream, Session, SessionLimitError
 from app.sessions.events import parse_event_id
-from app.sessions.store import SessionBackend
+from app.sessions.store import SessionBackend, SessionStoreUnavailable
 from app.transports.connection import MessageConnection, Send
 from app.transports.headers import check_headers, check_meta, check_version, stateless_context
 from app.transports.sse import SSE_HEADERS, format_event, format_retry, with_keepalive
 
 __all__ = ["McpEndpoint", "TransportOptions"]
+
+_LIMITER_RETRY_SECONDS = 1.0  # while the shared budget cannot be read, it is tried again this often
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +141,7 @@ class McpEndpoint:
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
         self._limiter, self._trusted_proxies = limiter, tuple(trusted_proxies)
+        self._limiter_failing, self._limiter_retry_at = False, 0.0
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._auth = authenticator
@@ -184,11 +188,20 @@ class McpEndpoint:
         """0 when ``client`` may go on (and one request is counted), else the seconds to wait. Should the shared
         budget in Redis be unreachable, requests go on unlimited and the log says so."""
         assert self._limiter is not None
-        try:
-            return await self._limiter.take(client)
-        except (RedisError, OSError) as exc:
-            log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._limiter_retry_at:  # it failed a moment ago: no request waits on it again yet
             return 0.0
+        try:
+            wait = await self._limiter.take(client)
+        except (RedisError, OSError) as exc:
+            if not self._limiter_failing:
+                log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
+            self._limiter_failing, self._limiter_retry_at = True, loop.time() + _LIMITER_RETRY_SECONDS
+            return 0.0
+        if self._limiter_failing:
+            log.info("rate limit enforced again: the shared budget can be read")
+            self._limiter_failing = False
+        return wait
 
     def _budget_of(self, client: str) -> Callable[[], Awaitable[float]] | None:
         """A stream connection's request budget: the same bucket as the client's HTTP requests."""
@@ -258,12 +271,16 @@ class McpEndpoint:
         if request.method in {"GET", "DELETE"} and version and version not in HANDSHAKE_REVISIONS:
             return _refusal(405, f"Method Not Allowed: {request.method} has no use in protocol {version}",
                             headers={"Allow": "POST"})  # fmt: skip
-        if request.method == "POST":
-            return await self._post(request, version)
-        if request.method == "GET":
-            return await self._get(request)
-        if request.method == "DELETE":
-            return await self._delete(request)
+        try:
+            if request.method == "POST":
+                return await self._post(request, version)
+            if request.method == "GET":
+                return await self._get(request)
+            if request.method == "DELETE":
+                return await self._delete(request)
+        except SessionStoreUnavailable as exc:  # Redis is away: say so at once, and when to try again
+            return _json(error_response(None, InternalError(f"Service Unavailable: {exc}; retry later")), 503,
+                         {"Retry-After": str(exc.retry_after)})  # fmt: skip
         return _refusal(405, f"Method Not Allowed: {request.method} /mcp", headers={"Allow": "GET, POST, DELETE"})
 
     # -- sessions ---------------------------------------------------------------------------------------------

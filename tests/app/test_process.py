@@ -123,3 +123,29 @@ def wait_status(url: str, status: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{url} never answered {status}")
+
+
+def test_an_abandoned_session_is_released_after_its_idle_time_even_when_no_other_traffic_comes(
+    tmp_path: Path,
+) -> None:
+    running = start_server(tmp_path, ["--no-auth"], {"ERLMCP_SESSION_IDLE_SECONDS": "1"})
+    try:
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        for number in range(3):  # three clients that vanish without DELETE
+            opened = httpx.post(f"{running.url}/mcp", json={"jsonrpc": "2.0", "id": number, "method": "initialize",
+                                                            "params": init})  # fmt: skip
+            assert opened.status_code == 200
+        assert sessions_active(running) == 3
+        deadline = time.monotonic() + 10
+        while sessions_active(running) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sessions_active(running) == 0
+    finally:
+        running.stop()
+
+
+def sessions_active(server: RunningServer) -> float:
+    for line in httpx.get(server.metrics_url).text.splitlines():
+        if line.startswith("mcp_sessions_active "):
+            return float(line.split()[1])
+    raise AssertionError("no mcp_sessions_active")

@@ -1,4 +1,6 @@
-"""A round-robin TCP proxy on loopback: each new connection goes to the next backend, in turn."""
+"""A round-robin TCP proxy on loopback: each new connection goes to the next backend, in turn, skipping a backend
+that refuses the connection (a dead replica), as a Kubernetes Service stops sending new connections to a Pod
+whose container died. Connections open when a backend dies are cut, as they would be behind a Service."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from collections.abc import Sequence
 
 
 class RoundRobinProxy:
-    """Runs in a thread of its own; ``port`` is where clients connect; ``served`` counts connections per backend."""
+    """Runs in a thread of its own; ``port`` is where clients connect; ``served`` counts connections per backend,
+    ``refused`` the connections a backend refused (each then went to the next one)."""
 
     def __init__(self, backends: Sequence[int]) -> None:
-        self._backends = itertools.cycle(backends)
+        self._backends = list(backends)
+        self._turns = itertools.count()
         self.served = dict.fromkeys(backends, 0)
+        self.refused = dict.fromkeys(backends, 0)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -42,11 +47,16 @@ class RoundRobinProxy:
         self._loop.close()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        backend = next(self._backends)
-        self.served[backend] += 1
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", backend)
-        except OSError:
+        first = next(self._turns)
+        for backend in (self._backends[(first + i) % len(self._backends)] for i in range(len(self._backends))):
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", backend)
+            except OSError:
+                self.refused[backend] += 1
+                continue
+            self.served[backend] += 1
+            break
+        else:  # every backend refused
             client_writer.close()
             return
 
@@ -62,6 +72,8 @@ class RoundRobinProxy:
 
         try:
             await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        except asyncio.CancelledError:
+            pass  # the proxy stops with the connection open (a stream); Python 3.11 logs a cancelled handler
         finally:
             client_writer.close()
             upstream_writer.close()

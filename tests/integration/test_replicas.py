@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, free_port, start_server
+from tests.conftest import RunningServer, start_server
 from tests.integration.proxy import RoundRobinProxy
+from tests.integration.sessions import open_session, post, sample_across
 from tests.sse import events
 
 pytestmark = pytest.mark.slow
-
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
-        "clientInfo": {"name": "t", "version": "1"}}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run scripts/install-redis.sh (make setup does)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while (
-        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG"
-    ):
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +29,6 @@ def replicas(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def proxy(replicas: list[RunningServer]) -> Iterator[RoundRobinProxy]:
     with RoundRobinProxy([server.port for server in replicas]) as running:
         yield running
-
-
-def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
-    sent = {"Accept": "application/json, text/event-stream", "Connection": "close", **(headers or {})}
-    return httpx.post(f"{url}/mcp", json=body, headers=sent, timeout=10)
-
-
-def open_session(url: str) -> dict[str, str]:
-    opened = post(url, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT})
-    return {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
 
 
 def test_a_session_opened_on_one_replica_works_on_the_other(proxy: RoundRobinProxy) -> None:
@@ -111,30 +72,7 @@ def test_a_stream_cut_on_one_replica_resumes_on_the_other_without_loss_or_duplic
 def test_the_answer_to_a_server_request_reaches_the_replica_that_asked(replicas: list[RunningServer]) -> None:
     first, second = (f"http://127.0.0.1:{server.port}" for server in replicas)
     session = open_session(first)
-    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "test_sampling",
-                                                                          "arguments": {"prompt": "hi"}}}  # fmt: skip
-    with (
-        httpx.Client(timeout=15) as client,
-        client.stream(
-            "POST", f"{first}/mcp", json=call, headers={**session, "Accept": "application/json, text/event-stream"}
-        ) as stream,
-    ):
-        buffer = ""
-        asked: dict[str, Any] | None = None
-        result: dict[str, Any] | None = None
-        for chunk in stream.iter_text():
-            buffer += chunk
-            for _, message in events(buffer):
-                if message and message.get("method") == "sampling/createMessage" and asked is None:
-                    asked = message
-                    answer = {"jsonrpc": "2.0", "id": message["id"], "result": {
-                        "role": "assistant", "content": {"type": "text", "text": "from replica two"},
-                        "model": "m"}}  # fmt: skip
-                    assert post(second, answer, session).status_code == 202  # answered through the OTHER replica
-                if message and message.get("id") == 7:
-                    result = message
-            if result:
-                break
+    asked, result = sample_across(first, second, session)
     assert asked is not None
     assert result is not None
     assert result["result"]["content"][0]["text"] == "LLM response: from replica two"
