@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools test-services kind-verify demo bench images test lint format pytest clean help
+.PHONY: setup conformance-tools test-services kind-verify demo bench images test soak lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ pytest: setup conformance-tools test-services  ## the test suite only (PYTEST_AR
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest  ## everything CI runs: lint, then every test
+
+soak: setup test-services  ## long soak runs (SOAK_SECONDS, default 600): memory, tasks and descriptors must not climb
+	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 clean:  ## remove the virtualenv, the tools and caches
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
