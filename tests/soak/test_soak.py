@@ -26,7 +26,8 @@ from tests.conftest import RunningServer, start_server
 from tests.sse import response_message
 from tests.stateless import META
 
-pytestmark = [pytest.mark.soak, pytest.mark.timeout(0)]
+# Also slow: a run with -m "not slow" replaces the default -m "not soak", and must still leave these out.
+pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(0)]
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY = 5.0
