@@ -191,6 +191,17 @@ def sandbox_for(deployment: Manifest, plan: LocalPlan) -> Sandbox:
                     os.chown(file, -1, int(fs_group))
         places[path] = VOLUMES_AT + path
         bound += [*folders_to(places[path], "/tmp", made), "--ro-bind", str(local), places[path]]
+    # The code and the Python may live under a folder the tmpfs now covers (a clone in /tmp, as on some CI
+    # machines): shown again there, read-only, as an image has them under its read-only root.
+    covered = [os.path.realpath(path) for path, where in places.items() if where == path]
+    shown: list[str] = []
+    for path in sorted({str(ROOT), str(Path(sys.prefix).resolve()), str(Path(sys.base_prefix).resolve())}, key=len):
+        if any(path == done or path.startswith(done + "/") for done in shown):
+            continue
+        for point in covered:
+            if path.startswith(point.rstrip("/") + "/"):
+                bound += [*folders_to(path, point, made), "--ro-bind", path, path]
+                shown.append(path)
     mounts += bound  # after the tmpfs, which holds their mount points
 
     if as_root:  # what uid:gid cannot reach on this machine (a Python under /root) is shown alone, read-only
