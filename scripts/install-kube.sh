@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane for the deployer's integration tests, without a cloud or a container runtime:
+# A real Kubernetes cluster for the deployer's integration tests, without a cloud:
 #   - etcd from Debian's etcd-server package;
-#   - kube-apiserver and kube-controller-manager v1.20.2 built from Debian 12's kubernetes source package with
-#     Debian's Go (the only Kubernetes server source Debian carries; no prebuilt server binaries are reachable).
-# The build takes about 8 minutes and 2.7 GB of scratch space; the binaries (~215 MB) are cached in
-# ${XDG_CACHE_HOME:-~/.cache}/erlmcp-tools/kubernetes-1.20.2 and reused while they are there. Nothing is
-# written into the repository except the links in .tools/bin. Needs root for apt-get (CI machines run as root).
-# The two fixes it needs are explained where they are made below (rsync for the code generators, reflect2).
+#   - kube-apiserver, kube-controller-manager, kube-scheduler and kubelet v1.20.2 built from Debian 12's kubernetes
+#     source package with Debian's Go (the only Kubernetes server source Debian carries; no prebuilt server binaries
+#     are reachable), and the pod sandbox's `pause` program compiled from the same tree. kubelet 1.20 is the last
+#     one with the built-in Docker runtime (dockershim), which runs Pods on scripts/container-engine.sh's engine.
+# Only the binaries that are missing are built: all of them from nothing take about 8 minutes and 2.7 GB of scratch
+# space; the binaries (~360 MB) are cached in ${XDG_CACHE_HOME:-~/.cache}/erlmcp-tools/kubernetes-1.20.2 and reused
+# while they are there. Nothing is written into the repository except the links in .tools/bin. Needs root for
+# apt-get (CI machines run as root). The two fixes the build needs are explained where they are made below (rsync
+# for the code generators, reflect2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=1.20.2
 SOURCE_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/erlmcp-tools/kubernetes-$VERSION
-binaries=(kube-apiserver kube-controller-manager)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
 apt_install() {
   local missing=()
@@ -30,22 +33,32 @@ apt_install() {
 }
 
 apt_install etcd-server openssl
-# The package may start its own etcd on 2379; the tests start theirs on free loopback ports.
-(command -v service >/dev/null && service etcd stop >/dev/null 2>&1) || true
+# The package may start its own etcd on 2379 (the tests start theirs on free loopback ports): stop that one only, by
+# its pidfile. Not `service etcd stop`: Debian's init-d-script ends with `start-stop-daemon --stop --exec
+# /usr/bin/etcd`, which kills every etcd on the machine, the control planes of tests running meanwhile included.
+if [[ -f /run/etcd.pid ]]; then
+  start-stop-daemon --stop --quiet --oknodo --retry TERM/10/KILL/5 --pidfile /run/etcd.pid --exec /usr/bin/etcd || true
+fi
 
-built() {
+# The Kubernetes programs not in the cache yet (or not of this version); `pause` is checked separately.
+missing_binaries() {
+  local binary
   for binary in "${binaries[@]}"; do
-    [[ -x "$cache/$binary" ]] || return 1
+    if [[ ! -x "$cache/$binary" || "$("$cache/$binary" --version 2>/dev/null)" != "Kubernetes v$VERSION" ]]; then
+      echo "$binary"
+    fi
   done
-  [[ "$("$cache/kube-apiserver" --version 2>/dev/null)" == "Kubernetes v$VERSION" ]]
 }
+mapfile -t missing < <(missing_binaries)
+[[ -x "$cache/pause" ]] || missing+=(pause)
 
-if ! built; then
-  # rsync: the tree's code generators need it; reflect2: see below.
-  apt_install golang-go dpkg-dev rsync golang-github-modern-go-reflect2-dev debian-archive-keyring
+if [[ ${#missing[@]} -gt 0 ]]; then
+  started=$SECONDS
+  # rsync: the tree's code generators need it; reflect2: see below; gcc and libc6-dev: the static pause program.
+  apt_install golang-go dpkg-dev rsync golang-github-modern-go-reflect2-dev debian-archive-keyring gcc libc6-dev
   work=$(mktemp -d "${TMPDIR:-/tmp}/erlmcp-kube-build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  echo "install-kube: building kube-apiserver and kube-controller-manager v$VERSION from Debian's source (about 8 min)"
+  echo "install-kube: building ${missing[*]} v$VERSION from Debian's source (all of them: about 8 min)"
   # A deb-src entry in a private apt state folder: the machine's own apt sources stay untouched.
   uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   uri=${uri:-http://deb.debian.org/debian}
@@ -66,24 +79,38 @@ if ! built; then
   cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$tree/vendor/github.com/modern-go/reflect2"
   rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod"
   mkdir -p "$tree/.go/src/k8s.io" && ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
-  (cd "$tree" && env GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$work/home" GOFLAGS= \
-    KUBE_GIT_VERSION="v$VERSION" KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 KUBE_GIT_TREE_STATE=clean \
-    KUBE_GIT_COMMIT=0000000000000000000000000000000000000000 \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/make.log" 2>&1) || {
-    tail -40 "$work/make.log" >&2
-    exit 1
-  }
+  what=()
+  for binary in "${missing[@]}"; do
+    [[ $binary == pause ]] || what+=("cmd/$binary")
+  done
+  if [[ ${#what[@]} -gt 0 ]]; then
+    (cd "$tree" && env GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$work/home" GOFLAGS= \
+      KUBE_GIT_VERSION="v$VERSION" KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 KUBE_GIT_TREE_STATE=clean \
+      KUBE_GIT_COMMIT=0000000000000000000000000000000000000000 \
+      make WHAT="${what[*]}" >"$work/make.log" 2>&1) || {
+      tail -40 "$work/make.log" >&2
+      exit 1
+    }
+  fi
+  # The pod sandbox image holds this one static program (kubelet's --pod-infra-container-image; no registry here).
+  gcc -Os -static -o "$tree/_output/pause" "$tree/build/pause/linux/pause.c"
   mkdir -p "$cache"
-  for binary in "${binaries[@]}"; do
-    install -m 0755 "$tree/_output/bin/$binary" "$cache/$binary.new"
+  for binary in "${missing[@]}"; do
+    if [[ $binary == pause ]]; then
+      install -m 0755 "$tree/_output/pause" "$cache/pause.new"
+    else
+      install -m 0755 "$tree/_output/bin/$binary" "$cache/$binary.new"
+    fi
     mv "$cache/$binary.new" "$cache/$binary"
   done
+  echo "install-kube: built ${missing[*]} in $((SECONDS - started)) s"
 fi
 
 mkdir -p .tools/bin
 for binary in "${binaries[@]}"; do
   ln -sf "$cache/$binary" ".tools/bin/$binary"
 done
+ln -sf "$cache/pause" .tools/bin/kube-pause  # .tools/bin is on the tests' PATH: no bare `pause` there
 # The package's etcd, looked up outside .tools/bin (which may already hold this very link).
 etcd=$(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin command -v etcd)
 ln -sfn "$etcd" .tools/bin/etcd

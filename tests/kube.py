@@ -1,8 +1,9 @@
 """A real Kubernetes control plane on loopback for the deployer's tests: etcd, kube-apiserver and
 kube-controller-manager (for garbage collection) as child processes, with their own CA and a kubeconfig.
 
-No kubelet runs, so no Pod ever starts: tests that need a ready Deployment or a finished tester Pod write that
-status through the API, as a kubelet would. The binaries come from scripts/install-kube.sh (links in .tools/bin).
+By default no kubelet runs, so no Pod ever starts: tests that need a ready Deployment or a finished tester Pod write
+that status through the API, as a kubelet would. tests/node.py adds a scheduler and a real kubelet to a control plane
+started with ``controllers="*"``. The binaries come from scripts/install-kube.sh (links in .tools/bin).
 """
 
 from __future__ import annotations
@@ -74,14 +75,38 @@ def _certificate(
     return builder.sign(issuer[1], hashes.SHA256())
 
 
+def serving_certificate(pki: Path, name: str) -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 signed by the control plane's CA (``pki``: its pki folder), e.g. for an
+    admission webhook the API server calls; the paths of the certificate and its key."""
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = _key()
+    certificate, private = pki / f"{name}.crt", pki / f"{name}.key"
+    certificate.write_bytes(_certificate(name, key, (ca, ca_key)).public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(_pem_key(key))
+    return certificate, private
+
+
+# No deployment or replicaset controller by default: with no kubelet they would reset the ready replicas tests write.
+STAND_IN_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
+
+
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver + kube-controller-manager in ``root``; ``kubeconfig`` reaches them as an admin."""
+    """etcd + kube-apiserver + kube-controller-manager in ``root``; ``kubeconfig`` reaches them as an admin.
+    ``controllers`` is kube-controller-manager's --controllers (``"*"``: all of a real cluster's)."""
 
     root: Path
     kubeconfig: Path | None = None
     api_port: int = 0
+    controllers: str = STAND_IN_CONTROLLERS
     _processes: list[subprocess.Popen[bytes]] | None = None
+
+    @property
+    def pki(self) -> Path:
+        """The CA (ca.crt, ca.key), the API server's and the service-account keys."""
+        return self.root / "pki"
 
     def start(self, timeout: float = 90.0) -> None:
         """Start all three; if any fails to come up, stop what did start before raising."""
@@ -92,7 +117,7 @@ class ControlPlane:
             raise
 
     def _start(self, timeout: float) -> None:
-        pki = self.root / "pki"
+        pki = self.pki
         pki.mkdir(parents=True)
         ca_key, server_key, sa_key = _key(), _key(), _key()
         ca = _certificate("erlmcp-test-ca", ca_key, None)
@@ -141,9 +166,7 @@ class ControlPlane:
             "--bind-address", "127.0.0.1", "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"), "--root-ca-file", str(pki / "ca.crt"),
             "--cluster-signing-cert-file", str(pki / "ca.crt"), "--cluster-signing-key-file", str(pki / "ca.key"),
-            # No deployment controller: with no kubelet it would reset the ready replicas tests write.
-            "--allocate-node-cidrs=false", "--controllers", "garbagecollector,namespace,serviceaccount,"
-            "serviceaccount-token",
+            "--allocate-node-cidrs=false", "--controllers", self.controllers,
         ])  # fmt: skip
 
     def _spawn(self, name: str, command: list[str]) -> None:
