@@ -18,15 +18,22 @@ bash scripts/wheelhouse.sh "$python_version" app verify deployer
 bash scripts/install-tools.sh >/dev/null  # the pinned helm and kubectl; the deployer image checks their sha256
 rm -rf wheelhouse/bin && mkdir -p wheelhouse/bin && cp -L .tools/bin/helm .tools/bin/kubectl wheelhouse/bin/
 
+sizes() {  # sizes IMAGE: as unpacked on a node (docker images), and compressed as a registry stores and pulls it
+  local unpacked packed
+  unpacked=$(docker image inspect "$1" --format '{{.Size}}')
+  packed=$(docker save "$1" | gzip -6 | wc -c)
+  awk -v u="$unpacked" -v p="$packed" 'BEGIN {printf "%.0f MB (%.0f MB compressed, as pushed)", u / 1e6, p / 1e6}'
+}
+
 build() {  # build IMAGE DOCKERFILE [BUILD-ARG...]
   local image=$1 dockerfile=$2
   shift 2
   local args=(--network none --build-arg "PYTHON_IMAGE=$base" --build-arg "BUILD_IMAGE=$build_base" --build-arg WHEELS=offline)
   for arg in "$@"; do args+=(--build-arg "$arg"); done
   docker build --quiet "${args[@]}" -f "$dockerfile" -t "$image" . >/dev/null
-  printf '%-50s %s\n' "$image" "$(docker image inspect "$image" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}')"
+  printf '%-50s %s\n' "$image" "$(sizes "$image")"
 }
 build "$PREFIX:$TAG" Dockerfile "VERSION=$TAG"
 build "$PREFIX/tester:$TAG" verify/Dockerfile "VERSION=$TAG"
 build "$PREFIX/deployer:$TAG" deployer/Dockerfile "REGISTRY=$PREFIX" "TAG=$TAG"
-echo "base image $base ($(docker image inspect "$base" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}'))"
+echo "base image $base ($(sizes "$base"))"

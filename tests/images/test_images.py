@@ -5,6 +5,7 @@ verifies it; the deployer image carries the filled-in schema and the chart."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first build ma
 
 PREFIX = "erlmcp-local/erlmcp"
 KEY = "image-key-0123456789abcdef"
+BUILD_REPORT: list[str] = []  # what scripts/build-images.sh printed
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,7 @@ def docker() -> Iterator[dict[str, str]]:
                              text=True, check=True)  # fmt: skip
     env = {**os.environ, started.stdout.strip().split("=", 1)[0]: started.stdout.strip().split("=", 1)[1]}
     print(built.stdout)  # the image sizes, in the test log
+    BUILD_REPORT.append(built.stdout)
     yield env
     subprocess.run(["bash", "scripts/container-engine.sh", "stop"], cwd=ROOT, capture_output=True, check=False)
 
@@ -47,6 +50,18 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
 def inspect(env: dict[str, str], image: str) -> dict[str, Any]:
     config: dict[str, Any] = orjson.loads(run(env, "image", "inspect", image).stdout)[0]["Config"]
     return config
+
+
+def test_the_build_reports_each_images_size_unpacked_and_as_pushed(docker: dict[str, str]) -> None:
+    [report] = BUILD_REPORT
+    for image in (f"{PREFIX}:{__version__}", f"{PREFIX}/tester:{__version__}", f"{PREFIX}/deployer:{__version__}"):
+        line = next(line for line in report.splitlines() if line.split()[:1] == [image])
+        found = re.search(r"(\d+) MB \((\d+) MB compressed, as pushed\)", line)
+        assert found, line
+        unpacked, packed = int(found[1]), int(found[2])
+        size = orjson.loads(run(docker, "image", "inspect", image).stdout)[0]["Size"]
+        assert unpacked == round(size / 1e6), line
+        assert 0 < packed < unpacked, line
 
 
 def test_each_image_runs_as_uid_1000_with_an_exec_form_entrypoint_and_oci_labels(docker: dict[str, str]) -> None:
