@@ -51,10 +51,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-import grpc  # type: ignore[import-untyped]
-from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import GoogleAPICallError
-from google.auth.exceptions import GoogleAuthError
 from google.cloud import monitoring_dashboard_v1, monitoring_v3
 from google.cloud.monitoring_dashboard_v1.services.dashboards_service.transports import DashboardsServiceGrpcTransport
 from google.cloud.monitoring_v3.services.alert_policy_service.transports import AlertPolicyServiceGrpcTransport
@@ -63,7 +60,8 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
 )
 
 from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences
-from deployer.errors import DeployerError, ValuesError
+from deployer.errors import CloudError, ValuesError
+from deployer.grpc_clients import Connected, connect
 
 __all__ = [
     "CREATE",
@@ -96,7 +94,7 @@ _PAGERDUTY_KEY = "pagerduty"
 Log = Callable[[str], None]
 
 
-class MonitoringError(DeployerError):
+class MonitoringError(CloudError):
     """The Cloud Monitoring API refused a call or cannot be reached."""
 
 
@@ -437,38 +435,20 @@ class Clients:
     channels: monitoring_v3.NotificationChannelServiceClient
     policies: monitoring_v3.AlertPolicyServiceClient
     dashboards: monitoring_dashboard_v1.DashboardsServiceClient
-    _channel: Any = None
+    _connection: Connected | None = None
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """Clients with Application Default Credentials on Google's endpoints (or ``endpoint``); with ``insecure``
-        a plaintext gRPC channel to ``endpoint`` and no credentials: for a local server that speaks the API."""
-        try:
-            if insecure:
-                if not endpoint:
-                    raise ValuesError("--insecure needs --endpoint HOST:PORT")
-                channel = grpc.insecure_channel(endpoint)
-                return cls(monitoring_v3.NotificationChannelServiceClient(
-                               transport=NotificationChannelServiceGrpcTransport(channel=channel)),
-                           monitoring_v3.AlertPolicyServiceClient(
-                               transport=AlertPolicyServiceGrpcTransport(channel=channel)),
-                           monitoring_dashboard_v1.DashboardsServiceClient(
-                               transport=DashboardsServiceGrpcTransport(channel=channel)), channel)  # fmt: skip
-            options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-            return cls(monitoring_v3.NotificationChannelServiceClient(client_options=options),
-                       monitoring_v3.AlertPolicyServiceClient(client_options=options),
-                       monitoring_dashboard_v1.DashboardsServiceClient(client_options=options))  # fmt: skip
-        except GoogleAuthError as exc:
-            raise MonitoringError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default "
-                                  "login`, or run where a service account is attached") from exc  # fmt: skip
+        """See :func:`deployer.grpc_clients.connect`."""
+        connected = connect([
+            (monitoring_v3.NotificationChannelServiceClient, NotificationChannelServiceGrpcTransport),
+            (monitoring_v3.AlertPolicyServiceClient, AlertPolicyServiceGrpcTransport),
+            (monitoring_dashboard_v1.DashboardsServiceClient, DashboardsServiceGrpcTransport),
+        ], endpoint, insecure=insecure, error=MonitoringError)  # fmt: skip
+        return cls(connected.clients[0], connected.clients[1], connected.clients[2], _connection=connected)
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        else:
-            for client in (self.channels, self.policies, self.dashboards):
-                close: Callable[[], None] = client.transport.close
-                close()
+        (self._connection or Connected((self.channels, self.policies, self.dashboards))).close()
 
 
 def _view(message: Any) -> dict[str, Any]:

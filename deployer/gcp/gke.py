@@ -75,16 +75,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TextIO
 
-import grpc  # type: ignore[import-untyped]
-from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import GoogleAPICallError, NotFound, PermissionDenied, RetryError
-from google.auth.exceptions import GoogleAuthError
 from google.cloud import container_v1
 from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
 
 from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, summary
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, load_config
+from deployer.grpc_clients import Connected, connect
 
 __all__ = [
     "HIGH",
@@ -896,31 +894,17 @@ class Clients:
     """The GKE API client; :meth:`connect` makes it, tests may pass their own."""
 
     clusters: container_v1.ClusterManagerClient
-    _channel: Any = None
+    _connection: Connected | None = None
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """A client with Application Default Credentials on Google's endpoint (or ``endpoint``); with ``insecure``
-        a plaintext gRPC channel to ``endpoint`` and no credentials: for a local server that speaks the API."""
-        try:
-            if insecure:
-                if not endpoint:
-                    raise ValuesError("--insecure needs --endpoint HOST:PORT")
-                channel = grpc.insecure_channel(endpoint)
-                transport = ClusterManagerGrpcTransport(channel=channel)
-                return cls(container_v1.ClusterManagerClient(transport=transport), channel)
-            options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-            return cls(container_v1.ClusterManagerClient(client_options=options))
-        except GoogleAuthError as exc:
-            raise CloudError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
-                             "or run where a service account is attached") from exc  # fmt: skip
+        """See :func:`deployer.grpc_clients.connect`."""
+        connected = connect([(container_v1.ClusterManagerClient, ClusterManagerGrpcTransport)], endpoint,
+                            insecure=insecure)  # fmt: skip
+        return cls(connected.clients[0], _connection=connected)
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        else:
-            close: Callable[[], None] = self.clusters.transport.close
-            close()
+        (self._connection or Connected((self.clusters,))).close()
 
 
 # -- the command -------------------------------------------------------------------------------------------------

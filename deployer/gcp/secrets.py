@@ -62,9 +62,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as api
-from google.api_core.client_options import ClientOptions
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import iam_admin_v1, secretmanager_v1
 from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
@@ -77,6 +75,7 @@ from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, ren
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, load_config
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
+from deployer.grpc_clients import Connected, connect
 
 __all__ = [
     "ACCESSOR",
@@ -347,39 +346,23 @@ def _secret_differences(settings: Settings, spec: SecretSpec, actual: Any) -> tu
 
 @dataclass
 class Clients:
-    """The Secret Manager and IAM clients; :meth:`connect` makes them, tests may pass their own."""
+    """The Secret Manager and IAM clients; :meth:`connect` makes them (``endpoint``: one endpoint serving both
+    APIs), tests may pass their own."""
 
     secrets: secretmanager_v1.SecretManagerServiceClient
     iam: iam_admin_v1.IAMClient
-    _channel: Any = None
+    _connection: Connected | None = None
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """Clients with Application Default Credentials on Google's endpoints (``endpoint``: one endpoint serving
-        both APIs); with ``insecure`` a plaintext gRPC channel to ``endpoint`` and no credentials: for a local
-        server that speaks the APIs."""
-        try:
-            if insecure:
-                if not endpoint:
-                    raise ValuesError("--insecure needs --endpoint HOST:PORT")
-                channel = grpc.insecure_channel(endpoint)
-                return cls(secretmanager_v1.SecretManagerServiceClient(
-                               transport=SecretManagerServiceGrpcTransport(channel=channel)),
-                           iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=channel)), channel)  # fmt: skip
-            options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-            return cls(secretmanager_v1.SecretManagerServiceClient(client_options=options),
-                       iam_admin_v1.IAMClient(client_options=options))  # fmt: skip
-        except GoogleAuthError as exc:
-            raise SecretsError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
-                               "or run where a service account is attached") from exc  # fmt: skip
+        """See :func:`deployer.grpc_clients.connect`."""
+        connected = connect([(secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport),
+                             (iam_admin_v1.IAMClient, IAMGrpcTransport)], endpoint, insecure=insecure,
+                            error=SecretsError)  # fmt: skip
+        return cls(connected.clients[0], connected.clients[1], _connection=connected)
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        else:
-            for client in (self.secrets, self.iam):
-                close: Callable[[], None] = client.transport.close
-                close()
+        (self._connection or Connected((self.secrets, self.iam))).close()
 
 
 _NEEDS = {
