@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
-__all__ = ["EMPTY", "channel", "serve", "unary"]
+__all__ = ["EMPTY", "Refused", "channel", "refusing", "serve", "unary"]
 
 Behaviour = Callable[[Any, Any], Any]  # (request, grpc.ServicerContext) -> response
 
@@ -24,6 +24,29 @@ def _empty(_: object) -> bytes:
 
 EMPTY: Callable[[object], bytes] = _empty
 """The serializer of ``google.protobuf.Empty``: no bytes at all."""
+
+
+class Refused(Exception):
+    """What a fake service answers with instead of a response: a gRPC status code and its message."""
+
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def refusing(method: Callable[[Any], Any], refuse: dict[str, Refused]) -> Behaviour:
+    """``method`` (request -> response) as a gRPC behaviour: a :class:`Refused` it raises, or the one ``refuse``
+    holds for its name (taken, so that only the next call fails), aborts the call with that status."""
+
+    def call(request: Any, context: Any) -> Any:
+        try:
+            if method.__name__ in refuse:
+                raise refuse.pop(method.__name__)
+            return method(request)
+        except Refused as exc:
+            context.abort(exc.code, str(exc))
+
+    return call
 
 
 def unary(behaviour: Behaviour, request: Any, response: Any) -> Any:

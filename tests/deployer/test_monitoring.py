@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from deployer import monitoring
 from deployer.cli import main
 from deployer.monitoring import Clients, Options
 from tests.conftest import ROOT
-from tests.gcp import EMPTY, serve, unary
+from tests.gcp import EMPTY, Refused, refusing, serve, unary
 
 PROJECT = "demo-project"
 PARENT = f"projects/{PROJECT}"
@@ -36,12 +36,6 @@ LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 REQUIRED_LABELS = {"email": {"email_address"}, "pagerduty": {"service_key"}, "slack": {"channel_name", "auth_token"},
                    "webhook_tokenauth": {"url"}}  # fmt: skip
 SENSITIVE = {"service_key", "auth_token"}
-
-
-class Refused(Exception):
-    def __init__(self, code: Any, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def check_labels(labels: Any) -> None:
@@ -61,16 +55,8 @@ class FakeMonitoring:
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
     refuse: dict[str, Refused] = field(default_factory=dict)  # method name -> the error of its next call
 
-    def handler(self, method: Any) -> Any:
-        def call(request: Any, context: Any) -> Any:
-            try:
-                if method.__name__ in self.refuse:
-                    raise self.refuse.pop(method.__name__)
-                return method(request)
-            except Refused as exc:
-                context.abort(exc.code, str(exc))
-
-        return call
+    def handler(self, method: Callable[[Any], Any]) -> Any:
+        return refusing(method, self.refuse)
 
     def _project(self, name: str) -> None:
         if name != PARENT:

@@ -18,7 +18,7 @@ from google.cloud import container_v1
 from deployer.cli import main
 from deployer.gcp import gke
 from deployer.gcp.config import load_config
-from tests.gcp import serve, unary
+from tests.gcp import Refused, refusing, serve, unary
 
 PROJECT = "demo-project"
 REGION = "us-central1"
@@ -28,12 +28,6 @@ NODE_SA = f"erlmcp-gke-nodes@{PROJECT}.iam.gserviceaccount.com"
 VERSION = "1.33.5-gke.1080000"
 DONE: Any = container_v1.Operation.Status.DONE
 RUNNING: Any = container_v1.Operation.Status.RUNNING
-
-
-class Refused(Exception):
-    def __init__(self, code: Any, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _pb_fields(message: Any) -> list[str]:
@@ -57,15 +51,7 @@ class FakeGke:
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def handler(self, method: Callable[[Any], Any]) -> Any:
-        def call(request: Any, context: Any) -> Any:
-            try:
-                if method.__name__ in self.refuse:
-                    raise self.refuse.pop(method.__name__)
-                return method(request)
-            except Refused as exc:
-                context.abort(exc.code, str(exc))
-
-        return call
+        return refusing(method, self.refuse)
 
     def services(self) -> dict[str, dict[str, Any]]:
         c = container_v1

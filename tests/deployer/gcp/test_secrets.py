@@ -24,7 +24,7 @@ from deployer.cli import main
 from deployer.gcp import secrets
 from deployer.gcp.secrets import ACCESSOR, ANNOTATION, WORKLOAD_IDENTITY_USER, Clients
 from tests.conftest import ROOT
-from tests.gcp import serve, unary
+from tests.gcp import Refused, serve, unary
 
 PROJECT, NUMBER = "demo-project", "123456789012"
 EMAIL = f"erlmcp@{PROJECT}.iam.gserviceaccount.com"
@@ -39,12 +39,6 @@ LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 SECRET_NAME = re.compile(rf"projects/(?:{PROJECT}|{NUMBER})/secrets/([A-Za-z0-9_-]{{1,255}})")
 ACCOUNT_NAME = re.compile(rf"projects/(?:{PROJECT}|-)/serviceAccounts/([^/]+)")
 MUTABLE = {"labels", "topics", "rotation", "annotations", "expire_time", "ttl", "version_aliases"}
-
-
-class Refused(Exception):
-    def __init__(self, code: Any, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Pb:
