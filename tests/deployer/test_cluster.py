@@ -192,13 +192,17 @@ def test_wait_fails_when_a_component_never_gets_ready(
     assert application(cluster, namespace)["spec"]["assemblyPhase"] == "Failed"  # type: ignore[index]
 
 
-def test_a_half_way_failure_leaves_the_application_failed_and_a_rerun_succeeds(
-    control_plane: ControlPlane, cluster: Cluster, namespace: str
-) -> None:
-    # An immutable Secret under the name the chart uses for its API keys: the apply stops there.
+def block_the_api_keys_secret(cluster: Cluster, namespace: str) -> None:
+    """An immutable Secret under the name the chart uses for its API keys: an install's apply stops there."""
     blocker = {"apiVersion": "v1", "kind": "Secret", "immutable": True,
                "metadata": {"name": "mcp-api-keys", "namespace": namespace}, "data": {"x": "eA=="}}  # fmt: skip
     cluster.apply(blocker, namespace)
+
+
+def test_a_half_way_failure_leaves_the_application_failed_and_a_rerun_succeeds(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str
+) -> None:
+    block_the_api_keys_secret(cluster, namespace)
     failed = install(control_plane, namespace)
     assert failed.returncode == 1
     assert "applying Secret mcp-api-keys" in failed.stderr
@@ -239,9 +243,7 @@ def test_uninstall_leaves_nothing_behind(control_plane: ControlPlane, cluster: C
 def test_uninstalling_a_half_installed_app_removes_what_the_failed_apply_made(
     control_plane: ControlPlane, cluster: Cluster, namespace: str
 ) -> None:
-    blocker = {"apiVersion": "v1", "kind": "Secret", "immutable": True,
-               "metadata": {"name": "mcp-api-keys", "namespace": namespace}, "data": {"x": "eA=="}}  # fmt: skip
-    cluster.apply(blocker, namespace)
+    block_the_api_keys_secret(cluster, namespace)
     failed = install(control_plane, namespace)
     assert failed.returncode == 1
     made_before_the_failure = components(cluster, namespace)
