@@ -369,12 +369,28 @@ class _Front:
         fast = _McpFastPath(app, app.state.mcp_endpoint, max_in_flight=max_in_flight, metrics=metrics)
         mcp = _ObserveRequests(fast, metrics)
         self._mcp: ASGIApp = CORSMiddleware(mcp, **cors_options(cors_origins)) if cors_origins else mcp
+        self._state: ServerState = app.state.erlmcp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._state.draining and scope["type"] == "http":
+            send = _closing(send)
         if scope["type"] == "http" and scope["path"] == "/mcp":
             await self._mcp(scope, receive, send)
         else:
             await self._app(scope, receive, send)
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the response: while the server drains, a keep-alive client opens its
+    next request on a new connection (to another replica, /readyz being 503), instead of reusing one that the
+    server is about to close, where a request sent as it closes would be reset unanswered."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FastAPI:
