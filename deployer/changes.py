@@ -7,9 +7,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-__all__ = ["ACTIONS", "CREATE", "DELETE", "NO_CHANGE", "UPDATE", "Change", "differences", "render", "summary"]
+__all__ = [
+    "ACTIONS",
+    "CREATE",
+    "DELETE",
+    "NO_CHANGE",
+    "UPDATE",
+    "Change",
+    "differences",
+    "render",
+    "run_mode",
+    "summary",
+]
 
 CREATE, UPDATE, NO_CHANGE, DELETE = "CREATE", "UPDATE", "NO CHANGE", "DELETE"
 ACTIONS = (CREATE, UPDATE, DELETE, NO_CHANGE)
@@ -49,7 +60,21 @@ class Change:
                 "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences]}  # fmt: skip
 
 
-def summary(changes: Sequence[Change]) -> dict[str, int]:
+def run_mode(action: str, dry_run: bool) -> str:
+    """How a command runs: ``plan`` (reads only), ``dry-run`` (an action that writes, asked with --dry-run: the
+    plan is printed, nothing is written) or ``apply`` (it writes)."""
+    if action == "plan":
+        return "plan"
+    return "dry-run" if dry_run else "apply"
+
+
+class _Planned(Protocol):
+    @property
+    def action(self) -> str: ...
+
+
+def summary(changes: Sequence[_Planned]) -> dict[str, int]:
+    """How many changes of each action (monitoring's richer Change records count too)."""
     return {action: sum(c.action == action for c in changes) for action in ACTIONS}
 
 

@@ -59,7 +59,7 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
     NotificationChannelServiceGrpcTransport,
 )
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences
+from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, run_mode, summary
 from deployer.errors import CloudError, ValuesError
 from deployer.grpc_clients import Connected, connect
 
@@ -625,7 +625,7 @@ def _names_list(value: Any) -> bool:
 
 def render(changes: Sequence[Change], options: Options, *, mode: str, out: TextIO) -> None:
     """The plan as a table: one line per object, the differing fields (actual -> desired) under an UPDATE."""
-    counts = {action: sum(c.action == action for c in changes) for action in (CREATE, UPDATE, DELETE, NO_CHANGE)}
+    counts = summary(changes)
     where = f"project {options.project}" + (f", namespace {options.namespace}" if options.namespace else "")
     if mode == "apply":
         print(f"Cloud Monitoring applied for {where}: {counts[CREATE]} created, {counts[UPDATE]} updated, "
@@ -660,17 +660,16 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     if args.insecure and not args.endpoint:
         raise ValuesError("--insecure needs --endpoint HOST:PORT")
     out = out or sys.stdout
-    apply = args.action == "apply" and not args.dry_run
-    mode = "apply" if apply else "dry-run" if args.action == "apply" else "plan"
+    mode = run_mode(args.action, args.dry_run)
     desired_channels(options)  # read the secret files before any call: a bad file is bad input
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:
-        changes = converge(clients, options, apply=apply, log=log)
+        changes = converge(clients, options, apply=mode == "apply", log=log)
     finally:
         clients.close()
     if args.json:
-        summary = {a: sum(c.action == a for c in changes) for a in (CREATE, UPDATE, DELETE, NO_CHANGE)}
-        document = {"project": options.project, "namespace": options.namespace, "mode": mode, "summary": summary,
+        document = {"project": options.project, "namespace": options.namespace, "mode": mode,
+                    "summary": summary(changes),
                     "changes": [c.as_dict() for c in changes]}  # fmt: skip
         out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:

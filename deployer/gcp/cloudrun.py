@@ -92,9 +92,9 @@ import jsonschema
 import requests
 import yaml
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, summary
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode, summary
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.config import GcpConfig, load_config
+from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 
 __all__ = [
@@ -907,11 +907,11 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     action that does not apply, CloudError (exit 1) when Cloud Run refuses or the service does not become ready."""
     if args.action == "canary" and not args.image:
         raise ValuesError("cloudrun canary needs --image IMAGE: the image of the new revision")
-    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    config = config_from(args)
     desired = desired_service(config)
     out = out or sys.stdout
-    write = args.action != "plan" and not args.dry_run
-    mode = "apply" if write else "dry-run" if args.dry_run and args.action != "plan" else "plan"
+    mode = run_mode(args.action, args.dry_run)
+    write = mode == "apply"
     steps: dict[str, Callable[[Mapping[str, Any] | None], _Step]] = {
         "plan": lambda _: _Step(desired.service),
         "apply": lambda actual: _apply_step(desired, actual),

@@ -55,9 +55,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import compute_v1
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, render
+from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, render, run_mode
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.config import GcpConfig, load_config
+from deployer.gcp.config import GcpConfig, config_from
 
 __all__ = [
     "API_ROOT",
@@ -389,12 +389,12 @@ class Platform:
 def run(args: argparse.Namespace, platform: Platform, *, log: Log, out: TextIO | None = None) -> int:
     """``<platform> plan|apply [--dry-run]``: the configuration and the desired resources are built (and refused
     with :class:`ValuesError`) before any call; then plan, apply unless it is a plan or a dry run, print."""
-    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    config = config_from(args)
     resources = platform.desired(config)
     if args.insecure and not args.endpoint:
         raise ValuesError("--insecure needs --endpoint HOST:PORT")
-    applying = args.action == "apply" and not args.dry_run
-    mode = "apply" if applying else "dry-run" if args.action == "apply" else "plan"
+    mode = run_mode(args.action, args.dry_run)
+    applying = mode == "apply"
     api = ComputeApi.connect(Location(config.project, config.region), args.endpoint, insecure=args.insecure)
     try:
         _required(api, platform.requirements(config), applying=applying, log=log)

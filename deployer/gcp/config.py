@@ -8,6 +8,7 @@ Cloud Run service reads the secrets' Secret Manager names), so a name changed in
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "GcpConfig",
     "NetworkConfig",
     "SecretsConfig",
+    "config_from",
     "load_config",
 ]
 
@@ -181,6 +183,12 @@ class GcpConfig(_Section):
 
 def _where(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def config_from(args: argparse.Namespace) -> GcpConfig:
+    """The configuration a platform command names: ``--config`` with ``--project``, ``--region`` and ``--image``
+    over it (see :func:`load_config`)."""
+    return load_config(args.config, project=args.project, region=args.region, image=args.image)
 
 
 def load_config(path: Path | None, **overrides: Any) -> GcpConfig:

@@ -79,9 +79,9 @@ from google.api_core.exceptions import GoogleAPICallError, NotFound, PermissionD
 from google.cloud import container_v1
 from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, summary
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode, summary
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.config import GcpConfig, load_config
+from deployer.gcp.config import GcpConfig, config_from
 from deployer.grpc_clients import Connected, connect
 
 __all__ = [
@@ -949,10 +949,8 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     """``cluster plan|apply|check``. plan and apply: 0 when done. check: 0 when the cluster matches the design, 1
     when it differs. :class:`ValuesError` (exit 2) for a bad configuration, CloudError (exit 1) when the API
     refuses, cannot be reached, the cluster to check does not exist, or apply would need a new cluster."""
-    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    config = config_from(args)
     desired_cluster(config)  # a bad cluster section is bad input, before any call
-    if args.insecure and not args.endpoint:
-        raise ValuesError("--insecure needs --endpoint HOST:PORT")
     out = out or sys.stdout
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:
@@ -965,13 +963,12 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
             findings = check(actual, config)
             _render_check(findings, config, name, as_json=args.json, out=out)
             return 1 if findings else 0
-        apply = args.action == "apply" and not args.dry_run
+        mode = run_mode(args.action, args.dry_run)
         found = plan(clients.clusters, config, log=log)
-        if apply:
+        if mode == "apply":
             apply_plan(clients.clusters, config, found, log=log, timeout=getattr(args, "timeout", None) or
                        OPERATION_TIMEOUT)  # fmt: skip
     finally:
         clients.close()
-    mode = "apply" if apply else "dry-run" if args.action == "apply" else "plan"
     _render_plan(found, config, mode=mode, as_json=args.json, out=out)
     return 0

@@ -71,9 +71,9 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 )
 from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.config import GcpConfig, load_config
+from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.grpc_clients import Connected, connect
 
@@ -666,16 +666,13 @@ def _print_workload_identity(settings: Settings, out: TextIO) -> None:
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
     """``secrets plan|apply``: 0 when done; :class:`ValuesError` for bad input (before any call),
     :class:`SecretsError` when an API refuses."""
-    config = load_config(args.config, project=args.project, region=args.region, image=args.image)
+    config = config_from(args)
     settings = Settings.from_config(config, getattr(args, "value", None) or ())
-    if args.insecure and not args.endpoint:
-        raise ValuesError("--insecure needs --endpoint HOST:PORT")
     out = out or sys.stdout
-    apply = args.action == "apply" and not args.dry_run
-    mode = "apply" if apply else "dry-run" if args.action == "apply" else "plan"
+    mode = run_mode(args.action, args.dry_run)
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:
-        changes = converge(clients, settings, apply=apply, log=log)
+        changes = converge(clients, settings, apply=mode == "apply", log=log)
     finally:
         clients.close()
     title = f"Secret Manager (project {settings.project})"
