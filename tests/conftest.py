@@ -24,6 +24,14 @@ from tests.kube import ControlPlane, binaries_missing
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process (this one by default), in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:

@@ -12,11 +12,16 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 _NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
-def post(url: str, method: str, params: dict[str, Any], *, timeout: float = 30) -> httpx.Response:
-    """POST one request to the MCP endpoint ``url``, with Mcp-Method (and Mcp-Name) mirroring the body."""
+def post(
+    url: str, method: str, params: dict[str, Any], *, timeout: float = 30, client: httpx.Client | None = None
+) -> httpx.Response:
+    """POST one request to the MCP endpoint ``url``, with Mcp-Method (and Mcp-Name) mirroring the body; on
+    ``client``'s connections (kept alive between calls) when one is given."""
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
                "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}  # fmt: skip
     if method in _NAMED_BY:
         headers["Mcp-Name"] = str(params[_NAMED_BY[method]])
     body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}}
+    if client is not None:
+        return client.post(url, headers=headers, content=orjson.dumps(body), timeout=timeout)
     return httpx.post(url, headers=headers, content=orjson.dumps(body), timeout=timeout)

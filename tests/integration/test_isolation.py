@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, rss_mib, start_server
 from tests.sse import response_message
 from tests.stateless import post
 
@@ -40,13 +40,6 @@ def call(server: RunningServer, name: str, arguments: dict[str, Any]) -> dict[st
     return result
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_a_crash_a_runaway_allocation_and_a_hang_each_cost_only_their_own_call(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(CATALOG)
@@ -56,7 +49,7 @@ def test_a_crash_a_runaway_allocation_and_a_hang_each_cost_only_their_own_call(t
         call(server, "add", {"a": 1, "b": 1})  # warm: a worker exists, the server's memory has settled
         for _ in range(20):
             call(server, "echo", {"text": "warm"})
-        baseline = rss_kib(server.process.pid)
+        baseline = rss_mib(server.process.pid) * 1024
 
         results: dict[str, dict[str, Any]] = {}
 
@@ -73,7 +66,7 @@ def test_a_crash_a_runaway_allocation_and_a_hang_each_cost_only_their_own_call(t
             thread.join(60)
 
         after = [call(server, "add", {"a": 20, "b": 22}) for _ in range(4)]  # replaced workers serve again
-        grown_kib = rss_kib(server.process.pid) - baseline
+        grown_kib = rss_mib(server.process.pid) * 1024 - baseline
     finally:
         server.stop()
 

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningServer, start_server
-from tests.stateless import META, post
+from tests.conftest import RunningServer, rss_mib, start_server
+from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +25,7 @@ tools:
 """
 
 
-STATELESS_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-                     "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "slow"}  # fmt: skip
-SLOW_CALL = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                          "params": {"name": "slow", "arguments": {"seconds": 0.2}, "_meta": META}})  # fmt: skip
+SLOW_CALL = {"name": "slow", "arguments": {"seconds": 0.2}}
 
 
 def call(server: RunningServer, name: str, arguments: dict[str, Any]) -> httpx.Response:
@@ -69,13 +65,6 @@ def test_past_its_bound_the_server_sheds_at_once_and_serves_what_it_admitted(tmp
     assert sum(s.value for s in family.samples if s.name == "mcp_requests_shed_total") >= 1
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -95,7 +84,7 @@ def offer(server: RunningServer, rate: float, seconds: float) -> list[tuple[int,
             with lock:
                 clients.append(client)
         started = time.monotonic()
-        response = client.post(f"{server.url}/mcp", headers=STATELESS_HEADERS, content=SLOW_CALL)
+        response = post(f"{server.url}/mcp", "tools/call", SLOW_CALL, client=client)
         with lock:
             results.append((response.status_code, time.monotonic() - started))
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 from tests.sse import response_message
-from tests.stateless import META
+from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +51,7 @@ class Outcomes:
 
 
 def stateless_call(client: httpx.Client, url: str, name: str, arguments: dict[str, Any]) -> httpx.Response:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments, "_meta": META}}  # fmt: skip
-    headers = {**HEADERS, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": name}
-    return client.post(url, json=body, headers=headers)
+    return post(url, "tools/call", {"name": name, "arguments": arguments}, timeout=CLIENT_TIMEOUT, client=client)
 
 
 def classify(call: Any) -> str:

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer, start_server
 from tests.sse import response_message
-from tests.stateless import META
+from tests.stateless import post
 
 # Also slow: a run with -m "not slow" replaces the default -m "not soak", and must still leave these out.
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(0)]
@@ -97,12 +96,10 @@ def session_worker(server: RunningServer, tally: Tally, stop: threading.Event) -
 
 
 def stateless_worker(server: RunningServer, tally: Tally, stop: threading.Event) -> None:
-    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": "multiply", "arguments": {"a": 6, "b": 7}, "_meta": META}})  # fmt: skip
-    headers = {**HEADERS, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "multiply"}
     with httpx.Client(timeout=30) as client:
         while not stop.is_set():
-            tally.add(outcome(client.post(f"{server.url}/mcp", content=body, headers=headers)))
+            call = {"name": "multiply", "arguments": {"a": 6, "b": 7}}
+            tally.add(outcome(post(f"{server.url}/mcp", "tools/call", call, client=client)))
 
 
 def stream_worker(server: RunningServer, tally: Tally, stop: threading.Event) -> None:

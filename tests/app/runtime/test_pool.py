@@ -15,6 +15,7 @@ import pytest
 import uvloop
 
 from app.runtime.pool import ToolFailed, WorkerCrashed, WorkerError, WorkerOutOfMemory, WorkerPool
+from tests.conftest import rss_mib
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,6 @@ def gone(pid: int) -> bool:
         return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def test_sync_and_async_functions_return_their_values_as_json() -> None:
@@ -110,14 +104,14 @@ def test_a_segfault_fails_the_call_naming_the_signal_and_the_next_call_gets_a_fr
 def test_unbounded_allocation_fails_with_out_of_memory_and_leaves_the_server_and_other_calls_alone() -> None:
     async def scenario(pool: WorkerPool) -> tuple[float, Sequence[Any], float, int]:
         await asyncio.gather(*(pool.call(f"{F}:add", {"a": 0, "b": 0}) for _ in range(3)))  # warm: 3 workers
-        before = rss_mb()
+        before = rss_mib()
         outcomes = await asyncio.gather(
             pool.call(f"{F}:exhaust_memory", {}),
             pool.call(f"{F}:stamp", {"seconds": 0.3}),
             pool.call(f"{F}:stamp", {"seconds": 0.3}),
             return_exceptions=True,
         )
-        return before, outcomes, rss_mb(), await pool.call(f"{F}:add", {"a": 1, "b": 2})
+        return before, outcomes, rss_mib(), await pool.call(f"{F}:add", {"a": 1, "b": 2})
 
     before, (exhausted, *others), after, next_call = run(scenario, size=3, memory_limit_mb=256)
     assert isinstance(exhausted, WorkerOutOfMemory)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, rss_mib, start_server
 from tests.stateless import META
 
 pytestmark = pytest.mark.slow
@@ -115,13 +115,6 @@ def test_a_websocket_outlives_the_request_deadlines(server: RunningServer, tmp_p
         time.sleep(2.5)  # longer than both deadlines
         ws.send(httpx.Response(200, json=init).text)
         assert ws.recv(timeout=5)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def stalled_reader(server: RunningServer, request: bytes) -> socket.socket:
