@@ -25,7 +25,7 @@ COPY app /srv/erlmcp/app
 RUN /opt/erlmcp/bin/python -m compileall -q /srv/erlmcp/app
 
 FROM ${PYTHON_IMAGE}
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="erlmcp" \
       org.opencontainers.image.description="A production MCP server for Google Cloud" \
       org.opencontainers.image.version="${VERSION}" \

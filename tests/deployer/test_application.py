@@ -27,7 +27,7 @@ def application(**spec: Any) -> Manifest:
         "apiVersion": "app.k8s.io/v1beta1",
         "kind": "Application",
         "metadata": {"name": "mcp", "annotations": {"marketplace.cloud.google.com/deploy-info": info}},
-        "spec": {"descriptor": {"version": "0.1.0"}, "componentKinds": [{"group": "apps/v1", "kind": "Deployment"},
+        "spec": {"descriptor": {"version": "0.2.0"}, "componentKinds": [{"group": "apps/v1", "kind": "Deployment"},
                                                                          {"group": "v1", "kind": "Secret"}], **spec},
     }  # fmt: skip
 
@@ -97,7 +97,7 @@ def test_exactly_one_application_is_required(schema: Schema) -> None:
         (lambda a: a["metadata"]["annotations"].update({DEPLOY_INFO: "{"}), "deploy-info"),
         (lambda a: a["metadata"]["annotations"].update(
             {DEPLOY_INFO: '{"partner_id": "x", "product_id": "y"}'}), "does not match"),
-        (lambda a: a["spec"]["descriptor"].update({"version": "0.2.0"}), "must equal the schema's publishedVersion"),
+        (lambda a: a["spec"]["descriptor"].update({"version": "0.3.0"}), "must equal the schema's publishedVersion"),
         (lambda a: a["spec"].pop("componentKinds"), "no componentKinds"),
     ],
 )  # fmt: skip

@@ -47,10 +47,10 @@ def test_the_schema_gets_the_test_overlay_only_in_test_mode(tmp_path: Path) -> N
     data.mkdir()
     data_test.mkdir()
     (data / "schema.yaml").write_text((ROOT / "schema.yaml").read_text())
-    (data_test / "schema.yaml").write_text("properties:\n  tester.image.tag: {type: string, default: '0.1.0'}\n")
+    (data_test / "schema.yaml").write_text("properties:\n  tester.image.tag: {type: string, default: '0.2.0'}\n")
     folders = DataDir(data, data_test)
     assert "tester.image.tag" not in folders.schema(test=False).properties
-    assert folders.schema(test=True).properties["tester.image.tag"].default == "0.1.0"
+    assert folders.schema(test=True).properties["tester.image.tag"].default == "0.2.0"
 
 
 def test_missing_inputs_are_named(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_the_release_name_namespace_and_image_come_from_the_values(helm: str) ->
     result = rendered(helm)
     deployment = find_one(result.manifests, "Deployment")
     assert (deployment["metadata"]["name"], deployment["metadata"]["namespace"]) == ("mcp1", "ns1")
-    assert container(result)["image"] == "gcr.io/acme/erlmcp:0.1.0"
+    assert container(result)["image"] == "gcr.io/acme/erlmcp:0.2.0"
 
 
 def test_every_object_is_labelled_with_the_release_name_for_the_application(helm: str) -> None:
