@@ -18,11 +18,12 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
 
-test-services:  ## install redis-server, bubblewrap, checkov, etcd, Kubernetes 1.20 (apiserver, controllers, scheduler, kubelet: built once, ~14 min, cached), docker.io
+test-services:  ## install redis-server, bubblewrap, checkov, nca (network-config-analyzer), etcd, Kubernetes 1.20 (apiserver, controllers, scheduler, kubelet: built once, ~14 min, cached), docker.io
 	@bash scripts/install-redis.sh
 	@bash scripts/install-bubblewrap.sh
 	@bash scripts/container-engine.sh install || echo "make: no container engine here; the image tests will skip"
 	@bash scripts/install-checkov.sh
+	@bash scripts/install-nca.sh
 	@bash scripts/install-kube.sh
 
 kind-verify:  ## mpdev verify on a local kind cluster with a local registry (needs docker and kind; not in CI)

@@ -83,3 +83,35 @@ scheme: HTTPS
 port: http
 {{- end -}}
 {{- end -}}
+
+{{/* Public exposure is an explicit choice (exposure), and never plaintext or unauthenticated: refuse any values that
+would put either on a public address, saying why and what to do instead. */}}
+{{- define "erlmcp.checkExposure" -}}
+{{- $exposure := .Values.exposure -}}
+{{- if and (ne $exposure "cluster") (not .Values.auth.enabled) -}}
+{{- fail (printf "exposure=%s with auth.enabled=false would let anyone on the internet call every tool: keep auth.enabled=true, or use exposure=cluster" $exposure) -}}
+{{- end -}}
+{{- if and (eq $exposure "loadBalancer") (not .Values.serverTls.enabled) -}}
+{{- fail "exposure=loadBalancer would serve plaintext HTTP on a public address: set serverTls.enabled=true (the Pods speak HTTPS), or use exposure=ingress (HTTPS at the load balancer)" -}}
+{{- end -}}
+{{- if eq $exposure "ingress" -}}
+{{- if eq (toString .Values.ingressAvailable) "false" -}}
+{{- fail "exposure=ingress needs an ingress controller, and ingressAvailable=false says the cluster has none: use exposure=loadBalancer with serverTls.enabled=true, or exposure=cluster" -}}
+{{- end -}}
+{{- if .Values.serverTls.clientCaSecret -}}
+{{- fail "exposure=ingress cannot be used with serverTls.clientCaSecret: the load balancer has no client certificate (use exposure=loadBalancer, a pass-through load balancer, for mutual TLS)" -}}
+{{- end -}}
+{{- if .Values.ingress.managedCertificate -}}
+{{- if not .Values.ingress.host -}}
+{{- fail "ingress.managedCertificate needs ingress.host (the name Google certifies)" -}}
+{{- end -}}
+{{- else if not (and .Values.tls.base64EncodedCertificate .Values.tls.base64EncodedPrivateKey) -}}
+{{- fail "exposure=ingress needs a certificate, or it would serve plaintext HTTP: set ingress.managedCertificate=true with ingress.host, or tls.base64EncodedCertificate and tls.base64EncodedPrivateKey (the Marketplace form's TLS certificate)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Ingress serves the tls certificate (not a Google-managed one). */}}
+{{- define "erlmcp.ingressUsesTlsSecret" -}}
+{{- if and (eq .Values.exposure "ingress") (not .Values.ingress.managedCertificate) -}}true{{- end -}}
+{{- end -}}

@@ -10,15 +10,26 @@ import yaml
 
 from tests.conftest import ROOT
 
-__all__ = ["render"]
+__all__ = ["refusal", "render"]
 
 
-def render(helm: str, *sets: str, values: Path | None = None) -> list[dict[str, Any]]:
-    """``helm template`` with each ``NAME=VALUE`` of ``sets`` as a ``--set`` (and ``values`` as ``-f``)."""
+def _command(helm: str, sets: tuple[str, ...], values: Path | None) -> list[str]:
     command = [helm, "template", "r1", str(ROOT / "chart"), "--namespace", "ns1"]
     if values is not None:
         command += ["-f", str(values)]
     for value in sets:
         command += ["--set", value]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return command
+
+
+def render(helm: str, *sets: str, values: Path | None = None) -> list[dict[str, Any]]:
+    """``helm template`` with each ``NAME=VALUE`` of ``sets`` as a ``--set`` (and ``values`` as ``-f``)."""
+    result = subprocess.run(_command(helm, sets, values), capture_output=True, text=True, check=True)
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def refusal(helm: str, *sets: str, values: Path | None = None) -> str:
+    """What Helm says when the chart refuses these values (the test fails if it renders them)."""
+    result = subprocess.run(_command(helm, sets, values), capture_output=True, text=True)
+    assert result.returncode != 0, f"the chart rendered {sets} instead of refusing them"
+    return result.stderr

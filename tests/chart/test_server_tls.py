@@ -112,7 +112,7 @@ def test_mutual_tls_probes_the_metrics_port_and_the_test_pod_presents_its_certif
         (["serverTls.clientCaSecret=ca"], "serverTls.clientCaSecret (mutual TLS) needs serverTls.enabled"),
         (["serverTls.enabled=true", "serverTls.clientCaSecret=ca"], "serverTls.testerClientSecret"),
         (["serverTls.enabled=true", "serverTls.clientCaSecret=ca", "serverTls.testerClientSecret=t",
-          "ingress.enabled=true", "ingress.host=a.example.com"], "the load balancer has no client certificate"),
+          "exposure=ingress", "ingress.host=a.example.com"], "the load balancer has no client certificate"),
     ],
 )  # fmt: skip
 def test_contradictory_tls_values_are_refused_with_a_reason(helm: str, sets: list[str], message: str) -> None:

@@ -40,9 +40,10 @@ def test_render_prints_the_manifests_on_stdout(tmp_path: Path) -> None:
     result = deployer("render", "-f", str(values))
     assert result.returncode == 0, result.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc)
-    # Three Secrets: the API keys, the server's state key, and the TLS certificate Marketplace generates.
+    # Two Secrets: the API keys and the server's state key. The TLS certificate Marketplace generates is rendered only
+    # for an Ingress (exposure=ingress), and by default nothing is exposed.
     assert kinds == ["Application", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Secret",
-                     "Secret", "Secret", "Service", "Service", "ServiceAccount"]  # fmt: skip
+                     "Secret", "Service", "Service", "ServiceAccount"]  # fmt: skip
 
 
 def test_an_unknown_value_is_refused_with_exit_2_naming_it(tmp_path: Path) -> None:
