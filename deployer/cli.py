@@ -22,7 +22,7 @@ from deployer.cluster import Cluster
 from deployer.contract import DataDir, extracted_chart, read_values
 from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesError
 from deployer.expand import IMAGE_REPO_PREFIX
-from deployer.helm import find_helm
+from deployer.helm import KubeTarget, find_helm
 from deployer.install import (
     application_status,
     failed_on_error,
@@ -80,6 +80,11 @@ def _render(args: argparse.Namespace) -> Rendered:
 
 def _connect(args: argparse.Namespace) -> Cluster:
     return Cluster.connect(kubeconfig=args.kubeconfig, context=args.context)
+
+
+def _target(args: argparse.Namespace) -> KubeTarget:
+    """The cluster of :func:`_connect`, for Helm (the chart's ``lookup`` reads it)."""
+    return KubeTarget(kubeconfig=args.kubeconfig, context=args.context)
 
 
 def _emit(data: Any, output: str) -> None:
@@ -165,7 +170,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
         return 0
     cluster = _connect(args)
     try:
-        rendered, prepared = plan(cluster, schema, _values(args, schema), chart=args.chart, helm=find_helm(args.helm))
+        rendered, prepared = plan(cluster, schema, _values(args, schema), target=_target(args), chart=args.chart,
+                                  helm=find_helm(args.helm))  # fmt: skip
         with failed_on_error(cluster, rendered.release, rendered.namespace, log=_progress):
             install(cluster, prepared, namespace=rendered.namespace, log=_progress)
             if args.wait:
@@ -199,7 +205,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
         if live is None:
             raise ClusterError(f"there is no Application {name} in namespace {namespace}; install it first", status=404)
-        _, prepared = plan(cluster, schema, values, chart=args.chart, helm=find_helm(args.helm), test=True)
+        _, prepared = plan(cluster, schema, values, target=_target(args), chart=args.chart,
+                           helm=find_helm(args.helm), test=True)  # fmt: skip
         outcomes = run_testers(cluster, prepared, live["metadata"]["uid"], namespace, timeout=args.timeout,
                                log=_progress)  # fmt: skip
     finally:
@@ -260,7 +267,8 @@ def _cmd_marketplace(args: argparse.Namespace) -> int:
             if len(charts) != 1:
                 raise DeployerError(f"{data.data / 'chart'} must hold exactly one chart tarball, found {len(charts)}")
             with extracted_chart(charts[0], overlays) as chart:
-                _, prepared = plan(cluster, schema, values, chart=chart, helm=find_helm(args.helm), test=args.test)
+                _, prepared = plan(cluster, schema, values, target=_target(args), chart=chart,
+                                   helm=find_helm(args.helm), test=args.test)  # fmt: skip
             uid = install(cluster, prepared, namespace=namespace, log=_progress)
             if args.test:
                 wait_until_ready(cluster, prepared, namespace, timeout=args.wait_timeout, stable=args.stable_seconds,

@@ -1,5 +1,5 @@
 """What to apply to one cluster: values (with those generated before), the chart rendered for that cluster's
-Kubernetes version, checked and split by Marketplace's rules."""
+Kubernetes version, with its ``lookup`` reading that cluster, checked and split by Marketplace's rules."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from deployer.application import Prepared, prepare
 from deployer.cluster import Cluster
 from deployer.expand import IMAGE_REPO_PREFIX, flatten_values
 from deployer.generated import keep, recall
+from deployer.helm import KubeTarget
 from deployer.render import Rendered, render
 from deployer.schema import Schema
 
@@ -18,9 +19,18 @@ __all__ = ["plan"]
 
 
 def plan(
-    cluster: Cluster, schema: Schema, values: Mapping[str, Any], *, chart: Path, helm: str, test: bool = False
+    cluster: Cluster,
+    schema: Schema,
+    values: Mapping[str, Any],
+    *,
+    target: KubeTarget,
+    chart: Path,
+    helm: str,
+    test: bool = False,
 ) -> tuple[Rendered, Prepared]:
-    """Render and prepare the app for ``cluster``.
+    """Render and prepare the app for ``cluster``; ``target`` names the same cluster for Helm (the kubeconfig and
+    context ``cluster`` was connected with), whose server dry-run lets the chart's ``lookup`` keep what it generated
+    on an earlier install (the request-state key, the server CA and certificate).
 
     Raises:
         ValuesError, HelmError, InstallError, ClusterError: as the steps do; nothing has been applied yet.
@@ -39,6 +49,7 @@ def plan(
         app_uid=(live or {}).get("metadata", {}).get("uid"),
         kube_version=cluster.version(),
         api_versions=cluster.api_versions(),
+        cluster=target,
     )
     kept = keep(schema, rendered.values, explicit, rendered.release, rendered.namespace)
     prepared = prepare([*rendered.manifests, kept], release=rendered.release, schema=schema, test=test)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.expand import expand, nest
-from deployer.helm import helm_template
+from deployer.helm import KubeTarget, helm_template
 from deployer.manifests import Manifest, parse_manifests
 from deployer.schema import Schema
 
@@ -36,11 +36,14 @@ def render(
     app_uid: str | None = None,
     kube_version: str | None = None,
     api_versions: Sequence[str] = (),
+    cluster: KubeTarget | None = None,
 ) -> Rendered:
     """Expand the values against the schema and render the chart with Helm, as Marketplace's deployer does.
 
     ``kube_version`` and ``api_versions`` describe the target cluster (Helm's ``--kube-version`` and
-    ``--api-versions``), so that the chart picks the API versions that cluster serves.
+    ``--api-versions``), so that the chart picks the API versions that cluster serves. ``cluster``, when given,
+    is the cluster the chart's ``lookup`` reads (Helm's server dry-run), so that what the chart generated on an
+    earlier install is kept; without it the render touches no cluster.
 
     Raises:
         ValuesError: the values do not fit the schema.
@@ -53,5 +56,6 @@ def render(
     helm_values = nest(final)
     extra = [f"--kube-version={kube_version}"] if kube_version else []
     extra += [f"--api-versions={version}" for version in api_versions]
-    text = helm_template(helm, chart, release=release, namespace=namespace, values=helm_values, extra_args=extra)
+    text = helm_template(helm, chart, release=release, namespace=namespace, values=helm_values, extra_args=extra,
+                         cluster=cluster)  # fmt: skip
     return Rendered(release, namespace, final, helm_values, text, parse_manifests(text))

@@ -24,11 +24,15 @@ import pytest
 import yaml
 
 from deployer.cluster import Cluster
-from tests.conftest import ROOT
+from deployer.errors import HelmError
+from deployer.helm import KubeTarget, helm_template
+from deployer.schema import load_schema
+from tests.conftest import ROOT, free_port
 from tests.kube import ControlPlane
 
 pytestmark = pytest.mark.slow
 PREFIX = "gcr.io/erlmcp-test/erlmcp"
+VERSION = load_schema(ROOT / "schema.yaml").published_version
 
 
 @pytest.fixture
@@ -104,15 +108,19 @@ class KubeletStandIn:
                                     {"status": {"phase": self.tester_phase}}, status=True)  # fmt: skip
 
 
-def deployer(control_plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "deployer", *args, "--kubeconfig", str(control_plane.kubeconfig)]
+def deployer(
+    control_plane: ControlPlane, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "deployer", *args, "--kubeconfig", str(kubeconfig or control_plane.kubeconfig)]
     env = {**os.environ, "PATH": f"{ROOT / '.tools/bin'}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
-def install(control_plane: ControlPlane, namespace: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def install(
+    control_plane: ControlPlane, namespace: str, *extra: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return deployer(control_plane, "install", "-n", namespace, "--name", "mcp", "--image-repo-prefix", PREFIX,
-                    "-o", "json", *extra)  # fmt: skip
+                    "-o", "json", *extra, kubeconfig=kubeconfig)  # fmt: skip
 
 
 def application(cluster: Cluster, namespace: str, name: str = "mcp") -> dict[str, Any] | None:
@@ -145,7 +153,7 @@ def test_install_applies_the_application_and_every_component_owned_by_it(
         owners = item["metadata"].get("ownerReferences") or []
         assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("Application", "mcp", uid)], item["kind"]
     deployment = next(item for item in found if item["kind"] == "Deployment")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{PREFIX}:0.1.0"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{PREFIX}:{VERSION}"
     assert "applied Deployment mcp" in done.stderr  # progress on stderr, data on stdout
 
 
@@ -307,7 +315,7 @@ def data_dirs(tmp_path: Path, namespace: str) -> tuple[Path, Path]:
     (data_test / "chart").mkdir(parents=True)
     shutil.copy(ROOT / "schema.yaml", data / "schema.yaml")
     test_schema = (ROOT / "deployer/data-test/schema.yaml").read_text()  # envsubst, as the image build does
-    (data_test / "schema.yaml").write_text(test_schema.replace("$REGISTRY", PREFIX).replace("$TAG", "0.1.0"))
+    (data_test / "schema.yaml").write_text(test_schema.replace("$REGISTRY", PREFIX).replace("$TAG", VERSION))
     with tarfile.open(data / "chart" / "erlmcp.tar.gz", "w:gz") as archive:
         archive.add(ROOT / "chart", arcname="chart")
     # What provisioning puts in the values: NAME, NAMESPACE, the image prefix, the SERVICE_ACCOUNT it made.
@@ -354,7 +362,7 @@ def test_the_marketplace_job_installs_next_to_the_placeholder_application(
     assert app is not None
     assert app["metadata"]["uid"] == uid
     assert app["spec"]["assemblyPhase"] == "Success"
-    assert app["spec"]["descriptor"]["version"] == "0.1.0"
+    assert app["spec"]["descriptor"]["version"] == VERSION
     for item in components(cluster, namespace):
         assert [o["uid"] for o in item["metadata"].get("ownerReferences") or []] == [uid], item["kind"]
     assert cluster.get("v1", "ServiceAccount", "mcp-deployer-sa", namespace) is None  # cleaned up, as Google's does
@@ -428,3 +436,260 @@ def test_a_bad_value_in_the_marketplace_job_exits_2_and_marks_the_application_fa
     assert "Invalid value for property 'replicaCount'" in done.stderr
     assert application(cluster, namespace)["spec"]["assemblyPhase"] == "Failed"  # type: ignore[index]
     assert [i["metadata"]["name"] for i in components(cluster, namespace)] == ["mcp-deployer-sa"]
+
+
+# -- what the chart generates and keeps on upgrade (its lookups read the cluster) -----------------------------
+#
+# The chart makes the request-state key (Secret mcp-state) and, with serverTls.enabled, a CA and a certificate
+# (Secret mcp-server-tls) itself, and keeps those of an earlier install through Helm's lookup. The deployer renders
+# with Helm's server dry-run so those lookups read the cluster it installs into; a plain helm template would find
+# nothing and make new ones on every run.
+
+STATE_SECRET, TLS_SECRET = "mcp-state", "mcp-server-tls"
+TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
+
+
+def secret_data(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
+    found = cluster.get("v1", "Secret", name, namespace)
+    assert found is not None, f"there is no Secret {name} in {namespace}"
+    return dict(found["data"])
+
+
+def generated(cluster: Cluster, namespace: str, *, tls: bool) -> dict[str, str]:
+    """What the chart generated, by Secret and key (the raw base64 data: equal means equal byte for byte)."""
+    found = {"state": secret_data(cluster, namespace, STATE_SECRET)["erlmcp_request_state_key"]}
+    if tls:
+        data = secret_data(cluster, namespace, TLS_SECRET)
+        found |= {key: data[key] for key in TLS_KEYS}
+    return found
+
+
+def set_values(data: Path, **values: Any) -> None:
+    """Change the Marketplace values the deployer Job reads (flat property names)."""
+    path = data / "values.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **values}))
+
+
+def deployment_env(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    deployment = cluster.get("apps/v1", "Deployment", "mcp", namespace)
+    assert deployment is not None
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_two_marketplace_runs_keep_the_request_state_key(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    provision(cluster, namespace)
+    data, data_test = data_dirs(tmp_path, namespace)
+    first = marketplace(control_plane, data, data_test)
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=False)
+    assert len(base64.b64decode(before["state"])) == 48
+    again = marketplace(control_plane, data, data_test)
+    assert again.returncode == 0, again.stderr
+    assert generated(cluster, namespace, tls=False) == before
+    assert application(cluster, namespace)["spec"]["assemblyPhase"] == "Success"  # type: ignore[index]
+
+
+def test_two_marketplace_runs_with_server_tls_keep_the_ca_certificate_and_key(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    provision(cluster, namespace)
+    data, data_test = data_dirs(tmp_path, namespace)
+    set_values(data, **{"serverTls.enabled": True})
+    first = marketplace(control_plane, data, data_test)
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=True)
+    assert base64.b64decode(before["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+    again = marketplace(control_plane, data, data_test)
+    assert again.returncode == 0, again.stderr
+    assert generated(cluster, namespace, tls=True) == before
+
+
+def test_a_marketplace_upgrade_that_changes_another_value_keeps_the_generated_key_and_certificate(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    provision(cluster, namespace)
+    data, data_test = data_dirs(tmp_path, namespace)
+    set_values(data, **{"serverTls.enabled": True, "logLevel": "INFO"})
+    first = marketplace(control_plane, data, data_test)
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=True)
+    set_values(data, logLevel="DEBUG")
+    upgrade = marketplace(control_plane, data, data_test)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "DEBUG" in deployment_env(cluster, namespace).values()  # the upgrade did change the app
+    assert generated(cluster, namespace, tls=True) == before
+
+
+def test_installing_twice_keeps_the_request_state_key_and_the_server_certificate(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str
+) -> None:
+    first = install(control_plane, namespace, "--set", "serverTls.enabled=true")
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=True)
+    generation = cluster.get("apps/v1", "Deployment", "mcp", namespace)["metadata"]["generation"]  # type: ignore[index]
+    again = install(control_plane, namespace, "--set", "serverTls.enabled=true")
+    assert again.returncode == 0, again.stderr
+    assert generated(cluster, namespace, tls=True) == before
+    # Nothing changed, so nothing rolls: the Pods keep running with the key and certificate they have.
+    assert cluster.get("apps/v1", "Deployment", "mcp", namespace)["metadata"]["generation"] == generation  # type: ignore[index]
+
+
+def test_an_install_upgrade_that_changes_another_value_keeps_the_generated_key_and_certificate(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str
+) -> None:
+    first = install(control_plane, namespace, "--set", "serverTls.enabled=true")
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=True)
+    upgrade = install(control_plane, namespace, "--set", "serverTls.enabled=true", "--set", "logLevel=DEBUG")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "DEBUG" in deployment_env(cluster, namespace).values()
+    assert generated(cluster, namespace, tls=True) == before
+
+
+def with_a_dead_current_context(control_plane: ControlPlane, tmp_path: Path) -> Path:
+    """The control plane's kubeconfig with a second context, made current, for a server that is not there; the
+    live one is context ``local``."""
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())  # type: ignore[union-attr]
+    config["clusters"].append({"name": "gone", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}})
+    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "admin"}})
+    config["current-context"] = "gone"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_helm_reads_the_cluster_of_the_context_the_deployer_was_given(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = with_a_dead_current_context(control_plane, tmp_path)
+    first = install(control_plane, namespace, "--context", "local", kubeconfig=kubeconfig)
+    assert first.returncode == 0, first.stderr
+    before = generated(cluster, namespace, tls=False)
+    again = install(control_plane, namespace, "--context", "local", kubeconfig=kubeconfig)
+    assert again.returncode == 0, again.stderr
+    assert generated(cluster, namespace, tls=False) == before
+
+
+def account_kubeconfig(control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path,
+                       name: str, rules: list[dict[str, Any]]) -> Path:  # fmt: skip
+    """A kubeconfig that acts as a new ServiceAccount ``name`` granted only ``rules`` in ``namespace``."""
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}
+    cluster.apply(account, namespace)
+    if rules:
+        rbac = "rbac.authorization.k8s.io"
+        cluster.apply({"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": {"name": name, "namespace": namespace},
+                       "rules": rules}, namespace)  # fmt: skip
+        cluster.apply({"apiVersion": f"{rbac}/v1", "kind": "RoleBinding",
+                       "metadata": {"name": name, "namespace": namespace},
+                       "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
+                       "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+                      namespace)  # fmt: skip
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())  # type: ignore[union-attr]
+    config["users"] = [{"name": "admin", "user": {"token": service_account_token(cluster, name, namespace)}}]
+    path = tmp_path / f"kubeconfig-{name}"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def service_account_token(cluster: Cluster, name: str, namespace: str) -> str:
+    """The token of ServiceAccount ``name``, from the Secret the token controller makes for it (Kubernetes 1.20)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for ref in (cluster.get("v1", "ServiceAccount", name, namespace) or {}).get("secrets") or []:
+            token = ((cluster.get("v1", "Secret", ref["name"], namespace) or {}).get("data") or {}).get("token")
+            if token:
+                return base64.b64decode(token).decode()
+        time.sleep(0.2)
+    raise AssertionError(f"no token for ServiceAccount {name} within 30 s")
+
+
+def test_helm_needs_only_get_on_secrets_to_keep_what_the_chart_generated(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path, helm: str
+) -> None:
+    assert install(control_plane, namespace, "--set", "serverTls.enabled=true").returncode == 0
+    before = generated(cluster, namespace, tls=True)
+    kubeconfig = account_kubeconfig(control_plane, cluster, namespace, tmp_path, "secret-getter",
+                                    [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])  # fmt: skip
+    values = {"serverTls": {"enabled": True}}
+    text = helm_template(helm, ROOT / "chart", release="mcp", namespace=namespace, values=values,
+                         cluster=KubeTarget(kubeconfig=kubeconfig))  # fmt: skip
+    secrets = {d["metadata"]["name"]: d["data"] for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret"}
+    assert secrets[STATE_SECRET]["erlmcp_request_state_key"] == before["state"]
+    assert {key: secrets[TLS_SECRET][key] for key in TLS_KEYS} == {key: before[key] for key in TLS_KEYS}
+
+
+def test_helm_refused_the_secrets_says_which_permission_is_missing(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path, helm: str
+) -> None:
+    kubeconfig = account_kubeconfig(control_plane, cluster, namespace, tmp_path, "no-rights", [])
+    with pytest.raises(HelmError) as refused:
+        helm_template(helm, ROOT / "chart", release="mcp", namespace=namespace, values={},
+                      cluster=KubeTarget(kubeconfig=kubeconfig))  # fmt: skip
+    message = str(refused.value)
+    assert f"the account needs get on the objects the chart looks up in namespace {namespace}" in message
+    assert 'cannot get resource "secrets"' in message  # Helm's own error says which
+    assert "Use --debug flag" not in message
+
+
+def test_helm_that_cannot_reach_the_cluster_says_so(control_plane: ControlPlane, tmp_path: Path, helm: str) -> None:
+    kubeconfig = with_a_dead_current_context(control_plane, tmp_path)
+    with pytest.raises(HelmError) as unreachable:
+        helm_template(helm, ROOT / "chart", release="mcp", namespace="ns", values={},
+                      cluster=KubeTarget(kubeconfig=kubeconfig))  # fmt: skip
+    message = str(unreachable.value)
+    assert "Helm cannot read the Kubernetes cluster" in message
+    assert "connection refused" in message
+    assert "[ERROR]" not in message  # Helm's log lines are left out; its error stays
+
+
+def in_cluster_marketplace(control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path,
+                           data: Path, data_test: Path) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """The deployer Job as it runs in its Pod: no kubeconfig and no ~/.kube, KUBERNETES_SERVICE_HOST and _PORT
+    set, and the deployer ServiceAccount's token, the cluster's CA and the namespace at
+    /var/run/secrets/kubernetes.io/serviceaccount (bubblewrap mounts them over a tmpfs /run; the rest of this
+    machine is seen as it is). The account is bound to cluster-admin in the namespace, as Marketplace does."""
+    labels = {"app.kubernetes.io/name": "mcp", "app.kubernetes.io/component": "deployer.marketplace.cloud.google.com"}
+    account = {"name": "mcp-deployer-sa", "namespace": namespace, "labels": labels}
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": account}, namespace)  # a run deletes it
+    rbac = "rbac.authorization.k8s.io"
+    cluster.apply({"apiVersion": f"{rbac}/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "mcp-deployer-rb", "namespace": namespace},
+                   "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "cluster-admin"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "mcp-deployer-sa", "namespace": namespace}]},
+                  namespace)  # fmt: skip
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir(exist_ok=True)
+    (mounted / "token").write_text(service_account_token(cluster, "mcp-deployer-sa", namespace))
+    shutil.copy(control_plane.pki / "ca.crt", mounted / "ca.crt")
+    (mounted / "namespace").write_text(namespace)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG" and not key.startswith("HELM_")}
+    env |= {"HOME": str(home), "PATH": f"{ROOT / '.tools/bin'}{os.pathsep}{os.environ['PATH']}",
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(control_plane.api_port)}  # fmt: skip
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.fail("bwrap is not installed: run scripts/install-bubblewrap.sh (make test-services does)")
+    user = [] if os.geteuid() == 0 else ["--unshare-user"]  # mounts need root, or a user namespace
+    sandbox = [bwrap, *user, "--bind", "/", "/", "--tmpfs", "/run", "--ro-bind", str(mounted),
+               "/run/secrets/kubernetes.io/serviceaccount", "--chdir", str(ROOT), "--"]  # fmt: skip
+    command = [*sandbox, sys.executable, "-m", "deployer", "marketplace", "--data", str(data), "--data-test",
+               str(data_test)]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_the_marketplace_job_in_its_pod_keeps_what_the_chart_generated(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    provision(cluster, namespace)
+    data, data_test = data_dirs(tmp_path, namespace)
+    set_values(data, **{"serverTls.enabled": True})
+    first = in_cluster_marketplace(control_plane, cluster, namespace, tmp_path, data, data_test)
+    assert first.returncode == 0, first.stderr
+    assert application(cluster, namespace)["spec"]["assemblyPhase"] == "Success"  # type: ignore[index]
+    before = generated(cluster, namespace, tls=True)
+    again = in_cluster_marketplace(control_plane, cluster, namespace, tmp_path, data, data_test)
+    assert again.returncode == 0, again.stderr
+    assert generated(cluster, namespace, tls=True) == before
