@@ -29,10 +29,15 @@ from typing import Any
 
 import yaml
 
-from deployer.errors import HelmError
+from deployer.errors import HelmError, ValuesError
 
 __all__ = ["KubeTarget", "find_helm", "helm_template"]
 
+# How Helm reports a chart's ``fail`` and a values.schema.json violation: the values are refused, not Helm broken.
+_REFUSED = re.compile(
+    r"^Error: (?:execution error at \([^)]*\): (?P<fail>.*)|(?P<schema>values don't meet the specifications.*))$",
+    re.DOTALL | re.MULTILINE,
+)
 # Helm's own log lines (``lookup_func.go:130: [ERROR] ...``) and its hint after a failed render: not the error.
 _NOISE = re.compile(r"^(\S+\.go:\d+: \[[A-Z]+\] .*|Use --debug flag to render out invalid YAML)$")
 
@@ -115,5 +120,9 @@ def helm_template(
                 "Helm cannot read the Kubernetes cluster for the chart's lookup (which keeps the keys and "
                 f"certificates it generated on an earlier install){hint}: {error}"
             )
+        refused = _REFUSED.search(error)
+        if refused:  # the chart's own checks (fail, values.schema.json) refuse the values: bad input, exit 2
+            why = (refused.group("fail") or refused.group("schema")).strip()
+            raise ValuesError(f"the chart refuses these values: {why}")
         raise HelmError(f"helm template failed (exit {result.returncode}): {error}")
     return result.stdout

@@ -100,22 +100,32 @@ def _lay_out_volume(volume: Mapping[str, Any], target: Path, manifests: Sequence
     if "emptyDir" in volume:
         return False
     if "configMap" in volume:
-        spec, kind, name_key = volume["configMap"], "ConfigMap", "name"
+        sources = [("ConfigMap", volume["configMap"]["name"], volume["configMap"])]
     elif "secret" in volume:
-        spec, kind, name_key = volume["secret"], "Secret", "secretName"
+        sources = [("Secret", volume["secret"]["secretName"], volume["secret"])]
+    elif "projected" in volume:  # several ConfigMaps and Secrets in one folder
+        sources = []
+        for source in volume["projected"].get("sources") or []:
+            kind = "ConfigMap" if "configMap" in source else "Secret" if "secret" in source else None
+            if kind is None:
+                raise LocalRunError(f"volume {volume.get('name')!r} projects what a local run cannot provide: "
+                                    f"{', '.join(source)}")  # fmt: skip
+            spec = source["configMap" if kind == "ConfigMap" else "secret"]
+            sources.append((kind, spec["name"], spec))
     else:
         kinds = ", ".join(k for k in volume if k != "name")
         raise LocalRunError(f"volume {volume.get('name')!r} is of a kind a local run cannot provide: {kinds}")
-    data = _source(manifests, kind, spec[name_key])
-    items = spec.get("items") or [{"key": key, "path": key} for key in data]
-    for item in items:
-        if item["key"] not in data:
-            raise LocalRunError(f"volume {volume.get('name')!r}: {kind} {spec[name_key]!r} has no key {item['key']!r}")
-        path = target / item["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_bytes(data[item["key"]])
-    return kind == "Secret"
+    for kind, name, spec in sources:
+        data = _source(manifests, kind, name)
+        items = spec.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            if item["key"] not in data:
+                raise LocalRunError(f"volume {volume.get('name')!r}: {kind} {name!r} has no key {item['key']!r}")
+            path = target / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_bytes(data[item["key"]])
+    return any(kind == "Secret" for kind, _, _ in sources)
 
 
 def _env_value(entry: Mapping[str, Any], manifests: Sequence[Manifest]) -> tuple[str, bool]:

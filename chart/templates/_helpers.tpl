@@ -115,3 +115,52 @@ would put either on a public address, saying why and what to do instead. */}}
 {{- define "erlmcp.ingressUsesTlsSecret" -}}
 {{- if and (eq .Values.exposure "ingress") (not .Values.ingress.managedCertificate) -}}true{{- end -}}
 {{- end -}}
+
+{{/* Where sessions live (sessions.store): refuse a store that cannot work with these values, saying the way out. */}}
+{{- define "erlmcp.checkSessions" -}}
+{{- $store := .Values.sessions.store -}}
+{{- $external := .Values.sessions.external -}}
+{{- if and (eq $store "pod") (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) -}}
+{{- $why := ternary "autoscaling.enabled=true" (printf "replicaCount=%v" .Values.replicaCount) (eq (toString .Values.autoscaling.enabled) "true") -}}
+{{- fail (printf "sessions.store=pod keeps each session in one Pod's memory, so with %s a client's next request reaches another Pod and gets 404 Session not found: set sessions.store=redis (a Redis this chart runs), sessions.store=external (your Redis, e.g. Memorystore) or sessions.store=stateless (2026-07-28 clients only), or run one replica" $why) -}}
+{{- end -}}
+{{- if eq $store "external" -}}
+{{- if not (or $external.secretName $external.url) -}}
+{{- fail "sessions.store=external needs sessions.external.secretName (a Secret of yours with key redis-url) or sessions.external.url" -}}
+{{- end -}}
+{{- if and $external.secretName $external.url -}}
+{{- fail "sessions.external: give secretName or url, not both" -}}
+{{- end -}}
+{{- if and $external.caCert (not $external.secretName) -}}
+{{- fail "sessions.external.caCert needs sessions.external.secretName (the Secret that holds ca.crt)" -}}
+{{- end -}}
+{{- else if or $external.secretName $external.url $external.caCert -}}
+{{- fail (printf "sessions.external is used only with sessions.store=external (sessions.store is %s)" $store) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis of sessions.store=redis: its objects' name and its Pods' labels. */}}
+{{- define "erlmcp.redisName" -}}
+{{ include "erlmcp.fullname" . | trunc 57 | trimSuffix "-" }}-redis
+{{- end -}}
+
+{{- define "erlmcp.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Release.Name | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{/* redis.conf of sessions.store=redis (also what the tests run redis-server with). */}}
+{{- define "erlmcp.redisConfig" -}}
+port 6379
+bind * -::*
+requirepass {{ .password }}
+# Sessions and event streams expire by themselves: no snapshots; an append-only file for container restarts.
+save ""
+appendonly yes
+appendfsync everysec
+dir /data
+maxmemory {{ .maxMemory }}
+maxmemory-policy volatile-lru
+# Logs to stdout, for Cloud Logging.
+logfile ""
+{{- end -}}

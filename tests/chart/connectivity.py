@@ -57,6 +57,7 @@ __all__ = [
     "NCA",
     "NCA_KINDS",
     "OUTSIDE",
+    "REDIS",
     "SERVER",
     "TESTER",
     "Connection",
@@ -73,7 +74,7 @@ __all__ = [
 
 NCA = ROOT / ".tools" / "bin" / "nca"
 NAMESPACE = "ns1"  # the release namespace the tests render into
-SERVER, TESTER = "server", "tester"
+SERVER, TESTER, REDIS = "server", "tester", "redis"
 ANY = "*"  # every protocol, or every port
 OUTSIDE = "0.0.0.0/0"  # the whole outside world (IPv4; nca leaves IPv6 out unless a policy names it)
 
@@ -128,17 +129,18 @@ def _namespace(name: str) -> dict[str, Any]:
 
 
 def _chart_peer_names(documents: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """nca's names for the chart's server Deployment and test Pod -> ``server`` / ``tester``."""
+    """nca's names for the chart's server Deployment, test Pod and Redis (sessions.store=redis) -> ``server`` /
+    ``tester`` / ``redis``."""
     names: dict[str, str] = {}
     for doc in documents:
         metadata = doc.get("metadata") or {}
         component = (metadata.get("labels") or {}).get("app.kubernetes.io/component")
         nca_name = f"{metadata.get('namespace', NAMESPACE)}/{metadata.get('name')}[{doc.get('kind')}]"
-        if doc.get("kind") == "Deployment" and component == "server":
-            names[nca_name] = SERVER
+        if doc.get("kind") == "Deployment" and component in {SERVER, REDIS}:
+            names[nca_name] = str(component)
         elif doc.get("kind") == "Pod" and component == "tester":
             names[nca_name] = TESTER
-    if sorted(names.values()) != [SERVER, TESTER]:
+    if sorted(set(names.values()) - {REDIS}) != [SERVER, TESTER] or len(names) != len(set(names.values())):
         raise NcaError(f"the render should hold one server Deployment and one tester Pod, found {names}")
     return names
 

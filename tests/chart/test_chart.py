@@ -70,7 +70,11 @@ def test_every_schema_property_is_a_chart_value() -> None:
 def test_startup_and_liveness_probes_never_depend_on_redis_only_readiness_does(helm: str) -> None:
     # /healthz and /health are readiness (503 while Redis does not answer); a startup probe on them would restart
     # a Pod that started during a Redis outage in a loop, instead of keeping it out of the Service until Redis returns.
-    [deployment] = [d for d in render(helm, "sessions.redisUrl=redis://redis:6379/0") if d["kind"] == "Deployment"]
+    [deployment] = [
+        d
+        for d in render(helm, "sessions.store=external", "sessions.external.url=redis://redis:6379/0")
+        if d["kind"] == "Deployment"
+    ]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["startupProbe"]["httpGet"]["path"] == "/livez"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"

@@ -18,6 +18,7 @@ from tests.chart.connectivity import (
     NAMESPACE,
     NCA,
     OUTSIDE,
+    REDIS,
     SERVER,
     TESTER,
     Connection,
@@ -144,6 +145,8 @@ def expected_paths(values: Mapping[str, Any]) -> set[Connection]:
     | server | istiod in istio-system | TCP 15012, only with istio.enabled |
     | tester | anyone | DNS only |
     | anyone | tester | nothing |
+    | server | the chart's Redis (sessions.store=redis) | TCP 6379; nobody else reaches it, it reaches nobody |
+    | server | sessions.external.egressTo (anyone when empty), with sessions.store=external | sessions.external.port |
     and nothing else. Without networkPolicy.enabled, every path is open.
     """
     policy = values["networkPolicy"]
@@ -151,7 +154,7 @@ def expected_paths(values: Mapping[str, Any]) -> set[Connection]:
     world = other_workloads(policy["monitoringNamespace"])
     everyone = _selected(None, world)
     if not policy["enabled"]:
-        peers = [SERVER, TESTER, *everyone]
+        peers = [SERVER, TESTER, *everyone, *([REDIS] if values["sessions"]["store"] == "redis" else [])]
         return canonical((a, b, ANY, ANY) for a in peers for b in peers if a != b and {a, b} & {SERVER, TESTER})
     paths: set[Connection] = set()
     paths |= {(source, SERVER, "TCP", http) for source in _selected(policy["allowedSources"], world)}
@@ -164,6 +167,12 @@ def expected_paths(values: Mapping[str, Any]) -> set[Connection]:
         paths |= {
             (SERVER, peer, protocol, port) for peer in destinations for protocol, port in _ports(rule.get("ports"))
         }
+    sessions = values["sessions"]
+    if sessions["store"] == "redis":
+        paths.add((SERVER, REDIS, "TCP", 6379))
+    elif sessions["store"] == "external":
+        external = sessions["external"]
+        paths |= {(SERVER, peer, "TCP", int(external["port"])) for peer in _selected(external["egressTo"], world)}
     istio = values.get("istio") or {}
     if istio.get("enabled"):
         istio_namespace = istio.get("namespace", "istio-system")
@@ -194,7 +203,7 @@ def analysed(helm: str, scenario: Path) -> tuple[list[dict[str, Any]], set[Conne
 
 
 def involving_the_chart(paths: Iterable[Connection]) -> set[Connection]:
-    return {path for path in paths if SERVER in path[:2] or TESTER in path[:2]}
+    return {path for path in paths if {SERVER, TESTER, REDIS} & set(path[:2])}
 
 
 def allows(paths: set[Connection], source: str, destination: str, protocol: str, port: Port) -> bool:
@@ -241,7 +250,8 @@ def test_nca_sees_only_the_chart_and_the_stand_in_cluster(helm: str, scenario: P
     _, paths = analysed(helm, scenario)
     world = other_workloads(values_of(scenario)["networkPolicy"]["monitoringNamespace"])
     known = {SERVER, TESTER, *(w.name for w in world)}
-    unknown = sorted({peer for path in paths for peer in path[:2] if peer not in known and not is_outside(peer)})
+    unknown = sorted({peer for path in paths for peer in path[:2]
+                      if peer not in known | {REDIS} and not is_outside(peer)})  # fmt: skip
     assert not unknown, f"{scenario.name}: nca reports peers outside the stand-in cluster: {unknown}"
     assert {path[0] for path in paths} >= known, f"{scenario.name}: some peers send nothing at all"
 

@@ -146,7 +146,7 @@ def test_older_clusters_get_the_api_versions_they_have(helm: str) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [("replicaCount=two", "replicaCount"), ("autoscaling.enabled=maybe", "autoscaling.enabled"),
-     ("sessions.redisUrl=http://x", "sessions.redisUrl"), ("topologySpread.typo=1", "typo")],
+     ("sessions.external.url=http://x", "sessions.external.url"), ("topologySpread.typo=1", "typo")],
 )  # fmt: skip
 def test_the_values_schema_rejects_wrong_types_and_unknown_keys_clearly(helm: str, value: str, message: str) -> None:
     result = subprocess.run(

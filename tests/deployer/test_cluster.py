@@ -224,16 +224,22 @@ def test_a_half_way_failure_leaves_the_application_failed_and_a_rerun_succeeds(
 def test_installing_again_deletes_what_the_new_values_no_longer_render(
     control_plane: ControlPlane, cluster: Cluster, namespace: str
 ) -> None:
-    assert install(control_plane, namespace, "--set", "replicaCount=2").returncode == 0
+    assert (
+        install(control_plane, namespace, "--set", "replicaCount=2", "--set", "sessions.store=stateless").returncode
+        == 0
+    )
     assert cluster.get("policy/v1beta1", "PodDisruptionBudget", "mcp", namespace) is not None  # 1.20: v1beta1
-    again = install(control_plane, namespace, "--set", "replicaCount=1")
+    again = install(control_plane, namespace, "--set", "replicaCount=1", "--set", "sessions.store=stateless")
     assert again.returncode == 0, again.stderr
     assert "deleted PodDisruptionBudget mcp: no longer part of the app" in again.stderr
     assert cluster.get("policy/v1beta1", "PodDisruptionBudget", "mcp", namespace) is None
 
 
 def test_uninstall_leaves_nothing_behind(control_plane: ControlPlane, cluster: Cluster, namespace: str) -> None:
-    assert install(control_plane, namespace, "--set", "replicaCount=2").returncode == 0
+    assert (
+        install(control_plane, namespace, "--set", "replicaCount=2", "--set", "sessions.store=stateless").returncode
+        == 0
+    )
     # Something labelled as the app's but not owned by it: the garbage collector would never remove it.
     extra = {"name": "mcp-extra", "namespace": namespace, "labels": {"app.kubernetes.io/name": "mcp"}}
     cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": extra}, namespace)

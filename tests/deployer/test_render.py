@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.errors import HelmError
+from deployer.errors import HelmError, ValuesError
 from deployer.helm import find_helm, helm_template
 from deployer.manifests import find_one
 from deployer.render import Rendered, render
@@ -97,7 +97,7 @@ def test_ports_8080_and_9090_are_exposed_and_probed(helm: str) -> None:
 
 
 def test_helm_refuses_values_the_chart_schema_does_not_know(helm: str) -> None:
-    with pytest.raises(HelmError, match="typo"):
+    with pytest.raises(ValuesError, match="typo"):
         helm_template(helm, ROOT / "chart", release="r", namespace="n", values={"typo": 1})
 
 
@@ -115,7 +115,7 @@ def test_a_null_api_key_gets_a_generated_one_not_the_text_nil(helm: str) -> None
 
 
 def test_equal_mcp_and_metrics_ports_are_refused_at_render(helm: str) -> None:
-    with pytest.raises(HelmError, match="must differ"):
+    with pytest.raises(ValuesError, match="must differ"):
         rendered(helm, **{"service.port": 9090, "service.metricsPort": 9090})
 
 
@@ -146,7 +146,7 @@ def test_a_catalogue_document_from_the_form_replaces_the_default_catalogue(helm:
 
 
 def test_a_catalogue_document_that_is_not_yaml_is_refused_at_render(helm: str) -> None:
-    with pytest.raises(HelmError, match="catalogYaml is not a YAML mapping"):
+    with pytest.raises(ValuesError, match="catalogYaml is not a YAML mapping"):
         rendered(helm, catalogYaml="tools: [")
 
 
@@ -166,5 +166,5 @@ def test_bearer_tokens_cors_and_trusted_proxies_reach_the_server(helm: str) -> N
 
 def test_a_jwks_url_without_an_issuer_is_refused_at_render(helm: str) -> None:
     jwt = {"jwksUrl": "https://idp.example/jwks", "resourceUrl": "https://mcp.example"}
-    with pytest.raises(HelmError, match="jwt.issuer is required"):
+    with pytest.raises(ValuesError, match="jwt.issuer is required"):
         helm_template(helm, ROOT / "chart", release="mcp", namespace="apps", values={"jwt": jwt})
