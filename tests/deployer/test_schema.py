@@ -17,13 +17,15 @@ def shipped() -> dict[str, Any]:
     return data
 
 
-def test_the_shipped_schema_is_valid_v2_with_name_namespace_and_the_server_image() -> None:
+def test_the_shipped_schema_is_valid_v2_with_name_namespace_and_the_server_and_redis_images() -> None:
     schema = load_schema(ROOT / "schema.yaml")
     assert schema.property_of_type("NAME").name == "name"
     assert schema.property_of_type("NAMESPACE").name == "namespace"
     assert {(i.value_name, i.projection) for i in schema.images} == {
         ("image.repository", "REPO_WITH_REGISTRY"),
         ("image.tag", "TAG"),
+        ("sessions.redis.image.repository", "REPO_WITH_REGISTRY"),
+        ("sessions.redis.image.tag", "TAG"),
     }
 
 
