@@ -24,6 +24,8 @@ __all__ = [
     "ClusterConfig",
     "ComputeConfig",
     "GcpConfig",
+    "MaintenanceWindowConfig",
+    "MemorystoreConfig",
     "NetworkConfig",
     "SecretsConfig",
     "config_from",
@@ -125,6 +127,34 @@ class ComputeConfig(_Section):
     load_balancing_scheme: str = "EXTERNAL_MANAGED"  # the regional backend service: external or INTERNAL_MANAGED
 
 
+class MaintenanceWindowConfig(_Section):
+    """A weekly maintenance window: its day (MONDAY..SUNDAY) and starting hour (0-23, UTC); one hour long."""
+
+    day: str = "SUNDAY"
+    hour: int = 3
+
+
+class MemorystoreConfig(_Section):
+    """The Memorystore for Redis instance holding the sessions (``sessions.store: external``); checked, naming the
+    key, by :mod:`deployer.gcp.memorystore`."""
+
+    name: str = "erlmcp-sessions"  # the instance ID
+    display_name: str = "erlmcp sessions"
+    tier: str = "STANDARD_HA"  # a replica in another zone with automatic failover; or BASIC (one node, no SLA)
+    redis_version: str = "REDIS_7_2"
+    memory_size_gb: int = 1
+    connect_mode: str = "PRIVATE_SERVICE_ACCESS"  # needs a private services access connection on the VPC
+    reserved_ip_range: str | None = None  # PSA: an allocated range's name; DIRECT_PEERING: a CIDR; none: any
+    auth_enabled: bool = True  # Redis AUTH: the URL carries the instance's AUTH string
+    transit_encryption_mode: str = "SERVER_AUTHENTICATION"  # TLS (rediss://, port 6378); or DISABLED
+    read_replicas: bool = False  # the app reads its own writes from the primary: replicas only for failover
+    replica_count: int | None = None  # default: 1 for STANDARD_HA (its failover replica), 0 for BASIC
+    redis_configs: dict[str, str] = Field(default_factory=dict)  # over the default maxmemory-policy volatile-lru
+    maintenance_window: MaintenanceWindowConfig | None = None  # none: Memorystore picks the time
+    labels: dict[str, str] = Field(default_factory=dict)  # more labels; managed-by: erlmcp is always set
+    secret_name: str = "erlmcp-memorystore"  # noqa: S105 (a name) the Kubernetes Secret the printed kubectl makes
+
+
 class GcpConfig(_Section):
     """Everything :mod:`deployer.gcp` makes, from one file."""
 
@@ -139,6 +169,7 @@ class GcpConfig(_Section):
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     cloud_run: CloudRunConfig = Field(default_factory=CloudRunConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    memorystore: MemorystoreConfig = Field(default_factory=MemorystoreConfig)
 
     @field_validator("project")
     @classmethod
