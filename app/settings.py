@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -114,6 +115,11 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None, description="redis://... to share sessions and event streams between replicas (default: in memory)."
     )
+    redis_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle trusted for a rediss:// redis_url (default: the system trust store), e.g. a "
+        "Memorystore instance's own CA; the server's host name or address is still checked against its certificate.",
+    )
     redis_timeout_seconds: float = Field(
         1.0,
         gt=0,
@@ -194,6 +200,24 @@ class Settings(BaseSettings):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Settings:
+        if self.redis_ca_file is None:
+            return self
+        if self.redis_url is None:
+            raise ValueError("redis_ca_file is set but redis_url is not: the CA file would not be used")
+        url = urlsplit(self.redis_url.get_secret_value())
+        if url.scheme != "rediss":
+            raise ValueError(
+                f"redis_ca_file is set but redis_url is a {url.scheme}:// URL, which does not use TLS: "
+                "use rediss:// (or leave redis_ca_file unset)"
+            )
+        # redis-py lets the URL's query override the client's arguments: the file would be silently ignored.
+        overriding = sorted(set(parse_qs(url.query)) & {"ssl_ca_certs", "ssl_ca_path", "ssl_ca_data"})
+        if overriding:
+            raise ValueError(f"give the CA in redis_ca_file or in redis_url ({', '.join(overriding)}), not both")
         return self
 
     @model_validator(mode="after")
