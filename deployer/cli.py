@@ -31,7 +31,7 @@ from deployer.install import (
     uninstall,
     wait_until_ready,
 )
-from deployer.local import LocalServer, default_entrypoint, plan_local_run, plan_tester_run
+from deployer.local import LocalRun, Stopped, default_entrypoint, plan_local_deployment, plan_tester_run
 from deployer.plan import plan
 from deployer.render import Rendered, render
 from deployer.schema import Schema, load_schema
@@ -123,36 +123,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     rendered = _render(args)
     root = Path(tempfile.mkdtemp(prefix="erlmcp-demo-"))
     try:
-        plan = plan_local_run(rendered.manifests, root=root, entrypoint=default_entrypoint())
-        print(
-            f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; running its Pod locally"
-        )
-        print(plan.describe())
-        server = LocalServer(plan, root / "server.log")
-        try:
-            server.start(ready_timeout=args.ready_timeout)
+        deployment = plan_local_deployment(rendered.manifests, root=root, entrypoint=default_entrypoint())
+        print(f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; "
+              f"running {deployment.summary()} locally")  # fmt: skip
+        print(deployment.describe())
+        with LocalRun(deployment, root) as run:
+            run.start(ready_timeout=args.ready_timeout)
             # The chart's own tester Pod (what helm test and mpdev verify run), with its args and Secret.
-            tester = plan_tester_run(rendered.manifests, plan, root=root / "tester",
+            tester = plan_tester_run(rendered.manifests, deployment, root=root / "tester",
                                      entrypoint=(sys.executable, "-m", "verify"))  # fmt: skip
             command = [*tester.argv, *(["--junit", str(args.junit)] if args.junit else [])]
             print("== the chart's tester Pod, run locally:")
             print(tester.describe(), flush=True)
             verified = subprocess.run(command, check=False, env={**os.environ, **tester.env}).returncode
-        finally:
-            code = server.stop()
-        print(
-            f"== server stopped (exit {code}); its log: {server.log_path}"
-            if args.keep
-            else f"== server stopped (exit {code})"
-        )
-        if verified != 0 or code != 0:
-            print(f"== demo FAILED (verify exit {verified}, server exit {code}); server log tail:\n{server.log_tail()}")
+        stopped = run.stop()
+        print(_demo_stopped(stopped, root if args.keep else None))
+        if verified != 0 or not stopped.clean:
+            codes = ", ".join(map(str, stopped.servers)) + ("" if stopped.redis is None else f"; Redis {stopped.redis}")
+            print(f"== demo FAILED (verify exit {verified}, server exit {codes}); server log tail:\n{run.log_tails()}")
             return 1
         print("== demo passed")
         return 0
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _demo_stopped(stopped: Stopped, kept: Path | None) -> str:
+    """What the demo says once everything stopped: exit codes, the connections each replica took, and where the
+    logs are when they are kept."""
+    if len(stopped.servers) == 1 and stopped.redis is None:
+        return f"== server stopped (exit {stopped.servers[0]})" + (f"; its log: {kept / 'server.log'}" if kept else "")
+    lines = [f"== proxy: Service {plan.service} port {plan.port}: "
+             + ", ".join(f"replica {i} took {n} connections" for i, n in enumerate(served, 1))
+             for plan, served in stopped.served]  # fmt: skip
+    lines.append(f"== servers stopped (exit {', '.join(map(str, stopped.servers))})"
+                 + ("" if stopped.redis is None else f"; Redis stopped (exit {stopped.redis})")
+                 + (f"; logs in {kept}" if kept else ""))  # fmt: skip
+    return "\n".join(lines)
 
 
 def _objects(prepared: Prepared) -> list[dict[str, str]]:
@@ -331,6 +339,9 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
                  "deploys a tagged revision at a small share of traffic, promote or rollback ends it"),
     "gce": ("compute", ("plan", "apply"), "the Compute Engine instance template, regional managed instance group, "
             "autoscaler, health check and load balancer backend"),
+    "memorystore": ("memorystore", ("plan", "apply", "render"), "the Memorystore for Redis instance that holds the "
+                    "sessions (sessions.store: external); render prints the desired instance offline, apply "
+                    "--secret-out DIR writes its connection for a Kubernetes Secret"),
 }  # fmt: skip
 
 
@@ -422,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the rendered server locally and verify it",
         description="Render the chart, start the server as a local process with the Pod's env, mounted "
-        "ConfigMaps and Secrets, and ports, run the verify suite against it, stop it. Touches no cluster.",
+        "ConfigMaps and Secrets, and ports, run the verify suite against it, stop it. With sessions.store=redis "
+        "also the chart's Redis (redis-server with the chart's redis.conf), and each replica on ports of its own "
+        "behind a round-robin proxy on the Services' ports. Touches no cluster.",
     )
     common(demo_cmd)
     demo_cmd.add_argument("--junit", type=Path, metavar="FILE", help="also write the verify report as JUnit XML")
@@ -520,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "differs from the latest (compared by SHA-256, never printed); "
                                       "repeatable")  # fmt: skip
         # -- end of secrets-only options --
+        if platform == "memorystore":  # -- memorystore-only options (deployer.gcp.memorystore) --
+            platform_cmd.add_argument("--secret-out", type=Path, metavar="DIR",
+                                      help="with apply: write the connection into DIR (redis-url with the AUTH "
+                                      "string, ca.crt; mode 0600) and print the kubectl command that makes the "
+                                      "Secret from them; the AUTH string is never printed")  # fmt: skip
+        # -- end of memorystore-only options --
         platform_cmd.set_defaults(run=_cmd_platform)
     return parser
 
