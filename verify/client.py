@@ -82,7 +82,7 @@ class WireClient:
         self._ids = itertools.count(1)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self.baseline: dict[str, float] = {}  # counter totals read before the other checks' traffic
+        self.baseline_by_replica: dict[str, dict[str, float]] = {}  # counters per replica, before the other checks
 
     def headers(self, *, with_key: bool = True, with_session: bool = True) -> dict[str, str]:
         """Headers of an MCP request."""

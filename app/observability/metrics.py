@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +26,10 @@ class Metrics:
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        build = Info("erlmcp_build", "Version of the running erlmcp server.", registry=self.registry)
-        build.info({"version": version})
+        build = Info("erlmcp_build", "Version of the running erlmcp server, and which replica this is (host/pid).",
+                     registry=self.registry)  # fmt: skip
+        # The replica: a scraper behind a Service (the chart's tester) tells the Pods apart by it.
+        build.info({"version": version, "replica": f"{socket.gethostname()}/{os.getpid()}"})
         self.http_requests = Counter(
             "http_requests",
             "HTTP requests answered, by method and status code.",

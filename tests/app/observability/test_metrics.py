@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,13 @@ def test_traffic_moves_each_family_by_what_it_did(server: RunningServer) -> None
     assert value(after, "erlmcp_asyncio_tasks") >= 1
     assert "erlmcp_tool_workers" in after
     assert value(after, "erlmcp_build_info") == 1
+
+
+def test_the_build_info_names_the_replica_so_a_scraper_behind_a_service_tells_replicas_apart(
+    server: RunningServer,
+) -> None:
+    [build] = scrape(server)["erlmcp_build_info"]
+    assert build.labels["replica"] == f"{socket.gethostname()}/{server.process.pid}"
 
 
 def test_an_open_websocket_is_counted_while_it_is_open(server: RunningServer) -> None:
