@@ -154,10 +154,10 @@ app.kubernetes.io/component: redis
 port 6379
 bind * -::*
 requirepass {{ .password }}
-# Sessions and event streams expire by themselves: no snapshots; an append-only file for container restarts.
+# Sessions and event streams expire by themselves: nothing is written to disk, so Redis never forks (a fork for a
+# snapshot or a rewrite could double its memory under the container's limit).
 save ""
-appendonly yes
-appendfsync everysec
+appendonly no
 dir /data
 maxmemory {{ .maxMemory }}
 maxmemory-policy volatile-lru
