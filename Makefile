@@ -32,7 +32,7 @@ kind-verify:  ## mpdev verify on a local kind cluster with a local registry (nee
 demo: setup  ## render the chart, run its server locally as the Pod would, verify it, stop it
 	$(PY) -m deployer demo --image-repo-prefix $(IMAGE_REPO_PREFIX)
 
-images: setup  ## build the server, tester and deployer images with a local Docker engine (no registry); print sizes
+images: setup  ## build the server, tester, deployer and redis images with a local Docker engine (no registry); print sizes
 	bash scripts/build-images.sh $(IMAGE_REPO_PREFIX) $(shell $(PY) -c "import app; print(app.__version__)")
 
 bench: setup  ## benchmark erlmcp against the official Python SDK and a bare FastAPI ceiling (bench-results/)
@@ -43,7 +43,7 @@ lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
 	ruff format --check .
 	mypy
 	helm lint --strict chart/
-	hadolint Dockerfile deployer/Dockerfile verify/Dockerfile
+	hadolint Dockerfile deployer/Dockerfile verify/Dockerfile redis/Dockerfile
 
 format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .
