@@ -54,6 +54,15 @@ def test_an_unknown_value_is_refused_with_exit_2_naming_it(tmp_path: Path) -> No
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("scale", [["--set", "replicaCount=3"], ["--set", "autoscaling.enabled=true"]])
+def test_more_than_one_replica_with_sessions_in_pod_memory_exits_2_naming_sessions_store(scale: list[str]) -> None:
+    result = deployer("render", "--image-repo-prefix", "gcr.io/p/erlmcp", *scale)
+    assert result.returncode == 2, result.stderr
+    assert "sessions.store=pod" in result.stderr
+    assert "sessions.store=redis" in result.stderr
+    assert result.stdout == ""
+
+
 def test_render_without_an_image_prefix_is_refused() -> None:
     result = deployer("render")
     assert result.returncode == 2
