@@ -127,8 +127,11 @@ def test_the_render_keeps_the_marketplace_deployers_invariants(helm: str, scenar
     assert created == listed, f"created {sorted(created)} but componentKinds lists {sorted(listed)}"
     assert all(d["metadata"]["labels"]["app.kubernetes.io/name"] == "r1" for d in documents)
     values = values_of(scenario)
+    # Every image comes from values a schema.yaml image projects (the tester's from the test schema).
+    redis = values["sessions"]["redis"]["image"]
     allowed_images = {f"{values['image']['repository']}:{values['image']['tag']}",
-                      f"{values['tester']['image']['repository']}:{values['tester']['image']['tag']}"}  # fmt: skip
+                      f"{values['tester']['image']['repository']}:{values['tester']['image']['tag']}",
+                      f"{redis['repository']}:{redis['tag']}"}  # fmt: skip
     for _, spec in pod_specs(documents):
         assert {c["image"] for c in spec["containers"]} <= allowed_images
     if values["serviceAccount"]["name"]:  # Marketplace mode: it provisions the ServiceAccount

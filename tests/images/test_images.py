@@ -185,11 +185,12 @@ def test_the_redis_image_runs_the_charts_config_behind_its_password_and_answers_
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
     assert f"\ndir {mounts['data']}\n" in config
     probe = container["readinessProbe"]["exec"]["command"]
-    assert probe == ["redis-cli", "-e", "ping"]  # with REDISCLI_AUTH from the Secret, as the chart sets it
+    assert "env" not in container  # the password is in no environment variable: the probe reads the mounted file
     folder = tmp_path / "redis"
     folder.mkdir()
-    (folder / "redis.conf").write_text(config)
-    (folder / "redis.conf").chmod(0o444)  # the chart's 0440 with fsGroup 1000: readable by UID 1000
+    for file, text in (("redis.conf", config), ("password", REDIS_PASSWORD)):
+        (folder / file).write_text(text)
+        (folder / file).chmod(0o444)  # the chart's 0440 with fsGroup 1000: readable by UID 1000
     folder.chmod(0o755)
     name = f"erlmcp-redis-smoke-{secrets.token_hex(4)}"
     # As the chart's Deployment runs it: its args and config, a read-only root, UID/GID 1000, no capabilities, a
@@ -205,12 +206,12 @@ def test_the_redis_image_runs_the_charts_config_behind_its_password_and_answers_
 
     try:
         deadline = time.monotonic() + 30
-        while (answered := cli(*probe)).returncode != 0:
+        while (answered := cli(*probe, password=None)).returncode != 0:  # the probe reads the file alone
             assert time.monotonic() < deadline, answered.stdout + answered.stderr
             time.sleep(0.2)
         assert answered.stdout.strip() == "PONG"
-        refused = cli(*probe, password=None)
-        assert refused.returncode != 0  # the probe fails without the password
+        refused = cli("redis-cli", "-e", "ping", password=None)
+        assert refused.returncode != 0  # the probe's PING fails without the password
         assert "NOAUTH" in refused.stdout + refused.stderr
         assert "NOAUTH" in cli("redis-cli", "set", "session:1", "stolen", password=None).stdout
         wrong = cli("redis-cli", "-e", "ping", password="wrong")
