@@ -10,7 +10,9 @@ import yaml
 
 from tests.conftest import ROOT
 
-__all__ = ["refusal", "render"]
+__all__ = ["SCENARIOS", "refusal", "render", "values_of"]
+
+SCENARIOS = sorted((ROOT / "chart" / "ci").glob("*-values.yaml"))
 
 
 def _command(helm: str, sets: tuple[str, ...], values: Path | None) -> list[str]:
@@ -33,3 +35,17 @@ def refusal(helm: str, *sets: str, values: Path | None = None) -> str:
     result = subprocess.run(_command(helm, sets, values), capture_output=True, text=True)
     assert result.returncode != 0, f"the chart rendered {sets} instead of refusing them"
     return result.stderr
+
+
+def values_of(scenario: Path) -> dict[str, Any]:
+    """chart/values.yaml with the scenario's values merged over it, as Helm merges them."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(base)
+        for key, value in over.items():
+            both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+            merged[key] = merge(base[key], value) if both_maps else value
+        return merged
+
+    defaults = yaml.safe_load((ROOT / "chart" / "values.yaml").read_text())
+    return merge(defaults, yaml.safe_load(scenario.read_text()) or {})

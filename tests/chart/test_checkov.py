@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.test_scenarios import SCENARIOS
+from tests.chart.rendering import SCENARIOS
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

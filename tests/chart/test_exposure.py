@@ -12,7 +12,7 @@ import pytest
 from deployer.certificates import self_signed_certificate
 from deployer.render import render as deployer_render
 from deployer.schema import load_schema
-from tests.chart.rendering import refusal, render
+from tests.chart.rendering import SCENARIOS, refusal, render
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -148,9 +148,6 @@ def secret_references(documents: list[dict[str, Any]]) -> set[str]:
         if document["kind"] != "Secret":
             walk(document.get("spec"))
     return found
-
-
-SCENARIOS = sorted((ROOT / "chart" / "ci").glob("*-values.yaml"))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)

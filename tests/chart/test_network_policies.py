@@ -31,28 +31,14 @@ from tests.chart.connectivity import (
     other_workloads,
     sorted_paths,
 )
+from tests.chart.rendering import SCENARIOS, values_of
 from tests.conftest import ROOT
 
 # nca itself takes about 0.5 s a scenario; with Helm, the module takes 10-20 s: real processes, as "slow" means.
 pytestmark = pytest.mark.slow
 
-SCENARIOS = sorted((ROOT / "chart" / "ci").glob("*-values.yaml"))
 DNS: list[tuple[str, Port]] = [("UDP", 53), ("TCP", 53)]
 ISTIOD_XDS = 15012
-
-
-def values_of(scenario: Path) -> dict[str, Any]:
-    """chart/values.yaml with the scenario's values merged over it, as Helm merges them."""
-
-    def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-        merged = dict(base)
-        for key, value in over.items():
-            both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
-            merged[key] = merge(base[key], value) if both_maps else value
-        return merged
-
-    defaults = yaml.safe_load((ROOT / "chart" / "values.yaml").read_text())
-    return merge(defaults, yaml.safe_load(scenario.read_text()) or {})
 
 
 OPEN_SCENARIOS = [s for s in SCENARIOS if not values_of(s)["networkPolicy"]["enabled"]]

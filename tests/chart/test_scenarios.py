@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.rendering import SCENARIOS, values_of
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-SCENARIOS = sorted((ROOT / "chart" / "ci").glob("*-values.yaml"))
 KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 # Custom resources: kubernetes-validate has no schema for them (the test below checks them another way).
 CUSTOM_KINDS = {"Application", "PodMonitoring", "ServiceMonitor", "ManagedCertificate"}
@@ -98,21 +98,6 @@ def test_every_pod_meets_the_restricted_pod_security_standard(helm: str, scenari
             assert capabilities.get("drop") == ["ALL"], name
             assert set(capabilities.get("add") or []) <= {"NET_BIND_SERVICE"}, name
             assert not container.get("ports") or all("hostPort" not in p for p in container["ports"]), name
-
-
-def values_of(scenario: Path) -> dict[str, Any]:
-    defaults = yaml.safe_load((ROOT / "chart" / "values.yaml").read_text())
-    given = yaml.safe_load(scenario.read_text()) or {}
-
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-        merged = dict(base)
-        for key, value in over.items():
-            merged[key] = (
-                merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-            )
-        return merged
-
-    return merge(defaults, given)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)

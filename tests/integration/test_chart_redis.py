@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployer.local import LocalDeployment, LocalRedis, LocalServer, plan_local_deployment
 from deployer.manifests import find_one
+from deployer.proxy import RoundRobinProxy
 from deployer.render import render
 from deployer.schema import load_schema
 from tests.conftest import ROOT, free_port
-from tests.integration.proxy import RoundRobinProxy
 from tests.integration.sessions import INIT
 from tests.sse import events
 

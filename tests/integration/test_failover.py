@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
 
+import redis
+from deployer.proxy import RoundRobinProxy
 from tests.conftest import RunningServer
-from tests.integration.proxy import RoundRobinProxy
 from tests.integration.sessions import open_session, post, start_replicas
 from tests.sse import events
 

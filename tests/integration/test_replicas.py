@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from deployer.proxy import RoundRobinProxy
 from tests.conftest import RunningServer, start_server
-from tests.integration.proxy import RoundRobinProxy
 from tests.integration.sessions import open_session, post, sample_across
 from tests.sse import events
 
