@@ -207,7 +207,7 @@ class MessageConnection:
         except JsonRpcError as error:
             await self.send(error_response(message.id, error))
             return
-        ctx = stateless_context(message, meta, send=self.send, announce=self._announce)
+        ctx = stateless_context(message, meta, send=self.send, announce=self._announce, scopes=self._scopes)
         outcome = await self._dispatcher.dispatch_stateless(message, ctx)
         self._count(outcome)
         await self.send(outcome.response)

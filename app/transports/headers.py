@@ -10,7 +10,6 @@ from typing import Any
 from app.jsonrpc import HeaderMismatch, InvalidParams, Message, UnsupportedVersion
 from app.protocol.context import Announce, RequestContext, Send
 from app.protocol.revisions import STATELESS_REVISIONS
-from app.security.keys import ALL_TOOLS
 
 __all__ = [
     "META_CAPABILITIES",
@@ -128,9 +127,10 @@ def stateless_context(
     *,
     send: Send | None,
     announce: Announce | None,
-    scopes: frozenset[str] = ALL_TOOLS,
+    scopes: frozenset[str],
 ) -> RequestContext:
-    """The context of a 2026-07-28 request: capabilities and log level come with the request itself."""
+    """The context of a 2026-07-28 request: capabilities and log level come with the request itself; ``scopes``
+    are the caller's (no default: a transport that forgot them served a scoped key every tool)."""
     assert message.id is not None
     level = meta.get(META_LOG_LEVEL)
     return RequestContext(

@@ -44,6 +44,8 @@ async def _bridge(
             yield incoming, outgoing
         finally:
             group.cancel_scope.cancel()
+            incoming.close()  # the caller's ends: the SDK's Client closes them, a test using the streams may not
+            outgoing.close()
 
 
 @asynccontextmanager
