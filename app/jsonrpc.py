@@ -16,6 +16,7 @@ Errors form one small tree::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "MissingClientCapability",
     "ParseError",
     "RequestId",
+    "leading_request_id",
     "UnsupportedVersion",
     "UrlElicitationRequired",
     "error_response",
@@ -260,3 +262,39 @@ def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, 
 def error_response(request_id: RequestId | None, error: JsonRpcError) -> dict[str, Any]:
     """An error response; ``id`` is null when the request's id could not be read."""
     return {"jsonrpc": "2.0", "id": request_id, "error": error.to_error()}
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def leading_request_id(data: bytes) -> RequestId | None:
+    """The id of a message cut short (one over the size limit, of which only the start was read), when the message's
+    own top-level ``id`` member comes before the cut; None when it does not, or the start is not a JSON object.
+    Members nested deeper (an ``id`` among the params) are never taken for it."""
+    text = data.decode("utf-8", errors="ignore")
+    decoder = json.JSONDecoder()
+    at = _skip_space(text, 0)
+    if not text.startswith("{", at):
+        return None
+    at += 1
+    while True:
+        at = _skip_space(text, at)
+        try:
+            key, at = decoder.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if not text.startswith(":", at):
+                return None
+            value, at = decoder.raw_decode(text, _skip_space(text, at + 1))
+        except ValueError:  # cut inside this member (the large params, usually): the id is not before the cut
+            return None
+        if not isinstance(key, str):
+            return None
+        if key == "id":
+            return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+        at = _skip_space(text, at)
+        if not text.startswith(",", at):
+            return None
+        at += 1

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import asyncio
 
-from app.jsonrpc import InvalidRequest, error_response
+from app.jsonrpc import InvalidRequest, error_response, leading_request_id
 from app.transports.connection import MessageConnection
 
 __all__ = ["encode_line", "serve_lines"]
 
 
 async def serve_lines(reader: asyncio.StreamReader, connection: MessageConnection) -> None:
-    """Hand each line to the connection until the stream ends; an over-long line is refused and skipped."""
+    """Hand each line to the connection until the stream ends. A line over the reader's limit is refused (with its
+    id when the id comes before the limit) and skipped up to its own newline: the next line is served as usual."""
     while True:
         try:
-            line = await reader.readline()
-        except ValueError:  # longer than the reader's limit: refuse it, and drop the rest of that line
-            await connection.send(error_response(None, InvalidRequest("Invalid Request: the message is too large")))
-            try:
-                await reader.readuntil(b"\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:  # the stream ended; a last line without its newline still counts
+            if end.partial.strip():
+                await connection.receive(end.partial)
+            return
+        except asyncio.LimitOverrunError as over:
+            head = await reader.readexactly(over.consumed)
+            refusal = InvalidRequest("Invalid Request: the message is too large")
+            await connection.send(error_response(leading_request_id(head), refusal))
+            if not await _skip_rest_of_line(reader):
                 return
             continue
-        if not line:
-            return
         if line.strip():
             await connection.receive(line)
+
+
+async def _skip_rest_of_line(reader: asyncio.StreamReader) -> bool:
+    """Drop what is left of an over-long line, up to and with its newline; False when the stream ends first."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return True
+        except asyncio.LimitOverrunError as over:
+            await reader.readexactly(over.consumed)
+        except asyncio.IncompleteReadError:
+            return False
 
 
 def encode_line(data: bytes) -> bytes:

@@ -12,6 +12,7 @@ from app.jsonrpc import (
     MethodNotFound,
     ParseError,
     error_response,
+    leading_request_id,
     parse_json,
     parse_message,
 )
@@ -90,3 +91,20 @@ def test_a_string_or_key_longer_than_the_limit_is_refused() -> None:
         parse_json(orjson.dumps({long: 1}))
     with pytest.raises(InvalidRequest, match="a string is longer"):
         parse_json(orjson.dumps([long]))
+
+
+@pytest.mark.parametrize(
+    ("start", "found"),
+    [
+        (b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"text": "xxxx', 5),
+        (b' {"id":"abc","params":{"a', "abc"),
+        (b'{"jsonrpc":"2.0","method":"tools/call","params":{"id":7,"text":"xxx', None),  # an id among the params
+        (b'{"jsonrpc":"2.0","params":{"text":"xxx', None),  # cut before the id
+        (b'{"id": true, "method', None),  # not an id a response can carry
+        (b'{"id": 1.5, "method', None),
+        (b"[1, 2", None),
+        (b"\xff\xfe", None),
+    ],
+)  # fmt: skip
+def test_the_id_of_a_message_cut_short_is_read_only_from_its_own_top_level_member(start: bytes, found: object) -> None:
+    assert leading_request_id(start) == found
