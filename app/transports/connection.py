@@ -58,9 +58,11 @@ class MessageConnection:
         client_request_timeout: float = 60.0,
         scopes: frozenset[str] = ALL_TOOLS,
         budget: Callable[[], Awaitable[float]] | None = None,
+        initialize_wait: Callable[[], float] | None = None,
     ) -> None:
         self._scopes = scopes
         self._budget = budget  # the client's request budget: 0 (go on) or the seconds to wait
+        self._initialize_wait = initialize_wait  # the endpoint's per-caller initialize limit, as over HTTP
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._feed = feed
@@ -132,6 +134,13 @@ class MessageConnection:
         assert message.id is not None
         if self.session is not None:
             await self.send(error_response(message.id, InvalidRequest("Invalid Request: already initialized")))
+            return
+        wait = self._initialize_wait() if self._initialize_wait is not None else 0.0
+        if wait > 0:  # one connection per session: many connections must not take the session table
+            retry = max(1, math.ceil(wait))
+            limited = RateLimited(f"Too Many Requests: initialize is limited per client; retry in {retry} s",
+                                  data={"retryAfter": retry})  # fmt: skip
+            await self.send(error_response(message.id, limited))
             return
         outcome = await self._dispatcher.dispatch(message, RequestContext(request_id=message.id, method="initialize"))
         self._count(outcome)

@@ -176,7 +176,13 @@ class McpEndpoint:
             client_request_timeout=self._options.client_request_timeout,
             scopes=scopes,
             budget=self._budget_of(self._client_key(principal, address, {})),
+            initialize_wait=lambda: self._initialize_limit.allow(self._initialize_caller(principal, address)),
         )
+
+    @staticmethod
+    def _initialize_caller(principal: str, address: str | None) -> str:
+        """Whom the initialize limit counts: the principal at its address, on every transport."""
+        return f"{principal}@{address or '-'}"
 
     def _client_key(self, principal: str, peer: str | None, headers: Mapping[str, str]) -> str:
         """Whose budget a request takes from: the principal, or the address for anonymous callers."""
@@ -365,7 +371,9 @@ class McpEndpoint:
 
     async def _initialize(self, request: Request, message: Message) -> Response:
         assert message.id is not None
-        caller = f"{self._auth.principal(request.headers)}@{request.client.host if request.client else '-'}"
+        caller = self._initialize_caller(
+            self._auth.principal(request.headers), request.client.host if request.client else None
+        )
         wait = self._initialize_limit.allow(caller)
         if wait > 0:
             return _refusal(429, "Too Many Requests: initialize is limited per client; retry later",

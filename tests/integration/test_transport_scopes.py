@@ -105,3 +105,38 @@ def test_a_scoped_key_calling_another_tool_gets_the_same_refusal_on_every_transp
     assert refused["id"] == 7
     assert "error" in refused or refused["result"].get("isError") is True
     assert served["result"]["content"][0]["text"] == "hi"
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server that allows each caller 3 initialize requests a minute."""
+    root: Path = tmp_path_factory.mktemp("initialize-limit")
+    keys = root / "keys"
+    keys.write_text(f"admin * {ADMIN}\n")
+    tcp_port = free_port()
+    running = start_server(root, ["--api-key-file", str(keys), "--tcp-port", str(tcp_port)],
+                           {"ERLMCP_INITIALIZE_PER_MINUTE": "3"})  # fmt: skip
+    running.tcp_port = tcp_port  # type: ignore[attr-defined]
+    yield running
+    running.stop()
+
+
+def initialize(request_id: int) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"},
+                       "_meta": {API_KEY_META: ADMIN}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket", "tcp"])
+def test_the_initialize_limit_holds_across_connections_on_every_stream_transport(
+    limited_server: RunningServer, transport: str
+) -> None:
+    """One connection carries one session, so a client opening many connections must meet the same per-caller
+    initialize limit as over /mcp (one key once took the whole session table over 40 WebSocket connections)."""
+    outcomes = [exchange(transport, limited_server, ADMIN, initialize(i))[0] for i in range(1, 6)]
+    opened = [o for o in outcomes if "result" in o]
+    refused = [o for o in outcomes if "error" in o]
+    assert len(opened) <= 3, outcomes
+    assert refused, outcomes
+    assert all(o["error"]["message"].startswith("Too Many Requests: initialize is limited") for o in refused)
+    assert all(o["error"]["data"]["retryAfter"] >= 1 for o in refused)
