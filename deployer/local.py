@@ -66,6 +66,11 @@ _INSTALL_REDIS = "run scripts/install-redis.sh (Debian's redis-server package; m
 # -- Services: cluster DNS names and the local addresses that stand for them -----------------------------------
 
 
+def _in_url(address: str) -> re.Pattern[str]:
+    """``address`` as a URL's host and port: after ``//`` or a user info's ``@``, before a ``/`` or the end."""
+    return re.compile(rf"(?:(?<=//)|(?<=@)){re.escape(address)}(?=/|$)")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceAddresses:
     """Services' cluster DNS names with a port (``name.ns.svc:6379``), each to the local address that stands for
@@ -77,13 +82,12 @@ class ServiceAddresses:
         """``value`` with every address that follows ``//`` or ``@`` (a URL's host, after its user info) and ends
         the value or comes before a ``/`` turned into its local address."""
         for address in self.named_in(value):
-            value = re.sub(rf"(?:(?<=//)|(?<=@)){re.escape(address)}(?=/|$)", self.local[address], value)
+            value = _in_url(address).sub(self.local[address], value)
         return value
 
     def named_in(self, value: str) -> list[str]:
         """The addresses :meth:`translate` would change in ``value``, longest first."""
-        return [address for address in sorted(self.local, key=len, reverse=True)
-                if re.search(rf"(?:(?<=//)|(?<=@)){re.escape(address)}(?=/|$)", value)]  # fmt: skip
+        return [address for address in sorted(self.local, key=len, reverse=True) if _in_url(address).search(value)]
 
     def __or__(self, other: ServiceAddresses) -> ServiceAddresses:
         return ServiceAddresses({**self.local, **other.local})

@@ -144,6 +144,12 @@ would put either on a public address, saying why and what to do instead. */}}
 {{ include "erlmcp.fullname" . | trunc 57 | trimSuffix "-" }}-redis
 {{- end -}}
 
+{{/* The test Pod (helm test, Marketplace's tester), as the NetworkPolicies select it. */}}
+{{- define "erlmcp.testerSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Release.Name | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: tester
+{{- end -}}
+
 {{- define "erlmcp.redisSelectorLabels" -}}
 app.kubernetes.io/name: {{ .Release.Name | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/component: redis
