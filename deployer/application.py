@@ -107,8 +107,10 @@ def _split_hooks(manifests: Sequence[Manifest], *, test: bool) -> tuple[list[Man
                 testers.append(tester)
         else:
             name = manifest.get("metadata", {}).get("name")
-            raise InstallError(f"Helm hook {hook!r} on {manifest['kind']} {name} is not supported: Marketplace "
-                               "installs run no hooks except test")  # fmt: skip
+            raise InstallError(
+                f"Helm hook {hook!r} on {manifest['kind']} {name} is not supported: Marketplace "
+                "installs run no hooks except test"
+            )
     # Objects the chart marks as verification-only are testers too, whatever their hook.
     for manifest in list(app):
         annotations = (manifest.get("metadata") or {}).get("annotations") or {}
@@ -121,8 +123,9 @@ def _split_hooks(manifests: Sequence[Manifest], *, test: bool) -> tuple[list[Man
 
 def _check_application(applications: Sequence[Manifest], schema: Schema) -> Manifest:
     if len(applications) != 1:
-        raise InstallError(f"the chart must render exactly one Application ({APPLICATION_API_GROUP}), "
-                           f"not {len(applications)}")  # fmt: skip
+        raise InstallError(
+            f"the chart must render exactly one Application ({APPLICATION_API_GROUP}), not {len(applications)}"
+        )
     application = applications[0]
     metadata = application.get("metadata") or {}
     raw = (metadata.get("annotations") or {}).get(DEPLOY_INFO)
@@ -142,8 +145,10 @@ def _check_application(applications: Sequence[Manifest], schema: Schema) -> Mani
         )
     version = ((application.get("spec") or {}).get("descriptor") or {}).get("version")
     if version != schema.published_version:
-        raise InstallError(f"the Application's spec.descriptor.version {version!r} must equal the schema's "
-                           f"publishedVersion {schema.published_version!r}")  # fmt: skip
+        raise InstallError(
+            f"the Application's spec.descriptor.version {version!r} must equal the schema's "
+            f"publishedVersion {schema.published_version!r}"
+        )
     if not component_kinds(application):
         raise InstallError("the Application lists no componentKinds, so nothing would be owned or checked")
     return application
@@ -170,8 +175,10 @@ def prepare(manifests: Sequence[Manifest], *, release: str, schema: Schema, test
     components = [m for m in labelled if m is not application]
     strays = sorted({m["kind"] for m in components if m["kind"] not in listed and not is_cluster_scoped(m["kind"])})
     if strays:
-        raise InstallError(f"the chart renders {', '.join(strays)} but the Application's componentKinds does not "
-                           "list it: it would be neither owned nor deleted with the app")  # fmt: skip
+        raise InstallError(
+            f"the chart renders {', '.join(strays)} but the Application's componentKinds does not "
+            "list it: it would be neither owned nor deleted with the app"
+        )
     return Prepared(application, components, testers)
 
 

@@ -38,8 +38,9 @@ def differences(desired: Any, actual: Any, path: str = "") -> list[tuple[str, An
             return [(path, actual, desired)]
         if not any(isinstance(v, dict | list) for v in desired):
             return [] if sorted(map(str, desired)) == sorted(map(str, actual)) else [(path, actual, desired)]
-        return [d for i, (v, a) in enumerate(zip(desired, actual, strict=True))
-                for d in differences(v, a, f"{path}[{i}]")]  # fmt: skip
+        return [
+            d for i, (v, a) in enumerate(zip(desired, actual, strict=True)) for d in differences(v, a, f"{path}[{i}]")
+        ]
     return [] if desired == actual else [(path, actual, desired)]
 
 
@@ -56,8 +57,13 @@ class Change:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "kind": self.kind, "name": self.name, "note": self.note,
-                "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences]}  # fmt: skip
+        return {
+            "action": self.action,
+            "kind": self.kind,
+            "name": self.name,
+            "note": self.note,
+            "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences],
+        }
 
 
 def run_mode(action: str, dry_run: bool) -> str:
@@ -91,12 +97,18 @@ def render(title: str, changes: Sequence[Change], *, mode: str, out: TextIO, as_
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return
     if mode == "apply":
-        print(f"{title} applied: {counts[CREATE]} created, {counts[UPDATE]} updated, {counts[DELETE]} deleted, "
-              f"{counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+        print(
+            f"{title} applied: {counts[CREATE]} created, {counts[UPDATE]} updated, {counts[DELETE]} deleted, "
+            f"{counts[NO_CHANGE]} unchanged",
+            file=out,
+        )
     else:
         verb = "plan (dry run: nothing written)" if mode == "dry-run" else "plan"
-        print(f"{title} {verb}: {counts[CREATE]} to create, {counts[UPDATE]} to update, {counts[DELETE]} to "
-              f"delete, {counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+        print(
+            f"{title} {verb}: {counts[CREATE]} to create, {counts[UPDATE]} to update, {counts[DELETE]} to "
+            f"delete, {counts[NO_CHANGE]} unchanged",
+            file=out,
+        )
     widths = (max(len(c.kind) for c in changes), max(len(c.name) for c in changes)) if changes else (0, 0)
     for change in changes:
         line = f"  {change.action:<9}  {change.kind:<{widths[0]}}  {change.name:<{widths[1]}}"

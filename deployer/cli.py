@@ -124,14 +124,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="erlmcp-demo-"))
     try:
         deployment = plan_local_deployment(rendered.manifests, root=root, entrypoint=default_entrypoint())
-        print(f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; "
-              f"running {deployment.summary()} locally")  # fmt: skip
+        print(
+            f"== rendered {len(rendered.manifests)} objects for release {rendered.release!r}; "
+            f"running {deployment.summary()} locally"
+        )
         print(deployment.describe())
         with LocalRun(deployment, root) as run:
             run.start(ready_timeout=args.ready_timeout)
             # The chart's own tester Pod (what helm test and mpdev verify run), with its args and Secret.
-            tester = plan_tester_run(rendered.manifests, deployment, root=root / "tester",
-                                     entrypoint=(sys.executable, "-m", "verify"))  # fmt: skip
+            tester = plan_tester_run(
+                rendered.manifests, deployment, root=root / "tester", entrypoint=(sys.executable, "-m", "verify")
+            )
             command = [*tester.argv, *(["--junit", str(args.junit)] if args.junit else [])]
             print("== the chart's tester Pod, run locally:")
             print(tester.describe(), flush=True)
@@ -154,18 +157,24 @@ def _demo_stopped(stopped: Stopped, kept: Path | None) -> str:
     logs are when they are kept."""
     if len(stopped.servers) == 1 and stopped.redis is None:
         return f"== server stopped (exit {stopped.servers[0]})" + (f"; its log: {kept / 'server.log'}" if kept else "")
-    lines = [f"== proxy: Service {plan.service} port {plan.port}: "
-             + ", ".join(f"replica {i} took {n} connections" for i, n in enumerate(served, 1))
-             for plan, served in stopped.served]  # fmt: skip
-    lines.append(f"== servers stopped (exit {', '.join(map(str, stopped.servers))})"
-                 + ("" if stopped.redis is None else f"; Redis stopped (exit {stopped.redis})")
-                 + (f"; logs in {kept}" if kept else ""))  # fmt: skip
+    lines = [
+        f"== proxy: Service {plan.service} port {plan.port}: "
+        + ", ".join(f"replica {i} took {n} connections" for i, n in enumerate(served, 1))
+        for plan, served in stopped.served
+    ]
+    lines.append(
+        f"== servers stopped (exit {', '.join(map(str, stopped.servers))})"
+        + ("" if stopped.redis is None else f"; Redis stopped (exit {stopped.redis})")
+        + (f"; logs in {kept}" if kept else "")
+    )
     return "\n".join(lines)
 
 
 def _objects(prepared: Prepared) -> list[dict[str, str]]:
-    return [{"kind": m["kind"], "name": m["metadata"]["name"], "apiVersion": m["apiVersion"]}
-            for m in [prepared.application, *prepared.components]]  # fmt: skip
+    return [
+        {"kind": m["kind"], "name": m["metadata"]["name"], "apiVersion": m["apiVersion"]}
+        for m in [prepared.application, *prepared.components]
+    ]
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -173,18 +182,27 @@ def _cmd_install(args: argparse.Namespace) -> int:
     if args.dry_run:  # render and check as the install would, touch no cluster
         rendered = _render(args)
         prepared = prepare(rendered.manifests, release=rendered.release, schema=schema)
-        _emit({"name": rendered.release, "namespace": rendered.namespace, "dryRun": True,
-               "objects": _objects(prepared)}, args.output)  # fmt: skip
+        _emit(
+            {"name": rendered.release, "namespace": rendered.namespace, "dryRun": True, "objects": _objects(prepared)},
+            args.output,
+        )
         return 0
     cluster = _connect(args)
     try:
-        rendered, prepared = plan(cluster, schema, _values(args, schema), target=_target(args), chart=args.chart,
-                                  helm=find_helm(args.helm))  # fmt: skip
+        rendered, prepared = plan(
+            cluster, schema, _values(args, schema), target=_target(args), chart=args.chart, helm=find_helm(args.helm)
+        )
         with failed_on_error(cluster, rendered.release, rendered.namespace, log=_progress):
             install(cluster, prepared, namespace=rendered.namespace, log=_progress)
             if args.wait:
-                wait_until_ready(cluster, prepared, rendered.namespace, timeout=args.timeout,
-                                 stable=args.stable_seconds, log=_progress)  # fmt: skip
+                wait_until_ready(
+                    cluster,
+                    prepared,
+                    rendered.namespace,
+                    timeout=args.timeout,
+                    stable=args.stable_seconds,
+                    log=_progress,
+                )
         _emit(application_status(cluster, rendered.release, rendered.namespace), args.output)
     finally:
         cluster.close()
@@ -213,14 +231,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         live = cluster.get("app.k8s.io/v1beta1", "Application", name, namespace)
         if live is None:
             raise ClusterError(f"there is no Application {name} in namespace {namespace}; install it first", status=404)
-        _, prepared = plan(cluster, schema, values, target=_target(args), chart=args.chart,
-                           helm=find_helm(args.helm), test=True)  # fmt: skip
-        outcomes = run_testers(cluster, prepared, live["metadata"]["uid"], namespace, timeout=args.timeout,
-                               log=_progress)  # fmt: skip
+        _, prepared = plan(
+            cluster, schema, values, target=_target(args), chart=args.chart, helm=find_helm(args.helm), test=True
+        )
+        outcomes = run_testers(
+            cluster, prepared, live["metadata"]["uid"], namespace, timeout=args.timeout, log=_progress
+        )
     finally:
         cluster.close()
-    _emit({"name": name, "namespace": namespace,
-           "objects": [{"tester": o.name, "phase": o.phase} for o in outcomes]}, args.output)  # fmt: skip
+    _emit(
+        {"name": name, "namespace": namespace, "objects": [{"tester": o.name, "phase": o.phase} for o in outcomes]},
+        args.output,
+    )
     return 0
 
 
@@ -275,12 +297,20 @@ def _cmd_marketplace(args: argparse.Namespace) -> int:
             if len(charts) != 1:
                 raise DeployerError(f"{data.data / 'chart'} must hold exactly one chart tarball, found {len(charts)}")
             with extracted_chart(charts[0], overlays) as chart:
-                _, prepared = plan(cluster, schema, values, target=_target(args), chart=chart,
-                                   helm=find_helm(args.helm), test=args.test)  # fmt: skip
+                _, prepared = plan(
+                    cluster,
+                    schema,
+                    values,
+                    target=_target(args),
+                    chart=chart,
+                    helm=find_helm(args.helm),
+                    test=args.test,
+                )
             uid = install(cluster, prepared, namespace=namespace, log=_progress)
             if args.test:
-                wait_until_ready(cluster, prepared, namespace, timeout=args.wait_timeout, stable=args.stable_seconds,
-                                 log=_progress)  # fmt: skip
+                wait_until_ready(
+                    cluster, prepared, namespace, timeout=args.wait_timeout, stable=args.stable_seconds, log=_progress
+                )
                 run_testers(cluster, prepared, uid, namespace, timeout=args.tester_timeout, log=_progress)
             _clean_deployer_account(cluster, name, namespace)
     finally:
@@ -291,9 +321,12 @@ def _cmd_marketplace(args: argparse.Namespace) -> int:
 
 def _clean_deployer_account(cluster: Cluster, name: str, namespace: str) -> None:
     """Delete the deployer's own ServiceAccount once it is done (its RBAC goes with it), as Google's tools do."""
-    for account in cluster.list("v1", "ServiceAccount", namespace, labels={
-            "app.kubernetes.io/component": "deployer.marketplace.cloud.google.com",
-            "app.kubernetes.io/name": name}):  # fmt: skip
+    for account in cluster.list(
+        "v1",
+        "ServiceAccount",
+        namespace,
+        labels={"app.kubernetes.io/component": "deployer.marketplace.cloud.google.com", "app.kubernetes.io/name": name},
+    ):
         cluster.delete("v1", "ServiceAccount", account["metadata"]["name"], namespace)
         _progress(f"deleted the deployer ServiceAccount {account['metadata']['name']}")
 
@@ -308,41 +341,85 @@ def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
     """The options of ``python -m deployer monitoring``."""
     sub.add_argument("action", choices=("plan", "apply"), help="plan: show what would change; apply: change it")
     sub.add_argument("--project", required=True, help="Google Cloud project ID the objects live in")
-    sub.add_argument("-n", "--namespace", help="watch only the erlmcp in this Kubernetes namespace (default: every "
-                     "namespace); objects of different namespaces are managed separately")  # fmt: skip
+    sub.add_argument(
+        "-n",
+        "--namespace",
+        help="watch only the erlmcp in this Kubernetes namespace (default: every "
+        "namespace); objects of different namespaces are managed separately",
+    )
     sub.add_argument("--dry-run", action="store_true", help="with apply: print the plan, write nothing")
     sub.add_argument("--email", action="append", default=[], metavar="ADDR", help="an email channel; repeatable")
-    sub.add_argument("--pagerduty-key-file", type=Path, metavar="FILE", help="a PagerDuty channel with the "
-                     "integration (service) key in FILE; paged for CRITICAL and ERROR policies only")  # fmt: skip
-    sub.add_argument("--slack-channel", metavar="CHANNEL", help="a Slack channel (e.g. #erlmcp-alerts); needs "
-                     "--slack-token-file")  # fmt: skip
+    sub.add_argument(
+        "--pagerduty-key-file",
+        type=Path,
+        metavar="FILE",
+        help="a PagerDuty channel with the "
+        "integration (service) key in FILE; paged for CRITICAL and ERROR policies only",
+    )
+    sub.add_argument(
+        "--slack-channel", metavar="CHANNEL", help="a Slack channel (e.g. #erlmcp-alerts); needs --slack-token-file"
+    )
     sub.add_argument("--slack-token-file", type=Path, metavar="FILE", help="file holding the Slack app's token")
     sub.add_argument("--webhook-url", metavar="URL", help="a webhook (webhook_tokenauth) channel posting to URL")
-    sub.add_argument("--memory-limit-bytes", type=int, default=512 * 1024 * 1024, metavar="BYTES",
-                     help="the pods' memory limit; the memory policy fires at 90%% (default 512 MiB)")  # fmt: skip
-    sub.add_argument("--max-connections", type=int, default=10_000, metavar="N", help="long-lived connections "
-                     "one pod is sized for; the saturation policy fires at 80%% (default 10000)")  # fmt: skip
+    sub.add_argument(
+        "--memory-limit-bytes",
+        type=int,
+        default=512 * 1024 * 1024,
+        metavar="BYTES",
+        help="the pods' memory limit; the memory policy fires at 90%% (default 512 MiB)",
+    )
+    sub.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="long-lived connections one pod is sized for; the saturation policy fires at 80%% (default 10000)",
+    )
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument("--endpoint", metavar="HOST:PORT", help="advanced: the API endpoint (default Google's)")
-    sub.add_argument("--insecure", action="store_true", help="advanced, for testing: plaintext gRPC to "
-                     "--endpoint without credentials, e.g. a local server speaking the API")  # fmt: skip
+    sub.add_argument(
+        "--insecure",
+        action="store_true",
+        help="advanced, for testing: plaintext gRPC to "
+        "--endpoint without credentials, e.g. a local server speaking the API",
+    )
 
 
 # platform -> (module in deployer.gcp, actions, help)
 PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "network": ("network", ("plan", "apply"), "the VPC, subnet, Cloud Router and NAT, and firewall rules"),
-    "cluster": ("gke", ("plan", "apply", "check"), "the regional GKE cluster and its node pools; check compares "
-                "an existing cluster with the seed design and exits 1 when it differs"),
-    "secrets": ("secrets", ("plan", "apply"), "the secrets erlmcp reads, in Secret Manager, and the Workload "
-                "Identity binding that lets the app's service account read them"),
-    "cloudrun": ("cloudrun", ("plan", "apply", "canary", "promote", "rollback"), "the Cloud Run service; canary "
-                 "deploys a tagged revision at a small share of traffic, promote or rollback ends it"),
-    "gce": ("compute", ("plan", "apply"), "the Compute Engine instance template, regional managed instance group, "
-            "autoscaler, health check and load balancer backend"),
-    "memorystore": ("memorystore", ("plan", "apply", "render"), "the Memorystore for Redis instance that holds the "
-                    "sessions (sessions.store: external); render prints the desired instance offline, apply "
-                    "--secret-out DIR writes its connection for a Kubernetes Secret"),
-}  # fmt: skip
+    "cluster": (
+        "gke",
+        ("plan", "apply", "check"),
+        "the regional GKE cluster and its node pools; check compares "
+        "an existing cluster with the seed design and exits 1 when it differs",
+    ),
+    "secrets": (
+        "secrets",
+        ("plan", "apply"),
+        "the secrets erlmcp reads, in Secret Manager, and the Workload "
+        "Identity binding that lets the app's service account read them",
+    ),
+    "cloudrun": (
+        "cloudrun",
+        ("plan", "apply", "canary", "promote", "rollback"),
+        "the Cloud Run service; canary "
+        "deploys a tagged revision at a small share of traffic, promote or rollback ends it",
+    ),
+    "gce": (
+        "compute",
+        ("plan", "apply"),
+        "the Compute Engine instance template, regional managed instance group, "
+        "autoscaler, health check and load balancer backend",
+    ),
+    "memorystore": (
+        "memorystore",
+        ("plan", "apply", "render"),
+        "the Memorystore for Redis instance that holds the "
+        "sessions (sessions.store: external); render prints the desired instance offline, apply "
+        "--secret-out DIR writes its connection for a Kubernetes Secret",
+    ),
+}
 
 
 def _cmd_platform(args: argparse.Namespace) -> int:
@@ -361,17 +438,24 @@ def _add_platform_arguments(sub: argparse.ArgumentParser, actions: Sequence[str]
         help="plan: show what would change; apply: change it"
         + ("; " + ", ".join(actions[2:]) + ": see the description" if len(actions) > 2 else ""),
     )
-    sub.add_argument("-c", "--config", type=Path, metavar="FILE", help="the erlmcp Google Cloud configuration "
-                     "(YAML; every key defaults to the seed design, see the README)")  # fmt: skip
+    sub.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the erlmcp Google Cloud configuration (YAML; every key defaults to the seed design, see the README)",
+    )
     sub.add_argument("--project", help="Google Cloud project ID (overrides the configuration's project)")
     sub.add_argument("--region", help="region (overrides the configuration's region, default us-central1)")
     sub.add_argument("--image", help="the server image (overrides the configuration's image)")
-    sub.add_argument("--dry-run", action="store_true", help="with apply (or any change): print the plan, write "
-                     "nothing")  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="with apply (or any change): print the plan, write nothing")
     sub.add_argument("--json", action="store_true", help="print the plan or report as JSON")
     sub.add_argument("--endpoint", metavar="HOST:PORT", help="advanced: the API endpoint (default Google's)")
-    sub.add_argument("--insecure", action="store_true", help="advanced, for testing: no TLS and no credentials "
-                     "to --endpoint, e.g. a local server speaking the API")  # fmt: skip
+    sub.add_argument(
+        "--insecure",
+        action="store_true",
+        help="advanced, for testing: no TLS and no credentials to --endpoint, e.g. a local server speaking the API",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,13 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def release(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--name", default="erlmcp", help="release (Application) name when the values give none "
-                         "(default erlmcp)")  # fmt: skip
+        sub.add_argument(
+            "--name", default="erlmcp", help="release (Application) name when the values give none (default erlmcp)"
+        )
         sub.add_argument("-n", "--namespace", default="default", help="namespace when the values give none")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("-f", "--values", type=Path, metavar="VALUES",
-                         help="Marketplace values file: property names (flat or nested) to values")  # fmt: skip
+        sub.add_argument(
+            "-f",
+            "--values",
+            type=Path,
+            metavar="VALUES",
+            help="Marketplace values file: property names (flat or nested) to values",
+        )
         sub.add_argument(
             "--set",
             action="append",
@@ -412,13 +502,21 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
 
     def cluster(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or "
-                         "the in-cluster service account)")  # fmt: skip
+        sub.add_argument(
+            "--kubeconfig",
+            type=Path,
+            help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
+        )
         sub.add_argument("--context", help="kubeconfig context (default: the current one)")
 
     def output(sub: argparse.ArgumentParser, default: str = "table") -> None:
-        sub.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=default,
-                         help=f"format of the data on stdout (default {default})")  # fmt: skip
+        sub.add_argument(
+            "-o",
+            "--output",
+            choices=("table", "json", "yaml"),
+            default=default,
+            help=f"format of the data on stdout (default {default})",
+        )
 
     render_cmd = commands.add_parser(
         "render",
@@ -453,18 +551,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(install_cmd)
     cluster(install_cmd)
     output(install_cmd)
-    install_cmd.add_argument("--dry-run", action="store_true", help="render and check, print what would be applied, "
-                             "touch no cluster")  # fmt: skip
-    install_cmd.add_argument("--wait", action="store_true", help="wait until every component is ready and stays "
-                             "ready (see --stable-seconds)")  # fmt: skip
+    install_cmd.add_argument(
+        "--dry-run", action="store_true", help="render and check, print what would be applied, touch no cluster"
+    )
+    install_cmd.add_argument(
+        "--wait", action="store_true", help="wait until every component is ready and stays ready (see --stable-seconds)"
+    )
     install_cmd.add_argument("--timeout", type=float, default=300.0, help="seconds --wait may take (default 300)")
-    install_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay "
-                             "ready (default 30, as Marketplace)")  # fmt: skip
+    install_cmd.add_argument(
+        "--stable-seconds",
+        type=float,
+        default=30.0,
+        help="how long components must stay ready (default 30, as Marketplace)",
+    )
     install_cmd.set_defaults(run=_cmd_install)
 
-    status_cmd = commands.add_parser("status", help="the Application's phase and its components' readiness",
-                                     description="Exit 0 when the Application is Success and every component "
-                                     "is ready, 1 otherwise.")  # fmt: skip
+    status_cmd = commands.add_parser(
+        "status",
+        help="the Application's phase and its components' readiness",
+        description="Exit 0 when the Application is Success and every component is ready, 1 otherwise.",
+    )
     release(status_cmd)
     cluster(status_cmd)
     output(status_cmd)
@@ -482,9 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd.add_argument("--timeout", type=float, default=300.0, help="seconds the tester may take (default 300)")
     verify_cmd.set_defaults(run=_cmd_verify)
 
-    uninstall_cmd = commands.add_parser("uninstall", help="delete the Application and everything it owns",
-                                        description="Delete the Application, then every object labelled as its "
-                                        "component, and wait until none is left.")  # fmt: skip
+    uninstall_cmd = commands.add_parser(
+        "uninstall",
+        help="delete the Application and everything it owns",
+        description="Delete the Application, then every object labelled as its component, and wait until none is left.",
+    )
     release(uninstall_cmd)
     cluster(uninstall_cmd)
     uninstall_cmd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
@@ -503,10 +611,18 @@ def build_parser() -> argparse.ArgumentParser:
     market_cmd.add_argument("--data-test", type=Path, default=Path("/data-test"), help="the test overlay folder")
     market_cmd.add_argument("-f", "--values", type=Path, help="values file (default DATA/values.yaml)")
     market_cmd.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
-    market_cmd.add_argument("--wait-timeout", type=float, default=os.environ.get("WAIT_FOR_READY_TIMEOUT", "300"),
-                            help="seconds to wait for readiness (default WAIT_FOR_READY_TIMEOUT or 300)")  # fmt: skip
-    market_cmd.add_argument("--tester-timeout", type=float, default=os.environ.get("TESTER_TIMEOUT", "300"),
-                            help="seconds a tester may run (default TESTER_TIMEOUT or 300)")  # fmt: skip
+    market_cmd.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=os.environ.get("WAIT_FOR_READY_TIMEOUT", "300"),
+        help="seconds to wait for readiness (default WAIT_FOR_READY_TIMEOUT or 300)",
+    )
+    market_cmd.add_argument(
+        "--tester-timeout",
+        type=float,
+        default=os.environ.get("TESTER_TIMEOUT", "300"),
+        help="seconds a tester may run (default TESTER_TIMEOUT or 300)",
+    )
     market_cmd.add_argument("--stable-seconds", type=float, default=30.0, help="how long components must stay ready")
     market_cmd.set_defaults(run=_cmd_marketplace)
 
@@ -523,21 +639,34 @@ def build_parser() -> argparse.ArgumentParser:
     monitoring_cmd.set_defaults(run=_cmd_monitoring)
 
     for platform, (_, actions, text) in PLATFORMS.items():
-        platform_cmd = commands.add_parser(platform, help=f"plan or apply {text}", description=f"Plan or apply "
-                                           f"{text}, from the configuration file. Credentials: Application "
-                                           "Default Credentials.")  # fmt: skip
+        platform_cmd = commands.add_parser(
+            platform,
+            help=f"plan or apply {text}",
+            description=f"Plan or apply "
+            f"{text}, from the configuration file. Credentials: Application "
+            "Default Credentials.",
+        )
         _add_platform_arguments(platform_cmd, actions)
         if platform == "secrets":  # -- secrets-only options (deployer.gcp.secrets) --
-            platform_cmd.add_argument("--value", action="append", default=[], metavar="KEY=FILE",
-                                      help="the file whose content becomes a new version of secret KEY when it "
-                                      "differs from the latest (compared by SHA-256, never printed); "
-                                      "repeatable")  # fmt: skip
+            platform_cmd.add_argument(
+                "--value",
+                action="append",
+                default=[],
+                metavar="KEY=FILE",
+                help="the file whose content becomes a new version of secret KEY when it "
+                "differs from the latest (compared by SHA-256, never printed); "
+                "repeatable",
+            )
         # -- end of secrets-only options --
         if platform == "memorystore":  # -- memorystore-only options (deployer.gcp.memorystore) --
-            platform_cmd.add_argument("--secret-out", type=Path, metavar="DIR",
-                                      help="with apply: write the connection into DIR (redis-url with the AUTH "
-                                      "string, ca.crt; mode 0600) and print the kubectl command that makes the "
-                                      "Secret from them; the AUTH string is never printed")  # fmt: skip
+            platform_cmd.add_argument(
+                "--secret-out",
+                type=Path,
+                metavar="DIR",
+                help="with apply: write the connection into DIR (redis-url with the AUTH "
+                "string, ca.crt; mode 0600) and print the kubectl command that makes the "
+                "Secret from them; the AUTH string is never printed",
+            )
         # -- end of memorystore-only options --
         platform_cmd.set_defaults(run=_cmd_platform)
     return parser

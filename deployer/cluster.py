@@ -25,12 +25,29 @@ from deployer.errors import ClusterError
 __all__ = ["FIELD_MANAGER", "Cluster"]
 
 FIELD_MANAGER = "erlmcp-deployer"
-_CLUSTER_SCOPED = frozenset({
-    "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass",
-    "PersistentVolume", "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Node",
-    "PodSecurityPolicy", "CertificateSigningRequest", "VolumeAttachment", "RuntimeClass", "IngressClass",
-    "CSIDriver", "CSINode", "ClusterIssuer",
-})  # fmt: skip
+_CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "StorageClass",
+        "PriorityClass",
+        "PersistentVolume",
+        "APIService",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "Node",
+        "PodSecurityPolicy",
+        "CertificateSigningRequest",
+        "VolumeAttachment",
+        "RuntimeClass",
+        "IngressClass",
+        "CSIDriver",
+        "CSINode",
+        "ClusterIssuer",
+    }
+)
 
 
 def _reason(exc: Exception) -> str:

@@ -57,5 +57,7 @@ def connect(
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
         return Connected(tuple(client(client_options=options) for client, _ in kinds))
     except GoogleAuthError as exc:
-        raise error(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or run "
-                    "where a service account is attached") from exc  # fmt: skip
+        raise error(
+            f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or run "
+            "where a service account is attached"
+        ) from exc

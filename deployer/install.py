@@ -55,8 +55,13 @@ def _api_version(cluster: Cluster, group: str, kind: str, manifests: Sequence[Ma
 
 def mark_phase(cluster: Cluster, application: Manifest, namespace: str, phase: str) -> None:
     """Set the Application's ``spec.assemblyPhase`` (Pending, Success or Failed)."""
-    cluster.patch(application["apiVersion"], "Application", application["metadata"]["name"], namespace,
-                  {"spec": {"assemblyPhase": phase}})  # fmt: skip
+    cluster.patch(
+        application["apiVersion"],
+        "Application",
+        application["metadata"]["name"],
+        namespace,
+        {"spec": {"assemblyPhase": phase}},
+    )
 
 
 def install(cluster: Cluster, prepared: Prepared, *, namespace: str, log: Log) -> str:
@@ -359,8 +364,11 @@ def uninstall(
     if application is None:
         return False
     # Versions first: a kind the cluster cannot serve stops us before anything is deleted.
-    kinds = [(kind, _api_version(cluster, group, kind, [])) for group, kind in component_kinds(application)
-             if not is_cluster_scoped(kind) and kind != "Application"]  # fmt: skip
+    kinds = [
+        (kind, _api_version(cluster, group, kind, []))
+        for group, kind in component_kinds(application)
+        if not is_cluster_scoped(kind) and kind != "Application"
+    ]
     cluster.delete(application["apiVersion"], "Application", name, namespace, propagation="Foreground")
     log(f"deleted Application {name}; its components go with it")
     deadline = clock.now() + timeout

@@ -103,9 +103,14 @@ class _ServicePort:
     target: str | int
 
     def addresses(self) -> list[str]:
-        return [f"{host}:{self.port}" for host in
-                (f"{self.name}.{self.namespace}.svc.cluster.local", f"{self.name}.{self.namespace}.svc",
-                 f"{self.name}.{self.namespace}")]  # fmt: skip
+        return [
+            f"{host}:{self.port}"
+            for host in (
+                f"{self.name}.{self.namespace}.svc.cluster.local",
+                f"{self.name}.{self.namespace}.svc",
+                f"{self.name}.{self.namespace}",
+            )
+        ]
 
 
 def _service_ports(manifests: Sequence[Manifest], labels: Mapping[str, str]) -> list[_ServicePort]:
@@ -116,15 +121,18 @@ def _service_ports(manifests: Sequence[Manifest], labels: Mapping[str, str]) -> 
         if not selector or any(labels.get(key) != value for key, value in selector.items()):
             continue
         name, namespace = service["metadata"]["name"], service["metadata"].get("namespace", "default")
-        found += [_ServicePort(name, namespace, int(p["port"]), p.get("targetPort", p["port"]))
-                  for p in service["spec"].get("ports") or []]  # fmt: skip
+        found += [
+            _ServicePort(name, namespace, int(p["port"]), p.get("targetPort", p["port"]))
+            for p in service["spec"].get("ports") or []
+        ]
     return found
 
 
 def _addresses_of(service_ports: Sequence[_ServicePort], local_port: Mapping[str, int]) -> ServiceAddresses:
     """Each Service port's DNS names to 127.0.0.1 and the local port of its Service port's name (``name:port``)."""
-    return ServiceAddresses({address: f"127.0.0.1:{local_port[f'{p.name}:{p.port}']}"
-                             for p in service_ports for address in p.addresses()})  # fmt: skip
+    return ServiceAddresses(
+        {address: f"127.0.0.1:{local_port[f'{p.name}:{p.port}']}" for p in service_ports for address in p.addresses()}
+    )
 
 
 # -- Planning one Pod ------------------------------------------------------------------------------------------
@@ -211,8 +219,9 @@ def _volume_sources(volume: Mapping[str, Any]) -> list[tuple[str, str, Mapping[s
         for source in volume["projected"].get("sources") or []:
             kind = "ConfigMap" if "configMap" in source else "Secret" if "secret" in source else None
             if kind is None:
-                raise LocalRunError(f"volume {volume.get('name')!r} projects what a local run cannot provide: "
-                                    f"{', '.join(source)}")  # fmt: skip
+                raise LocalRunError(
+                    f"volume {volume.get('name')!r} projects what a local run cannot provide: {', '.join(source)}"
+                )
             spec = source["configMap" if kind == "ConfigMap" else "secret"]
             sources.append((kind, spec["name"], spec))
         return sources
@@ -286,8 +295,11 @@ def _plan_pod(
             raise LocalRunError(f"volumeMount {mount['name']!r} names no volume of the Pod")
         local = root / mount["mountPath"].lstrip("/")
         for path, named in _lay_out_volume(volume, local, manifests, addresses).items():
-            differences += [f"{mount['mountPath'].rstrip('/')}/{path}: {address} is {addresses.local[address]} here "
-                            "(no cluster DNS)" for address in named]  # fmt: skip
+            differences += [
+                f"{mount['mountPath'].rstrip('/')}/{path}: {address} is {addresses.local[address]} here "
+                "(no cluster DNS)"
+                for address in named
+            ]
         mounts[mount["mountPath"]] = local
 
     def localise(value: str) -> str:
@@ -363,8 +375,14 @@ def plan_local_run(
         DeployerError: the manifests hold no single Deployment.
     """
     deployment, _ = _deployments(manifests)
-    return _plan_pod(deployment["spec"]["template"], manifests, root=root, entrypoint=entrypoint,
-                     image_runs="python -m app", addresses=addresses)  # fmt: skip
+    return _plan_pod(
+        deployment["spec"]["template"],
+        manifests,
+        root=root,
+        entrypoint=entrypoint,
+        image_runs="python -m app",
+        addresses=addresses,
+    )
 
 
 # -- Redis (sessions.store: redis) -----------------------------------------------------------------------------
@@ -410,8 +428,10 @@ def local_redis_config(text: str, *, port: int, data_dir: Path) -> tuple[str, tu
         if directive.lower() in wanted:
             seen.add(directive.lower())
             line = f"{directive.lower()} {wanted[directive.lower()]}"
-            notes.append(f"redis.conf `{directive} {value.strip()}` is `{line}` here: {why[directive.lower()]} "
-                         "(the Pod has its own network and volumes)")  # fmt: skip
+            notes.append(
+                f"redis.conf `{directive} {value.strip()}` is `{line}` here: {why[directive.lower()]} "
+                "(the Pod has its own network and volumes)"
+            )
         lines.append(line)
     for directive in (d for d in _LOCAL_DIRECTIVES if d not in seen):
         lines.append(f"{directive} {wanted[directive]}")
@@ -440,8 +460,13 @@ def plan_redis_run(manifests: Sequence[Manifest], *, root: Path, port: int | Non
     _, deployment = _deployments(manifests)
     if deployment is None:
         return None
-    pod = _plan_pod(deployment["spec"]["template"], manifests, root=root, entrypoint=(redis_server_binary(),),
-                    image_runs="its own redis-server")  # fmt: skip
+    pod = _plan_pod(
+        deployment["spec"]["template"],
+        manifests,
+        root=root,
+        entrypoint=(redis_server_binary(),),
+        image_runs="its own redis-server",
+    )
     config = next((Path(arg) for arg in pod.argv[1:] if arg.endswith(".conf") and Path(arg).is_file()), None)
     if config is None:
         raise LocalRunError(f"the Redis container's args name no config file: {' '.join(pod.argv[1:]) or 'none'}")
@@ -451,8 +476,9 @@ def plan_redis_run(manifests: Sequence[Manifest], *, root: Path, port: int | Non
     data_dir.mkdir(parents=True, exist_ok=True)
     local_text, notes = local_redis_config(text, port=port, data_dir=data_dir)
     config.write_text(local_text, encoding="utf-8")
-    pod = dataclasses.replace(pod, ports=dict.fromkeys(pod.ports, port), container_ports=pod.ports,
-                              differences=(*pod.differences, *notes))  # fmt: skip
+    pod = dataclasses.replace(
+        pod, ports=dict.fromkeys(pod.ports, port), container_ports=pod.ports, differences=(*pod.differences, *notes)
+    )
     return RedisPlan(pod=pod, port=port, config=config, password=_directive(text, "requirepass"))
 
 
@@ -509,19 +535,24 @@ class LocalDeployment:
         if self.single:
             return self.servers[0].describe()
         sections = [f"-- Redis (sessions.store=redis):\n{self.redis.describe()}"] if self.redis else []
-        sections += [f"-- server Pod {i} of {len(self.servers)}:\n{plan.describe()}"
-                     for i, plan in enumerate(self.servers, 1)]  # fmt: skip
+        sections += [
+            f"-- server Pod {i} of {len(self.servers)}:\n{plan.describe()}" for i, plan in enumerate(self.servers, 1)
+        ]
         if self.proxies:
             lines = [proxy.describe() for proxy in self.proxies]
-            lines.append("differs: kube-proxy spreads a Service's connections over its Pods; here a round-robin "
-                         "proxy does, on the Service's port")  # fmt: skip
+            lines.append(
+                "differs: kube-proxy spreads a Service's connections over its Pods; here a round-robin "
+                "proxy does, on the Service's port"
+            )
             sections.append("-- Services:\n" + "\n".join(lines))
         return "\n".join(sections)
 
     def tester_note(self) -> str:
         if self.proxies:
-            return ("Service DNS names resolve to the local proxy standing for each server Service (and to the local "
-                    "Redis) on 127.0.0.1 here (no cluster DNS)")  # fmt: skip
+            return (
+                "Service DNS names resolve to the local proxy standing for each server Service (and to the local "
+                "Redis) on 127.0.0.1 here (no cluster DNS)"
+            )
         return _TO_THE_SERVER
 
 
@@ -541,11 +572,20 @@ def _on_own_ports(plan: LocalPlan, replica: int, count: int, avoid: frozenset[in
     ports = {name: _free_port(avoid) for name in plan.ports}
     moved = {str(plan.ports[name]): str(port) for name, port in ports.items()}
     env = {key: value if key in plan.secret_env else moved.get(value, value) for key, value in plan.env.items()}
-    notes = [f"{key}={plan.env[key]} is {env[key]} here: replica {replica} of {count} listens on ports of its own "
-             "(each Pod has its own network; these processes share one)"
-             for key in sorted(env) if env[key] != plan.env[key]]  # fmt: skip
-    return dataclasses.replace(plan, argv=tuple(moved.get(arg, arg) for arg in plan.argv), env=env, ports=ports,
-                               container_ports=plan.ports, differences=(*plan.differences, *notes))  # fmt: skip
+    notes = [
+        f"{key}={plan.env[key]} is {env[key]} here: replica {replica} of {count} listens on ports of its own "
+        "(each Pod has its own network; these processes share one)"
+        for key in sorted(env)
+        if env[key] != plan.env[key]
+    ]
+    return dataclasses.replace(
+        plan,
+        argv=tuple(moved.get(arg, arg) for arg in plan.argv),
+        env=env,
+        ports=ports,
+        container_ports=plan.ports,
+        differences=(*plan.differences, *notes),
+    )
 
 
 def plan_local_deployment(manifests: Sequence[Manifest], *, root: Path, entrypoint: Sequence[str]) -> LocalDeployment:
@@ -567,15 +607,18 @@ def plan_local_deployment(manifests: Sequence[Manifest], *, root: Path, entrypoi
     if redis is None and count == 1:
         servers = (plan_local_run(manifests, root=root, entrypoint=entrypoint),)
     else:
-        servers = tuple(plan_local_run(manifests, root=root / f"server-{i}", entrypoint=entrypoint,
-                                       addresses=redis_addresses) for i in range(1, count + 1))  # fmt: skip
+        servers = tuple(
+            plan_local_run(manifests, root=root / f"server-{i}", entrypoint=entrypoint, addresses=redis_addresses)
+            for i in range(1, count + 1)
+        )
     if count == 1:
         local = {f"{p.name}:{p.port}": _target_port(servers[0], p) for p in service_ports}
         return LocalDeployment(servers, redis, (), _addresses_of(service_ports, local) | redis_addresses)
     avoid = frozenset({p.port for p in service_ports} | ({redis.port} if redis else set()))
     servers = tuple(_on_own_ports(plan, i, count, avoid) for i, plan in enumerate(servers, 1))
-    proxies = tuple(ProxyPlan(p.name, p.port, str(p.target), tuple(_target_port(s, p) for s in servers))
-                    for p in service_ports)  # fmt: skip
+    proxies = tuple(
+        ProxyPlan(p.name, p.port, str(p.target), tuple(_target_port(s, p) for s in servers)) for p in service_ports
+    )
     local = {f"{p.name}:{p.port}": p.port for p in service_ports}
     return LocalDeployment(servers, redis, proxies, _addresses_of(service_ports, local) | redis_addresses)
 
@@ -608,8 +651,15 @@ def plan_tester_run(
         addresses, note = _addresses_of(service_ports, local), _TO_THE_SERVER
     else:
         addresses, note = server.addresses, server.tester_note()
-    return _plan_pod(testers[0], manifests, root=root, entrypoint=entrypoint, image_runs="python -m verify",
-                     addresses=addresses, notes=(note,))  # fmt: skip
+    return _plan_pod(
+        testers[0],
+        manifests,
+        root=root,
+        entrypoint=entrypoint,
+        image_runs="python -m verify",
+        addresses=addresses,
+        notes=(note,),
+    )
 
 
 # -- Running ---------------------------------------------------------------------------------------------------
@@ -798,8 +848,11 @@ class LocalRun:
     def __init__(self, deployment: LocalDeployment, log_dir: Path) -> None:
         self.deployment = deployment
         self.redis = LocalRedis(deployment.redis, log_dir / "redis.log") if deployment.redis else None
-        names = ["server.log"] if len(deployment.servers) == 1 else [
-            f"server-{i}.log" for i in range(1, len(deployment.servers) + 1)]  # fmt: skip
+        names = (
+            ["server.log"]
+            if len(deployment.servers) == 1
+            else [f"server-{i}.log" for i in range(1, len(deployment.servers) + 1)]
+        )
         self.servers = [LocalServer(plan, log_dir / name) for plan, name in zip(deployment.servers, names, strict=True)]
         self.proxies = [RoundRobinProxy(plan.backends, port=plan.port) for plan in deployment.proxies]
         self.stopped: Stopped | None = None
@@ -833,8 +886,10 @@ class LocalRun:
                 server.terminate()
             codes = tuple(server.wait() for server in self.servers)
             redis = self.redis.stop() if self.redis is not None else None
-            served = tuple((plan, tuple(proxy.served[port] for port in plan.backends))
-                           for plan, proxy in zip(self.deployment.proxies, self.proxies, strict=True))  # fmt: skip
+            served = tuple(
+                (plan, tuple(proxy.served[port] for port in plan.backends))
+                for plan, proxy in zip(self.deployment.proxies, self.proxies, strict=True)
+            )
             self.stopped = Stopped(codes, redis, served)
         return self.stopped
 

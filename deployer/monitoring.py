@@ -159,9 +159,15 @@ class Change:
     actual: Any = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "kind": self.kind, "key": self.key, "displayName": self.display_name,
-                "name": self.name, "secrets": dict(self.secrets),
-                "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences]}  # fmt: skip
+        return {
+            "action": self.action,
+            "kind": self.kind,
+            "key": self.key,
+            "displayName": self.display_name,
+            "name": self.name,
+            "secrets": dict(self.secrets),
+            "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences],
+        }
 
 
 # -- the desired state -------------------------------------------------------------------------------------------
@@ -202,28 +208,54 @@ def desired_channels(options: Options) -> dict[str, Desired]:
     description = "Managed by `python -m deployer monitoring`; changes made elsewhere are undone by the next apply."
     found: dict[str, Desired] = {}
 
-    def add(key: str, kind: str, title: str, labels: Mapping[str, str], secrets: Mapping[str, str] = {},
-            fingerprint: str | None = None) -> None:  # fmt: skip
+    def add(
+        key: str,
+        kind: str,
+        title: str,
+        labels: Mapping[str, str],
+        secrets: Mapping[str, str] = {},
+        fingerprint: str | None = None,
+    ) -> None:
         user_labels = _labels(options, key, **({SECRET_LABEL: fingerprint} if fingerprint else {}))
-        message = monitoring_v3.NotificationChannel(type_=kind, display_name=_title(options, title),
-                                                    description=description, labels=dict(labels),
-                                                    user_labels=user_labels, enabled=True)  # fmt: skip
+        message = monitoring_v3.NotificationChannel(
+            type_=kind,
+            display_name=_title(options, title),
+            description=description,
+            labels=dict(labels),
+            user_labels=user_labels,
+            enabled=True,
+        )
         found[key] = Desired(key, message, secrets)
 
     for address in dict.fromkeys(a.strip() for a in options.emails):
         add(f"email-{_fingerprint(address.lower())[:10]}", "email", f"email {address}", {"email_address": address})
     if options.pagerduty_key_file is not None:
         key = _read_secret(options.pagerduty_key_file, "--pagerduty-key-file")
-        add(_PAGERDUTY_KEY, "pagerduty", "PagerDuty", {"service_key": key},
-            {"service_key": f"(from {options.pagerduty_key_file})"}, _fingerprint(key))  # fmt: skip
+        add(
+            _PAGERDUTY_KEY,
+            "pagerduty",
+            "PagerDuty",
+            {"service_key": key},
+            {"service_key": f"(from {options.pagerduty_key_file})"},
+            _fingerprint(key),
+        )
     if options.slack_channel is not None and options.slack_token_file is not None:
         token = _read_secret(options.slack_token_file, "--slack-token-file")
-        add("slack", "slack", f"Slack {options.slack_channel}",
+        add(
+            "slack",
+            "slack",
+            f"Slack {options.slack_channel}",
             {"channel_name": options.slack_channel, "auth_token": token},
-            {"auth_token": f"(from {options.slack_token_file})"}, _fingerprint(token))  # fmt: skip
+            {"auth_token": f"(from {options.slack_token_file})"},
+            _fingerprint(token),
+        )
     if options.webhook_url is not None:
-        add("webhook", "webhook_tokenauth", f"webhook {_redacted_url(options.webhook_url)}",
-            {"url": options.webhook_url})  # fmt: skip
+        add(
+            "webhook",
+            "webhook_tokenauth",
+            f"webhook {_redacted_url(options.webhook_url)}",
+            {"url": options.webhook_url},
+        )
     return found
 
 
@@ -232,8 +264,9 @@ def _metric(name: str, options: Options, *extra: str) -> str:
     return " AND ".join([f'metric.type = "{METRIC}{name}"', 'resource.type = "generic_task"', *scope, *extra])
 
 
-def _aggregation(seconds: int, aligner: str, reducer: str | None = None,
-                 group_by: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+def _aggregation(
+    seconds: int, aligner: str, reducer: str | None = None, group_by: Sequence[str] = ()
+) -> dict[str, Any]:
     found: dict[str, Any] = {"alignment_period": {"seconds": seconds}, "per_series_aligner": aligner}
     if reducer is not None:
         found["cross_series_reducer"] = reducer
@@ -244,12 +277,22 @@ def _aggregation(seconds: int, aligner: str, reducer: str | None = None,
 _PER_INSTALL = ("resource.label.namespace",)  # every pod of one installation together
 
 
-def _threshold(title: str, filter_: str, aggregation: dict[str, Any], comparison: str, value: float,
-               duration: int, **more: Any) -> dict[str, Any]:  # fmt: skip
-    return {"display_name": title, "condition_threshold": {
-        "filter": filter_, "aggregations": [aggregation], "comparison": comparison, "threshold_value": value,
-        "duration": {"seconds": duration}, "trigger": {"count": 1},
-        "evaluation_missing_data": "EVALUATION_MISSING_DATA_INACTIVE", **more}}  # fmt: skip
+def _threshold(
+    title: str, filter_: str, aggregation: dict[str, Any], comparison: str, value: float, duration: int, **more: Any
+) -> dict[str, Any]:
+    return {
+        "display_name": title,
+        "condition_threshold": {
+            "filter": filter_,
+            "aggregations": [aggregation],
+            "comparison": comparison,
+            "threshold_value": value,
+            "duration": {"seconds": duration},
+            "trigger": {"count": 1},
+            "evaluation_missing_data": "EVALUATION_MISSING_DATA_INACTIVE",
+            **more,
+        },
+    }
 
 
 def _policy_specs(options: Options) -> list[tuple[str, str, str, list[dict[str, Any]], str, str]]:
@@ -258,50 +301,138 @@ def _policy_specs(options: Options) -> list[tuple[str, str, str, list[dict[str, 
     memory_limit = float(options.memory_limit_bytes * 9 // 10)
     connections = float(options.max_connections * 8 // 10)
     return [
-        ("error-rate", "ERROR", "HTTP 5xx above 5% of requests",
-         [_threshold("5xx share of HTTP requests over 5 min > 5%",
-                     _metric("http/requests", options, 'metric.label.code = starts_with("5")'), requests,
-                     "COMPARISON_GT", 0.05, 60, denominator_filter=_metric("http/requests", options),
-                     denominator_aggregations=[requests])],
-         "OR", "More than 5% of HTTP answers were 5xx over the last 5 minutes. Look at the server log (5xx "
-         "`httpRequest.status`) and at the Latency & errors dashboard; 503 on initialize means the session "
-         "limit was reached."),
-        ("latency-p95", "WARNING", "HTTP p95 latency above 1 s",
-         [_threshold("p95 of HTTP latency over 5 min > 1 s", _metric("http/latency", options),
-                     _aggregation(300, "ALIGN_DELTA", "REDUCE_PERCENTILE_95", _PER_INSTALL), "COMPARISON_GT", 1.0,
-                     300)],
-         "OR", "The 95th percentile of HTTP answer times stayed above 1 s for 5 minutes. Slow tools and "
-         "upstreams show in `mcp_tool_duration_seconds` on /metrics; a busy CPU in the Capacity dashboard. "
-         "Long-lived SSE streams are timed whole and raise the percentile too."),
-        ("memory", "ERROR", f"memory above 90% of {options.memory_limit_bytes // MIB} MiB",
-         [_threshold(f"resident memory of a pod > {memory_limit / MIB:.0f} MiB", _metric("memory/usage", options),
-                     _aggregation(60, "ALIGN_MAX"), "COMPARISON_GT", memory_limit, 300)],
-         "OR", "A server process has used more than 90% of its memory limit for 5 minutes: the kernel kills it "
-         "soon. Look for a task leak (Capacity dashboard) and raise the limit if the load explains it."),
-        ("health", "CRITICAL", "no erlmcp server reports",
-         [{"display_name": "no http/requests data for 5 min", "condition_absent": {
-             "filter": _metric("http/requests", options),
-             "aggregations": [_aggregation(60, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL)],
-             "duration": {"seconds": 300}, "trigger": {"count": 1}}}],
-         "OR", "No erlmcp pod has written http/requests for 5 minutes. The kubelet probes keep a healthy pod "
-         "answering, so every pod is down, crash-looping, or cannot write metrics (credentials, quota). Check "
-         "`kubectl get pods` and the pods' logs."),
-        ("connections-saturation", "WARNING", f"connections above 80% of {options.max_connections}",
-         [_threshold(f"open connections of a pod > {connections:.0f}", _metric("connections/active", options),
-                     _aggregation(60, "ALIGN_MAX"), "COMPARISON_GT", connections, 300)],
-         "OR", "A pod holds more than 80% of the long-lived connections it is sized for. Add replicas before "
-         "new sessions are refused."),
-        ("task-leak", "WARNING", "asyncio tasks grow without connections",
-         [_threshold("processes up > 50% in 1 h", _metric("erlang/processes", options),
-                     _aggregation(3600, "ALIGN_PERCENT_CHANGE"), "COMPARISON_GT", 50.0, 900),
-          _threshold("connections up < 10% in 1 h", _metric("connections/active", options),
-                     _aggregation(3600, "ALIGN_PERCENT_CHANGE"), "COMPARISON_LT", 10.0, 900),
-          _threshold("processes > 1000", _metric("erlang/processes", options), _aggregation(600, "ALIGN_MEAN"),
-                     "COMPARISON_GT", 1000.0, 900)],
-         "AND_WITH_MATCHING_RESOURCE", "A pod's asyncio tasks (plus tool workers) grew by more than half in an "
-         "hour while its connections did not: tasks are leaking. Restart the pod to recover and report it with "
-         "the server log."),
-    ]  # fmt: skip
+        (
+            "error-rate",
+            "ERROR",
+            "HTTP 5xx above 5% of requests",
+            [
+                _threshold(
+                    "5xx share of HTTP requests over 5 min > 5%",
+                    _metric("http/requests", options, 'metric.label.code = starts_with("5")'),
+                    requests,
+                    "COMPARISON_GT",
+                    0.05,
+                    60,
+                    denominator_filter=_metric("http/requests", options),
+                    denominator_aggregations=[requests],
+                )
+            ],
+            "OR",
+            "More than 5% of HTTP answers were 5xx over the last 5 minutes. Look at the server log (5xx "
+            "`httpRequest.status`) and at the Latency & errors dashboard; 503 on initialize means the session "
+            "limit was reached.",
+        ),
+        (
+            "latency-p95",
+            "WARNING",
+            "HTTP p95 latency above 1 s",
+            [
+                _threshold(
+                    "p95 of HTTP latency over 5 min > 1 s",
+                    _metric("http/latency", options),
+                    _aggregation(300, "ALIGN_DELTA", "REDUCE_PERCENTILE_95", _PER_INSTALL),
+                    "COMPARISON_GT",
+                    1.0,
+                    300,
+                )
+            ],
+            "OR",
+            "The 95th percentile of HTTP answer times stayed above 1 s for 5 minutes. Slow tools and "
+            "upstreams show in `mcp_tool_duration_seconds` on /metrics; a busy CPU in the Capacity dashboard. "
+            "Long-lived SSE streams are timed whole and raise the percentile too.",
+        ),
+        (
+            "memory",
+            "ERROR",
+            f"memory above 90% of {options.memory_limit_bytes // MIB} MiB",
+            [
+                _threshold(
+                    f"resident memory of a pod > {memory_limit / MIB:.0f} MiB",
+                    _metric("memory/usage", options),
+                    _aggregation(60, "ALIGN_MAX"),
+                    "COMPARISON_GT",
+                    memory_limit,
+                    300,
+                )
+            ],
+            "OR",
+            "A server process has used more than 90% of its memory limit for 5 minutes: the kernel kills it "
+            "soon. Look for a task leak (Capacity dashboard) and raise the limit if the load explains it.",
+        ),
+        (
+            "health",
+            "CRITICAL",
+            "no erlmcp server reports",
+            [
+                {
+                    "display_name": "no http/requests data for 5 min",
+                    "condition_absent": {
+                        "filter": _metric("http/requests", options),
+                        "aggregations": [_aggregation(60, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL)],
+                        "duration": {"seconds": 300},
+                        "trigger": {"count": 1},
+                    },
+                }
+            ],
+            "OR",
+            "No erlmcp pod has written http/requests for 5 minutes. The kubelet probes keep a healthy pod "
+            "answering, so every pod is down, crash-looping, or cannot write metrics (credentials, quota). Check "
+            "`kubectl get pods` and the pods' logs.",
+        ),
+        (
+            "connections-saturation",
+            "WARNING",
+            f"connections above 80% of {options.max_connections}",
+            [
+                _threshold(
+                    f"open connections of a pod > {connections:.0f}",
+                    _metric("connections/active", options),
+                    _aggregation(60, "ALIGN_MAX"),
+                    "COMPARISON_GT",
+                    connections,
+                    300,
+                )
+            ],
+            "OR",
+            "A pod holds more than 80% of the long-lived connections it is sized for. Add replicas before "
+            "new sessions are refused.",
+        ),
+        (
+            "task-leak",
+            "WARNING",
+            "asyncio tasks grow without connections",
+            [
+                _threshold(
+                    "processes up > 50% in 1 h",
+                    _metric("erlang/processes", options),
+                    _aggregation(3600, "ALIGN_PERCENT_CHANGE"),
+                    "COMPARISON_GT",
+                    50.0,
+                    900,
+                ),
+                _threshold(
+                    "connections up < 10% in 1 h",
+                    _metric("connections/active", options),
+                    _aggregation(3600, "ALIGN_PERCENT_CHANGE"),
+                    "COMPARISON_LT",
+                    10.0,
+                    900,
+                ),
+                _threshold(
+                    "processes > 1000",
+                    _metric("erlang/processes", options),
+                    _aggregation(600, "ALIGN_MEAN"),
+                    "COMPARISON_GT",
+                    1000.0,
+                    900,
+                ),
+            ],
+            "AND_WITH_MATCHING_RESOURCE",
+            "A pod's asyncio tasks (plus tool workers) grew by more than half in an "
+            "hour while its connections did not: tasks are leaking. Restart the pod to recover and report it with "
+            "the server log.",
+        ),
+    ]
 
 
 def _routes(severity: str, channels: Mapping[str, str]) -> list[str]:
@@ -316,12 +447,19 @@ def desired_policies(options: Options, channels: Mapping[str, str]) -> dict[str,
     """The six alert policies, by key; ``channels`` maps channel keys to resource names."""
     found: dict[str, Desired] = {}
     for key, severity, title, conditions, combiner, text in _policy_specs(options):
-        message = monitoring_v3.AlertPolicy({
-            "display_name": _title(options, title), "user_labels": _labels(options, key), "severity": severity,
-            "documentation": {"content": text, "mime_type": "text/markdown"}, "conditions": conditions,
-            "combiner": combiner, "enabled": True, "notification_channels": _routes(severity, channels),
-            "alert_strategy": {"auto_close": {"seconds": 1800}},
-        })  # fmt: skip
+        message = monitoring_v3.AlertPolicy(
+            {
+                "display_name": _title(options, title),
+                "user_labels": _labels(options, key),
+                "severity": severity,
+                "documentation": {"content": text, "mime_type": "text/markdown"},
+                "conditions": conditions,
+                "combiner": combiner,
+                "enabled": True,
+                "notification_channels": _routes(severity, channels),
+                "alert_strategy": {"auto_close": {"seconds": 1800}},
+            }
+        )
         found[key] = Desired(key, message)
     return found
 
@@ -331,15 +469,25 @@ def _query(filter_: str, aggregation: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line(query: dict[str, Any], legend: str = "", plot: str = "LINE") -> dict[str, Any]:
-    return {"time_series_query": query, "plot_type": plot, "legend_template": legend,
-            "min_alignment_period": {"seconds": 60}}  # fmt: skip
+    return {
+        "time_series_query": query,
+        "plot_type": plot,
+        "legend_template": legend,
+        "min_alignment_period": {"seconds": 60},
+    }
 
 
 def _chart(title: str, *data_sets: dict[str, Any], label: str = "", limits: Sequence[tuple[str, float]] = ()) -> Any:
-    return {"title": title, "xy_chart": {
-        "data_sets": list(data_sets), "y_axis": {"label": label, "scale": "LINEAR"},
-        "thresholds": [{"label": text, "value": value, "direction": "ABOVE", "color": "RED"} for text, value in limits],
-    }}  # fmt: skip
+    return {
+        "title": title,
+        "xy_chart": {
+            "data_sets": list(data_sets),
+            "y_axis": {"label": label, "scale": "LINEAR"},
+            "thresholds": [
+                {"label": text, "value": value, "direction": "ABOVE", "color": "RED"} for text, value in limits
+            ],
+        },
+    }
 
 
 def _scorecard(title: str, query: dict[str, Any], red_above: float | None = None) -> dict[str, Any]:
@@ -364,13 +512,19 @@ def desired_dashboards(options: Options, policies: Mapping[str, str]) -> dict[st
     """The four dashboards, by key; ``policies`` maps policy keys to resource names (for the Alerts dashboard)."""
     m = options
     rate = _query(_metric("http/requests", m), _aggregation(60, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL))
-    by_code = _query(_metric("http/requests", m),
-                     _aggregation(60, "ALIGN_RATE", "REDUCE_SUM", ("metric.label.code",)))  # fmt: skip
-    errors = {"time_series_filter_ratio": {
-        "numerator": {"filter": _metric("http/requests", m, 'metric.label.code = starts_with("5")'),
-                      "aggregation": _aggregation(300, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL)},
-        "denominator": {"filter": _metric("http/requests", m),
-                        "aggregation": _aggregation(300, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL)}}}  # fmt: skip
+    by_code = _query(_metric("http/requests", m), _aggregation(60, "ALIGN_RATE", "REDUCE_SUM", ("metric.label.code",)))
+    errors = {
+        "time_series_filter_ratio": {
+            "numerator": {
+                "filter": _metric("http/requests", m, 'metric.label.code = starts_with("5")'),
+                "aggregation": _aggregation(300, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL),
+            },
+            "denominator": {
+                "filter": _metric("http/requests", m),
+                "aggregation": _aggregation(300, "ALIGN_RATE", "REDUCE_SUM", _PER_INSTALL),
+            },
+        }
+    }
 
     def latency(reducer: str) -> dict[str, Any]:
         return _query(_metric("http/latency", m), _aggregation(60, "ALIGN_DELTA", reducer, _PER_INSTALL))
@@ -383,44 +537,112 @@ def desired_dashboards(options: Options, policies: Mapping[str, str]) -> dict[st
         (12, 8, _scorecard("Requests/s", rate)),
         (12, 8, _scorecard("5xx share (5 min)", errors, 0.05)),
         (12, 8, _scorecard("p95 latency (s)", latency("REDUCE_PERCENTILE_95"), 1.0)),
-        (12, 8, _scorecard("Open connections", _query(_metric("connections/active", m),
-                                                      _aggregation(60, "ALIGN_MEAN", "REDUCE_SUM", _PER_INSTALL)))),
+        (
+            12,
+            8,
+            _scorecard(
+                "Open connections",
+                _query(_metric("connections/active", m), _aggregation(60, "ALIGN_MEAN", "REDUCE_SUM", _PER_INSTALL)),
+            ),
+        ),
         (24, 16, _chart("Requests/s by status code", _line(by_code, "${metric.labels.code}", "STACKED_AREA"))),
         (24, 16, _chart("p95 latency", _line(latency("REDUCE_PERCENTILE_95")), label="s", limits=[("SLO", 1.0)])),
-        (24, 16, _chart("Memory per pod", _line(per_pod("memory/usage", "ALIGN_MAX"), "${resource.labels.task_id}"),
-                        label="bytes", limits=[("90% of limit", memory_limit * 9 // 10)])),
+        (
+            24,
+            16,
+            _chart(
+                "Memory per pod",
+                _line(per_pod("memory/usage", "ALIGN_MAX"), "${resource.labels.task_id}"),
+                label="bytes",
+                limits=[("90% of limit", memory_limit * 9 // 10)],
+            ),
+        ),
         (24, 16, _chart("Processes per pod", _line(per_pod("erlang/processes"), "${resource.labels.task_id}"))),
-    ]  # fmt: skip
+    ]
     latency_errors = [
-        (24, 16, _chart("Latency percentiles", _line(latency("REDUCE_PERCENTILE_50"), "p50"),
-                        _line(latency("REDUCE_PERCENTILE_95"), "p95"), _line(latency("REDUCE_PERCENTILE_99"), "p99"),
-                        label="s", limits=[("p95 SLO", 1.0)])),
-        (24, 16, _chart("Latency heatmap", _line(_query(_metric("http/latency", m),
-                        _aggregation(60, "ALIGN_DELTA", "REDUCE_SUM", _PER_INSTALL)), plot="HEATMAP"))),
+        (
+            24,
+            16,
+            _chart(
+                "Latency percentiles",
+                _line(latency("REDUCE_PERCENTILE_50"), "p50"),
+                _line(latency("REDUCE_PERCENTILE_95"), "p95"),
+                _line(latency("REDUCE_PERCENTILE_99"), "p99"),
+                label="s",
+                limits=[("p95 SLO", 1.0)],
+            ),
+        ),
+        (
+            24,
+            16,
+            _chart(
+                "Latency heatmap",
+                _line(
+                    _query(_metric("http/latency", m), _aggregation(60, "ALIGN_DELTA", "REDUCE_SUM", _PER_INSTALL)),
+                    plot="HEATMAP",
+                ),
+            ),
+        ),
         (24, 16, _chart("Requests/s by status code", _line(by_code, "${metric.labels.code}", "STACKED_BAR"))),
         (24, 16, _chart("5xx share over 5 min", _line(errors), limits=[("alert", 0.05)])),
-    ]  # fmt: skip
+    ]
     capacity = [
-        (24, 16, _chart("Open connections per pod", _line(per_pod("connections/active", "ALIGN_MAX"),
-                        "${resource.labels.task_id}"), limits=[("80% of capacity", m.max_connections * 8 // 10)])),
-        (24, 16, _chart("Processes (asyncio tasks + tool workers) per pod",
-                        _line(per_pod("erlang/processes", "ALIGN_MAX"), "${resource.labels.task_id}"))),
-        (24, 16, _chart("Resident memory per pod", _line(per_pod("memory/usage", "ALIGN_MAX"),
-                        "${resource.labels.task_id}"), label="bytes",
-                        limits=[("90% of limit", memory_limit * 9 // 10), ("limit", memory_limit)])),
-        (24, 16, _chart("Requests/s per pod", _line(_query(_metric("http/requests", m),
-                        _aggregation(60, "ALIGN_RATE", "REDUCE_SUM", ("resource.label.task_id",))),
-                        "${resource.labels.task_id}"))),
-    ]  # fmt: skip
+        (
+            24,
+            16,
+            _chart(
+                "Open connections per pod",
+                _line(per_pod("connections/active", "ALIGN_MAX"), "${resource.labels.task_id}"),
+                limits=[("80% of capacity", m.max_connections * 8 // 10)],
+            ),
+        ),
+        (
+            24,
+            16,
+            _chart(
+                "Processes (asyncio tasks + tool workers) per pod",
+                _line(per_pod("erlang/processes", "ALIGN_MAX"), "${resource.labels.task_id}"),
+            ),
+        ),
+        (
+            24,
+            16,
+            _chart(
+                "Resident memory per pod",
+                _line(per_pod("memory/usage", "ALIGN_MAX"), "${resource.labels.task_id}"),
+                label="bytes",
+                limits=[("90% of limit", memory_limit * 9 // 10), ("limit", memory_limit)],
+            ),
+        ),
+        (
+            24,
+            16,
+            _chart(
+                "Requests/s per pod",
+                _line(
+                    _query(
+                        _metric("http/requests", m),
+                        _aggregation(60, "ALIGN_RATE", "REDUCE_SUM", ("resource.label.task_id",)),
+                    ),
+                    "${resource.labels.task_id}",
+                ),
+            ),
+        ),
+    ]
     names = [policies[key] for key in POLICY_KEYS]
     alerts = [(16, 12, {"title": key, "alert_chart": {"name": policies[key]}}) for key in POLICY_KEYS]
     alerts.append((48, 16, {"title": "Incidents", "incident_list": {"policy_names": names}}))
     found: dict[str, Desired] = {}
-    boards = (("overview", "Overview", overview), ("latency-errors", "Latency & errors", latency_errors),
-              ("capacity", "Capacity", capacity), ("alerts", "Alerts", alerts))  # fmt: skip
+    boards = (
+        ("overview", "Overview", overview),
+        ("latency-errors", "Latency & errors", latency_errors),
+        ("capacity", "Capacity", capacity),
+        ("alerts", "Alerts", alerts),
+    )
     for key, title, widgets in boards:
-        message = monitoring_dashboard_v1.Dashboard({"display_name": _title(m, title), "labels": _labels(m, key),
-                                                     "mosaic_layout": _mosaic(widgets)})  # fmt: skip
+        message = monitoring_dashboard_v1.Dashboard(
+            {"display_name": _title(m, title), "labels": _labels(m, key), "mosaic_layout": _mosaic(widgets)}
+        )
         found[key] = Desired(key, message)
     return found
 
@@ -440,11 +662,16 @@ class Clients:
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
         """See :func:`deployer.grpc_clients.connect`."""
-        connected = connect([
-            (monitoring_v3.NotificationChannelServiceClient, NotificationChannelServiceGrpcTransport),
-            (monitoring_v3.AlertPolicyServiceClient, AlertPolicyServiceGrpcTransport),
-            (monitoring_dashboard_v1.DashboardsServiceClient, DashboardsServiceGrpcTransport),
-        ], endpoint, insecure=insecure, error=MonitoringError)  # fmt: skip
+        connected = connect(
+            [
+                (monitoring_v3.NotificationChannelServiceClient, NotificationChannelServiceGrpcTransport),
+                (monitoring_v3.AlertPolicyServiceClient, AlertPolicyServiceGrpcTransport),
+                (monitoring_dashboard_v1.DashboardsServiceClient, DashboardsServiceGrpcTransport),
+            ],
+            endpoint,
+            insecure=insecure,
+            error=MonitoringError,
+        )
         return cls(connected.clients[0], connected.clients[1], connected.clients[2], _connection=connected)
 
     def close(self) -> None:
@@ -453,8 +680,9 @@ class Clients:
 
 def _view(message: Any) -> dict[str, Any]:
     """The fields a message sets, as a dict with enum names (defaults left out); never a sensitive label."""
-    found: dict[str, Any] = type(message).to_dict(message, use_integers_for_enums=False,
-                                                  always_print_fields_with_no_presence=False)  # fmt: skip
+    found: dict[str, Any] = type(message).to_dict(
+        message, use_integers_for_enums=False, always_print_fields_with_no_presence=False
+    )
     if isinstance(message, monitoring_v3.NotificationChannel) and "labels" in found:
         found["labels"] = {k: v for k, v in found["labels"].items() if k not in _SENSITIVE}
     return found
@@ -475,35 +703,48 @@ class _Kind:
 def _kinds(clients: Clients, project: str) -> tuple[_Kind, _Kind, _Kind]:
     parent = f"projects/{project}"
     channel_fields = ["display_name", "description", "labels", "user_labels", "enabled"]
-    policy_fields = ["display_name", "documentation", "user_labels", "conditions", "combiner", "enabled",
-                     "notification_channels", "alert_strategy", "severity"]  # fmt: skip
+    policy_fields = [
+        "display_name",
+        "documentation",
+        "user_labels",
+        "conditions",
+        "combiner",
+        "enabled",
+        "notification_channels",
+        "alert_strategy",
+        "severity",
+    ]
 
     def update_dashboard(desired: Any, actual: Any) -> Any:
         desired.etag = actual.etag  # refused if someone changed it since it was read
         return clients.dashboards.update_dashboard(request={"dashboard": desired})
 
     channels = _Kind(
-        "notification channel", lambda m: m.user_labels,
+        "notification channel",
+        lambda m: m.user_labels,
         lambda: clients.channels.list_notification_channels(name=parent),
         lambda m: clients.channels.create_notification_channel(name=parent, notification_channel=m),
-        lambda m, _: clients.channels.update_notification_channel(notification_channel=m,
-                                                                  update_mask={"paths": channel_fields}),
+        lambda m, _: clients.channels.update_notification_channel(
+            notification_channel=m, update_mask={"paths": channel_fields}
+        ),
         lambda m: clients.channels.delete_notification_channel(name=m.name, force=False),
-    )  # fmt: skip
+    )
     policies = _Kind(
-        "alert policy", lambda m: m.user_labels,
+        "alert policy",
+        lambda m: m.user_labels,
         lambda: clients.policies.list_alert_policies(name=parent),
         lambda m: clients.policies.create_alert_policy(name=parent, alert_policy=m),
         lambda m, _: clients.policies.update_alert_policy(alert_policy=m, update_mask={"paths": policy_fields}),
         lambda m: clients.policies.delete_alert_policy(name=m.name),
-    )  # fmt: skip
+    )
     dashboards = _Kind(
-        "dashboard", lambda m: m.labels,
+        "dashboard",
+        lambda m: m.labels,
         lambda: clients.dashboards.list_dashboards(parent=parent),
         lambda m: clients.dashboards.create_dashboard(parent=parent, dashboard=m),
         update_dashboard,
         lambda m: clients.dashboards.delete_dashboard(name=m.name),
-    )  # fmt: skip
+    )
     return channels, policies, dashboards
 
 
@@ -529,12 +770,24 @@ def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list
     for key, want in desired.items():
         found = actual.get(key, [])
         if not found:
-            changes.append(Change(CREATE, kind.title, key, want.message.display_name, secrets=want.secrets,
-                                  desired=want.message))  # fmt: skip
+            changes.append(
+                Change(CREATE, kind.title, key, want.message.display_name, secrets=want.secrets, desired=want.message)
+            )
             continue
         shown = [_shown(d, want) for d in differences(_view(want.message), _view(found[0]))]
-        changes.append(Change(UPDATE if shown else NO_CHANGE, kind.title, key, want.message.display_name,
-                              found[0].name, shown, want.secrets, want.message, found[0]))  # fmt: skip
+        changes.append(
+            Change(
+                UPDATE if shown else NO_CHANGE,
+                kind.title,
+                key,
+                want.message.display_name,
+                found[0].name,
+                shown,
+                want.secrets,
+                want.message,
+                found[0],
+            )
+        )
     for key, messages in actual.items():
         for message in messages[0 if key not in desired else 1 :]:
             changes.append(Change(DELETE, kind.title, key, message.display_name, message.name, actual=message))
@@ -603,8 +856,9 @@ def converge(clients: Clients, options: Options, *, apply: bool, log: Log = lamb
         for kind, changes in reversed(stages):
             for change in changes:
                 if change.action == DELETE:
-                    _call(f"cannot delete {kind.title} {change.key} ({change.name})",
-                          partial(kind.delete, change.actual))  # fmt: skip
+                    _call(
+                        f"cannot delete {kind.title} {change.key} ({change.name})", partial(kind.delete, change.actual)
+                    )
                     log(f"deleted {kind.title} {change.key}: {change.name}")
     return [change for _, changes in stages for change in changes]
 
@@ -628,12 +882,18 @@ def render(changes: Sequence[Change], options: Options, *, mode: str, out: TextI
     counts = summary(changes)
     where = f"project {options.project}" + (f", namespace {options.namespace}" if options.namespace else "")
     if mode == "apply":
-        print(f"Cloud Monitoring applied for {where}: {counts[CREATE]} created, {counts[UPDATE]} updated, "
-              f"{counts[DELETE]} deleted, {counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+        print(
+            f"Cloud Monitoring applied for {where}: {counts[CREATE]} created, {counts[UPDATE]} updated, "
+            f"{counts[DELETE]} deleted, {counts[NO_CHANGE]} unchanged",
+            file=out,
+        )
     else:
         verb = "plan (dry run: nothing written)" if mode == "dry-run" else "plan"
-        print(f"Cloud Monitoring {verb} for {where}: {counts[CREATE]} to create, {counts[UPDATE]} to update, "
-              f"{counts[DELETE]} to delete, {counts[NO_CHANGE]} unchanged", file=out)  # fmt: skip
+        print(
+            f"Cloud Monitoring {verb} for {where}: {counts[CREATE]} to create, {counts[UPDATE]} to update, "
+            f"{counts[DELETE]} to delete, {counts[NO_CHANGE]} unchanged",
+            file=out,
+        )
     widths = (max(len(c.kind) for c in changes), max(len(c.key) for c in changes)) if changes else (0, 0)
     for change in changes:
         line = f"  {change.action:<9}  {change.kind:<{widths[0]}}  {change.key:<{widths[1]}}  {change.display_name}"
@@ -652,10 +912,17 @@ def render(changes: Sequence[Change], options: Options, *, mode: str, out: TextI
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
     """``monitoring plan|apply``: 0 when done, :class:`ValuesError` for bad options, MonitoringError if refused."""
-    options = Options(project=args.project, namespace=args.namespace, emails=tuple(args.email),
-                      pagerduty_key_file=args.pagerduty_key_file, slack_channel=args.slack_channel,
-                      slack_token_file=args.slack_token_file, webhook_url=args.webhook_url,
-                      memory_limit_bytes=args.memory_limit_bytes, max_connections=args.max_connections)  # fmt: skip
+    options = Options(
+        project=args.project,
+        namespace=args.namespace,
+        emails=tuple(args.email),
+        pagerduty_key_file=args.pagerduty_key_file,
+        slack_channel=args.slack_channel,
+        slack_token_file=args.slack_token_file,
+        webhook_url=args.webhook_url,
+        memory_limit_bytes=args.memory_limit_bytes,
+        max_connections=args.max_connections,
+    )
     options.check()
     if args.insecure and not args.endpoint:
         raise ValuesError("--insecure needs --endpoint HOST:PORT")
@@ -668,9 +935,13 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     finally:
         clients.close()
     if args.json:
-        document = {"project": options.project, "namespace": options.namespace, "mode": mode,
-                    "summary": summary(changes),
-                    "changes": [c.as_dict() for c in changes]}  # fmt: skip
+        document = {
+            "project": options.project,
+            "namespace": options.namespace,
+            "mode": mode,
+            "summary": summary(changes),
+            "changes": [c.as_dict() for c in changes],
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
         render(changes, options, mode=mode, out=out)

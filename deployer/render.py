@@ -56,6 +56,7 @@ def render(
     helm_values = nest(final)
     extra = [f"--kube-version={kube_version}"] if kube_version else []
     extra += [f"--api-versions={version}" for version in api_versions]
-    text = helm_template(helm, chart, release=release, namespace=namespace, values=helm_values, extra_args=extra,
-                         cluster=cluster)  # fmt: skip
+    text = helm_template(
+        helm, chart, release=release, namespace=namespace, values=helm_values, extra_args=extra, cluster=cluster
+    )
     return Rendered(release, namespace, final, helm_values, text, parse_manifests(text))

@@ -58,8 +58,10 @@ def check_cluster_constraints(raw: Any) -> None:
             if {"cpu", "memory"} & set(requests) or {"affinity", "replicas"} & set(resource):
                 raise SchemaError(f"{at}: a GPU entry cannot also ask for cpu, memory, affinity or replicas")
         if "affinity" in resource:
-            simple = _mapping(_mapping(resource["affinity"], f"{at}.affinity").get("simpleNodeAffinity"),
-                              f"{at}.affinity.simpleNodeAffinity")  # fmt: skip
+            simple = _mapping(
+                _mapping(resource["affinity"], f"{at}.affinity").get("simpleNodeAffinity"),
+                f"{at}.affinity.simpleNodeAffinity",
+            )
             kind = simple.get("type")
             if kind not in _NODE_AFFINITY:
                 raise SchemaError(
@@ -102,8 +104,10 @@ def _check_assisted(assisted: Mapping[str, Any]) -> None:
         raise SchemaError(f"{where}.gke.nodePool[0] needs numNodes (an integer) and machineType")
     custom = _CUSTOM_MACHINE.match(pool["machineType"])
     if custom and int(custom.group(1)) != 1 and int(custom.group(1)) % 2:
-        raise SchemaError(f"{where}.gke.nodePool[0].machineType {pool['machineType']!r}: a custom type needs 1 or an "
-                          "even number of CPUs")  # fmt: skip
+        raise SchemaError(
+            f"{where}.gke.nodePool[0].machineType {pool['machineType']!r}: a custom type needs 1 or an "
+            "even number of CPUs"
+        )
 
 
 def check_service_account(raw: Any, where: str) -> None:

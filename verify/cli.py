@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only this group or check (repeatable): {', '.join(GROUPS)}, or e.g. mcp.ping",
     )
     parser.add_argument("--ca-file", type=Path, help="CA bundle to trust for https (e.g. a self-signed certificate)")
-    parser.add_argument("--cert-file", type=Path, metavar="PEM",
-                        help="client certificate to present to a server that requires one (mutual TLS)")  # fmt: skip
+    parser.add_argument(
+        "--cert-file",
+        type=Path,
+        metavar="PEM",
+        help="client certificate to present to a server that requires one (mutual TLS)",
+    )
     parser.add_argument("--key-file", type=Path, metavar="PEM", help="the client certificate's private key")
     parser.add_argument(
         "--max-request-bytes",
@@ -64,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4 * 1024 * 1024,
         help="the server's body limit, for the 413 check (default 4194304, the server's default)",
     )
-    parser.add_argument("--initialize-limit", type=int, metavar="N",
-                        help="the server's initialize-per-minute limit: check the 429 (uses up the limit)")  # fmt: skip
+    parser.add_argument(
+        "--initialize-limit",
+        type=int,
+        metavar="N",
+        help="the server's initialize-per-minute limit: check the 429 (uses up the limit)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
@@ -134,8 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("NAMESPACE and APP_INSTANCE_NAME are set but KUBERNETES_SERVICE_HOST is not: not in a cluster")
         api_host = f"[{host}]" if ":" in host else host
         try:
-            found = discover(namespace, app, api_url=f"https://{api_host}:{port}",
-                             service_account_dir=args.service_account_dir, timeout=args.timeout)  # fmt: skip
+            found = discover(
+                namespace,
+                app,
+                api_url=f"https://{api_host}:{port}",
+                service_account_dir=args.service_account_dir,
+                timeout=args.timeout,
+            )
         except InClusterError as exc:
             print(f"verify: {exc}", file=sys.stderr)
             return EXIT_USAGE

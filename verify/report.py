@@ -67,7 +67,7 @@ def write_json(results: Sequence[CheckResult], target: str, path: Path) -> None:
                 "seconds": round(r.seconds, 6),
             }
             for r in results
-        ],  # fmt: skip
+        ],
     }
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 

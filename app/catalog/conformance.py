@@ -52,14 +52,20 @@ async def audio_content(_: Args, __: RequestContext) -> ToolResult:
 
 
 async def embedded_resource(_: Args, __: RequestContext) -> ToolResult:
-    resource = {"uri": "test://embedded-resource", "mimeType": "text/plain",
-                "text": "This is an embedded resource content."}  # fmt: skip
+    resource = {
+        "uri": "test://embedded-resource",
+        "mimeType": "text/plain",
+        "text": "This is an embedded resource content.",
+    }
     return _content({"type": "resource", "resource": resource})
 
 
 async def multiple_content_types(_: Args, __: RequestContext) -> ToolResult:
-    resource = {"uri": "test://mixed-content-resource", "mimeType": "application/json",
-                "text": '{"test": "data", "value": 123}'}  # fmt: skip
+    resource = {
+        "uri": "test://mixed-content-resource",
+        "mimeType": "application/json",
+        "text": '{"test": "data", "value": 123}',
+    }
     return _content(
         {"type": "text", "text": "Multiple content types test:"}, _image(), {"type": "resource", "resource": resource}
     )
@@ -128,7 +134,7 @@ SEP1034_DEFAULTS = {
             "description": "User status",
             "enum": ["active", "inactive", "pending"],
             "default": "active",
-        },  # fmt: skip
+        },
         "verified": {"type": "boolean", "description": "Verification status", "default": True},
     },
 }
@@ -142,25 +148,45 @@ async def elicitation_sep1034_defaults(_: Args, ctx: RequestContext) -> ToolResu
 SEP1330_ENUMS = {
     "type": "object",
     "properties": {
-        "untitledSingle": {"type": "string", "description": "Simple enum without titles",
-                           "enum": ["active", "inactive", "pending"]},
-        "titledSingle": {"type": "string", "description": "Enum with titled options (oneOf)", "oneOf": [
-            {"const": "low", "title": "Low Priority"},
-            {"const": "medium", "title": "Medium Priority"},
-            {"const": "high", "title": "High Priority"},
-        ]},
-        "untitledMulti": {"type": "array", "description": "Multi-select without titles",
-                          "items": {"type": "string", "enum": ["read", "write", "execute"]}},
-        "titledMulti": {"type": "array", "description": "Multi-select with titled options", "items": {"anyOf": [
-            {"const": "feature", "title": "New Feature"},
-            {"const": "bug", "title": "Bug Fix"},
-            {"const": "docs", "title": "Documentation"},
-        ]}},
-        "legacyEnum": {"type": "string", "description": "Legacy enum with enumNames",
-                       "enum": ["small", "medium", "large"], "enumNames": ["Small Size", "Medium Size", "Large Size"]},
+        "untitledSingle": {
+            "type": "string",
+            "description": "Simple enum without titles",
+            "enum": ["active", "inactive", "pending"],
+        },
+        "titledSingle": {
+            "type": "string",
+            "description": "Enum with titled options (oneOf)",
+            "oneOf": [
+                {"const": "low", "title": "Low Priority"},
+                {"const": "medium", "title": "Medium Priority"},
+                {"const": "high", "title": "High Priority"},
+            ],
+        },
+        "untitledMulti": {
+            "type": "array",
+            "description": "Multi-select without titles",
+            "items": {"type": "string", "enum": ["read", "write", "execute"]},
+        },
+        "titledMulti": {
+            "type": "array",
+            "description": "Multi-select with titled options",
+            "items": {
+                "anyOf": [
+                    {"const": "feature", "title": "New Feature"},
+                    {"const": "bug", "title": "Bug Fix"},
+                    {"const": "docs", "title": "Documentation"},
+                ]
+            },
+        },
+        "legacyEnum": {
+            "type": "string",
+            "description": "Legacy enum with enumNames",
+            "enum": ["small", "medium", "large"],
+            "enumNames": ["Small Size", "Medium Size", "Large Size"],
+        },
     },
     "required": ["untitledSingle", "titledSingle", "untitledMulti", "titledMulti", "legacyEnum"],
-}  # fmt: skip
+}
 
 
 async def elicitation_sep1330_enums(_: Args, ctx: RequestContext) -> ToolResult:
@@ -228,9 +254,15 @@ async def logging_tool(_: Args, ctx: RequestContext) -> ToolResult:
 
 X_MCP_HEADER = {
     "type": "object",
-    "properties": {"region": {"type": "string", "description": "Mirrored into the Mcp-Param-Region header",
-                              "x-mcp-header": "Region", "default": "<none>"}},
-}  # fmt: skip
+    "properties": {
+        "region": {
+            "type": "string",
+            "description": "Mirrored into the Mcp-Param-Region header",
+            "x-mcp-header": "Region",
+            "default": "<none>",
+        }
+    },
+}
 
 
 async def x_mcp_header(arguments: Args, _: RequestContext) -> ToolResult:
@@ -310,11 +342,17 @@ async def irr_request_state(_: Args, ctx: RequestContext) -> ToolResult:
 
 
 async def irr_multiple_inputs(_: Args, ctx: RequestContext) -> ToolResult:
-    if (_elicited(ctx, "user_name", "name") is not None and _sampled_text(ctx, "greeting") is not None
-            and _roots(ctx, "client_roots") is not None):  # fmt: skip
+    if (
+        _elicited(ctx, "user_name", "name") is not None
+        and _sampled_text(ctx, "greeting") is not None
+        and _roots(ctx, "client_roots") is not None
+    ):
         return text_result("All inputs received.")
-    requests = {"user_name": _ask("What is your name?", NAME_SCHEMA), "greeting": _sample("Generate a greeting", 50),
-                "client_roots": ROOTS_REQUEST}  # fmt: skip
+    requests = {
+        "user_name": _ask("What is your name?", NAME_SCHEMA),
+        "greeting": _sample("Generate a greeting", 50),
+        "client_roots": ROOTS_REQUEST,
+    }
     return _input_required(requests, "multiple-inputs")
 
 
@@ -400,10 +438,12 @@ async def confirm_delete(arguments: Args, _: RequestContext) -> RunAsTask:
 
 async def multi_input(_: Args, __: RequestContext) -> RunAsTask:
     async def ask(task: TaskContext) -> ToolResult:
-        answers = await task.ask({"name": _ask("Enter your name:", NAME_SCHEMA),
-                                  "confirm": _ask("Confirm action?", CONFIRM_SCHEMA)})  # fmt: skip
-        return text_result(f'name="{_accepted(answers["name"], "name")}" '
-                           f"confirmed={_accepted(answers['confirm'], 'confirm')}")  # fmt: skip
+        answers = await task.ask(
+            {"name": _ask("Enter your name:", NAME_SCHEMA), "confirm": _ask("Confirm action?", CONFIRM_SCHEMA)}
+        )
+        return text_result(
+            f'name="{_accepted(answers["name"], "name")}" confirmed={_accepted(answers["confirm"], "confirm")}'
+        )
 
     return RunAsTask(ask)
 
@@ -420,14 +460,28 @@ async def tool_with_task(_: Args, ctx: RequestContext) -> ToolResult | RunAsTask
     return RunAsTask(compute)
 
 
-GREET_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "description": "Name to greet"}},
-                "required": ["name"]}  # fmt: skip
-SLOW_SCHEMA = {"type": "object", "properties": {
-    "seconds": {"type": "integer", "description": "How many seconds to compute (sleep)", "default": 3},
-    "label": {"type": "string", "description": "A label for the computation", "default": "default"}}}  # fmt: skip
-FILENAME_SCHEMA = {"type": "object", "properties": {"filename": {
-    "type": "string", "description": "File the user is being asked to confirm deletion of",
-    "default": "important.txt"}}}  # fmt: skip
+GREET_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "description": "Name to greet"}},
+    "required": ["name"],
+}
+SLOW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "seconds": {"type": "integer", "description": "How many seconds to compute (sleep)", "default": 3},
+        "label": {"type": "string", "description": "A label for the computation", "default": "default"},
+    },
+}
+FILENAME_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "filename": {
+            "type": "string",
+            "description": "File the user is being asked to confirm deletion of",
+            "default": "important.txt",
+        }
+    },
+}
 
 
 def _tool(
@@ -445,55 +499,123 @@ TOOLS = (
     _tool("test_image_content", "Tests image content response", image_content),
     _tool("test_audio_content", "Tests audio content response", audio_content),
     _tool("test_embedded_resource", "Tests embedded resource content response", embedded_resource),
-    _tool("test_multiple_content_types", "Tests response with multiple content types (text, image, resource)",
-          multiple_content_types),
+    _tool(
+        "test_multiple_content_types",
+        "Tests response with multiple content types (text, image, resource)",
+        multiple_content_types,
+    ),
     _tool("test_tool_with_logging", "Tests tool that emits log messages during execution", tool_with_logging),
     _tool("test_tool_with_progress", "Tests tool that reports progress notifications", tool_with_progress),
     _tool("test_error_handling", "Tests error response handling", error_handling),
-    _tool("test_sampling", "Tests server-initiated sampling (LLM completion request)", sampling,
-          _string_argument("prompt")),
-    _tool("test_elicitation", "Tests server-initiated elicitation (user input request)", elicitation,
-          _string_argument("message")),
-    _tool("test_elicitation_sep1034_defaults", "Tests elicitation with default values for all primitive types "
-          "(SEP-1034)", elicitation_sep1034_defaults),
-    _tool("test_elicitation_sep1330_enums", "Tests elicitation with enum schema variations per SEP-1330",
-          elicitation_sep1330_enums),
-    _tool("json_schema_2020_12_tool", "Tests JSON Schema 2020-12 keyword preservation in tools/list",
-          json_schema_tool, JSON_SCHEMA_2020_12),
+    _tool(
+        "test_sampling",
+        "Tests server-initiated sampling (LLM completion request)",
+        sampling,
+        _string_argument("prompt"),
+    ),
+    _tool(
+        "test_elicitation",
+        "Tests server-initiated elicitation (user input request)",
+        elicitation,
+        _string_argument("message"),
+    ),
+    _tool(
+        "test_elicitation_sep1034_defaults",
+        "Tests elicitation with default values for all primitive types (SEP-1034)",
+        elicitation_sep1034_defaults,
+    ),
+    _tool(
+        "test_elicitation_sep1330_enums",
+        "Tests elicitation with enum schema variations per SEP-1330",
+        elicitation_sep1330_enums,
+    ),
+    _tool(
+        "json_schema_2020_12_tool",
+        "Tests JSON Schema 2020-12 keyword preservation in tools/list",
+        json_schema_tool,
+        JSON_SCHEMA_2020_12,
+    ),
     _tool("test_reconnection", "Tests SSE polling by closing stream mid-call (SEP-1699)", reconnection),
     _tool("test_missing_capability", "Test tool requiring sampling", missing_capability),
     _tool("test_streaming_elicitation", "Diagnostic tool validating response progress streams", streaming_elicitation),
     _tool("test_logging_tool", "Diagnostic logging validator tool", logging_tool),
     _tool("test_x_mcp_header", "Tests SEP-2243 Mcp-Param-* server-side validation", x_mcp_header, X_MCP_HEADER),
-    _tool("test_input_required_result_elicitation", "Tests InputRequiredResult with a single elicitation request",
-          irr_elicitation),
-    _tool("test_input_required_result_sampling", "Tests InputRequiredResult with a single sampling request",
-          irr_sampling),
-    _tool("test_input_required_result_list_roots", "Tests InputRequiredResult with a single roots/list request",
-          irr_list_roots),
-    _tool("test_input_required_result_request_state", "Tests requestState round-tripping in the InputRequiredResult "
-          "flow", irr_request_state),
-    _tool("test_input_required_result_multiple_inputs", "Tests InputRequiredResult carrying elicitation, sampling "
-          "and roots requests together", irr_multiple_inputs),
-    _tool("test_input_required_result_multi_round", "Tests a three-round InputRequiredResult flow with evolving "
-          "requestState", irr_multi_round),
-    _tool("test_input_required_result_tampered_state", "Tests that the server rejects a tampered requestState echo",
-          irr_tampered_state),
-    _tool("test_input_required_result_capabilities", "Tests that inputRequests only include methods the client "
-          "declared support for", irr_capabilities),
+    _tool(
+        "test_input_required_result_elicitation",
+        "Tests InputRequiredResult with a single elicitation request",
+        irr_elicitation,
+    ),
+    _tool(
+        "test_input_required_result_sampling", "Tests InputRequiredResult with a single sampling request", irr_sampling
+    ),
+    _tool(
+        "test_input_required_result_list_roots",
+        "Tests InputRequiredResult with a single roots/list request",
+        irr_list_roots,
+    ),
+    _tool(
+        "test_input_required_result_request_state",
+        "Tests requestState round-tripping in the InputRequiredResult flow",
+        irr_request_state,
+    ),
+    _tool(
+        "test_input_required_result_multiple_inputs",
+        "Tests InputRequiredResult carrying elicitation, sampling and roots requests together",
+        irr_multiple_inputs,
+    ),
+    _tool(
+        "test_input_required_result_multi_round",
+        "Tests a three-round InputRequiredResult flow with evolving requestState",
+        irr_multi_round,
+    ),
+    _tool(
+        "test_input_required_result_tampered_state",
+        "Tests that the server rejects a tampered requestState echo",
+        irr_tampered_state,
+    ),
+    _tool(
+        "test_input_required_result_capabilities",
+        "Tests that inputRequests only include methods the client declared support for",
+        irr_capabilities,
+    ),
     _tool("greet", "Greets by name, always at once", greet, GREET_SCHEMA),
-    _tool("slow_compute", "Computes for some seconds; runs as a task for clients with the tasks extension",
-          slow_compute, SLOW_SCHEMA, tasks="optional"),
+    _tool(
+        "slow_compute",
+        "Computes for some seconds; runs as a task for clients with the tasks extension",
+        slow_compute,
+        SLOW_SCHEMA,
+        tasks="optional",
+    ),
     _tool("failing_job", "A task whose tool fails", failing_job, {"type": "object", "properties": {}}, "required"),
-    _tool("protocol_error_job", "A task that fails with a protocol error", protocol_error_job,
-          {"type": "object", "properties": {}}, "required"),
-    _tool("confirm_delete", "Asks the user to confirm a deletion, inside a task", confirm_delete, FILENAME_SCHEMA,
-          "required"),
-    _tool("multi_input", "Asks the user two questions at once, inside a task", multi_input,
-          {"type": "object", "properties": {}}, "required"),
-    _tool("test_tool_with_task", "Asks for a name first, then finishes as a task", tool_with_task,
-          {"type": "object"}, "required"),
-)  # fmt: skip
+    _tool(
+        "protocol_error_job",
+        "A task that fails with a protocol error",
+        protocol_error_job,
+        {"type": "object", "properties": {}},
+        "required",
+    ),
+    _tool(
+        "confirm_delete",
+        "Asks the user to confirm a deletion, inside a task",
+        confirm_delete,
+        FILENAME_SCHEMA,
+        "required",
+    ),
+    _tool(
+        "multi_input",
+        "Asks the user two questions at once, inside a task",
+        multi_input,
+        {"type": "object", "properties": {}},
+        "required",
+    ),
+    _tool(
+        "test_tool_with_task",
+        "Asks for a name first, then finishes as a task",
+        tool_with_task,
+        {"type": "object"},
+        "required",
+    ),
+)
 
 
 def _text(text: str, mime_type: str = "text/plain") -> Any:
@@ -515,17 +637,37 @@ async def _template(uri: str, variables: Mapping[str, str]) -> ResourceContents:
 
 STATIC_TEXT = "This is the content of the static text resource."
 RESOURCES = (
-    ResourceSpec("test://static-text", "static_text_resource", _text(STATIC_TEXT),
-                 description="A static text resource for testing", mime_type="text/plain"),
-    ResourceSpec("test://static-binary", "static_binary_resource", _binary,
-                 description="A static binary resource (image) for testing", mime_type="image/png"),
-    ResourceSpec("test://watched-resource", "watched_resource", _text("Watched resource content"),
-                 description="A resource that can be subscribed to for updates", mime_type="text/plain"),
-)  # fmt: skip
+    ResourceSpec(
+        "test://static-text",
+        "static_text_resource",
+        _text(STATIC_TEXT),
+        description="A static text resource for testing",
+        mime_type="text/plain",
+    ),
+    ResourceSpec(
+        "test://static-binary",
+        "static_binary_resource",
+        _binary,
+        description="A static binary resource (image) for testing",
+        mime_type="image/png",
+    ),
+    ResourceSpec(
+        "test://watched-resource",
+        "watched_resource",
+        _text("Watched resource content"),
+        description="A resource that can be subscribed to for updates",
+        mime_type="text/plain",
+    ),
+)
 TEMPLATES = (
-    TemplateSpec("test://template/{id}/data", "template_resource", _template,
-                 description="A resource template with parameter substitution", mime_type="application/json"),
-)  # fmt: skip
+    TemplateSpec(
+        "test://template/{id}/data",
+        "template_resource",
+        _template,
+        description="A resource template with parameter substitution",
+        mime_type="application/json",
+    ),
+)
 
 
 def _user(content: dict[str, Any]) -> dict[str, Any]:
@@ -542,8 +684,11 @@ async def prompt_with_arguments(arguments: Mapping[str, str], _: RequestContext)
 
 
 async def prompt_with_embedded_resource(arguments: Mapping[str, str], _: RequestContext) -> list[dict[str, Any]]:
-    resource = {"uri": arguments["resourceUri"], "mimeType": "text/plain",
-                "text": "Embedded resource content for testing."}  # fmt: skip
+    resource = {
+        "uri": arguments["resourceUri"],
+        "mimeType": "text/plain",
+        "text": "Embedded resource content for testing.",
+    }
     return [
         _user({"type": "resource", "resource": resource}),
         _user({"type": "text", "text": "Please process the embedded resource above."}),
@@ -564,16 +709,28 @@ async def irr_prompt(_: Mapping[str, str], ctx: RequestContext) -> list[dict[str
 
 PROMPTS = (
     PromptSpec("test_simple_prompt", simple_prompt, description="A simple prompt without arguments"),
-    PromptSpec("test_prompt_with_arguments", prompt_with_arguments, description="A prompt with required arguments",
-               arguments=(PromptArgument("arg1", "First test argument", required=True),
-                          PromptArgument("arg2", "Second test argument", required=True))),
-    PromptSpec("test_prompt_with_embedded_resource", prompt_with_embedded_resource,
-               description="A prompt that includes an embedded resource",
-               arguments=(PromptArgument("resourceUri", "URI of the resource to embed", required=True),)),
+    PromptSpec(
+        "test_prompt_with_arguments",
+        prompt_with_arguments,
+        description="A prompt with required arguments",
+        arguments=(
+            PromptArgument("arg1", "First test argument", required=True),
+            PromptArgument("arg2", "Second test argument", required=True),
+        ),
+    ),
+    PromptSpec(
+        "test_prompt_with_embedded_resource",
+        prompt_with_embedded_resource,
+        description="A prompt that includes an embedded resource",
+        arguments=(PromptArgument("resourceUri", "URI of the resource to embed", required=True),),
+    ),
     PromptSpec("test_prompt_with_image", prompt_with_image, description="A prompt that includes image content"),
-    PromptSpec("test_input_required_result_prompt", irr_prompt,
-               description="Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)"),
-)  # fmt: skip
+    PromptSpec(
+        "test_input_required_result_prompt",
+        irr_prompt,
+        description="Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)",
+    ),
+)
 
 
 def _triggers(tools: Tools, prompts: Prompts) -> tuple[ToolSpec, ...]:
@@ -586,8 +743,7 @@ def _triggers(tools: Tools, prompts: Prompts) -> tuple[ToolSpec, ...]:
         return [_user({"type": "text", "text": "dynamic"})]
 
     async def tool_change(_: Args, ctx: RequestContext) -> ToolResult:
-        tools.add(_tool("test_dynamic_tool", "A tool registered and removed by test_trigger_tool_change",
-                        dynamic_tool))  # fmt: skip
+        tools.add(_tool("test_dynamic_tool", "A tool registered and removed by test_trigger_tool_change", dynamic_tool))
         tools.remove("test_dynamic_tool")
         await ctx.notify_change("notifications/tools/list_changed")
         return text_result("tool list changed")

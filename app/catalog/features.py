@@ -89,14 +89,22 @@ def _tools(catalog: Catalog, runtime: CatalogRuntime, upstream: Upstream, timeou
         if isinstance(entry, BuiltinToolEntry):
             builtin = BUILTINS[entry.builtin]
             annotations = entry.annotations or ({"readOnlyHint": True} if builtin.read_only else None)
-            specs.append(_tool_spec(entry.model_copy(update={"annotations": annotations}), builtin.run,
-                                    entry.input_schema or builtin.input_schema,
-                                    entry.output_schema or builtin.output_schema))  # fmt: skip
+            specs.append(
+                _tool_spec(
+                    entry.model_copy(update={"annotations": annotations}),
+                    builtin.run,
+                    entry.input_schema or builtin.input_schema,
+                    entry.output_schema or builtin.output_schema,
+                )
+            )
         elif isinstance(entry, HttpToolEntry):
             schema = entry.input_schema or {"type": "object", "properties": {}}
             limit = min(entry.timeout_seconds or timeout, timeout)
-            specs.append(_tool_spec(entry, http_tool_handler(entry, upstream, timeout_seconds=limit), schema,
-                                    entry.output_schema))  # fmt: skip
+            specs.append(
+                _tool_spec(
+                    entry, http_tool_handler(entry, upstream, timeout_seconds=limit), schema, entry.output_schema
+                )
+            )
         elif isinstance(entry, PythonToolEntry):
             try:
                 function = import_function(entry.function)
@@ -113,13 +121,15 @@ def _resources(catalog: Catalog, upstream: Upstream, timeout: float) -> tuple[li
     for index, entry in enumerate(catalog.resources):
         common: dict[str, Any] = {"name": entry.name, "title": entry.title, "description": entry.description}
         if isinstance(entry, TextResourceEntry):
-            resources.append(ResourceSpec(uri=entry.uri, read=text_reader(entry),
-                                          mime_type=entry.mime_type or "text/plain", **common))  # fmt: skip
+            resources.append(
+                ResourceSpec(
+                    uri=entry.uri, read=text_reader(entry), mime_type=entry.mime_type or "text/plain", **common
+                )
+            )
         elif isinstance(entry, FileResourceEntry):
             if not entry.path.is_file():
                 raise CatalogError(_where("resources", index, entry.name, f"path: {str(entry.path)!r} is not a file"))
-            resources.append(ResourceSpec(uri=entry.uri, read=file_reader(entry), mime_type=entry.mime_type,
-                                          **common))  # fmt: skip
+            resources.append(ResourceSpec(uri=entry.uri, read=file_reader(entry), mime_type=entry.mime_type, **common))
         elif isinstance(entry, DirectoryResourceEntry):
             try:
                 resources.extend(directory_resources(entry))
@@ -134,18 +144,33 @@ def _resources(catalog: Catalog, upstream: Upstream, timeout: float) -> tuple[li
             reader = text_template_reader(template)
         else:
             reader = http_resource_reader(template, upstream, timeout_seconds=timeout)
-        templates.append(TemplateSpec(uri_template=template.uri_template, name=template.name, read=reader,
-                                      title=template.title, description=template.description,
-                                      mime_type=template.mime_type,
-                                      completions={k: tuple(v) for k, v in template.completions.items()}))  # fmt: skip
+        templates.append(
+            TemplateSpec(
+                uri_template=template.uri_template,
+                name=template.name,
+                read=reader,
+                title=template.title,
+                description=template.description,
+                mime_type=template.mime_type,
+                completions={k: tuple(v) for k, v in template.completions.items()},
+            )
+        )
     return resources, templates
 
 
 def _plugin_tool(tool: PluginTool, runtime: CatalogRuntime) -> ToolSpec:
-    entry = PythonToolEntry(kind="python", name=tool.name, description=tool.description, title=tool.title,
-                            function=tool.target, isolation=tool.isolation, timeout_seconds=tool.timeout_seconds,
-                            max_concurrency=tool.max_concurrency, annotations=tool.annotations,
-                            output_schema=dict(tool.output_schema) if tool.output_schema else None)  # fmt: skip
+    entry = PythonToolEntry(
+        kind="python",
+        name=tool.name,
+        description=tool.description,
+        title=tool.title,
+        function=tool.target,
+        isolation=tool.isolation,
+        timeout_seconds=tool.timeout_seconds,
+        max_concurrency=tool.max_concurrency,
+        annotations=tool.annotations,
+        output_schema=dict(tool.output_schema) if tool.output_schema else None,
+    )
     schema = tool.input_schema or schema_from_hints(tool.function)
     handler = python_tool_handler(entry, tool.function, threads=runtime.threads, pool=runtime.pool)
     return _tool_spec(entry, handler, schema, entry.output_schema)
@@ -177,23 +202,36 @@ def _plugins(catalog: Catalog, runtime: CatalogRuntime) -> tuple[list[ToolSpec],
                 except ValueError as exc:
                     raise PluginError(f"plugin {registry.plugin!r}: tool {tool.name!r}: {exc}") from None
             for resource in registry.resources:
-                resources.append(ResourceSpec(uri=resource.uri, name=resource.name,
-                                              read=_plugin_reader(resource, runtime), title=resource.title,
-                                              description=resource.description,
-                                              mime_type=resource.mime_type))  # fmt: skip
+                resources.append(
+                    ResourceSpec(
+                        uri=resource.uri,
+                        name=resource.name,
+                        read=_plugin_reader(resource, runtime),
+                        title=resource.title,
+                        description=resource.description,
+                        mime_type=resource.mime_type,
+                    )
+                )
             for prompt in registry.prompts:
-                entry = PromptEntry(name=prompt.name, title=prompt.title, description=prompt.description,
-                                    arguments=[PromptArgumentEntry.model_validate(a) for a in prompt.arguments],
-                                    messages=[PromptMessageEntry.model_validate({"role": role, "text": text})
-                                              for role, text in prompt.messages])  # fmt: skip
+                entry = PromptEntry(
+                    name=prompt.name,
+                    title=prompt.title,
+                    description=prompt.description,
+                    arguments=[PromptArgumentEntry.model_validate(a) for a in prompt.arguments],
+                    messages=[
+                        PromptMessageEntry.model_validate({"role": role, "text": text})
+                        for role, text in prompt.messages
+                    ],
+                )
                 prompts.append(prompt_spec(entry))
     except ValueError as exc:  # PluginError, or a plugin's prompt or tool that does not validate
         raise CatalogError(f"plugins: {exc}") from None
     return tools, resources, prompts
 
 
-def features_from_catalog(catalog: Catalog, *, runtime: CatalogRuntime, timeout_seconds: float, page_size: int,
-                          reloadable: bool = False) -> Features:  # fmt: skip
+def features_from_catalog(
+    catalog: Catalog, *, runtime: CatalogRuntime, timeout_seconds: float, page_size: int, reloadable: bool = False
+) -> Features:
     """The features of a catalogue's entries and of the plugins it turns on; ``reloadable`` when the file is
     watched, so that clients are told the lists may change.
 
@@ -226,8 +264,9 @@ def _no_clash(catalogue: list[str], plugins: list[str], what: str) -> None:
         seen.add(name)
 
 
-def load_features(catalog: str | None, *, runtime: CatalogRuntime, timeout_seconds: float, page_size: int,
-                  reloadable: bool = False) -> Features:  # fmt: skip
+def load_features(
+    catalog: str | None, *, runtime: CatalogRuntime, timeout_seconds: float, page_size: int, reloadable: bool = False
+) -> Features:
     """The features named by ``--catalog``: a profile name, a YAML file (``reloadable`` when it is watched), or
     the built-in default.
 
@@ -241,7 +280,12 @@ def load_features(catalog: str | None, *, runtime: CatalogRuntime, timeout_secon
     path = Path(catalog) if catalog else None
     loaded = load_catalog(path)
     try:
-        return features_from_catalog(loaded, runtime=runtime, timeout_seconds=timeout_seconds, page_size=page_size,
-                                     reloadable=reloadable and path is not None)  # fmt: skip
+        return features_from_catalog(
+            loaded,
+            runtime=runtime,
+            timeout_seconds=timeout_seconds,
+            page_size=page_size,
+            reloadable=reloadable and path is not None,
+        )
     except CatalogError as exc:
         raise CatalogError(f"the catalogue {path or 'built in'} is invalid: {exc}") from None

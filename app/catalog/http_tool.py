@@ -41,13 +41,16 @@ def http_tool_handler(entry: HttpToolEntry, upstream: Upstream, *, timeout_secon
             secrets = upstream.secrets(entry.secrets)
             variables = {**arguments, "arguments": dict(arguments), "secrets": secrets}
             url = upstream.render(entry.url, variables, field="url")
-            headers = {name: upstream.render(value, variables, field=f"headers.{name}")
-                       for name, value in entry.headers.items()}  # fmt: skip
+            headers = {
+                name: upstream.render(value, variables, field=f"headers.{name}")
+                for name, value in entry.headers.items()
+            }
             body = upstream.render(entry.body, variables, field="body") if entry.body is not None else None
             if body is not None and not any(name.lower() == "content-type" for name in headers) and _json(body):
                 headers["Content-Type"] = "application/json"
-            response = await upstream.request(method=entry.method, url=url, headers=headers, body=body,
-                                              timeout=timeout_seconds)  # fmt: skip
+            response = await upstream.request(
+                method=entry.method, url=url, headers=headers, body=body, timeout=timeout_seconds
+            )
             return _result(entry, response)
         except (UpstreamError, ToolError) as exc:
             message = redacted(str(exc), secrets)
@@ -77,8 +80,11 @@ def _result(entry: HttpToolEntry, response: UpstreamResponse) -> ToolResult:
     status = response.status_line
     if not response.ok:
         snippet = response.snippet()
-        raise ToolError(f"the upstream answered {status}: {snippet}" if snippet
-                        else f"the upstream answered {status} with an empty body")  # fmt: skip
+        raise ToolError(
+            f"the upstream answered {status}: {snippet}"
+            if snippet
+            else f"the upstream answered {status} with an empty body"
+        )
     media = response.media_type
     if entry.output_schema is not None:
         if not response.content:
@@ -88,12 +94,14 @@ def _result(entry: HttpToolEntry, response: UpstreamResponse) -> ToolResult:
         try:
             parsed = orjson.loads(response.text)
         except orjson.JSONDecodeError as exc:
-            raise ToolError(f"the upstream's answer is not valid JSON ({exc}), and the tool declares an outputSchema"
-                            ) from None  # fmt: skip
+            raise ToolError(
+                f"the upstream's answer is not valid JSON ({exc}), and the tool declares an outputSchema"
+            ) from None
         if not isinstance(parsed, dict):
             kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(parsed), "a number or null")
-            raise ToolError(f"the upstream's JSON is not an object (it is {kind}), and the tool declares an "
-                            "outputSchema")  # fmt: skip
+            raise ToolError(
+                f"the upstream's JSON is not an object (it is {kind}), and the tool declares an outputSchema"
+            )
         return {**text_result(response.text), "structuredContent": parsed}
     if not response.content:
         return text_result(f"(empty response, {status})")
@@ -102,12 +110,15 @@ def _result(entry: HttpToolEntry, response: UpstreamResponse) -> ToolResult:
     if media.startswith(("image/", "audio/")):
         data = base64.b64encode(response.content).decode("ascii")
         return {"content": [{"type": media.partition("/")[0], "data": data, "mimeType": media}], "isError": False}
-    raise ToolError(f"the upstream answered {media or 'binary data'} ({len(response.content)} bytes), which is "
-                    "not text, JSON, an image or audio")  # fmt: skip
+    raise ToolError(
+        f"the upstream answered {media or 'binary data'} ({len(response.content)} bytes), which is "
+        "not text, JSON, an image or audio"
+    )
 
 
-def http_resource_reader(entry: HttpResourceEntry | HttpTemplateEntry, upstream: Upstream, *,
-                         timeout_seconds: float = 30.0) -> Reader:  # fmt: skip
+def http_resource_reader(
+    entry: HttpResourceEntry | HttpTemplateEntry, upstream: Upstream, *, timeout_seconds: float = 30.0
+) -> Reader:
     """The resources/read reader of ``entry``; the upstream must answer within ``timeout_seconds``."""
 
     async def read(uri: str, variables: Mapping[str, str]) -> ResourceContents:
@@ -116,22 +127,28 @@ def http_resource_reader(entry: HttpResourceEntry | HttpTemplateEntry, upstream:
             secrets = upstream.secrets(entry.secrets)
             context = {**variables, "secrets": secrets}
             url = upstream.render(entry.url, context, field="url")
-            headers = {name: upstream.render(value, context, field=f"headers.{name}")
-                       for name, value in entry.headers.items()}  # fmt: skip
-            response = await upstream.request(method="GET", url=url, headers=headers, body=None,
-                                              timeout=timeout_seconds)  # fmt: skip
+            headers = {
+                name: upstream.render(value, context, field=f"headers.{name}") for name, value in entry.headers.items()
+            }
+            response = await upstream.request(
+                method="GET", url=url, headers=headers, body=None, timeout=timeout_seconds
+            )
         except UpstreamError as exc:
             message = redacted(str(exc), secrets)
             log.warning("http resource read failed", uri=uri, error=message)
             raise InternalError(f"resource {uri!r} cannot be read: {message}", data={"uri": uri}) from None
         if response.status in (404, 410):
-            raise ResourceNotFound(f"Resource not found: {uri!r} (the upstream answered {response.status_line})",
-                                   data={"uri": uri})  # fmt: skip
+            raise ResourceNotFound(
+                f"Resource not found: {uri!r} (the upstream answered {response.status_line})", data={"uri": uri}
+            )
         if not response.ok:
             snippet = redacted(response.snippet(), secrets)
             log.warning("http resource read failed", uri=uri, status=response.status)
-            raise InternalError(f"resource {uri!r} cannot be read: the upstream answered {response.status_line}"
-                                + (f": {snippet}" if snippet else ""), data={"uri": uri})  # fmt: skip
+            raise InternalError(
+                f"resource {uri!r} cannot be read: the upstream answered {response.status_line}"
+                + (f": {snippet}" if snippet else ""),
+                data={"uri": uri},
+            )
         mime_type = entry.mime_type or response.media_type or "application/octet-stream"
         if is_textual(mime_type.partition(";")[0].strip().lower()):
             return [{"uri": uri, "mimeType": mime_type, "text": response.text}]

@@ -177,11 +177,15 @@ def _tool_kind(value: Any) -> str | None:
 
 
 ToolEntry = Annotated[
-    Annotated[BuiltinToolEntry, Tag("builtin")] | Annotated[HttpToolEntry, Tag("http")]
+    Annotated[BuiltinToolEntry, Tag("builtin")]
+    | Annotated[HttpToolEntry, Tag("http")]
     | Annotated[PythonToolEntry, Tag("python")],
-    Discriminator(_tool_kind, custom_error_type="unknown_kind",
-                  custom_error_message="kind must be builtin, http or python (a built-in may give just builtin:)"),
-]  # fmt: skip
+    Discriminator(
+        _tool_kind,
+        custom_error_type="unknown_kind",
+        custom_error_message="kind must be builtin, http or python (a built-in may give just builtin:)",
+    ),
+]
 
 
 class _Resource(_Entry):

@@ -81,15 +81,18 @@ class Registry:
     resources: list[PluginResource] = field(default_factory=list)
     prompts: list[PluginPrompt] = field(default_factory=list)
 
-    def tool(self, function: Callable[..., Any], *, name: str | None = None, description: str | None = None,
-             **options: Any) -> None:  # fmt: skip
+    def tool(
+        self, function: Callable[..., Any], *, name: str | None = None, description: str | None = None, **options: Any
+    ) -> None:
         """Offer ``function`` as a tool: its name, and its docstring as description, unless given. Options:
         ``title``, ``input_schema`` (default: from the type hints), ``output_schema``, ``annotations``,
         ``timeout_seconds``, ``max_concurrency``, ``isolation`` (``thread`` or ``process``)."""
         described = description or (function.__doc__ or "").strip()
         if not described:
-            raise PluginError(f"plugin {self.plugin!r}: tool {name or function.__name__!r} needs a description "
-                              "(a docstring or description=...)")  # fmt: skip
+            raise PluginError(
+                f"plugin {self.plugin!r}: tool {name or function.__name__!r} needs a description "
+                "(a docstring or description=...)"
+            )
         try:
             self.tools.append(PluginTool(function, name or function.__name__, described, **options))
         except TypeError as exc:

@@ -25,12 +25,15 @@ def prompt_spec(entry: PromptEntry) -> PromptSpec:
     async def render(arguments: Mapping[str, str], _: RequestContext) -> list[dict[str, Any]]:
         unknown = sorted(set(arguments) - set(declared))
         if unknown:
-            raise InvalidParams(f"Prompt {entry.name!r} has no argument {unknown[0]!r} (it takes: "
-                                f"{', '.join(declared) or 'none'})")  # fmt: skip
+            raise InvalidParams(
+                f"Prompt {entry.name!r} has no argument {unknown[0]!r} (it takes: {', '.join(declared) or 'none'})"
+            )
         variables = {name: arguments.get(name, "") for name in declared}
         try:
-            return [{"role": role, "content": {"type": "text", "text": template.render(**variables)}}
-                    for role, template in messages]  # fmt: skip
+            return [
+                {"role": role, "content": {"type": "text", "text": template.render(**variables)}}
+                for role, template in messages
+            ]
         except TemplateError as exc:
             raise InvalidParams(f"Prompt {entry.name!r} cannot be rendered: {exc}") from None
 

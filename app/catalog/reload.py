@@ -31,12 +31,18 @@ def changed_lists(old: Features, new: Features) -> list[str]:
         everything = {"cursor": None}
         tools = features.tools.list(everything)["tools"] if features.tools.names else []
         resources = [features.resources.list(everything), features.resources.list_templates(everything)]
-        return (orjson.dumps(tools, option=orjson.OPT_SORT_KEYS), orjson.dumps(resources, option=orjson.OPT_SORT_KEYS),
-                orjson.dumps(features.prompts.list(everything), option=orjson.OPT_SORT_KEYS))  # fmt: skip
+        return (
+            orjson.dumps(tools, option=orjson.OPT_SORT_KEYS),
+            orjson.dumps(resources, option=orjson.OPT_SORT_KEYS),
+            orjson.dumps(features.prompts.list(everything), option=orjson.OPT_SORT_KEYS),
+        )
 
     before, after = snapshot(old), snapshot(new)
-    methods = ("notifications/tools/list_changed", "notifications/resources/list_changed",
-               "notifications/prompts/list_changed")  # fmt: skip
+    methods = (
+        "notifications/tools/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/prompts/list_changed",
+    )
     return [method for method, a, b in zip(methods, before, after, strict=True) if a != b]
 
 
@@ -44,8 +50,15 @@ class CatalogWatcher:
     """Watches one catalogue file; ``load`` builds features from it, ``serve`` puts them in service and tells
     the listening clients what changed."""
 
-    def __init__(self, path: Path, *, load: Callable[[], Features], current: Features,
-                 serve: Callable[[Features, list[str]], Awaitable[None]], interval_seconds: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        *,
+        load: Callable[[], Features],
+        current: Features,
+        serve: Callable[[Features, list[str]], Awaitable[None]],
+        interval_seconds: float,
+    ) -> None:
         self._path = path
         self._load = load
         self._serve = serve

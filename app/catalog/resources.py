@@ -21,8 +21,14 @@ from app.catalog.model import (
 from app.features.resources import Reader, ResourceContents, ResourceNotFound, ResourceSpec
 from app.jsonrpc import InternalError
 
-__all__ = ["MAX_DIRECTORY_FILES", "MAX_FILE_BYTES", "directory_resources", "file_reader", "text_reader",
-           "text_template_reader"]  # fmt: skip
+__all__ = [
+    "MAX_DIRECTORY_FILES",
+    "MAX_FILE_BYTES",
+    "directory_resources",
+    "file_reader",
+    "text_reader",
+    "text_template_reader",
+]
 
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a resource is read whole into one message
 MAX_DIRECTORY_FILES = 1000
@@ -117,8 +123,16 @@ def directory_resources(entry: DirectoryResourceEntry) -> list[ResourceSpec]:
             return _read(uri, path, mime_type)
 
         name = relative.as_posix()
-        specs.append(ResourceSpec(uri=entry.uri_prefix + name, name=f"{entry.name}/{name}", read=read,
-                                  title=entry.title, description=entry.description, mime_type=mime_type))  # fmt: skip
+        specs.append(
+            ResourceSpec(
+                uri=entry.uri_prefix + name,
+                name=f"{entry.name}/{name}",
+                read=read,
+                title=entry.title,
+                description=entry.description,
+                mime_type=mime_type,
+            )
+        )
     return specs
 
 

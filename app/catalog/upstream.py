@@ -36,11 +36,21 @@ MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what may not appear in a header value (tab may)
-_TEXT_TYPES = frozenset({
-    "application/json", "application/xml", "application/yaml", "application/x-yaml", "application/toml",
-    "application/javascript", "application/ecmascript", "application/x-ndjson", "application/graphql",
-    "application/x-www-form-urlencoded", "application/sql",
-})  # fmt: skip
+_TEXT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/xml",
+        "application/yaml",
+        "application/x-yaml",
+        "application/toml",
+        "application/javascript",
+        "application/ecmascript",
+        "application/x-ndjson",
+        "application/graphql",
+        "application/x-www-form-urlencoded",
+        "application/sql",
+    }
+)
 _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
 
 
@@ -114,8 +124,13 @@ class Upstream:
     inside the running event loop, and :meth:`aclose` closes it. Answers over ``max_response_bytes`` are refused.
     """
 
-    def __init__(self, allowed_hosts: tuple[str, ...], *, max_response_bytes: int = MAX_RESPONSE_BYTES,
-                 client: httpx.AsyncClient | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        allowed_hosts: tuple[str, ...],
+        *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self.allowed_hosts = tuple(allowed_hosts)
         self.max_response_bytes = max_response_bytes
         self._client = client
@@ -193,8 +208,9 @@ class Upstream:
             self._client = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": f"erlmcp/{__version__}"})
         return self._client
 
-    async def request(self, *, method: str, url: str, headers: Mapping[str, str], body: str | bytes | None,
-                      timeout: float) -> UpstreamResponse:  # fmt: skip
+    async def request(
+        self, *, method: str, url: str, headers: Mapping[str, str], body: str | bytes | None, timeout: float
+    ) -> UpstreamResponse:
         """Send one request to an allowed host and read the whole answer within ``timeout`` seconds.
 
         Raises:
@@ -222,15 +238,27 @@ class Upstream:
         except httpx.HTTPError as exc:
             log.warning("upstream call failed", method=method, host=where, error=type(exc).__name__)
             raise UpstreamError(f"the call to the upstream {where} failed: {_describe(exc)}") from None
-        log.info("upstream call", method=method, host=where, status=answer.status, bytes=len(answer.content),
-                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        log.info(
+            "upstream call",
+            method=method,
+            host=where,
+            status=answer.status,
+            bytes=len(answer.content),
+            seconds=round(time.monotonic() - started, 3),
+        )
         return answer
 
-    async def _send(self, method: str, target: httpx.URL, headers: list[tuple[bytes, bytes]], content: bytes | None,
-                    timeout: float, where: str) -> UpstreamResponse:  # fmt: skip
+    async def _send(
+        self,
+        method: str,
+        target: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | None,
+        timeout: float,
+        where: str,
+    ) -> UpstreamResponse:
         client = self._http()
-        request = client.build_request(method, target, headers=headers, content=content,
-                                       timeout=httpx.Timeout(timeout))  # fmt: skip
+        request = client.build_request(method, target, headers=headers, content=content, timeout=httpx.Timeout(timeout))
         response = await client.send(request, stream=True)
         try:
             reason = response.reason_phrase or _reason(response.status_code)
@@ -238,21 +266,23 @@ class Upstream:
                 raise UpstreamError(_redirect_message(response, reason, target))
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_response_bytes:
-                raise UpstreamError(f"the upstream {where} answered {_size(int(declared))}, more than the "
-                                    f"{_size(self.max_response_bytes)} limit; refused")  # fmt: skip
+                raise UpstreamError(
+                    f"the upstream {where} answered {_size(int(declared))}, more than the "
+                    f"{_size(self.max_response_bytes)} limit; refused"
+                )
             chunks: list[bytes] = []
             received = 0
             async for chunk in response.aiter_bytes():
                 received += len(chunk)
                 if received > self.max_response_bytes:
-                    raise UpstreamError(f"the upstream {where} answered more than the "
-                                        f"{_size(self.max_response_bytes)} limit; refused")  # fmt: skip
+                    raise UpstreamError(
+                        f"the upstream {where} answered more than the {_size(self.max_response_bytes)} limit; refused"
+                    )
                 chunks.append(chunk)
         finally:
             await response.aclose()
         media_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
-        return UpstreamResponse(response.status_code, reason, media_type, response.charset_encoding,
-                                b"".join(chunks))  # fmt: skip
+        return UpstreamResponse(response.status_code, reason, media_type, response.charset_encoding, b"".join(chunks))
 
     async def aclose(self) -> None:
         """Close the client this object made (a client passed in is left to its owner)."""

@@ -127,8 +127,9 @@ class Tools:
             async with asyncio.timeout(self._timeout):
                 result = await background.worker(TaskContext(None))
         except TimeoutError:
-            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {self._timeout:g} s", is_error=True),
-                                   "timeout")  # fmt: skip
+            return ToolCallOutcome(
+                text_result(f"Tool {name!r} timed out after {self._timeout:g} s", is_error=True), "timeout"
+            )
         except (ToolError, ClientRequestError, RuntimeError) as exc:
             return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")
@@ -179,8 +180,9 @@ class Tools:
         problems = tool.arguments.problems(arguments)
         if problems:
             detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(arguments)'}: {p.message}" for p in problems)
-            return ToolCallOutcome(text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True),
-                                   "invalid_arguments")  # fmt: skip
+            return ToolCallOutcome(
+                text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True), "invalid_arguments"
+            )
         try:
             async with asyncio.timeout(tool.timeout):  # waiting for a free slot counts against the deadline too
                 if tool.slots is None:
@@ -189,16 +191,18 @@ class Tools:
                     async with tool.slots:
                         result = await tool.spec.handler(arguments, ctx)
         except TimeoutError:
-            return ToolCallOutcome(text_result(f"Tool {name!r} timed out after {tool.timeout:g} s", is_error=True),
-                                   "timeout")  # fmt: skip
+            return ToolCallOutcome(
+                text_result(f"Tool {name!r} timed out after {tool.timeout:g} s", is_error=True), "timeout"
+            )
         except (ToolError, ClientRequestError) as exc:
             return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
         except JsonRpcError:
             raise  # a protocol error the tool chose (e.g. a missing client capability) stays a protocol error
         except Exception:
             log.exception("tool failed", tool=name)
-            return ToolCallOutcome(text_result(f"Tool {name!r} failed; the server log has the details", is_error=True),
-                                   "error")  # fmt: skip
+            return ToolCallOutcome(
+                text_result(f"Tool {name!r} failed; the server log has the details", is_error=True), "error"
+            )
         return self._checked(tool, result)
 
     def _checked(self, tool: _Tool, result: ToolResult | RunAsTask) -> ToolCallOutcome:
@@ -212,8 +216,11 @@ class Tools:
             if problems is None or problems:
                 log.error("tool output does not match its outputSchema", tool=tool.spec.name)
                 return ToolCallOutcome(
-                    text_result(f"Tool {tool.spec.name!r} returned output that does not match its outputSchema",
-                                is_error=True), "error")  # fmt: skip
+                    text_result(
+                        f"Tool {tool.spec.name!r} returned output that does not match its outputSchema", is_error=True
+                    ),
+                    "error",
+                )
             if not result.get("content"):
                 result = {**result, "content": [{"type": "text", "text": orjson.dumps(structured).decode()}]}
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")

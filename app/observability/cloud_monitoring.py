@@ -79,36 +79,63 @@ class _Kind:
 
 
 LATENCY = _Kind(
-    "http/latency", "CUMULATIVE", "DISTRIBUTION", "s", "erlmcp HTTP latency",
+    "http/latency",
+    "CUMULATIVE",
+    "DISTRIBUTION",
+    "s",
+    "erlmcp HTTP latency",
     "Time to answer an HTTP request (every method, every status), in seconds.",
-)  # fmt: skip
+)
 REQUESTS = _Kind(
-    "http/requests", "CUMULATIVE", "INT64", "1", "erlmcp HTTP requests", "HTTP requests answered, by status code.",
+    "http/requests",
+    "CUMULATIVE",
+    "INT64",
+    "1",
+    "erlmcp HTTP requests",
+    "HTTP requests answered, by status code.",
     (("code", "HTTP status code of the answer, e.g. 200 or 503."),),
-)  # fmt: skip
+)
 CONNECTIONS = _Kind(
-    "connections/active", "GAUGE", "INT64", "1", "erlmcp active connections",
+    "connections/active",
+    "GAUGE",
+    "INT64",
+    "1",
+    "erlmcp active connections",
     "Long-lived connections open now (WebSocket, TCP, HTTP+SSE, stdio, streamable-HTTP streams).",
-)  # fmt: skip
+)
 PROCESSES = _Kind(
-    "erlang/processes", "GAUGE", "INT64", "1", "erlmcp processes",
+    "erlang/processes",
+    "GAUGE",
+    "INT64",
+    "1",
+    "erlmcp processes",
     "The seed's Erlang process count; in this server: live asyncio tasks plus tool worker processes.",
-)  # fmt: skip
+)
 MEMORY = _Kind(
-    "memory/usage", "GAUGE", "INT64", "By", "erlmcp memory usage",
+    "memory/usage",
+    "GAUGE",
+    "INT64",
+    "By",
+    "erlmcp memory usage",
     "Resident memory of the server process, in bytes (tool worker processes not included).",
-)  # fmt: skip
+)
 _KINDS = (LATENCY, REQUESTS, CONNECTIONS, PROCESSES, MEMORY)
 
 
 def metric_descriptors() -> list[dict[str, Any]]:
     """The five ``google.api.MetricDescriptor`` s, as the dicts given to ``create_metric_descriptor``."""
     return [
-        {"type": k.type, "metric_kind": k.kind, "value_type": k.value_type, "unit": k.unit,
-         "display_name": k.display_name, "description": k.description,
-         "labels": [{"key": key, "value_type": "STRING", "description": text} for key, text in k.labels]}
+        {
+            "type": k.type,
+            "metric_kind": k.kind,
+            "value_type": k.value_type,
+            "unit": k.unit,
+            "display_name": k.display_name,
+            "description": k.description,
+            "labels": [{"key": key, "value_type": "STRING", "description": text} for key, text in k.labels],
+        }
         for k in _KINDS
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -180,10 +207,17 @@ class CloudMonitoringExporter:
     :class:`ValueError` for an interval under 10 s or a missing resource label.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, project_id: str, resource_labels: Mapping[str, str],
-                 interval_seconds: float = 60.0, client: monitoring_v3.MetricServiceClient | None = None,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        project_id: str,
+        resource_labels: Mapping[str, str],
+        interval_seconds: float = 60.0,
+        client: monitoring_v3.MetricServiceClient | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         if not interval_seconds >= MIN_INTERVAL_SECONDS:
             raise ValueError(f"interval_seconds must be at least {MIN_INTERVAL_SECONDS:g}, not {interval_seconds}")
         if not project_id:
@@ -262,17 +296,26 @@ class CloudMonitoringExporter:
             if not self._describe(client):
                 return 0
             now = self._clock()
-            due = [s for s in samples if now - self._written.get(s.key, -math.inf) >= MIN_INTERVAL_SECONDS
-                   and (s.kind.kind != "CUMULATIVE" or now > self._started)]  # fmt: skip
+            due = [
+                s
+                for s in samples
+                if now - self._written.get(s.key, -math.inf) >= MIN_INTERVAL_SECONDS
+                and (s.kind.kind != "CUMULATIVE" or now > self._started)
+            ]
             written = 0
             for start in range(0, len(due), MAX_SERIES_PER_REQUEST):
                 batch = due[start : start + MAX_SERIES_PER_REQUEST]
                 try:
-                    client.create_time_series(name=self._project, time_series=[self._series(s, now) for s in batch],
-                                              timeout=_CALL_TIMEOUT)  # fmt: skip
+                    client.create_time_series(
+                        name=self._project, time_series=[self._series(s, now) for s in batch], timeout=_CALL_TIMEOUT
+                    )
                 except GoogleAPICallError as exc:
-                    log.warning("cloud monitoring rejected time series", series=len(batch), error=exc.message,
-                                status=getattr(exc.grpc_status_code, "name", None))  # fmt: skip
+                    log.warning(
+                        "cloud monitoring rejected time series",
+                        series=len(batch),
+                        error=exc.message,
+                        status=getattr(exc.grpc_status_code, "name", None),
+                    )
                     continue
                 for sample in batch:
                     self._written[sample.key] = now
@@ -285,13 +328,16 @@ class CloudMonitoringExporter:
             if descriptor["type"] in self._described:
                 continue
             try:
-                client.create_metric_descriptor(name=self._project, metric_descriptor=descriptor,
-                                                timeout=_CALL_TIMEOUT)  # fmt: skip
+                client.create_metric_descriptor(name=self._project, metric_descriptor=descriptor, timeout=_CALL_TIMEOUT)
             except AlreadyExists:
                 pass
             except GoogleAPICallError as exc:
-                log.warning("cloud monitoring metric descriptor not created", metric=descriptor["type"],
-                            error=exc.message, status=getattr(exc.grpc_status_code, "name", None))  # fmt: skip
+                log.warning(
+                    "cloud monitoring metric descriptor not created",
+                    metric=descriptor["type"],
+                    error=exc.message,
+                    status=getattr(exc.grpc_status_code, "name", None),
+                )
                 return False
             self._described.add(descriptor["type"])
         return True
@@ -303,11 +349,15 @@ class CloudMonitoringExporter:
         value: dict[str, Any]
         if isinstance(sample.value, _Histogram):
             h = sample.value
-            value = {"distribution_value": {
-                "count": h.count, "mean": h.total / h.count if h.count else 0.0,
-                "sum_of_squared_deviation": 0.0,  # Prometheus keeps no squares; the API takes 0
-                "bucket_options": {"explicit_buckets": {"bounds": list(h.bounds)}}, "bucket_counts": list(h.counts),
-            }}  # fmt: skip
+            value = {
+                "distribution_value": {
+                    "count": h.count,
+                    "mean": h.total / h.count if h.count else 0.0,
+                    "sum_of_squared_deviation": 0.0,  # Prometheus keeps no squares; the API takes 0
+                    "bucket_options": {"explicit_buckets": {"bounds": list(h.bounds)}},
+                    "bucket_counts": list(h.counts),
+                }
+            }
         else:
             value = {"int64_value": sample.value}
         return monitoring_v3.TimeSeries(

@@ -26,8 +26,11 @@ class Metrics:
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        build = Info("erlmcp_build", "Version of the running erlmcp server, and which replica this is (host/pid).",
-                     registry=self.registry)  # fmt: skip
+        build = Info(
+            "erlmcp_build",
+            "Version of the running erlmcp server, and which replica this is (host/pid).",
+            registry=self.registry,
+        )
         # The replica: a scraper behind a Service (the chart's tester) tells the Pods apart by it.
         build.info({"version": version, "replica": f"{socket.gethostname()}/{os.getpid()}"})
         self.http_requests = Counter(

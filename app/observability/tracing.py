@@ -106,8 +106,11 @@ def tracer_provider(environ: Mapping[str, str], *, service_version: str) -> Trac
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint:
         return None
-    protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf")  # fmt: skip
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
     if protocol.strip().lower() != "http/protobuf":
         log.warning("tracing off: only OTLP over http/protobuf is built in", protocol=protocol)
         return None

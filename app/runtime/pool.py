@@ -198,8 +198,14 @@ class WorkerPool:
     Built without an event loop; used from one loop only (its processes' pipes belong to that loop).
     """
 
-    def __init__(self, *, size: int, memory_limit_mb: int | None, start_timeout_seconds: float = 30.0,
-                 max_result_bytes: int = 16 * 1024 * 1024) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        size: int,
+        memory_limit_mb: int | None,
+        start_timeout_seconds: float = 30.0,
+        max_result_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
         if memory_limit_mb is not None and memory_limit_mb < MIN_MEMORY_LIMIT_MB:
@@ -249,13 +255,13 @@ class WorkerPool:
                 returncode = await self._end(worker, grace=_EXIT_GRACE_SECONDS)
                 self._check_open()  # the pool killed it while closing
                 crash = WorkerCrashed(returncode)
-                log.warning("tool worker died; a fresh one replaces it", pid=worker.pid, function=function,
-                            error=str(crash))  # fmt: skip
+                log.warning(
+                    "tool worker died; a fresh one replaces it", pid=worker.pid, function=function, error=str(crash)
+                )
                 raise crash from None
             except _BadAnswer as exc:
                 await self._end(worker, grace=0)
-                log.warning("tool worker killed after a bad answer", pid=worker.pid, function=function,
-                            error=str(exc))  # fmt: skip
+                log.warning("tool worker killed after a bad answer", pid=worker.pid, function=function, error=str(exc))
                 raise exc.error from None
             except BaseException:  # cancelled (a deadline, the client): stop the function where it is
                 await self._end(worker, grace=0)
@@ -271,8 +277,12 @@ class WorkerPool:
             kind, type_name, message = (str(error.get(key, "")) for key in ("kind", "type", "message"))
             if kind == "out_of_memory":
                 await self._end(worker, grace=_EXIT_GRACE_SECONDS)  # it exits by itself
-                log.warning("tool worker ran out of memory; a fresh one replaces it", pid=worker.pid,
-                            function=function, limit_mb=self._memory_limit_mb)  # fmt: skip
+                log.warning(
+                    "tool worker ran out of memory; a fresh one replaces it",
+                    pid=worker.pid,
+                    function=function,
+                    limit_mb=self._memory_limit_mb,
+                )
                 raise WorkerOutOfMemory(self._memory_limit_mb)
             self._release(worker)
             raise ToolFailed(kind, type_name, message)
@@ -299,8 +309,11 @@ class WorkerPool:
             if worker.process.returncode is None:
                 return worker
             returncode = await self._end(worker, grace=0)  # it died while idle (an outside kill, the OOM killer)
-            log.warning("idle tool worker had died; a fresh one replaces it", pid=worker.pid,
-                        exit=_describe_exit(returncode) if returncode is not None else "unknown")  # fmt: skip
+            log.warning(
+                "idle tool worker had died; a fresh one replaces it",
+                pid=worker.pid,
+                exit=_describe_exit(returncode) if returncode is not None else "unknown",
+            )
         return await self._start()
 
     async def _start(self) -> _Worker:

@@ -235,11 +235,15 @@ def _check_config(config: GcpConfig) -> None:
     jwt = "jwt-public-key" in keys or bool(env.get("ERLMCP_JWT_JWKS_URL"))
     no_auth = env.get("ERLMCP_NO_AUTH", "").strip().lower() in _TRUE
     if no_auth and not run.invoker_iam_check:
-        found.append("cloudRun.env: ERLMCP_NO_AUTH with cloudRun.invokerIamCheck false would publish a server that "
-                     "anyone can call; turn invokerIamCheck on (Cloud Run then authenticates callers)")  # fmt: skip
+        found.append(
+            "cloudRun.env: ERLMCP_NO_AUTH with cloudRun.invokerIamCheck false would publish a server that "
+            "anyone can call; turn invokerIamCheck on (Cloud Run then authenticates callers)"
+        )
     elif not no_auth and "api-keys" not in keys and not jwt:
-        found.append("secrets.keys: the server would refuse to start without credentials to check: add api-keys "
-                     "or jwt-public-key (or cloudRun.env ERLMCP_JWT_JWKS_URL)")  # fmt: skip
+        found.append(
+            "secrets.keys: the server would refuse to start without credentials to check: add api-keys "
+            "or jwt-public-key (or cloudRun.env ERLMCP_JWT_JWKS_URL)"
+        )
     if jwt and not env.get("ERLMCP_JWT_ISSUER"):
         found.append("cloudRun.env: JWTs are accepted, so the server needs ERLMCP_JWT_ISSUER")
     if jwt and not (env.get("ERLMCP_JWT_AUDIENCE") or env.get("ERLMCP_RESOURCE_URL")):
@@ -255,8 +259,11 @@ def _server_env(config: GcpConfig, extra: Sequence[dict[str, Any]]) -> list[dict
     env.append(_secret_env("ERLMCP_REDIS_URL", redis) if redis else _env("ERLMCP_STATELESS", "true"))
     if config.cloud_run.request_state_key_secret:
         env.append(_secret_env("ERLMCP_REQUEST_STATE_KEY", config.cloud_run.request_state_key_secret))
-    env += [_env("ERLMCP_SHUTDOWN_TIMEOUT_SECONDS", str(SHUTDOWN_SECONDS)), _env("ERLMCP_LOG_FORMAT", "json"),
-            _env("GOOGLE_CLOUD_PROJECT", config.project)]  # fmt: skip  # trace-correlated log lines
+    env += [
+        _env("ERLMCP_SHUTDOWN_TIMEOUT_SECONDS", str(SHUTDOWN_SECONDS)),
+        _env("ERLMCP_LOG_FORMAT", "json"),
+        _env("GOOGLE_CLOUD_PROJECT", config.project),  # trace-correlated log lines
+    ]
     return [*env, *extra]
 
 
@@ -275,34 +282,55 @@ def desired_service(config: GcpConfig, *, image: str | None = None) -> Desired:
             skipped.append(spec.key)
         elif spec.as_file:  # the server reads it from a file only: a secret volume
             directory = f"{SECRETS_DIR}/{spec.key}"
-            volumes.append({"name": spec.key, "secret": {"secretName": spec.secret_id(config.name),
-                                                         "items": [{"key": "latest", "path": spec.key}]}})  # fmt: skip
+            volumes.append(
+                {
+                    "name": spec.key,
+                    "secret": {
+                        "secretName": spec.secret_id(config.name),
+                        "items": [{"key": "latest", "path": spec.key}],
+                    },
+                }
+            )
             mounts.append({"name": spec.key, "mountPath": directory, "readOnly": True})
             files.append(_env(spec.env, f"{directory}/{spec.key}"))
     if skipped:
-        notes.append(f"secrets {', '.join(skipped)} are not used on Cloud Run: its front end ends TLS and sends "
-                     "plain HTTP to the container")  # fmt: skip
+        notes.append(
+            f"secrets {', '.join(skipped)} are not used on Cloud Run: its front end ends TLS and sends "
+            "plain HTTP to the container"
+        )
     redis = _redis_secret(config)
-    template_annotations = {MIN_SCALE: str(run.min_instances), MAX_SCALE: str(run.max_instances),
-                            "run.googleapis.com/startup-cpu-boost": "true",
-                            "run.googleapis.com/execution-environment": EXECUTION_ENVIRONMENT}  # fmt: skip
+    template_annotations = {
+        MIN_SCALE: str(run.min_instances),
+        MAX_SCALE: str(run.max_instances),
+        "run.googleapis.com/startup-cpu-boost": "true",
+        "run.googleapis.com/execution-environment": EXECUTION_ENVIRONMENT,
+    }
     egress = run.vpc_egress if run.vpc_egress != "auto" else "private-ranges-only" if redis else "none"
     if egress != "none":
         interfaces = [{"network": config.network.name, "subnetwork": config.subnet_name}]
         template_annotations[NETWORK_INTERFACES] = json.dumps(interfaces, separators=(",", ":"))
         template_annotations[VPC_EGRESS] = egress
     if redis:
-        route = (f"Direct VPC egress ({egress}) on {config.network.name}/{config.subnet_name}" if egress != "none"
-                 else "no VPC egress: Redis must be reachable without it")  # fmt: skip
-        notes.append(f"sessions: shared in Redis (ERLMCP_REDIS_URL from secret {redis}), any instance serves any "
-                     f"session; {route}")  # fmt: skip
+        route = (
+            f"Direct VPC egress ({egress}) on {config.network.name}/{config.subnet_name}"
+            if egress != "none"
+            else "no VPC egress: Redis must be reachable without it"
+        )
+        notes.append(
+            f"sessions: shared in Redis (ERLMCP_REDIS_URL from secret {redis}), any instance serves any "
+            f"session; {route}"
+        )
     else:
-        notes.append("sessions: none (ERLMCP_STATELESS=true): no Redis is configured, so every request stands alone "
-                     "on whichever instance gets it; set cloudRun.redisUrlSecret (or secrets.keys redis-url) to keep "
-                     "sessions")  # fmt: skip
+        notes.append(
+            "sessions: none (ERLMCP_STATELESS=true): no Redis is configured, so every request stands alone "
+            "on whichever instance gets it; set cloudRun.redisUrlSecret (or secrets.keys redis-url) to keep "
+            "sessions"
+        )
     if not run.request_state_key_secret and run.max_instances > 1:
-        notes.append("no cloudRun.requestStateKeySecret: each instance seals 2026-07-28 requestState with its own "
-                     "key, so a multi-round request retried on another instance is refused")  # fmt: skip
+        notes.append(
+            "no cloudRun.requestStateKeySecret: each instance seals 2026-07-28 requestState with its own "
+            "key, so a multi-round request retried on another instance is refused"
+        )
     if not run.invoker_iam_check:
         notes.append("invoker IAM check off: the URL is reachable by anyone and the server's API keys or JWTs decide")
     container: dict[str, Any] = {
@@ -311,11 +339,19 @@ def desired_service(config: GcpConfig, *, image: str | None = None) -> Desired:
         "ports": [{"name": "http1", "containerPort": PORT}],
         "env": _server_env(config, [*files, *({"name": k, "value": v} for k, v in sorted(run.env.items()))]),
         "resources": {"limits": {"cpu": run.cpu, "memory": run.memory}},
-        "startupProbe": {"httpGet": {"path": READY_PATH}, "periodSeconds": 2, "timeoutSeconds": 1,
-                         "failureThreshold": 30},
-        "livenessProbe": {"httpGet": {"path": LIVE_PATH}, "periodSeconds": 15, "timeoutSeconds": 3,
-                          "failureThreshold": 3},
-    }  # fmt: skip
+        "startupProbe": {
+            "httpGet": {"path": READY_PATH},
+            "periodSeconds": 2,
+            "timeoutSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": LIVE_PATH},
+            "periodSeconds": 15,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+    }
     if mounts:
         container["volumeMounts"] = mounts
     revision: dict[str, Any] = {
@@ -332,11 +368,17 @@ def desired_service(config: GcpConfig, *, image: str | None = None) -> Desired:
     service = {
         "apiVersion": API_VERSION,
         "kind": "Service",
-        "metadata": {"name": run.service, "namespace": config.project, "labels": {MANAGED_BY: OWNER},
-                     "annotations": annotations},
-        "spec": {"template": {"metadata": {"annotations": template_annotations}, "spec": revision},
-                 "traffic": [{"percent": 100, "latestRevision": True}]},
-    }  # fmt: skip
+        "metadata": {
+            "name": run.service,
+            "namespace": config.project,
+            "labels": {MANAGED_BY: OWNER},
+            "annotations": annotations,
+        },
+        "spec": {
+            "template": {"metadata": {"annotations": template_annotations}, "spec": revision},
+            "traffic": [{"percent": 100, "latestRevision": True}],
+        },
+    }
     found = problems(service)
     if found:
         raise ValuesError(f"the Cloud Run service {run.service} would be refused: " + "; ".join(found))
@@ -345,8 +387,10 @@ def desired_service(config: GcpConfig, *, image: str | None = None) -> Desired:
 
 def canary_revision_name(service: str, template: Mapping[str, Any]) -> str:
     """``<service>-<8 hex>``: a hash of the template (its name aside), so equal templates get equal names."""
-    content = {"metadata": {k: v for k, v in template.get("metadata", {}).items() if k != "name"},
-               "spec": template.get("spec", {})}  # fmt: skip
+    content = {
+        "metadata": {k: v for k, v in template.get("metadata", {}).items() if k != "name"},
+        "spec": template.get("spec", {}),
+    }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return f"{service}-{digest[:8]}"
 
@@ -362,8 +406,12 @@ def closed_schema(schema: Any) -> Any:
         return [closed_schema(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    found = {key: closed_schema(value) if key not in ("properties",) else
-             {name: closed_schema(sub) for name, sub in value.items()} for key, value in schema.items()}  # fmt: skip
+    found = {
+        key: closed_schema(value)
+        if key not in ("properties",)
+        else {name: closed_schema(sub) for name, sub in value.items()}
+        for key, value in schema.items()
+    }
     if (
         "properties" in schema
         and "additionalProperties" not in schema
@@ -386,9 +434,18 @@ def service_schema() -> dict[str, Any]:
 def quantity(text: str) -> Decimal | None:
     """A Kubernetes resource quantity (``1``, ``1000m``, ``512Mi``, ``2G``) as a number, or None."""
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]*)", str(text).strip())
-    factors = {"": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10**3), "M": Decimal(10**6),
-               "G": Decimal(10**9), "T": Decimal(10**12), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
-               "Gi": Decimal(2**30), "Ti": Decimal(2**40)}  # fmt: skip
+    factors = {
+        "": Decimal(1),
+        "m": Decimal("0.001"),
+        "k": Decimal(10**3),
+        "M": Decimal(10**6),
+        "G": Decimal(10**9),
+        "T": Decimal(10**12),
+        "Ki": Decimal(2**10),
+        "Mi": Decimal(2**20),
+        "Gi": Decimal(2**30),
+        "Ti": Decimal(2**40),
+    }
     if match is None or match.group(2) not in factors:
         return None
     try:
@@ -402,13 +459,17 @@ def _limits(service: Mapping[str, Any]) -> list[str]:
     found = []
     name = service.get("metadata", {}).get("name", "")
     if not _SERVICE_NAME.fullmatch(name) or len(name) >= 50:
-        found.append(f"metadata.name {name!r}: a service name is a-z, 0-9 and -, starts with a letter, ends with a "
-                     "letter or digit and has fewer than 50 characters")  # fmt: skip
+        found.append(
+            f"metadata.name {name!r}: a service name is a-z, 0-9 and -, starts with a letter, ends with a "
+            "letter or digit and has fewer than 50 characters"
+        )
     template = service.get("spec", {}).get("template", {})
     revision_name = template.get("metadata", {}).get("name")
     if revision_name is not None and (not revision_name.startswith(f"{name}-") or len(revision_name) > 63):
-        found.append(f"spec.template.metadata.name {revision_name!r}: a revision name is the service name, a dash "
-                     "and a suffix, 63 characters at most")  # fmt: skip
+        found.append(
+            f"spec.template.metadata.name {revision_name!r}: a revision name is the service name, a dash "
+            "and a suffix, 63 characters at most"
+        )
     spec = template.get("spec", {})
     annotations = template.get("metadata", {}).get("annotations", {})
     concurrency, timeout = spec.get("containerConcurrency", 80), spec.get("timeoutSeconds", 300)
@@ -418,14 +479,18 @@ def _limits(service: Mapping[str, Any]) -> list[str]:
         found.append(f"timeoutSeconds {timeout}: Cloud Run takes 1 to 3600 (cloudRun.timeoutSeconds)")
     low, high = annotations.get(MIN_SCALE, "0"), annotations.get(MAX_SCALE, "100")
     if not (low.isdigit() and high.isdigit()) or int(high) < 1 or int(low) > int(high):
-        found.append(f"minScale {low} / maxScale {high}: instances are whole numbers, at least 1 at most, and the "
-                     "minimum is not above the maximum (cloudRun.minInstances, maxInstances)")  # fmt: skip
+        found.append(
+            f"minScale {low} / maxScale {high}: instances are whole numbers, at least 1 at most, and the "
+            "minimum is not above the maximum (cloudRun.minInstances, maxInstances)"
+        )
     for container in spec.get("containers", []):
         limits = container.get("resources", {}).get("limits", {})
         cpu, memory = quantity(limits.get("cpu", "1")), quantity(limits.get("memory", "512Mi"))
         if cpu is None or cpu != cpu.to_integral_value() or int(cpu) not in _MEMORY_BY_CPU:
-            found.append(f"cpu {limits.get('cpu')!r}: Cloud Run takes 1, 2, 4, 6 or 8 here (below 1 CPU it needs "
-                         "concurrency 1 and the first-generation environment) (cloudRun.cpu)")  # fmt: skip
+            found.append(
+                f"cpu {limits.get('cpu')!r}: Cloud Run takes 1, 2, 4, 6 or 8 here (below 1 CPU it needs "
+                "concurrency 1 and the first-generation environment) (cloudRun.cpu)"
+            )
         elif memory is None:
             found.append(f"memory {limits.get('memory')!r} is not a quantity such as 512Mi (cloudRun.memory)")
         else:
@@ -433,8 +498,10 @@ def _limits(service: Mapping[str, Any]) -> list[str]:
             if annotations.get("run.googleapis.com/execution-environment") == "gen2":
                 least = max(least, _GEN2_MIN_MEMORY_MIB)
             if not least * _MIB <= memory <= most * _MIB:
-                found.append(f"memory {limits.get('memory')}: with {int(cpu)} CPU Cloud Run takes {least}Mi to "
-                             f"{most}Mi here (cloudRun.memory)")  # fmt: skip
+                found.append(
+                    f"memory {limits.get('memory')}: with {int(cpu)} CPU Cloud Run takes {least}Mi to "
+                    f"{most}Mi here (cloudRun.memory)"
+                )
         names = [e.get("name") for e in container.get("env", [])]
         for duplicate in sorted({n for n in names if names.count(n) > 1}):
             found.append(f"env {duplicate} is set twice")
@@ -477,8 +544,10 @@ class CloudRunApi:
         try:
             credentials, _ = google.auth.default(scopes=list(SCOPES))
         except GoogleAuthError as exc:
-            raise CloudError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or "
-                             "run where a service account is attached") from exc  # fmt: skip
+            raise CloudError(
+                f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or "
+                "run where a service account is attached"
+            ) from exc
         base = endpoint or f"{region}-run.googleapis.com"
         session: requests.Session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
         return cls(session, base if "://" in base else f"https://{base}", project, region)
@@ -490,14 +559,16 @@ class CloudRunApi:
         url = f"{self._base}/apis/{API_VERSION}/namespaces/{self.project}/services"
         return f"{url}/{name}" if name else url
 
-    def _call(self, method: str, what: str, name: str, url: str, body: Any = None,
-              dry_run: bool = False) -> dict[str, Any] | None:  # fmt: skip
+    def _call(
+        self, method: str, what: str, name: str, url: str, body: Any = None, dry_run: bool = False
+    ) -> dict[str, Any] | None:
         from google.auth.exceptions import GoogleAuthError
 
         where = f"Cloud Run service {name} (project {self.project}, region {self.region})"
         try:
-            response = self._session.request(method, url, json=body, params={"dryRun": "all"} if dry_run else None,
-                                             timeout=CALL_TIMEOUT_SECONDS)  # fmt: skip
+            response = self._session.request(
+                method, url, json=body, params={"dryRun": "all"} if dry_run else None, timeout=CALL_TIMEOUT_SECONDS
+            )
         except GoogleAuthError as exc:
             raise CloudError(f"cannot {what} {where}: the credentials were refused: {exc}") from exc
         except requests.RequestException as exc:
@@ -564,8 +635,11 @@ def _canary(service: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _serving(service: Mapping[str, Any]) -> list[tuple[str, int]]:
     """(revision, percent) of every revision that gets traffic now, from the status."""
-    return [(str(e.get("revisionName")), int(e.get("percent", 0)))
-            for e in service.get("status", {}).get("traffic", []) if e.get("percent")]  # fmt: skip
+    return [
+        (str(e.get("revisionName")), int(e.get("percent", 0)))
+        for e in service.get("status", {}).get("traffic", [])
+        if e.get("percent")
+    ]
 
 
 def _image(template: Mapping[str, Any]) -> str:
@@ -615,8 +689,11 @@ def _differences(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> list[
     if traffic[0] != traffic[1]:
         found.append(("spec.traffic", *traffic))
     annotations = actual["metadata"].get("annotations", {}), desired["metadata"].get("annotations", {})
-    found += [(f"metadata.annotations.{k}", annotations[0][k], None)
-              for k in _OWNED_ANNOTATIONS if k in annotations[0] and k not in annotations[1]]  # fmt: skip
+    found += [
+        (f"metadata.annotations.{k}", annotations[0][k], None)
+        for k in _OWNED_ANNOTATIONS
+        if k in annotations[0] and k not in annotations[1]
+    ]
     return found
 
 
@@ -670,8 +747,9 @@ class Outcome:
     wrote: bool = False
 
 
-def _with_traffic(service: Mapping[str, Any], traffic: list[dict[str, Any]],
-                  template: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def _with_traffic(
+    service: Mapping[str, Any], traffic: list[dict[str, Any]], template: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``service`` with another traffic block (and template): a desired Service for one rollout step."""
     found = copy.deepcopy(dict(service))
     found["spec"] = {**found["spec"], "traffic": traffic}
@@ -682,9 +760,11 @@ def _with_traffic(service: Mapping[str, Any], traffic: list[dict[str, Any]],
 
 def _ours(actual: Mapping[str, Any], name: str) -> None:
     if actual.get("metadata", {}).get("labels", {}).get(MANAGED_BY) != OWNER:
-        raise CloudRunRefused(f"the Cloud Run service {name} exists but is not managed by erlmcp (no label "
-                              f"{MANAGED_BY}={OWNER}): choose another cloudRun.service, or adopt it with `gcloud run "
-                              f"services update {name} --update-labels {MANAGED_BY}={OWNER}`")  # fmt: skip
+        raise CloudRunRefused(
+            f"the Cloud Run service {name} exists but is not managed by erlmcp (no label "
+            f"{MANAGED_BY}={OWNER}): choose another cloudRun.service, or adopt it with `gcloud run "
+            f"services update {name} --update-labels {MANAGED_BY}={OWNER}`"
+        )
 
 
 @dataclass(frozen=True)
@@ -703,9 +783,11 @@ def _apply_step(desired: Desired, actual: Mapping[str, Any] | None) -> _Step:
     if actual is not None:
         running = _canary(actual)
         if running is not None:
-            raise CloudRunRefused(f"a canary runs on {desired.name} (revision {running.get('revisionName')} at "
-                                  f"{running.get('percent', 0)}%): promote or rollback first; apply would send it "
-                                  "all the traffic")  # fmt: skip
+            raise CloudRunRefused(
+                f"a canary runs on {desired.name} (revision {running.get('revisionName')} at "
+                f"{running.get('percent', 0)}%): promote or rollback first; apply would send it "
+                "all the traffic"
+            )
     return _Step(desired.service)
 
 
@@ -719,29 +801,41 @@ def _canary_step(desired: Desired, actual: Mapping[str, Any] | None, percent: in
     running = _canary(actual)
     if running is not None:
         if running.get("revisionName") != revision:
-            raise CloudRunRefused(f"a canary already runs on {name} (revision {running.get('revisionName')}): "
-                                  "promote or rollback it first")  # fmt: skip
-        stable = [str(e["revisionName"]) for e in actual["spec"].get("traffic", [])
-                  if e.get("tag") != CANARY_TAG and e.get("revisionName")]  # fmt: skip
+            raise CloudRunRefused(
+                f"a canary already runs on {name} (revision {running.get('revisionName')}): "
+                "promote or rollback it first"
+            )
+        stable = [
+            str(e["revisionName"])
+            for e in actual["spec"].get("traffic", [])
+            if e.get("tag") != CANARY_TAG and e.get("revisionName")
+        ]
         if len(stable) != 1:
-            raise CloudRunRefused(f"the traffic of {name} does not name one revision besides the canary {revision}: "
-                                  "set it by hand (gcloud run services update-traffic)")  # fmt: skip
+            raise CloudRunRefused(
+                f"the traffic of {name} does not name one revision besides the canary {revision}: "
+                "set it by hand (gcloud run services update-traffic)"
+            )
     else:
         serving = _serving(actual)
         routes = _condition(actual, "RoutesReady")
         if len(serving) != 1 or routes.get("status") != "True":
             shares = ", ".join(f"{r} {p}%" for r, p in serving) or "none"
-            raise CloudRunRefused(f"a canary starts from one revision serving 100% of {name}; its routes are "
-                                  f"{_describe(routes)}, traffic: {shares}")  # fmt: skip
+            raise CloudRunRefused(
+                f"a canary starts from one revision serving 100% of {name}; its routes are "
+                f"{_describe(routes)}, traffic: {shares}"
+            )
         stable = [serving[0][0]]
         if revision == stable[0] or (
             not _template_changes(desired.service, actual)
             and actual.get("status", {}).get("latestCreatedRevisionName") == stable[0]
         ):
-            raise CloudRunRefused(f"{name} already serves this image and these settings (revision {stable[0]}): "
-                                  "nothing to canary")  # fmt: skip
-    traffic = [{"revisionName": stable[0], "percent": 100 - percent},
-               {"revisionName": revision, "percent": percent, "tag": CANARY_TAG}]  # fmt: skip
+            raise CloudRunRefused(
+                f"{name} already serves this image and these settings (revision {stable[0]}): nothing to canary"
+            )
+    traffic = [
+        {"revisionName": stable[0], "percent": 100 - percent},
+        {"revisionName": revision, "percent": percent, "tag": CANARY_TAG},
+    ]
     return _Step(
         _with_traffic(desired.service, traffic, template),
         f"canary {revision} ({_image(template)}) at {percent}%, {stable[0]} at {100 - percent}%",
@@ -753,23 +847,30 @@ def _promote_step(desired: Desired, actual: Mapping[str, Any] | None) -> _Step:
     name = desired.name
     running = _canary(actual) if actual is not None else None
     if actual is None or running is None:
-        raise CloudRunRefused(f"no canary runs on {name}: nothing to promote (start one with `cloudrun canary "
-                              "--image IMAGE`)")  # fmt: skip
+        raise CloudRunRefused(
+            f"no canary runs on {name}: nothing to promote (start one with `cloudrun canary --image IMAGE`)"
+        )
     revision = str(running.get("revisionName"))
     status = actual.get("status", {})
     ready = _condition(actual, "Ready")
     if ready.get("status") != "True" or status.get("latestReadyRevisionName") != revision:
-        raise CloudRunRefused(f"the canary {revision} of {name} is not ready ({_describe(ready)}): not promoted; "
-                              "`cloudrun rollback` sends all traffic back")  # fmt: skip
+        raise CloudRunRefused(
+            f"the canary {revision} of {name} is not ready ({_describe(ready)}): not promoted; "
+            "`cloudrun rollback` sends all traffic back"
+        )
     if status.get("latestCreatedRevisionName") != revision:
-        raise CloudRunRefused(f"the latest revision of {name} is {status.get('latestCreatedRevisionName')}, not "
-                              f"the canary {revision}: promote would not send traffic to the canary")  # fmt: skip
+        raise CloudRunRefused(
+            f"the latest revision of {name} is {status.get('latestCreatedRevisionName')}, not "
+            f"the canary {revision}: promote would not send traffic to the canary"
+        )
     template = actual["spec"]["template"]
     image = _image(template)
     notes = []
     if image != _image(desired.template):
-        notes.append(f"the configuration names the image {_image(desired.template)}: set `image: {image}` (the "
-                     "promoted one), or the next apply deploys the configured image again")  # fmt: skip
+        notes.append(
+            f"the configuration names the image {_image(desired.template)}: set `image: {image}` (the "
+            "promoted one), or the next apply deploys the configured image again"
+        )
     return _Step(
         _with_traffic(desired.service, [{"latestRevision": True, "percent": 100}], template),
         f"promote {revision} ({image}) to 100%",
@@ -785,14 +886,18 @@ def _rollback_step(desired: Desired, actual: Mapping[str, Any] | None) -> _Step:
     revision = running.get("revisionName")
     previous = [e for e in actual["spec"].get("traffic", []) if e.get("tag") != CANARY_TAG and e.get("revisionName")]
     if len(previous) != 1:
-        raise CloudRunRefused(f"the traffic of {name} does not name one revision besides the canary {revision}: "
-                              "set it by hand (gcloud run services update-traffic)")  # fmt: skip
+        raise CloudRunRefused(
+            f"the traffic of {name} does not name one revision besides the canary {revision}: "
+            "set it by hand (gcloud run services update-traffic)"
+        )
     stable = str(previous[0]["revisionName"])
     template = actual["spec"]["template"]
     notes = []
     if _template_changes(desired.service, actual):
-        notes.append(f"the service's template still describes the canary ({_image(template)}); the next apply "
-                     "deploys the configuration as a new revision")  # fmt: skip
+        notes.append(
+            f"the service's template still describes the canary ({_image(template)}); the next apply "
+            "deploys the configuration as a new revision"
+        )
     return _Step(
         _with_traffic(desired.service, [{"revisionName": stable, "percent": 100}], template),
         f"roll back to {stable}, dropping the canary {revision}",
@@ -820,8 +925,9 @@ def _wait(
         if current and state.get("status") == "False":
             ready = _condition(service, "Ready")
             detail = _describe(ready) if condition != "Ready" and ready.get("status") == "False" else _describe(state)
-            raise CloudError(f"the Cloud Run service {name} did not become ready: {detail}" +
-                             (f". {if_failed}" if if_failed else ""))  # fmt: skip
+            raise CloudError(
+                f"the Cloud Run service {name} did not become ready: {detail}" + (f". {if_failed}" if if_failed else "")
+            )
         text = _describe(state) + ("" if current else f"; generation {generation} not yet reconciled")
         if text != last:
             log(f"waiting for Cloud Run service {name}: {text}")
@@ -832,8 +938,15 @@ def _wait(
         time.sleep(POLL_SECONDS)
 
 
-def _run(api: CloudRunApi, desired: Desired, step_of: Callable[[Mapping[str, Any] | None], _Step], *,
-         write: bool, dry_run: bool, log: Log) -> Outcome:  # fmt: skip
+def _run(
+    api: CloudRunApi,
+    desired: Desired,
+    step_of: Callable[[Mapping[str, Any] | None], _Step],
+    *,
+    write: bool,
+    dry_run: bool,
+    log: Log,
+) -> Outcome:
     """Read, plan the step, and (``write``) perform it and wait; a concurrent change is read and planned again."""
     name = desired.name
     for attempt in range(1, CONFLICT_RETRIES + 1):
@@ -866,8 +979,10 @@ def _run(api: CloudRunApi, desired: Desired, step_of: Callable[[Mapping[str, Any
             log(f"{name} changed since it was read ({exc}); reading it again")
             continue
         verb = "created" if actual is None else "updated"
-        log(f"{verb} Cloud Run service {name}" + (": " + ", ".join(p for p, _, _ in change.differences)
-                                                  if change.differences else ""))  # fmt: skip
+        log(
+            f"{verb} Cloud Run service {name}"
+            + (": " + ", ".join(p for p, _, _ in change.differences) if change.differences else "")
+        )
         generation = int(written.get("metadata", {}).get("generation") or 1)
         return Outcome(change, notes, _wait(api, name, generation, step.wait_for, log, step.if_failed), wrote=True)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -886,16 +1001,24 @@ def _report(service: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if service is None:
         return None
     status = service.get("status", {})
-    return {"name": service["metadata"]["name"], "url": status.get("url"), "ready": _condition(service, "Ready"),
-            "latestReadyRevision": status.get("latestReadyRevisionName"),
-            "latestCreatedRevision": status.get("latestCreatedRevisionName"),
-            "traffic": [{k: e[k] for k in ("revisionName", "percent", "tag", "url", "latestRevision") if k in e}
-                        for e in status.get("traffic", [])]}  # fmt: skip
+    return {
+        "name": service["metadata"]["name"],
+        "url": status.get("url"),
+        "ready": _condition(service, "Ready"),
+        "latestReadyRevision": status.get("latestReadyRevisionName"),
+        "latestCreatedRevision": status.get("latestCreatedRevisionName"),
+        "traffic": [
+            {k: e[k] for k in ("revisionName", "percent", "tag", "url", "latestRevision") if k in e}
+            for e in status.get("traffic", [])
+        ],
+    }
 
 
 def _print_report(report: Mapping[str, Any], out: TextIO) -> None:
-    print(f"  {_describe(report['ready'])}; latest ready revision {report['latestReadyRevision']}; "
-          f"URL {report['url']}", file=out)  # fmt: skip
+    print(
+        f"  {_describe(report['ready'])}; latest ready revision {report['latestReadyRevision']}; URL {report['url']}",
+        file=out,
+    )
     for entry in report["traffic"]:
         tag = f"  tag {entry['tag']}: {entry.get('url')}" if entry.get("tag") else ""
         latest = " (latest)" if entry.get("latestRevision") else ""
@@ -930,9 +1053,16 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     title = f"Cloud Run {what}({config.project}, {config.region})"
     report = _report(outcome.service)
     if args.json:
-        document = {"title": title, "action": args.action, "mode": mode, "summary": summary([outcome.change]),
-                    "changes": [outcome.change.as_dict()], "notes": outcome.notes, "service": report,
-                    "desired": desired.service}  # fmt: skip
+        document = {
+            "title": title,
+            "action": args.action,
+            "mode": mode,
+            "summary": summary([outcome.change]),
+            "changes": [outcome.change.as_dict()],
+            "notes": outcome.notes,
+            "service": report,
+            "desired": desired.service,
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return 0
     render(title, [outcome.change], mode=mode, out=out)

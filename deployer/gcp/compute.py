@@ -74,16 +74,24 @@ SCOPES = (
 )
 PORT_NAME = "http"
 SCHEMES = ("EXTERNAL_MANAGED", "INTERNAL_MANAGED")
-_IMAGE = re.compile(r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-                    r"(@sha256:[0-9a-f]{64})?")  # fmt: skip
+_IMAGE = re.compile(
+    r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(@sha256:[0-9a-f]{64})?"
+)
 _TYPE = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def names(config: GcpConfig) -> dict[str, str]:
     """The resources' names (the template's is a base: its content hash follows)."""
     base = config.name
-    return {"health": f"{base}-health", "template": f"{base}-template", "mig": f"{base}-mig",
-            "autoscaler": f"{base}-autoscaler", "backend": f"{base}-backend", "vm": f"{base}-vm"}  # fmt: skip
+    return {
+        "health": f"{base}-health",
+        "template": f"{base}-template",
+        "mig": f"{base}-mig",
+        "autoscaler": f"{base}-autoscaler",
+        "backend": f"{base}-backend",
+        "vm": f"{base}-vm",
+    }
 
 
 # -- the configuration's checks --------------------------------------------------------------------------------
@@ -99,13 +107,18 @@ def _secret_specs(config: GcpConfig) -> list[SecretSpec]:
 def _check_sizes(config: GcpConfig) -> None:
     c = config.compute
     if not 1 <= c.min_replicas <= c.max_replicas <= 1000:
-        raise ValuesError(f"compute.minReplicas {c.min_replicas} and compute.maxReplicas {c.max_replicas}: need "
-                          "1 <= minReplicas <= maxReplicas <= 1000")  # fmt: skip
+        raise ValuesError(
+            f"compute.minReplicas {c.min_replicas} and compute.maxReplicas {c.max_replicas}: need "
+            "1 <= minReplicas <= maxReplicas <= 1000"
+        )
     if not 0 < c.cpu_target <= 1:
         raise ValuesError(f"compute.cpuTarget: {c.cpu_target} is a fraction of a CPU, in (0, 1] (0.7 = 70 %)")
-    for key, value, low in (("cooldownSeconds", c.cooldown_seconds, 0), ("bootDiskGb", c.boot_disk_gb, 10),
-                            ("autohealingDelaySeconds", c.autohealing_delay_seconds, 0),
-                            ("backendTimeoutSeconds", c.backend_timeout_seconds, 1)):  # fmt: skip
+    for key, value, low in (
+        ("cooldownSeconds", c.cooldown_seconds, 0),
+        ("bootDiskGb", c.boot_disk_gb, 10),
+        ("autohealingDelaySeconds", c.autohealing_delay_seconds, 0),
+        ("backendTimeoutSeconds", c.backend_timeout_seconds, 1),
+    ):
         if value < low:
             raise ValuesError(f"compute.{key}: {value} is below {low}")
     for key, port in (("port", c.port), ("metricsPort", c.metrics_port)):
@@ -148,15 +161,18 @@ def check(config: GcpConfig) -> None:
 
 def startup_script(config: GcpConfig) -> str:
     """``startup.sh`` with this configuration's settings written in (shell-quoted)."""
-    entries = [f"{s.secret_id(config.name)}|{s.key}|{s.env}|{'file' if s.as_file else 'env'}"
-               for s in _secret_specs(config)]  # fmt: skip
-    settings = "\n".join([
-        f"readonly PROJECT={shlex.quote(config.project)}",
-        f"readonly IMAGE={shlex.quote(config.server_image())}",
-        f"readonly PORT={config.compute.port}",
-        f"readonly METRICS_PORT={config.compute.metrics_port}",
-        "readonly SECRETS=(" + " ".join(shlex.quote(entry) for entry in entries) + ")",
-    ])  # fmt: skip
+    entries = [
+        f"{s.secret_id(config.name)}|{s.key}|{s.env}|{'file' if s.as_file else 'env'}" for s in _secret_specs(config)
+    ]
+    settings = "\n".join(
+        [
+            f"readonly PROJECT={shlex.quote(config.project)}",
+            f"readonly IMAGE={shlex.quote(config.server_image())}",
+            f"readonly PORT={config.compute.port}",
+            f"readonly METRICS_PORT={config.compute.metrics_port}",
+            "readonly SECRETS=(" + " ".join(shlex.quote(entry) for entry in entries) + ")",
+        ]
+    )
     template = STARTUP_SCRIPT.read_text(encoding="utf-8")
     if template.count(SETTINGS_MARK) != 1:
         raise AssertionError(f"{STARTUP_SCRIPT} must hold {SETTINGS_MARK!r} once")
@@ -190,12 +206,18 @@ def _metadata(config: GcpConfig) -> Any:
 
 def _instance_properties(config: GcpConfig, where: Location) -> Any:
     c = config.compute
-    disk = compute_v1.AttachedDisk(boot=True, auto_delete=True, type_="PERSISTENT", mode="READ_WRITE",
-                                   initialize_params=compute_v1.AttachedDiskInitializeParams(
-                                       source_image=c.source_image, disk_size_gb=c.boot_disk_gb,
-                                       disk_type=c.boot_disk_type))  # fmt: skip
-    interface = compute_v1.NetworkInterface(network=where.link(NETWORK, config.network.name),
-                                            subnetwork=where.link(SUBNETWORK, config.subnet_name))  # fmt: skip
+    disk = compute_v1.AttachedDisk(
+        boot=True,
+        auto_delete=True,
+        type_="PERSISTENT",
+        mode="READ_WRITE",
+        initialize_params=compute_v1.AttachedDiskInitializeParams(
+            source_image=c.source_image, disk_size_gb=c.boot_disk_gb, disk_type=c.boot_disk_type
+        ),
+    )
+    interface = compute_v1.NetworkInterface(
+        network=where.link(NETWORK, config.network.name), subnetwork=where.link(SUBNETWORK, config.subnet_name)
+    )
     return compute_v1.InstanceProperties(
         machine_type=c.machine_type,
         disks=[disk],
@@ -203,17 +225,21 @@ def _instance_properties(config: GcpConfig, where: Location) -> Any:
         tags=compute_v1.Tags(items=[SERVER_TAG]),
         labels={"managed-by": "erlmcp"},
         service_accounts=[compute_v1.ServiceAccount(email=config.service_account_email, scopes=list(SCOPES))],
-        shielded_instance_config=compute_v1.ShieldedInstanceConfig(enable_secure_boot=True, enable_vtpm=True,
-                                                                   enable_integrity_monitoring=True),
-        scheduling=compute_v1.Scheduling(automatic_restart=True, on_host_maintenance="MIGRATE",
-                                         provisioning_model="STANDARD"),
+        shielded_instance_config=compute_v1.ShieldedInstanceConfig(
+            enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
+        ),
+        scheduling=compute_v1.Scheduling(
+            automatic_restart=True, on_host_maintenance="MIGRATE", provisioning_model="STANDARD"
+        ),
         metadata=_metadata(config),
-    )  # fmt: skip
+    )
 
 
 def _template(config: GcpConfig, where: Location) -> Resource:
-    message = compute_v1.InstanceTemplate(description=f"erlmcp {config.server_image()} on Container-Optimized OS",
-                                          properties=_instance_properties(config, where))  # fmt: skip
+    message = compute_v1.InstanceTemplate(
+        description=f"erlmcp {config.server_image()} on Container-Optimized OS",
+        properties=_instance_properties(config, where),
+    )
     surge = len(config.zone_list)
     return immutable(
         INSTANCE_TEMPLATE,
@@ -227,9 +253,13 @@ def _group(config: GcpConfig, where: Location, template: str) -> Any:
     c, n = config.compute, names(config)
     zones = [compute_v1.DistributionPolicyZoneConfiguration(zone=where.zone_link(z)) for z in config.zone_list]
     update = compute_v1.InstanceGroupManagerUpdatePolicy(
-        type_="PROACTIVE", minimal_action="REPLACE", instance_redistribution_type="PROACTIVE",
-        replacement_method="SUBSTITUTE", max_surge=compute_v1.FixedOrPercent(fixed=len(zones)),
-        max_unavailable=compute_v1.FixedOrPercent(fixed=0))  # fmt: skip
+        type_="PROACTIVE",
+        minimal_action="REPLACE",
+        instance_redistribution_type="PROACTIVE",
+        replacement_method="SUBSTITUTE",
+        max_surge=compute_v1.FixedOrPercent(fixed=len(zones)),
+        max_unavailable=compute_v1.FixedOrPercent(fixed=0),
+    )
     healing = compute_v1.InstanceGroupManagerAutoHealingPolicy(
         health_check=where.link(HEALTH_CHECK, n["health"]), initial_delay_sec=c.autohealing_delay_seconds
     )
@@ -237,14 +267,17 @@ def _group(config: GcpConfig, where: Location, template: str) -> Any:
         name=n["mig"],
         description="erlmcp: the server VMs, across the region's zones",
         base_instance_name=n["vm"],
-        versions=[compute_v1.InstanceGroupManagerVersion(name="erlmcp",
-                                                         instance_template=where.link(INSTANCE_TEMPLATE, template))],
+        versions=[
+            compute_v1.InstanceGroupManagerVersion(
+                name="erlmcp", instance_template=where.link(INSTANCE_TEMPLATE, template)
+            )
+        ],
         target_size=c.min_replicas,
         distribution_policy=compute_v1.DistributionPolicy(zones=zones, target_shape="EVEN"),
         named_ports=[compute_v1.NamedPort(name=PORT_NAME, port=c.port)],
         auto_healing_policies=[healing],
         update_policy=update,
-    )  # fmt: skip
+    )
 
 
 def _autoscaler(config: GcpConfig, where: Location) -> Any:
@@ -266,8 +299,12 @@ def _autoscaler(config: GcpConfig, where: Location) -> Any:
 
 def _backend_service(config: GcpConfig, where: Location) -> Any:
     c, n = config.compute, names(config)
-    backend = compute_v1.Backend(group=where.instance_group_link(n["mig"]), balancing_mode="UTILIZATION",
-                                 max_utilization=0.8, capacity_scaler=1.0)  # fmt: skip
+    backend = compute_v1.Backend(
+        group=where.instance_group_link(n["mig"]),
+        balancing_mode="UTILIZATION",
+        max_utilization=0.8,
+        capacity_scaler=1.0,
+    )
     return compute_v1.BackendService(
         name=n["backend"],
         description="erlmcp: the load balancer's backend, the managed instance group",

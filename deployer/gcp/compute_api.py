@@ -109,21 +109,40 @@ class Kind:
 
 
 NETWORK = Kind("network", compute_v1.NetworksClient, compute_v1.Network, "networks", "network", False)
-SUBNETWORK = Kind("subnetwork", compute_v1.SubnetworksClient, compute_v1.Subnetwork, "subnetworks", "subnetwork",
-                  True)  # fmt: skip
+SUBNETWORK = Kind("subnetwork", compute_v1.SubnetworksClient, compute_v1.Subnetwork, "subnetworks", "subnetwork", True)
 ROUTER = Kind("router", compute_v1.RoutersClient, compute_v1.Router, "routers", "router", True)
 FIREWALL = Kind("firewall rule", compute_v1.FirewallsClient, compute_v1.Firewall, "firewalls", "firewall", False)
-INSTANCE_TEMPLATE = Kind("instance template", compute_v1.InstanceTemplatesClient, compute_v1.InstanceTemplate,
-                         "instanceTemplates", "instance_template", False, immutable=True)  # fmt: skip
-HEALTH_CHECK = Kind("health check", compute_v1.RegionHealthChecksClient, compute_v1.HealthCheck, "healthChecks",
-                    "health_check", True)  # fmt: skip
-INSTANCE_GROUP_MANAGER = Kind("instance group manager", compute_v1.RegionInstanceGroupManagersClient,
-                              compute_v1.InstanceGroupManager, "instanceGroupManagers", "instance_group_manager",
-                              True)  # fmt: skip
-AUTOSCALER = Kind("autoscaler", compute_v1.RegionAutoscalersClient, compute_v1.Autoscaler, "autoscalers",
-                  "autoscaler", True)  # fmt: skip
-BACKEND_SERVICE = Kind("backend service", compute_v1.RegionBackendServicesClient, compute_v1.BackendService,
-                       "backendServices", "backend_service", True)  # fmt: skip
+INSTANCE_TEMPLATE = Kind(
+    "instance template",
+    compute_v1.InstanceTemplatesClient,
+    compute_v1.InstanceTemplate,
+    "instanceTemplates",
+    "instance_template",
+    False,
+    immutable=True,
+)
+HEALTH_CHECK = Kind(
+    "health check", compute_v1.RegionHealthChecksClient, compute_v1.HealthCheck, "healthChecks", "health_check", True
+)
+INSTANCE_GROUP_MANAGER = Kind(
+    "instance group manager",
+    compute_v1.RegionInstanceGroupManagersClient,
+    compute_v1.InstanceGroupManager,
+    "instanceGroupManagers",
+    "instance_group_manager",
+    True,
+)
+AUTOSCALER = Kind(
+    "autoscaler", compute_v1.RegionAutoscalersClient, compute_v1.Autoscaler, "autoscalers", "autoscaler", True
+)
+BACKEND_SERVICE = Kind(
+    "backend service",
+    compute_v1.RegionBackendServicesClient,
+    compute_v1.BackendService,
+    "backendServices",
+    "backend_service",
+    True,
+)
 
 
 @dataclass(frozen=True)
@@ -180,14 +199,17 @@ class Requirement:
 def check_name(name: str, what: str) -> None:
     """Raises :class:`ValuesError` unless ``name`` is a Compute Engine resource name (RFC 1035, at most 63)."""
     if not _NAME.fullmatch(name):
-        raise ValuesError(f"{what} {name!r} is not a Compute Engine name: 1-63 of a-z, 0-9 and -, starting with a "
-                          "letter, not ending with -; shorten or rename it in the configuration")  # fmt: skip
+        raise ValuesError(
+            f"{what} {name!r} is not a Compute Engine name: 1-63 of a-z, 0-9 and -, starting with a "
+            "letter, not ending with -; shorten or rename it in the configuration"
+        )
 
 
 def view(message: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     """The fields ``message`` sets, as a dict (fields at their default that it does not set are left out)."""
-    found: dict[str, Any] = type(message).to_dict(message, use_integers_for_enums=False,
-                                                  always_print_fields_with_no_presence=False)  # fmt: skip
+    found: dict[str, Any] = type(message).to_dict(
+        message, use_integers_for_enums=False, always_print_fields_with_no_presence=False
+    )
     for name in leave_out:
         found.pop(name, None)
     return found
@@ -226,8 +248,10 @@ class ComputeApi:
         try:
             credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
         except GoogleAuthError as exc:
-            raise CloudError(f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
-                             "or run where a service account is attached") from exc  # fmt: skip
+            raise CloudError(
+                f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
+                "or run where a service account is attached"
+            ) from exc
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
 
         def authorized(client: type[Any]) -> Any:
@@ -263,8 +287,9 @@ class ComputeApi:
     def insert(self, resource: Resource) -> None:
         kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.name}"
         request = {**self._scope(kind), f"{kind.field}_resource": resource.message}
-        operation = _call(what, self.location, lambda: self.client(kind.client).insert_unary(
-            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        operation = _call(
+            what, self.location, lambda: self.client(kind.client).insert_unary(request=request, timeout=CALL_TIMEOUT)
+        )
         self._wait(kind, operation, what)
 
     def patch(self, resource: Resource, fields: Iterable[str], actual: Any) -> None:
@@ -276,29 +301,35 @@ class ComputeApi:
         if "fingerprint" in kind.message.meta.fields and actual.fingerprint:
             body.fingerprint = actual.fingerprint
         request = {**self._scope(kind), kind.field: resource.name, f"{kind.field}_resource": body}
-        operation = _call(what, self.location, lambda: self.client(kind.client).patch_unary(
-            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        operation = _call(
+            what, self.location, lambda: self.client(kind.client).patch_unary(request=request, timeout=CALL_TIMEOUT)
+        )
         self._wait(kind, operation, what)
 
     def delete(self, kind: Kind, name: str) -> None:
         what = f"cannot delete {kind.title} {name}"
         request = {**self._scope(kind), kind.field: name}
-        operation = _call(what, self.location, lambda: self.client(kind.client).delete_unary(
-            request=request, timeout=CALL_TIMEOUT))  # fmt: skip
+        operation = _call(
+            what, self.location, lambda: self.client(kind.client).delete_unary(request=request, timeout=CALL_TIMEOUT)
+        )
         self._wait(kind, operation, what)
 
     def _wait(self, kind: Kind, operation: Any, what: str) -> None:
         """Until ``operation`` is DONE; CloudError if it ended in error or took longer than OPERATION_TIMEOUT."""
-        operations = self.client(compute_v1.RegionOperationsClient if kind.regional else
-                                 compute_v1.GlobalOperationsClient)  # fmt: skip
+        operations = self.client(
+            compute_v1.RegionOperationsClient if kind.regional else compute_v1.GlobalOperationsClient
+        )
         deadline = time.monotonic() + OPERATION_TIMEOUT
         while operation.status != compute_v1.Operation.Status.DONE:
             if time.monotonic() > deadline:
-                raise CloudError(f"{what}: operation {operation.name} not done after {OPERATION_TIMEOUT:.0f} s; "
-                                 "see it with `gcloud compute operations describe`")  # fmt: skip
+                raise CloudError(
+                    f"{what}: operation {operation.name} not done after {OPERATION_TIMEOUT:.0f} s; "
+                    "see it with `gcloud compute operations describe`"
+                )
             request = {**self._scope(kind), "operation": operation.name}
-            operation = _call(what, self.location, partial(operations.wait, request=request,
-                                                           timeout=CALL_TIMEOUT + 120))  # fmt: skip
+            operation = _call(
+                what, self.location, partial(operations.wait, request=request, timeout=CALL_TIMEOUT + 120)
+            )
         if operation.error.errors:
             messages = "; ".join(f"{e.message} ({e.code})" for e in operation.error.errors)
             raise CloudError(f"{what}: {messages}")
@@ -319,8 +350,9 @@ def _call(what: str, location: Location, call: Callable[[], Any]) -> Any:
     except requests.RequestException as exc:
         raise CloudError(f"{what}: the Compute Engine API cannot be reached ({type(exc).__name__}: {exc})") from exc
     except GoogleAuthError as exc:
-        raise CloudError(f"{what}: the credentials were refused ({exc}); run `gcloud auth application-default "
-                         "login`") from exc  # fmt: skip
+        raise CloudError(
+            f"{what}: the credentials were refused ({exc}); run `gcloud auth application-default login`"
+        ) from exc
 
 
 def _compare(resource: Resource, actual: Any | None) -> Change:
@@ -330,8 +362,15 @@ def _compare(resource: Resource, actual: Any | None) -> Change:
     if kind.immutable:  # named by its content: the same name is the same content
         return Change(NO_CHANGE, kind.title, resource.name, desired=resource, actual=actual)
     found = differences(view(resource.message, resource.create_only), view(actual))
-    return Change(UPDATE if found else NO_CHANGE, kind.title, resource.name, found, resource, actual,
-                  resource.note if found else "")  # fmt: skip
+    return Change(
+        UPDATE if found else NO_CHANGE,
+        kind.title,
+        resource.name,
+        found,
+        resource,
+        actual,
+        resource.note if found else "",
+    )
 
 
 def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
@@ -341,8 +380,16 @@ def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent
     for gone in absent:
         actual = api.get(gone.kind, gone.name)
         if actual is not None:
-            changes.append(Change(DELETE, gone.kind.title, gone.name, desired=gone, actual=actual,
-                                  note="no longer in the configuration"))  # fmt: skip
+            changes.append(
+                Change(
+                    DELETE,
+                    gone.kind.title,
+                    gone.name,
+                    desired=gone,
+                    actual=actual,
+                    note="no longer in the configuration",
+                )
+            )
     return changes
 
 

@@ -115,8 +115,13 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"  # IAM, not sc
 IMAGE_TYPE = "COS_CONTAINERD"
 LOGGING_COMPONENTS = ("SYSTEM_COMPONENTS", "WORKLOADS")
 MONITORING_COMPONENTS = ("SYSTEM_COMPONENTS", "POD", "DEPLOYMENT", "HPA")
-NODE_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/monitoring.viewer",
-              "roles/stackdriver.resourceMetadata.writer", "roles/artifactregistry.reader")  # fmt: skip
+NODE_ROLES = (
+    "roles/logging.logWriter",
+    "roles/monitoring.metricWriter",
+    "roles/monitoring.viewer",
+    "roles/stackdriver.resourceMetadata.writer",
+    "roles/artifactregistry.reader",
+)
 OPERATION_TIMEOUT = 45 * 60.0  # seconds an operation may take: a regional cluster takes 10-20 minutes
 POLL_SECONDS = 10.0  # between two reads of a running operation
 PROGRESS_SECONDS = 60.0  # between two progress lines while waiting
@@ -138,21 +143,28 @@ def _validate(config: GcpConfig) -> None:
     """Raises :class:`ValuesError` for a cluster configuration GKE would refuse, before any call."""
     cluster = config.cluster
     if not _CLUSTER_NAME.fullmatch(cluster.name):
-        raise ValuesError(f"cluster.name {cluster.name!r} is not a GKE cluster name (1-40 of a-z, 0-9 and -, "
-                          "starting with a letter)")  # fmt: skip
-    if not 6 <= len(cluster.node_service_account) <= 30 or not re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]",
-                                                                             cluster.node_service_account):  # fmt: skip
-        raise ValuesError(f"cluster.nodeServiceAccount {cluster.node_service_account!r} is not a service account ID "
-                          "(6-30 of a-z, 0-9 and -)")  # fmt: skip
+        raise ValuesError(
+            f"cluster.name {cluster.name!r} is not a GKE cluster name (1-40 of a-z, 0-9 and -, starting with a letter)"
+        )
+    if not 6 <= len(cluster.node_service_account) <= 30 or not re.fullmatch(
+        r"[a-z][-a-z0-9]*[a-z0-9]", cluster.node_service_account
+    ):
+        raise ValuesError(
+            f"cluster.nodeServiceAccount {cluster.node_service_account!r} is not a service account ID "
+            "(6-30 of a-z, 0-9 and -)"
+        )
     if cluster.release_channel not in ("RAPID", "REGULAR", "STABLE", "EXTENDED"):
-        raise ValuesError(f"cluster.releaseChannel {cluster.release_channel!r}: one of RAPID, REGULAR, STABLE, "
-                          "EXTENDED")  # fmt: skip
+        raise ValuesError(
+            f"cluster.releaseChannel {cluster.release_channel!r}: one of RAPID, REGULAR, STABLE, EXTENDED"
+        )
     if cluster.autoscaling_profile not in ("BALANCED", "OPTIMIZE_UTILIZATION"):
-        raise ValuesError(f"cluster.autoscalingProfile {cluster.autoscaling_profile!r}: BALANCED or "
-                          "OPTIMIZE_UTILIZATION")  # fmt: skip
+        raise ValuesError(
+            f"cluster.autoscalingProfile {cluster.autoscaling_profile!r}: BALANCED or OPTIMIZE_UTILIZATION"
+        )
     if not 1 <= cluster.min_nodes <= cluster.max_nodes:
-        raise ValuesError(f"cluster.minNodes {cluster.min_nodes} and maxNodes {cluster.max_nodes}: need "
-                          "1 <= minNodes <= maxNodes")  # fmt: skip
+        raise ValuesError(
+            f"cluster.minNodes {cluster.min_nodes} and maxNodes {cluster.max_nodes}: need 1 <= minNodes <= maxNodes"
+        )
     if cluster.spot_max_nodes < 0:
         raise ValuesError("cluster.spotMaxNodes must be 0 (no spot pool) or more")
     for option, machine in (("machineType", cluster.machine_type), ("spotMachineType", cluster.spot_machine_type)):
@@ -170,8 +182,10 @@ def _validate(config: GcpConfig) -> None:
         except ValueError as exc:
             raise ValuesError(f"cluster.masterAuthorizedNetworks: {cidr!r} is not a network: {exc}") from exc
         if network.is_global:
-            raise ValuesError(f"cluster.masterAuthorizedNetworks: {cidr} is a public range, but the control plane "
-                              "has only a private endpoint: give internal ranges (a bastion's, a VPN's)")  # fmt: skip
+            raise ValuesError(
+                f"cluster.masterAuthorizedNetworks: {cidr} is a public range, but the control plane "
+                "has only a private endpoint: give internal ranges (a bastion's, a VPN's)"
+            )
     for zone in config.zone_list:
         if not zone.startswith(f"{config.region}-"):
             raise ValuesError(f"zones: {zone!r} is not a zone of {config.region} (e.g. {config.region}-a)")
@@ -184,36 +198,47 @@ def _node_config(config: GcpConfig, machine_type: str, *, spot: bool) -> contain
         image_type=IMAGE_TYPE,
         service_account=f"{config.cluster.node_service_account}@{config.project}.iam.gserviceaccount.com",
         oauth_scopes=[CLOUD_PLATFORM],
-        shielded_instance_config=container_v1.ShieldedInstanceConfig(enable_secure_boot=True,
-                                                                     enable_integrity_monitoring=True),
+        shielded_instance_config=container_v1.ShieldedInstanceConfig(
+            enable_secure_boot=True, enable_integrity_monitoring=True
+        ),
         workload_metadata_config=container_v1.WorkloadMetadataConfig(mode="GKE_METADATA"),
         spot=spot,
         taints=taints,
-    )  # fmt: skip
+    )
 
 
 def _pools(config: GcpConfig) -> list[container_v1.NodePool]:
     cluster, zones = config.cluster, len(config.zone_list)
     management = container_v1.NodeManagement(auto_repair=True, auto_upgrade=True)
-    pools = [container_v1.NodePool(
-        name=PRIMARY_POOL,
-        config=_node_config(config, cluster.machine_type, spot=False),
-        initial_node_count=max(1, -(-cluster.min_nodes // zones)),  # per zone: the floor, spread over the zones
-        autoscaling=container_v1.NodePoolAutoscaling(enabled=True, total_min_node_count=cluster.min_nodes,
-                                                     total_max_node_count=cluster.max_nodes,
-                                                     location_policy="BALANCED"),
-        management=management,
-    )]  # fmt: skip
-    if cluster.spot_max_nodes > 0:
-        pools.append(container_v1.NodePool(
-            name=SPOT_POOL,
-            config=_node_config(config, cluster.spot_machine_type, spot=True),
-            initial_node_count=0,  # nothing runs there until a tolerating pod asks for it
-            autoscaling=container_v1.NodePoolAutoscaling(enabled=True, total_min_node_count=0,
-                                                         total_max_node_count=cluster.spot_max_nodes,
-                                                         location_policy="ANY"),
+    pools = [
+        container_v1.NodePool(
+            name=PRIMARY_POOL,
+            config=_node_config(config, cluster.machine_type, spot=False),
+            initial_node_count=max(1, -(-cluster.min_nodes // zones)),  # per zone: the floor, spread over the zones
+            autoscaling=container_v1.NodePoolAutoscaling(
+                enabled=True,
+                total_min_node_count=cluster.min_nodes,
+                total_max_node_count=cluster.max_nodes,
+                location_policy="BALANCED",
+            ),
             management=management,
-        ))  # fmt: skip
+        )
+    ]
+    if cluster.spot_max_nodes > 0:
+        pools.append(
+            container_v1.NodePool(
+                name=SPOT_POOL,
+                config=_node_config(config, cluster.spot_machine_type, spot=True),
+                initial_node_count=0,  # nothing runs there until a tolerating pod asks for it
+                autoscaling=container_v1.NodePoolAutoscaling(
+                    enabled=True,
+                    total_min_node_count=0,
+                    total_max_node_count=cluster.spot_max_nodes,
+                    location_policy="ANY",
+                ),
+                management=management,
+            )
+        )
     return pools
 
 
@@ -245,7 +270,7 @@ def desired_cluster(config: GcpConfig) -> container_v1.Cluster:
                 container_v1.MasterAuthorizedNetworksConfig.CidrBlock(cidr_block=c)
                 for c in cluster.master_authorized_networks
             ],
-        ),  # fmt: skip
+        ),
         network_config=container_v1.NetworkConfig(datapath_provider="ADVANCED_DATAPATH"),
         release_channel=container_v1.ReleaseChannel(channel=cluster.release_channel),
         workload_identity_config=container_v1.WorkloadIdentityConfig(workload_pool=f"{config.project}.svc.id.goog"),
@@ -370,8 +395,7 @@ def _cluster_fixes(name: str, desired: container_v1.Cluster, actual: container_v
 
     # Components are added, never removed: one enabled by someone else (or by GKE) stays.
     logged = sorted({*_components(desired.logging_config), *_components(actual.logging_config)})
-    logging = container_v1.LoggingConfig(component_config=container_v1.LoggingComponentConfig(
-        enable_components=logged))  # fmt: skip
+    logging = container_v1.LoggingConfig(component_config=container_v1.LoggingComponentConfig(enable_components=logged))
     monitored = sorted({*_components(desired.monitoring_config), *_components(actual.monitoring_config)})
     monitoring = container_v1.MonitoringConfig(desired.monitoring_config)
     monitoring.component_config = container_v1.MonitoringComponentConfig(enable_components=monitored)
@@ -402,19 +426,22 @@ def _pool_fixes(name: str, desired: container_v1.NodePool, actual: container_v1.
     version (never an upgrade on the side) and its image type, except in the call that changes the image type."""
 
     def update(**fields: Any) -> Write:
-        request = container_v1.UpdateNodePoolRequest(name=name, node_version=actual.version or "-",
-                                                     image_type=actual.config.image_type or IMAGE_TYPE)  # fmt: skip
+        request = container_v1.UpdateNodePoolRequest(
+            name=name, node_version=actual.version or "-", image_type=actual.config.image_type or IMAGE_TYPE
+        )
         for key, value in fields.items():
             setattr(request, key, value)
         return lambda c: c.update_node_pool(request=request)
 
     def autoscaling(c: container_v1.ClusterManagerClient) -> container_v1.Operation:
-        return c.set_node_pool_autoscaling(request=container_v1.SetNodePoolAutoscalingRequest(
-            name=name, autoscaling=desired.autoscaling))  # fmt: skip
+        return c.set_node_pool_autoscaling(
+            request=container_v1.SetNodePoolAutoscalingRequest(name=name, autoscaling=desired.autoscaling)
+        )
 
     def management(c: container_v1.ClusterManagerClient) -> container_v1.Operation:
-        return c.set_node_pool_management(request=container_v1.SetNodePoolManagementRequest(
-            name=name, management=desired.management))  # fmt: skip
+        return c.set_node_pool_management(
+            request=container_v1.SetNodePoolManagementRequest(name=name, management=desired.management)
+        )
 
     config = desired.config
     return {
@@ -492,9 +519,11 @@ def _pool_note(pool: container_v1.NodePool) -> str:
 
 
 def _cluster_note(config: GcpConfig, cluster: container_v1.Cluster) -> str:
-    return (f"regional {config.region} ({', '.join(cluster.locations)}), private endpoint "
-            f"{cluster.private_cluster_config.master_ipv4_cidr_block}, Dataplane V2, Workload Identity, "
-            f"{config.cluster.release_channel} channel")  # fmt: skip
+    return (
+        f"regional {config.region} ({', '.join(cluster.locations)}), private endpoint "
+        f"{cluster.private_cluster_config.master_ipv4_cidr_block}, Dataplane V2, Workload Identity, "
+        f"{config.cluster.release_channel} channel"
+    )
 
 
 def _create_pool(request: container_v1.CreateNodePoolRequest, client: container_v1.ClusterManagerClient) -> Any:
@@ -527,14 +556,18 @@ def plan(client: container_v1.ClusterManagerClient, config: GcpConfig, *, log: L
     actual = _get(client, name)
     if actual is None:
         request = container_v1.CreateClusterRequest(parent=location_path(config), cluster=desired)
-        found.changes.append(Change(CREATE, KIND_CLUSTER, desired.name, desired=request,
-                                    note=_cluster_note(config, desired)))  # fmt: skip
-        found.changes += [Change(CREATE, KIND_POOL, f"{desired.name}/{p.name}", desired=p, note=_pool_note(p))
-                          for p in desired.node_pools]  # fmt: skip
-        found.steps.append(Step(f"create {KIND_CLUSTER} {desired.name}",
-                                lambda c: c.create_cluster(request=request)))  # fmt: skip
-        log(f"the nodes will run as {desired.node_pools[0].config.service_account}: it must exist, with "
-            + ", ".join(NODE_ROLES))  # fmt: skip
+        found.changes.append(
+            Change(CREATE, KIND_CLUSTER, desired.name, desired=request, note=_cluster_note(config, desired))
+        )
+        found.changes += [
+            Change(CREATE, KIND_POOL, f"{desired.name}/{p.name}", desired=p, note=_pool_note(p))
+            for p in desired.node_pools
+        ]
+        found.steps.append(Step(f"create {KIND_CLUSTER} {desired.name}", lambda c: c.create_cluster(request=request)))
+        log(
+            f"the nodes will run as {desired.node_pools[0].config.service_account}: it must exist, with "
+            + ", ".join(NODE_ROLES)
+        )
         return found
     found.status = _enum_name(actual.status)
     want, have = cluster_view(desired), cluster_view(actual)
@@ -562,9 +595,11 @@ def plan(client: container_v1.ClusterManagerClient, config: GcpConfig, *, log: L
 
 def _cloud_error(what: str, exc: Exception) -> CloudError:
     if isinstance(exc, PermissionDenied):
-        return CloudError(f"{what}: permission denied ({exc.message}). plan and check need "
-                          "roles/container.viewer; apply needs roles/container.clusterAdmin, and "
-                          "roles/iam.serviceAccountUser on the nodes' service account")  # fmt: skip
+        return CloudError(
+            f"{what}: permission denied ({exc.message}). plan and check need "
+            "roles/container.viewer; apply needs roles/container.clusterAdmin, and "
+            "roles/iam.serviceAccountUser on the nodes' service account"
+        )
     if isinstance(exc, GoogleAPICallError):
         return CloudError(f"{what}: {exc.message or exc}")
     return CloudError(f"{what}: the GKE API cannot be reached ({exc})")
@@ -601,18 +636,21 @@ def wait(
     while operation.status != container_v1.Operation.Status.DONE:
         now = time.monotonic()
         if now - started >= timeout:
-            raise CloudError(f"{what}: operation {operation.name} still {_enum_name(operation.status)} after "
-                             f"{_minutes(now - started)}; GKE carries on with it: follow it with `gcloud container "
-                             f"operations describe {operation.name} --location {location.rsplit('/', 1)[-1]}` "
-                             "and run apply again when it is done")  # fmt: skip
+            raise CloudError(
+                f"{what}: operation {operation.name} still {_enum_name(operation.status)} after "
+                f"{_minutes(now - started)}; GKE carries on with it: follow it with `gcloud container "
+                f"operations describe {operation.name} --location {location.rsplit('/', 1)[-1]}` "
+                "and run apply again when it is done"
+            )
         if now - last >= PROGRESS_SECONDS:
             log(f"{what}: {_enum_name(operation.status)}, {_minutes(now - started)} so far")
             last = now
         time.sleep(POLL_SECONDS)
         operation = _call(f"follow operation {operation.name}", lambda: client.get_operation(name=name))
     if operation.error.code or operation.status_message:
-        raise CloudError(f"{what}: operation {operation.name} failed: "
-                         f"{operation.error.message or operation.status_message}")  # fmt: skip
+        raise CloudError(
+            f"{what}: operation {operation.name} failed: {operation.error.message or operation.status_message}"
+        )
     return operation
 
 
@@ -630,8 +668,10 @@ def apply_plan(
         CloudError: the plan has REPLACE changes (nothing is written), or a call or operation failed.
     """
     if found.steps and found.status in _BUSY:
-        raise CloudError(f"GKE cluster {found.cluster} is {found.status}: an operation is running on it; apply "
-                         "again when it is RUNNING (`gcloud container operations list`)")  # fmt: skip
+        raise CloudError(
+            f"GKE cluster {found.cluster} is {found.status}: an operation is running on it; apply "
+            "again when it is RUNNING (`gcloud container operations list`)"
+        )
     if found.refused:
         lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
         kinds = {c.kind for c in found.refused}
@@ -640,9 +680,14 @@ def apply_plan(
             hints.append("delete that node pool yourself (apply then creates it as designed)")
         if KIND_CLUSTER in kinds:
             hints.append("move the workloads to a new cluster (another cluster.name) and delete this one")
-        raise CloudError("apply refused, nothing written: these differences cannot be changed in place, and erlmcp "
-                         "never recreates a cluster or node pool by itself:\n" + "\n".join(lines) + "\nEither "
-                         + ", or ".join(hints) + ".")  # fmt: skip
+        raise CloudError(
+            "apply refused, nothing written: these differences cannot be changed in place, and erlmcp "
+            "never recreates a cluster or node pool by itself:\n"
+            + "\n".join(lines)
+            + "\nEither "
+            + ", or ".join(hints)
+            + "."
+        )
     for step in found.steps:
         operation = _call(step.what, partial(step.call, client))
         if step.what.startswith(f"create {KIND_CLUSTER}"):
@@ -669,8 +714,14 @@ class Finding:
     why: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "severity": self.severity, "field": self.field, "actual": self.actual,
-                "expected": self.expected, "why": self.why}  # fmt: skip
+        return {
+            "name": self.name,
+            "severity": self.severity,
+            "field": self.field,
+            "actual": self.actual,
+            "expected": self.expected,
+            "why": self.why,
+        }
 
 
 def _capacity(cluster: container_v1.Cluster, pools: Sequence[container_v1.NodePool]) -> tuple[int, int]:
@@ -690,55 +741,126 @@ def _check_network(cluster: container_v1.Cluster, config: GcpConfig) -> list[Fin
     found: list[Finding] = []
     private, authorized = cluster.private_cluster_config, cluster.master_authorized_networks_config
     if not private.enable_private_nodes:
-        found.append(Finding("private-nodes", HIGH, "private_cluster_config.enable_private_nodes", False, True,
-                             "nodes have public IP addresses: every node is reachable from the internet, past the "
-                             "load balancer, and its egress bypasses Cloud NAT"))  # fmt: skip
+        found.append(
+            Finding(
+                "private-nodes",
+                HIGH,
+                "private_cluster_config.enable_private_nodes",
+                False,
+                True,
+                "nodes have public IP addresses: every node is reachable from the internet, past the "
+                "load balancer, and its egress bypasses Cloud NAT",
+            )
+        )
     if not private.enable_private_endpoint:
         severity = MEDIUM if authorized.enabled else HIGH
-        found.append(Finding("public-endpoint", severity, "private_cluster_config.enable_private_endpoint", False,
-                             True, "the Kubernetes API has a public endpoint: it can be reached from the internet"
-                             + (", limited by master authorized networks" if authorized.enabled else
-                                " by anyone who tries credentials")))  # fmt: skip
+        found.append(
+            Finding(
+                "public-endpoint",
+                severity,
+                "private_cluster_config.enable_private_endpoint",
+                False,
+                True,
+                "the Kubernetes API has a public endpoint: it can be reached from the internet"
+                + (
+                    ", limited by master authorized networks"
+                    if authorized.enabled
+                    else " by anyone who tries credentials"
+                ),
+            )
+        )
     if not authorized.enabled:
-        found.append(Finding("master-authorized-networks", MEDIUM, "master_authorized_networks_config.enabled",
-                             False, True, "any address that reaches the control plane may try to authenticate; "
-                             "authorized networks limit it to known ranges"))  # fmt: skip
+        found.append(
+            Finding(
+                "master-authorized-networks",
+                MEDIUM,
+                "master_authorized_networks_config.enabled",
+                False,
+                True,
+                "any address that reaches the control plane may try to authenticate; "
+                "authorized networks limit it to known ranges",
+            )
+        )
     else:
         blocks = sorted(b.cidr_block for b in authorized.cidr_blocks)
         if blocks != sorted(config.cluster.master_authorized_networks):
-            found.append(Finding("master-authorized-networks", LOW, "master_authorized_networks_config.cidr_blocks",
-                                 blocks, sorted(config.cluster.master_authorized_networks),
-                                 "other ranges than the configured ones may reach the control plane"))  # fmt: skip
+            found.append(
+                Finding(
+                    "master-authorized-networks",
+                    LOW,
+                    "master_authorized_networks_config.cidr_blocks",
+                    blocks,
+                    sorted(config.cluster.master_authorized_networks),
+                    "other ranges than the configured ones may reach the control plane",
+                )
+            )
     if private.enable_private_nodes and private.master_ipv4_cidr_block != config.cluster.master_cidr:
-        found.append(Finding("master-cidr", LOW, "private_cluster_config.master_ipv4_cidr_block",
-                             private.master_ipv4_cidr_block, config.cluster.master_cidr,
-                             "the network's firewall rules and the runbooks assume the seed's control-plane "
-                             "range; another range must not overlap the VPC's"))  # fmt: skip
+        found.append(
+            Finding(
+                "master-cidr",
+                LOW,
+                "private_cluster_config.master_ipv4_cidr_block",
+                private.master_ipv4_cidr_block,
+                config.cluster.master_cidr,
+                "the network's firewall rules and the runbooks assume the seed's control-plane "
+                "range; another range must not overlap the VPC's",
+            )
+        )
     datapath = _enum_name(cluster.network_config.datapath_provider)
     calico = cluster.network_policy.enabled
     if datapath != "ADVANCED_DATAPATH" and not calico:
-        found.append(Finding("network-policy", HIGH, "network_config.datapath_provider", datapath,
-                             "ADVANCED_DATAPATH", "NetworkPolicy is not enforced: the chart's default-deny policy "
-                             "is ignored, so any pod in the cluster can reach erlmcp's MCP and metrics ports and "
-                             "erlmcp can reach anything"))  # fmt: skip
+        found.append(
+            Finding(
+                "network-policy",
+                HIGH,
+                "network_config.datapath_provider",
+                datapath,
+                "ADVANCED_DATAPATH",
+                "NetworkPolicy is not enforced: the chart's default-deny policy "
+                "is ignored, so any pod in the cluster can reach erlmcp's MCP and metrics ports and "
+                "erlmcp can reach anything",
+            )
+        )
     elif datapath != "ADVANCED_DATAPATH":
-        found.append(Finding("dataplane-v2", LOW, "network_config.datapath_provider", datapath, "ADVANCED_DATAPATH",
-                             "NetworkPolicy is enforced by the Calico add-on, not Dataplane V2: it works, but "
-                             "without Dataplane V2's eBPF datapath and policy logging"))  # fmt: skip
+        found.append(
+            Finding(
+                "dataplane-v2",
+                LOW,
+                "network_config.datapath_provider",
+                datapath,
+                "ADVANCED_DATAPATH",
+                "NetworkPolicy is enforced by the Calico add-on, not Dataplane V2: it works, but "
+                "without Dataplane V2's eBPF datapath and policy logging",
+            )
+        )
     policy = cluster.ip_allocation_policy
     if not policy.use_ip_aliases:
-        found.append(Finding("vpc-native", MEDIUM, "ip_allocation_policy.use_ip_aliases", False, True,
-                             "a routes-based cluster: pods have no VPC addresses, so container-native load "
-                             "balancing and private clusters are unavailable"))  # fmt: skip
+        found.append(
+            Finding(
+                "vpc-native",
+                MEDIUM,
+                "ip_allocation_policy.use_ip_aliases",
+                False,
+                True,
+                "a routes-based cluster: pods have no VPC addresses, so container-native load "
+                "balancing and private clusters are unavailable",
+            )
+        )
     elif (policy.cluster_secondary_range_name, policy.services_secondary_range_name) != (
         config.network.pods_range_name,
         config.network.services_range_name,
     ):
-        found.append(Finding("secondary-ranges", LOW, "ip_allocation_policy.cluster_secondary_range_name",
-                             [policy.cluster_secondary_range_name, policy.services_secondary_range_name],
-                             [config.network.pods_range_name, config.network.services_range_name],
-                             "pods and services use other ranges than the network section's: its firewall and "
-                             "NAT rules are written for those"))  # fmt: skip
+        found.append(
+            Finding(
+                "secondary-ranges",
+                LOW,
+                "ip_allocation_policy.cluster_secondary_range_name",
+                [policy.cluster_secondary_range_name, policy.services_secondary_range_name],
+                [config.network.pods_range_name, config.network.services_range_name],
+                "pods and services use other ranges than the network section's: its firewall and "
+                "NAT rules are written for those",
+            )
+        )
     return found
 
 
@@ -746,65 +868,136 @@ def _check_security(cluster: container_v1.Cluster, config: GcpConfig) -> list[Fi
     found: list[Finding] = []
     pool_id = f"{config.project}.svc.id.goog"
     if cluster.workload_identity_config.workload_pool != pool_id:
-        found.append(Finding("workload-identity", HIGH, "workload_identity_config.workload_pool",
-                             cluster.workload_identity_config.workload_pool or None, pool_id,
-                             "Workload Identity is off: the app cannot read its Secret Manager secrets or write "
-                             "metrics as its own service account without a key file, and pods use the node's "
-                             "account instead"))  # fmt: skip
+        found.append(
+            Finding(
+                "workload-identity",
+                HIGH,
+                "workload_identity_config.workload_pool",
+                cluster.workload_identity_config.workload_pool or None,
+                pool_id,
+                "Workload Identity is off: the app cannot read its Secret Manager secrets or write "
+                "metrics as its own service account without a key file, and pods use the node's "
+                "account instead",
+            )
+        )
     if not cluster.shielded_nodes.enabled:
-        found.append(Finding("shielded-nodes", HIGH, "shielded_nodes.enabled", False, True,
-                             "nodes do not prove their identity and boot integrity to the control plane: a "
-                             "tampered or impersonated node can join and receive erlmcp's secrets"))  # fmt: skip
+        found.append(
+            Finding(
+                "shielded-nodes",
+                HIGH,
+                "shielded_nodes.enabled",
+                False,
+                True,
+                "nodes do not prove their identity and boot integrity to the control plane: a "
+                "tampered or impersonated node can join and receive erlmcp's secrets",
+            )
+        )
     if cluster.legacy_abac.enabled:
-        found.append(Finding("legacy-abac", HIGH, "legacy_abac.enabled", True, False,
-                             "legacy ABAC grants broad access outside RBAC: the chart's narrow Roles mean "
-                             "nothing"))  # fmt: skip
+        found.append(
+            Finding(
+                "legacy-abac",
+                HIGH,
+                "legacy_abac.enabled",
+                True,
+                False,
+                "legacy ABAC grants broad access outside RBAC: the chart's narrow Roles mean nothing",
+            )
+        )
     for pool in cluster.node_pools:
         where, config_ = f"node_pools[{pool.name}].config", pool.config
         mode = _enum_name(config_.workload_metadata_config.mode)
         if mode != "GKE_METADATA":
-            found.append(Finding("node-metadata", HIGH, f"{where}.workload_metadata_config.mode", mode,
-                                 "GKE_METADATA", f"pods on pool {pool.name} reach the node's credentials through "
-                                 "the metadata server, and Workload Identity does not apply to them"))  # fmt: skip
+            found.append(
+                Finding(
+                    "node-metadata",
+                    HIGH,
+                    f"{where}.workload_metadata_config.mode",
+                    mode,
+                    "GKE_METADATA",
+                    f"pods on pool {pool.name} reach the node's credentials through "
+                    "the metadata server, and Workload Identity does not apply to them",
+                )
+            )
         shielded = config_.shielded_instance_config
         if not shielded.enable_secure_boot:
-            found.append(Finding("secure-boot", MEDIUM, f"{where}.shielded_instance_config.enable_secure_boot",
-                                 False, True, f"pool {pool.name}'s nodes boot unsigned kernels and modules: a "
-                                 "rootkit survives reboots"))  # fmt: skip
+            found.append(
+                Finding(
+                    "secure-boot",
+                    MEDIUM,
+                    f"{where}.shielded_instance_config.enable_secure_boot",
+                    False,
+                    True,
+                    f"pool {pool.name}'s nodes boot unsigned kernels and modules: a rootkit survives reboots",
+                )
+            )
         if not shielded.enable_integrity_monitoring:
-            found.append(Finding("integrity-monitoring", LOW,
-                                 f"{where}.shielded_instance_config.enable_integrity_monitoring", False, True,
-                                 f"a changed boot sequence on pool {pool.name} goes unnoticed"))  # fmt: skip
+            found.append(
+                Finding(
+                    "integrity-monitoring",
+                    LOW,
+                    f"{where}.shielded_instance_config.enable_integrity_monitoring",
+                    False,
+                    True,
+                    f"a changed boot sequence on pool {pool.name} goes unnoticed",
+                )
+            )
         account = config_.service_account
         if account in ("", "default") or account.endswith("-compute@developer.gserviceaccount.com"):
-            found.append(Finding("node-service-account", MEDIUM, f"{where}.service_account", account or "default",
-                                 f"{config.cluster.node_service_account}@{config.project}.iam.gserviceaccount.com",
-                                 f"pool {pool.name} runs as the Compute Engine default service account, which has "
-                                 "Editor on the project: a compromised node can change the whole project"))  # fmt: skip
+            found.append(
+                Finding(
+                    "node-service-account",
+                    MEDIUM,
+                    f"{where}.service_account",
+                    account or "default",
+                    f"{config.cluster.node_service_account}@{config.project}.iam.gserviceaccount.com",
+                    f"pool {pool.name} runs as the Compute Engine default service account, which has "
+                    "Editor on the project: a compromised node can change the whole project",
+                )
+            )
     return found
 
 
 def _check_operations(cluster: container_v1.Cluster, config: GcpConfig) -> list[Finding]:
     found: list[Finding] = []
     if cluster.location.count("-") != 1:
-        found.append(Finding("regional", HIGH, "location", cluster.location, config.region,
-                             "a zonal cluster: one zone's outage stops its control plane (and the 99.95 % SLA is "
-                             "for regional clusters)"))  # fmt: skip
+        found.append(
+            Finding(
+                "regional",
+                HIGH,
+                "location",
+                cluster.location,
+                config.region,
+                "a zonal cluster: one zone's outage stops its control plane (and the 99.95 % SLA is "
+                "for regional clusters)",
+            )
+        )
     zones = sorted(cluster.locations)
     if zones != sorted(config.zone_list):
-        found.append(Finding("zones", MEDIUM if len(zones) < 3 else LOW, "locations", zones,
-                             sorted(config.zone_list), "nodes are not spread over the configured zones"
-                             + ("; fewer than three zones cannot keep a majority through a zone outage"
-                                if len(zones) < 3 else "")))  # fmt: skip
+        found.append(
+            Finding(
+                "zones",
+                MEDIUM if len(zones) < 3 else LOW,
+                "locations",
+                zones,
+                sorted(config.zone_list),
+                "nodes are not spread over the configured zones"
+                + ("; fewer than three zones cannot keep a majority through a zone outage" if len(zones) < 3 else ""),
+            )
+        )
     channel = _enum_name(cluster.release_channel.channel)
     if channel != config.cluster.release_channel:
         severity, why = {
-            "UNSPECIFIED": (MEDIUM, "no release channel: versions are managed by hand and security patches wait "
-                                    "for someone to upgrade"),
+            "UNSPECIFIED": (
+                MEDIUM,
+                "no release channel: versions are managed by hand and security patches wait for someone to upgrade",
+            ),
             "RAPID": (MEDIUM, "the RAPID channel brings versions before they are proven: not for production"),
-        }.get(channel, (LOW, f"the {channel} channel upgrades on another cadence than the configured one"))  # fmt: skip
-        found.append(Finding("release-channel", severity, "release_channel.channel", channel,
-                             config.cluster.release_channel, why))  # fmt: skip
+        }.get(channel, (LOW, f"the {channel} channel upgrades on another cadence than the configured one"))
+        found.append(
+            Finding(
+                "release-channel", severity, "release_channel.channel", channel, config.cluster.release_channel, why
+            )
+        )
     profile = _profile(cluster)
     if profile != config.cluster.autoscaling_profile:
         why = (
@@ -812,16 +1005,31 @@ def _check_operations(cluster: container_v1.Cluster, config: GcpConfig) -> list[
             if profile == "OPTIMIZE_UTILIZATION"
             else "the autoscaler's profile is not the configured one"
         )
-        found.append(Finding("autoscaling-profile", LOW, "autoscaling.autoscaling_profile", profile,
-                             config.cluster.autoscaling_profile, why))  # fmt: skip
+        found.append(
+            Finding(
+                "autoscaling-profile",
+                LOW,
+                "autoscaling.autoscaling_profile",
+                profile,
+                config.cluster.autoscaling_profile,
+                why,
+            )
+        )
     spot = [p for p in cluster.node_pools if p.config.spot or p.config.preemptible]
     regular = [p for p in cluster.node_pools if not (p.config.spot or p.config.preemptible)]
     fixed = [p.name for p in regular if not p.autoscaling.enabled]
     wanted = (config.cluster.min_nodes, config.cluster.max_nodes)
     if not regular or fixed:
-        found.append(Finding("autoscaling", HIGH, "node_pools[].autoscaling.enabled", f"off on {', '.join(fixed)}"
-                             if fixed else "no on-demand pool", f"{wanted[0]}-{wanted[1]} nodes",
-                             "nodes do not scale: under load the HPA's new erlmcp pods stay Pending"))  # fmt: skip
+        found.append(
+            Finding(
+                "autoscaling",
+                HIGH,
+                "node_pools[].autoscaling.enabled",
+                f"off on {', '.join(fixed)}" if fixed else "no on-demand pool",
+                f"{wanted[0]}-{wanted[1]} nodes",
+                "nodes do not scale: under load the HPA's new erlmcp pods stay Pending",
+            )
+        )
     else:
         low, high = _capacity(cluster, regular)
         if (low, high) != wanted:
@@ -832,34 +1040,77 @@ def _check_operations(cluster: container_v1.Cluster, config: GcpConfig) -> list[
                 reasons.append(f"cannot grow to {wanted[1]} nodes under load")
             if high > wanted[1] or low > wanted[0]:
                 reasons.append("more nodes than planned: cost above the design")
-            found.append(Finding("autoscaling", MEDIUM if low < wanted[0] or high < wanted[1] else LOW,
-                                 "node_pools[].autoscaling", f"{low}-{high} nodes", f"{wanted[0]}-{wanted[1]} nodes",
-                                 "; ".join(reasons)))  # fmt: skip
+            found.append(
+                Finding(
+                    "autoscaling",
+                    MEDIUM if low < wanted[0] or high < wanted[1] else LOW,
+                    "node_pools[].autoscaling",
+                    f"{low}-{high} nodes",
+                    f"{wanted[0]}-{wanted[1]} nodes",
+                    "; ".join(reasons),
+                )
+            )
         for pool in regular:
             if pool.config.machine_type != config.cluster.machine_type:
-                found.append(Finding("machine-type", LOW, f"node_pools[{pool.name}].config.machine_type",
-                                     pool.config.machine_type, config.cluster.machine_type,
-                                     "capacity per node differs from the design's sizing (the chart's requests and "
-                                     "the 3-10 node range assume it)"))  # fmt: skip
+                found.append(
+                    Finding(
+                        "machine-type",
+                        LOW,
+                        f"node_pools[{pool.name}].config.machine_type",
+                        pool.config.machine_type,
+                        config.cluster.machine_type,
+                        "capacity per node differs from the design's sizing (the chart's requests and "
+                        "the 3-10 node range assume it)",
+                    )
+                )
     if config.cluster.spot_max_nodes > 0 and not spot:
-        found.append(Finding("spot-pool", LOW, "node_pools[].config.spot", None, f"a spot pool of 0-"
-                             f"{config.cluster.spot_max_nodes} {config.cluster.spot_machine_type}",
-                             "no spot capacity: work that tolerates preemption runs on full-price nodes"))  # fmt: skip
+        found.append(
+            Finding(
+                "spot-pool",
+                LOW,
+                "node_pools[].config.spot",
+                None,
+                f"a spot pool of 0-{config.cluster.spot_max_nodes} {config.cluster.spot_machine_type}",
+                "no spot capacity: work that tolerates preemption runs on full-price nodes",
+            )
+        )
     for pool in spot:
         taints = {(t.key, t.value, _enum_name(t.effect)) for t in pool.config.taints}
         if not any(effect == "NO_SCHEDULE" for _, _, effect in taints):
-            found.append(Finding("spot-taint", MEDIUM, f"node_pools[{pool.name}].config.taints", sorted(taints) or
-                                 None, f"{SPOT_TAINT[0]}={SPOT_TAINT[1]}:{SPOT_TAINT[2]}",
-                                 f"erlmcp pods can be scheduled on the spot pool {pool.name} and lose their "
-                                 "sessions when its VMs are reclaimed (30 s notice)"))  # fmt: skip
+            found.append(
+                Finding(
+                    "spot-taint",
+                    MEDIUM,
+                    f"node_pools[{pool.name}].config.taints",
+                    sorted(taints) or None,
+                    f"{SPOT_TAINT[0]}={SPOT_TAINT[1]}:{SPOT_TAINT[2]}",
+                    f"erlmcp pods can be scheduled on the spot pool {pool.name} and lose their "
+                    "sessions when its VMs are reclaimed (30 s notice)",
+                )
+            )
     for pool in cluster.node_pools:
         if not pool.management.auto_repair:
-            found.append(Finding("auto-repair", MEDIUM, f"node_pools[{pool.name}].management.auto_repair", False,
-                                 True, f"a broken node in pool {pool.name} stays broken, and its pods"))  # fmt: skip
+            found.append(
+                Finding(
+                    "auto-repair",
+                    MEDIUM,
+                    f"node_pools[{pool.name}].management.auto_repair",
+                    False,
+                    True,
+                    f"a broken node in pool {pool.name} stays broken, and its pods",
+                )
+            )
         if not pool.management.auto_upgrade:
-            found.append(Finding("auto-upgrade", MEDIUM, f"node_pools[{pool.name}].management.auto_upgrade", False,
-                                 True, f"pool {pool.name} falls behind the control plane and misses node security "
-                                 "patches"))  # fmt: skip
+            found.append(
+                Finding(
+                    "auto-upgrade",
+                    MEDIUM,
+                    f"node_pools[{pool.name}].management.auto_upgrade",
+                    False,
+                    True,
+                    f"pool {pool.name} falls behind the control plane and misses node security patches",
+                )
+            )
     return found
 
 
@@ -867,13 +1118,28 @@ def _check_observability(cluster: container_v1.Cluster) -> list[Finding]:
     found: list[Finding] = []
     logged = {_enum_name(c) for c in cluster.logging_config.component_config.enable_components}
     if "WORKLOADS" not in logged:
-        found.append(Finding("workload-logs", MEDIUM, "logging_config.component_config.enable_components",
-                             sorted(logged), list(LOGGING_COMPONENTS), "the server's JSON logs (and its audit "
-                             "lines) do not reach Cloud Logging"))  # fmt: skip
+        found.append(
+            Finding(
+                "workload-logs",
+                MEDIUM,
+                "logging_config.component_config.enable_components",
+                sorted(logged),
+                list(LOGGING_COMPONENTS),
+                "the server's JSON logs (and its audit lines) do not reach Cloud Logging",
+            )
+        )
     if not cluster.monitoring_config.managed_prometheus_config.enabled:
-        found.append(Finding("managed-prometheus", MEDIUM, "monitoring_config.managed_prometheus_config.enabled",
-                             False, True, "Managed Service for Prometheus is off: the chart's PodMonitoring has no "
-                             "CRD and the server's /metrics are not collected"))  # fmt: skip
+        found.append(
+            Finding(
+                "managed-prometheus",
+                MEDIUM,
+                "monitoring_config.managed_prometheus_config.enabled",
+                False,
+                True,
+                "Managed Service for Prometheus is off: the chart's PodMonitoring has no "
+                "CRD and the server's /metrics are not collected",
+            )
+        )
     return found
 
 
@@ -881,8 +1147,12 @@ def check(cluster: container_v1.Cluster, config: GcpConfig) -> list[Finding]:
     """Every difference of an existing cluster from the design that matters for erlmcp, most severe first. It
     reads what GKE reports, so it judges clusters made by any tool (the pools' names do not matter)."""
     _validate(config)
-    found = [*_check_operations(cluster, config), *_check_network(cluster, config),
-             *_check_security(cluster, config), *_check_observability(cluster)]  # fmt: skip
+    found = [
+        *_check_operations(cluster, config),
+        *_check_network(cluster, config),
+        *_check_security(cluster, config),
+        *_check_observability(cluster),
+    ]
     return sorted(found, key=lambda f: _SEVERITIES.index(f.severity))
 
 
@@ -899,8 +1169,9 @@ class Clients:
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
         """See :func:`deployer.grpc_clients.connect`."""
-        connected = connect([(container_v1.ClusterManagerClient, ClusterManagerGrpcTransport)], endpoint,
-                            insecure=insecure)  # fmt: skip
+        connected = connect(
+            [(container_v1.ClusterManagerClient, ClusterManagerGrpcTransport)], endpoint, insecure=insecure
+        )
         return cls(connected.clients[0], _connection=connected)
 
     def close(self) -> None:
@@ -914,34 +1185,55 @@ def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, ou
     title = f"GKE cluster {config.cluster.name} in {config.project}/{config.region}"
     if as_json:
         counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {"title": title, "cluster": found.cluster, "mode": mode, "summary": counts,
-                    "changes": [c.as_dict() for c in found.changes]}  # fmt: skip
+        document = {
+            "title": title,
+            "cluster": found.cluster,
+            "mode": mode,
+            "summary": counts,
+            "changes": [c.as_dict() for c in found.changes],
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return
     render(title, found.changes, mode=mode, out=out)
     if found.refused:
-        print(f"{len(found.refused)} REPLACE: these cannot be changed in place; apply refuses until the configuration "
-              "matches or the pool/cluster is deleted", file=out)  # fmt: skip
+        print(
+            f"{len(found.refused)} REPLACE: these cannot be changed in place; apply refuses until the configuration "
+            "matches or the pool/cluster is deleted",
+            file=out,
+        )
 
 
 def _render_check(findings: Sequence[Finding], config: GcpConfig, name: str, *, as_json: bool, out: TextIO) -> None:
     counts = {s: sum(f.severity == s for f in findings) for s in _SEVERITIES}
     if as_json:
-        document = {"cluster": name, "differences": len(findings), "summary": counts,
-                    "findings": [f.as_dict() for f in findings]}  # fmt: skip
+        document = {
+            "cluster": name,
+            "differences": len(findings),
+            "summary": counts,
+            "findings": [f.as_dict() for f in findings],
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return
     if not findings:
-        print(f"GKE cluster {config.cluster.name} in {config.project}/{config.region} matches the erlmcp design: "
-              "no differences", file=out)  # fmt: skip
+        print(
+            f"GKE cluster {config.cluster.name} in {config.project}/{config.region} matches the erlmcp design: "
+            "no differences",
+            file=out,
+        )
         return
-    print(f"GKE cluster {config.cluster.name} in {config.project}/{config.region}: {len(findings)} differences from "
-          "the erlmcp design (" + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES) + ")", file=out)  # fmt: skip
+    print(
+        f"GKE cluster {config.cluster.name} in {config.project}/{config.region}: {len(findings)} differences from "
+        "the erlmcp design (" + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES) + ")",
+        file=out,
+    )
     width = max(len(f.name) for f in findings)
     for finding in findings:
         shown = [json.dumps(v, default=str) if v is not None else "(unset)" for v in (finding.actual, finding.expected)]
-        print(f"  {finding.severity.upper():<6}  {finding.name:<{width}}  {finding.field}: {shown[0]} "
-              f"(design: {shown[1]})", file=out)  # fmt: skip
+        print(
+            f"  {finding.severity.upper():<6}  {finding.name:<{width}}  {finding.field}: {shown[0]} "
+            f"(design: {shown[1]})",
+            file=out,
+        )
         print(f"  {'':<6}  {'':<{width}}  {finding.why}", file=out)
 
 
@@ -958,16 +1250,18 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
             name = cluster_path(config)
             actual = _get(clients.clusters, name)
             if actual is None:
-                raise CloudError(f"there is no GKE cluster {name} to check; `cluster plan` shows what apply would "
-                                 "create")  # fmt: skip
+                raise CloudError(
+                    f"there is no GKE cluster {name} to check; `cluster plan` shows what apply would create"
+                )
             findings = check(actual, config)
             _render_check(findings, config, name, as_json=args.json, out=out)
             return 1 if findings else 0
         mode = run_mode(args.action, args.dry_run)
         found = plan(clients.clusters, config, log=log)
         if mode == "apply":
-            apply_plan(clients.clusters, config, found, log=log, timeout=getattr(args, "timeout", None) or
-                       OPERATION_TIMEOUT)  # fmt: skip
+            apply_plan(
+                clients.clusters, config, found, log=log, timeout=getattr(args, "timeout", None) or OPERATION_TIMEOUT
+            )
     finally:
         clients.close()
     _render_plan(found, config, mode=mode, as_json=args.json, out=out)

@@ -122,8 +122,16 @@ _VERSIONS = ("REDIS_3_2", "REDIS_4_0", "REDIS_5_0", "REDIS_6_X", "REDIS_7_0", "R
 _CONNECT_MODES = ("PRIVATE_SERVICE_ACCESS", "DIRECT_PEERING")
 _TLS_MODES = ("SERVER_AUTHENTICATION", "DISABLED")
 _DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
-_EVICTION = ("volatile-lru", "allkeys-lru", "volatile-lfu", "allkeys-lfu", "volatile-random", "allkeys-random",
-             "volatile-ttl", "noeviction")  # fmt: skip
+_EVICTION = (
+    "volatile-lru",
+    "allkeys-lru",
+    "volatile-lfu",
+    "allkeys-lfu",
+    "volatile-random",
+    "allkeys-random",
+    "volatile-ttl",
+    "noeviction",
+)
 _INSTANCE_ID = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -132,11 +140,26 @@ _CONFIG_KEY = re.compile(r"[a-z][a-z0-9-]*")
 _MAX_GB = 300
 _READ_REPLICAS_MIN_GB = 5
 # In place, by UpdateInstance: the fields its update_mask may name (snake_case: the proto's field names).
-_IN_PLACE = ("display_name", "labels", "memory_size_gb", "redis_configs", "auth_enabled", "maintenance_policy",
-             "replica_count", "read_replicas_mode")  # fmt: skip
+_IN_PLACE = (
+    "display_name",
+    "labels",
+    "memory_size_gb",
+    "redis_configs",
+    "auth_enabled",
+    "maintenance_policy",
+    "replica_count",
+    "read_replicas_mode",
+)
 # Never in place: set when the instance is created.
-_FIXED = ("tier", "location_id", "alternative_location_id", "authorized_network", "connect_mode",
-          "reserved_ip_range", "transit_encryption_mode")  # fmt: skip
+_FIXED = (
+    "tier",
+    "location_id",
+    "alternative_location_id",
+    "authorized_network",
+    "connect_mode",
+    "reserved_ip_range",
+    "transit_encryption_mode",
+)
 _BUSY_OK = "READY"
 Log = Callable[[str], None]
 
@@ -171,8 +194,10 @@ def _validate(config: GcpConfig) -> None:
     section = config.memorystore
     where = "memorystore"
     if not _INSTANCE_ID.fullmatch(section.name):
-        raise ValuesError(f"{where}.name {section.name!r} is not a Memorystore instance ID (1-40 of a-z, 0-9 and -, "
-                          "starting with a letter, not ending with -)")  # fmt: skip
+        raise ValuesError(
+            f"{where}.name {section.name!r} is not a Memorystore instance ID (1-40 of a-z, 0-9 and -, "
+            "starting with a letter, not ending with -)"
+        )
     if section.tier not in _TIERS:
         raise ValuesError(f"{where}.tier {section.tier!r}: STANDARD_HA or BASIC")
     if section.redis_version not in _VERSIONS:
@@ -180,26 +205,31 @@ def _validate(config: GcpConfig) -> None:
     if section.connect_mode not in _CONNECT_MODES:
         raise ValuesError(f"{where}.connectMode {section.connect_mode!r}: PRIVATE_SERVICE_ACCESS or DIRECT_PEERING")
     if section.transit_encryption_mode not in _TLS_MODES:
-        raise ValuesError(f"{where}.transitEncryptionMode {section.transit_encryption_mode!r}: SERVER_AUTHENTICATION "
-                          "or DISABLED")  # fmt: skip
+        raise ValuesError(
+            f"{where}.transitEncryptionMode {section.transit_encryption_mode!r}: SERVER_AUTHENTICATION or DISABLED"
+        )
     if not 1 <= section.memory_size_gb <= _MAX_GB:
         raise ValuesError(f"{where}.memorySizeGb {section.memory_size_gb}: 1 to {_MAX_GB} (GB)")
     replicas = _replica_count(section)
     if section.tier == "BASIC":
         if section.read_replicas or replicas != 0:
-            raise ValuesError(f"{where}.replicaCount {replicas}: a BASIC instance has no replicas (0), and no read "
-                              "replicas")  # fmt: skip
+            raise ValuesError(
+                f"{where}.replicaCount {replicas}: a BASIC instance has no replicas (0), and no read replicas"
+            )
     elif section.read_replicas:
         if not 1 <= replicas <= 5:
             raise ValuesError(f"{where}.replicaCount {replicas}: 1 to 5 read replicas")
         if section.memory_size_gb < _READ_REPLICAS_MIN_GB:
-            raise ValuesError(f"{where}.memorySizeGb {section.memory_size_gb}: read replicas need "
-                              f"{_READ_REPLICAS_MIN_GB} GB or more")  # fmt: skip
+            raise ValuesError(
+                f"{where}.memorySizeGb {section.memory_size_gb}: read replicas need {_READ_REPLICAS_MIN_GB} GB or more"
+            )
         if _VERSIONS.index(section.redis_version) < _VERSIONS.index("REDIS_5_0"):
             raise ValuesError(f"{where}.redisVersion {section.redis_version}: read replicas need REDIS_5_0 or newer")
     elif replicas != 1:
-        raise ValuesError(f"{where}.replicaCount {replicas}: a STANDARD_HA instance without read replicas has "
-                          "exactly 1 replica (set readReplicas: true for more)")  # fmt: skip
+        raise ValuesError(
+            f"{where}.replicaCount {replicas}: a STANDARD_HA instance without read replicas has "
+            "exactly 1 replica (set readReplicas: true for more)"
+        )
     for key, value in _redis_configs(section).items():
         if not _CONFIG_KEY.fullmatch(key):
             raise ValuesError(f"{where}.redisConfigs: {key!r} is not a Redis configuration parameter")
@@ -207,8 +237,9 @@ def _validate(config: GcpConfig) -> None:
             raise ValuesError(f"{where}.redisConfigs.maxmemory-policy {value!r}: one of {', '.join(_EVICTION)}")
     for key, value in section.labels.items():
         if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
-            raise ValuesError(f"{where}.labels: {key}={value!r} is not a label (a-z, 0-9, _ and -; keys start with "
-                              "a letter)")  # fmt: skip
+            raise ValuesError(
+                f"{where}.labels: {key}={value!r} is not a label (a-z, 0-9, _ and -; keys start with a letter)"
+            )
         if key == MANAGED_BY:
             raise ValuesError(f"{where}.labels: {MANAGED_BY} is erlmcp's own label")
     window = section.maintenance_window
@@ -243,8 +274,9 @@ def _maintenance(section: MemorystoreConfig) -> redis_v1.MaintenancePolicy | Non
     window = section.maintenance_window
     if window is None:
         return None
-    weekly = redis_v1.WeeklyMaintenanceWindow(day=dayofweek_pb2.DayOfWeek.Value(window.day),
-                                              start_time=timeofday_pb2.TimeOfDay(hours=window.hour))  # fmt: skip
+    weekly = redis_v1.WeeklyMaintenanceWindow(
+        day=dayofweek_pb2.DayOfWeek.Value(window.day), start_time=timeofday_pb2.TimeOfDay(hours=window.hour)
+    )
     return redis_v1.MaintenancePolicy(weekly_maintenance_window=[weekly])
 
 
@@ -285,8 +317,9 @@ def desired_instance(config: GcpConfig) -> redis_v1.Instance:
 
 def desired_request(config: GcpConfig) -> redis_v1.CreateInstanceRequest:
     """The request ``apply`` sends when the instance does not exist."""
-    return redis_v1.CreateInstanceRequest(parent=location_path(config), instance_id=config.memorystore.name,
-                                          instance=desired_instance(config))  # fmt: skip
+    return redis_v1.CreateInstanceRequest(
+        parent=location_path(config), instance_id=config.memorystore.name, instance=desired_instance(config)
+    )
 
 
 # -- comparing ---------------------------------------------------------------------------------------------------
@@ -298,9 +331,13 @@ def _short(name: str) -> str:
 
 
 def _windows(policy: Any) -> list[dict[str, Any]]:
-    return sorted(({"day": dayofweek_pb2.DayOfWeek.Name(w.day), "hour": w.start_time.hours,
-                    "minutes": w.start_time.minutes} for w in policy.weekly_maintenance_window),
-                  key=lambda w: (w["day"], w["hour"], w["minutes"]))  # fmt: skip
+    return sorted(
+        (
+            {"day": dayofweek_pb2.DayOfWeek.Name(w.day), "hour": w.start_time.hours, "minutes": w.start_time.minutes}
+            for w in policy.weekly_maintenance_window
+        ),
+        key=lambda w: (w["day"], w["hour"], w["minutes"]),
+    )
 
 
 def instance_view(instance: redis_v1.Instance, desired: redis_v1.Instance | None = None) -> dict[str, Any]:
@@ -324,9 +361,10 @@ def instance_view(instance: redis_v1.Instance, desired: redis_v1.Instance | None
         "memory_size_gb": instance.memory_size_gb,
         "redis_configs": {key: instance.redis_configs.get(key) for key in want.redis_configs},
         "auth_enabled": instance.auth_enabled,
-        "read_replicas_mode": "READ_REPLICAS_DISABLED" if replicas_mode == "READ_REPLICAS_MODE_UNSPECIFIED"
+        "read_replicas_mode": "READ_REPLICAS_DISABLED"
+        if replicas_mode == "READ_REPLICAS_MODE_UNSPECIFIED"
         else replicas_mode,
-    }  # fmt: skip
+    }
     if _enum_name(want.read_replicas_mode) == "READ_REPLICAS_ENABLED":  # else the tier fixes the count (1 or 0)
         view["replica_count"] = instance.replica_count
     if want.reserved_ip_range:
@@ -441,11 +479,14 @@ def _ready_note(instance: redis_v1.Instance) -> str:
 
 def _create_note(config: GcpConfig, instance: redis_v1.Instance) -> str:
     section = config.memorystore
-    where = instance.location_id + (f" + {instance.alternative_location_id}" if instance.alternative_location_id
-                                    else "")  # fmt: skip
+    where = instance.location_id + (
+        f" + {instance.alternative_location_id}" if instance.alternative_location_id else ""
+    )
     tls = "TLS" if section.transit_encryption_mode == "SERVER_AUTHENTICATION" else "no TLS"
-    note = (f"{section.tier} {section.redis_version} {section.memory_size_gb} GB in {where}, on {config.network.name} "
-            f"by {section.connect_mode}, AUTH {'on' if section.auth_enabled else 'off'}, {tls}")  # fmt: skip
+    note = (
+        f"{section.tier} {section.redis_version} {section.memory_size_gb} GB in {where}, on {config.network.name} "
+        f"by {section.connect_mode}, AUTH {'on' if section.auth_enabled else 'off'}, {tls}"
+    )
     if section.connect_mode == "PRIVATE_SERVICE_ACCESS":
         note += f"; needs a private services access connection on {config.network.name}"
     return note
@@ -484,9 +525,11 @@ def plan(client: redis_v1.CloudRedisClient, config: GcpConfig) -> Plan:
 
 def _cloud_error(what: str, exc: Exception) -> MemorystoreError:
     if isinstance(exc, api.PermissionDenied):
-        return MemorystoreError(f"{what}: permission denied ({exc.message}). plan needs roles/redis.viewer; apply "
-                                "needs roles/redis.admin (--secret-out reads the AUTH string: "
-                                "redis.instances.getAuthString)")  # fmt: skip
+        return MemorystoreError(
+            f"{what}: permission denied ({exc.message}). plan needs roles/redis.viewer; apply "
+            "needs roles/redis.admin (--secret-out reads the AUTH string: "
+            "redis.instances.getAuthString)"
+        )
     if isinstance(exc, api.GoogleAPICallError):
         message = str(exc.message or exc)
         if "private service" in message.lower():
@@ -528,9 +571,11 @@ def wait(operation: Any, *, what: str, region: str, log: Log, timeout: float = O
     while not _call(f"follow operation {name}", operation.done):
         now = time.monotonic()
         if now - started >= timeout:
-            raise MemorystoreError(f"{what}: operation {short} still running after {_minutes(now - started)}; "
-                                   "Memorystore carries on with it: follow it with `gcloud redis operations describe "
-                                   f"{short} --region {region}` and run apply again when it is done")  # fmt: skip
+            raise MemorystoreError(
+                f"{what}: operation {short} still running after {_minutes(now - started)}; "
+                "Memorystore carries on with it: follow it with `gcloud redis operations describe "
+                f"{short} --region {region}` and run apply again when it is done"
+            )
         if now - last >= PROGRESS_SECONDS:
             log(f"{what}: running, {_minutes(now - started)} so far")
             last = now
@@ -542,8 +587,9 @@ def wait(operation: Any, *, what: str, region: str, log: Log, timeout: float = O
     return operation.result()
 
 
-def apply_plan(client: redis_v1.CloudRedisClient, config: GcpConfig, found: Plan, *, log: Log,
-               timeout: float = OPERATION_TIMEOUT) -> None:  # fmt: skip
+def apply_plan(
+    client: redis_v1.CloudRedisClient, config: GcpConfig, found: Plan, *, log: Log, timeout: float = OPERATION_TIMEOUT
+) -> None:
     """Make the plan so, one operation at a time, each awaited.
 
     Raises:
@@ -552,18 +598,24 @@ def apply_plan(client: redis_v1.CloudRedisClient, config: GcpConfig, found: Plan
     """
     if found.refused:
         lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
-        raise MemorystoreError("apply refused, nothing written: these differences cannot be changed on an existing "
-                               "instance, and erlmcp never recreates it by itself (every session would be lost and "
-                               "its address would change):\n" + "\n".join(lines) + "\nEither change the "
-                               "configuration to match, or move to a new instance (another memorystore.name) and "
-                               "delete this one.")  # fmt: skip
+        raise MemorystoreError(
+            "apply refused, nothing written: these differences cannot be changed on an existing "
+            "instance, and erlmcp never recreates it by itself (every session would be lost and "
+            "its address would change):\n" + "\n".join(lines) + "\nEither change the "
+            "configuration to match, or move to a new instance (another memorystore.name) and "
+            "delete this one."
+        )
     if found.steps and found.state and found.state != _BUSY_OK:
-        raise MemorystoreError(f"{KIND} {found.instance} is {found.state}: an operation is running on it; apply again "
-                               "when it is READY (`gcloud redis operations list`)")  # fmt: skip
+        raise MemorystoreError(
+            f"{KIND} {found.instance} is {found.state}: an operation is running on it; apply again "
+            "when it is READY (`gcloud redis operations list`)"
+        )
     for step in found.steps:
         operation = _call(step.what, partial(step.call, client))
-        log(f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started"
-            + ("; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else ""))  # fmt: skip
+        log(
+            f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started"
+            + ("; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else "")
+        )
         wait(operation, what=step.what, region=config.region, log=log, timeout=timeout)
         log(f"{step.what}: done")
 
@@ -588,8 +640,10 @@ class Connection:
         files = [f"--from-file={URL_FILE}={shlex.quote(str(self.url_file))}"]
         if self.ca_file is not None:
             files.append(f"--from-file={CA_FILE}={shlex.quote(str(self.ca_file))}")
-        return (f"kubectl create secret generic {self.secret} --namespace {self.namespace} {' '.join(files)} "
-                "--dry-run=client -o yaml | kubectl apply -f -")  # fmt: skip
+        return (
+            f"kubectl create secret generic {self.secret} --namespace {self.namespace} {' '.join(files)} "
+            "--dry-run=client -o yaml | kubectl apply -f -"
+        )
 
     @property
     def chart(self) -> list[str]:
@@ -604,10 +658,15 @@ class Connection:
         return settings
 
     def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "tls": self.tls,
-                "files": {URL_FILE: str(self.url_file), **({CA_FILE: str(self.ca_file)} if self.ca_file else {})},
-                "secret": f"{self.namespace}/{self.secret}", "kubectl": self.kubectl,
-                "chart": [f"--set {shlex.quote(s)}" for s in self.chart]}  # fmt: skip
+        return {
+            "host": self.host,
+            "port": self.port,
+            "tls": self.tls,
+            "files": {URL_FILE: str(self.url_file), **({CA_FILE: str(self.ca_file)} if self.ca_file else {})},
+            "secret": f"{self.namespace}/{self.secret}",
+            "kubectl": self.kubectl,
+            "chart": [f"--set {shlex.quote(s)}" for s in self.chart],
+        }
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -645,13 +704,16 @@ def connection(client: redis_v1.CloudRedisClient, config: GcpConfig, directory: 
     if instance is None:
         raise MemorystoreError(f"there is no {KIND} {name}: apply creates it")
     if _enum_name(instance.state) != _BUSY_OK or not instance.host:
-        raise MemorystoreError(f"{KIND} {name} is {_enum_name(instance.state)}: its connection is known once it is "
-                               "READY; run apply --secret-out again then")  # fmt: skip
+        raise MemorystoreError(
+            f"{KIND} {name} is {_enum_name(instance.state)}: its connection is known once it is "
+            "READY; run apply --secret-out again then"
+        )
     tls = _enum_name(instance.transit_encryption_mode) == "SERVER_AUTHENTICATION"
     auth = None
     if instance.auth_enabled:
-        auth = _call(f"read the AUTH string of {KIND} {name}",
-                     lambda: client.get_instance_auth_string(name=name)).auth_string  # fmt: skip
+        auth = _call(
+            f"read the AUTH string of {KIND} {name}", lambda: client.get_instance_auth_string(name=name)
+        ).auth_string
         if not auth:
             raise MemorystoreError(f"{KIND} {name} has AUTH on but gave no AUTH string")
     certificates = "".join(c.cert if c.cert.endswith("\n") else c.cert + "\n" for c in instance.server_ca_certs)
@@ -667,15 +729,25 @@ def connection(client: redis_v1.CloudRedisClient, config: GcpConfig, directory: 
             _write_private(ca_file, certificates)
     except OSError as exc:
         raise ValuesError(f"--secret-out {directory}: cannot write there: {exc.strerror or exc}") from exc
-    return Connection(host=instance.host, port=instance.port, tls=tls, url_file=url_file, ca_file=ca_file,
-                      secret=config.memorystore.secret_name, namespace=config.cluster.namespace)  # fmt: skip
+    return Connection(
+        host=instance.host,
+        port=instance.port,
+        tls=tls,
+        url_file=url_file,
+        ca_file=ca_file,
+        secret=config.memorystore.secret_name,
+        namespace=config.cluster.namespace,
+    )
 
 
 def write_connection(found: Connection, out: TextIO) -> None:
     what = f"{URL_FILE} and {CA_FILE}" if found.ca_file else URL_FILE
     tls = "TLS" if found.tls else "no TLS"
-    print(f"Connection: {found.host}:{found.port} ({tls}); {what} written to {found.url_file.parent} (mode 0600, "
-          "the AUTH string in the file only). Make the Secret:", file=out)  # fmt: skip
+    print(
+        f"Connection: {found.host}:{found.port} ({tls}); {what} written to {found.url_file.parent} (mode 0600, "
+        "the AUTH string in the file only). Make the Secret:",
+        file=out,
+    )
     print(f"  {found.kubectl}", file=out)
     print("and install the chart with " + " ".join(f"--set {shlex.quote(s)}" for s in found.chart), file=out)
 
@@ -693,8 +765,9 @@ class Clients:
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
         """See :func:`deployer.grpc_clients.connect`."""
-        connected = connect([(redis_v1.CloudRedisClient, CloudRedisGrpcTransport)], endpoint, insecure=insecure,
-                            error=MemorystoreError)  # fmt: skip
+        connected = connect(
+            [(redis_v1.CloudRedisClient, CloudRedisGrpcTransport)], endpoint, insecure=insecure, error=MemorystoreError
+        )
         return cls(connected.clients[0], _connection=connected)
 
     def close(self) -> None:
@@ -707,25 +780,38 @@ class Clients:
 def rendered(config: GcpConfig) -> dict[str, Any]:
     """The desired CreateInstanceRequest as plain data, with the REST API's (camelCase) field names."""
     request = desired_request(config)
-    instance: dict[str, Any] = redis_v1.Instance.to_dict(request.instance, use_integers_for_enums=False,
-                                                         preserving_proto_field_name=False,
-                                                         always_print_fields_with_no_presence=False)  # fmt: skip
+    instance: dict[str, Any] = redis_v1.Instance.to_dict(
+        request.instance,
+        use_integers_for_enums=False,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=False,
+    )
     return {"parent": request.parent, "instanceId": request.instance_id, "instance": instance}
 
 
-def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO,
-                 extra: Mapping[str, Any]) -> None:  # fmt: skip
+def _render_plan(
+    found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO, extra: Mapping[str, Any]
+) -> None:
     title = f"Memorystore {config.memorystore.name} in {config.project}/{config.region}"
     if as_json:
         counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {"title": title, "instance": found.instance, "mode": mode, "summary": counts,
-                    "changes": [c.as_dict() for c in found.changes], **extra}  # fmt: skip
+        document = {
+            "title": title,
+            "instance": found.instance,
+            "mode": mode,
+            "summary": counts,
+            "changes": [c.as_dict() for c in found.changes],
+            **extra,
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return
     render(title, found.changes, mode=mode, out=out)
     if found.refused:
-        print(f"{len(found.refused)} REPLACE: these cannot be changed on an existing instance; apply refuses until the "
-              "configuration matches", file=out)  # fmt: skip
+        print(
+            f"{len(found.refused)} REPLACE: these cannot be changed on an existing instance; apply refuses until the "
+            "configuration matches",
+            file=out,
+        )
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
@@ -746,8 +832,9 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         return 0
     mode = run_mode(args.action, args.dry_run)
     if secret_out is not None and mode != "apply":
-        raise ValuesError("--secret-out goes with apply (not plan or --dry-run): it reads the AUTH string and "
-                          "writes files")  # fmt: skip
+        raise ValuesError(
+            "--secret-out goes with apply (not plan or --dry-run): it reads the AUTH string and writes files"
+        )
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     extra: dict[str, Any] = {}
     try:

@@ -143,8 +143,9 @@ def _check_numbers(config: GcpConfig) -> None:
     if not 1300 <= section.mtu <= 8896:
         raise ValuesError(f"network.mtu: {section.mtu} is outside 1300-8896 (the seed's 1460 suits VPN/Interconnect)")
     if not any(low <= section.router_asn <= high for low, high in _PRIVATE_ASNS):
-        raise ValuesError(f"network.routerAsn: {section.router_asn} is not a private ASN (64512-65534 or "
-                          "4200000000-4294967294)")  # fmt: skip
+        raise ValuesError(
+            f"network.routerAsn: {section.router_asn} is not a private ASN (64512-65534 or 4200000000-4294967294)"
+        )
     if not 0 < section.flow_log_sampling <= 1:
         raise ValuesError(f"network.flowLogSampling: {section.flow_log_sampling} is not in (0, 1]")
     ports = section.nat_min_ports_per_vm
@@ -156,11 +157,14 @@ def check(config: GcpConfig) -> None:
     """Raises :class:`ValuesError`, naming the key, for a configuration that cannot describe a working VPC."""
     _check_ranges(config)
     _check_numbers(config)
-    for what, name in (("network.name", config.network.name), ("network.podsRangeName",
-                       config.network.pods_range_name), ("network.servicesRangeName",
-                       config.network.services_range_name), ("the subnet name", config.subnet_name),
-                       ("the router name", router_name(config)),
-                       ("the firewall rule name", f"{config.network.name}-allow-health-checks")):  # fmt: skip
+    for what, name in (
+        ("network.name", config.network.name),
+        ("network.podsRangeName", config.network.pods_range_name),
+        ("network.servicesRangeName", config.network.services_range_name),
+        ("the subnet name", config.subnet_name),
+        ("the router name", router_name(config)),
+        ("the firewall rule name", f"{config.network.name}-allow-health-checks"),
+    ):
         check_name(name, what)
     if config.network.pods_range_name == config.network.services_range_name:
         raise ValuesError("network.podsRangeName and network.servicesRangeName must differ")
@@ -188,13 +192,17 @@ def _subnetwork(config: GcpConfig, where: Location) -> Any:
         private_ip_google_access=True,
         secondary_ip_ranges=[
             compute_v1.SubnetworkSecondaryRange(range_name=section.pods_range_name, ip_cidr_range=section.pods_range),
-            compute_v1.SubnetworkSecondaryRange(range_name=section.services_range_name,
-                                                ip_cidr_range=section.services_range),
+            compute_v1.SubnetworkSecondaryRange(
+                range_name=section.services_range_name, ip_cidr_range=section.services_range
+            ),
         ],
-        log_config=compute_v1.SubnetworkLogConfig(enable=True, aggregation_interval="INTERVAL_5_SEC",
-                                                  flow_sampling=section.flow_log_sampling,
-                                                  metadata="INCLUDE_ALL_METADATA"),
-    )  # fmt: skip
+        log_config=compute_v1.SubnetworkLogConfig(
+            enable=True,
+            aggregation_interval="INTERVAL_5_SEC",
+            flow_sampling=section.flow_log_sampling,
+            metadata="INCLUDE_ALL_METADATA",
+        ),
+    )
 
 
 def _router(config: GcpConfig, where: Location) -> Any:
@@ -208,13 +216,27 @@ def _router(config: GcpConfig, where: Location) -> Any:
         min_ports_per_vm=config.network.nat_min_ports_per_vm,
         max_ports_per_vm=65536,
     )
-    return compute_v1.Router(name=router_name(config), network=where.link(NETWORK, config.network.name),
-                             bgp=compute_v1.RouterBgp(asn=config.network.router_asn), nats=[nat])  # fmt: skip
+    return compute_v1.Router(
+        name=router_name(config),
+        network=where.link(NETWORK, config.network.name),
+        bgp=compute_v1.RouterBgp(asn=config.network.router_asn),
+        nats=[nat],
+    )
 
 
-def _rule(config: GcpConfig, where: Location, purpose: str, priority: int, sources: Sequence[str],
-          ports: dict[str, Sequence[str]], *, deny: bool = False, tags: Sequence[str] = (),
-          log: bool = False, text: str) -> Any:  # fmt: skip
+def _rule(
+    config: GcpConfig,
+    where: Location,
+    purpose: str,
+    priority: int,
+    sources: Sequence[str],
+    ports: dict[str, Sequence[str]],
+    *,
+    deny: bool = False,
+    tags: Sequence[str] = (),
+    log: bool = False,
+    text: str,
+) -> Any:
     """One ingress rule: ``ports`` maps a protocol to its ports (none: every port)."""
     entries = [{"I_p_protocol": protocol, **({"ports": list(p)} if p else {})} for protocol, p in ports.items()]
     rule = compute_v1.Firewall(
@@ -241,26 +263,85 @@ def firewall_rules(config: GcpConfig, where: Location) -> list[Any]:
     serving = [str(config.compute.port), str(config.compute.metrics_port)]
     every = ["0-65535"]
     rules = [
-        _rule(config, where, "allow-internal", 1000, config.network.internal_ranges,
-              {"tcp": every, "udp": every, "icmp": ()}, text="everything between private addresses"),
-    ]  # fmt: skip
+        _rule(
+            config,
+            where,
+            "allow-internal",
+            1000,
+            config.network.internal_ranges,
+            {"tcp": every, "udp": every, "icmp": ()},
+            text="everything between private addresses",
+        ),
+    ]
     if config.network.ssh_via_iap:
-        rules.append(_rule(config, where, "allow-ssh-iap", 1001, [IAP_RANGE], {"tcp": ["22"]}, log=True,
-                           text="SSH through Identity-Aware Proxy only (never from the internet)"))  # fmt: skip
-    rules.append(_rule(config, where, "allow-health-checks", 1002, HEALTH_CHECK_RANGES, {"tcp": serving},
-                       tags=[SERVER_TAG], text="Google's health checkers and load balancers"))  # fmt: skip
+        rules.append(
+            _rule(
+                config,
+                where,
+                "allow-ssh-iap",
+                1001,
+                [IAP_RANGE],
+                {"tcp": ["22"]},
+                log=True,
+                text="SSH through Identity-Aware Proxy only (never from the internet)",
+            )
+        )
+    rules.append(
+        _rule(
+            config,
+            where,
+            "allow-health-checks",
+            1002,
+            HEALTH_CHECK_RANGES,
+            {"tcp": serving},
+            tags=[SERVER_TAG],
+            text="Google's health checkers and load balancers",
+        )
+    )
     if config.network.https_public:
-        rules.append(_rule(config, where, "allow-https", 1003, [ANYWHERE], {"tcp": ["443"]}, tags=[SERVER_TAG],
-                           text="HTTPS from anywhere"))  # fmt: skip
-    rules.append(_rule(config, where, "allow-gke-master", 1004, [config.cluster.master_cidr],
-                       {"tcp": [KUBELET_PORT]}, text="the GKE control plane to the kubelets"))  # fmt: skip
+        rules.append(
+            _rule(
+                config,
+                where,
+                "allow-https",
+                1003,
+                [ANYWHERE],
+                {"tcp": ["443"]},
+                tags=[SERVER_TAG],
+                text="HTTPS from anywhere",
+            )
+        )
+    rules.append(
+        _rule(
+            config,
+            where,
+            "allow-gke-master",
+            1004,
+            [config.cluster.master_cidr],
+            {"tcp": [KUBELET_PORT]},
+            text="the GKE control plane to the kubelets",
+        )
+    )
     if config.network.deny_all:
-        rules.append(_rule(config, where, "deny-all", 65534, [ANYWHERE], {"tcp": (), "udp": ()}, deny=True,
-                           log=True, text="everything else, logged"))  # fmt: skip
+        rules.append(
+            _rule(
+                config,
+                where,
+                "deny-all",
+                65534,
+                [ANYWHERE],
+                {"tcp": (), "udp": ()},
+                deny=True,
+                log=True,
+                text="everything else, logged",
+            )
+        )
     for rule in rules:
         if public_ssh(rule):
-            raise ValuesError(f"firewall rule {rule.name} would let the internet reach SSH (port 22); only "
-                              f"Identity-Aware Proxy ({IAP_RANGE}) may")  # fmt: skip
+            raise ValuesError(
+                f"firewall rule {rule.name} would let the internet reach SSH (port 22); only "
+                f"Identity-Aware Proxy ({IAP_RANGE}) may"
+            )
     return rules
 
 
@@ -300,8 +381,11 @@ def desired(config: GcpConfig) -> list[Resource]:
 
 def absent(config: GcpConfig) -> list[Absent]:
     """The optional rules turned off: deleted if an earlier configuration made them."""
-    optional = {"allow-ssh-iap": config.network.ssh_via_iap, "allow-https": config.network.https_public,
-                "deny-all": config.network.deny_all}  # fmt: skip
+    optional = {
+        "allow-ssh-iap": config.network.ssh_via_iap,
+        "allow-https": config.network.https_public,
+        "deny-all": config.network.deny_all,
+    }
     return [Absent(FIREWALL, f"{config.network.name}-{purpose}") for purpose, on in optional.items() if not on]
 
 

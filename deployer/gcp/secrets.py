@@ -197,18 +197,29 @@ class Settings:
         if not 1 <= section.rotation_days <= MAX_ROTATION_DAYS:
             raise ValuesError(f"secrets.rotationDays must be 1 to {MAX_ROTATION_DAYS}, not {section.rotation_days}")
         if not _ACCOUNT_ID.fullmatch(config.service_account):
-            raise ValuesError(f"serviceAccount {config.service_account!r} is not a service account ID (6 to 30 of "
-                              "a-z, 0-9 and -, starting with a letter)")  # fmt: skip
-        for what, name in (("cluster.namespace", config.cluster.namespace),
-                           ("cluster.serviceAccount", config.cluster.service_account)):  # fmt: skip
+            raise ValuesError(
+                f"serviceAccount {config.service_account!r} is not a service account ID (6 to 30 of "
+                "a-z, 0-9 and -, starting with a letter)"
+            )
+        for what, name in (
+            ("cluster.namespace", config.cluster.namespace),
+            ("cluster.serviceAccount", config.cluster.service_account),
+        ):
             if not _K8S_NAME.fullmatch(name):
                 raise ValuesError(f"{what} {name!r} is not a Kubernetes name")
-        return cls(project=config.project, prefix=config.name, specs=tuple(specs), replication=section.replication,
-                   locations=locations if section.replication == "user-managed" else (),
-                   rotation_days=section.rotation_days, rotation_topic=_topic(section.rotation_topic, config.project),
-                   account_id=config.service_account, namespace=config.cluster.namespace,
-                   kubernetes_account=config.cluster.service_account,
-                   values=read_values(values, specs))  # fmt: skip
+        return cls(
+            project=config.project,
+            prefix=config.name,
+            specs=tuple(specs),
+            replication=section.replication,
+            locations=locations if section.replication == "user-managed" else (),
+            rotation_days=section.rotation_days,
+            rotation_topic=_topic(section.rotation_topic, config.project),
+            account_id=config.service_account,
+            namespace=config.cluster.namespace,
+            kubernetes_account=config.cluster.service_account,
+            values=read_values(values, specs),
+        )
 
 
 def _topic(topic: str | None, project: str) -> str | None:
@@ -232,8 +243,9 @@ def read_values(pairs: Sequence[str], specs: Sequence[SecretSpec]) -> dict[str, 
             raise ValuesError(f"--value takes KEY=FILE, not {pair!r}")
         if key not in configured:
             known = "; known: " + ", ".join(s.key for s in SERVER_SECRETS) if key not in _known_keys() else ""
-            raise ValuesError(f"--value {key}: not one of this deployment's secrets.keys "
-                              f"({', '.join(configured) or 'none'}){known}")  # fmt: skip
+            raise ValuesError(
+                f"--value {key}: not one of this deployment's secrets.keys ({', '.join(configured) or 'none'}){known}"
+            )
         if key in found:
             raise ValuesError(f"--value {key} is given twice")
         path = Path(file)
@@ -272,8 +284,9 @@ def _desired_secret(settings: Settings, spec: SecretSpec, now: datetime) -> Any:
         replication = secretmanager_v1.Replication(automatic=secretmanager_v1.Replication.Automatic())
     else:
         replicas = [secretmanager_v1.Replication.UserManaged.Replica(location=loc) for loc in settings.locations]
-        replication = secretmanager_v1.Replication(user_managed=secretmanager_v1.Replication.UserManaged(
-            replicas=replicas))  # fmt: skip
+        replication = secretmanager_v1.Replication(
+            user_managed=secretmanager_v1.Replication.UserManaged(replicas=replicas)
+        )
     secret = secretmanager_v1.Secret(replication=replication, labels=_labels(spec))
     if settings.rotation_topic is not None:
         secret.topics = [secretmanager_v1.Topic(name=settings.rotation_topic)]
@@ -283,8 +296,9 @@ def _desired_secret(settings: Settings, spec: SecretSpec, now: datetime) -> Any:
 
 
 def _rotation(settings: Settings, now: datetime) -> Any:
-    return secretmanager_v1.Rotation(rotation_period=settings.rotation_period,
-                                     next_rotation_time=now + settings.rotation_period)  # fmt: skip
+    return secretmanager_v1.Rotation(
+        rotation_period=settings.rotation_period, next_rotation_time=now + settings.rotation_period
+    )
 
 
 def _seconds(period: timedelta) -> str:
@@ -298,13 +312,17 @@ def _replication_view(secret: Any) -> str:
 
 
 def _wanted_replication(settings: Settings) -> str:
-    return "automatic" if settings.replication == "automatic" else "user-managed: " + ", ".join(
-        sorted(settings.locations))  # fmt: skip
+    return (
+        "automatic" if settings.replication == "automatic" else "user-managed: " + ", ".join(sorted(settings.locations))
+    )
 
 
 def _secret_note(settings: Settings) -> str:
-    replication = ("automatic replication" if settings.replication == "automatic"
-                   else "replicas in " + ", ".join(settings.locations))  # fmt: skip
+    replication = (
+        "automatic replication"
+        if settings.replication == "automatic"
+        else "replicas in " + ", ".join(settings.locations)
+    )
     if settings.rotation_topic is None:
         return f"{replication}; no rotation (Secret Manager rotates only by notifying a topic: secrets.rotationTopic)"
     return f"{replication}; rotation notice every {_days(settings.rotation_period)} to {settings.rotation_topic}"
@@ -356,9 +374,15 @@ class Clients:
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
         """See :func:`deployer.grpc_clients.connect`."""
-        connected = connect([(secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport),
-                             (iam_admin_v1.IAMClient, IAMGrpcTransport)], endpoint, insecure=insecure,
-                            error=SecretsError)  # fmt: skip
+        connected = connect(
+            [
+                (secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport),
+                (iam_admin_v1.IAMClient, IAMGrpcTransport),
+            ],
+            endpoint,
+            insecure=insecure,
+            error=SecretsError,
+        )
         return cls(connected.clients[0], connected.clients[1], _connection=connected)
 
     def close(self) -> None:
@@ -385,8 +409,9 @@ def _call(what: str, kind: str, call: Callable[[], T]) -> T:
     try:
         return call()
     except api.PermissionDenied as exc:
-        raise SecretsError(f"{what}: permission denied ({exc.message}); the caller needs {_NEEDS[kind]} on "
-                           "the project") from exc  # fmt: skip
+        raise SecretsError(
+            f"{what}: permission denied ({exc.message}); the caller needs {_NEEDS[kind]} on the project"
+        ) from exc
     except api.GoogleAPICallError as exc:
         message = exc.message or str(exc)
         if "Identity Pool does not exist" in message:
@@ -455,8 +480,9 @@ class _Policy:
             if _holds(policy, role, member):
                 return False
             try:
-                self.set(iam_policy_pb2.SetIamPolicyRequest(resource=self.resource,
-                                                            policy=_granted(policy, role, member)))  # fmt: skip
+                self.set(
+                    iam_policy_pb2.SetIamPolicyRequest(resource=self.resource, policy=_granted(policy, role, member))
+                )
                 return True
             except api.Aborted:
                 if attempt == ETAG_ATTEMPTS - 1:
@@ -477,8 +503,17 @@ class _Step:
     refused: str | None = None
 
 
-def _binding_step(kind: str, policy: _Policy, role: str, member: str, existing: Any | None, *, exists: bool,
-                  fresh: bool, shown: str | None = None) -> _Step:  # fmt: skip
+def _binding_step(
+    kind: str,
+    policy: _Policy,
+    role: str,
+    member: str,
+    existing: Any | None,
+    *,
+    exists: bool,
+    fresh: bool,
+    shown: str | None = None,
+) -> _Step:
     """The step that grants ``role`` to ``member`` on ``policy.resource`` (``existing``: its policy, if it exists;
     ``shown``: the name in the plan, default the resource's)."""
     note, name = f"{role} for {member}", shown or policy.resource
@@ -498,20 +533,29 @@ def _binding_step(kind: str, policy: _Policy, role: str, member: str, existing: 
 
 def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
     """The service account's step, and whether it exists now."""
-    account = _maybe(f"cannot read service account {settings.account_name}", KIND_ACCOUNT,
-                     lambda: clients.iam.get_service_account(name=settings.account_name))  # fmt: skip
+    account = _maybe(
+        f"cannot read service account {settings.account_name}",
+        KIND_ACCOUNT,
+        lambda: clients.iam.get_service_account(name=settings.account_name),
+    )
     if account is not None:
         note = "disabled: the app cannot authenticate as it until it is enabled" if account.disabled else ""
         return _Step(Change(NO_CHANGE, KIND_ACCOUNT, settings.email, note=note)), True
 
     def create() -> str:
         request = iam_admin_v1.CreateServiceAccountRequest(
-            name=f"projects/{settings.project}", account_id=settings.account_id,
+            name=f"projects/{settings.project}",
+            account_id=settings.account_id,
             service_account=iam_admin_v1.ServiceAccount(
                 display_name="erlmcp server",
-                description="erlmcp reads its secrets as this account (python -m deployer secrets)"))  # fmt: skip
-        made = _call(f"cannot create service account {settings.email}", KIND_ACCOUNT,
-                     lambda: clients.iam.create_service_account(request=request))  # fmt: skip
+                description="erlmcp reads its secrets as this account (python -m deployer secrets)",
+            ),
+        )
+        made = _call(
+            f"cannot create service account {settings.email}",
+            KIND_ACCOUNT,
+            lambda: clients.iam.create_service_account(request=request),
+        )
         return f"created service account {made.email or settings.email}"
 
     return _Step(Change(CREATE, KIND_ACCOUNT, settings.email, note="display name 'erlmcp server'"), create), False
@@ -523,9 +567,13 @@ def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual:
     if actual is None:
 
         def create() -> str:
-            _call(f"cannot create secret {name}", KIND_SECRET, lambda: clients.secrets.create_secret(
-                parent=f"projects/{settings.project}", secret_id=spec.secret_id(settings.prefix),
-                secret=desired))  # fmt: skip
+            _call(
+                f"cannot create secret {name}",
+                KIND_SECRET,
+                lambda: clients.secrets.create_secret(
+                    parent=f"projects/{settings.project}", secret_id=spec.secret_id(settings.prefix), secret=desired
+                ),
+            )
             return f"created secret {name}"
 
         return _Step(Change(CREATE, KIND_SECRET, name, note=_secret_note(settings)), create)
@@ -535,20 +583,28 @@ def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual:
     refused = None
     note = ", ".join(dict.fromkeys(path.split(".")[0] for path, _, _ in found))
     if any(path == "replication" for path, _, _ in found):
-        refused = (f"the replication of secret {name} cannot change (the API does not allow it; recreating the "
-                   "secret would destroy its versions): change secrets.replication/locations back, or delete the "
-                   "secret yourself and apply again")  # fmt: skip
+        refused = (
+            f"the replication of secret {name} cannot change (the API does not allow it; recreating the "
+            "secret would destroy its versions): change secrets.replication/locations back, or delete the "
+            "secret yourself and apply again"
+        )
         note += " (replication cannot change: apply refuses)"
 
     def update() -> str:
-        patch = secretmanager_v1.Secret(name=name, etag=actual.etag, labels={**actual.labels, **_labels(spec)},
-                                        topics=[*actual.topics, *(t for t in desired.topics
-                                                                  if t.name not in {a.name for a in actual.topics})],
-                                        annotations={**actual.annotations, **desired.annotations})  # fmt: skip
+        patch = secretmanager_v1.Secret(
+            name=name,
+            etag=actual.etag,
+            labels={**actual.labels, **_labels(spec)},
+            topics=[*actual.topics, *(t for t in desired.topics if t.name not in {a.name for a in actual.topics})],
+            annotations={**actual.annotations, **desired.annotations},
+        )
         if "rotation" in mask:
             patch.rotation = _rotation(settings, datetime.now(UTC))
-        _call(f"cannot update secret {name}", KIND_SECRET, lambda: clients.secrets.update_secret(
-            secret=patch, update_mask={"paths": sorted(set(mask))}))  # fmt: skip
+        _call(
+            f"cannot update secret {name}",
+            KIND_SECRET,
+            lambda: clients.secrets.update_secret(secret=patch, update_mask={"paths": sorted(set(mask))}),
+        )
         return f"updated secret {name}: {note}"
 
     return _Step(Change(UPDATE, KIND_SECRET, name, found, note=note), update, refused)
@@ -576,8 +632,11 @@ def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists
     name = settings.secret_name(spec)
     value = settings.values.get(spec.key)
     if value is None:
-        note = ("no --value given: the secret has no version, and the server cannot read it, until one is added"
-                if not exists else "no --value given: versions left as they are")  # fmt: skip
+        note = (
+            "no --value given: the secret has no version, and the server cannot read it, until one is added"
+            if not exists
+            else "no --value given: versions left as they are"
+        )
         return _Step(Change(NO_CHANGE, KIND_VERSION, name, note=note))
     if exists:
         digest, why = _latest_digest(clients, name)
@@ -586,8 +645,13 @@ def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists
     note = f"new version {value.source}" + (f"; {why}" if exists and why else "")
 
     def add() -> str:
-        made = _call(f"cannot add a version to secret {name}", KIND_VERSION, lambda: clients.secrets.add_secret_version(
-            parent=name, payload=secretmanager_v1.SecretPayload(data=value.data)))  # fmt: skip
+        made = _call(
+            f"cannot add a version to secret {name}",
+            KIND_VERSION,
+            lambda: clients.secrets.add_secret_version(
+                parent=name, payload=secretmanager_v1.SecretPayload(data=value.data)
+            ),
+        )
         return f"added {made.name or 'a version'} {value.source}"
 
     return _Step(Change(CREATE, KIND_VERSION, name, note=note), add)
@@ -604,19 +668,45 @@ def plan(clients: Clients, settings: Settings) -> list[_Step]:
         actual = _maybe(f"cannot read secret {name}", KIND_SECRET, partial(clients.secrets.get_secret, name=name))
         steps.append(_secret_step(clients, settings, spec, actual, now))
         steps.append(_version_step(clients, settings, spec, actual is not None))
-        policy = _Policy(name, lambda r: clients.secrets.get_iam_policy(request=r),
-                         lambda r: clients.secrets.set_iam_policy(request=r))  # fmt: skip
-        existing = None if actual is None else _call(f"cannot read the IAM policy of secret {name}", KIND_ACCESS,
-                                                     policy.read)  # fmt: skip
-        steps.append(_binding_step(KIND_ACCESS, policy, ACCESSOR, settings.accessor_member, existing,
-                                   exists=actual is not None, fresh=fresh))  # fmt: skip
-    policy = _Policy(settings.account_name, lambda r: clients.iam.get_iam_policy(request=r),
-                     lambda r: clients.iam.set_iam_policy(request=r))  # fmt: skip
+        policy = _Policy(
+            name,
+            lambda r: clients.secrets.get_iam_policy(request=r),
+            lambda r: clients.secrets.set_iam_policy(request=r),
+        )
+        existing = (
+            None if actual is None else _call(f"cannot read the IAM policy of secret {name}", KIND_ACCESS, policy.read)
+        )
+        steps.append(
+            _binding_step(
+                KIND_ACCESS,
+                policy,
+                ACCESSOR,
+                settings.accessor_member,
+                existing,
+                exists=actual is not None,
+                fresh=fresh,
+            )
+        )
+    policy = _Policy(
+        settings.account_name,
+        lambda r: clients.iam.get_iam_policy(request=r),
+        lambda r: clients.iam.set_iam_policy(request=r),
+    )
     existing = None
     if account_exists:
         existing = _call(f"cannot read the IAM policy of service account {settings.email}", KIND_WORKLOAD, policy.read)
-    steps.append(_binding_step(KIND_WORKLOAD, policy, WORKLOAD_IDENTITY_USER, settings.workload_member, existing,
-                               exists=account_exists, fresh=fresh, shown=settings.email))  # fmt: skip
+    steps.append(
+        _binding_step(
+            KIND_WORKLOAD,
+            policy,
+            WORKLOAD_IDENTITY_USER,
+            settings.workload_member,
+            existing,
+            exists=account_exists,
+            fresh=fresh,
+            shown=settings.email,
+        )
+    )
     return steps
 
 
@@ -655,12 +745,21 @@ def workload_identity(settings: Settings) -> dict[str, Any]:
 
 def _print_workload_identity(settings: Settings, out: TextIO) -> None:
     wanted = workload_identity(settings)
-    print(f"Workload Identity: the Kubernetes service account {wanted['kubernetesServiceAccount']} needs the "
-          f"annotation\n  {ANNOTATION}: {settings.email}", file=out)  # fmt: skip
-    print(f"  The chart sets it on the service account it creates: --set serviceAccount.gcpServiceAccount="
-          f"{settings.email}", file=out)  # fmt: skip
-    print(f"  An existing service account (serviceAccount.name, as Marketplace passes) needs: "
-          f"{wanted['existingServiceAccount']}", file=out)  # fmt: skip
+    print(
+        f"Workload Identity: the Kubernetes service account {wanted['kubernetesServiceAccount']} needs the "
+        f"annotation\n  {ANNOTATION}: {settings.email}",
+        file=out,
+    )
+    print(
+        f"  The chart sets it on the service account it creates: --set serviceAccount.gcpServiceAccount="
+        f"{settings.email}",
+        file=out,
+    )
+    print(
+        f"  An existing service account (serviceAccount.name, as Marketplace passes) needs: "
+        f"{wanted['existingServiceAccount']}",
+        file=out,
+    )
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
@@ -679,8 +778,11 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     if args.json:
         buffer = io.StringIO()
         render(title, changes, mode=mode, out=buffer, as_json=True)
-        document = {**json.loads(buffer.getvalue()), "project": settings.project,
-                    "workloadIdentity": workload_identity(settings)}  # fmt: skip
+        document = {
+            **json.loads(buffer.getvalue()),
+            "project": settings.project,
+            "workloadIdentity": workload_identity(settings),
+        }
         out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
         render(title, changes, mode=mode, out=out)

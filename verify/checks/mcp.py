@@ -49,8 +49,10 @@ def check_version_negotiation(client: WireClient) -> str:
 
 def check_server_discover(client: WireClient) -> str:
     """The 2026-07-28 revision: server/discover, with no session, lists the versions and capabilities."""
-    meta = {"io.modelcontextprotocol/protocolVersion": STATELESS_REVISION,
-            "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": STATELESS_REVISION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
     body = {"jsonrpc": "2.0", "id": 9200, "method": "server/discover", "params": {"_meta": meta}}
     headers = {"MCP-Protocol-Version": STATELESS_REVISION, "Mcp-Method": "server/discover"}
     response = client.post(body, with_session=False, headers=headers)

@@ -81,8 +81,10 @@ def _read(client: WireClient) -> dict[str, dict[str, float]]:
 def check_baseline(client: WireClient) -> str:
     """Read the counters before the other checks send traffic (metrics.traffic_counted compares)."""
     client.baseline_by_replica = _read(client)
-    return "; ".join(f"{replica}: " + ", ".join(f"{name} {value:g}" for name, value in totals.items())
-                     for replica, totals in client.baseline_by_replica.items())  # fmt: skip
+    return "; ".join(
+        f"{replica}: " + ", ".join(f"{name} {value:g}" for name, value in totals.items())
+        for replica, totals in client.baseline_by_replica.items()
+    )
 
 
 def check_exposition(client: WireClient) -> str:
@@ -100,13 +102,17 @@ def check_traffic_counted(client: WireClient) -> str:
     before, after = client.baseline_by_replica, _read(client)
     both = [replica for replica in after if replica in before]
     if not both:
-        raise CheckFailed(f"metrics: no replica was read both before ({', '.join(before)}) and after "
-                          f"({', '.join(after)}) the checks' traffic")  # fmt: skip
+        raise CheckFailed(
+            f"metrics: no replica was read both before ({', '.join(before)}) and after "
+            f"({', '.join(after)}) the checks' traffic"
+        )
     moved = {name: sum(after[r][name] - before[r].get(name, 0.0) for r in both) for name in after[both[0]]}
     still = [name for name, delta in moved.items() if delta <= 0]
     if still:
-        raise CheckFailed(f"metrics: {', '.join(still)} did not move with the checks' traffic "
-                          f"(read on {len(both)} replica{'s' if len(both) > 1 else ''})")  # fmt: skip
+        raise CheckFailed(
+            f"metrics: {', '.join(still)} did not move with the checks' traffic "
+            f"(read on {len(both)} replica{'s' if len(both) > 1 else ''})"
+        )
     return ", ".join(f"{name} +{delta:g}" for name, delta in moved.items()) + f" on {len(both)} replica(s)"
 
 

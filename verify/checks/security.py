@@ -56,9 +56,16 @@ def check_rate_limit(client: WireClient) -> str:
     limit = client.target.initialize_limit
     if limit is None:
         raise CheckSkipped("no --initialize-limit given, so the 429 is not checked (it uses up the limit)")
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "erlmcp-verify", "version": "1"}}}  # fmt: skip
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "erlmcp-verify", "version": "1"},
+        },
+    }
     for attempt in range(1, limit + 2):
         response = client.post(body, with_session=False)
         if response.status_code == 429:
@@ -67,8 +74,9 @@ def check_rate_limit(client: WireClient) -> str:
                 raise CheckFailed(f"the 429 after {attempt} initialize requests must carry Retry-After seconds")
             return f"429 after {attempt} initialize requests, Retry-After {retry}"
         if session := response.headers.get("mcp-session-id"):
-            client.http.delete(client.target.mcp_url, headers={**client.headers(with_session=False),
-                                                               "Mcp-Session-Id": session})  # fmt: skip
+            client.http.delete(
+                client.target.mcp_url, headers={**client.headers(with_session=False), "Mcp-Session-Id": session}
+            )
     raise CheckFailed(f"{limit + 1} initialize requests within a minute were all accepted (limit {limit})")
 
 

@@ -29,8 +29,13 @@ def check_websocket(client: WireClient) -> str:
         "clientInfo": {"name": "erlmcp-verify", "version": "1"},
     }
     try:
-        with connect(url, additional_headers=headers, ssl=context, open_timeout=client.target.timeout,
-                     subprotocols=[Subprotocol("mcp")]) as socket:  # fmt: skip
+        with connect(
+            url,
+            additional_headers=headers,
+            ssl=context,
+            open_timeout=client.target.timeout,
+            subprotocols=[Subprotocol("mcp")],
+        ) as socket:
             socket.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
             reply = json.loads(socket.recv(timeout=client.target.timeout))
     except InvalidStatus as exc:
