@@ -35,8 +35,8 @@ demo: setup  ## render the chart, run its server locally as the Pod would, verif
 images: setup  ## build the server, tester, deployer and redis images with a local Docker engine (no registry); print sizes
 	bash scripts/build-images.sh $(IMAGE_REPO_PREFIX) $(shell $(PY) -c "import app; print(app.__version__)")
 
-bench: setup  ## benchmark erlmcp against the official Python SDK and a bare FastAPI ceiling (bench-results/)
-	$(PY) -m benchmarks
+bench: setup  ## benchmark erlmcp against the official Python SDK and a bare FastAPI ceiling (bench-results/); BASELINE=REF adds erlmcp as of git REF
+	$(PY) -m benchmarks $(if $(BASELINE),--baseline "$(BASELINE)")
 
 lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
 	ruff check .

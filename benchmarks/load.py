@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,13 @@ class Connection:
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         assert self.reader is not None
         assert self.writer is not None
-        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}",
-                "Content-Type: application/json", "Accept: application/json, text/event-stream"]  # fmt: skip
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+            "Content-Type: application/json",
+            "Accept: application/json, text/event-stream",
+        ]
         head += [f"{k}: {v}" for k, v in headers.items()]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         return await self._response()
@@ -125,6 +131,7 @@ class LoadResult:
     requests: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float | None = None  # the server's CPU time over the measured seconds, when asked for
 
     @property
     def rate(self) -> float:
@@ -137,7 +144,7 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
     def summary(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors,
@@ -146,12 +153,26 @@ class LoadResult:
             "p90_ms": round(self.percentile(90) * 1000, 3),
             "p99_ms": round(self.percentile(99) * 1000, 3),
         }
+        if self.cpu_seconds is not None and self.requests:
+            found["cpu_us_per_req"] = round(self.cpu_seconds / self.requests * 1e6, 2)
+        return found
 
 
 async def run_load(
-    host: str, port: int, path: str, *, concurrency: int, seconds: float, warmup: float = 1.0
+    host: str,
+    port: int,
+    path: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+    cpu_clock: Callable[[], float] | None = None,
 ) -> LoadResult:
-    """C clients on one session, each sending tools/call echo back to back; every answer is checked."""
+    """C clients on one session, each sending tools/call echo back to back; every answer is checked.
+
+    With ``cpu_clock`` (the server's CPU seconds so far) the result also has the CPU the server spent over the
+    measured seconds, read when they begin and when they end.
+    """
     session = await open_session(host, port, path)
     ids = itertools.count(1)
     result = LoadResult(concurrency, seconds)
@@ -165,8 +186,14 @@ async def run_load(
         try:
             while (now := time.perf_counter()) < stop_at:
                 request_id = next(ids)
-                body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-                                     "params": {"name": "echo", "arguments": {"text": "hello"}}})  # fmt: skip
+                body = orjson.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": request_id,
+                        "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": "hello"}},
+                    }
+                )
                 status, headers, raw = await connection.post(path, body, session)
                 ok = False
                 if status == 200:
@@ -182,5 +209,12 @@ async def run_load(
         finally:
             await connection.close()
 
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    async def sample_cpu(clock: Callable[[], float]) -> None:
+        await asyncio.sleep(max(0.0, measuring_from - time.perf_counter()))
+        first = clock()
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        result.cpu_seconds = clock() - first
+
+    samplers = [sample_cpu(cpu_clock)] if cpu_clock is not None else []
+    await asyncio.gather(*(client() for _ in range(concurrency)), *samplers)
     return result
