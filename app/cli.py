@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.catalog import CatalogError
+from app.listeners import ListenerError, serve
 from app.observability.logging import configure_logging
 from app.observability.tracing import configure_tracing
-from app.server import ListenerError, serve
 from app.settings import LogFormat, Settings, SettingsError
 
 __all__ = ["build_parser", "main", "settings_from_args"]
@@ -54,18 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
         "(env ERLMCP_CATALOG; default: the built-in catalogue)",
     )
     arg("--api-key-file", type=Path, metavar="FILE", help="accepted API keys, one per line (env ERLMCP_API_KEY_FILE)")
-    arg("--jwt-public-key-file", type=Path, metavar="PEM",
-        help="accept JWT bearer tokens signed by this public key (env ERLMCP_JWT_PUBLIC_KEY_FILE)")  # fmt: skip
-    arg("--jwt-jwks-url", metavar="URL", help="accept JWT bearer tokens signed by a key of this JWKS "
-        "(env ERLMCP_JWT_JWKS_URL); also set --jwt-issuer and --resource-url or ERLMCP_JWT_AUDIENCE")  # fmt: skip
+    arg(
+        "--jwt-public-key-file",
+        type=Path,
+        metavar="PEM",
+        help="accept JWT bearer tokens signed by this public key (env ERLMCP_JWT_PUBLIC_KEY_FILE)",
+    )
+    arg(
+        "--jwt-jwks-url",
+        metavar="URL",
+        help="accept JWT bearer tokens signed by a key of this JWKS "
+        "(env ERLMCP_JWT_JWKS_URL); also set --jwt-issuer and --resource-url or ERLMCP_JWT_AUDIENCE",
+    )
     arg("--jwt-issuer", metavar="ISS", help="the iss accepted tokens carry (env ERLMCP_JWT_ISSUER)")
-    arg("--resource-url", metavar="URL", help="this server's public URL: the tokens' audience and the RFC 9728 "
-        "resource at /.well-known/oauth-protected-resource (env ERLMCP_RESOURCE_URL)")  # fmt: skip
-    arg("--tls-cert-file", type=Path, metavar="PEM", help="serve MCP over TLS with this certificate (chain) "
-        "(env ERLMCP_TLS_CERT_FILE); TLS 1.2 at least, 1.3 when the client has it")  # fmt: skip
+    arg(
+        "--resource-url",
+        metavar="URL",
+        help="this server's public URL: the tokens' audience and the RFC 9728 "
+        "resource at /.well-known/oauth-protected-resource (env ERLMCP_RESOURCE_URL)",
+    )
+    arg(
+        "--tls-cert-file",
+        type=Path,
+        metavar="PEM",
+        help="serve MCP over TLS with this certificate (chain) "
+        "(env ERLMCP_TLS_CERT_FILE); TLS 1.2 at least, 1.3 when the client has it",
+    )
     arg("--tls-key-file", type=Path, metavar="PEM", help="the certificate's private key (env ERLMCP_TLS_KEY_FILE)")
-    arg("--tls-client-ca-file", type=Path, metavar="PEM", help="require client certificates from this CA: mutual "
-        "TLS (env ERLMCP_TLS_CLIENT_CA_FILE)")  # fmt: skip
+    arg(
+        "--tls-client-ca-file",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates from this CA: mutual TLS (env ERLMCP_TLS_CLIENT_CA_FILE)",
+    )
     arg(
         "--no-auth",
         action="store_true",
@@ -85,13 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest a tool call may run (env ERLMCP_TOOL_TIMEOUT_SECONDS; default 30)",
     )
-    arg("--tool-workers", type=int, metavar="N", help="worker processes for tools marked isolation: process "
-        "(env ERLMCP_TOOL_WORKERS; default 2)")  # fmt: skip
-    arg("--tool-worker-memory-mb", type=int, metavar="MIB", help="address-space limit of each tool worker; a tool "
+    arg(
+        "--tool-workers",
+        type=int,
+        metavar="N",
+        help="worker processes for tools marked isolation: process (env ERLMCP_TOOL_WORKERS; default 2)",
+    )
+    arg(
+        "--tool-worker-memory-mb",
+        type=int,
+        metavar="MIB",
+        help="address-space limit of each tool worker; a tool "
         "that needs more gets an error and its worker is replaced (env ERLMCP_TOOL_WORKER_MEMORY_MB; default 512, "
-        "0: none)")  # fmt: skip
-    arg("--catalog-reload-seconds", type=float, metavar="SECONDS", help="how often the catalogue file is checked "
-        "for changes, served without a restart (env ERLMCP_CATALOG_RELOAD_SECONDS; default 2, 0: never)")  # fmt: skip
+        "0: none)",
+    )
+    arg(
+        "--catalog-reload-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="how often the catalogue file is checked "
+        "for changes, served without a restart (env ERLMCP_CATALOG_RELOAD_SECONDS; default 2, 0: never)",
+    )
     arg(
         "--drain-seconds",
         type=float,

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         "(Retry-After) and readiness checks Redis again.",
     )
     max_sessions: int = Field(10_000, gt=0, description="Most concurrent sessions; more initialize get 503.")
+    max_sessions_per_principal: int = Field(
+        100,
+        ge=0,
+        description="Most concurrent sessions one client (API key or token subject; the address when anonymous) "
+        "may hold; more initialize are refused; 0: no quota",
+    )
     session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
     sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")
     sse_keepalive_seconds: float = Field(15.0, gt=0, description="A keep-alive comment on quiet SSE streams.")

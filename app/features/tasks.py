@@ -64,6 +64,7 @@ class Task:
     id: str
     ttl_ms: int
     poll_interval_ms: int
+    principal: str | None = None  # who started it (None: no authentication); only they may see it
     status: str = "working"
     status_message: str | None = None
     created_at: str = field(default_factory=_now)
@@ -144,7 +145,11 @@ class Task:
 
 
 class TaskStore:
-    """Every task of this process, by id. Finished tasks stay readable for their ttl."""
+    """Every task of this process, by id and principal. Finished tasks stay readable for their ttl.
+
+    A task is bound to the principal that started it: to any other it is unknown (the same error as an id never
+    issued, so that its existence does not leak).
+    """
 
     def __init__(
         self, *, ttl_ms: int = 300_000, poll_interval_ms: int = 1000, clock: Callable[[], float] = time.monotonic
@@ -154,11 +159,18 @@ class TaskStore:
         self._poll_ms = poll_interval_ms
         self._clock = clock
 
-    def start(self, worker: Callable[[TaskContext], Awaitable[dict[str, Any]]]) -> Task:
-        """Store a task (before anyone can be told of it) and run its worker in the background."""
+    def start(
+        self, worker: Callable[[TaskContext], Awaitable[dict[str, Any]]], *, principal: str | None = None
+    ) -> Task:
+        """Store a task of ``principal`` (before anyone can be told of it) and run its worker in the background."""
         self._expire()
-        task = Task(id=f"task-{secrets.token_hex(12)}", ttl_ms=self._ttl_ms, poll_interval_ms=self._poll_ms,
-                    expires_at=self._clock() + self._ttl_ms / 1000)  # fmt: skip
+        task = Task(
+            id=f"task-{secrets.token_hex(12)}",
+            ttl_ms=self._ttl_ms,
+            poll_interval_ms=self._poll_ms,
+            principal=principal,
+            expires_at=self._clock() + self._ttl_ms / 1000,
+        )
         self._tasks[task.id] = task
         task.worker = asyncio.get_running_loop().create_task(self._run(task, worker))
         return task
@@ -178,15 +190,15 @@ class TaskStore:
             return
         task.finish(result=result)
 
-    def get(self, task_id: object) -> Task:
-        """The task with this id.
+    def get(self, task_id: object, *, principal: str | None = None) -> Task:
+        """The task with this id, if ``principal`` started it.
 
         Raises:
-            InvalidParams: no such task (never issued, or expired).
+            InvalidParams: no such task (never issued, expired, or another principal's).
         """
         self._expire()
         task = self._tasks.get(task_id) if isinstance(task_id, str) else None
-        if task is None:
+        if task is None or task.principal != principal:
             raise InvalidParams(f"task not found: {task_id}", data={"taskId": task_id})
         return task
 

@@ -56,6 +56,9 @@ class RequestContext:
     announce: Announce | None = None
     # What the caller may use: * (everything), tools:* or tools:NAME, from its API key or token.
     scopes: frozenset[str] = ALL_TOOLS
+    # Who is calling (the API key's or token's name), filled by the transport; None without authentication.
+    # Tasks are bound to it: another principal's task is unknown.
+    principal: str | None = None
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:

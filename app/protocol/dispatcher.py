@@ -12,7 +12,7 @@ import structlog
 from app.features import Features
 from app.features.completion import complete
 from app.features.resources import ResourceNotFound
-from app.features.tasks import TASKS_EXTENSION, TaskStore
+from app.features.tasks import TASKS_EXTENSION, Task, TaskStore
 from app.jsonrpc import (
     InternalError,
     InvalidParams,
@@ -26,33 +26,29 @@ from app.jsonrpc import (
 )
 from app.observability import tracing
 from app.protocol.context import LOG_LEVELS, RequestContext
+from app.protocol.methods import HANDSHAKE_METHODS, Capability, Era, MethodSpec, capabilities_of, check_handlers, lookup
 from app.protocol.request_state import RequestStateError, RequestStateSealer
 from app.protocol.revisions import STATELESS_REVISIONS, negotiate
 from app.security.keys import allows_tool
 
 log = structlog.get_logger(__name__)
 
-# 2026-07-28 drops the handshake, ping, logging/setLevel and resources/(un)subscribe, and adds server/discover.
-_STATELESS_METHODS = frozenset(
-    {"server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
-     "prompts/list", "prompts/get", "completion/complete"}
-)  # fmt: skip
-_TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 _NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
-_MULTI_ROUND = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer InputRequiredResult
-_CACHE_SCOPES = {
-    "server/discover": "public",
-    "tools/list": "public",
-    "prompts/list": "public",
-    "resources/list": "public",
-    "resources/templates/list": "public",
-    "resources/read": "private",
-}
-_CACHE_TTL_MS = {method: (0 if method == "resources/read" else 60_000) for method in _CACHE_SCOPES}
 
-__all__ = ["Dispatcher", "Outcome"]
+__all__ = ["Called", "Dispatcher", "Handler", "Outcome"]
 
-Handler = Callable[[Mapping[str, Any], RequestContext], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True, slots=True)
+class Called:
+    """A handler's result with its outcome label and the tool it called (tools/call); a plain result is "ok"."""
+
+    result: dict[str, Any]
+    status: str
+    tool: str | None = None
+
+
+# One per method of the method table (app/protocol/methods.py) that the dispatcher answers.
+Handler = Callable[[Mapping[str, Any], RequestContext], Awaitable[dict[str, Any] | Called]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +63,13 @@ class Outcome:
 
 
 class Dispatcher:
-    """Answers the MCP requests of the handshake-era revisions (2024-11-05 to 2025-11-25)."""
+    """Answers the MCP requests of the handshake-era revisions (2024-11-05 to 2025-11-25) and of 2026-07-28.
+
+    Which methods exist in which revision, and what they declare, comes from :mod:`app.protocol.methods`.
+
+    Raises:
+        MethodTableError: (at construction) the handlers do not cover exactly the methods of the table.
+    """
 
     def __init__(
         self,
@@ -83,32 +85,67 @@ class Dispatcher:
         self._tasks = tasks or TaskStore()
         self.server_info = {"name": server_name, "version": server_version}
         self._handlers: dict[str, Handler] = {
+            "initialize": self._initialize,
             "ping": self._ping,
+            "server/discover": self._discover,
             "tools/list": self._tools_list,
+            "tools/call": self._tools_call,
+            "prompts/list": self._prompts_list,
+            "prompts/get": self._prompts_get,
             "resources/list": self._resources_list,
             "resources/templates/list": self._templates_list,
             "resources/read": self._resources_read,
             "resources/subscribe": self._subscribe,
             "resources/unsubscribe": self._unsubscribe,
-            "prompts/list": self._prompts_list,
-            "prompts/get": self._prompts_get,
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
+            "tasks/get": self._tasks_get,
+            "tasks/update": self._tasks_update,
+            "tasks/cancel": self._tasks_cancel,
         }
+        check_handlers(self._handlers)
 
     @property
     def capabilities(self) -> dict[str, Any]:
         """What this server declares at initialize: only what it implements and offers."""
+        return self._capabilities(Era.HANDSHAKE)
+
+    def _capabilities(self, era: Era) -> dict[str, Any]:
+        """The capabilities of ``era``: each that has a method in ``era`` (the method table) and that the catalogue
+        offers, in the table's capability order; the tasks extension goes under "extensions"."""
+        declared: dict[str, Any] = {}
+        for capability in capabilities_of(era):
+            shown = self._offer(capability, era)
+            if shown is None:
+                continue
+            if capability is Capability.TASKS:
+                declared.setdefault("extensions", {})[TASKS_EXTENSION] = shown
+            else:
+                declared[capability.value] = shown
+        return declared
+
+    def _offer(self, capability: Capability, era: Era) -> dict[str, Any] | None:
+        """What the catalogue offers of ``capability`` in ``era``, as declared; None when it offers nothing."""
         features = self._features
         changes = features.dynamic
-        capabilities: dict[str, Any] = {"tools": {"listChanged": changes}, "logging": {}}
-        if not features.resources.empty:
-            capabilities["resources"] = {"subscribe": True, "listChanged": changes}
-        if not features.prompts.empty:
-            capabilities["prompts"] = {"listChanged": changes}
-        if not features.prompts.empty or features.resources.templates:
-            capabilities["completions"] = {}
-        return capabilities
+        match capability:
+            case Capability.TOOLS:
+                return {"listChanged": changes}
+            case Capability.LOGGING:
+                return {}
+            case Capability.RESOURCES:
+                if features.resources.empty:
+                    return None
+                if era is Era.HANDSHAKE:  # resources/subscribe is always answered
+                    return {"subscribe": True, "listChanged": changes}
+                # 2026-07-28 subscribes through subscriptions/listen, which streams only when the offer can change.
+                return {"listChanged": changes, "subscribe": changes}
+            case Capability.PROMPTS:
+                return None if features.prompts.empty else {"listChanged": changes}
+            case Capability.COMPLETIONS:
+                return {} if not features.prompts.empty or features.resources.templates else None
+            case Capability.TASKS:
+                return {} if features.tools.support_tasks else None
 
     def initialize_result(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The result of initialize: the negotiated revision, capabilities and server info.
@@ -156,19 +193,9 @@ class Dispatcher:
     def discover_result(self) -> dict[str, Any]:
         """The result of server/discover (2026-07-28): versions, capabilities and server info, cacheable."""
         features = self._features
-        changes = features.dynamic
-        capabilities: dict[str, Any] = {"tools": {"listChanged": changes}}
-        if not features.resources.empty:
-            capabilities["resources"] = {"listChanged": changes, "subscribe": changes}
-        if not features.prompts.empty:
-            capabilities["prompts"] = {"listChanged": changes}
-        if not features.prompts.empty or features.resources.templates:
-            capabilities["completions"] = {}
-        if features.tools.support_tasks:
-            capabilities["extensions"] = {TASKS_EXTENSION: {}}
         result: dict[str, Any] = {
             "supportedVersions": list(STATELESS_REVISIONS),
-            "capabilities": capabilities,
+            "capabilities": self._capabilities(Era.STATELESS),
             "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info},
         }
         if features.instructions:
@@ -177,7 +204,17 @@ class Dispatcher:
 
     def knows(self, method: str) -> bool:
         """Whether ``method`` is a request this server answers in the handshake era."""
-        return method in self._handlers or method in {"initialize", "tools/call"}
+        return method in HANDSHAKE_METHODS
+
+    def _stateless_spec(self, method: str) -> MethodSpec | None:
+        """The record of ``method`` if this server answers it in 2026-07-28 (the tasks methods only when the
+        catalogue supports tasks; subscriptions/listen never: the transport streams it)."""
+        spec = lookup(method)
+        if spec is None or spec.streaming or not spec.served_in(Era.STATELESS):
+            return None
+        if spec.needs_tasks and not self._features.tools.support_tasks:
+            return None
+        return spec
 
     async def dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
         """Answer one handshake-era request; protocol errors become error responses, never exceptions. The answer
@@ -201,10 +238,11 @@ class Dispatcher:
     async def _dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
         method = message.method or ""
         assert message.id is not None
-        label = method if self.knows(method) else "(unknown)"
+        known = self.knows(method)
+        label = method if known else "(unknown)"
         try:
-            if method == "initialize":
-                return Outcome(result_response(message.id, self.initialize_result(message.params)), label, "ok")
+            if not known:
+                raise _not_found(method)
             result, status, tool = await self._invoke(method, message.params, ctx)
             if result.get("resultType") == "input_required":  # only 2026-07-28 clients can answer that
                 raise InvalidRequest(f"{method} needs input only a 2026-07-28 client can give")
@@ -219,20 +257,18 @@ class Dispatcher:
     async def _dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
         method = message.method or ""
         assert message.id is not None
-        known = method in _STATELESS_METHODS or (method in _TASK_METHODS and self._features.tools.support_tasks)
-        label = method if known else "(unknown)"
+        spec = self._stateless_spec(method)
+        label = method if spec is not None else "(unknown)"
         try:
-            if not known:
-                raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
-            if method == "server/discover":
-                result, status, tool = self.discover_result(), "ok", None
-            elif method in _TASK_METHODS:
-                result, status, tool = self._task_method(method, message.params, ctx), "ok", None
-            else:
-                scope = self._open_input(method, message.params, ctx)
+            if spec is None:
+                raise _not_found(method)
+            if spec.checks_input:
+                scope = self._open_input(spec, message.params, ctx)
                 result, status, tool = await self._invoke(method, message.params, ctx)
                 if result.get("resultType") == "input_required":
-                    result = self._seal_input(method, scope, result)
+                    result = self._seal_input(spec, scope, result)
+            else:
+                result, status, tool = await self._invoke(method, message.params, ctx)
         except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
             error = InvalidParams(missing.message, data=missing.data)
             return Outcome(error_response(message.id, error), label, "error")
@@ -243,20 +279,20 @@ class Dispatcher:
             internal = InternalError("Internal error: the server failed to answer; its log has the details")
             return Outcome(error_response(message.id, internal), label, "error")
         result.setdefault("resultType", "complete")
-        if method in _CACHE_SCOPES and result["resultType"] == "complete":
-            result.setdefault("ttlMs", _CACHE_TTL_MS[method])
-            result.setdefault("cacheScope", _CACHE_SCOPES[method])
+        if spec.cache_scope is not None and result["resultType"] == "complete":
+            result.setdefault("ttlMs", spec.ttl_ms)
+            result.setdefault("cacheScope", spec.cache_scope)
         return Outcome(result_response(message.id, result), label, status, tool)
 
-    def _open_input(self, method: str, params: Mapping[str, Any], ctx: RequestContext) -> str:
+    def _open_input(self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> str:
         """Check a retried request's inputResponses and open its requestState into the context."""
-        scope = f"{method}\x00{params.get('name') or params.get('uri') or ''}"
+        scope = f"{spec.name}\x00{params.get('name') or params.get('uri') or ''}"
         responses = params.get("inputResponses")
         if responses is not None and not isinstance(responses, dict):
             raise InvalidParams('Invalid params: "inputResponses" must be an object keyed by input request')
         state = params.get("requestState")
         if state is not None:
-            if method not in _MULTI_ROUND or not isinstance(state, str):
+            if not spec.multi_round or not isinstance(state, str):
                 raise InvalidParams('Invalid params: "requestState" must be the string the server returned')
             try:
                 ctx.request_state = self._sealer.open(state, scope)
@@ -265,9 +301,9 @@ class Dispatcher:
         ctx.input_responses = responses
         return scope
 
-    def _seal_input(self, method: str, scope: str, result: dict[str, Any]) -> dict[str, Any]:
-        if method not in _MULTI_ROUND:
-            raise InternalError(f"Internal error: {method} cannot ask the client for input")
+    def _seal_input(self, spec: MethodSpec, scope: str, result: dict[str, Any]) -> dict[str, Any]:
+        if not spec.multi_round:
+            raise InternalError(f"Internal error: {spec.name} cannot ask the client for input")
         if "requestState" in result:
             result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), scope)}
         return result
@@ -278,46 +314,44 @@ class Dispatcher:
         extensions = ctx.client_capabilities.get("extensions")
         return ctx.stateless and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
-    def _task_method(self, method: str, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    def _task(self, params: Mapping[str, Any], ctx: RequestContext) -> Task:
+        """The task named by the params, if the caller (its principal) started it; another's is unknown."""
         if not self._declares_tasks(ctx):
             raise MissingClientCapability(f"method requires extension {TASKS_EXTENSION}", data=_NEEDS_TASKS)
-        task = self._tasks.get(params.get("taskId"))
-        if method == "tasks/get":
-            return task.describe(detailed=True)
-        if method == "tasks/update":
-            responses = params.get("inputResponses")
-            if not isinstance(responses, dict):
-                raise InvalidParams('Invalid params: tasks/update needs "inputResponses" (an object)')
-            task.deliver(responses)
-        else:
-            task.cancel()
-        return {}
+        return self._tasks.get(params.get("taskId"), principal=ctx.principal)
 
     async def _invoke(
         self, method: str, params: Mapping[str, Any], ctx: RequestContext
     ) -> tuple[dict[str, Any], str, str | None]:
-        """Run one method's handler: the result, its outcome label, and the tool called (for tools/call)."""
-        if method == "tools/call":
-            name = params.get("name")
-            tools = self._features.tools
-            spec = tools.spec(name) if isinstance(name, str) and allows_tool(ctx.scopes, name) else None
-            tasks_declared = self._declares_tasks(ctx)
-            if ctx.stateless and spec is not None and spec.task_support == "required" and not tasks_declared:
-                raise MissingClientCapability(
-                    f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
-                )
-            called = await tools.call(params, ctx)
-            if called.background is not None:
-                if tasks_declared:
-                    task = self._tasks.start(called.background.worker)
-                    # "content": [] keeps the reply a valid CallToolResult for clients that do not know tasks.
-                    return {"resultType": "task", **task.describe(detailed=False), "content": []}, "task", str(name)
-                called = await tools.run_inline(str(name), called.background)
-            return called.result, called.outcome, str(name)
-        handler = self._handlers.get(method)
-        if handler is None:
-            raise MethodNotFound(f"Method not found: {method!r}", data={"method": method})
-        return await handler(params, ctx), "ok", None
+        """Run one known method's handler: the result, its outcome label, and the tool called (for tools/call)."""
+        answer = await self._handlers[method](params, ctx)
+        if isinstance(answer, Called):
+            return answer.result, answer.status, answer.tool
+        return answer, "ok", None
+
+    async def _initialize(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
+        return self.initialize_result(params)
+
+    async def _discover(self, _: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return self.discover_result()
+
+    async def _tools_call(self, params: Mapping[str, Any], ctx: RequestContext) -> Called:
+        name = params.get("name")
+        tools = self._features.tools
+        spec = tools.spec(name) if isinstance(name, str) and allows_tool(ctx.scopes, name) else None
+        tasks_declared = self._declares_tasks(ctx)
+        if ctx.stateless and spec is not None and spec.task_support == "required" and not tasks_declared:
+            raise MissingClientCapability(
+                f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
+            )
+        called = await tools.call(params, ctx)
+        if called.background is not None:
+            if tasks_declared:
+                task = self._tasks.start(called.background.worker, principal=ctx.principal)
+                # "content": [] keeps the reply a valid CallToolResult for clients that do not know tasks.
+                return Called({"resultType": "task", **task.describe(detailed=False), "content": []}, "task", str(name))
+            called = await tools.run_inline(str(name), called.background)
+        return Called(called.result, called.outcome, str(name))
 
     async def _ping(self, _: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
         return {}
@@ -362,3 +396,22 @@ class Dispatcher:
         if ctx.session is not None:
             ctx.session.log_level = str(level)
         return {}
+
+    async def _tasks_get(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        return self._task(params, ctx).describe(detailed=True)
+
+    async def _tasks_update(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        task = self._task(params, ctx)
+        responses = params.get("inputResponses")
+        if not isinstance(responses, dict):
+            raise InvalidParams('Invalid params: tasks/update needs "inputResponses" (an object)')
+        task.deliver(responses)
+        return {}
+
+    async def _tasks_cancel(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        self._task(params, ctx).cancel()
+        return {}
+
+
+def _not_found(method: str) -> MethodNotFound:
+    return MethodNotFound(f"Method not found: {method!r}", data={"method": method})

@@ -12,7 +12,7 @@ import structlog
 
 from app.file_stamp import file_stamp
 from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, digest_of, read_key_file
-from app.security.tokens import JwtVerifier, TokenRejected, VerifiedToken, looks_like_jwt
+from app.security.tokens import JwtVerifier, TokenRejected, looks_like_jwt
 
 __all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict"]
 
@@ -83,11 +83,6 @@ class ApiKeyAuthenticator:
                 found = key
         return found
 
-    def principal(self, headers: Mapping[str, str]) -> str:
-        """Who is calling, for binding sessions: ``key:<name>`` (never the key), or ``anonymous``."""
-        key = self.match(headers) if self.enabled else None
-        return f"key:{key.name}" if key is not None else "anonymous"
-
     def accepts(self, headers: Mapping[str, str]) -> bool:
         """Whether the request may call the MCP endpoint."""
         return not self.enabled or self.match(headers) is not None
@@ -119,11 +114,8 @@ class Authenticator:
         tokens: JwtVerifier | None = None,
         *,
         metadata_url: str | None = None,
-        max_cached_tokens: int = 10_000,
     ) -> None:
         self._keys, self._tokens, self._metadata_url = keys, tokens, metadata_url
-        self._verified: dict[str, VerifiedToken] = {}  # token -> who it speaks for, until it expires
-        self._max_cached = max_cached_tokens
 
     @property
     def enabled(self) -> bool:
@@ -166,24 +158,6 @@ class Authenticator:
                                    headers={"Retry-After": "30"})  # fmt: skip
                 return Verdict(None, status=401, message=f"Unauthorized: {rejected}",
                                headers=self._challenge("invalid_token", str(rejected)))  # fmt: skip
-            self._remember(credential, verified)
             return Verdict(verified.principal, verified.scopes or ALL_TOOLS)
         return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {what}",
                        headers=self._challenge("invalid_token", "the credential is not accepted"))  # fmt: skip
-
-    def _remember(self, token: str, verified: VerifiedToken) -> None:
-        if len(self._verified) >= self._max_cached:
-            now = time.time()
-            for stale in [t for t, v in self._verified.items() if v.expires_at <= now] or [next(iter(self._verified))]:
-                del self._verified[stale]
-        self._verified[token] = verified
-
-    def principal(self, headers: Mapping[str, str]) -> str:
-        """Who is calling, for binding sessions (after :meth:`authenticate` accepted the request)."""
-        credential = self.presented_key(headers) if self.enabled else None
-        if credential is None:
-            return "anonymous"
-        verified = self._verified.get(credential)
-        if verified is not None:
-            return verified.principal
-        return self._keys.principal(headers)

@@ -11,11 +11,23 @@ from typing import Any
 
 from app.sessions.events import EventStream
 
-__all__ = ["Session", "SessionLimitError", "SessionStore"]
+__all__ = ["Session", "SessionLimitError", "SessionQuotaError", "SessionStore"]
 
 
 class SessionLimitError(RuntimeError):
     """The store holds as many sessions as it may."""
+
+
+class SessionQuotaError(SessionLimitError):
+    """One client (``owner``) already holds as many sessions as one client may (``limit``)."""
+
+    def __init__(self, limit: int, owner: str) -> None:
+        super().__init__(
+            f"this client already holds {limit} sessions, the most allowed per client "
+            "(ERLMCP_MAX_SESSIONS_PER_PRINCIPAL); end one (DELETE /mcp, or close its connection) or let one expire"
+        )
+        self.limit = limit
+        self.owner = owner
 
 
 @dataclass(eq=False)
@@ -28,6 +40,8 @@ class Session:
     client_capabilities: dict[str, Any]
     principal: str | None
     last_seen: float
+    # Whose per-client session quota the session counts against (None: no one's).
+    owner: str | None = None
     initialized: bool = False
     log_level: str | None = None
     subscriptions: set[str] = field(default_factory=set)
@@ -77,9 +91,18 @@ class SessionStore:
     (``app.sessions.redis``) can stand in for this one.
     """
 
-    def __init__(self, *, max_sessions: int, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        idle_seconds: float,
+        max_sessions_per_owner: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessions: dict[str, Session] = {}
         self._max = max_sessions
+        self._per_owner = max_sessions_per_owner  # 0: no quota
+        self._owned: dict[str, set[str]] = {}  # owner -> ids of its live sessions (kept only with a quota)
         self._idle = idle_seconds
         self._clock = clock
         self._swept = clock()
@@ -94,17 +117,22 @@ class SessionStore:
         client_info: dict[str, Any],
         client_capabilities: dict[str, Any],
         principal: str | None,
+        owner: str | None = None,
     ) -> Session:
-        """A new session.
+        """A new session, counted against the quota of ``owner`` (default: the principal; none when both are None).
 
         Raises:
+            SessionQuotaError: the owner already holds ``max_sessions_per_owner`` live sessions.
             SessionLimitError: the store is full even after expiring idle sessions.
         """
+        owner = principal if owner is None else owner
         # Sweeping is O(sessions): at most once a second, or when the store is full.
         if len(self._sessions) >= self._max or self._clock() - self._swept >= 1.0:
             self._expire()
         if len(self._sessions) >= self._max:
             raise SessionLimitError(f"the server holds its maximum of {self._max} sessions; try again later")
+        if owner is not None and self._per_owner:
+            self._check_quota(owner)
         session = Session(
             id=secrets.token_urlsafe(16),
             protocol_version=protocol_version,
@@ -112,9 +140,26 @@ class SessionStore:
             client_capabilities=client_capabilities,
             principal=principal,
             last_seen=self._clock(),
+            owner=owner,
         )
         self._sessions[session.id] = session
+        if owner is not None and self._per_owner:
+            self._owned.setdefault(owner, set()).add(session.id)
         return session
+
+    def _check_quota(self, owner: str) -> None:
+        held = self._owned.get(owner, ())
+        if len(held) < self._per_owner:
+            return
+        now = self._clock()  # the owner's idle sessions may not have been swept yet: they no longer count
+        for session_id in [sid for sid in held if self._idle_past(self._sessions[sid], now)]:
+            self._drop(session_id)
+        if len(self._owned.get(owner, ())) >= self._per_owner:
+            raise SessionQuotaError(self._per_owner, owner)
+
+    def _idle_past(self, session: Session, now: float) -> bool:
+        """Whether a sweep ends the session: idle longer than the idle time, with no request in flight."""
+        return now - session.last_seen > self._idle and not session.in_flight
 
     def _touch(self, session_id: str) -> Session | None:
         session = self._sessions.get(session_id)
@@ -135,6 +180,11 @@ class SessionStore:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
+        owner = session.owner
+        if owner is not None and (held := self._owned.get(owner)) is not None:
+            held.discard(session_id)
+            if not held:
+                del self._owned[owner]
         session.close()
         return True
 
@@ -171,7 +221,7 @@ class SessionStore:
 
     def _expire(self) -> int:
         now = self._swept = self._clock()
-        stale = [sid for sid, s in self._sessions.items() if now - s.last_seen > self._idle and not s.in_flight]
+        stale = [sid for sid, s in self._sessions.items() if self._idle_past(s, now)]
         for session_id in stale:
             self._drop(session_id)
         return len(stale)

@@ -18,12 +18,20 @@ bus listener subscribes again after an outage.
 
 Each replica refreshes a liveness key; a reader following a stream whose writer's key has been gone for a while
 (the replica was killed) ends its connection instead of waiting for events that will never come.
+
+The per-client session quota (``max_sessions_per_owner``) is one Redis set per client of the ids of its
+sessions (the client's name hashed into the key). One script creates a session: it checks the quota and adds
+the id to the set together with the session's record, so two replicas cannot both take a client's last slot.
+Ids whose record is gone (ended, or expired) are dropped from the set when it looks full; DELETE removes its
+id at once. The set expires on its own some time after the last of its sessions (each replica keeps the sets
+of the sessions it serves from expiring earlier); reading and writing a session cost nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import time
 from collections import deque
@@ -36,7 +44,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.sessions.events import Event, EventStream
-from app.sessions.memory import Session, SessionLimitError
+from app.sessions.memory import Session, SessionLimitError, SessionQuotaError
 from app.sessions.store import SessionStoreUnavailable
 
 __all__ = ["RedisEventStream", "RedisSessionStore"]
@@ -49,6 +57,31 @@ _FAILURES = (RedisError, OSError)  # what a command raises when Redis does not a
 CHECK_SECONDS = 1.0  # how often each replica checks Redis and refreshes its liveness key
 _LIVENESS_MS = 3000  # a replica's liveness key lasts this long after its last refresh
 _WRITER_GONE_SECONDS = 2.0  # a reader gives up on a stream whose writer's key was missing this long
+
+# A new session, counted against its owner's quota, in one atomic step. When the owner's set of session ids
+# looks full, the ids whose record is gone (ended, or expired) leave it first; the record is written and the id
+# joins only below the quota. Returns -1 when created, else how many live sessions the owner holds.
+_CREATE_SCRIPT = """
+-- KEYS[1]: the new session's record; KEYS[2]: the owner's set of session ids
+-- ARGV: the record, its TTL (s), the session id, the quota, the set's TTL (s), the prefix of record keys
+local quota = tonumber(ARGV[4])
+if redis.call('SCARD', KEYS[2]) >= quota then
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', ARGV[6] .. id) == 0 then
+      redis.call('SREM', KEYS[2], id)
+    end
+  end
+  local held = redis.call('SCARD', KEYS[2])
+  if held >= quota then
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
+    return held
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return -1
+"""
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:
@@ -171,12 +204,19 @@ class RedisSessionStore:
         *,
         max_sessions: int,
         idle_seconds: float,
+        max_sessions_per_owner: int = 0,
         prefix: str = "erlmcp",
         check_seconds: float = CHECK_SECONDS,
     ) -> None:
         self._redis = redis
         self._max = max_sessions
+        self._per_owner = max_sessions_per_owner  # 0: no quota
         self._idle = max(1, int(idle_seconds))
+        # An owner's set outlives the idle time, and the replicas serving its sessions refresh it every half idle
+        # time: it lasts while any of them lives, and goes some time after the last one.
+        self._owner_ttl = 2 * self._idle
+        self._owners_refreshed = time.monotonic()
+        self._create_script = redis.register_script(_CREATE_SCRIPT)
         self._prefix = prefix
         self._local: dict[str, tuple[Session, float]] = {}
         self._channel = f"{prefix}:bus"
@@ -211,6 +251,10 @@ class RedisSessionStore:
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:session:{session_id}"
 
+    def _owner_key(self, owner: str) -> str:
+        """The key of an owner's set of session ids: the name hashed, so that any name makes a safe key."""
+        return f"{self._prefix}:owner:{hashlib.sha256(owner.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
     def stream_key(self, stream_id: str) -> str:
         """The Redis key of an event stream."""
         return f"{self._prefix}:events:{stream_id}"
@@ -220,15 +264,18 @@ class RedisSessionStore:
 
     @staticmethod
     def _record(session: Session) -> bytes:
-        return orjson.dumps({
-            "protocol_version": session.protocol_version,
-            "client_info": session.client_info,
-            "client_capabilities": session.client_capabilities,
-            "principal": session.principal,
-            "initialized": session.initialized,
-            "log_level": session.log_level,
-            "subscriptions": sorted(session.subscriptions),
-        })  # fmt: skip
+        return orjson.dumps(
+            {
+                "protocol_version": session.protocol_version,
+                "client_info": session.client_info,
+                "client_capabilities": session.client_capabilities,
+                "principal": session.principal,
+                "owner": session.owner,
+                "initialized": session.initialized,
+                "log_level": session.log_level,
+                "subscriptions": sorted(session.subscriptions),
+            }
+        )
 
     # -- availability ------------------------------------------------------------------------------------------
 
@@ -274,6 +321,26 @@ class RedisSessionStore:
                 await asyncio.wait_for(self._check_now.wait(), timeout=self._check_seconds)
             self._check_now.clear()
             await self._check()
+            if self._up:
+                await self._refresh_owners()
+
+    async def _refresh_owners(self) -> None:
+        """Every half idle time, keep the owner sets of the sessions this replica serves from expiring while those
+        sessions live (a session used for longer than its owner's set lasts would stop counting)."""
+        now = time.monotonic()
+        if not self._per_owner or now - self._owners_refreshed < self._idle / 2:
+            return
+        self._owners_refreshed = now
+        owners = {s.owner for s, seen in self._local.values() if s.owner is not None and now - seen <= self._idle}
+        if not owners:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for owner in owners:
+                    pipe.expire(self._owner_key(owner), self._owner_ttl)
+                await pipe.execute()
+        except _FAILURES:
+            self._check_now.set()
 
     async def _check(self) -> None:
         """One round: refresh this replica's liveness key (which tells whether Redis answers); on the way back,
@@ -284,8 +351,10 @@ class RedisSessionStore:
         except _FAILURES as exc:
             if self._up is not False:
                 self._down_since = time.monotonic()
-                log.warning("Redis does not answer: requests that need the session store get 503 until it does",
-                            error=_reason(exc))  # fmt: skip
+                log.warning(
+                    "Redis does not answer: requests that need the session store get 503 until it does",
+                    error=_reason(exc),
+                )
             self._up = False
             return
         if not await self._write_waiting():
@@ -399,10 +468,13 @@ class RedisSessionStore:
         client_info: dict[str, Any],
         client_capabilities: dict[str, Any],
         principal: str | None,
+        owner: str | None = None,
     ) -> Session:
-        """A new session, visible to every replica.
+        """A new session, visible to every replica, counted against the quota of ``owner`` (default: the
+        principal; none when both are None) on every replica.
 
         Raises:
+            SessionQuotaError: the owner already holds ``max_sessions_per_owner`` live sessions.
             SessionLimitError: this replica holds as many sessions as it may.
             SessionStoreUnavailable: Redis does not answer.
         """
@@ -410,6 +482,7 @@ class RedisSessionStore:
         self._prune()
         if len(self._local) >= self._max:
             raise SessionLimitError(f"this replica holds its maximum of {self._max} sessions; try again later")
+        owner = principal if owner is None else owner
         session = Session(
             id=secrets.token_urlsafe(16),
             protocol_version=protocol_version,
@@ -417,9 +490,20 @@ class RedisSessionStore:
             client_capabilities=client_capabilities,
             principal=principal,
             last_seen=time.monotonic(),
+            owner=owner,
         )
+        key, record = self._key(session.id), self._record(session)
         with self._commands():
-            await self._redis.set(self._key(session.id), self._record(session), ex=self._idle)
+            if owner is None or not self._per_owner:
+                await self._redis.set(key, record, ex=self._idle)
+                held = -1
+            else:
+                keys = [key, self._owner_key(owner)]
+                # (the prefix of record keys: the script checks which of the owner's sessions remain)
+                args = (record, self._idle, session.id, self._per_owner, self._owner_ttl, self._key(""))
+                held = int(await self._create_script(keys=keys, args=args))
+        if owner is not None and held >= 0:
+            raise SessionQuotaError(self._per_owner, owner)
         self._local[session.id] = (session, time.monotonic())
         return session
 
@@ -443,14 +527,18 @@ class RedisSessionStore:
             return None
         record = orjson.loads(raw)
         entry = self._local.get(session_id)
-        session = entry[0] if entry else Session(
-            id=session_id,
-            protocol_version=record["protocol_version"],
-            client_info=record["client_info"],
-            client_capabilities=record["client_capabilities"],
-            principal=record["principal"],
-            last_seen=time.monotonic(),
-        )  # fmt: skip
+        if entry is not None:
+            session = entry[0]
+        else:
+            session = Session(
+                id=session_id,
+                protocol_version=record["protocol_version"],
+                client_info=record["client_info"],
+                client_capabilities=record["client_capabilities"],
+                principal=record["principal"],
+                last_seen=time.monotonic(),
+                owner=record.get("owner"),  # (a record written before the quota has none)
+            )
         if session_id not in self._unsaved:  # else what this replica holds is newer than Redis's copy
             session.initialized = record["initialized"]
             session.log_level = record["log_level"]
@@ -477,14 +565,36 @@ class RedisSessionStore:
         Raises:
             SessionStoreUnavailable: Redis does not answer.
         """
+        key = self._key(session_id)
         with self._commands():
-            existed = bool(await self._redis.delete(self._key(session_id)))
+            if not self._per_owner:
+                existed = bool(await self._redis.delete(key))
+            else:  # the record names the owner whose set holds the id (this replica may never have seen it)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.get(key)
+                    pipe.delete(key)
+                    raw, deleted = await pipe.execute()
+                existed = bool(deleted)
+                owner = self._owner_in(raw)
+                if owner is not None:
+                    await self._redis.srem(self._owner_key(owner), session_id)
         self._unsaved.pop(session_id, None)
         entry = self._local.pop(session_id, None)
         if entry is not None:
             entry[0].close()
         await self._publish({"type": "deleted", "session": session_id})
         return existed or entry is not None
+
+    @staticmethod
+    def _owner_in(raw: bytes | None) -> str | None:
+        """The owner a session record names (None: none, no record, or not a record)."""
+        if raw is None:
+            return None
+        try:
+            owner = orjson.loads(raw).get("owner")
+        except (ValueError, AttributeError):
+            return None
+        return owner if isinstance(owner, str) else None
 
     def new_stream(self, session: Session) -> EventStream:
         """A stream kept in Redis, so that another replica can resume it."""

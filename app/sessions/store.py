@@ -26,7 +26,17 @@ class SessionBackend(Protocol):
         client_info: dict[str, Any],
         client_capabilities: dict[str, Any],
         principal: str | None,
-    ) -> Session: ...
+        owner: str | None = None,
+    ) -> Session:
+        """A new session, counted against the per-client quota of ``owner`` (default: the principal; none when both
+        are None).
+
+        Raises:
+            SessionQuotaError: the owner already holds as many live sessions as one client may.
+            SessionLimitError: the store (or this replica) holds as many sessions as it may.
+            SessionStoreUnavailable: a shared store does not answer.
+        """
+        ...
 
     async def get(self, session_id: str) -> Session | None: ...
 

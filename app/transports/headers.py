@@ -7,33 +7,11 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from app.jsonrpc import HeaderMismatch, InvalidParams, Message, UnsupportedVersion
-from app.protocol.context import Announce, RequestContext, Send
-from app.protocol.revisions import STATELESS_REVISIONS
+from app.jsonrpc import HeaderMismatch, Message
+from app.protocol.methods import NAME_FIELDS
+from app.protocol.stateless import META_VERSION
 
-__all__ = [
-    "META_CAPABILITIES",
-    "META_LOG_LEVEL",
-    "META_VERSION",
-    "check_headers",
-    "check_meta",
-    "check_version",
-    "decode_header",
-    "stateless_context",
-]
-
-META_VERSION = "io.modelcontextprotocol/protocolVersion"
-META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
-META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
-# The body field each method's Mcp-Name header mirrors.
-_NAME_FIELDS = {
-    "tools/call": "name",
-    "prompts/get": "name",
-    "resources/read": "uri",
-    "tasks/get": "taskId",
-    "tasks/update": "taskId",
-    "tasks/cancel": "taskId",
-}
+__all__ = ["check_headers", "decode_header"]
 
 
 def decode_header(value: str) -> str | None:
@@ -49,23 +27,6 @@ def decode_header(value: str) -> str | None:
         return raw.decode("utf-8")
     except (binascii.Error, ValueError):
         return None
-
-
-def check_meta(message: Message) -> Mapping[str, Any]:
-    """The request's ``_meta``, with the keys every 2026-07-28 request must carry.
-
-    Raises:
-        InvalidParams: ``_meta`` is missing, not an object, or lacks protocolVersion or clientCapabilities.
-    """
-    meta = message.params.get("_meta")
-    if not isinstance(meta, dict):
-        raise InvalidParams('Invalid params: a 2026-07-28 request needs "_meta" with its protocol version and '
-                            "client capabilities", request_id=message.id)  # fmt: skip
-    if not isinstance(meta.get(META_VERSION), str):
-        raise InvalidParams(f'Invalid params: "_meta" needs "{META_VERSION}"', request_id=message.id)
-    if not isinstance(meta.get(META_CAPABILITIES), dict):
-        raise InvalidParams(f'Invalid params: "_meta" needs "{META_CAPABILITIES}" (an object)', request_id=message.id)
-    return meta
 
 
 def _mismatch(message: Message, what: str) -> HeaderMismatch:
@@ -87,7 +48,7 @@ def check_headers(message: Message, headers: Mapping[str, str], meta: Mapping[st
     method = headers.get("mcp-method")
     if method is None or method.strip() != message.method:
         raise _mismatch(message, f"Mcp-Method must be {message.method!r}")
-    field = _NAME_FIELDS.get(message.method or "")
+    field = NAME_FIELDS.get(message.method or "")
     if field is not None and field in message.params:
         name = headers.get("mcp-name")
         if name is None or decode_header(name) != message.params[field]:
@@ -106,42 +67,3 @@ def _check_param_headers(message: Message, headers: Mapping[str, str], schema: M
         header = headers.get(f"mcp-param-{suffix.lower()}")
         if header is None or decode_header(header) != str(arguments[prop]):
             raise _mismatch(message, f"Mcp-Param-{suffix} must equal arguments.{prop}")
-
-
-def check_version(meta: Mapping[str, Any]) -> None:
-    """Refuse a ``_meta`` protocol version this server does not speak.
-
-    Raises:
-        UnsupportedVersion: with the supported versions and the requested one in ``data``.
-    """
-    if meta[META_VERSION] not in STATELESS_REVISIONS:
-        raise UnsupportedVersion(
-            f"Unsupported protocol version {meta[META_VERSION]!r}",
-            data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
-        )
-
-
-def stateless_context(
-    message: Message,
-    meta: Mapping[str, Any],
-    *,
-    send: Send | None,
-    announce: Announce | None,
-    scopes: frozenset[str],
-) -> RequestContext:
-    """The context of a 2026-07-28 request: capabilities and log level come with the request itself; ``scopes``
-    are the caller's (no default: a transport that forgot them served a scoped key every tool)."""
-    assert message.id is not None
-    level = meta.get(META_LOG_LEVEL)
-    return RequestContext(
-        request_id=message.id,
-        method=message.method or "",
-        meta=meta,
-        send=send,
-        scopes=scopes,
-        protocol_version=meta[META_VERSION],
-        stateless=True,
-        request_client_capabilities=meta[META_CAPABILITIES],
-        request_log_level=level if isinstance(level, str) else None,
-        announce=announce,
-    )

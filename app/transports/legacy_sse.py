@@ -1,6 +1,7 @@
 """The HTTP+SSE transport of 2024-11-05: GET ``/sse`` opens a stream whose first event names the URL to POST to.
 
-Deprecated by the specification since 2025-03-26, kept for the clients that still speak only it.
+Deprecated by the specification since 2025-03-26, kept for the clients that still speak only it. Each stream is
+one :class:`~app.protocol.channel.Channel`; every answer, refusals included, comes on the stream.
 """
 
 from __future__ import annotations
@@ -14,65 +15,46 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from app.jsonrpc import InvalidRequest, error_response
-from app.transports.connection import MessageConnection
+from app.jsonrpc import leading_request_id
+from app.protocol.channel import Channel
+from app.protocol.core import ProtocolCore
+from app.security.gate import Caller, Refusal
+from app.transports.bodies import TooLarge, read_body, refuse, refused
 from app.transports.sse import SSE_HEADERS, format_event, with_keepalive
-from app.transports.streamable_http import SCOPES_KEY, McpEndpoint, scopes_of
 
 __all__ = ["LegacySse"]
 
 
 @dataclass(eq=False)
 class _Stream:
-    connection: MessageConnection
-    principal: str
+    channel: Channel
     outbox: asyncio.Queue[bytes | None]
-
-
-def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(error_response(None, InvalidRequest(message)))
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 class LegacySse:
     """``GET /sse`` and ``POST /messages?session_id=...``."""
 
-    def __init__(self, endpoint: McpEndpoint, *, max_request_bytes: int, keepalive_seconds: float) -> None:
-        self._endpoint = endpoint
+    def __init__(self, core: ProtocolCore, *, keepalive_seconds: float) -> None:
+        self._core = core
         self._streams: dict[str, _Stream] = {}
-        self._max = max_request_bytes
         self._keepalive = keepalive_seconds
 
-    async def _refused(self, request: Request) -> Response | None:
-        refused = self._endpoint.origins.check(request.headers)
-        if refused is not None:
-            return _refusal(refused.status, refused.message)
-        verdict = await self._endpoint.authenticator.authenticate(request.headers)
-        if verdict.principal is None:
-            return _refusal(verdict.status, verdict.message, dict(verdict.headers))
-        request.scope[SCOPES_KEY] = verdict.scopes
-        if self._endpoint.limits_rate:
-            return await self._endpoint.rate_limited(verdict.principal, request)
-        return None
+    async def _admit(self, request: Request) -> Caller | Refusal:
+        return await self._core.gate.admit(request.headers, request.client.host if request.client else None)
 
     async def open(self, request: Request) -> Response:
-        """GET /sse: the stream, announcing the messages URL first."""
-        refused = await self._refused(request)
-        if refused is not None:
-            return refused
+        """GET /sse: the stream, announcing the messages URL first. Opening it is free, as a WebSocket upgrade is;
+        each message on it takes its rate token."""
+        caller = await self._admit(request)
+        if isinstance(caller, Refusal):
+            return refused(caller)
         stream_id = secrets.token_urlsafe(16)
-        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def send(data: bytes) -> None:
-            await outbox.put(data)
-
-        principal = self._endpoint.authenticator.principal(request.headers)
-        scopes = scopes_of(request)
-        connection = self._endpoint.connection(send=send, principal=principal, transport="sse", scopes=scopes,
-                                               address=request.client.host if request.client else None)  # fmt: skip
-        self._streams[stream_id] = _Stream(connection, principal, outbox)
 
         async def events() -> AsyncIterator[bytes]:
+            # The channel exists only while its stream is being sent: a client gone before that leaves nothing.
+            outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+            channel = Channel(self._core, caller, send=outbox.put, transport="sse")
+            self._streams[stream_id] = _Stream(channel, outbox)
             try:
                 yield format_event(None, f"/messages?session_id={stream_id}".encode(), event="endpoint")
 
@@ -84,24 +66,28 @@ class LegacySse:
                     yield chunk
             finally:
                 self._streams.pop(stream_id, None)
-                await connection.close()
+                await channel.close()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=dict(SSE_HEADERS))
 
     async def post(self, request: Request) -> Response:
-        """POST /messages?session_id=...: one message for the stream's connection; answers come on the stream."""
-        refused = await self._refused(request)
-        if refused is not None:
-            return refused
+        """POST /messages?session_id=...: one message for the stream's channel; answers come on the stream. A
+        message over the size limit is refused on the stream too (with its id), so that its client stops waiting."""
+        caller = await self._admit(request)
+        if isinstance(caller, Refusal):
+            return refused(caller)
         stream = self._streams.get(request.query_params.get("session_id", ""))
-        if stream is None or stream.principal != self._endpoint.authenticator.principal(request.headers):
-            return _refusal(404, "Not Found: no open /sse stream has this session_id")
+        if stream is None or stream.channel.caller.principal != caller.principal:
+            return refuse(404, "Not Found: no open /sse stream has this session_id")
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return _refusal(415, "Unsupported Media Type: Content-Type must be application/json")
-        body = await request.body()
-        if len(body) > self._max:
-            return _refusal(413, f"Payload Too Large: the body exceeds {self._max} bytes")
-        await stream.connection.receive(body)
+            return refuse(415, "Unsupported Media Type: Content-Type must be application/json")
+        body = await read_body(request, self._core.gate.max_message_bytes)
+        if isinstance(body, TooLarge):
+            refusal = self._core.gate.oversized()
+            answer = refusal.answer(leading_request_id(body.head))
+            await stream.channel.send(answer)
+            return Response(orjson.dumps(answer), refusal.status, media_type="application/json")
+        await stream.channel.receive(body)
         return Response(b"Accepted", status_code=202, media_type="text/plain")
 
     def close(self) -> None:

@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import asyncio
 
-from app.jsonrpc import InvalidRequest, error_response, leading_request_id
-from app.transports.connection import MessageConnection
+from app.protocol.channel import Channel
 
 __all__ = ["encode_line", "serve_lines"]
 
 
-async def serve_lines(reader: asyncio.StreamReader, connection: MessageConnection) -> None:
-    """Hand each line to the connection until the stream ends. A line over the reader's limit is refused (with its
+async def serve_lines(reader: asyncio.StreamReader, channel: Channel) -> None:
+    """Hand each line to the channel until the stream ends. A line over the reader's limit is refused (with its
     id when the id comes before the limit) and skipped up to its own newline: the next line is served as usual."""
     while True:
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as end:  # the stream ended; a last line without its newline still counts
             if end.partial.strip():
-                await connection.receive(end.partial)
+                await channel.receive(end.partial)
             return
         except asyncio.LimitOverrunError as over:
-            head = await reader.readexactly(over.consumed)
-            refusal = InvalidRequest("Invalid Request: the message is too large")
-            await connection.send(error_response(leading_request_id(head), refusal))
+            await channel.too_large(await reader.readexactly(over.consumed))
             if not await _skip_rest_of_line(reader):
                 return
             continue
         if line.strip():
-            await connection.receive(line)
+            await channel.receive(line)
 
 
 async def _skip_rest_of_line(reader: asyncio.StreamReader) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-__all__ = ["KEEPALIVE", "SSE_HEADERS", "format_event", "with_keepalive"]
+from app.sessions import EventStream
+
+__all__ = ["KEEPALIVE", "SSE_HEADERS", "format_event", "format_retry", "replay", "with_keepalive"]
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -55,3 +57,29 @@ async def with_keepalive(events: AsyncIterator[bytes], interval: float) -> Async
     finally:
         if pending is not None:
             pending.cancel()
+
+
+async def replay(
+    stream: EventStream,
+    after: int,
+    *,
+    priming: bool,
+    retry_ms: int,
+    keepalive_seconds: float,
+    stopping: Callable[[], bool],
+) -> AsyncIterator[bytes]:
+    """A resumable stream's events after event ``after``, framed, with keep-alives; its empty priming event carries
+    the ``retry`` hint when ``priming``. A stream the server ends on purpose (``stopping()`` once it ended) ends
+    with that hint."""
+
+    async def framed() -> AsyncIterator[bytes]:
+        async for event in stream.follow(after):
+            if not event.data:
+                yield format_event(event.id, b"", event=None, retry_ms=retry_ms if priming else None)
+            else:
+                yield format_event(event.id, event.data)
+
+    async for chunk in with_keepalive(framed(), keepalive_seconds):
+        yield chunk
+    if stopping():
+        yield format_retry(retry_ms)

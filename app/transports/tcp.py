@@ -12,10 +12,11 @@ import asyncio
 import orjson
 import structlog
 
-from app.jsonrpc import InvalidRequest, error_response
-from app.security.keys import ALL_TOOLS
+from app.jsonrpc import InvalidRequest, leading_request_id
+from app.protocol.channel import Channel
+from app.protocol.core import ProtocolCore
+from app.security.gate import Caller, Refusal
 from app.transports.lines import encode_line, serve_lines
-from app.transports.streamable_http import McpEndpoint
 
 __all__ = ["API_KEY_META", "serve_tcp"]
 
@@ -35,47 +36,44 @@ def _presented_key(line: bytes) -> str | None:
     return key if isinstance(key, str) else None
 
 
-async def serve_tcp(endpoint: McpEndpoint, *, host: str, port: int, max_message_bytes: int) -> asyncio.Server:
+async def serve_tcp(core: ProtocolCore, *, host: str, port: int) -> asyncio.Server:
     """Start listening; the returned server is closed by the caller."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        auth = endpoint.authenticator
-        principal = "anonymous"
-        scopes: frozenset[str] = ALL_TOOLS
-        first: bytes | None = None
-        if auth.enabled:
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        first = b""
+        caller: Caller | Refusal = Caller("anonymous", address=address)
+        if core.gate.authenticator.enabled:
             try:
                 first = await reader.readline()
             except ValueError:
                 first = b""
             key = _presented_key(first)
-            headers = {"authorization": f"Bearer {key}"} if key else {}
-            verdict = await auth.authenticate(headers)
-            if verdict.principal is None:
-                refusal = InvalidRequest(f'Unauthorized: the first message needs params._meta["{API_KEY_META}"]')
-                writer.write(encode_line(orjson.dumps(error_response(None, refusal))))
-                await writer.drain()
-                writer.close()
-                return
-            principal, scopes = auth.principal(headers), verdict.scopes
+            caller = await core.gate.admit_key(key, address)
+            if isinstance(caller, Refusal) and key is None:
+                missing = f'Unauthorized: the first message needs params._meta["{API_KEY_META}"]'
+                caller = Refusal(401, InvalidRequest(missing))
+        if isinstance(caller, Refusal):
+            writer.write(encode_line(orjson.dumps(caller.answer(leading_request_id(first)))))
+            await writer.drain()
+            writer.close()
+            return
 
         async def send(data: bytes) -> None:
             writer.write(encode_line(data))
             await writer.drain()
 
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
-        connection = endpoint.connection(send=send, principal=principal, transport="tcp", scopes=scopes,
-                                         address=address)  # fmt: skip
+        channel = Channel(core, caller, send=send, transport="tcp")
         log.info("tcp connection", peer=str(peer))
         try:
             if first and first.strip():
-                await connection.receive(first)
-            await serve_lines(reader, connection)
+                await channel.receive(first)
+            await serve_lines(reader, channel)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            await connection.close()
+            await channel.close()
             writer.close()
 
-    return await asyncio.start_server(handle, host, port, limit=max_message_bytes)
+    return await asyncio.start_server(handle, host, port, limit=core.gate.max_message_bytes)

@@ -6,38 +6,31 @@ from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.transports.streamable_http import McpEndpoint
+from app.protocol.channel import Channel
+from app.protocol.core import ProtocolCore
+from app.security.gate import Refusal
 
 __all__ = ["SUBPROTOCOL", "websocket_handler"]
 
 SUBPROTOCOL = "mcp"
-# Close codes (RFC 6455): policy violation for refused callers, too big, unsupported data.
-_POLICY, _TOO_BIG, _UNSUPPORTED = 1008, 1009, 1003
+_POLICY = 1008  # RFC 6455 close code for refused callers
 
 
-def websocket_handler(endpoint: McpEndpoint, *, max_message_bytes: int) -> Callable[[WebSocket], Awaitable[None]]:
-    """The ``/ws`` route: Host/Origin and key checked before the upgrade, then messages both ways."""
+def websocket_handler(core: ProtocolCore) -> Callable[[WebSocket], Awaitable[None]]:
+    """The ``/ws`` route: Host/Origin and credentials checked before the upgrade, then messages both ways. A frame
+    that is no message (binary, over the size limit) is answered with an error and the connection goes on."""
 
     async def handle(websocket: WebSocket) -> None:
-        verdict = await endpoint.authenticator.authenticate(websocket.headers)
-        if endpoint.origins.check(websocket.headers) is not None or verdict.principal is None:
+        caller = await core.gate.admit(websocket.headers, websocket.client.host if websocket.client else None)
+        if isinstance(caller, Refusal) or SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
             await websocket.close(code=_POLICY)  # before accept: the client sees the upgrade refused (403)
-            return
-        if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
-            await websocket.close(code=_POLICY)
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
 
         async def send(data: bytes) -> None:
             await websocket.send_text(data.decode())
 
-        connection = endpoint.connection(
-            send=send,
-            principal=endpoint.authenticator.principal(websocket.headers),
-            transport="websocket",
-            scopes=verdict.scopes,
-            address=websocket.client.host if websocket.client else None,
-        )
+        channel = Channel(core, caller, send=send, transport="websocket")
         try:
             while True:
                 frame = await websocket.receive()
@@ -45,15 +38,12 @@ def websocket_handler(endpoint: McpEndpoint, *, max_message_bytes: int) -> Calla
                     break
                 text = frame.get("text")
                 if text is None:
-                    await websocket.close(code=_UNSUPPORTED, reason="MCP messages are text frames of JSON")
-                    break
-                if len(text.encode()) > max_message_bytes:
-                    await websocket.close(code=_TOO_BIG, reason=f"messages are limited to {max_message_bytes} bytes")
-                    break
-                await connection.receive(text.encode())
+                    await channel.unreadable("MCP messages are text frames of JSON, not binary frames")
+                else:
+                    await channel.receive(text.encode())
         except WebSocketDisconnect:
             pass
         finally:
-            await connection.close()
+            await channel.close()
 
     return handle

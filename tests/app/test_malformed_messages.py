@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 
 METHODS = [
     "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",

@@ -77,3 +77,19 @@ def test_a_key_file_that_is_not_utf8_is_refused_not_a_traceback(tmp_path: Path) 
     keys.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(SettingsError, match="UTF-8"):
         load_api_keys(Settings(api_key_file=keys))
+
+
+def test_the_per_principal_session_quota_defaults_to_100_and_reads_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ERLMCP_MAX_SESSIONS_PER_PRINCIPAL", raising=False)
+    assert Settings().max_sessions_per_principal == 100
+    monkeypatch.setenv("ERLMCP_MAX_SESSIONS_PER_PRINCIPAL", "0")  # 0: no quota
+    assert Settings().max_sessions_per_principal == 0
+    monkeypatch.setenv("ERLMCP_MAX_SESSIONS_PER_PRINCIPAL", "7")
+    assert Settings().max_sessions_per_principal == 7
+
+
+def test_a_negative_per_principal_session_quota_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_sessions_per_principal"):
+        Settings(max_sessions_per_principal=-1)

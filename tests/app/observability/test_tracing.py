@@ -34,8 +34,8 @@ from app import __version__
 from app.jsonrpc import Message
 from app.observability import tracing
 from app.observability.metrics import Metrics
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 from tests.conftest import ROOT, RunningServer, start_server
 
 HELLO = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}

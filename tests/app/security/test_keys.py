@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
 from app.security.keys import KeyFileError, digest_of, parse_key_file
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 
 NARROW, WIDE = "narrow-key-0123456789abcdef", "wide-key-0123456789abcdef"
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}

@@ -21,8 +21,8 @@ from starlette.testclient import TestClient
 
 from app.catalog import load_catalog
 from app.observability.metrics import Metrics
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 
 ISSUER = "https://issuer.test"
 RESOURCE = "https://mcp.example.test"

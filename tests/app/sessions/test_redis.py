@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from app.server import session_backend
 from app.sessions import Session
 from app.sessions import redis as redis_sessions
 from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionStoreUnavailable
 from app.settings import Settings
+from app.wiring import session_backend
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
@@ -37,8 +37,14 @@ async def new_session(store: RedisSessionStore) -> Session:
 
 
 def loose(session_id: str) -> Session:
-    return Session(id=session_id, protocol_version="2025-11-25", client_info={}, client_capabilities={},
-                   principal="p", last_seen=0.0)  # fmt: skip
+    return Session(
+        id=session_id,
+        protocol_version="2025-11-25",
+        client_info={},
+        client_capabilities={},
+        principal="p",
+        last_seen=0.0,
+    )
 
 
 async def eventually(condition: Any, timeout: float) -> bool:
@@ -56,8 +62,12 @@ def test_while_redis_refuses_connections_requests_fail_at_once_and_writes_wait()
         try:
             assert UNAVAILABLE in (await store.unavailable() or "")
             started = time.monotonic()
-            attempts = (lambda: store.get("x"), lambda: new_session(store), lambda: store.delete("x"),
-                        lambda: store.find_stream(loose("x"), "ab"))  # fmt: skip
+            attempts = (
+                lambda: store.get("x"),
+                lambda: new_session(store),
+                lambda: store.delete("x"),
+                lambda: store.find_stream(loose("x"), "ab"),
+            )
             for attempt in attempts:
                 with pytest.raises(SessionStoreUnavailable, match=UNAVAILABLE):
                     await attempt()

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.server import session_backend
 from app.sessions.redis import RedisSessionStore
 from app.settings import Settings
+from app.wiring import session_backend
 from tests.certificates import tls_files
 from tests.conftest import ROOT, RunningServer, start_server
 from tests.redis_server import RedisServer
@@ -43,18 +43,51 @@ class TlsRedis(RedisServer):
     def __init__(self, workdir: Path, *, ca: Path, cert: Path, key: Path, password: str) -> None:
         super().__init__(workdir)
         self.ca, self.password = ca, password
-        self._command = [self._command[0], "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-                         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                         "--tls-auth-clients", "no", "--requirepass", password, "--save", "", "--appendonly", "no",
-                         "--dir", str(workdir)]  # fmt: skip
+        self._command = [
+            self._command[0],
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
 
     def rediss_url(self, *, password: str | None = None, host: str = "127.0.0.1") -> str:
         return f"rediss://:{password or self.password}@{host}:{self.port}/0"
 
     def cli(self, *args: str) -> str:
         """A redis-cli command over TLS, trusting the CA (empty when Redis does not answer within a second)."""
-        command = ["redis-cli", "--tls", "--cacert", str(self.ca), "-h", "127.0.0.1", "-p", str(self.port),
-                   "--no-auth-warning", "-a", self.password, *args]  # fmt: skip
+        command = [
+            "redis-cli",
+            "--tls",
+            "--cacert",
+            str(self.ca),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--no-auth-warning",
+            "-a",
+            self.password,
+            *args,
+        ]
         try:
             return subprocess.run(command, capture_output=True, text=True, timeout=1).stdout.strip()
         except subprocess.TimeoutExpired:
@@ -102,8 +135,9 @@ def assert_unready_and_refusing_sessions(server: RunningServer) -> None:
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 503
     assert ready.json() == {"status": "unavailable", "reason": f"the session store is unavailable: {DOWN}"}
-    opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                                                   "params": INIT}, headers=ACCEPT)  # fmt: skip
+    opened = httpx.post(
+        f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT}, headers=ACCEPT
+    )
     assert opened.status_code == 503
     assert opened.headers["retry-after"] == "1"
     assert "the session store is unavailable" in opened.json()["error"]["message"]
@@ -111,9 +145,14 @@ def assert_unready_and_refusing_sessions(server: RunningServer) -> None:
 
 def python_app(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m app`` run to its exit (a start-up refusal), with only ``env`` besides PATH."""
-    return subprocess.run([sys.executable, "-m", "app", "--no-auth", "--port", "0", "--metrics-port", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", **env})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app", "--no-auth", "--port", "0", "--metrics-port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
 
 
 # -- with the CA file -----------------------------------------------------------------------------------------
@@ -123,13 +162,20 @@ def test_sessions_live_in_a_tls_redis_whose_certificate_chains_to_the_redis_ca_f
     env = {"ERLMCP_REDIS_URL": tls.redis.rediss_url(), "ERLMCP_REDIS_CA_FILE": str(tls.ca)}
     server = start_server(tmp_path, ["--no-auth", "--log-format", "json"], env)  # ready: Redis answered over TLS
     try:
-        opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                                                       "params": INIT}, headers=ACCEPT)  # fmt: skip
+        opened = httpx.post(
+            f"{server.url}/mcp",
+            json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT},
+            headers=ACCEPT,
+        )
         assert opened.status_code == 200
         session_id = opened.headers["mcp-session-id"]
         session = {**ACCEPT, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"text": "over TLS"}}}  # fmt: skip
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "over TLS"}},
+        }
         called = httpx.post(f"{server.url}/mcp", json=call, headers=session)
         assert called.status_code == 200
         answer = response_message(called.headers["content-type"], called.text)
@@ -233,10 +279,12 @@ def test_a_redis_ca_file_that_is_not_pem_is_refused_at_start_up_naming_the_setti
     [
         (None, "redis_ca_file is set but redis_url is not"),
         ("unix:///run/redis.sock", "redis_url is a unix:// URL, which does not use TLS"),
-        ("rediss://127.0.0.1:6378/0?ssl_ca_certs=/etc/other.pem", "give the CA in redis_ca_file or in redis_url "
-                                                                  "(ssl_ca_certs), not both"),
+        (
+            "rediss://127.0.0.1:6378/0?ssl_ca_certs=/etc/other.pem",
+            "give the CA in redis_ca_file or in redis_url (ssl_ca_certs), not both",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_redis_ca_file_the_server_would_silently_ignore_is_a_settings_error(
     tmp_path: Path, url: str | None, refusal: str
 ) -> None:

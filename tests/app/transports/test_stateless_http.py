@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 
 VERSION = "2026-07-28"
 META = {

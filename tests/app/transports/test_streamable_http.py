@@ -11,8 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
-from app.server import create_app
 from app.settings import Settings
+from app.wiring import create_app
 
 KEY = "k-0123456789abcdef0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}

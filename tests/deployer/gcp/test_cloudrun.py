@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from app.server import HEALTH_PATHS
+from app.middleware import HEALTH_PATHS
 from app.settings import Settings
 from deployer.cli import main
 from deployer.gcp import cloudrun

@@ -1,0 +1,66 @@
+"""HTTP bodies for every HTTP transport (``/mcp`` and ``/messages``): request bodies read within the size limit,
+and JSON answers and refusals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from app.jsonrpc import InvalidRequest, RequestId, error_response
+from app.security.gate import Refusal
+
+__all__ = ["TooLarge", "json_response", "read_body", "refuse", "refused"]
+
+
+def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON body (a JSON-RPC message)."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal of the HTTP request itself (no message it answers): ``message`` says what was wrong."""
+    return json_response(error_response(None, InvalidRequest(message)), status, headers)
+
+
+def refused(refusal: Refusal, request_id: RequestId | None = None) -> Response:
+    """The gate's refusal, answering the message with ``request_id``."""
+    return json_response(refusal.answer(request_id), refusal.status, dict(refusal.headers))
+
+
+_HEAD = 4096  # how much of an oversized body is kept: enough to read the id of the message it starts
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A body over the limit; ``head`` is its start, when it was read (none when Content-Length said so)."""
+
+    head: bytes = b""
+
+
+async def read_body(request: Request, limit: int) -> bytes | TooLarge:
+    """The body, or :class:`TooLarge` as soon as it is known to exceed ``limit`` bytes: from Content-Length before
+    reading, or while reading a body of unknown length (never more than ``limit`` bytes are held). A client that
+    disconnects leaves an empty body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            return TooLarge()
+        try:
+            return await request.body()  # the length is known and allowed: read it in one go
+        except ClientDisconnect:
+            return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return TooLarge(b"".join([*chunks, chunk])[:_HEAD])
+            chunks.append(chunk)
+    except ClientDisconnect:
+        return b""
+    return b"".join(chunks)

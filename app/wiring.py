@@ -1,0 +1,413 @@
+"""The server's parts, built from the settings: the MCP application (:func:`create_app`, the front door the
+listener serves), the metrics application, and what they are made of (authentication, TLS, sessions, rate
+limits, Cloud Monitoring export, RFC 9728 metadata)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app import __version__
+from app.catalog.features import PROFILES, CatalogRuntime, load_features
+from app.catalog.reload import CatalogWatcher
+from app.features import Features
+from app.middleware import FrontDoor, ServerState, health, readiness
+from app.observability.metrics import Metrics
+from app.protocol.core import ProtocolCore
+from app.protocol.dispatcher import Dispatcher
+from app.protocol.request_state import RequestStateSealer
+from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
+from app.security.clients import parse_networks
+from app.security.gate import Gate
+from app.security.keys import ApiKey
+from app.security.origin import OriginPolicy
+from app.security.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
+from app.sessions import SessionStore
+from app.sessions.redis import RedisSessionStore
+from app.sessions.store import SessionBackend
+from app.settings import Settings, SettingsError, load_api_keys
+from app.transports.legacy_sse import LegacySse
+from app.transports.streamable_http import HttpOptions, McpEndpoint
+from app.transports.tls import ServingTls
+from app.transports.websocket import websocket_handler
+
+if TYPE_CHECKING:
+    from app.observability.cloud_monitoring import CloudMonitoringExporter
+
+__all__ = [
+    "METADATA_PATH",
+    "authenticator",
+    "cloud_monitoring_exporter",
+    "create_app",
+    "create_metrics_app",
+    "protected_resource_metadata",
+    "rate_limiter",
+    "serving_tls",
+    "session_backend",
+]
+
+log = structlog.get_logger(__name__)
+
+
+async def _expire_idle_sessions(sessions: SessionBackend, idle_seconds: float) -> None:
+    """Release sessions whose client vanished without DELETE, whether or not other traffic comes (the stores also
+    sweep when they are full); every quarter of the idle time, between 0.5 and 5 seconds."""
+    interval = min(5.0, max(0.5, idle_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        sessions.expire()
+
+
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
+def _resource(settings: Settings) -> str:
+    return (settings.resource_url or settings.jwt_audience or "").rstrip("/")
+
+
+def protected_resource_metadata(settings: Settings) -> dict[str, Any]:
+    """RFC 9728 protected-resource metadata: which authorization servers issue tokens for this server."""
+    return {
+        "resource": _resource(settings),
+        "authorization_servers": settings.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "erlmcp",
+    }
+
+
+def authenticator(settings: Settings, api_keys: Sequence[ApiKey]) -> Authenticator:
+    """API keys and, when configured, JWT bearer tokens.
+
+    Raises:
+        SettingsError: the JWT settings cannot be used (an unsafe algorithm, an unreadable key file, ...).
+    """
+    tokens = None
+    if settings.jwt_enabled:
+        assert settings.jwt_issuer is not None
+        try:
+            tokens = JwtVerifier(
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience or _resource(settings),
+                algorithms=settings.jwt_algorithms,
+                leeway_seconds=settings.jwt_leeway_seconds,
+                public_key_file=settings.jwt_public_key_file,
+                jwks_url=settings.jwt_jwks_url,
+                min_refresh_seconds=settings.jwks_min_refresh_seconds,
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+    metadata_url = f"{_resource(settings)}{METADATA_PATH}" if tokens is not None and _resource(settings) else None
+    keys = ApiKeyAuthenticator(api_keys, source=settings.api_key_file if api_keys else None)
+    return Authenticator(keys, tokens, metadata_url=metadata_url)
+
+
+def serving_tls(settings: Settings) -> ServingTls | None:
+    """The TLS context of the MCP listener, or None for plain HTTP; reloaded when its files change."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        return ServingTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"the TLS certificate or key cannot be used: {exc}") from exc
+
+
+def cloud_monitoring_exporter(settings: Settings, metrics: Metrics) -> CloudMonitoringExporter | None:
+    """The Cloud Monitoring exporter of the seed's five custom metrics, when a project is configured."""
+    if not settings.cloud_monitoring_project:
+        return None
+    from app.observability.cloud_monitoring import CloudMonitoringExporter  # the Google client loads only if used
+
+    labels = {
+        "location": settings.cloud_monitoring_location,
+        "namespace": settings.cloud_monitoring_namespace,
+        "job": "erlmcp",
+        "task_id": settings.cloud_monitoring_task_id or socket.gethostname(),
+    }
+    try:
+        from google.cloud import monitoring_v3
+
+        if settings.cloud_monitoring_endpoint:  # a local server of the API's protocol: plaintext, no credentials
+            import grpc  # type: ignore[import-untyped]
+            from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+            channel = grpc.insecure_channel(settings.cloud_monitoring_endpoint)
+            client = monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
+        else:
+            client = monitoring_v3.MetricServiceClient()  # finds the credentials now: a missing one stops the start
+        return CloudMonitoringExporter(
+            metrics.registry,
+            project_id=settings.cloud_monitoring_project,
+            resource_labels=labels,
+            client=client,
+            interval_seconds=settings.cloud_monitoring_interval_seconds,
+        )
+    except Exception as exc:  # no credentials, a bad label: say so at start rather than fail later
+        raise SettingsError(f"Cloud Monitoring export cannot start: {exc}") from exc
+
+
+def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
+    """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here."""
+    if settings.rate_limit_per_second <= 0:
+        return None
+    if isinstance(sessions, RedisSessionStore):
+        return RedisTokenBuckets(sessions.redis, settings.rate_limit_per_second, settings.rate_limit_burst)
+    return TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+
+def _redis_tls(url: str, settings: Settings) -> dict[str, Any]:
+    """The client's TLS arguments for a ``rediss://`` URL (none for others, whose connections take no ``ssl_*``):
+    the server's certificate must chain to ``redis_ca_file`` (else the system trust store) and name the URL's
+    host. The pool makes every connection with them: commands, the session bus (pub/sub) and the rate limits.
+
+    Raises:
+        SettingsError: the CA file does not exist, cannot be read, or holds no PEM certificate.
+    """
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    ca_file = settings.redis_ca_file
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca_file))  # what each connection will do: fail now, not later
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SettingsError(
+                f"redis_ca_file (ERLMCP_REDIS_CA_FILE) {ca_file} cannot be used as a PEM CA bundle: {reason}"
+            ) from exc
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": str(ca_file) if ca_file is not None else None,
+    }
+
+
+def session_backend(settings: Settings) -> SessionBackend:
+    """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
+    if settings.redis_url is None:
+        return SessionStore(
+            max_sessions=settings.max_sessions,
+            idle_seconds=settings.session_idle_seconds,
+            max_sessions_per_owner=settings.max_sessions_per_principal,
+        )
+    # Fail fast while Redis is away: the default would be 5 s per attempt, retried 10 times. One immediate retry
+    # on a connection error replaces a pooled connection that died with an earlier Redis; none on a timeout.
+    timeout = settings.redis_timeout_seconds
+    url = settings.redis_url.get_secret_value()
+    client = Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+        **_redis_tls(url, settings),
+    )
+    return RedisSessionStore(
+        client,
+        max_sessions=settings.max_sessions,
+        idle_seconds=settings.session_idle_seconds,
+        max_sessions_per_owner=settings.max_sessions_per_principal,
+    )
+
+
+def protocol_core(
+    settings: Settings,
+    *,
+    dispatcher: Dispatcher,
+    sessions: SessionBackend,
+    metrics: Metrics,
+    api_keys: Sequence[ApiKey],
+) -> ProtocolCore:
+    """The protocol core every transport hands its messages to, behind the one gate."""
+    gate = Gate(
+        authenticator=authenticator(settings, api_keys),
+        origins=OriginPolicy(
+            bind_host=settings.host,
+            allowed_hosts=settings.allowed_hosts,
+            allowed_origins=[*settings.allowed_origins, *settings.cors_origins],
+        ),
+        metrics=metrics,
+        max_message_bytes=settings.max_request_bytes,
+        limiter=rate_limiter(settings, sessions),
+        initialize_per_minute=settings.initialize_per_minute,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+    )
+    return ProtocolCore(dispatcher=dispatcher, sessions=sessions, gate=gate, metrics=metrics)
+
+
+def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FrontDoor:
+    """The MCP application, exactly as the listener serves it: the MCP endpoint at ``/mcp`` on the hot path
+    (bounded by ``max_concurrent_requests``), and a FastAPI application for the health endpoints, ``/ws``,
+    ``/sse``, ``/messages`` and the metadata; each request observed once, CORS and the drain around both (see
+    :class:`~app.middleware.FrontDoor`). Its ``state`` is the FastAPI application's (``mcp_endpoint``,
+    ``protocol_core``, ``legacy_sse``, ``catalog_runtime``, ``erlmcp``); its lifespan is the FastAPI application's.
+
+    Raises:
+        SettingsError: authentication is on without usable API keys.
+        CatalogError: the catalogue cannot be loaded.
+    """
+    state = state or ServerState()
+    api_keys = load_api_keys(settings)
+    runtime = CatalogRuntime(
+        workers=settings.tool_workers,
+        worker_memory_mb=settings.tool_worker_memory_mb or None,
+        threads=settings.tool_threads,
+    )
+
+    reloadable = settings.catalog not in (None, *PROFILES) and settings.catalog_reload_seconds > 0
+
+    def load() -> Features:
+        return load_features(
+            settings.catalog,
+            runtime=runtime,
+            timeout_seconds=settings.tool_timeout_seconds,
+            page_size=settings.page_size,
+            reloadable=reloadable,
+        )
+
+    features = load()
+    key = settings.request_state_key.get_secret_value().encode() if settings.request_state_key else None
+    if key is None:
+        log.info("requestState is sealed with a key made at start-up; replicas need ERLMCP_REQUEST_STATE_KEY")
+    sealer = RequestStateSealer(key or secrets.token_bytes(32))
+    dispatcher = Dispatcher(features=features, server_name="erlmcp", server_version=__version__, sealer=sealer)
+    sessions = session_backend(settings)
+    core = protocol_core(settings, dispatcher=dispatcher, sessions=sessions, metrics=metrics, api_keys=api_keys)
+    endpoint = McpEndpoint(
+        core,
+        HttpOptions(
+            sse_retry_ms=settings.sse_retry_ms,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+            stateless=settings.stateless,
+        ),
+    )
+
+    watcher = None
+    if reloadable:
+        assert settings.catalog is not None
+
+        async def serve_features(new: Features, changes: list[str]) -> None:
+            dispatcher.replace_features(new)
+            for method in changes:
+                await endpoint.announce(method, {})
+
+        watcher = CatalogWatcher(
+            Path(settings.catalog),
+            load=load,
+            current=features,
+            serve=serve_features,
+            interval_seconds=settings.catalog_reload_seconds,
+        )
+
+    loop: list[asyncio.AbstractEventLoop] = []  # the serving loop, known once the lifespan starts
+    metrics.watch(
+        sessions=lambda: len(sessions),
+        tasks=lambda: len(asyncio.all_tasks(loop[0])) if loop else 0,
+        workers=lambda: runtime.pool.live_workers,
+    )
+
+    exporter = cloud_monitoring_exporter(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loop.append(asyncio.get_running_loop())
+        background = [asyncio.create_task(_expire_idle_sessions(sessions, settings.session_idle_seconds))]
+        if watcher is not None:
+            background.append(asyncio.create_task(watcher.run()))
+        if exporter is not None:
+            background.append(asyncio.create_task(exporter.run()))
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)  # the exporter writes once more
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.erlmcp = state
+    app.state.mcp_endpoint = endpoint
+    app.state.protocol_core = core
+    app.state.catalog_runtime = runtime
+
+    state.dependency = sessions.unavailable
+
+    async def livez() -> Response:
+        return health(draining=False)
+
+    async def readyz() -> Response:
+        return await readiness(state)
+
+    app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
+    for path in ("/readyz", "/healthz", "/health"):
+        app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
+    if settings.jwt_enabled:
+        metadata = orjson.dumps(protected_resource_metadata(settings))
+
+        async def resource_metadata() -> Response:
+            return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
+
+        app.add_api_route(METADATA_PATH, resource_metadata, methods=["GET"], include_in_schema=False)
+    app.add_api_websocket_route("/ws", websocket_handler(core))
+    legacy = LegacySse(core, keepalive_seconds=settings.sse_keepalive_seconds)
+    app.state.legacy_sse = legacy
+    app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
+    front = FrontDoor(
+        app,
+        endpoint,
+        server=state,
+        metrics=metrics,
+        max_in_flight=settings.max_concurrent_requests,
+        cors_origins=settings.cors_origins,
+    )
+    log.info(
+        "configured",
+        tools=list(features.tools.names),
+        auth="off"
+        if settings.no_auth
+        else "+".join((["api-key"] if api_keys else []) + (["jwt"] if settings.jwt_enabled else [])),
+        catalog=settings.catalog or "built-in",
+    )
+    if settings.no_auth:
+        log.warning("authentication is off: anyone who reaches the port can call every tool (--no-auth)")
+    return front
+
+
+def create_metrics_app(metrics: Metrics, state: ServerState | None = None) -> Starlette:
+    """The metrics application: Prometheus text format at ``/metrics``, and the health endpoints again (plain
+    HTTP, no credentials), for kubelet probes when the MCP listener demands client certificates."""
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    server = state or ServerState()
+
+    async def livez(_: Request) -> Response:
+        return health(draining=False)
+
+    async def readyz(_: Request) -> Response:
+        return await readiness(server)
+
+    routes = [Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/livez", livez, methods=["GET"])]
+    routes += [Route(path, readyz, methods=["GET"]) for path in ("/readyz", "/healthz", "/health")]
+    return Starlette(routes=routes)
