@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from app.sessions import Session
 from app.sessions import redis as redis_sessions
+from app.sessions.backend import session_backend
 from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionStoreUnavailable
 from app.settings import Settings
-from app.wiring import session_backend
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 

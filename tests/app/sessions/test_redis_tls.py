@@ -19,9 +19,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.sessions.backend import session_backend
 from app.sessions.redis import RedisSessionStore
 from app.settings import Settings
-from app.wiring import session_backend
 from tests.certificates import tls_files
 from tests.conftest import ROOT, RunningServer, start_server
 from tests.redis_server import RedisServer
