@@ -137,6 +137,6 @@ async def serve(settings: Settings) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await app.state.mcp_endpoint.aclose()
+        await app.state.protocol_core.aclose()
     if not all(started):
         raise ListenerError("a listener could not start; the log above says why")

@@ -248,7 +248,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         async def serve_features(new: Features, changes: list[str]) -> None:
             dispatcher.replace_features(new)
             for method in changes:
-                await endpoint.announce(method, {})
+                await core.announce(method, {})
 
         watcher = CatalogWatcher(
             Path(settings.catalog),

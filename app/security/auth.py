@@ -83,10 +83,6 @@ class ApiKeyAuthenticator:
                 found = key
         return found
 
-    def accepts(self, headers: Mapping[str, str]) -> bool:
-        """Whether the request may call the MCP endpoint."""
-        return not self.enabled or self.match(headers) is not None
-
 
 @dataclass(frozen=True, slots=True)
 class Verdict:

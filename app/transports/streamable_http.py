@@ -102,19 +102,11 @@ class McpEndpoint:
         self._stopping = False
         self._background: set[asyncio.Task[Any]] = set()
 
-    async def announce(self, method: str, params: dict[str, Any]) -> int:
-        """Publish a change notification to every client listening for it; how many listeners got it."""
-        return await self.core.announce(method, params)
-
     def shutdown(self) -> None:
         """End the long-lived streams (GET streams, listen streams) so that the server can stop; every stream that
         ends from now on ends with a ``retry`` hint."""
         self._stopping = True
         self.core.shutdown()
-
-    async def aclose(self) -> None:
-        """Release the session store (after the listeners stopped)."""
-        await self.core.aclose()
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the MCP endpoint."""
