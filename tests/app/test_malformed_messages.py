@@ -18,30 +18,7 @@ from starlette.testclient import TestClient
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.wiring import create_app
-
-METHODS = [
-    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
-    "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get", "completion/complete",
-    "logging/setLevel", "server/discover", "notifications/initialized", "notifications/cancelled",
-]  # fmt: skip
-# Codes for bad input (never -32603, which would mean the server itself failed), and tool-level refusals.
-CLIENT_ERRORS = {-32700, -32600, -32601, -32602, -32002, -32020, -32021, -32022}
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-STATELESS_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=12,
-)
-params = st.dictionaries(
-    st.sampled_from(["name", "uri", "arguments", "cursor", "level", "ref", "argument", "protocolVersion",
-                     "requestState", "inputResponses", "_meta"]) | st.text(max_size=8),
-    json_values,
-    max_size=5,
-)  # fmt: skip
-ids = st.none() | st.integers() | st.text(max_size=8) | st.booleans() | st.floats(allow_nan=False) | st.just([1])
+from tests.messages import CLIENT_ERRORS, INIT, METHODS, STATELESS_META, ids, json_values, params
 
 
 @pytest.fixture(scope="module")
