@@ -8,6 +8,7 @@ Errors form one small tree::
     ├── MethodNotFound      -32601
     ├── InvalidParams       -32602
     ├── InternalError       -32603
+    ├── BatchAnswerFull     -32030, a batch item left unanswered: the batch's answers reached their byte budget
     ├── UrlElicitationRequired  -32042, the user must first complete the given URL elicitations (2025-11-25)
     ├── HeaderMismatch      -32020, an HTTP header disagrees with the body (2026-07-28)
     ├── MissingClientCapability  -32021, the request needs a capability the client did not declare (2026-07-28)
@@ -32,6 +33,8 @@ __all__ = [
     "PARSE_ERROR",
     "UNSUPPORTED_PROTOCOL_VERSION",
     "URL_ELICITATION_REQUIRED",
+    "BATCH_ANSWER_FULL",
+    "BatchAnswerFull",
     "HeaderMismatch",
     "InternalError",
     "InvalidParams",
@@ -62,6 +65,7 @@ HEADER_MISMATCH = -32020
 MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 RATE_LIMITED = -32029  # implementation-defined (-32000 to -32099): the HTTP 429 of stream transports
+BATCH_ANSWER_FULL = -32030  # implementation-defined: a 2025-03-26 batch item not answered, the batch's answer is full
 
 RequestId = str | int
 
@@ -113,6 +117,14 @@ class InternalError(JsonRpcError):
     """The server failed; the client did nothing wrong."""
 
     code = INTERNAL_ERROR
+
+
+class BatchAnswerFull(JsonRpcError):
+    """A request of a 2025-03-26 batch left unanswered because the batch's answers reached their byte budget
+    (``data.maxBatchResponseBytes``): not run, or its answer dropped. The client did nothing malformed; the request
+    may be sent again on its own."""
+
+    code = BATCH_ANSWER_FULL
 
 
 class UrlElicitationRequired(JsonRpcError):

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
+import ssl
 from collections.abc import Generator
 from typing import Any
 
@@ -41,6 +43,38 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _TlsServer(_Server):
+    """A TLS listener whose clients must finish the handshake within ``handshake_timeout``; the guarded protocol's
+    deadlines take over from there. uvicorn makes its TLS listener without a handshake deadline, which leaves the
+    event loop's (60 s): a client that connected and said nothing would be held that long, whatever the header
+    deadline. So this server makes the listener itself."""
+
+    def __init__(self, config: uvicorn.Config, context: ssl.SSLContext, *, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self._context = context
+        self._handshake_timeout = handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan and the shared state, but no listener of uvicorn's
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                protocol, host=config.host, port=config.port, ssl=self._context,
+                ssl_handshake_timeout=self._handshake_timeout, backlog=config.backlog,
+            )  # fmt: skip
+        except OSError as exc:
+            log.error("the MCP listener cannot bind", host=config.host, port=config.port, error=str(exc))
+            await self.lifespan.shutdown()
+            raise SystemExit(1) from exc  # as uvicorn does when it cannot bind: run() below reports it
+        self.servers = [server]
+
+
 async def serve_stdio_only(settings: Settings) -> None:
     """Serve one client over stdin and stdout (``--transport stdio``): no listeners, no API keys (the client
     started this process), logs on stderr."""
@@ -62,9 +96,24 @@ async def serve(settings: Settings) -> None:
     tcp = None
     if settings.tcp_port is not None:
         try:
-            tcp = await serve_tcp(app.state.protocol_core, host=settings.host, port=settings.tcp_port)
+            tcp = await serve_tcp(
+                app.state.protocol_core,
+                host=settings.host,
+                port=settings.tcp_port,
+                first_message_seconds=settings.header_timeout_seconds,
+            )
         except OSError as exc:
             raise ListenerError(f"the TCP listener cannot bind {settings.host}:{settings.tcp_port}: {exc}") from exc
+    # Both HTTP listeners take the guarded protocol (app/transports/guard.py): header, body and write deadlines, and
+    # the header size cap. The metrics listener answers the kubelet's probes: slow or silent connections must not
+    # hold it any longer than the MCP port.
+    limits: dict[str, Any] = {
+        "header_timeout": settings.header_timeout_seconds,
+        "body_timeout": settings.body_timeout_seconds,
+        "max_header_bytes": settings.max_header_bytes,
+        "write_timeout": settings.write_timeout_seconds,
+    }
+    tls = serving_tls(settings)
     # proxy_headers off: X-Forwarded-* would be trusted from 127.0.0.1 only, which is not where the load
     # balancer's requests come from; the middleware would cost every request for nothing.
     common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False}
@@ -73,22 +122,21 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        http=guarded_protocol(
-            header_timeout=settings.header_timeout_seconds,
-            body_timeout=settings.body_timeout_seconds,
-            max_header_bytes=settings.max_header_bytes,
-            write_timeout=settings.write_timeout_seconds,
-        ),
+        http=guarded_protocol(**limits),
         **common,
     )
-    tls = serving_tls(settings)
-    if tls is not None:
-        main_config.load()
-        main_config.ssl = tls.context  # uvicorn serves whatever context the loaded config holds
-    main = _Server(main_config)
+    if tls is None:
+        main = _Server(main_config)
+    else:  # the handshake gets the header deadline too, and the headers get theirs once it is done
+        main = _TlsServer(main_config, tls.context, handshake_timeout=settings.header_timeout_seconds)
     metrics_server = _Server(
         uvicorn.Config(
-            create_metrics_app(metrics, state), host=settings.host, port=settings.metrics_port, lifespan="off", **common
+            create_metrics_app(metrics, state),
+            host=settings.host,
+            port=settings.metrics_port,
+            lifespan="off",
+            http=guarded_protocol(**limits),
+            **common,
         )
     )
 

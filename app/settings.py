@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.runtime.pool import MIN_MEMORY_LIMIT_MB
 from app.security.clients import parse_networks
 from app.security.keys import ApiKey, KeyFileError, read_key_file
+from app.security.limits import LimitOverrides, Limits, parse_limits
 
 __all__ = ["LogFormat", "Settings", "SettingsError", "load_api_keys"]
 
@@ -60,6 +61,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["RS256", "ES256", "EdDSA"], description="Accepted token signature algorithms."
     )
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    jwt_audience_limits: dict[str, str] = Field(
+        default_factory=dict,
+        description='Limits of the tokens of an audience, as JSON: {"AUDIENCE": "rate=50,burst=200,initialize=600,'
+        'sessions=500"}, each principal held to them on its own; the first audience (in this order) among the '
+        "token's aud values applies; what it leaves out keeps the server's defaults (as in the API key file).",
+    )
     jwks_min_refresh_seconds: float = Field(30.0, ge=0, description="Fewest seconds between two JWKS fetches.")
     resource_url: str | None = Field(
         None, description="This server's public URL: the token audience and the RFC 9728 resource identifier."
@@ -69,12 +76,26 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Lowest log level written.")
     log_format: LogFormat = Field(LogFormat.AUTO, description="json, console or auto.")
+    library_log_level: str = Field(
+        "WARNING",
+        description="Lowest log level written by third-party libraries (httpx, httpcore, urllib3, websockets, "
+        "Google clients; never below log_level): at INFO and DEBUG they log every upstream URL and header; WARNING "
+        "keeps their problems.",
+    )
     tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
     tool_workers: int = Field(2, ge=1, le=64, description="Worker processes for tools with isolation: process.")
     tool_worker_memory_mb: int = Field(
         512, ge=0, description="Address-space limit of each tool worker process, in MiB (0: none; else at least 64)."
     )
     tool_threads: int = Field(16, ge=1, le=256, description="Threads for sync Python tools (never the event loop).")
+    tool_cancel_restarts_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Tool workers (isolation: process) each principal's cancelled calls may kill, and so restart, "
+        "per minute. Within it a cancelled call stops at once; past it the call runs on until it ends (its result "
+        "discarded) or times out. 10: a fresh worker costs about 50 ms of CPU, so at most about 1% of a core per "
+        "principal; 0: a cancel never kills a worker.",
+    )
     cloud_monitoring_project: str | None = Field(
         None, description="Write the five custom metrics to Cloud Monitoring in this project (default: off)."
     )
@@ -94,11 +115,36 @@ class Settings(BaseSettings):
         description="POST /mcp requests answered at once; more get 503 with Retry-After at once (0: no bound).",
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted request body.")
+    max_batch_items: int = Field(
+        100,
+        gt=0,
+        description="Most messages in one 2025-03-26 JSON-RPC batch; a larger batch is refused whole (413) before "
+        "any of it runs. 100: the chart's rate burst, so a batch holds no more than a client may send at once.",
+    )
+    max_batch_concurrency: int = Field(
+        8,
+        gt=0,
+        description="Most requests of one batch run at once (the others wait their turn). 8: half the tool threads, "
+        "so that one POST cannot take every thread or open dozens of upstream calls at the same time.",
+    )
+    max_batch_response_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Most bytes of answers one batch returns; the requests past it are answered with an error "
+        "saying so (most of them without running). 4 MiB: as much as one request may send.",
+    )
     drain_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving with /readyz at 503 this long, so traffic moves away."
     )
     stateless: bool = Field(False, description="Keep no sessions (for Cloud Run-style autoscaling).")
-    initialize_per_minute: int = Field(60, gt=0, description="initialize requests allowed per client per minute.")
+    initialize_per_minute: int = Field(
+        600,
+        gt=0,
+        description="initialize requests allowed per client (a principal at its address) per minute. 600 (10 a "
+        "second): the session quota already bounds the sessions a client holds, and every initialize also takes a "
+        "rate token, so this bounds only session churn; 60 throttled honest clients (one conformance-suite run "
+        "opens 34 sessions in a second, an agent platform one per conversation).",
+    )
     rate_limit_per_second: float = Field(
         0.0, ge=0, description="Requests per second each client may send on average (0: no limit)."
     )
@@ -134,6 +180,15 @@ class Settings(BaseSettings):
         description="Most concurrent sessions one client (API key or token subject; the address when anonymous) "
         "may hold; more initialize are refused; 0: no quota",
     )
+    max_connections_per_principal: int = Field(
+        200,
+        ge=0,
+        description="Most long-lived connections one client (API key or token subject; the address when anonymous) "
+        "may hold open at once on each replica: legacy SSE streams, GET /mcp streams (standalone and resumed), "
+        "WebSockets and authenticated TCP connections; more are refused (429); 0: no cap. 200: twice the default "
+        "session quota, so that each of the 100 sessions a client may hold can keep its GET stream open and "
+        "resume another at the same time (a WebSocket or TCP connection is a session of its own).",
+    )
     session_idle_seconds: float = Field(1800.0, gt=0, description="An idle session ends after this long.")
     sse_retry_ms: int = Field(1000, ge=0, description="The SSE retry delay suggested to clients.")
     sse_keepalive_seconds: float = Field(15.0, gt=0, description="A keep-alive comment on quiet SSE streams.")
@@ -149,7 +204,12 @@ class Settings(BaseSettings):
         description="Key sealing 2026-07-28 requestState (at least 32 characters; the same on every replica).",
     )
     page_size: int = Field(100, gt=0, description="Items per page of the list methods.")
-    header_timeout_seconds: float = Field(10.0, gt=0, description="A request's headers must arrive within this.")
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's headers (MCP and metrics ports) must arrive within this, as must a TLS handshake, "
+        "the first message of a TCP connection and of a WebSocket after its upgrade; a late connection is closed.",
+    )
     body_timeout_seconds: float = Field(
         30.0, gt=0, description="A request's body must arrive within this of its headers."
     )
@@ -159,7 +219,7 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_seconds: float = Field(20.0, ge=0, description="How long in-flight requests may drain.")
 
-    @field_validator("log_level")
+    @field_validator("log_level", "library_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
         level = value.upper()
@@ -182,6 +242,16 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("jwt_audience_limits")
+    @classmethod
+    def _audience_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        for audience, limits in value.items():
+            try:
+                parse_limits(limits)
+            except ValueError as exc:
+                raise ValueError(f"the limits of the audience {audience!r}: {exc}") from None
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -192,6 +262,21 @@ class Settings(BaseSettings):
     def jwt_enabled(self) -> bool:
         """Whether JWT bearer tokens are accepted."""
         return self.jwt_public_key_file is not None or self.jwt_jwks_url is not None
+
+    @property
+    def default_limits(self) -> Limits:
+        """The limits of a principal whose key or token audience sets none of its own."""
+        return Limits(
+            rate=self.rate_limit_per_second,
+            burst=self.rate_limit_burst,
+            initialize=self.initialize_per_minute,
+            sessions=self.max_sessions_per_principal,
+        )
+
+    @property
+    def audience_limits(self) -> list[tuple[str, LimitOverrides]]:
+        """The limits of each token audience, in the order given."""
+        return [(audience, parse_limits(limits)) for audience, limits in self.jwt_audience_limits.items()]
 
     @field_validator("tool_worker_memory_mb")
     @classmethod
@@ -236,6 +321,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "JWT tokens are on but neither jwt_audience nor resource_url says which audience to accept"
             )
+        if self.jwt_audience_limits and not self.jwt_enabled:
+            raise ValueError("jwt_audience_limits is set but JWT tokens are off: the limits would not be used")
         return self
 
     @model_validator(mode="after")

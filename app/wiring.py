@@ -23,15 +23,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import __version__
+from app.catalog import load_catalog
 from app.catalog.features import PROFILES, CatalogRuntime, load_features
 from app.catalog.reload import CatalogWatcher
 from app.features import Features
 from app.middleware import FrontDoor, ServerState, health, readiness
+from app.observability.logging import guard_logs
 from app.observability.metrics import Metrics
-from app.protocol.core import ProtocolCore
+from app.observability.redaction import redactor
+from app.protocol.core import BatchLimits, ProtocolCore
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
 from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
+from app.security.auth import limits_of
 from app.security.clients import parse_networks
 from app.security.gate import Gate
 from app.security.keys import ApiKey
@@ -113,7 +117,13 @@ def authenticator(settings: Settings, api_keys: Sequence[ApiKey]) -> Authenticat
             raise SettingsError(str(exc)) from exc
     metadata_url = f"{_resource(settings)}{METADATA_PATH}" if tokens is not None and _resource(settings) else None
     keys = ApiKeyAuthenticator(api_keys, source=settings.api_key_file if api_keys else None)
-    return Authenticator(keys, tokens, metadata_url=metadata_url)
+    return Authenticator(
+        keys,
+        tokens,
+        metadata_url=metadata_url,
+        audience_limits=settings.audience_limits,
+        token_leeway_seconds=settings.jwt_leeway_seconds,
+    )
 
 
 def serving_tls(settings: Settings) -> ServingTls | None:
@@ -161,9 +171,8 @@ def cloud_monitoring_exporter(settings: Settings, metrics: Metrics) -> CloudMoni
 
 
 def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
-    """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here."""
-    if settings.rate_limit_per_second <= 0:
-        return None
+    """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here.
+    There are buckets even when the default rate is 0 (no limit): a key or token audience may set a rate."""
     if isinstance(sessions, RedisSessionStore):
         return RedisTokenBuckets(sessions.redis, settings.rate_limit_per_second, settings.rate_limit_burst)
     return TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
@@ -188,10 +197,25 @@ def protocol_core(
         metrics=metrics,
         max_message_bytes=settings.max_request_bytes,
         limiter=rate_limiter(settings, sessions),
-        initialize_per_minute=settings.initialize_per_minute,
+        defaults=settings.default_limits,
         trusted_proxies=parse_networks(settings.trusted_proxies),
+        max_connections=settings.max_connections_per_principal,
     )
-    return ProtocolCore(dispatcher=dispatcher, sessions=sessions, gate=gate, metrics=metrics)
+    batches = BatchLimits(
+        max_items=settings.max_batch_items,
+        concurrency=settings.max_batch_concurrency,
+        max_response_bytes=settings.max_batch_response_bytes,
+    )
+    return ProtocolCore(dispatcher=dispatcher, sessions=sessions, gate=gate, metrics=metrics, batch_limits=batches)
+
+
+def _secret_files(catalog: str | None) -> list[Path]:
+    """The files the catalogue's http entries read their ``secrets`` from."""
+    if catalog is None or catalog in PROFILES:
+        return []
+    loaded = load_catalog(Path(catalog))
+    entries = (*loaded.tools, *loaded.resources, *loaded.resource_templates)
+    return [path for entry in entries for path in getattr(entry, "secrets", {}).values()]
 
 
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FrontDoor:
@@ -206,23 +230,28 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         CatalogError: the catalogue cannot be loaded.
     """
     state = state or ServerState()
+    guard_logs(settings)  # before anything logs: the secrets in the settings never reach a line
     api_keys = load_api_keys(settings)
     runtime = CatalogRuntime(
         workers=settings.tool_workers,
         worker_memory_mb=settings.tool_worker_memory_mb or None,
         threads=settings.tool_threads,
+        cancel_restarts_per_minute=settings.tool_cancel_restarts_per_minute,
+        call_timeout_seconds=settings.tool_timeout_seconds,
     )
 
     reloadable = settings.catalog not in (None, *PROFILES) and settings.catalog_reload_seconds > 0
 
     def load() -> Features:
-        return load_features(
+        loaded = load_features(
             settings.catalog,
             runtime=runtime,
             timeout_seconds=settings.tool_timeout_seconds,
             page_size=settings.page_size,
             reloadable=reloadable,
         )
+        redactor().watch(_secret_files(settings.catalog))  # the log never holds what these files hold
+        return loaded
 
     features = load()
     key = settings.request_state_key.get_secret_value().encode() if settings.request_state_key else None
@@ -309,7 +338,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
             return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
 
         app.add_api_route(METADATA_PATH, resource_metadata, methods=["GET"], include_in_schema=False)
-    app.add_api_websocket_route("/ws", websocket_handler(core))
+    app.add_api_websocket_route("/ws", websocket_handler(core, first_message_seconds=settings.header_timeout_seconds))
     legacy = LegacySse(core, keepalive_seconds=settings.sse_keepalive_seconds)
     app.state.legacy_sse = legacy
     app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
@@ -329,6 +358,9 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
         if settings.no_auth
         else "+".join((["api-key"] if api_keys else []) + (["jwt"] if settings.jwt_enabled else [])),
         catalog=settings.catalog or "built-in",
+        limits=str(settings.default_limits),
+        key_limits=limits_of(api_keys),
+        audience_limits={audience: str(limits) for audience, limits in settings.audience_limits},
     )
     if settings.no_auth:
         log.warning("authentication is off: anyone who reaches the port can call every tool (--no-auth)")

@@ -46,9 +46,22 @@ class CatalogRuntime:
     """What catalogue entries share, across reloads: a thread pool for sync functions (never the event loop),
     the worker-process pool for ``isolation: process``, and one HTTP client for upstream calls."""
 
-    def __init__(self, *, workers: int = 2, worker_memory_mb: int | None = 512, threads: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        worker_memory_mb: int | None = 512,
+        threads: int = 16,
+        cancel_restarts_per_minute: int = 10,
+        call_timeout_seconds: float = 30.0,
+    ) -> None:
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="erlmcp-tool")
-        self.pool = WorkerPool(size=workers, memory_limit_mb=worker_memory_mb)
+        self.pool = WorkerPool(
+            size=workers,
+            memory_limit_mb=worker_memory_mb,
+            cancel_restarts_per_minute=cancel_restarts_per_minute,
+            call_timeout_seconds=call_timeout_seconds,
+        )
         self._upstreams: list[Upstream] = []
 
     def upstream(self, allowed_hosts: tuple[str, ...]) -> Upstream:

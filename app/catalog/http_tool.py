@@ -2,9 +2,14 @@
 sends it to the upstream, and turns the answer into a tool result or resource contents.
 
 A tool's templates see every argument by name (``{{ city }}``), all of them as ``arguments``, and the secrets
-as ``secrets`` (an argument cannot stand in for them). A 2xx JSON answer is the result's text, and its
-``structuredContent`` when the tool declares an ``outputSchema`` (tools/call then checks it against the
-schema). Anything else the model cannot use is a tool error saying why, with secret values blanked out.
+as ``secrets`` (an argument cannot stand in for them). Values are escaped for where they stand in the URL and in
+a JSON or form body (app.catalog.escaping): a value in the path is one segment, in the query one value, in a JSON
+body one JSON value; a value that would still change the request's shape (``..`` as a path segment, a path in
+the host) is refused before anything is sent: a tool error for a tool, invalid params (-32602) for a resource.
+
+A 2xx JSON answer is the result's text, and its ``structuredContent`` when the tool declares an ``outputSchema``
+(tools/call then checks it against the schema). Anything else the model cannot use is a tool error saying why,
+with secret values blanked out.
 
 A resource's templates see the URI template's variables (none for a fixed resource) and ``secrets``. Textual
 answers (``text/*``, JSON, XML, YAML) are ``text``, anything else a base64 ``blob``. An upstream 404 or 410
@@ -20,11 +25,20 @@ from typing import Any
 import orjson
 import structlog
 
+from app.catalog.escaping import body_kind
 from app.catalog.model import HttpResourceEntry, HttpTemplateEntry, HttpToolEntry
-from app.catalog.upstream import Upstream, UpstreamError, UpstreamResponse, is_json, is_textual, redacted
+from app.catalog.upstream import (
+    RefusedValue,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+    is_json,
+    is_textual,
+    redacted,
+)
 from app.features.resources import Reader, ResourceContents, ResourceNotFound
 from app.features.tools import ToolError, ToolHandler, ToolResult, text_result
-from app.jsonrpc import InternalError
+from app.jsonrpc import InternalError, InvalidParams
 from app.protocol.context import RequestContext
 
 __all__ = ["http_resource_reader", "http_tool_handler"]
@@ -35,17 +49,26 @@ log = structlog.get_logger(__name__)
 def http_tool_handler(entry: HttpToolEntry, upstream: Upstream, *, timeout_seconds: float) -> ToolHandler:
     """The tools/call handler of ``entry``; the upstream must answer within ``timeout_seconds``."""
 
+    kind = body_kind(entry.body, entry.headers) if entry.body is not None else "text"
+
     async def call(arguments: Mapping[str, Any], ctx: RequestContext) -> ToolResult:
         secrets: dict[str, str] = {}
         try:
             secrets = upstream.secrets(entry.secrets)
             variables = {**arguments, "arguments": dict(arguments), "secrets": secrets}
-            url = upstream.render(entry.url, variables, field="url")
+            url = upstream.render(entry.url, variables, field="url", escaping="url")
             headers = {
                 name: upstream.render(value, variables, field=f"headers.{name}")
                 for name, value in entry.headers.items()
             }
-            body = upstream.render(entry.body, variables, field="body") if entry.body is not None else None
+            body = (
+                upstream.render(entry.body, variables, field="body", escaping=kind) if entry.body is not None else None
+            )
+            if body is not None and kind == "json" and not _json(body):
+                raise UpstreamError(
+                    "body: the template does not render to valid JSON (write a value as {{ name }}, which is "
+                    'written as JSON, or inside a string as "{{ name }}")'
+                )
             if body is not None and not any(name.lower() == "content-type" for name in headers) and _json(body):
                 headers["Content-Type"] = "application/json"
             response = await upstream.request(
@@ -126,13 +149,19 @@ def http_resource_reader(
         try:
             secrets = upstream.secrets(entry.secrets)
             context = {**variables, "secrets": secrets}
-            url = upstream.render(entry.url, context, field="url")
+            url = upstream.render(entry.url, context, field="url", escaping="url")
             headers = {
                 name: upstream.render(value, context, field=f"headers.{name}") for name, value in entry.headers.items()
             }
             response = await upstream.request(
                 method="GET", url=url, headers=headers, body=None, timeout=timeout_seconds
             )
+        except RefusedValue as exc:  # the URI's variables would lead the request elsewhere: the caller's mistake
+            message = redacted(str(exc), secrets)
+            log.info("http resource read refused", uri=uri, error=message)
+            raise InvalidParams(
+                f"Invalid params: resource {uri!r} cannot be read: {message}", data={"uri": uri}
+            ) from None
         except UpstreamError as exc:
             message = redacted(str(exc), secrets)
             log.warning("http resource read failed", uri=uri, error=message)

@@ -20,6 +20,8 @@ from jsonschema import Draft202012Validator, SchemaError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from app.catalog.escaping import check_url_start
+
 __all__ = [
     "BUILTIN_TOOLS",
     "BuiltinToolEntry",
@@ -66,6 +68,10 @@ def _check_template(text: str) -> str:
     except TemplateSyntaxError as exc:
         raise ValueError(f"not a valid Jinja2 template: {exc.message} (line {exc.lineno})") from None
     return text
+
+
+def _check_url(text: str) -> str:
+    return check_url_start(_check_template(text))
 
 
 def _check_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -125,7 +131,9 @@ class BuiltinToolEntry(_Tool):
 class HttpToolEntry(_Tool):
     """A tool that calls an upstream HTTP API. ``url``, header values and ``body`` are Jinja2 templates over the
     call's arguments (``{{ city }}``) and the secrets (``{{ secrets.token }}``); ``secrets`` maps a name to a
-    mounted file whose content is read at each call, so a rotated Secret needs no restart."""
+    mounted file whose content is read at each call, so a rotated Secret needs no restart. Values in the URL and
+    in a JSON or form body are escaped for where they stand (app.catalog.escaping): an argument fills the request,
+    it never changes its shape. The URL starts with ``http(s)://`` or ``{{ secrets.NAME }}``."""
 
     kind: Literal["http"]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
@@ -134,7 +142,8 @@ class HttpToolEntry(_Tool):
     body: str | None = None
     secrets: dict[str, Path] = Field(default_factory=dict)
 
-    _templates = field_validator("url", "body")(lambda v: _check_template(v) if v is not None else None)
+    _url = field_validator("url")(_check_url)
+    _body = field_validator("body")(lambda v: _check_template(v) if v is not None else None)
 
     @field_validator("headers")
     @classmethod
@@ -238,7 +247,7 @@ class HttpResourceEntry(_Resource):
     secrets: dict[str, Path] = Field(default_factory=dict)
 
     _secrets = field_validator("secrets")(HttpToolEntry._secret_names.__func__)  # type: ignore[attr-defined]
-    _url = field_validator("url")(_check_template)
+    _url = field_validator("url")(_check_url)
 
 
 ResourceEntry = Annotated[
@@ -290,7 +299,7 @@ class HttpTemplateEntry(_Template):
     secrets: dict[str, Path] = Field(default_factory=dict)
 
     _secrets = field_validator("secrets")(HttpToolEntry._secret_names.__func__)  # type: ignore[attr-defined]
-    _url = field_validator("url")(_check_template)
+    _url = field_validator("url")(_check_url)
 
 
 TemplateEntry = Annotated[TextTemplateEntry | HttpTemplateEntry, Field(discriminator="kind")]

@@ -121,9 +121,11 @@ def python_tool_handler(
             raise ValueError("isolation: process needs the worker pool")
         target = entry.function
 
-        async def in_worker(arguments: Mapping[str, Any], _: RequestContext) -> ToolResult:
-            try:
-                value = await pool.call(target, arguments)
+        async def in_worker(arguments: Mapping[str, Any], ctx: RequestContext) -> ToolResult:
+            try:  # who calls bounds how many workers its cancellations may restart
+                value = await pool.call(
+                    target, arguments, principal=ctx.principal, timeout_seconds=entry.timeout_seconds, tool=entry.name
+                )
             except ToolFailed as exc:
                 if exc.kind == "exception":  # as in a thread: the details go to the log, not to the model
                     log.error("tool failed in its worker", tool=entry.name, error_type=exc.type, error=exc.message)

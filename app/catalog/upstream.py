@@ -1,7 +1,8 @@
 """Calls from ``http`` tools and resources to the upstream APIs a catalogue names.
 
 One :class:`Upstream` serves a whole catalogue: it renders the Jinja2 templates of URLs, headers and bodies in
-the sandbox, reads mounted secrets at each call (a rotated Secret needs no restart), and makes the request
+the sandbox, each value escaped for where it stands (app.catalog.escaping), refuses a URL with a ``.`` or ``..``
+path segment, reads mounted secrets at each call (a rotated Secret needs no restart), and makes the request
 only to a host on ``allowedHosts``. Redirects are never followed (a 3xx could lead off the allow-list), and an
 answer larger than the size cap is refused while it streams in. Every failure is an :class:`UpstreamError`
 whose message is meant for the caller: it names hosts, paths, statuses and template problems, never a header
@@ -17,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import jinja2
@@ -26,9 +27,20 @@ import structlog
 from jinja2.exceptions import SecurityError
 
 from app import __version__
+from app.catalog.escaping import UnsafeValue, body_environment, url_environment
 from app.catalog.model import host_allowed, template_environment
 
-__all__ = ["MAX_RESPONSE_BYTES", "Upstream", "UpstreamError", "UpstreamResponse", "is_json", "is_textual", "redacted"]
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "Escaping",
+    "RefusedValue",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamResponse",
+    "is_json",
+    "is_textual",
+    "redacted",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +66,17 @@ _TEXT_TYPES = frozenset(
 _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
 
 
+# How a template's values are escaped (app.catalog.escaping): for a URL, a JSON or form body, or not at all.
+Escaping = Literal["url", "json", "form", "text"]
+
+
 class UpstreamError(Exception):
     """An upstream call that could not be made, or whose answer cannot be used; the message is safe to show."""
+
+
+class RefusedValue(UpstreamError):
+    """A caller's value that would change the shape of the request (a path segment ``..``, a host with a path);
+    nothing was sent."""
 
 
 def is_json(media_type: str) -> bool:
@@ -135,20 +156,32 @@ class Upstream:
         self.max_response_bytes = max_response_bytes
         self._client = client
         self._owns_client = client is None
-        self._environment = template_environment()
-        self._templates: dict[str, jinja2.Template] = {}
+        self._environments: dict[Escaping, jinja2.Environment] = {
+            "url": url_environment(template_environment),
+            "json": body_environment(template_environment, "json"),
+            "form": body_environment(template_environment, "form"),
+            "text": template_environment(),
+        }
+        self._templates: dict[tuple[Escaping, str], jinja2.Template] = {}
 
-    def render(self, template: str, variables: Mapping[str, Any], *, field: str = "template") -> str:
-        """``template`` rendered in the sandbox; ``field`` (``url``, ``headers.Authorization``) names it in errors.
+    def render(
+        self, template: str, variables: Mapping[str, Any], *, field: str = "template", escaping: Escaping = "text"
+    ) -> str:
+        """``template`` rendered in the sandbox, each value escaped for where it stands (``escaping``: in a URL, a
+        JSON or form body; ``text``: as it is); ``field`` (``url``, ``headers.Authorization``) names it in errors.
 
         Raises:
+            RefusedValue: a value that would change the request's shape.
             UpstreamError: an undefined variable, something the sandbox refuses, or any other failure.
         """
         try:
-            compiled = self._templates.get(template)
+            compiled = self._templates.get((escaping, template))
             if compiled is None:
-                compiled = self._templates[template] = self._environment.from_string(template)
+                compiled = self._environments[escaping].from_string(template)
+                self._templates[escaping, template] = compiled
             return compiled.render(variables)
+        except UnsafeValue as exc:
+            raise RefusedValue(f"{field}: {exc}") from None
         except SecurityError as exc:
             raise UpstreamError(f"{field}: the template does something the sandbox refuses: {exc}") from None
         except jinja2.UndefinedError as exc:
@@ -177,9 +210,12 @@ class Upstream:
 
     def _checked_url(self, url: str) -> httpx.URL:
         try:
+            path = urlsplit(url).path
             parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
+        except (ValueError, httpx.InvalidURL) as exc:
             raise UpstreamError(f"url: not a valid URL: {exc}") from None
+        if any(unquote(segment) in {".", ".."} for segment in path.split("/")):
+            raise UpstreamError(f"url: the path {path!r} has a '.' or '..' segment; refused")
         if parsed.scheme not in _DEFAULT_PORTS:
             raise UpstreamError(f"url: the scheme must be http or https, not {parsed.scheme!r}")
         if not parsed.host:

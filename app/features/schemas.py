@@ -1,21 +1,44 @@
 """JSON Schema (2020-12) checks for tool arguments and structured output.
 
-A compiled validator (jsonschema-rs) decides whether an instance is valid: that is every call on the hot
-path, at a fraction of a microsecond. Only an invalid instance goes through the pure-Python ``jsonschema``
-validator, whose errors name the path and the rule; it also decides for values that are not plain JSON (a
-tool's own Python objects in its structured output). Schemas are never fetched: a ``$ref`` to a document
-that is not inside the schema is refused when the schema is loaded, not found out at the first call.
+One compiled validator (jsonschema-rs) decides whether an instance is valid and, when it is not, explains why:
+each problem names the path and the rule, values in JSON notation (``null``, ``true``, ``"2"``). Its regular
+expressions (``pattern``, ``patternProperties``) run in Rust's linear-time engine or, for the few patterns that
+need lookaround or backreferences, in a backtracking engine with a step limit: no argument can make a check run
+for long. (Python's ``re`` backtracks without a limit, on the event loop: it never sees an instance.) A value that
+is not plain JSON (a tool's own Python objects in its structured output) is checked as the JSON the client
+receives. Schemas are never fetched: a ``$ref`` to a document that is not inside the schema is refused when the
+schema is loaded, not found out at the first call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator, SchemaError, ValidationError
+import orjson
+from jsonschema import Draft202012Validator, SchemaError
 
-__all__ = ["SchemaCheck"]
+__all__ = ["BACKTRACK_LIMIT", "MAX_PROBLEMS", "Problem", "SchemaCheck"]
+
+# Steps a backtracking pattern (one with lookaround or a backreference) may take on one string before the string
+# is taken as not matching: about a millisecond, far more than a sensible pattern needs on real input.
+BACKTRACK_LIMIT = 20_000
+# Problems explained for one instance: enough to fix a call, bounded for an instance with thousands of them.
+MAX_PROBLEMS = 20
+# A value longer than this (as JSON) is shown cut in a message: the message says what is wrong, not the whole value.
+SHOWN_CHARS = 120
+
+PathPart = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason an instance does not match its schema: where (``path``, from the instance's root) and what."""
+
+    path: tuple[PathPart, ...]
+    message: str
 
 
 class SchemaCheck:
@@ -27,19 +50,80 @@ class SchemaCheck:
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         plain = dict(schema)
-        Draft202012Validator.check_schema(plain)
-        self._explain = Draft202012Validator(plain)
+        Draft202012Validator.check_schema(plain)  # the schema is the operator's: its own regexes are not run here
+        patterns = jsonschema_rs.FancyRegexOptions(backtrack_limit=BACKTRACK_LIMIT)
         try:
-            self._fast: Callable[[Any], bool] = jsonschema_rs.Draft202012Validator(plain, offline=True).is_valid
+            self._validator = jsonschema_rs.Draft202012Validator(plain, offline=True, pattern_options=patterns)
         except ValueError as exc:  # a $ref that leaves the schema: nothing is ever retrieved
             reason = str(exc).split("\n", 1)[0]
             raise SchemaError(f"the schema cannot be used as it is: {reason}") from None
 
-    def problems(self, instance: Any) -> list[ValidationError]:
-        """What is wrong with ``instance``, ordered by path; empty when it is valid."""
+    def problems(self, instance: Any) -> list[Problem]:
+        """What is wrong with ``instance`` (at most :data:`MAX_PROBLEMS`), ordered by path; empty when it is valid."""
         try:
-            if self._fast(instance):
-                return []
-        except (ValueError, TypeError):  # not plain JSON (a tool's own Python objects): the slow path decides
-            pass
-        return sorted(self._explain.iter_errors(instance), key=lambda error: list(error.path))
+            found = self._problems(instance)
+        except (ValueError, TypeError):  # not plain JSON (a tool's own Python objects): check what the client gets
+            try:
+                plain = orjson.loads(orjson.dumps(instance))
+            except TypeError as exc:
+                return [Problem((), f"the value cannot be sent as JSON: {exc}")]
+            found = self._problems(plain)
+        return sorted(found, key=lambda problem: [_order(part) for part in problem.path])
+
+    def _problems(self, instance: Any) -> list[Problem]:
+        if self._validator.is_valid(instance):
+            return []
+        return _first(Problem(tuple(e.instance_path), _message(e)) for e in self._validator.iter_errors(instance))
+
+
+def _first(problems: Iterable[Problem]) -> list[Problem]:
+    found: list[Problem] = []
+    for problem in problems:
+        found.append(problem)
+        if len(found) == MAX_PROBLEMS:
+            break
+    return found
+
+
+def _order(part: PathPart) -> tuple[int, int, str]:
+    return (0, part, "") if isinstance(part, int) else (1, 0, part)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def shown(value: Any) -> str:
+    """``value`` in JSON notation, cut after :data:`SHOWN_CHARS` characters."""
+    text = _json(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    if isinstance(value, str):
+        return f'{_json(value[:SHOWN_CHARS])[:-1]}…" ({len(value)} characters)'
+    return f"{text[:SHOWN_CHARS]}… ({len(text)} characters of JSON)"
+
+
+def _message(error: jsonschema_rs.ValidationError) -> str:
+    """The validator's message, with every value in JSON notation and long values cut."""
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.AdditionalProperties):
+        return f"Additional properties are not allowed ({_unexpected(kind.unexpected)})"
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.UnevaluatedProperties):
+        return f"Unevaluated properties are not allowed ({_unexpected(kind.unexpected)})"
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.PropertyNames):
+        return f"property name {_message(kind.error)}"
+    if isinstance(
+        kind,
+        jsonschema_rs.ValidationErrorKind.BacktrackLimitExceeded | jsonschema_rs.ValidationErrorKind.RegexEngineFailure,
+    ):
+        return f"{shown(error.instance)} cannot be matched against the schema's pattern within {BACKTRACK_LIMIT} steps"
+    message = error.message
+    whole = _json(error.instance)
+    if len(whole) > SHOWN_CHARS and message.startswith(whole):
+        message = shown(error.instance) + message[len(whole) :]
+    return message
+
+
+def _unexpected(names: Sequence[str]) -> str:
+    listed = ", ".join(shown(name) for name in names)
+    return f"{listed} {'was' if len(names) == 1 else 'were'} unexpected"

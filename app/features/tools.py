@@ -11,7 +11,7 @@ import orjson
 import structlog
 
 from app.features.pagination import paginate
-from app.features.schemas import SchemaCheck
+from app.features.schemas import MAX_PROBLEMS, SchemaCheck
 from app.features.tasks import RunAsTask, TaskContext
 from app.jsonrpc import InvalidParams, JsonRpcError
 from app.protocol.context import ClientRequestError, RequestContext
@@ -180,6 +180,8 @@ class Tools:
         problems = tool.arguments.problems(arguments)
         if problems:
             detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(arguments)'}: {p.message}" for p in problems)
+            if len(problems) >= MAX_PROBLEMS:
+                detail += f" (the first {len(problems)} problems)"
             return ToolCallOutcome(
                 text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True), "invalid_arguments"
             )

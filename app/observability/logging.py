@@ -18,16 +18,48 @@ from typing import Any
 import orjson
 import structlog
 from opentelemetry import trace
+from pydantic import SecretStr
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, WrappedLogger
 
-from app.settings import LogFormat
+from app.observability.redaction import RedactingFormatter, redactor
+from app.settings import LogFormat, Settings
 
-__all__ = ["SPAN_ID", "TRACE", "TRACE_SAMPLED", "configure_logging", "request_id", "trace_fields"]
+__all__ = [
+    "LIBRARY_LOGGERS",
+    "SPAN_ID",
+    "TRACE",
+    "TRACE_SAMPLED",
+    "configure_logging",
+    "guard_logs",
+    "quiet_libraries",
+    "request_id",
+    "trace_fields",
+]
 
 TRACE = "logging.googleapis.com/trace"
 SPAN_ID = "logging.googleapis.com/spanId"
 TRACE_SAMPLED = "logging.googleapis.com/trace_sampled"
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+# Third-party loggers that write URLs, headers or payloads below WARNING (httpx: "HTTP Request: GET <url>" at INFO,
+# with the query string an upstream's API key may travel in); held to ERLMCP_LIBRARY_LOG_LEVEL.
+LIBRARY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "hpack",
+    "h2",
+    "h11",
+    "websockets",
+    "redis",
+    "multipart",
+    "python_multipart",
+    "google.auth",
+    "google.api_core",
+    "grpc",
+)
+# A traceback in the log names its frames, never their local variables (a credential may be one).
+_TRACEBACKS = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
 
 
 def request_id(value: bytes) -> str | None:
@@ -64,9 +96,35 @@ def _orjson_dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def configure_logging(level: str, fmt: LogFormat, *, gcp_project: str | None = None) -> None:
-    """Route structlog and the standard library (uvicorn included) through one renderer on stderr; ``gcp_project``
-    is the Google Cloud project whose Cloud Trace holds the traces the lines name."""
+def quiet_libraries(level: str, floor: str) -> None:
+    """Hold the :data:`LIBRARY_LOGGERS` to ``level`` (WARNING by default: their problems, not every request), and
+    never below ``floor``, the server's own level (their records reach the handler whatever the root's level)."""
+    threshold = max(logging.getLevelNamesMapping()[level], logging.getLevelNamesMapping()[floor])
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(threshold)
+
+
+def guard_logs(settings: Settings) -> None:
+    """What the settings say about the log's hygiene: the third-party loggers' level, and the secrets the redactor
+    removes from every line (each ``SecretStr`` setting: the Redis URL's password, the request-state key)."""
+    quiet_libraries(settings.library_log_level, settings.log_level)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if "://" in secret:
+                redactor().add_url(secret)  # a URL's password is the secret; its host is worth seeing
+            else:
+                redactor().add(secret)
+
+
+def configure_logging(
+    level: str, fmt: LogFormat, *, gcp_project: str | None = None, library_level: str = "WARNING"
+) -> None:
+    """Route structlog, the standard library (uvicorn included) and warnings through one renderer on stderr, every
+    line through the process's :func:`~app.observability.redaction.redactor`; ``gcp_project`` is the Google Cloud
+    project whose Cloud Trace holds the traces the lines name; the :data:`LIBRARY_LOGGERS` are held to
+    ``library_level``."""
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -78,9 +136,9 @@ def configure_logging(level: str, fmt: LogFormat, *, gcp_project: str | None = N
     renderer: Any
     if use_json:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        final = [structlog.processors.dict_tracebacks, _cloud_logging_shape, renderer]
+        final = [_TRACEBACKS, _cloud_logging_shape, renderer]
     else:
-        final = [structlog.dev.ConsoleRenderer()]
+        final = [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]  # no locals
     structlog.configure(
         # filter_by_level first: a line below the level costs nothing further (the access line is per request).
         processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -88,15 +146,18 @@ def configure_logging(level: str, fmt: LogFormat, *, gcp_project: str | None = N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RedactingFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        redactor=redactor(),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_libraries(library_level, level)
+    logging.captureWarnings(True)  # a library's warning is a line like any other (and redacted like any other)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

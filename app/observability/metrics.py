@@ -109,6 +109,18 @@ class Metrics:
         self.auth_failures = Counter(
             "mcp_auth_failures", "Requests refused for missing or wrong credentials.", registry=self.registry
         )
+        self.connections_refused = Counter(
+            "erlmcp_connections_refused",
+            "Long-lived connections refused or cut by the server, by transport and reason: per_principal_cap (the "
+            "principal holds its cap of open connections), first_message_deadline, header_deadline, body_deadline, "
+            "write_stall (a client too slow to send or to read), credential_revoked, credential_expired.",
+            ["transport", "reason"],
+            registry=self.registry,
+        )
+
+    def connection_refused(self, transport: str, reason: str) -> None:
+        """Count one connection refused or cut (``reason`` from the fixed set in the metric's help)."""
+        self.connections_refused.labels(transport=transport, reason=reason).inc()
 
     def count_outcome(self, method: str, outcome: str, tool: str | None, seconds: float = 0.0) -> None:
         """Count one answered MCP request and its duration (and the tool call, for tools/call); labelled children

@@ -6,6 +6,9 @@ goes back. Every message passes the gate first; then the core answers it: the ha
 (one per connection), requests run concurrently (so that ``notifications/cancelled`` and the client's answers to
 server requests get through while they run), change notifications, and 2026-07-28 requests (everything in their
 own ``_meta``), ``subscriptions/listen`` included.
+
+A message refused because the connection's credential is gone (revoked or expired) is answered, and then
+:meth:`Channel.receive` raises :class:`Hangup`: the transport closes the connection.
 """
 
 from __future__ import annotations
@@ -29,15 +32,29 @@ from app.jsonrpc import (
 from app.protocol.changes import Listener
 from app.protocol.core import ProtocolCore
 from app.protocol.stateless import check_meta, check_version, is_stateless
-from app.security.gate import Caller
+from app.security.gate import Caller, Refusal
 from app.sessions import Session
 from app.sessions.store import SessionStoreUnavailable
 
-__all__ = ["Channel", "SendBytes"]
+__all__ = ["Channel", "Hangup", "SendBytes"]
 
 log = structlog.get_logger(__name__)
 
 SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+class Hangup(Exception):
+    """The connection must end now: its credential is gone. The refusal was sent; the transport closes the
+    connection (a WebSocket with 1008 and ``reason``)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.closes)
+        self.refusal = refusal
+
+    @property
+    def reason(self) -> str:
+        """A short reason for a WebSocket close frame."""
+        return (self.refusal.closes or "refused").replace("_", " ")
 
 
 class Channel:
@@ -70,7 +87,11 @@ class Channel:
         await self.send(error_response(None, InvalidRequest(f"Invalid Request: {reason}")))
 
     async def receive(self, data: bytes) -> None:
-        """Handle one message the client sent."""
+        """Handle one message the client sent.
+
+        Raises:
+            Hangup: the connection's credential is gone; the refusal was sent, and the connection must close.
+        """
         limit = self._core.gate.max_message_bytes
         if len(data) > limit and len(data.rstrip()) > limit:  # a line's own newline is no part of the message
             await self.too_large(data[:4096])
@@ -87,6 +108,9 @@ class Channel:
         refused = await self._core.gate.screen(self.caller, message)
         if refused is not None:
             await self.send(refused.answer(message.id))
+            if refused.closes is not None:
+                self._core.gate.cut(self._transport, refused)
+                raise Hangup(refused)
             return
         if message.is_response or message.is_notification:
             await self._deliver(message)

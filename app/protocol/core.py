@@ -3,7 +3,8 @@
 Transports frame messages; the core owns what the messages mean: ``initialize`` and the session it opens (the
 negotiated revision, the principal and its scopes, the caller's session quota), the context a request is
 answered in (handshake era or 2026-07-28, where everything comes in the request's own ``_meta``), the client's
-answers and notifications, change watching, ``subscriptions/listen`` and 2025-03-26 batches. Every transport
+answers and notifications, change watching, ``subscriptions/listen`` and 2025-03-26 batches (bounded here, for
+every transport: :class:`BatchLimits`). Every transport
 hands messages to it (through :class:`app.protocol.channel.Channel` for the stream transports) and sends back
 what it answers; none builds a context itself. The gate (:mod:`app.security.gate`) decides who may send what.
 """
@@ -11,13 +12,15 @@ what it answers; none builds a context itself. The gate (:mod:`app.security.gate
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sized
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 import structlog
 
 from app.jsonrpc import (
+    BatchAnswerFull,
     InternalError,
     InvalidRequest,
     JsonRpcError,
@@ -35,7 +38,7 @@ from app.security.gate import Caller, Gate, Refusal
 from app.sessions import Session, SessionLimitError, SessionQuotaError
 from app.sessions.store import SessionBackend, SessionStoreUnavailable
 
-__all__ = ["Answer", "ProtocolCore", "Subscription"]
+__all__ = ["Answer", "BatchLimits", "ProtocolCore", "Subscription"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +63,53 @@ class Answer:
     @classmethod
     def refusal(cls, refusal: Refusal, request_id: RequestId | None) -> Answer:
         return cls(refusal.answer(request_id), refusal.status, refusal.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """What one 2025-03-26 batch may hold and cost (``ERLMCP_MAX_BATCH_*``; the defaults and their reasons are the
+    settings'): at most ``max_items`` messages (a larger batch is refused whole), ``concurrency`` requests of it
+    running at once, and ``max_response_bytes`` of answers (the requests past it are answered with an error)."""
+
+    max_items: int = 100
+    concurrency: int = 8
+    max_response_bytes: int = 4 * 1024 * 1024
+
+
+class _AnswerBudget:
+    """The bytes of answers a batch may still return. An answer that would pass the budget is replaced by an error
+    saying so, and from then on the budget is spent: the requests not yet started are not run (errors are kept:
+    they are small, and their ids come from the request, whose size is limited)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.spent, self.cut = limit, 0, 0
+        self.exhausted = False
+
+    def _error(self, request_id: RequestId | None, why: str) -> dict[str, Any]:
+        self.cut += 1
+        error = BatchAnswerFull(f"Batch answer full: {why}", data={"maxBatchResponseBytes": self.limit})
+        return self.keep(error_response(request_id, error))
+
+    def not_run(self, request_id: RequestId) -> dict[str, Any]:
+        why = (
+            f"not run: this batch's answers used up the {self.limit} bytes one batch may return; "
+            "send this request again on its own or in another batch"
+        )
+        return self._error(request_id, why)
+
+    def keep(self, response: dict[str, Any]) -> dict[str, Any]:
+        """``response``, counted; or, when it would take the answers past the budget, the error saying so."""
+        size = len(orjson.dumps(response))
+        if "error" not in response and self.spent + size > self.limit:
+            why = (
+                f"the answer ({size} bytes) was dropped: it would take this batch's answers past {self.limit} "
+                "bytes, the most one batch returns; send this request again on its own"
+            )
+            self.exhausted = True
+            return self._error(response.get("id"), why)
+        self.spent += size
+        self.exhausted = self.exhausted or self.spent >= self.limit
+        return response
 
 
 @dataclass(eq=False)
@@ -93,12 +143,14 @@ class ProtocolCore:
         gate: Gate,
         metrics: Metrics,
         client_request_timeout: float = 60.0,
+        batch_limits: BatchLimits | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
         self.gate = gate
         self.metrics = metrics
         self.client_request_timeout = client_request_timeout
+        self.batch_limits = batch_limits or BatchLimits()
         self._feed = ChangeFeed()
 
     # -- sessions --------------------------------------------------------------------------------------------
@@ -123,6 +175,7 @@ class ProtocolCore:
                 client_capabilities=dict(message.params.get("capabilities") or {}),
                 principal=caller.principal,
                 owner=caller.client,
+                quota=self.gate.session_quota(caller),
             )
         except (SessionLimitError, SessionStoreUnavailable) as exc:
             self.count(replace(outcome, status="error"))  # no session opened: the initialize failed
@@ -212,41 +265,72 @@ class ProtocolCore:
     def count(self, outcome: Outcome) -> None:
         self.metrics.count_outcome(outcome.method, outcome.status, outcome.tool, outcome.seconds)
 
+    def batch_refusal(self, items: Sized) -> Refusal | None:
+        """The refusal of a batch as a whole, before any of it runs or takes its rate tokens: 413 for more messages
+        than :attr:`BatchLimits.max_items`."""
+        limit = self.batch_limits.max_items
+        if len(items) <= limit:
+            return None
+        why = f"a batch of {len(items)} messages is more than the {limit} this server takes in one batch"
+        too_many = InvalidRequest(f"Invalid Request: {why}; send smaller batches", data={"maxBatchItems": limit})
+        return Refusal(413, too_many)
+
     async def batch(self, items: list[Any], session: Session, caller: Caller) -> list[dict[str, Any]]:
-        """A 2025-03-26 JSON-RPC batch in ``session`` (its rate tokens already taken): the answers, in order."""
-        answers: list[dict[str, Any]] = []
-        requests: list[Message] = []
-        for item in items:
+        """A 2025-03-26 JSON-RPC batch in ``session`` (screened by :meth:`batch_refusal` and its rate tokens
+        taken): the answers, in the order of the items. Its requests run at most ``concurrency`` at once, and its
+        answers stop at ``max_response_bytes``: the requests past it are answered with an error saying so, those
+        not yet started without running. A batch over ``max_items`` is answered with the refusal alone."""
+        too_many = self.batch_refusal(items)
+        if too_many is not None:
+            return [too_many.answer(None)]
+        limits = self.batch_limits
+        budget = _AnswerBudget(limits.max_response_bytes)
+        answers: list[dict[str, Any] | None] = [None] * len(items)  # None: no answer is owed
+        requests: list[tuple[int, Message]] = []
+        for index, item in enumerate(items):
             try:
                 message = message_from(item)
             except JsonRpcError as error:
-                answers.append(error_response(error.request_id, error))
+                answers[index] = budget.keep(error_response(error.request_id, error))
                 continue
             if message.method == "initialize":
                 cannot = InvalidRequest("Invalid Request: initialize cannot be batched")
-                answers.append(error_response(message.id, cannot))
+                answers[index] = budget.keep(error_response(message.id, cannot))
                 continue
             refused = self.gate.out_of_scope(caller, message)
             if refused is not None:
-                answers.append(refused.answer(message.id))
+                answers[index] = budget.keep(refused.answer(message.id))
             elif message.is_response or message.is_notification:
                 await self.deliver(session, message)
             else:
-                requests.append(message)
+                requests.append((index, message))
 
-        async def answer(message: Message) -> dict[str, Any]:
-            outcome = await self.run(message, self.context(message, caller, session, send=None))
-            return outcome.response
+        turns = asyncio.Semaphore(limits.concurrency)
+
+        async def answer(index: int, message: Message) -> None:
+            assert message.id is not None
+            async with turns:
+                if budget.exhausted:
+                    answers[index] = budget.not_run(message.id)
+                    return
+                outcome = await self.run(message, self.context(message, caller, session, send=None))
+            answers[index] = budget.keep(outcome.response)
 
         # An item the client cancels (notifications/cancelled) is owed no answer; the others are answered.
-        for done in await asyncio.gather(*(answer(m) for m in requests), return_exceptions=True):
+        for done in await asyncio.gather(*(answer(i, m) for i, m in requests), return_exceptions=True):
             if isinstance(done, asyncio.CancelledError):
                 self.metrics.mcp_cancellations.labels(transport="streamable-http").inc()
             elif isinstance(done, BaseException):
                 raise done
-            else:
-                answers.append(done)
-        return answers
+        if budget.cut:
+            log.warning(
+                "batch answers cut at the byte budget",
+                principal=caller.principal,
+                items=len(items),
+                cut=budget.cut,
+                max_batch_response_bytes=budget.limit,
+            )
+        return [kept for kept in answers if kept is not None]
 
     # -- changes ---------------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from app.jsonrpc import (
 from app.observability import tracing
 from app.protocol.context import LOG_LEVELS, RequestContext
 from app.protocol.methods import HANDSHAKE_METHODS, Capability, Era, MethodSpec, capabilities_of, check_handlers, lookup
-from app.protocol.request_state import RequestStateError, RequestStateSealer
+from app.protocol.request_state import RequestStateError, RequestStateSealer, StateBinding
 from app.protocol.revisions import STATELESS_REVISIONS, negotiate
 from app.security.keys import allows_tool
 
@@ -263,10 +263,10 @@ class Dispatcher:
             if spec is None:
                 raise _not_found(method)
             if spec.checks_input:
-                scope = self._open_input(spec, message.params, ctx)
+                binding = self._open_input(spec, message.params, ctx)
                 result, status, tool = await self._invoke(method, message.params, ctx)
                 if result.get("resultType") == "input_required":
-                    result = self._seal_input(spec, scope, result)
+                    result = self._seal_input(spec, binding, result)
             else:
                 result, status, tool = await self._invoke(method, message.params, ctx)
         except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
@@ -284,9 +284,10 @@ class Dispatcher:
             result.setdefault("cacheScope", spec.cache_scope)
         return Outcome(result_response(message.id, result), label, status, tool)
 
-    def _open_input(self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> str:
-        """Check a retried request's inputResponses and open its requestState into the context."""
-        scope = f"{spec.name}\x00{params.get('name') or params.get('uri') or ''}"
+    def _open_input(self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> StateBinding:
+        """Check a retried request's inputResponses and open its requestState into the context; what a state this
+        request returns is sealed to (:func:`_binding`)."""
+        binding = _binding(spec, params, ctx)
         responses = params.get("inputResponses")
         if responses is not None and not isinstance(responses, dict):
             raise InvalidParams('Invalid params: "inputResponses" must be an object keyed by input request')
@@ -295,17 +296,17 @@ class Dispatcher:
             if not spec.multi_round or not isinstance(state, str):
                 raise InvalidParams('Invalid params: "requestState" must be the string the server returned')
             try:
-                ctx.request_state = self._sealer.open(state, scope)
+                ctx.request_state = self._sealer.open(state, binding)
             except RequestStateError as exc:
                 raise InvalidParams(str(exc)) from exc
         ctx.input_responses = responses
-        return scope
+        return binding
 
-    def _seal_input(self, spec: MethodSpec, scope: str, result: dict[str, Any]) -> dict[str, Any]:
+    def _seal_input(self, spec: MethodSpec, binding: StateBinding, result: dict[str, Any]) -> dict[str, Any]:
         if not spec.multi_round:
             raise InternalError(f"Internal error: {spec.name} cannot ask the client for input")
         if "requestState" in result:
-            result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), scope)}
+            result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), binding)}
         return result
 
     @staticmethod
@@ -411,6 +412,14 @@ class Dispatcher:
     async def _tasks_cancel(self, params: Mapping[str, Any], ctx: RequestContext) -> dict[str, Any]:
         self._task(params, ctx).cancel()
         return {}
+
+
+def _binding(spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> StateBinding:
+    """What a requestState of this request is sealed to: the method, the value of its own name field (the method
+    table's, so that no other field can stand in for it), the caller's principal, and its session when it has one."""
+    name = params.get(spec.name_field) if spec.name_field is not None else None
+    session = ctx.session.id if ctx.session is not None else None
+    return StateBinding(spec.name, name if isinstance(name, str) else "", ctx.principal, session)
 
 
 def _not_found(method: str) -> MethodNotFound:

@@ -1,25 +1,73 @@
-"""Tamper-proof ``requestState`` for multi-round requests (2026-07-28 ``InputRequiredResult``).
+"""Encrypted, caller-bound ``requestState`` for multi-round requests (2026-07-28 ``InputRequiredResult``).
 
 The server keeps no state between rounds: what a handler needs later travels to the client and back inside
-``requestState``. The client must not be able to change it, so the state is sealed with HMAC-SHA256 over the
-method, the tool or prompt name, an expiry and the handler's own text; anything else that comes back is refused.
+``requestState``. The client must neither read it (a handler may keep what a user answered) nor change it, nor hand
+it to someone else. So the state is encrypted with AES-256-GCM under a key derived (HKDF-SHA256) from the
+configured request-state key, with a random nonce; the associated data binds it to the method, the value of the
+method's name field (the tool, prompt or resource), the principal (the API key's or token's name), the session when
+there is one, and an expiry. Anything else that comes back is refused: another caller's state, another tool's, an
+expired one, or one changed by a single bit.
+
+Token: ``v1.<expiry, unix seconds>.<base64url(nonce ‖ ciphertext ‖ tag)>``. The expiry is in clear so that an
+expired state can be named as such; changing it breaks the tag.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
+import binascii
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["RequestStateError", "RequestStateSealer"]
+__all__ = ["RequestStateError", "RequestStateSealer", "StateBinding"]
+
+_VERSION = "v1"
+_NONCE_BYTES = 12  # AES-GCM's standard nonce; random, so a key seals at most about 2**32 states safely
+_HKDF_INFO = b"erlmcp requestState v1 AES-256-GCM"
+_NOT_OURS = (
+    "requestState was not issued for this request: it belongs to another caller, or to another method, tool, "
+    "prompt or resource, or it was changed; start the request again without it"
+)
 
 
 class RequestStateError(ValueError):
-    """The requestState was not issued by this server for this request, or it expired."""
+    """The requestState was not issued by this server for this caller and request, or it expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateBinding:
+    """What a requestState is sealed to: the request's method, the value of its name field (``name`` of a tool or
+    prompt, ``uri`` of a resource), the caller's principal (None: no authentication) and session (None: none, as
+    in the stateless 2026-07-28 revision)."""
+
+    method: str
+    name: str
+    principal: str | None
+    session: str | None = None
+
+    def associated_data(self, expires: int) -> bytes:
+        """The AEAD's associated data: every field, length-prefixed so that no two bindings encode alike."""
+        fields = (
+            _VERSION,
+            self.method,
+            self.name,
+            _optional(self.principal),
+            _optional(self.session),
+            str(expires),
+        )
+        return b"".join(len(data).to_bytes(4, "big") + data for data in (f.encode() for f in fields))
+
+
+def _optional(value: str | None) -> str:
+    # "-" alone marks None; a present value is prefixed, so a principal named "-" differs from no principal.
+    return "-" if value is None else f"+{value}"
 
 
 def _b64(data: bytes) -> str:
@@ -31,40 +79,52 @@ def _unb64(text: str) -> bytes:
 
 
 class RequestStateSealer:
-    """Seals and opens request states with one secret key (shared by every replica of a deployment)."""
+    """Seals and opens request states with one secret key (shared by every replica of a deployment).
+
+    Raises:
+        ValueError: (at construction) the key is shorter than 32 bytes.
+    """
 
     def __init__(self, key: bytes, *, ttl_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
         if len(key) < 32:
             raise ValueError("the request-state key must be at least 32 bytes")
-        self._key = key
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(key)
+        self._aead = AESGCM(derived)
         self._ttl = ttl_seconds
         self._clock = clock
 
-    def _mac(self, payload: bytes, scope: str) -> bytes:
-        return hmac.new(self._key, scope.encode() + b"\x00" + payload, hashlib.sha256).digest()
+    def seal(self, state: str, binding: StateBinding) -> str:
+        """The opaque token for ``state``, valid only for requests of ``binding`` until the expiry."""
+        expires = int(self._clock() + self._ttl)
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, state.encode(), binding.associated_data(expires))
+        return f"{_VERSION}.{expires}.{_b64(nonce + sealed)}"
 
-    def seal(self, state: str, scope: str) -> str:
-        """The opaque token for ``state``, valid only for requests of ``scope`` (method and name)."""
-        payload = orjson.dumps({"s": state, "e": int(self._clock() + self._ttl)})
-        return f"{_b64(payload)}.{_b64(self._mac(payload, scope))}"
-
-    def open(self, token: str, scope: str) -> str:
+    def open(self, token: str, binding: StateBinding) -> str:
         """The state sealed in ``token``.
 
         Raises:
-            RequestStateError: the token was changed, belongs to another request, is malformed, or expired.
+            RequestStateError: the token is malformed, expired, was changed, or belongs to another binding.
         """
+        not_ours = RequestStateError(_NOT_OURS)
+        version, _, rest = token.partition(".")
+        expiry, _, encoded = rest.partition(".")
+        if version != _VERSION or not expiry.isascii() or not expiry.isdigit() or not encoded:
+            raise not_ours
+        expires = int(expiry)
         try:
-            encoded, _, mac = token.partition(".")
-            payload = _unb64(encoded)
-            valid = hmac.compare_digest(_unb64(mac), self._mac(payload, scope))
-        except (ValueError, TypeError) as exc:
-            raise RequestStateError("requestState integrity check failed") from exc
-        if not valid:
-            raise RequestStateError("requestState integrity check failed")
-        data = orjson.loads(payload)
-        if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("e"), int):
-            raise RequestStateError("requestState integrity check failed")
-        if data["e"] < self._clock():
+            data = _unb64(encoded)
+        except (binascii.Error, ValueError):
+            raise not_ours from None
+        if len(data) <= _NONCE_BYTES:
+            raise not_ours
+        if expires < self._clock():
             raise RequestStateError("requestState expired; start the request again without it")
-        return str(data["s"])
+        try:
+            plain = self._aead.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], binding.associated_data(expires))
+        except InvalidTag:
+            raise not_ours from None
+        try:
+            return plain.decode()
+        except UnicodeDecodeError:  # only this server seals, and only text: cannot happen without the key
+            raise not_ours from None

@@ -2,6 +2,10 @@
 stream of server-initiated messages. Each event is kept in the session's :class:`~app.sessions.EventStream`, so a
 client that lost its connection resumes from the last event it saw (``Last-Event-ID``), on any replica when the
 sessions live in Redis. Transports only frame the events (:func:`app.transports.sse.replay`).
+
+What a session keeps is bounded: a finished stream stays resumable a short while, among the session's latest
+finished streams (the session store's ``finish_stream``), and a session keeps one GET stream, its latest: opening
+a new one lets the previous one go.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ from app.protocol.dispatcher import Outcome
 from app.sessions import EventStream, Session
 
 __all__ = ["carry", "open_standalone"]
-
-_KEEP_FINISHED_SECONDS = 60  # a finished stream stays resumable this long
 
 
 async def carry(
@@ -50,17 +52,19 @@ async def carry(
             return
         await stream.append(orjson.dumps(outcome.response))
     finally:
-        # Keep the finished stream a while for late resumption, then forget it.
-        asyncio.get_running_loop().call_later(_KEEP_FINISHED_SECONDS, session.streams.pop, stream.id, None)
-        await stream.close()
+        await core.sessions.finish_stream(session, stream)  # resumable a while yet, then forgotten
         await core.sessions.save(session)
 
 
 async def open_standalone(core: ProtocolCore, session: Session) -> tuple[EventStream, Callable[[], Awaitable[None]]]:
     """The session's standalone stream (a GET in streamable HTTP): its priming event, then the changes the session
-    hears of. Call the returned ``end`` when the client's connection goes."""
+    hears of. Call the returned ``end`` when the client's connection goes. The session's previous standalone stream,
+    which must have ended, is let go: a session keeps one."""
+    previous = session.standalone
     stream = core.sessions.new_stream(session)
-    session.standalone = stream
+    session.standalone = stream  # before any await: a concurrent GET sees this one open
+    if previous is not None:
+        await core.sessions.drop_stream(session, previous)
     await stream.append(b"")
     listener = core.watch(session)
 
@@ -74,6 +78,6 @@ async def open_standalone(core: ProtocolCore, session: Session) -> tuple[EventSt
     async def end() -> None:
         core.forget(listener)
         pump.cancel()
-        await stream.close()
+        await core.sessions.finish_stream(session, stream)
 
     return stream, end

@@ -6,10 +6,17 @@ Catalogue tools marked ``isolation: process`` run here. Each worker is a fresh `
 never sees it. A worker that dies (``os._exit``, a segfault, a kill) fails only the call it was running, and a
 fresh one takes its place on the next call. A caller that gives up (a deadline, a client's
 ``notifications/cancelled``: both arrive as :class:`asyncio.CancelledError`) has its worker killed at once, so a
-function stuck in a loop or a sleep stops costing CPU and memory.
+function stuck in a loop or a sleep stops costing CPU and memory. Each kill costs a fresh worker on the next call,
+so a principal's cancellations may kill only so many workers a minute (:class:`~app.runtime.budget.RestartBudget`);
+past that, a cancelled call is abandoned: it keeps its worker (and its place in the pool) until it ends, and its
+result is thrown away, or until its time limit, when the worker is killed after all.
 
 Each worker leads its own session, so the terminal's Ctrl-C goes to the server alone (which then closes the
 pool), and a kill reaches the processes a tool started as well.
+
+What a worker writes to its stdout or stderr (a tool's prints, a library's warning, a traceback) goes to a pipe of
+the pool's, never to the server's stderr: :class:`~app.runtime.output.OutputRelay` logs it line by line as records
+of ``erlmcp.worker``, through the server's log handler and its redactor, cut and rate-bounded.
 """
 
 from __future__ import annotations
@@ -22,10 +29,14 @@ import struct
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
+
+from app.runtime.budget import RestartBudget
+from app.runtime.output import LINES_BURST, LINES_PER_SECOND, MAX_LINE_BYTES, LineBudget, OutputRelay, Writer
 
 __all__ = [
     "MIN_MEMORY_LIMIT_MB",
@@ -48,6 +59,7 @@ MIN_MEMORY_LIMIT_MB = 64
 _HEADER = struct.Struct(">I")
 _EXIT_GRACE_SECONDS = 1.0  # how long a worker that broke its pipe or ran out of memory gets to exit by itself
 _REAP_SECONDS = 10.0  # from SIGKILL to the end of its pipes (milliseconds, unless a stray process holds one)
+_OUTPUT_SECONDS = 1.0  # how long an ended worker's last output gets to reach the log before the pool logs its end
 
 
 class WorkerError(Exception):
@@ -109,11 +121,13 @@ class _BadAnswer(Exception):
 
 
 class _Worker:
-    """One worker process and its two pipes."""
+    """One worker process, its two protocol pipes, and the relay of its output to the log."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, output: OutputRelay) -> None:
         self.process = process
         self.pid = process.pid
+        self.output = output
+        self.relaying = asyncio.get_running_loop().create_task(output.run())
         self._reading = False  # a call is waiting in receive()
         self._read_done = asyncio.Event()
         self._ending: asyncio.Future[int | None] | None = None
@@ -186,7 +200,21 @@ class _Worker:
                 await process.wait()
         except TimeoutError:  # something outside its process group holds its pipe
             log.error("tool worker killed but its pipes stay open", pid=self.pid, returncode=process.returncode)
+        # Its last words (a traceback) reach the log before the pool says it ended, unless a process the tool
+        # started (and that left its group) holds the output pipe: its lines are then logged as they come.
+        self.output.finish()
+        await asyncio.wait([self.relaying], timeout=_OUTPUT_SECONDS)
         return returncode
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call on its way through a worker."""
+
+    worker: _Worker
+    function: str
+    tool: str | None = None
+    started: bool = False  # the exchange began (from then on it releases or ends the worker itself)
 
 
 class WorkerPool:
@@ -196,6 +224,14 @@ class WorkerPool:
     Raises :class:`ValueError` for a ``size`` below 1 or a limit below :data:`MIN_MEMORY_LIMIT_MB`. A result
     over ``max_result_bytes`` (encoded) fails its call, so a tool cannot make the server hold a huge answer.
     Built without an event loop; used from one loop only (its processes' pipes belong to that loop).
+
+    A cancelled call kills its worker while its principal has ``cancel_restarts_per_minute`` left (per principal,
+    refilled evenly); past that it is abandoned, and killed ``call_timeout_seconds`` after it was made (or after
+    the shorter timeout the call gave) unless it ended first.
+
+    What the workers write is logged a line a record, each cut at ``output_line_bytes``, at most
+    ``output_lines_burst`` at once and ``output_lines_per_second`` for all the workers together (the rest is
+    counted as dropped): see :mod:`app.runtime.output` for the defaults and why.
     """
 
     def __init__(
@@ -205,6 +241,11 @@ class WorkerPool:
         memory_limit_mb: int | None,
         start_timeout_seconds: float = 30.0,
         max_result_bytes: int = 16 * 1024 * 1024,
+        cancel_restarts_per_minute: int = 10,
+        call_timeout_seconds: float = 30.0,
+        output_line_bytes: int = MAX_LINE_BYTES,
+        output_lines_per_second: float = LINES_PER_SECOND,
+        output_lines_burst: int = LINES_BURST,
     ) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
@@ -215,6 +256,12 @@ class WorkerPool:
             )
         if start_timeout_seconds <= 0:
             raise ValueError("start_timeout_seconds must be positive")
+        if call_timeout_seconds <= 0:
+            raise ValueError("call_timeout_seconds must be positive")
+        if output_line_bytes < 1:
+            raise ValueError("output_line_bytes must be positive")
+        if output_lines_per_second < 0 or output_lines_burst < 0:
+            raise ValueError("output_lines_per_second and output_lines_burst must be 0 or more")
         self._size = size
         self._memory_limit_mb = memory_limit_mb
         self._start_timeout = start_timeout_seconds
@@ -223,6 +270,13 @@ class WorkerPool:
         self._workers: dict[_Worker, None] = {}  # alive (started and not yet reaped), oldest first
         self._idle: list[_Worker] = []
         self._closed = False
+        self._restarts = RestartBudget(cancel_restarts_per_minute)
+        self._call_timeout = call_timeout_seconds
+        self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled calls left to end in their workers
+        self._output_line_bytes = output_line_bytes
+        self._output_budget = LineBudget(output_lines_per_second, output_lines_burst)
+        self._relays: set[asyncio.Task[None]] = set()  # workers' output still being read
+        self._spawned = 0
 
     @property
     def live_workers(self) -> int:
@@ -234,9 +288,31 @@ class WorkerPool:
         """The process ids of the live workers, oldest first."""
         return tuple(worker.pid for worker in self._workers)
 
-    async def call(self, function: str, arguments: Mapping[str, Any]) -> Any:
+    @property
+    def workers_started(self) -> int:
+        """Worker processes started so far: the first ones, and every replacement of one that died or was killed."""
+        return self._spawned
+
+    @property
+    def abandoned_calls(self) -> int:
+        """Cancelled calls still running in their workers (their results will be thrown away)."""
+        return len(self._abandoned)
+
+    async def call(
+        self,
+        function: str,
+        arguments: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        timeout_seconds: float | None = None,
+        tool: str | None = None,
+    ) -> Any:
         """Run ``function`` (``module:function``) with ``arguments`` as keyword arguments in a worker, and return
         the JSON value it returned (pydantic models, dataclasses, datetimes... arrive converted).
+
+        ``principal`` is who asked: a cancelled call kills its worker only while the principal's allowance of
+        restarts lasts. ``timeout_seconds`` (at most the pool's ``call_timeout_seconds``) is when an abandoned call
+        is killed, counted from now. ``tool`` is the catalogue's name for it: the worker's output names it in the log.
 
         Raises:
             WorkerCrashed, WorkerOutOfMemory, ToolFailed: the call failed; the next call gets a working worker.
@@ -245,47 +321,127 @@ class WorkerPool:
         """
         self._check_open()
         request = orjson.dumps({"function": function, "arguments": dict(arguments)})
-        async with self._slots:
+        loop = asyncio.get_running_loop()
+        limit = self._call_timeout if timeout_seconds is None else min(timeout_seconds, self._call_timeout)
+        deadline = loop.time() + limit
+        await self._slots.acquire()
+        taking: asyncio.Task[_Worker] | None = None
+        try:
             self._check_open()
-            worker = await self._take()
-            try:
-                await worker.send(request)
-                answer = await worker.receive(self._max_result_bytes)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                returncode = await self._end(worker, grace=_EXIT_GRACE_SECONDS)
-                self._check_open()  # the pool killed it while closing
-                crash = WorkerCrashed(returncode)
-                log.warning(
-                    "tool worker died; a fresh one replaces it", pid=worker.pid, function=function, error=str(crash)
-                )
-                raise crash from None
-            except _BadAnswer as exc:
-                await self._end(worker, grace=0)
-                log.warning("tool worker killed after a bad answer", pid=worker.pid, function=function, error=str(exc))
-                raise exc.error from None
-            except BaseException:  # cancelled (a deadline, the client): stop the function where it is
-                await self._end(worker, grace=0)
-                log.info("tool call cancelled; its worker was killed", pid=worker.pid, function=function)
+            # Shielded: a caller cancelled while its worker starts leaves the worker to finish starting and go idle
+            # (holding the slot until then), so that cancelling during starts cannot restart workers in a loop.
+            taking = loop.create_task(self._take())
+            worker = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            if taking is not None:  # (run at once if the worker was already taken)
+                taking.add_done_callback(self._keep_idle)
+            else:
+                self._slots.release()
+            raise
+        except BaseException:
+            self._slots.release()
+            raise
+        # The exchange owns the slot and the worker from here, and gives them back however it ends, even when the
+        # caller has gone (an abandoned call).
+        call = _Call(worker, function, tool)
+        exchange = loop.create_task(self._exchange(call, request))
+        exchange.add_done_callback(lambda _: self._finished(call))
+        try:
+            return await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            if exchange.done():
                 raise
-            if "ok" in answer:
-                self._release(worker)
-                return answer["ok"]
-            error = answer.get("error")
-            if not isinstance(error, dict):
-                await self._end(worker, grace=0)
-                raise WorkerError("the tool's worker process sent an unreadable answer")
-            kind, type_name, message = (str(error.get(key, "")) for key in ("kind", "type", "message"))
-            if kind == "out_of_memory":
-                await self._end(worker, grace=_EXIT_GRACE_SECONDS)  # it exits by itself
+            if self._restarts.take(principal):  # stop the function where it is
+                exchange.cancel()
+                await asyncio.wait([exchange])
+                log.info("tool call cancelled; its worker was killed", pid=worker.pid, function=function)
+            else:
+                self._abandon(call, exchange, deadline)
                 log.warning(
-                    "tool worker ran out of memory; a fresh one replaces it",
+                    "tool call cancelled past its caller's allowance of worker restarts; it runs on until it ends "
+                    "or reaches its time limit, and its result is discarded",
                     pid=worker.pid,
                     function=function,
-                    limit_mb=self._memory_limit_mb,
+                    principal=principal,
+                    seconds_left=round(max(0.0, deadline - loop.time()), 3),
                 )
-                raise WorkerOutOfMemory(self._memory_limit_mb)
+            raise
+
+    def _abandon(self, call: _Call, exchange: asyncio.Task[Any], deadline: float) -> None:
+        """Let a cancelled call's exchange run on; cancel it (which kills its worker) at ``deadline``."""
+
+        def time_is_up() -> None:
+            log.info("abandoned tool call reached its time limit; its worker was killed",
+                     pid=call.worker.pid, function=call.function)  # fmt: skip
+            exchange.cancel()
+
+        stop = asyncio.get_running_loop().call_at(deadline, time_is_up)
+        self._abandoned.add(exchange)
+
+        def ended(task: asyncio.Task[Any]) -> None:
+            stop.cancel()
+            self._abandoned.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # retrieved: nobody waits for it
+                log.debug("abandoned tool call failed", function=call.function, error=str(task.exception()))
+
+        exchange.add_done_callback(ended)
+
+    def _keep_idle(self, taking: asyncio.Task[_Worker]) -> None:
+        """A worker taken (or started) for a caller that has gone: back to the idle list, and its slot freed."""
+        self._slots.release()
+        if not taking.cancelled() and taking.exception() is None:
+            self._release(taking.result())
+
+    def _finished(self, call: _Call) -> None:
+        """An exchange ended: its slot is free; a worker it never got to use goes back to the idle list."""
+        self._slots.release()
+        if not call.started:
+            self._release(call.worker)
+
+    async def _exchange(self, call: _Call, request: bytes) -> Any:
+        """Send one call to its worker and read the answer; the worker goes back to the idle list or is ended,
+        however this ends (cancelling it kills the worker)."""
+        call.started = True
+        worker, function = call.worker, call.function
+        worker.output.writer.function, worker.output.writer.tool = function, call.tool  # what its output is from
+        try:
+            await worker.send(request)
+            answer = await worker.receive(self._max_result_bytes)
+            await worker.output.caught_up()  # what the call wrote is logged as its output, before the next call
+        except (asyncio.IncompleteReadError, ConnectionError):
+            returncode = await self._end(worker, grace=_EXIT_GRACE_SECONDS)
+            self._check_open()  # the pool killed it while closing
+            crash = WorkerCrashed(returncode)
+            log.warning(
+                "tool worker died; a fresh one replaces it", pid=worker.pid, function=function, error=str(crash)
+            )
+            raise crash from None
+        except _BadAnswer as exc:
+            await self._end(worker, grace=0)
+            log.warning("tool worker killed after a bad answer", pid=worker.pid, function=function, error=str(exc))
+            raise exc.error from None
+        except BaseException:  # cancelled (the caller, or an abandoned call's time limit): kill it where it is
+            await self._end(worker, grace=0)
+            raise
+        if "ok" in answer:
             self._release(worker)
-            raise ToolFailed(kind, type_name, message)
+            return answer["ok"]
+        error = answer.get("error")
+        if not isinstance(error, dict):
+            await self._end(worker, grace=0)
+            raise WorkerError("the tool's worker process sent an unreadable answer")
+        kind, type_name, message = (str(error.get(key, "")) for key in ("kind", "type", "message"))
+        if kind == "out_of_memory":
+            await self._end(worker, grace=_EXIT_GRACE_SECONDS)  # it exits by itself
+            log.warning(
+                "tool worker ran out of memory; a fresh one replaces it",
+                pid=worker.pid,
+                function=function,
+                limit_mb=self._memory_limit_mb,
+            )
+            raise WorkerOutOfMemory(self._memory_limit_mb)
+        self._release(worker)
+        raise ToolFailed(kind, type_name, message)
 
     async def aclose(self, *, grace_seconds: float = 2.0) -> None:
         """Stop every worker: close its stdin (an idle worker exits at once, a busy one after its call), and kill
@@ -293,10 +449,16 @@ class WorkerPool:
         :class:`WorkerError`. Calling it again does nothing more."""
         self._closed = True
         self._idle.clear()
+        for exchange in list(self._abandoned):
+            exchange.cancel()  # kills its worker
         workers = list(self._workers)
         if workers:
             await asyncio.gather(*(self._stop(worker, grace_seconds) for worker in workers))
             log.info("tool workers stopped", count=len(workers))
+        relays = list(self._relays)  # output pipes a process a tool started (outside its group) still holds
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -321,14 +483,28 @@ class WorkerPool:
         if self._memory_limit_mb is not None:
             command += ["--memory-limit-mb", str(self._memory_limit_mb)]
         started = time.monotonic()
+        read_fd, write_fd = os.pipe()  # its stdout and stderr: the pool logs what comes out (close-on-exec here)
         try:
             process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=write_fd,
+                start_new_session=True,
             )
-        except OSError as exc:
-            raise WorkerError(f"cannot start a worker process for the tool: {exc}") from exc
-        worker = _Worker(process)
+        except BaseException as exc:
+            os.close(read_fd)
+            if isinstance(exc, OSError):
+                raise WorkerError(f"cannot start a worker process for the tool: {exc}") from exc
+            raise
+        finally:
+            os.close(write_fd)
+        output = OutputRelay(read_fd, Writer(process.pid), self._output_budget, max_line_bytes=self._output_line_bytes)
+        worker = _Worker(process, output)
+        self._relays.add(worker.relaying)
+        worker.relaying.add_done_callback(self._relay_ended)
         self._workers[worker] = None
+        self._spawned += 1
         try:
             async with asyncio.timeout(self._start_timeout):
                 ready = await worker.receive(self._max_result_bytes)
@@ -353,6 +529,11 @@ class WorkerPool:
             self._check_open()
         log.info("tool worker started", pid=worker.pid, seconds=round(time.monotonic() - started, 3))
         return worker
+
+    def _relay_ended(self, relay: asyncio.Task[None]) -> None:
+        self._relays.discard(relay)
+        if not relay.cancelled() and relay.exception() is not None:
+            log.error("a tool worker's output could not be read", error=repr(relay.exception()))
 
     def _release(self, worker: _Worker) -> None:
         """Back to the idle list after a call, unless the pool closed meanwhile (``aclose`` is stopping it)."""

@@ -7,8 +7,9 @@ the server's working directory and environment, so it imports the same modules. 
 ``{"function": "pkg.mod:name", "arguments": {...}}`` gets ``{"ok": <JSON value>}`` or ``{"error": {"kind",
 "type", "message"}}`` with kind ``tool_error``, ``exception``, ``out_of_memory``, ``import`` or ``not_json``.
 
-The protocol pipes are moved off fds 0 and 1 before any tool runs: fd 1 then points at stderr (the server's
-log) and fd 0 at ``/dev/null``, so a tool that prints or reads stdin cannot corrupt a frame. After a
+The protocol pipes are moved off fds 0 and 1 before any tool runs: fd 1 then points at stderr and fd 0 at
+``/dev/null``, so a tool that prints or reads stdin cannot corrupt a frame. Stderr is a pipe the pool reads: each
+line the worker or its tool writes there becomes a record of the server's log (see :mod:`app.runtime.output`). After a
 :class:`MemoryError` the worker answers ``out_of_memory`` and exits: its heap is no longer to be trusted.
 
 This module imports only what every call needs (no structlog, no ``app.features``), so a worker is ready in
@@ -95,9 +96,15 @@ class Worker:
         except Exception as exc:  # an import runs arbitrary code: any failure is the target's
             if _ran_out_of_memory(exc):
                 raise
-            if not isinstance(exc, ModuleNotFoundError):
+            if isinstance(exc, ModuleNotFoundError):
+                message = f"cannot import the tool function {target!r}: {exc}"
+            else:  # what the module raised may name its configuration: the log has it (redacted), not the caller
                 traceback.print_exc()
-            raise _Unresolvable(f"cannot import the tool function {target!r}: {exc}", _type_name(exc)) from None
+                message = (
+                    f"cannot import the tool function {target!r}: its module raised {_type_name(exc)} "
+                    "(the server log has the traceback)"
+                )
+            raise _Unresolvable(message, _type_name(exc)) from None
         for part in qualname.split("."):
             try:
                 found = getattr(found, part)

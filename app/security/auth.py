@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,11 +12,17 @@ import structlog
 
 from app.file_stamp import file_stamp
 from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, digest_of, read_key_file
+from app.security.limits import LimitOverrides
 from app.security.tokens import JwtVerifier, TokenRejected, looks_like_jwt
 
-__all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict"]
+__all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict", "limits_of"]
 
 log = structlog.get_logger(__name__)
+
+
+def limits_of(keys: Iterable[ApiKey]) -> dict[str, str]:
+    """The keys that set limits of their own, and those limits as written (for the log: no key is in them)."""
+    return {key.name: str(key.limits) for key in keys if str(key.limits)}
 
 
 class ApiKeyAuthenticator:
@@ -33,6 +39,7 @@ class ApiKeyAuthenticator:
         self, keys: Iterable[ApiKey], *, source: Path | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._keys = tuple(keys)
+        self._by_name = {key.name: key for key in self._keys}
         self._source, self._clock = source, clock
         self._checked = clock()
         self._stamp = file_stamp(source) if source is not None else None
@@ -53,8 +60,8 @@ class ApiKeyAuthenticator:
         if not keys:
             log.error("the API key file changed and holds no key; the previous keys stay", path=str(self._source))
             return
-        self._keys = keys
-        log.info("API keys reloaded", names=[key.name for key in keys])
+        self._keys, self._by_name = keys, {key.name: key for key in keys}
+        log.info("API keys reloaded", names=[key.name for key in keys], limits=limits_of(keys))
 
     @property
     def enabled(self) -> bool:
@@ -69,6 +76,19 @@ class ApiKeyAuthenticator:
             return credentials.strip()
         api_key = headers.get("x-api-key", "").strip()
         return api_key or None
+
+    def limits(self, name: str) -> LimitOverrides | None:
+        """The limits the key named ``name`` sets now (the file is read again if it changed); None: no such key."""
+        self._reload_if_changed()
+        key = self._by_name.get(name)
+        return None if key is None else key.limits
+
+    def holds(self, name: str, digest: str) -> bool:
+        """Whether the key named ``name`` with this digest is still accepted (the file is read again if it changed):
+        False once it was taken out of the file, or given another secret."""
+        self._reload_if_changed()
+        key = self._by_name.get(name)
+        return key is not None and hmac.compare_digest(key.digest.encode(), digest.encode())
 
     def match(self, headers: Mapping[str, str]) -> ApiKey | None:
         """The configured key the request presents, or None."""
@@ -90,9 +110,12 @@ class Verdict:
 
     principal: str | None  # None: refused
     scopes: frozenset[str] = ALL_TOOLS  # what the principal may use (tools:NAME, tools:*, *)
+    limits: LimitOverrides = LimitOverrides()  # what its key or token audience sets instead of the defaults
     status: int = 200
     message: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    credential: str | None = field(default=None, repr=False)  # an API key's digest: is it still in the file?
+    expires_at: float | None = None  # a token's exp (with the clock leeway), in seconds since the epoch
 
 
 class Authenticator:
@@ -110,8 +133,12 @@ class Authenticator:
         tokens: JwtVerifier | None = None,
         *,
         metadata_url: str | None = None,
+        audience_limits: Sequence[tuple[str, LimitOverrides]] = (),
+        token_leeway_seconds: float = 0.0,
     ) -> None:
         self._keys, self._tokens, self._metadata_url = keys, tokens, metadata_url
+        self._leeway = token_leeway_seconds  # a token is accepted this long past its exp (clock skew)
+        self._audience_limits = tuple(audience_limits)  # in order: the first audience a token carries applies
 
     @property
     def enabled(self) -> bool:
@@ -121,6 +148,21 @@ class Authenticator:
     def presented_key(self, headers: Mapping[str, str]) -> str | None:
         """The credential a request presents, or None."""
         return self._keys.presented_key(headers)
+
+    def key_limits(self, principal: str) -> LimitOverrides | None:
+        """The limits an API key principal's key sets now; None for other principals and keys no longer there."""
+        name = principal.removeprefix("key:")
+        return self._keys.limits(name) if name != principal and self._keys.enabled else None
+
+    def key_revoked(self, principal: str, digest: str) -> bool:
+        """Whether the API key a connection of ``principal`` was admitted with (its ``digest``) is no longer
+        accepted: taken out of the key file, or given another secret."""
+        name = principal.removeprefix("key:")
+        return name != principal and not self._keys.holds(name, digest)
+
+    def token_limits(self, audiences: Sequence[str]) -> LimitOverrides:
+        """The limits of the first configured audience among a token's ``aud`` values (none: the defaults)."""
+        return next((limits for audience, limits in self._audience_limits if audience in audiences), LimitOverrides())
 
     def _challenge(self, error: str | None = None, description: str = "") -> dict[str, str]:
         parts = ['Bearer realm="erlmcp"']
@@ -144,7 +186,7 @@ class Authenticator:
                            headers=self._challenge())  # fmt: skip
         key = self._keys.match(headers) if self._keys.enabled else None
         if key is not None:
-            return Verdict(f"key:{key.name}", key.scopes)
+            return Verdict(f"key:{key.name}", key.scopes, key.limits, credential=key.digest)
         if self._tokens is not None and looks_like_jwt(credential):
             try:
                 verified = await self._tokens.verify(credential)
@@ -152,8 +194,11 @@ class Authenticator:
                 if rejected.status == 503:
                     return Verdict(None, status=503, message=f"Service Unavailable: {rejected}",
                                    headers={"Retry-After": "30"})  # fmt: skip
+                log.info("bearer token refused", reason=str(rejected))  # short, and quotes none of the token
                 return Verdict(None, status=401, message=f"Unauthorized: {rejected}",
                                headers=self._challenge("invalid_token", str(rejected)))  # fmt: skip
-            return Verdict(verified.principal, verified.scopes or ALL_TOOLS)
+            limits = self.token_limits(verified.audiences)
+            expires_at = verified.expires_at + self._leeway
+            return Verdict(verified.principal, verified.scopes, limits, expires_at=expires_at)  # no scope: ALL_TOOLS
         return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {what}",
                        headers=self._challenge("invalid_token", "the credential is not accepted"))  # fmt: skip

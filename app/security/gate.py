@@ -4,8 +4,20 @@ Each transport calls the gate at the same points: :meth:`Gate.admit` when a call
 request): Host/Origin and credentials; :meth:`Gate.oversized` when a message is over the size limit; and
 :meth:`Gate.screen` for every message it read: the caller's request rate (one token per request, batch items
 included; over HTTP every request to the server takes at least one) and its scopes (a tools/call of a tool the
-caller may not use). The protocol core asks :meth:`Gate.may_initialize` before it opens a session and
-:meth:`Gate.quota_exceeded` when the session store refuses one for the caller's quota.
+caller may not use). The protocol core asks :meth:`Gate.may_initialize` before it opens a session, passes
+:meth:`Gate.session_quota` to the session store, and asks :meth:`Gate.quota_exceeded` when the store refuses one
+for the caller's quota.
+
+Each principal is held to its own limits (:meth:`Gate.limits`): the server's defaults, with what its API key (the
+key file as it is now) or its token's audience sets instead.
+
+A long-lived connection (a legacy SSE stream, a GET /mcp stream, a WebSocket, an authenticated TCP connection)
+holds one of its client's connection slots from its admission until it ends (:meth:`Gate.hold`, and
+:meth:`Slot.release` in the transport's ``finally``): a client holds at most ``max_connections`` at once on this
+replica. A connection's credential is checked again at each message it sends (:meth:`Gate.revoked`, within
+:meth:`Gate.screen`): once its API key left the key file or its token's ``exp`` passed, the message is refused
+with a refusal that ends the connection (:attr:`Refusal.closes`), which the transport closes and reports
+(:meth:`Gate.cut`).
 
 A refusal is one :class:`Refusal`: an HTTP status and headers for HTTP, and the same JSON-RPC error for every
 transport, carrying the id of the message it answers.
@@ -15,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +40,7 @@ from app.observability.metrics import Metrics
 from app.security.auth import Authenticator
 from app.security.clients import Network, client_address
 from app.security.keys import ALL_TOOLS, allows_tool
+from app.security.limits import LimitOverrides, Limits
 from app.security.origin import OriginPolicy
 from app.security.ratelimit import RateLimiter, WindowLimiter
 from app.sessions import SessionQuotaError
@@ -36,16 +50,22 @@ __all__ = ["Caller", "Gate", "Refusal"]
 log = structlog.get_logger(__name__)
 
 _LIMITER_RETRY_SECONDS = 1.0  # while the shared budget cannot be read, it is tried again this often
+# A client at its connection cap gets a slot back only when one of its own connections ends: it is told to try
+# again after this long (a guess; nothing is reserved for it).
+_CAP_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a message: the principal (``key:NAME``, a token's subject, ``anonymous``), what it may use, and
-    the client's address (after trusted proxies)."""
+    """Who sent a message: the principal (``key:NAME``, a token's subject, ``anonymous``), what it may use, the
+    client's address (after trusted proxies), and the limits its credential set when it was admitted."""
 
     principal: str
     scopes: frozenset[str] = ALL_TOOLS
     address: str | None = None
+    limits: LimitOverrides = LimitOverrides()
+    credential: str | None = field(default=None, repr=False)  # the digest of its API key, checked at each message
+    expires_at: float | None = None  # its token's exp (with the leeway), seconds since the epoch
 
     @property
     def client(self) -> str:
@@ -60,6 +80,9 @@ class Refusal:
     status: int
     error: JsonRpcError
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Set when the refusal ends the connection it answers (its credential is gone): the reason, as counted in
+    # erlmcp_connections_refused_total (credential_revoked, credential_expired).
+    closes: str | None = None
 
     def answer(self, request_id: RequestId | None) -> dict[str, Any]:
         """The JSON-RPC error response to the message with ``request_id``."""
@@ -68,6 +91,27 @@ class Refusal:
 
 def _retry(wait: float) -> int:
     return max(1, math.ceil(wait))
+
+
+class Slot:
+    """One long-lived connection a client holds open (:meth:`Gate.hold`): :meth:`release` it when the connection
+    ends (again: nothing happens), so that the client may open another."""
+
+    __slots__ = ("_client", "_held", "_released")
+
+    def __init__(self, held: dict[str, int], client: str) -> None:
+        self._held, self._client, self._released = held, client, False
+        held[client] = held.get(client, 0) + 1
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        left = self._held.get(self._client, 0) - 1
+        if left > 0:
+            self._held[self._client] = left
+        else:
+            self._held.pop(self._client, None)
 
 
 class Gate:
@@ -80,9 +124,11 @@ class Gate:
         origins: OriginPolicy,
         metrics: Metrics,
         max_message_bytes: int,
+        defaults: Limits,
         limiter: RateLimiter | None = None,
-        initialize_per_minute: int = 60,
         trusted_proxies: Sequence[Network] = (),
+        max_connections: int = 0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.authenticator = authenticator
         self._origins = origins
@@ -90,8 +136,12 @@ class Gate:
         self.max_message_bytes = max_message_bytes
         self._limiter = limiter
         self._limiter_failing, self._limiter_retry_at = False, 0.0
-        self._initialize_limit = WindowLimiter(initialize_per_minute)
+        self._defaults = defaults
+        self._initialize_limit = WindowLimiter(defaults.initialize)
         self._trusted_proxies = tuple(trusted_proxies)
+        self._max_connections = max_connections  # per client, on this replica; 0: no cap
+        self._held: dict[str, int] = {}  # open long-lived connections per client (Caller.client)
+        self._wall_clock = wall_clock  # tokens expire by the epoch
 
     # -- connecting ------------------------------------------------------------------------------------------
 
@@ -106,12 +156,63 @@ class Gate:
             self._metrics.auth_failures.inc()
             return Refusal(verdict.status, InvalidRequest(verdict.message), verdict.headers)
         address = client_address(peer, headers, self._trusted_proxies) if verdict.principal == "anonymous" else peer
-        return Caller(verdict.principal, verdict.scopes, address)
+        return Caller(
+            verdict.principal,
+            verdict.scopes,
+            address,
+            verdict.limits,
+            credential=verdict.credential,
+            expires_at=verdict.expires_at,
+        )
 
     async def admit_key(self, key: str | None, peer: str | None) -> Caller | Refusal:
         """The same for a transport without headers (TCP), whose client presents its key in the first message; no
         browser reaches it, so there is no Host or Origin to check."""
         return await self.admit({"authorization": f"Bearer {key}"} if key else {}, peer, browser=False)
+
+    # -- long-lived connections -----------------------------------------------------------------------------
+
+    def hold(self, caller: Caller, transport: str) -> Slot | Refusal:
+        """A connection slot for a long-lived connection of the caller's client (its principal; its address when
+        anonymous), or the 429 of a client that holds ``max_connections`` already (counted and logged). The
+        transport releases the slot when the connection ends, whatever ends it."""
+        cap = self._max_connections
+        if cap and self._held.get(caller.client, 0) >= cap:
+            self._metrics.connection_refused(transport, "per_principal_cap")
+            log.info("connection refused: over the per-principal cap", transport=transport, client=caller.client,
+                     limit=cap)  # fmt: skip
+            why = (
+                f"Too Many Requests: this client holds {cap} open connections (event streams, WebSockets, TCP "
+                "connections), the most it may hold on this server; close one before opening another"
+            )
+            limited = RateLimited(why, data={"limit": cap, "retryAfter": _CAP_RETRY_SECONDS})
+            return Refusal(429, limited, {"Retry-After": str(_CAP_RETRY_SECONDS)})
+        return Slot(self._held, caller.client)
+
+    def revoked(self, caller: Caller) -> Refusal | None:
+        """The refusal of a connection whose credential is gone since it was admitted: its API key is no longer
+        in the key file (or has another secret now), or its token's ``exp`` (with the leeway) has passed."""
+        if caller.credential is not None and self.authenticator.key_revoked(caller.principal, caller.credential):
+            why = "Unauthorized: the API key of this connection was revoked; connect again with a valid key"
+            return Refusal(401, InvalidRequest(why), closes="credential_revoked")
+        if caller.expires_at is not None and self._wall_clock() >= caller.expires_at:
+            why = "Unauthorized: the bearer token of this connection has expired; connect again with a fresh token"
+            return Refusal(401, InvalidRequest(why), closes="credential_expired")
+        return None
+
+    def cut(self, transport: str, refusal: Refusal) -> None:
+        """Count and log a connection ended by a refusal that closes it (:attr:`Refusal.closes`)."""
+        reason = refusal.closes or "refused"
+        self._metrics.connection_refused(transport, reason)
+        log.info("connection cut", transport=transport, reason=reason)
+
+    # -- limits ----------------------------------------------------------------------------------------------
+
+    def limits(self, caller: Caller) -> Limits:
+        """The limits the caller is held to now: the server's defaults, with what its key sets instead (as the key
+        file says now, so a changed file applies to connections already open) or its token's audience set."""
+        current = self.authenticator.key_limits(caller.principal)
+        return (caller.limits if current is None else current).applied_to(self._defaults)
 
     # -- every message ---------------------------------------------------------------------------------------
 
@@ -122,7 +223,11 @@ class Gate:
 
     async def screen(self, caller: Caller, message: Message) -> Refusal | None:
         """The checks of one message the caller sent: its rate token (every request takes one, ``initialize``
-        included; notifications and responses go free) and its scopes for a tools/call."""
+        included; notifications and responses go free) and its scopes for a tools/call. First of all, whether the
+        caller's credential is still valid: a connection admitted once sends many messages."""
+        gone = self.revoked(caller)
+        if gone is not None:
+            return gone
         if not (message.is_notification or message.is_response):
             limited = await self.take(caller)
             if limited is not None:
@@ -132,13 +237,14 @@ class Gate:
     async def take(self, caller: Caller, cost: int = 1) -> Refusal | None:
         """Take ``cost`` request tokens from the caller's budget, or the 429 saying when to come back. Should the
         shared budget in Redis be unreachable, requests go on unlimited and the log says so."""
-        if self._limiter is None:
+        limits = self.limits(caller)
+        if self._limiter is None or limits.rate <= 0:
             return None
         loop = asyncio.get_running_loop()
         if loop.time() < self._limiter_retry_at:  # it failed a moment ago: no request waits on it again yet
             return None
         try:
-            wait = await self._limiter.take(caller.client, cost)
+            wait = await self._limiter.take(caller.client, cost, rate=limits.rate, burst=limits.burst)
         except (RedisError, OSError) as exc:
             if not self._limiter_failing:
                 log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
@@ -176,7 +282,9 @@ class Gate:
 
     def may_initialize(self, caller: Caller) -> Refusal | None:
         """The per-caller initialize limit: None when the caller may open a session now (it is counted)."""
-        wait = self._initialize_limit.allow(f"{caller.principal}@{caller.address or '-'}")
+        wait = self._initialize_limit.allow(
+            f"{caller.principal}@{caller.address or '-'}", self.limits(caller).initialize
+        )
         if wait <= 0:
             return None
         retry = _retry(wait)
@@ -184,6 +292,10 @@ class Gate:
             f"Too Many Requests: initialize is limited per client; retry in {retry} s", data={"retryAfter": retry}
         )
         return Refusal(429, limited, {"Retry-After": str(retry)})
+
+    def session_quota(self, caller: Caller) -> int:
+        """The most sessions the caller's principal may hold at once (0: no quota), for the session store to enforce."""
+        return self.limits(caller).sessions
 
     @staticmethod
     def quota_exceeded(exc: SessionQuotaError) -> Refusal:

@@ -2,12 +2,15 @@
 
 One key per line, ``#`` starts a comment::
 
-    ci-bot   tools:echo,tools:add   9b7c0d...        # NAME SCOPES KEY
-    admin    *                      sha256:4f53...   # the key's SHA-256 digest instead of the key
-    s3cr3t-plain-key                                 # a key alone: named key-<line>, every tool
+    ci-bot   tools:echo,tools:add   9b7c0d...                          # NAME SCOPES KEY
+    admin    *                      sha256:4f53...                     # the key's SHA-256 digest instead of the key
+    agents   *                      sha256:9e1a...   rate=50,burst=200  # NAME SCOPES KEY LIMITS
+    s3cr3t-plain-key                                                   # a key alone: named key-<line>, every tool
 
-Scopes: ``*`` or ``tools:*`` (every tool), ``tools:NAME`` (one tool). The file is read again when it changes
-(a rotated Kubernetes Secret), so keys are added and revoked without a restart.
+Scopes: ``*`` or ``tools:*`` (every tool), ``tools:NAME`` (one tool). Limits (optional, one field without
+spaces): ``rate=``, ``burst=``, ``initialize=``, ``sessions=`` (see :mod:`app.security.limits`); what a key
+leaves out keeps the server's default. The file is read again when it changes (a rotated Kubernetes Secret), so
+keys are added and revoked, and their limits changed, without a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.security.limits import LimitOverrides, parse_limits
 
 __all__ = ["ALL_TOOLS", "ApiKey", "KeyFileError", "allows_tool", "digest_of", "parse_key_file", "read_key_file"]
 
@@ -32,11 +37,13 @@ class KeyFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """One accepted key: who it is, what it may use, and the SHA-256 of the key (never the key)."""
+    """One accepted key: who it is, what it may use, the SHA-256 of the key (never the key), and the limits it
+    sets instead of the server's defaults."""
 
     name: str
     scopes: frozenset[str]
     digest: str  # hex
+    limits: LimitOverrides = LimitOverrides()
 
 
 def digest_of(key: str) -> str:
@@ -53,7 +60,8 @@ def parse_key_file(text: str, *, source: str = "the API key file") -> tuple[ApiK
     """Every key of a key file's text.
 
     Raises:
-        KeyFileError: a line is not ``KEY`` or ``NAME SCOPES KEY``, a scope or name is malformed, or a name repeats.
+        KeyFileError: a line is not ``KEY`` or ``NAME SCOPES KEY [LIMITS]``, a scope, name or limit is malformed, or
+            a name repeats.
     """
     keys: list[ApiKey] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -61,9 +69,10 @@ def parse_key_file(text: str, *, source: str = "the API key file") -> tuple[ApiK
         if not line:
             continue
         fields = line.split()
+        limits = LimitOverrides()
         if len(fields) == 1:
             name, scopes, key = f"key-{number}", ALL_TOOLS, fields[0]
-        elif len(fields) == 3:
+        elif len(fields) in (3, 4):
             name, key = fields[0], fields[2]
             scopes = frozenset(scope for scope in fields[1].split(",") if scope)
             if not _NAME.match(name):
@@ -73,17 +82,29 @@ def parse_key_file(text: str, *, source: str = "the API key file") -> tuple[ApiK
                 raise KeyFileError(
                     f"{source} line {number}: scopes must be *, tools:* or tools:NAME, not {bad or '(none)'}"
                 )
+            if len(fields) == 4:
+                limits = _limits(fields[3], f"{source} line {number} (key {name!r})")
         else:
-            raise KeyFileError(f"{source} line {number}: expected KEY or NAME SCOPES KEY, found {len(fields)} fields")
+            spaced = " (write the limits as one field: rate=50,burst=200)" if len(fields) > 4 else ""
+            raise KeyFileError(
+                f"{source} line {number}: expected KEY, or NAME SCOPES KEY [LIMITS], found {len(fields)} fields{spaced}"
+            )
         found = _DIGEST.match(key)
         if found is None and len(key) < 16:
             raise KeyFileError(f"{source} line {number}: a key needs at least 16 characters")
-        keys.append(ApiKey(name, scopes, found.group(1) if found else digest_of(key)))
+        keys.append(ApiKey(name, scopes, found.group(1) if found else digest_of(key), limits))
     names = [key.name for key in keys]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise KeyFileError(f"{source}: names appear more than once: {', '.join(repeated)}")
     return tuple(keys)
+
+
+def _limits(text: str, where: str) -> LimitOverrides:
+    try:
+        return parse_limits(text)
+    except ValueError as exc:
+        raise KeyFileError(f"{where}: {exc}") from None
 
 
 def read_key_file(path: Path) -> tuple[ApiKey, ...]:

@@ -1,5 +1,6 @@
 """Request limits per client: a sliding window (initialize) and token buckets (every request), in this
-process or in Redis."""
+process or in Redis. Each call may carry the client's own limit (an API key's or a token audience's, see
+:mod:`app.security.limits`); without one, the limiter's default holds."""
 
 from __future__ import annotations
 
@@ -23,14 +24,19 @@ class WindowLimiter:
         self._clock = clock
         self._events: dict[str, deque[float]] = {}
 
-    def allow(self, key: str) -> float:
-        """0 when the event may happen now (and it is counted), else the seconds until it may."""
+    def allow(self, key: str, limit: int | None = None) -> float:
+        """0 when the event may happen now (and it is counted), else the seconds until it may; ``limit``: this
+        key's own limit instead of the default.
+
+        The memory this holds is at most the events allowed in the last window, whatever the limits."""
         now = self._clock()
+        limit = self._limit if limit is None else limit
         events = self._events.setdefault(key, deque())
         while events and events[0] <= now - self._window:
             events.popleft()
-        if len(events) >= self._limit:
-            return events[0] + self._window - now
+        if len(events) >= limit:
+            # (a limit lowered while events were in the window: wait until enough of them leave it)
+            return events[len(events) - limit] + self._window - now if limit > 0 else self._window
         events.append(now)
         if len(self._events) > 10_000:  # bound the memory: drop the keys with nothing in the window
             for stale in [k for k, v in self._events.items() if not v or v[-1] <= now - self._window]:
@@ -41,10 +47,11 @@ class WindowLimiter:
 class RateLimiter(Protocol):
     """A request budget per client: ``take`` answers 0 (go ahead) or the seconds to wait."""
 
-    async def take(self, key: str, cost: int = 1) -> float:
+    async def take(self, key: str, cost: int = 1, *, rate: float | None = None, burst: int | None = None) -> float:
         """Take ``cost`` tokens (one per request: a JSON-RPC batch costs one per item) from ``key``'s bucket, all
         at once or none: 0 when taken, else the seconds until ``cost`` tokens will be there; ``math.inf`` when
-        ``cost`` is over the burst (it can never be taken).
+        ``cost`` is over the burst (it can never be taken). ``rate`` and ``burst``: this client's own, instead of
+        the limiter's (a rate of 0 or less: no limit, nothing is taken).
 
         Raises:
             ValueError: ``cost`` is negative.
@@ -64,23 +71,28 @@ class TokenBuckets:
     nothing to remember)."""
 
     def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate, self._burst, self._clock = rate, float(burst), clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (tokens, when, seconds to fill up)
 
-    async def take(self, key: str, cost: int = 1) -> float:
+    async def take(self, key: str, cost: int = 1, *, rate: float | None = None, burst: int | None = None) -> float:
         """See :meth:`RateLimiter.take`."""
-        if _checked(cost) > self._burst:
+        rate = self._rate if rate is None else rate
+        capacity = float(self._burst if burst is None else burst)
+        _checked(cost)
+        if rate <= 0:
+            return 0.0  # no limit for this client
+        if cost > capacity:
             return math.inf  # never: nothing is taken, the bucket is as it was
         now = self._clock()
-        tokens, then = self._buckets.get(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        tokens, then, _ = self._buckets.get(key, (capacity, now, 0.0))
+        tokens = min(capacity, tokens + (now - then) * rate)
+        full = capacity / rate
         if tokens < cost:
-            self._buckets[key] = (tokens, now)
-            return (cost - tokens) / self._rate
-        self._buckets[key] = (tokens - cost, now)
+            self._buckets[key] = (tokens, now, full)
+            return (cost - tokens) / rate
+        self._buckets[key] = (tokens - cost, now, full)
         if len(self._buckets) > 10_000:
-            full = self._burst / self._rate
-            for stale in [k for k, (_, when) in self._buckets.items() if now - when >= full]:
+            for stale in [k for k, (_, when, fills) in self._buckets.items() if now - when >= fills]:
                 del self._buckets[stale]
         return 0.0
 
@@ -112,9 +124,14 @@ class RedisTokenBuckets:
         self._script = client.register_script(_BUCKET_SCRIPT)
         self._rate, self._burst, self._prefix = rate, burst, prefix
 
-    async def take(self, key: str, cost: int = 1) -> float:
+    async def take(self, key: str, cost: int = 1, *, rate: float | None = None, burst: int | None = None) -> float:
         """See :meth:`RateLimiter.take` (one atomic script: two replicas cannot take the same tokens)."""
-        if _checked(cost) > self._burst:
+        rate = self._rate if rate is None else rate
+        burst = self._burst if burst is None else burst
+        _checked(cost)
+        if rate <= 0:
+            return 0.0  # no limit for this client: no need to ask Redis
+        if cost > burst:
             return math.inf  # never; no need to ask Redis, and the bucket is left as it was
-        wait = await self._script(keys=[self._prefix + key], args=[self._rate, self._burst, cost])
+        wait = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
         return float(wait)

@@ -7,7 +7,15 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-__all__ = ["Event", "EventStream", "parse_event_id"]
+__all__ = ["KEEP_FINISHED_SECONDS", "MAX_FINISHED_STREAMS", "Event", "EventStream", "parse_event_id"]
+
+# A finished stream (a call's, once its response is sent; a GET stream, once its connection ended) stays resumable
+# this long: time for a client whose connection dropped to come back, on any replica. Then it is let go.
+KEEP_FINISHED_SECONDS = 60
+# A session keeps at most this many finished streams (the latest; an older one is let go at once): more than the
+# calls a client runs at once on one session, whose streams are all it may need to resume after a dropped connection.
+# With the finished streams' short life this bounds what a session holds, whatever the rate of its calls.
+MAX_FINISHED_STREAMS = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.sessions.events import EventStream
+from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, EventStream
 
 __all__ = ["Session", "SessionLimitError", "SessionQuotaError", "SessionStore"]
 
@@ -76,6 +76,22 @@ class Session:
         future.set_result(payload)
         return True
 
+    def keep_finished(self, stream: EventStream, *, seconds: float, most: int) -> list[EventStream]:
+        """Keep a finished stream resumable for ``seconds`` (then forget it), among the ``most`` latest finished
+        streams: the older ones are forgotten now, and returned for the store to release what else holds them."""
+        if self.streams.get(stream.id) is stream:
+            asyncio.get_running_loop().call_later(seconds, self.forget, stream)
+        finished = [kept for kept in self.streams.values() if kept.closed]  # oldest first
+        older = finished[: max(0, len(finished) - most)]
+        for old in older:
+            del self.streams[old.id]
+        return older
+
+    def forget(self, stream: EventStream) -> None:
+        """Stop keeping a stream for resumption."""
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+
     def close(self) -> None:
         """Stop everything the session runs: in-flight requests and waits for the client."""
         for task in self.in_flight.values():
@@ -98,11 +114,15 @@ class SessionStore:
         idle_seconds: float,
         max_sessions_per_owner: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        keep_finished_seconds: float = KEEP_FINISHED_SECONDS,
+        max_finished_streams: int = MAX_FINISHED_STREAMS,
     ) -> None:
         self._sessions: dict[str, Session] = {}
+        self._keep_finished = keep_finished_seconds
+        self._max_finished = max_finished_streams
         self._max = max_sessions
         self._per_owner = max_sessions_per_owner  # 0: no quota
-        self._owned: dict[str, set[str]] = {}  # owner -> ids of its live sessions (kept only with a quota)
+        self._owned: dict[str, set[str]] = {}  # owner -> ids of its live sessions
         self._idle = idle_seconds
         self._clock = clock
         self._swept = clock()
@@ -118,21 +138,24 @@ class SessionStore:
         client_capabilities: dict[str, Any],
         principal: str | None,
         owner: str | None = None,
+        quota: int | None = None,
     ) -> Session:
-        """A new session, counted against the quota of ``owner`` (default: the principal; none when both are None).
+        """A new session, counted against the quota of ``owner`` (default: the principal; none when both are None):
+        ``quota`` sessions (the owner's own; default: ``max_sessions_per_owner``; 0: no quota).
 
         Raises:
-            SessionQuotaError: the owner already holds ``max_sessions_per_owner`` live sessions.
+            SessionQuotaError: the owner already holds ``quota`` live sessions.
             SessionLimitError: the store is full even after expiring idle sessions.
         """
         owner = principal if owner is None else owner
+        limit = self._per_owner if quota is None else quota
         # Sweeping is O(sessions): at most once a second, or when the store is full.
         if len(self._sessions) >= self._max or self._clock() - self._swept >= 1.0:
             self._expire()
         if len(self._sessions) >= self._max:
             raise SessionLimitError(f"the server holds its maximum of {self._max} sessions; try again later")
-        if owner is not None and self._per_owner:
-            self._check_quota(owner)
+        if owner is not None and limit:
+            self._check_quota(owner, limit)
         session = Session(
             id=secrets.token_urlsafe(16),
             protocol_version=protocol_version,
@@ -143,19 +166,19 @@ class SessionStore:
             owner=owner,
         )
         self._sessions[session.id] = session
-        if owner is not None and self._per_owner:
+        if owner is not None:  # (counted with or without a quota now: an owner's quota may be set later)
             self._owned.setdefault(owner, set()).add(session.id)
         return session
 
-    def _check_quota(self, owner: str) -> None:
+    def _check_quota(self, owner: str, quota: int) -> None:
         held = self._owned.get(owner, ())
-        if len(held) < self._per_owner:
+        if len(held) < quota:
             return
         now = self._clock()  # the owner's idle sessions may not have been swept yet: they no longer count
         for session_id in [sid for sid in held if self._idle_past(self._sessions[sid], now)]:
             self._drop(session_id)
-        if len(self._owned.get(owner, ())) >= self._per_owner:
-            raise SessionQuotaError(self._per_owner, owner)
+        if len(self._owned.get(owner, ())) >= quota:
+            raise SessionQuotaError(quota, owner)
 
     def _idle_past(self, session: Session, now: float) -> bool:
         """Whether a sweep ends the session: idle longer than the idle time, with no request in flight."""
@@ -202,8 +225,18 @@ class SessionStore:
         return stream
 
     async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
-        """The session's stream with this id, to resume it."""
+        """The session's stream with this id, to resume it (None for another session's stream, as for none)."""
         return session.streams.get(stream_id)
+
+    async def finish_stream(self, session: Session, stream: EventStream) -> None:
+        """The stream has its last event: it ends, and stays resumable a while (see :meth:`Session.keep_finished`)."""
+        if not stream.closed:
+            await stream.close()
+        session.keep_finished(stream, seconds=self._keep_finished, most=self._max_finished)
+
+    async def drop_stream(self, session: Session, stream: EventStream) -> None:
+        """Forget a finished stream now (a GET stream that the session's next GET replaces)."""
+        session.forget(stream)
 
     async def deliver_response(self, session: Session, request_id: str | int | None, payload: dict[str, Any]) -> bool:
         """Hand the client's response to the server request waiting for it."""

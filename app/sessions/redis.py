@@ -4,7 +4,9 @@
   key that expires after the idle timeout; each replica keeps a local ``Session`` for what cannot travel
   (requests in flight, futures waiting for the client).
 - A response or GET stream is a Redis stream: the replica running the request appends, and any replica can
-  replay it from ``Last-Event-ID`` and follow it to its end.
+  replay it from ``Last-Event-ID`` and follow it to its end, for the session that opened it only (each entry names
+  the session by a digest of its id; a stream of another session is not found). A finished stream expires
+  ``KEEP_FINISHED_SECONDS`` after its end, or at once when its session lets it go.
 - What a client sends for a request running on another replica (its answer to a server request, a
   cancellation) goes to that replica over a pub/sub channel.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import secrets
 import time
 from collections import deque
@@ -43,7 +46,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.sessions.events import Event, EventStream
+from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, Event, EventStream
 from app.sessions.memory import Session, SessionLimitError, SessionQuotaError
 from app.sessions.store import SessionStoreUnavailable
 
@@ -98,15 +101,22 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _session_tag(session_id: str) -> bytes:
+    """What a stream's entries carry to name their session: a digest of its id (the id itself is a credential)."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32].encode()
+
+
 class RedisEventStream(EventStream):
     """An event stream kept in a Redis stream; written by one replica, read by any."""
 
-    def __init__(self, store: RedisSessionStore, stream_id: str) -> None:
+    def __init__(self, store: RedisSessionStore, stream_id: str, session_id: str) -> None:
         super().__init__(id=stream_id)
         self._store = store
         self._redis = store.redis
         self._key = store.stream_key(stream_id)
+        self._session = _session_tag(session_id)
         self._ttl = store.ttl_seconds
+        self._finished_ttl = store.finished_ttl_seconds
         self._unwritten: deque[dict[str, bytes | str]] = deque()  # in order; written when Redis answers
         self._writing = asyncio.Lock()
 
@@ -125,6 +135,7 @@ class RedisEventStream(EventStream):
     async def _write(self, fields: dict[str, bytes | str]) -> None:
         """Write now, or, while Redis does not answer, keep the entry for when it does (never raises)."""
         fields["w"] = self._store.replica  # the writer, whose liveness readers check
+        fields["s"] = self._session  # the session, which alone may read the stream
         self._unwritten.append(fields)
         if len(self._unwritten) > self.max_events:
             self._unwritten.popleft()  # the stream keeps only the last max_events anyway
@@ -143,9 +154,11 @@ class RedisEventStream(EventStream):
         async with self._writing:
             while self._unwritten:
                 try:
+                    fields = self._unwritten[0]
+                    ttl = self._finished_ttl if fields["seq"] == _CLOSED else self._ttl  # finished: kept briefly
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        pipe.xadd(self._key, self._unwritten[0], maxlen=self.max_events)  # type: ignore[arg-type]
-                        pipe.expire(self._key, self._ttl)
+                        pipe.xadd(self._key, fields, maxlen=self.max_events)  # type: ignore[arg-type]
+                        pipe.expire(self._key, ttl)
                         await pipe.execute()
                 except _FAILURES:
                     self._store.defer(self)
@@ -207,10 +220,15 @@ class RedisSessionStore:
         max_sessions_per_owner: int = 0,
         prefix: str = "erlmcp",
         check_seconds: float = CHECK_SECONDS,
+        keep_finished_seconds: float = KEEP_FINISHED_SECONDS,
+        max_finished_streams: int = MAX_FINISHED_STREAMS,
     ) -> None:
         self._redis = redis
+        self._keep_finished = max(1, int(keep_finished_seconds))
+        self._max_finished = max_finished_streams
         self._max = max_sessions
-        self._per_owner = max_sessions_per_owner  # 0: no quota
+        self._per_owner = max_sessions_per_owner  # 0: no quota (a principal may have a quota of its own)
+        self._quotas = bool(max_sessions_per_owner)  # whether any session was counted against a quota yet
         self._idle = max(1, int(idle_seconds))
         # An owner's set outlives the idle time, and the replicas serving its sessions refresh it every half idle
         # time: it lasts while any of them lives, and goes some time after the last one.
@@ -242,6 +260,11 @@ class RedisSessionStore:
     def ttl_seconds(self) -> int:
         """How long an idle session, or stream, is kept."""
         return self._idle
+
+    @property
+    def finished_ttl_seconds(self) -> int:
+        """How long a finished stream is kept."""
+        return self._keep_finished
 
     @property
     def known_down(self) -> bool:
@@ -328,7 +351,7 @@ class RedisSessionStore:
         """Every half idle time, keep the owner sets of the sessions this replica serves from expiring while those
         sessions live (a session used for longer than its owner's set lasts would stop counting)."""
         now = time.monotonic()
-        if not self._per_owner or now - self._owners_refreshed < self._idle / 2:
+        if not self._quotas or now - self._owners_refreshed < self._idle / 2:
             return
         self._owners_refreshed = now
         owners = {s.owner for s, seen in self._local.values() if s.owner is not None and now - seen <= self._idle}
@@ -469,12 +492,14 @@ class RedisSessionStore:
         client_capabilities: dict[str, Any],
         principal: str | None,
         owner: str | None = None,
+        quota: int | None = None,
     ) -> Session:
         """A new session, visible to every replica, counted against the quota of ``owner`` (default: the
-        principal; none when both are None) on every replica.
+        principal; none when both are None) on every replica: ``quota`` sessions (the owner's own; default:
+        ``max_sessions_per_owner``; 0: no quota).
 
         Raises:
-            SessionQuotaError: the owner already holds ``max_sessions_per_owner`` live sessions.
+            SessionQuotaError: the owner already holds ``quota`` live sessions.
             SessionLimitError: this replica holds as many sessions as it may.
             SessionStoreUnavailable: Redis does not answer.
         """
@@ -494,16 +519,18 @@ class RedisSessionStore:
         )
         key, record = self._key(session.id), self._record(session)
         with self._commands():
-            if owner is None or not self._per_owner:
+            limit = self._per_owner if quota is None else quota
+            if owner is None or not limit:
                 await self._redis.set(key, record, ex=self._idle)
                 held = -1
             else:
+                self._quotas = True
                 keys = [key, self._owner_key(owner)]
                 # (the prefix of record keys: the script checks which of the owner's sessions remain)
-                args = (record, self._idle, session.id, self._per_owner, self._owner_ttl, self._key(""))
+                args = (record, self._idle, session.id, limit, self._owner_ttl, self._key(""))
                 held = int(await self._create_script(keys=keys, args=args))
         if owner is not None and held >= 0:
-            raise SessionQuotaError(self._per_owner, owner)
+            raise SessionQuotaError(limit, owner)
         self._local[session.id] = (session, time.monotonic())
         return session
 
@@ -567,7 +594,7 @@ class RedisSessionStore:
         """
         key = self._key(session_id)
         with self._commands():
-            if not self._per_owner:
+            if not self._quotas:
                 existed = bool(await self._redis.delete(key))
             else:  # the record names the owner whose set holds the id (this replica may never have seen it)
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -597,13 +624,14 @@ class RedisSessionStore:
         return owner if isinstance(owner, str) else None
 
     def new_stream(self, session: Session) -> EventStream:
-        """A stream kept in Redis, so that another replica can resume it."""
-        stream = RedisEventStream(self, secrets.token_hex(8))
+        """A stream kept in Redis, so that another replica can resume it (for this session only)."""
+        stream = RedisEventStream(self, secrets.token_hex(8), session.id)
         session.streams[stream.id] = stream
         return stream
 
     async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
-        """A stream of the session, written here or on another replica.
+        """A stream of the session, written here or on another replica; None when there is none, or it is another
+        session's (whose entries name another session): the caller cannot tell the two apart.
 
         Raises:
             SessionStoreUnavailable: Redis does not answer.
@@ -611,12 +639,37 @@ class RedisSessionStore:
         local = session.streams.get(stream_id)
         if local is not None:
             return local
-        if not all(c in "0123456789abcdef" for c in stream_id):
+        if not stream_id or not all(c in "0123456789abcdef" for c in stream_id):
             return None
         with self._commands():
-            if not await self._redis.exists(self.stream_key(stream_id)):
-                return None
-        return RedisEventStream(self, stream_id)
+            last: Any = await self._redis.xrevrange(self.stream_key(stream_id), count=1)
+        # Every entry names its session; the last one is always there (the stream keeps its latest entries).
+        tag = last[0][1].get(b"s") if last else None
+        if not isinstance(tag, bytes) or not hmac.compare_digest(tag, _session_tag(session.id)):
+            return None
+        return RedisEventStream(self, stream_id, session.id)
+
+    async def finish_stream(self, session: Session, stream: EventStream) -> None:
+        """The stream has its last event: its end marker sets it to expire ``keep_finished_seconds`` later; the
+        finished streams the session no longer keeps (beyond ``max_finished_streams``) are deleted now."""
+        if not stream.closed:
+            await stream.close()
+        await self._release(session.keep_finished(stream, seconds=self._keep_finished, most=self._max_finished))
+
+    async def drop_stream(self, session: Session, stream: EventStream) -> None:
+        """Forget a finished stream now, on every replica (a GET stream that the session's next GET replaces)."""
+        session.forget(stream)
+        await self._release([stream])
+
+    async def _release(self, streams: list[EventStream]) -> None:
+        """Delete the Redis streams of streams a session let go (never raises: each expires soon anyway)."""
+        keys = [self.stream_key(stream.id) for stream in streams if isinstance(stream, RedisEventStream)]
+        if not keys or self._up is False:
+            return
+        try:
+            await self._redis.delete(*keys)
+        except _FAILURES:
+            self._check_now.set()
 
     async def deliver_response(self, session: Session, request_id: str | int | None, payload: dict[str, Any]) -> bool:
         """Hand the answer to the waiting request here, or to the replica that runs it.

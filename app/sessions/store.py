@@ -27,12 +27,13 @@ class SessionBackend(Protocol):
         client_capabilities: dict[str, Any],
         principal: str | None,
         owner: str | None = None,
+        quota: int | None = None,
     ) -> Session:
         """A new session, counted against the per-client quota of ``owner`` (default: the principal; none when both
-        are None).
+        are None): ``quota`` sessions, the owner's own (default: the store's; 0: no quota).
 
         Raises:
-            SessionQuotaError: the owner already holds as many live sessions as one client may.
+            SessionQuotaError: the owner already holds as many live sessions as it may.
             SessionLimitError: the store (or this replica) holds as many sessions as it may.
             SessionStoreUnavailable: a shared store does not answer.
         """
@@ -46,7 +47,23 @@ class SessionBackend(Protocol):
 
     def new_stream(self, session: Session) -> EventStream: ...
 
-    async def find_stream(self, session: Session, stream_id: str) -> EventStream | None: ...
+    async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
+        """The stream of this session with this id, to resume it; None when there is none: another session's
+        stream (of any principal) is not found either, and the caller cannot tell the two apart.
+
+        Raises:
+            SessionStoreUnavailable: a shared store does not answer.
+        """
+        ...
+
+    async def finish_stream(self, session: Session, stream: EventStream) -> None:
+        """The stream has its last event: close it. It stays resumable ``KEEP_FINISHED_SECONDS``, and the session
+        keeps at most ``MAX_FINISHED_STREAMS`` finished streams (the latest) (:mod:`app.sessions.events`)."""
+        ...
+
+    async def drop_stream(self, session: Session, stream: EventStream) -> None:
+        """Forget a finished stream now (a GET stream that the session's next GET replaces)."""
+        ...
 
     async def deliver_response(
         self, session: Session, request_id: str | int | None, payload: dict[str, Any]

@@ -10,6 +10,10 @@ transport's buffer is full (asyncio calls ``pause_writing``) and stays full for 
 connection is aborted. A stalled reader then costs the buffer it filled for that long and no more (an event stream
 keeps at most its last 1000 events for resumption), and a reader that is merely slow is never cut: each time the
 buffer drains, the clock stops.
+
+The same protocol serves the metrics listener: the kubelet's probes must not be starved by clients that connect
+and say nothing. Under TLS the deadlines start once the handshake is done; the handshake has its own deadline, set
+where the listener is made (:mod:`app.listeners`).
 """
 
 from __future__ import annotations

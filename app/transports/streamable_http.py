@@ -18,10 +18,11 @@ error body that says what was wrong, with the id of the message it refuses when 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -47,6 +48,7 @@ from app.sessions.events import parse_event_id
 from app.sessions.store import SessionStoreUnavailable
 from app.transports.bodies import TooLarge, json_response, read_body, refuse, refused
 from app.transports.headers import check_headers
+from app.transports.held import HeldStream, until_revoked
 from app.transports.sse import SSE_HEADERS, format_event, replay
 
 __all__ = ["HttpOptions", "McpEndpoint"]
@@ -301,8 +303,12 @@ class McpEndpoint:
         return response
 
     async def _batch(self, request: Request, caller: Caller, items: list[Any]) -> Response:
-        """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching). Each message in
-        it takes a rate token, as it would alone."""
+        """A JSON-RPC batch: only revision 2025-03-26 has them (later revisions removed batching). One over the
+        core's item limit is refused whole (its POST takes one token); otherwise each message in it takes a rate
+        token, as it would alone, and the core bounds how it runs (:class:`~app.protocol.core.BatchLimits`)."""
+        too_many = self.core.batch_refusal(items)
+        if too_many is not None:
+            return await self._charged(caller, refused(too_many))
         limited = await self._gate.take(caller, _cost(items))
         if limited is not None:
             return refused(limited)
@@ -403,6 +409,9 @@ class McpEndpoint:
     # -- GET --------------------------------------------------------------------------------------------------
 
     async def _get(self, request: Request, caller: Caller) -> Response:
+        """The session's standalone stream, or a stream resumed from ``Last-Event-ID``. Either holds one of the
+        caller's connection slots while it is open (429 over the cap), and ends with a JSON-RPC error once the
+        caller's credential is gone (checked at each event and keep-alive)."""
         if _SSE not in _media_types(request.headers.get("accept", "")):
             return refuse(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
         found = await self._session(request, caller)
@@ -411,23 +420,41 @@ class McpEndpoint:
         session = found
         headers = {**SSE_HEADERS, "Mcp-Session-Id": session.id}
         last = request.headers.get("last-event-id")
+        resumed: tuple[EventStream, int] | None = None  # the stream to resume, and the event it resumes after
         if last:
             parsed = parse_event_id(last)
-            stream = await self._sessions.find_stream(session, parsed[0]) if parsed else None
-            if stream is None or parsed is None:
+            known = await self._sessions.find_stream(session, parsed[0]) if parsed else None
+            if known is None or parsed is None:
                 return refuse(404, f"Not Found: no stream to resume from event {last!r}")
-            return StreamingResponse(self._events(stream, parsed[1], priming=False), media_type=_SSE, headers=headers)
-        if session.standalone is not None and not session.standalone.closed:
+            resumed = (known, parsed[1])
+        elif session.standalone is not None and not session.standalone.closed:
             return refuse(409, "Conflict: this session already has an open GET stream")
-        stream, end = await open_standalone(self.core, session)
+        slot = self._gate.hold(caller, "streamable-http")
+        if isinstance(slot, Refusal):
+            return refused(slot)
+        end: Callable[[], Awaitable[None]] | None = None  # ends the standalone stream (a resumed one goes on)
+        if resumed is not None:
+            stream, after = resumed
+        else:
+            try:
+                stream, end = await open_standalone(self.core, session)
+            except BaseException:
+                slot.release()
+                raise
+            after = 0
 
         async def events() -> AsyncIterator[bytes]:
             self._streams_open.inc()
             try:
-                async for chunk in self._events(stream, 0, priming=True):
+                chunks = self._events(stream, after, priming=end is not None)
+                async for chunk in until_revoked(chunks, self._gate, caller, "streamable-http"):
                     yield chunk
             finally:
                 self._streams_open.dec()
-                await end()
+                if end is not None:
+                    # The client went: the response's cancel scope is cancelled, yet the stream must end (its end
+                    # marker written, in Redis too, so that it is let go in time and a resumed reader stops).
+                    with anyio.CancelScope(shield=True):
+                        await end()
 
-        return StreamingResponse(events(), media_type=_SSE, headers=headers)
+        return HeldStream(events(), slot, media_type=_SSE, headers=headers)

@@ -21,7 +21,7 @@ from app.catalog.model import HttpResourceEntry, HttpTemplateEntry, HttpToolEntr
 from app.catalog.upstream import Upstream
 from app.features.resources import ResourceNotFound, Resources, ResourceSpec, TemplateSpec
 from app.features.tools import ToolResult, Tools, ToolSpec
-from app.jsonrpc import InternalError
+from app.jsonrpc import InternalError, InvalidParams
 from app.protocol.context import RequestContext
 from tests.conftest import free_port
 
@@ -246,9 +246,17 @@ def test_an_allowed_host_on_another_port_is_refused_before_any_request(api: Api,
     assert api.received == []
 
 
-def test_a_url_that_is_not_http_is_refused(api: Api) -> None:
-    text = error_text(call(api, entry("{{ where }}"), {"where": "file:///etc/passwd"}))
+def test_a_url_that_is_not_http_is_refused(api: Api, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.write_text("file:///etc/passwd\n")
+    text = error_text(call(api, entry("{{ secrets.base }}", secrets={"base": str(base)})))
     assert text == "url: the scheme must be http or https, not 'file'"
+
+
+@pytest.mark.parametrize("url", ["{{ where }}", "{{ arguments.base }}/items", "ftp://x.example/", "//x.example/"])
+def test_a_url_must_start_with_http_or_a_secret_base_url(url: str) -> None:
+    with pytest.raises(ValueError, match="must start with http:// or https:// \\(or \\{\\{ secrets.NAME \\}\\}"):
+        entry(url)
 
 
 def test_an_unreachable_upstream_is_a_tool_error_naming_host_and_port(api: Api, token: Path) -> None:
@@ -437,3 +445,56 @@ def test_a_fixed_resource_is_served_through_resources_read(api: Api) -> None:
             await upstream.aclose()
 
     assert asyncio.run(run())["contents"][0]["text"] == WEATHER.decode()
+
+
+def test_a_value_quoted_in_a_json_body_stays_inside_its_string(api: Api) -> None:
+    call(api, entry(f"{api.url}/echo", method="POST", body='{"q": "{{ q }}", "n": {{ n }}}'),
+         {"q": 'x", "admin": true, "y": "', "n": '1, "admin": true'})  # fmt: skip
+    [got] = api.received
+    assert json.loads(got.body) == {"q": 'x", "admin": true, "y": "', "n": '1, "admin": true'}
+    assert got.headers["content-type"] == "application/json"
+
+
+def test_a_json_body_that_does_not_render_to_json_is_refused_before_any_request(api: Api) -> None:
+    text = error_text(call(api, entry(f"{api.url}/echo", method="POST", body='{"q": "{{ q | tojson }}"}'), {"q": "a"}))
+    assert text.startswith("body: the template does not render to valid JSON")
+    assert api.received == []
+
+
+def test_a_form_body_declared_by_its_content_type_encodes_each_value(api: Api) -> None:
+    tool = entry(f"{api.url}/echo", method="POST", body="city={{ city }}&days=2",
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    call(api, tool, {"city": "Nice&admin=1"})
+    assert api.received[0].body == b"city=Nice%26admin%3D1&days=2"
+
+
+def test_a_dot_segment_in_the_url_is_refused_whoever_wrote_it(api: Api) -> None:
+    text = error_text(call(api, entry(f"{api.url}/v1/../admin")))
+    assert text == "url: the path '/v1/../admin' has a '.' or '..' segment; refused"
+    assert api.received == []
+
+
+@pytest.mark.parametrize("item", ["..", "."])
+def test_a_resource_uri_whose_variable_would_leave_the_path_is_invalid_params(api: Api, token: Path, item: str) -> None:
+    template = HttpTemplateEntry.model_validate({
+        "kind": "http", "uriTemplate": "items://{id}", "name": "item", "url": f"{api.url}/items/{{{{ id }}}}",
+        "secrets": {"token": str(token)}, "headers": {"Authorization": "Bearer {{ secrets.token }}"},
+    })  # fmt: skip
+
+    async def run() -> Any:
+        upstream = Upstream((api.host,))
+        try:
+            spec = TemplateSpec(uri_template=template.uri_template, name=template.name,
+                                read=http_resource_reader(template, upstream))  # fmt: skip
+            return await Resources([], [spec]).read({"uri": f"items://{item}"})
+        finally:
+            await upstream.aclose()
+
+    with pytest.raises(InvalidParams) as refused:
+        asyncio.run(run())
+    assert refused.value.message == (
+        f"Invalid params: resource 'items://{item}' cannot be read: url: id is {item!r}: a value in the URL's path "
+        "is one segment, never empty, '.' or '..'"
+    )
+    assert refused.value.data == {"uri": f"items://{item}"}
+    assert api.received == []

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import json
+import time
 from typing import Any
 
 import pytest
 from jsonschema import SchemaError
 
-from app.features.schemas import SchemaCheck
+from app.features.schemas import BACKTRACK_LIMIT, MAX_PROBLEMS, SHOWN_CHARS, SchemaCheck
 
+EVIL = r"^([a-zA-Z0-9]+\s?)*$"  # exponential in a backtracking engine
+LOOKAROUND = r"^((?!x)a+)+$"  # needs the backtracking engine (lookahead), and backtracks exponentially
 GREETING = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 
 
@@ -24,13 +28,13 @@ def test_a_valid_instance_has_no_problems() -> None:
 def test_problems_name_the_path_and_the_rule_in_path_order() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
     assert messages(SchemaCheck(schema), {"b": 1, "a": "x"}) == [
-        "a: 'x' is not of type 'integer'",
-        "b: 1 is not of type 'string'",
+        'a: "x" is not of type "integer"',
+        'b: 1 is not of type "string"',
     ]
 
 
 def test_a_missing_required_property_is_a_problem() -> None:
-    assert messages(SchemaCheck(GREETING), {}) == [": 'text' is a required property"]
+    assert messages(SchemaCheck(GREETING), {}) == [': "text" is a required property']
 
 
 @pytest.mark.parametrize(
@@ -62,8 +66,56 @@ def test_a_reference_to_another_document_is_refused_when_loaded_and_never_fetche
         SchemaCheck({"$ref": "https://schemas.invalid/x.json"})
 
 
-def test_values_that_are_not_plain_json_are_still_checked() -> None:
-    check = SchemaCheck({"type": "object", "properties": {"when": {"type": "string"}}})
-    assert messages(check, {"when": datetime.date(2026, 11, 28)}) == [
-        "when: datetime.date(2026, 11, 28) is not of type 'string'"
+def test_values_that_are_not_plain_json_are_checked_as_the_json_the_client_receives() -> None:
+    check = SchemaCheck({"type": "object", "properties": {"when": {"type": "integer"}, "day": {"type": "string"}}})
+    assert messages(check, {"when": datetime.date(2026, 11, 28)}) == ['when: "2026-11-28" is not of type "integer"']
+    assert check.problems({"day": datetime.date(2026, 11, 28)}) == []  # sent as "2026-11-28", a string
+    assert messages(check, {"when": {1, 2}}) == [
+        ": the value cannot be sent as JSON: Type is not JSON serializable: set"
     ]
+
+
+def test_values_in_messages_are_written_in_json() -> None:
+    schema = {"type": "object", "properties": {"n": {"enum": [None, True, "2"]}}, "additionalProperties": False}
+    assert messages(SchemaCheck(schema), {"n": False, "x'": 1}) == [
+        ': Additional properties are not allowed ("x\'" was unexpected)',
+        'n: false is not one of null, true or "2"',
+    ]
+
+
+def test_a_pattern_that_backtracks_catastrophically_answers_at_once() -> None:
+    """``^([a-zA-Z0-9]+\\s?)*$`` on 40 letters and a ``!`` takes hours in Python's re (finding 5)."""
+    check = SchemaCheck({"type": "object", "properties": {"text": {"type": "string", "pattern": EVIL}}})
+    started = time.monotonic()
+    assert messages(check, {"text": "a" * 40 + "!"}) == [
+        "text: " + json.dumps("a" * 40 + "!") + f' does not match "{EVIL}"'
+    ]
+    assert messages(check, {"text": "words with spaces"}) == []
+    assert time.monotonic() - started < 5  # a generous bound: the old explanation took hours
+
+
+def test_a_pattern_that_needs_backtracking_is_cut_off_with_a_clear_message() -> None:
+    check = SchemaCheck({"type": "object", "properties": {"text": {"type": "string", "pattern": LOOKAROUND}}})
+    assert messages(check, {"text": "aaaa"}) == []
+    [message] = messages(check, {"text": "a" * 60 + "!"})
+    limit = f"cannot be matched against the schema's pattern within {BACKTRACK_LIMIT} steps"
+    assert message == f"text: {json.dumps('a' * 60 + '!')} {limit}"
+
+
+@pytest.mark.parametrize("schema", [
+    {"patternProperties": {EVIL: {"type": "integer"}}, "additionalProperties": False},
+    {"propertyNames": {"pattern": EVIL}},
+    {"patternProperties": {LOOKAROUND: {"type": "integer"}}, "unevaluatedProperties": False},
+])  # fmt: skip
+def test_patterns_on_property_names_answer_at_once(schema: dict[str, Any]) -> None:
+    check = SchemaCheck({"type": "object", **schema})
+    started = time.monotonic()
+    assert check.problems({"a" * 40 + "!": 1}) != []
+    assert time.monotonic() - started < 5
+
+
+def test_long_values_are_cut_in_messages_and_problems_are_bounded() -> None:
+    [message] = messages(SchemaCheck({"type": "object", "properties": {"t": {"type": "integer"}}}), {"t": "x" * 10_000})
+    assert message == 't: "' + "x" * SHOWN_CHARS + '…" (10000 characters) is not of type "integer"'
+    found = SchemaCheck({"type": "array", "items": {"type": "string"}}).problems(list(range(1000)))
+    assert [problem.path for problem in found] == [(index,) for index in range(MAX_PROBLEMS)]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from app.features.builtins import BUILTINS
+from app.features.schemas import MAX_PROBLEMS
 from app.features.tools import ToolError, ToolHandler, Tools, ToolSpec
 from app.jsonrpc import InvalidParams
 from app.protocol.context import RequestContext
@@ -64,6 +65,23 @@ def test_wrong_arguments_are_a_tool_error_naming_the_problem() -> None:
     assert called.outcome == "invalid_arguments"
     assert called.result["isError"] is True
     assert "text" in called.result["content"][0]["text"]
+
+
+def test_wrong_arguments_are_named_in_json_notation() -> None:
+    called = run(tools().call({"name": "echo", "arguments": {"text": None}}, CTX))
+    assert (
+        called.result["content"][0]["text"] == "Invalid arguments for tool 'echo': text: null is not of type \"string\""
+    )
+
+
+def test_a_call_with_many_wrong_arguments_names_the_first_ones_and_says_so() -> None:
+    many = ToolSpec(name="many", description="M.", handler=ECHO.handler,
+                    input_schema={"type": "object", "additionalProperties": {"type": "string"}})  # fmt: skip
+    called = run(tools(many).call({"name": "many", "arguments": {f"a{i:03}": i for i in range(100)}}, CTX))
+    text = called.result["content"][0]["text"]
+    assert text.startswith("Invalid arguments for tool 'many': a000: 0 is not of type \"string\"; a001: 1 is")
+    assert text.endswith(f"(the first {MAX_PROBLEMS} problems)")
+    assert "a099" not in text
 
 
 def test_an_unknown_tool_is_invalid_params() -> None:

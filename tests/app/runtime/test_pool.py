@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
+from structlog.testing import capture_logs
 
 from app.runtime.pool import ToolFailed, WorkerCrashed, WorkerError, WorkerOutOfMemory, WorkerPool
 from tests.conftest import rss_mib
@@ -200,14 +201,21 @@ def test_failures_in_the_function_are_clear_errors_and_the_worker_lives_on() -> 
     assert after == before  # the same worker served every call
 
 
-def test_print_and_stdin_in_a_tool_do_not_break_the_protocol(capfd: pytest.CaptureFixture[str]) -> None:
+def test_print_and_stdin_in_a_tool_do_not_break_the_protocol() -> None:
     async def scenario(pool: WorkerPool) -> tuple[str, int]:
         return await pool.call(f"{F}:chatty", {}), await pool.call(f"{F}:add", {"a": 1, "b": 2})
 
-    assert run(scenario, size=1) == ("done, stdin gave ''", 3)
-    err = capfd.readouterr().err
-    assert "hello from the tool" in err  # on stderr: the server's log
-    assert "raw bytes on fd 1" in err
+    with capture_logs() as records:
+        assert run(scenario, size=1) == ("done, stdin gave ''", 3)
+    said = [record for record in records if record.get("function") == f"{F}:chatty"]
+    lines = [record["event"] for record in said]
+    assert "hello from the tool" in lines  # a record of the server's log (erlmcp.worker), never raw stderr
+    assert "to stderr" in lines
+    # The 100 kB line (with the raw bytes written on fd 1 at its end) is logged cut, saying so, never whole: one
+    # word, so the cut takes it all (a cut word could be the start of a credential the redactor cannot see whole).
+    [long_line] = [record for record in said if record.get("cut_bytes")]
+    assert long_line["cut_bytes"] >= 100_000 - 4096
+    assert "raw bytes on fd 1" not in long_line["event"]
 
 
 def test_a_value_that_is_not_json_fails_the_call_as_not_json() -> None:

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
 from app.security.keys import KeyFileError, digest_of, parse_key_file
+from app.security.limits import LimitOverrides
 from app.settings import Settings
 from app.wiring import create_app
 
@@ -34,10 +35,26 @@ def test_the_key_file_names_keys_gives_scopes_and_accepts_digests() -> None:
     assert keys[1].digest == digest_of(WIDE)
 
 
+def test_a_key_may_set_its_own_limits_in_a_fourth_field() -> None:
+    keys = parse_key_file(
+        f"agents * {NARROW} rate=50,burst=200,initialize=600,sessions=500  # a shared key behind a platform\n"
+        f"batch tools:echo sha256:{digest_of(WIDE)} burst=5\n"
+        f"plain * {NARROW}x\n"
+    )
+    agents, batch, plain = keys
+    assert agents.limits == LimitOverrides(rate=50.0, burst=200, initialize=600, sessions=500)
+    assert batch.limits == LimitOverrides(burst=5)  # the rest: the server's defaults
+    assert batch.digest == digest_of(WIDE)
+    assert plain.limits == LimitOverrides()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("ci tools:echo\n", "line 1: expected KEY or NAME SCOPES KEY, found 2 fields"),
+        ("ci tools:echo\n", "line 1: expected KEY, or NAME SCOPES KEY \\[LIMITS\\], found 2 fields"),
+        (f"ci * {NARROW} rate=5, burst=9\n", "line 1: .* found 5 fields \\(write the limits as one field"),
+        (f"ci * {NARROW} rate=5,bursts=9\n", "line 1 \\(key 'ci'\\): unknown option 'bursts'"),
+        (f"ok * {WIDE}\nci * {NARROW} initialize=lots\n", "line 2 \\(key 'ci'\\): initialize='lots' cannot be used"),
         (f"ci read {NARROW}\n", "scopes must be \\*, tools:\\* or tools:NAME"),
         (f"c/i * {NARROW}\n", "the name 'c/i'"),
         ("short\n", "at least 16 characters"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import RunningServer, rss_mib, start_server
@@ -109,12 +110,30 @@ def test_an_oversized_header_block_is_431(server: RunningServer) -> None:
     assert probe(server) == 200
 
 
-def test_a_websocket_outlives_the_request_deadlines(server: RunningServer, tmp_path: Path) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+def test_a_websocket_outlives_the_request_deadlines_once_it_has_spoken(server: RunningServer, tmp_path: Path) -> None:
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     with connect(f"ws://127.0.0.1:{server.port}/ws", subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
-        time.sleep(2.5)  # longer than both deadlines
-        ws.send(httpx.Response(200, json=init).text)
+        ws.send(httpx.Response(200, json=ping).text)  # the first message is due within the header deadline
         assert ws.recv(timeout=5)
+        time.sleep(2.5)  # longer than both deadlines
+        ws.send(httpx.Response(200, json=ping | {"id": 2}).text)
+        assert ws.recv(timeout=5)
+
+
+def test_a_websocket_that_sends_no_first_message_is_closed_with_a_reason(server: RunningServer) -> None:
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    with connect(url, subprotocols=["mcp"]) as ws, pytest.raises(ConnectionClosed) as closed:  # type: ignore[list-item]
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == "no first message within 1 s of the upgrade"
+
+
+def test_the_metrics_listener_cuts_off_silent_connections_and_answers_probes(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.metrics_port)) as silent:
+        assert httpx.get(f"http://127.0.0.1:{server.metrics_port}/livez", timeout=2).status_code == 200
+        cut, _ = closed_within(silent, 5)
+    assert cut
 
 
 def stalled_reader(server: RunningServer, request: bytes) -> socket.socket:
