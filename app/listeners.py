@@ -122,7 +122,7 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        http=guarded_protocol(**limits),
+        http=guarded_protocol(**limits, on_cut=lambda reason: metrics.connection_refused("http", reason)),
         **common,
     )
     if tls is None:
@@ -135,7 +135,7 @@ async def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.metrics_port,
             lifespan="off",
-            http=guarded_protocol(**limits),
+            http=guarded_protocol(**limits, on_cut=lambda reason: metrics.connection_refused("metrics", reason)),
             **common,
         )
     )

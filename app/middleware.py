@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.observability import logging as logs
 from app.observability import tracing
 from app.observability.metrics import Metrics
+from app.transports.held import IN_FLIGHT_RELEASE
 
 __all__ = [
     "HEALTH_PATHS",
@@ -199,10 +200,19 @@ class McpRoute:
                 await self._overloaded(scope, receive, send)
                 return
             self._in_flight += 1
+            counted = True
+
+            def release() -> None:  # once: when the answer is done, or when it becomes a long-lived stream
+                nonlocal counted
+                if counted:
+                    counted = False
+                    self._in_flight -= 1
+
+            scope[IN_FLIGHT_RELEASE] = release
             try:
                 await self._answer(scope, receive, send)
             finally:
-                self._in_flight -= 1
+                release()
             return
         await self._answer(scope, receive, send)
 

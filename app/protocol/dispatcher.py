@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import structlog
 
 from app.features import Features
@@ -34,6 +35,10 @@ from app.security.keys import allows_tool
 log = structlog.get_logger(__name__)
 
 _NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+# The most bytes of clientInfo, and of capabilities, a session keeps (in memory or Redis, as long as it lives).
+# Real clients send a few hundred bytes; 32 KiB leaves room for a data-URI icon, and bounds what one key's session
+# quota (100 sessions) can store at about 6.4 MiB.
+MAX_CLIENT_FIELD_BYTES = 32 * 1024
 
 __all__ = ["Called", "Dispatcher", "Handler", "Outcome"]
 
@@ -158,6 +163,12 @@ class Dispatcher:
         for key in ("capabilities", "clientInfo"):
             if key in params and not isinstance(params[key], dict):
                 raise InvalidParams(f'Invalid params: "{key}" must be an object')
+            size = len(orjson.dumps(params[key])) if key in params else 0
+            if size > MAX_CLIENT_FIELD_BYTES:
+                raise InvalidParams(
+                    f'Invalid params: "{key}" is {size} bytes; a session keeps at most {MAX_CLIENT_FIELD_BYTES}',
+                    data={"field": key, "maxBytes": MAX_CLIENT_FIELD_BYTES},
+                )
         result: dict[str, Any] = {
             "protocolVersion": negotiate(params["protocolVersion"]),
             "capabilities": self.capabilities,

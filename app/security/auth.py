@@ -164,7 +164,8 @@ class Authenticator:
         """The limits of the first configured audience among a token's ``aud`` values (none: the defaults)."""
         return next((limits for audience, limits in self._audience_limits if audience in audiences), LimitOverrides())
 
-    def _challenge(self, error: str | None = None, description: str = "") -> dict[str, str]:
+    def challenge(self, error: str | None = None, description: str = "") -> dict[str, str]:
+        """The ``WWW-Authenticate`` header of a 401 (RFC 6750), with ``error`` when a credential was refused."""
         parts = ['Bearer realm="erlmcp"']
         if self._metadata_url:
             parts.append(f'resource_metadata="{self._metadata_url}"')
@@ -183,7 +184,7 @@ class Authenticator:
             "a bearer token" if self._tokens else "a valid API key")  # fmt: skip
         if credential is None:
             return Verdict(None, status=401, message=f"Unauthorized: send {what} as 'Authorization: Bearer ...'",
-                           headers=self._challenge())  # fmt: skip
+                           headers=self.challenge())  # fmt: skip
         key = self._keys.match(headers) if self._keys.enabled else None
         if key is not None:
             return Verdict(f"key:{key.name}", key.scopes, key.limits, credential=key.digest)
@@ -196,9 +197,9 @@ class Authenticator:
                                    headers={"Retry-After": "30"})  # fmt: skip
                 log.info("bearer token refused", reason=str(rejected))  # short, and quotes none of the token
                 return Verdict(None, status=401, message=f"Unauthorized: {rejected}",
-                               headers=self._challenge("invalid_token", str(rejected)))  # fmt: skip
+                               headers=self.challenge("invalid_token", str(rejected)))  # fmt: skip
             limits = self.token_limits(verified.audiences)
             expires_at = verified.expires_at + self._leeway
             return Verdict(verified.principal, verified.scopes, limits, expires_at=expires_at)  # no scope: ALL_TOOLS
         return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {what}",
-                       headers=self._challenge("invalid_token", "the credential is not accepted"))  # fmt: skip
+                       headers=self.challenge("invalid_token", "the credential is not accepted"))  # fmt: skip

@@ -194,10 +194,12 @@ class Gate:
         in the key file (or has another secret now), or its token's ``exp`` (with the leeway) has passed."""
         if caller.credential is not None and self.authenticator.key_revoked(caller.principal, caller.credential):
             why = "Unauthorized: the API key of this connection was revoked; connect again with a valid key"
-            return Refusal(401, InvalidRequest(why), closes="credential_revoked")
+            challenge = self.authenticator.challenge("invalid_token", "the API key was revoked")
+            return Refusal(401, InvalidRequest(why), challenge, closes="credential_revoked")
         if caller.expires_at is not None and self._wall_clock() >= caller.expires_at:
             why = "Unauthorized: the bearer token of this connection has expired; connect again with a fresh token"
-            return Refusal(401, InvalidRequest(why), closes="credential_expired")
+            challenge = self.authenticator.challenge("invalid_token", "the token has expired")
+            return Refusal(401, InvalidRequest(why), challenge, closes="credential_expired")
         return None
 
     def cut(self, transport: str, refusal: Refusal) -> None:
@@ -256,9 +258,12 @@ class Gate:
         if wait <= 0:
             return None
         self._metrics.rate_limited.inc()
-        if math.isinf(wait):
-            message = f"Too Many Requests: a batch of {cost} requests is more than this client may send at once"
-            return Refusal(429, RateLimited(f"{message}; send smaller batches"))
+        if math.isinf(wait):  # no wait would let it through: too large, as a batch over the item limit is
+            message = f"Invalid Request: a batch of {cost} requests is more than the {limits.burst} this client may "
+            return Refusal(
+                413,
+                InvalidRequest(f"{message}send at once; send smaller batches", data={"maxBatchItems": limits.burst}),
+            )
         retry = _retry(wait)
         limited = RateLimited(
             f"Too Many Requests: this client is over its request rate; retry in {retry} s", data={"retryAfter": retry}

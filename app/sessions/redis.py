@@ -228,7 +228,6 @@ class RedisSessionStore:
         self._max_finished = max_finished_streams
         self._max = max_sessions
         self._per_owner = max_sessions_per_owner  # 0: no quota (a principal may have a quota of its own)
-        self._quotas = bool(max_sessions_per_owner)  # whether any session was counted against a quota yet
         self._idle = max(1, int(idle_seconds))
         # An owner's set outlives the idle time, and the replicas serving its sessions refresh it every half idle
         # time: it lasts while any of them lives, and goes some time after the last one.
@@ -351,7 +350,8 @@ class RedisSessionStore:
         """Every half idle time, keep the owner sets of the sessions this replica serves from expiring while those
         sessions live (a session used for longer than its owner's set lasts would stop counting)."""
         now = time.monotonic()
-        if not self._quotas or now - self._owners_refreshed < self._idle / 2:
+        # Whatever the default quota: a key or token audience may set one of its own at any time (the key file changes).
+        if now - self._owners_refreshed < self._idle / 2:
             return
         self._owners_refreshed = now
         owners = {s.owner for s, seen in self._local.values() if s.owner is not None and now - seen <= self._idle}
@@ -524,7 +524,6 @@ class RedisSessionStore:
                 await self._redis.set(key, record, ex=self._idle)
                 held = -1
             else:
-                self._quotas = True
                 keys = [key, self._owner_key(owner)]
                 # (the prefix of record keys: the script checks which of the owner's sessions remain)
                 args = (record, self._idle, session.id, limit, self._owner_ttl, self._key(""))
@@ -594,17 +593,15 @@ class RedisSessionStore:
         """
         key = self._key(session_id)
         with self._commands():
-            if not self._quotas:
-                existed = bool(await self._redis.delete(key))
-            else:  # the record names the owner whose set holds the id (this replica may never have seen it)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.get(key)
-                    pipe.delete(key)
-                    raw, deleted = await pipe.execute()
-                existed = bool(deleted)
-                owner = self._owner_in(raw)
-                if owner is not None:
-                    await self._redis.srem(self._owner_key(owner), session_id)
+            # the record names the owner whose set holds the id (this replica may never have seen it)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.delete(key)
+                raw, deleted = await pipe.execute()
+            existed = bool(deleted)
+            owner = self._owner_in(raw)
+            if owner is not None:
+                await self._redis.srem(self._owner_key(owner), session_id)
         self._unsaved.pop(session_id, None)
         entry = self._local.pop(session_id, None)
         if entry is not None:

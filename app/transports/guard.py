@@ -19,6 +19,7 @@ where the listener is made (:mod:`app.listeners`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -45,6 +46,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
     write_timeout: float = 30.0
+    # Told the reason of every connection cut (header_deadline, body_deadline, write_stall): a metric counts them.
+    on_cut: Callable[[str], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -79,9 +82,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _cut(self, stage: str) -> None:
         log.warning("connection cut: the client was too slow", stage=stage, client=str(self.client))
+        self._counted("header_deadline" if stage == "headers" else f"{stage}_deadline")
         self._stage = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _counted(self, reason: str) -> None:
+        if self.on_cut is not None:
+            self.on_cut(reason)  # a staticmethod on the configured class: not bound to the protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,6 +109,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _stalled(self) -> None:
         self._write_stall = None
         log.warning("connection cut: the client stopped reading", seconds=self.write_timeout, client=str(self.client))
+        self._counted("write_stall")
         self.transport.abort()  # close() would wait to flush a buffer the client never takes
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,12 +155,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    *, header_timeout: float, body_timeout: float, max_header_bytes: int, write_timeout: float = 30.0
+    *,
+    header_timeout: float,
+    body_timeout: float,
+    max_header_bytes: int,
+    write_timeout: float = 30.0,
+    on_cut: Callable[[str], None] | None = None,
 ) -> type[HttpToolsProtocol]:
-    """The protocol class with these limits (uvicorn takes a class, not an instance)."""
-    return type(
-        "ConfiguredGuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_bytes": max_header_bytes,
-         "write_timeout": write_timeout},
-    )  # fmt: skip
+    """The protocol class with these limits (uvicorn takes a class, not an instance); ``on_cut`` is told the
+    reason of every connection cut."""
+    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_header_bytes": max_header_bytes}
+    extra = {"write_timeout": write_timeout, "on_cut": staticmethod(on_cut) if on_cut is not None else None}
+    return type("ConfiguredGuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits | extra)

@@ -10,7 +10,7 @@ API key is revoked or its token expired, the stream's last event is the JSON-RPC
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -19,7 +19,12 @@ from starlette.types import Receive, Scope, Send
 from app.security.gate import Caller, Gate, Slot
 from app.transports.sse import format_event
 
-__all__ = ["HeldStream", "until_revoked"]
+__all__ = ["IN_FLIGHT_RELEASE", "HeldStream", "until_revoked"]
+
+# The scope key under which McpRoute (app/middleware.py) leaves a POST's release of its place among the requests in
+# progress: a POST that becomes a stream for as long as the client wants (subscriptions/listen) hands its place
+# back at once, and holds a connection slot of its client instead.
+IN_FLIGHT_RELEASE = "erlmcp.in_flight_release"
 
 
 class HeldStream(StreamingResponse):
@@ -39,16 +44,22 @@ class HeldStream(StreamingResponse):
 
 
 async def until_revoked(
-    chunks: AsyncIterator[bytes], gate: Gate, caller: Caller, transport: str
+    chunks: AsyncIterator[bytes],
+    gate: Gate,
+    caller: Caller,
+    transport: str,
+    *,
+    already_said: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[bytes]:
     """The stream's chunks until its caller's credential is gone; then one event with the JSON-RPC error, and the
-    end (counted and logged by the gate). It is checked before each chunk, and once more when the chunks end."""
+    end (counted and logged by the gate). It is checked before each chunk, and once more when the chunks end,
+    unless ``already_said()``: the stream's channel refused a message and sent (and counted) the error itself."""
     try:
         async for chunk in chunks:
             if gate.revoked(caller) is not None:
                 break
             yield chunk
-        gone = gate.revoked(caller)
+        gone = None if already_said() else gate.revoked(caller)
         if gone is not None:
             gate.cut(transport, gone)
             yield format_event(None, orjson.dumps(gone.answer(None)))

@@ -36,6 +36,7 @@ __all__ = ["LegacySse"]
 class _Stream:
     channel: Channel
     outbox: asyncio.Queue[bytes | None]
+    hung_up: bool = False  # the channel refused a message and said why on the stream: nothing more to say
 
 
 class LegacySse:
@@ -64,7 +65,7 @@ class LegacySse:
             # The channel exists only while its stream is being sent: a client gone before that leaves nothing.
             outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
             channel = Channel(self._core, caller, send=outbox.put, transport="sse")
-            self._streams[stream_id] = _Stream(channel, outbox)
+            stream = self._streams[stream_id] = _Stream(channel, outbox)
             try:
                 yield format_event(None, f"/messages?session_id={stream_id}".encode(), event="endpoint")
 
@@ -73,7 +74,8 @@ class LegacySse:
                         yield format_event(None, data)
 
                 chunks = with_keepalive(messages(), self._keepalive)
-                async for chunk in until_revoked(chunks, self._core.gate, caller, "sse"):
+                said = lambda: stream.hung_up  # noqa: E731
+                async for chunk in until_revoked(chunks, self._core.gate, caller, "sse", already_said=said):
                     yield chunk
             finally:
                 self._streams.pop(stream_id, None)
@@ -102,6 +104,7 @@ class LegacySse:
         try:
             await stream.channel.receive(body)
         except Hangup as hangup:  # its credential went since this POST was admitted: the refusal is on the stream
+            stream.hung_up = True
             stream.outbox.put_nowait(None)
             return refused(hangup.refusal)
         return Response(b"Accepted", status_code=202, media_type="text/plain")

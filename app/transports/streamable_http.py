@@ -48,7 +48,7 @@ from app.sessions.events import parse_event_id
 from app.sessions.store import SessionStoreUnavailable
 from app.transports.bodies import TooLarge, json_response, read_body, refuse, refused
 from app.transports.headers import check_headers
-from app.transports.held import HeldStream, until_revoked
+from app.transports.held import IN_FLIGHT_RELEASE, HeldStream, until_revoked
 from app.transports.sse import SSE_HEADERS, format_event, replay
 
 __all__ = ["HttpOptions", "McpEndpoint"]
@@ -344,7 +344,7 @@ class McpEndpoint:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return json_response(error_response(message.id, error), 400)
         if message.method == "subscriptions/listen" and self.core.listens:
-            return self._listen(message)
+            return self._listen(request, caller, message)
         outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         ctx = self.core.stateless_context(message, meta, caller, send=outbox.put if wants_stream else None)
         task = asyncio.create_task(self.core.run(message, ctx))
@@ -390,21 +390,35 @@ class McpEndpoint:
             if not task.done():
                 task.cancel()  # the client closed the stream: in 2026-07-28 that cancels the request
 
-    def _listen(self, message: Message) -> Response:
-        """subscriptions/listen: the acknowledgement, then the notifications asked for, on an event stream."""
+    def _listen(self, request: Request, caller: Caller, message: Message) -> Response:
+        """subscriptions/listen: the acknowledgement, then the notifications asked for, on an event stream. Like a
+        GET stream it holds one of the caller's connection slots (429 over the cap) instead of a place among the
+        POSTs in progress, and ends with a JSON-RPC error once the caller's credential is gone."""
+        slot = self._gate.hold(caller, "streamable-http")
+        if isinstance(slot, Refusal):
+            return refused(slot, message.id)
+        handed_back = request.scope.get(IN_FLIGHT_RELEASE)
+        if callable(handed_back):
+            handed_back()  # a stream for as long as the client wants: not a request in progress
 
-        async def events() -> AsyncIterator[bytes]:
+        async def notifications() -> AsyncIterator[bytes]:
             subscription = self.core.listen(message)  # listening only once the stream is sent
-            self._streams_open.inc()
             try:
                 yield format_event(None, orjson.dumps(subscription.ack))
                 async for notification in subscription.notifications():
                     yield format_event(None, orjson.dumps(notification))
             finally:
-                self._streams_open.dec()
                 self.core.forget(subscription.listener)
 
-        return StreamingResponse(events(), media_type=_SSE, headers=dict(SSE_HEADERS))
+        async def events() -> AsyncIterator[bytes]:
+            self._streams_open.inc()
+            try:
+                async for chunk in until_revoked(notifications(), self._gate, caller, "streamable-http"):
+                    yield chunk
+            finally:
+                self._streams_open.dec()
+
+        return HeldStream(events(), slot, media_type=_SSE, headers=SSE_HEADERS)
 
     # -- GET --------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -93,3 +94,35 @@ def test_the_per_principal_session_quota_defaults_to_100_and_reads_its_environme
 def test_a_negative_per_principal_session_quota_is_refused() -> None:
     with pytest.raises(ValidationError, match="max_sessions_per_principal"):
         Settings(max_sessions_per_principal=-1)
+
+
+# The security limits of issue 23: each read from its environment variable, with the documented default (README,
+# "Security model"), and a value that makes no sense refused at start.
+SECURITY_LIMITS = [
+    ("max_batch_items", "ERLMCP_MAX_BATCH_ITEMS", 100, "7", 7, "0"),
+    ("max_batch_concurrency", "ERLMCP_MAX_BATCH_CONCURRENCY", 8, "2", 2, "0"),
+    ("max_batch_response_bytes", "ERLMCP_MAX_BATCH_RESPONSE_BYTES", 4 * 1024 * 1024, "65536", 65536, "-1"),
+    ("max_connections_per_principal", "ERLMCP_MAX_CONNECTIONS_PER_PRINCIPAL", 200, "0", 0, "-1"),
+    ("tool_cancel_restarts_per_minute", "ERLMCP_TOOL_CANCEL_RESTARTS_PER_MINUTE", 10, "0", 0, "-1"),
+    ("initialize_per_minute", "ERLMCP_INITIALIZE_PER_MINUTE", 600, "60", 60, "0"),
+    ("library_log_level", "ERLMCP_LIBRARY_LOG_LEVEL", "WARNING", "error", "ERROR", "LOUD"),
+    ("jwt_audience_limits", "ERLMCP_JWT_AUDIENCE_LIMITS", {}, '{"a": "rate=5"}', {"a": "rate=5"}, '{"a": "bursts=5"}'),
+]
+
+
+@pytest.mark.parametrize(("field", "variable", "default", "text", "value", "wrong"), SECURITY_LIMITS)
+def test_each_security_limit_has_its_documented_default_its_variable_and_refuses_nonsense(
+    monkeypatch: pytest.MonkeyPatch, field: str, variable: str, default: object, text: str, value: object, wrong: str
+) -> None:
+    for name in [row[1] for row in SECURITY_LIMITS]:
+        monkeypatch.delenv(name, raising=False)
+    jwt: dict[str, Any] = {}
+    if field == "jwt_audience_limits":  # audience limits need tokens on
+        jwt = {"jwt_jwks_url": "https://issuer.example/jwks", "jwt_issuer": "https://issuer.example",
+               "resource_url": "https://mcp.example"}  # fmt: skip
+    assert getattr(Settings(**jwt), field) == default
+    monkeypatch.setenv(variable, text)
+    assert getattr(Settings(**jwt), field) == value
+    monkeypatch.setenv(variable, wrong)
+    with pytest.raises((ValidationError, SettingsError, ValueError)):
+        Settings(**jwt)

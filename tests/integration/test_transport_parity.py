@@ -527,7 +527,8 @@ def test_every_request_message_costs_one_rate_token(rate_server: Server, door: s
 
 
 def test_a_batch_of_more_requests_than_the_burst_is_refused_whole(rate_server: Server) -> None:
-    """A 2025-03-26 batch of 5 requests cannot be paid for with a burst of 3: refused as a whole, not answered."""
+    """A 2025-03-26 batch of 5 requests cannot be paid for with a burst of 3: refused as a whole, not answered, and
+    as too large (413), since no wait would let it through (as a batch over the item limit is)."""
 
     async def scenario() -> tuple[Any, httpx.Response | None, Any]:
         async with connect("http-handshake", rate_server, secret("rate-batch-whole")) as peer:
@@ -537,10 +538,11 @@ def test_a_batch_of_more_requests_than_the_burst_is_refused_whole(rate_server: S
 
     opened, post, answer = run(scenario)
     assert opened["result"]["protocolVersion"] == "2025-03-26"
-    assert status(post) == 429, answer
+    assert status(post) == 413, answer
     refusals = answer if isinstance(answer, list) else [answer]
     assert refusals, answer
-    assert all(item.get("error", {}).get("code") == RATE_LIMITED for item in refusals), answer
+    assert all(item.get("error", {}).get("code") == INVALID_REQUEST for item in refusals), answer
+    assert all(f"more than the {BURST}" in item["error"]["message"] for item in refusals), answer
 
 
 def test_each_request_of_a_batch_costs_one_rate_token(rate_server: Server) -> None:

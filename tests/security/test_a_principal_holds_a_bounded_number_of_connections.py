@@ -35,6 +35,7 @@ from websockets.typing import Subprotocol
 
 from tests.doors import TIMEOUT, LinePeer, Peer, connect, run
 from tests.security.conftest import ACCEPT, ChartServer, serve_as_chart
+from tests.stateless import META
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +52,16 @@ DOORS = {
     "tcp": "tcp",
     "http-get": "streamable-http",
     "http-resume": "streamable-http",
+    "http-listen": "streamable-http",  # 2026-07-28 subscriptions/listen: a POST answered by a lasting stream
 }
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartServer]:
     env = {"ERLMCP_MAX_CONNECTIONS_PER_PRINCIPAL": str(CAP), "ERLMCP_HEADER_TIMEOUT_SECONDS": str(DEADLINE)}
-    running = serve_as_chart(tmp_path_factory, "connection-cap", env=env)
+    catalog = tmp_path_factory.mktemp("connection-cap-catalog") / "catalog.yaml"  # a file: its lists may change,
+    catalog.write_text("tools:\n  - {name: echo, description: Echo., builtin: echo}\n")  # so clients may listen
+    running = serve_as_chart(tmp_path_factory, "connection-cap", env=env, args=("--catalog", str(catalog)))
     yield running
     running.stop()
 
@@ -116,6 +120,8 @@ class Holder:
                 await self._peer(stack)
             elif self.door == "sse":
                 await self._sse(stack)
+            elif self.door == "http-listen":
+                await self._listen(stack)
             else:
                 await self._get(stack)
         except BaseException:
@@ -150,6 +156,26 @@ class Holder:
             client.stream("GET", "/sse", headers=SSE_ACCEPT, timeout=httpx.Timeout(TIMEOUT, read=TIMEOUT))
         )
         await self._first_event(stream, stack)
+
+    async def _listen(self, stack: AsyncExitStack) -> None:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=self.server.url, headers=self._bearer(), timeout=TIMEOUT)
+        )
+        params = {"notifications": {"toolsListChanged": True}, "_meta": META}
+        listen = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": params}
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": "2026-07-28",
+                   "Mcp-Method": "subscriptions/listen"}  # fmt: skip
+        stream = await stack.enter_async_context(
+            client.stream(
+                "POST",
+                "/mcp",
+                content=orjson.dumps(listen),
+                headers=headers,
+                timeout=httpx.Timeout(TIMEOUT, read=TIMEOUT),
+            )  # fmt: skip
+        )
+        first = await self._first_event(stream, stack)
+        assert "notifications/subscriptions/acknowledged" in first, f"{self.door}: the stream began {first}"
 
     async def _first_event(self, stream: httpx.Response, stack: AsyncExitStack) -> str:
         """The first event of a stream that opened (its lines), or :class:`Refused` with the refusal. The stream

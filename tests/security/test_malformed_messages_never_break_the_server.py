@@ -9,7 +9,7 @@ still answer a ``ping``. Rate limits are lifted: they are policy, and would refu
 sees them. The stdio doors spawn a process per example, hence fewer examples there.
 
 What this leaves out: it cannot see a slow leak (the soak tests do), and 100 ms is a liveness budget, not a
-latency target: one probe may miss it on a busy machine, two in a row may not.
+latency target: one or two probes in a row may miss it on a busy machine, three (a stall of about 0.4 s) may not.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 LIVENESS_BUDGET = 0.1  # seconds /livez may take
 PROBE_EVERY = 0.02
+MISSES_IN_A_ROW = 3  # a stalled loop misses every probe; a noisy 2-core machine may make one or two miss
 LIMIT = 16 * 1024  # ERLMCP_MAX_REQUEST_BYTES: large enough for the examples, small enough to be reached
 _ids = itertools.count(1)
 
@@ -162,7 +163,10 @@ def check_door(server: ChartServer, door: str, messages: list[bytes]) -> None:
             probes.cancel_scope.cancel()
 
     run(scenario)
-    assert prober.worst_run < 2, f"{door}: /livez missed its {LIVENESS_BUDGET} s budget twice in a row: {prober.misses}"
+    if not door.startswith("stdio"):  # a stdio server is a process of its own: /livez is not its
+        assert prober.worst_run < MISSES_IN_A_ROW, (
+            f"{door}: /livez missed its {LIVENESS_BUDGET} s budget {prober.worst_run} times in a row: {prober.misses}"
+        )
     _log_is_clean(server, door)
 
 

@@ -124,7 +124,7 @@ def test_a_flood_is_read_no_faster_than_the_pace_until_the_worker_has_exited() -
     with capture_logs():
         paced, unpaced = asyncio.run(main())
     assert paced >= 1.0  # 6 MiB at 4 MiB a second, 0.4 MiB of it ahead of the pace
-    assert unpaced < 5  # 40 MiB, which the pace would have spread over 10 s
+    assert unpaced < 10  # 40 MiB, which the pace would have spread over 10 s: faster than the pace allows
 
 
 def test_what_a_tool_prints_is_logged_under_its_worker_call_and_tool_and_the_protocol_is_intact() -> None:

@@ -104,6 +104,7 @@ def test_a_connection_whose_key_left_the_file_or_changed_its_secret_is_revoked(t
         assert refusal.closes == "credential_revoked", refusal
         assert refusal.status == 401
         assert "revoked" in refusal.error.message
+        assert 'error="invalid_token"' in refusal.headers["WWW-Authenticate"]  # RFC 6750: a 401 says how
     ping = parse_message(b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}')
     screened = asyncio.run(gate.screen(a, ping))
     assert screened is not None
@@ -122,5 +123,6 @@ def test_a_connection_whose_token_expired_is_refused_at_its_next_message(tmp_pat
     assert refusal is not None
     assert refusal.closes == "credential_expired"
     assert "expired" in refusal.error.message
+    assert 'error="invalid_token"' in refusal.headers["WWW-Authenticate"]
     gate.cut("tcp", refusal)
     assert refused_count(gate, "tcp", "credential_expired") == 1

@@ -177,3 +177,28 @@ def test_a_client_that_stops_reading_its_response_is_cut_off_and_its_memory_rele
         assert len(received) < 9 * 1024 * 1024  # it did not get its answer: the server gave up on it
     assert log.count("connection cut: the client stopped reading") == 4
     assert after - baseline < 40, f"the server kept {after - baseline:.0f} MiB after cutting the stalled clients"
+
+
+def cuts(server: RunningServer, reason: str) -> float:
+    """erlmcp_connections_refused_total{transport="http", reason=...} as /metrics reports it now."""
+    text = httpx.get(server.metrics_url, timeout=5).text
+    wanted = f'erlmcp_connections_refused_total{{reason="{reason}",transport="http"}} '
+    found = [line for line in text.splitlines() if line.startswith(wanted)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+@pytest.mark.parametrize(
+    ("reason", "opening"),
+    [
+        ("header_deadline", b""),
+        ("body_deadline", b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n{"),
+    ],
+    ids=["headers", "body"],
+)
+def test_every_deadline_cut_of_the_http_listener_is_counted(server: RunningServer, reason: str, opening: bytes) -> None:
+    before = cuts(server, reason)
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(opening)
+        cut, _ = closed_within(slow, 5)
+    assert cut
+    assert cuts(server, reason) == before + 1
