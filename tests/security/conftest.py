@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 import orjson
 import pytest
 
@@ -60,7 +61,7 @@ class ChartServer:
     def key(self, name: str) -> str:
         return self.keys[name][1]
 
-    def headers(self, name: str | None, **extra: str) -> dict[str, str]:
+    def headers(self, name: str | None, /, **extra: str) -> dict[str, str]:
         """The headers of a POST to /mcp by the key ``name`` (None: no credentials)."""
         headers = {"Accept": ACCEPT, "Content-Type": "application/json", **extra}
         if name is not None:
@@ -104,3 +105,36 @@ def serve_as_chart(
     settings = CHART_ENV | dict(env or {})
     running = start_server(root, flags, settings)
     return ChartServer(running, tcp_port, root, chosen, settings)
+
+
+class SessionHost(Protocol):
+    """Where a session is opened: the /mcp URL, and the headers of a POST by a named key."""
+
+    @property
+    def mcp(self) -> str: ...
+
+    def headers(self, name: str, /, **extra: str) -> dict[str, str]: ...
+
+
+def open_session(
+    host: SessionHost, key: str, *, version: str = "2025-11-25", timeout: float = 15.0
+) -> tuple[str, dict[str, str]]:
+    """A ready session of ``key`` at ``version`` (initialize, then notifications/initialized): its id, and the headers
+    its later requests carry (with MCP-Protocol-Version from 2025-06-18 on, as a client of that revision sends)."""
+    hello = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    opened = httpx.post(
+        host.mcp,
+        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello},
+        headers=host.headers(key),
+        timeout=timeout,
+    )
+    assert opened.status_code == 200, opened.text
+    session_id = opened.headers["mcp-session-id"]
+    headers = host.headers(key, **{"Mcp-Session-Id": session_id})
+    if version != "2025-03-26":
+        headers["MCP-Protocol-Version"] = version
+    ready = httpx.post(
+        host.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=timeout
+    )
+    assert ready.status_code == 202, ready.text
+    return session_id, headers

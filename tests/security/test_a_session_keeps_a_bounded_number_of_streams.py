@@ -30,15 +30,17 @@ from app.settings import Settings
 from app.wiring import create_app
 from tests.conftest import free_port, wait_ready
 from tests.redis_server import RedisServer
-from tests.security.conftest import ACCEPT, CHART_ENV, KEYS, serve_as_chart
+from tests.security.conftest import ACCEPT, CHART_ENV, KEYS, open_session, serve_as_chart
 
 pytestmark = pytest.mark.slow
 
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 TIMEOUT = 15.0  # liveness bound of each request
 CYCLES = 200  # GET streams opened and closed in one session, as in the review
 CALLS = 50  # streamed calls in one session, then as many again: more than a session keeps finished streams of
 FINISHED_TTL_SECONDS = 60  # how long a finished stream stays resumable
+# The chart's settings without its request rate: the tests open a few hundred streams in seconds, which the rate
+# (20 a second, a burst of 100) would refuse on a fast machine; rates are policy, tested in test_limits_*.
+UNLIMITED = {"ERLMCP_RATE_LIMIT_PER_SECOND": "0"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Target:
     held: Callable[[str], Held]  # by session id
     ttls: Callable[[], list[int]]  # seconds each stream has left to live (none in memory: kept by the process)
 
-    def headers(self, key: str, **extra: str) -> dict[str, str]:
+    def headers(self, key: str, /, **extra: str) -> dict[str, str]:
         return {
             "Accept": ACCEPT,
             "Content-Type": "application/json",
@@ -68,7 +70,8 @@ class Target:
 
 def _redis_target(factory: pytest.TempPathFactory) -> Iterator[Target]:
     store = RedisServer(factory.mktemp("redis")).start()
-    server = serve_as_chart(factory, "bounded-streams-redis", env={"ERLMCP_REDIS_URL": store.url})
+    env = {"ERLMCP_REDIS_URL": store.url} | UNLIMITED
+    server = serve_as_chart(factory, "bounded-streams-redis", env=env)
     client = redis.Redis.from_url(store.url)
 
     def stream_keys() -> list[Any]:
@@ -95,7 +98,7 @@ def _memory_target(factory: pytest.TempPathFactory) -> Iterator[Target]:
     key_file.write_text("".join(f"{name} {scopes} {key}\n" for name, (scopes, key) in KEYS.items()))
     settings = Settings(
         api_key_file=key_file,
-        rate_limit_per_second=float(CHART_ENV["ERLMCP_RATE_LIMIT_PER_SECOND"]),
+        rate_limit_per_second=float(UNLIMITED["ERLMCP_RATE_LIMIT_PER_SECOND"]),
         rate_limit_burst=int(CHART_ENV["ERLMCP_RATE_LIMIT_BURST"]),
     )
     app = create_app(settings, metrics=Metrics("test"))
@@ -125,24 +128,6 @@ def _memory_target(factory: pytest.TempPathFactory) -> Iterator[Target]:
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     yield from (_memory_target if request.param == "memory" else _redis_target)(tmp_path_factory)
-
-
-def open_session(target: Target, key: str) -> tuple[str, dict[str, str]]:
-    """A ready session of ``key``: its id, and the headers its later requests carry."""
-    opened = httpx.post(
-        target.mcp,
-        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT},
-        headers=target.headers(key),
-        timeout=TIMEOUT,
-    )
-    assert opened.status_code == 200, opened.text
-    session_id = opened.headers["mcp-session-id"]
-    headers = target.headers(key, **{"Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"})
-    ready = httpx.post(
-        target.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=TIMEOUT
-    )
-    assert ready.status_code == 202, ready.text
-    return session_id, headers
 
 
 def open_and_close_the_get_stream(target: Target, session: dict[str, str]) -> None:
@@ -177,7 +162,7 @@ def streamed_echo(target: Target, session: dict[str, str], request_id: int) -> N
 
 
 def test_opening_and_closing_the_get_stream_again_and_again_does_not_grow_the_session(target: Target) -> None:
-    session_id, session = open_session(target, "limited")
+    session_id, session = open_session(target, "limited", timeout=TIMEOUT)
     open_and_close_the_get_stream(target, session)
     once = target.held(session_id)
     assert once.streams >= 1  # the measure sees the GET stream (it is kept for resumption while it may be resumed)
@@ -191,7 +176,7 @@ def test_opening_and_closing_the_get_stream_again_and_again_does_not_grow_the_se
 
 
 def test_a_session_keeps_a_bounded_number_of_finished_call_streams_and_not_for_long(target: Target) -> None:
-    session_id, session = open_session(target, "other")
+    session_id, session = open_session(target, "other", timeout=TIMEOUT)
     before = target.held(session_id).streams
     for request_id in range(1, CALLS + 1):
         streamed_echo(target, session, request_id)

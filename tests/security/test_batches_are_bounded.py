@@ -34,7 +34,7 @@ import orjson
 import pytest
 
 from tests.doors import connect, run
-from tests.security.conftest import CHART_ENV, KEYS, ChartServer, serve_as_chart
+from tests.security.conftest import CHART_ENV, KEYS, ChartServer, open_session, serve_as_chart
 from tests.security.memory import PeakRss
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,6 @@ RATE, BURST = 20, 100
 INVALID_REQUEST, RATE_LIMITED, BATCH_ANSWER_FULL = -32600, -32029, -32030
 
 TIMEOUT = 60.0  # liveness bound of every request (the unbounded server took seconds on the review's batches)
-INIT = {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 BIG = 1024 * 1024  # the body of the upstream's /big: one answer is a quarter of the budget
 SLOW = 0.25  # how long the upstream's /slow takes to answer
 
@@ -146,23 +145,6 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory, catalog: Path) -> Iterat
     server.stop()
 
 
-def open_session(server: ChartServer, key: str) -> dict[str, str]:
-    """A 2025-03-26 session of ``key`` (the revision with batches): the headers its later requests carry."""
-    opened = httpx.post(
-        server.mcp,
-        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT},
-        headers=server.headers(key),
-        timeout=TIMEOUT,
-    )
-    assert opened.status_code == 200, opened.text
-    headers = server.headers(key, **{"Mcp-Session-Id": opened.headers["mcp-session-id"]})
-    ready = httpx.post(
-        server.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=TIMEOUT
-    )
-    assert ready.status_code == 202, ready.text
-    return headers
-
-
 def call(request_id: int, tool: str, arguments: Mapping[str, Any] | None = None) -> dict[str, Any]:
     params = {"name": tool, "arguments": dict(arguments or {})}
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
@@ -185,7 +167,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 def test_a_batch_over_the_item_limit_is_refused_whole_before_any_item_runs(
     unlimited: ChartServer, upstream: Upstream
 ) -> None:
-    session = open_session(unlimited, "capped")
+    session = open_session(unlimited, "capped", version="2025-03-26", timeout=TIMEOUT)[1]
     upstream.reset()
 
     refused = post(unlimited, session, [call(i, "slow") for i in range(MAX_ITEMS + 1)])
@@ -199,7 +181,7 @@ def test_a_batch_over_the_item_limit_is_refused_whole_before_any_item_runs(
 
 
 def test_a_batch_at_the_item_limit_is_answered_item_by_item(unlimited: ChartServer) -> None:
-    session = open_session(unlimited, "capped")
+    session = open_session(unlimited, "capped", version="2025-03-26", timeout=TIMEOUT)[1]
     answered = post(unlimited, session, [call(i, "echo", {"text": f"item {i}"}) for i in range(MAX_ITEMS)])
     assert answered.status_code == 200, answered.text[:500]
     texts = [answer["result"]["content"][0]["text"] for answer in answered.json()]
@@ -209,7 +191,7 @@ def test_a_batch_at_the_item_limit_is_answered_item_by_item(unlimited: ChartServ
 def test_the_reviews_batch_of_80000_tools_list_is_refused_and_the_servers_memory_stays_bounded(
     unlimited: ChartServer,
 ) -> None:
-    session = open_session(unlimited, "capped")
+    session = open_session(unlimited, "capped", version="2025-03-26", timeout=TIMEOUT)[1]
     batch = b"[" + b",".join(b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}' % i for i in range(80_000)) + b"]"
     assert len(batch) < 4 * 1024 * 1024  # under the body limit: the review's body got through it
 
@@ -227,7 +209,7 @@ def test_each_request_in_a_batch_takes_a_rate_token(chart: ChartServer) -> None:
     """The review's flood, at the batch limit: 20 POSTs of 50 echo calls as fast as they go. No more calls are
     answered than the client's burst plus what its rate refilled meanwhile; the rest are refused, 429."""
     started = time.monotonic()
-    session = open_session(chart, "flooder")
+    session = open_session(chart, "flooder", version="2025-03-26", timeout=TIMEOUT)[1]
     answered, limited = 0, []
     for post_number in range(20):
         batch = [call(post_number * 100 + i, "echo", {"text": "hi"}) for i in range(50)]
@@ -246,7 +228,7 @@ def test_each_request_in_a_batch_takes_a_rate_token(chart: ChartServer) -> None:
 
 
 def test_a_batch_runs_a_bounded_number_of_its_items_at_once(chart: ChartServer, upstream: Upstream) -> None:
-    session = open_session(chart, "fanout")
+    session = open_session(chart, "fanout", version="2025-03-26", timeout=TIMEOUT)[1]
     upstream.reset()
 
     answered = post(chart, session, [call(i, "slow") for i in range(40)])
@@ -262,7 +244,7 @@ def test_a_batch_runs_a_bounded_number_of_its_items_at_once(chart: ChartServer, 
 def test_a_batchs_answer_stops_growing_at_its_byte_budget(unlimited: ChartServer, upstream: Upstream) -> None:
     """100 calls that each answer 1 MiB: the answer would be 100 MiB. The first items are answered until the
     budget is reached; the others get an error saying why, most of them without running."""
-    session = open_session(unlimited, "hoarder")
+    session = open_session(unlimited, "hoarder", version="2025-03-26", timeout=TIMEOUT)[1]
     upstream.reset()
 
     with PeakRss(unlimited.running.process.pid) as memory:

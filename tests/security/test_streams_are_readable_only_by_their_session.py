@@ -19,13 +19,12 @@ import orjson
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.security.conftest import ChartServer, serve_as_chart
+from tests.security.conftest import ChartServer, open_session, serve_as_chart
 from tests.sse import events
 
 pytestmark = pytest.mark.slow
 
 SECRET = "limited's private words"
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 TIMEOUT = 15.0  # liveness bound of every request: a hang fails the test
 
 
@@ -41,24 +40,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     running.stop()
     if redis is not None:
         redis.stop()
-
-
-def open_session(server: ChartServer, key: str) -> dict[str, str]:
-    """A ready session of ``key``: the headers its later requests carry."""
-    opened = httpx.post(
-        server.mcp,
-        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT},
-        headers=server.headers(key),
-        timeout=TIMEOUT,
-    )
-    assert opened.status_code == 200, opened.text
-    headers = server.headers(key, **{"Mcp-Session-Id": opened.headers["mcp-session-id"]})
-    headers["MCP-Protocol-Version"] = "2025-11-25"
-    ready = httpx.post(
-        server.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=TIMEOUT
-    )
-    assert ready.status_code == 202, ready.text
-    return headers
 
 
 def streamed_echo(server: ChartServer, session: dict[str, str]) -> list[tuple[str | None, dict[str, Any] | None]]:
@@ -88,14 +69,14 @@ def refusal(response: httpx.Response, event_id: str) -> tuple[int, str, Any]:
 
 @pytest.mark.parametrize("intruder", ["other", "limited"], ids=["another principal", "another session, same key"])
 def test_a_stream_cannot_be_resumed_by_another_session(server: ChartServer, intruder: str) -> None:
-    owner = open_session(server, "limited")
+    owner = open_session(server, "limited", timeout=TIMEOUT)[1]
     stream = streamed_echo(server, owner)
     priming = stream[0][0]
     assert priming is not None  # the priming event: an id to resume from ...
     assert stream[0][1] is None  # ... and no data
     assert SECRET in orjson.dumps(stream[-1][1]).decode()
 
-    foreign = open_session(server, intruder)
+    foreign = open_session(server, intruder, timeout=TIMEOUT)[1]
     stolen = resume(server, foreign, priming)
     assert SECRET not in stolen.text
     assert stolen.status_code == 404, stolen.text
