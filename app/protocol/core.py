@@ -383,12 +383,14 @@ class ProtocolCore:
     # -- the server's life -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """End the long-lived streams (change feeds, tasks, GET streams) so that the server can stop."""
+        """End the long-lived streams (change feeds, tasks, GET streams) so that the server can stop. A GET stream's
+        connections end but the stream does not: its client resumes it, and with Redis another replica carries it
+        on (the stream's writer is gone), from where it was."""
         self._feed.close()
         self.dispatcher.close()
         for session in self.sessions.all():
             if session.standalone is not None:
-                asyncio.get_running_loop().create_task(session.standalone.close())
+                asyncio.get_running_loop().create_task(session.standalone.stream.disconnect())
 
     async def aclose(self) -> None:
         """Release the session store (after the listeners stopped)."""

@@ -3,15 +3,19 @@ stream of server-initiated messages. Each event is kept in the session's :class:
 client that lost its connection resumes from the last event it saw (``Last-Event-ID``), on any replica when the
 sessions live in Redis. Transports only frame the events (:func:`app.transports.sse.replay`).
 
+A session's standalone stream (:class:`Standalone`) belongs to the session, not to a connection: it collects the
+changes the session hears of whether or not a client reads it, so that a client that comes back (``Last-Event-ID``)
+gets what it missed and reads on. It stops once nobody has read it for ``KEEP_FINISHED_SECONDS`` (the session store's
+``keep_finished_seconds``), or when the session ends.
+
 What a session keeps is bounded: a finished stream stays resumable a short while, among the session's latest
-finished streams (the session store's ``finish_stream``), and a session keeps one GET stream, its latest: opening
-a new one lets the previous one go.
+finished streams (the session store's ``finish_stream``); a session keeps one GET stream, its latest (opening a new
+one lets the previous one go), and that stream keeps its latest ``STANDALONE_MAX_EVENTS`` events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,7 +24,14 @@ from app.protocol.core import ProtocolCore
 from app.protocol.dispatcher import Outcome
 from app.sessions import EventStream, Session
 
-__all__ = ["carry", "open_standalone"]
+__all__ = ["STANDALONE_MAX_EVENTS", "Standalone", "carry", "carry_on_standalone", "open_standalone"]
+
+# The events a standalone stream keeps for a client that comes back: list changes and resource updates are small,
+# and a list change only says "ask again", so the latest hundred tell a client all it needs.
+STANDALONE_MAX_EVENTS = 100
+# A stream counts as unread for its whole time to come back once this close to it (timers are not exact).
+_SLACK_SECONDS = 0.05
+_finishing: set[asyncio.Task[None]] = set()  # standalone streams ending in the background (strong references)
 
 
 async def carry(
@@ -31,11 +42,14 @@ async def carry(
     task: asyncio.Task[Outcome],
     *,
     transport: str,
+    priming: bool,
 ) -> None:
     """Move a request's messages onto its stream (None in ``outbox``: end the client's connection, which resumes),
-    the response last; the stream outlives a disconnect."""
+    the response last; the stream outlives a disconnect. With ``priming`` (a session that polls) the stream opens
+    with an empty event: an id to resume from before any message is sent."""
     try:
-        await stream.append(b"")  # the priming event: an id to resume from, no data
+        if priming:
+            await stream.append(b"")
         while not (task.done() and outbox.empty()):
             getter = asyncio.create_task(outbox.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
@@ -56,28 +70,104 @@ async def carry(
         await core.sessions.save(session)
 
 
-async def open_standalone(core: ProtocolCore, session: Session) -> tuple[EventStream, Callable[[], Awaitable[None]]]:
-    """The session's standalone stream (a GET in streamable HTTP): its priming event, then the changes the session
-    hears of. Call the returned ``end`` when the client's connection goes. The session's previous standalone stream,
-    which must have ended, is let go: a session keeps one."""
-    previous = session.standalone
-    stream = core.sessions.new_stream(session)
-    session.standalone = stream  # before any await: a concurrent GET sees this one open
-    if previous is not None:
-        await core.sessions.drop_stream(session, previous)
-    await stream.append(b"")
-    listener = core.watch(session)
+class Standalone:
+    """A session's standalone stream, and what feeds it: a listener of the changes the session hears of, whose pump
+    appends each one to the stream whether or not a client reads it. Connections attach to the stream to read it
+    (:meth:`~app.sessions.EventStream.attach`); once it has gone unread for the session store's
+    ``keep_finished_seconds`` it stops, and stays resumable as long again for what it kept."""
 
-    async def forward() -> None:
-        async for change in listener.changes():
+    def __init__(self, core: ProtocolCore, session: Session, stream: EventStream, *, priming: bool) -> None:
+        self._core = core
+        self._session = session
+        self._stream = stream
+        self._listener = core.watch(session)  # from now: what comes before the pump runs waits in its queue
+        self._pump = asyncio.create_task(self._forward(priming))
+        self._check: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(core.sessions.keep_finished_seconds, self._due)
+        self._stopped = False
+
+    @property
+    def stream(self) -> EventStream:
+        return self._stream
+
+    async def _forward(self, priming: bool) -> None:
+        if priming:
+            await self._stream.append(b"")  # the priming event: an id to resume from, no data
+        async for change in self._listener.changes():
             message = {"jsonrpc": "2.0", "method": change.method, "params": change.params}
-            await stream.append(orjson.dumps(message))
+            await self._stream.append(orjson.dumps(message))
+            if self._stream.superseded:  # another process runs it now (with Redis, a replica that adopted it)
+                self._halt()
+                return
 
-    pump = asyncio.create_task(forward())
+    def _due(self) -> None:
+        self._check = asyncio.create_task(self._expire())
 
-    async def end() -> None:
-        core.forget(listener)
-        pump.cancel()
-        await core.sessions.finish_stream(session, stream)
+    async def _expire(self) -> None:
+        """Stop when the stream went unread for its time to come back; else look again when that time is up."""
+        keep = self._core.sessions.keep_finished_seconds
+        unread = await self._stream.unread_for()
+        if self._stopped:
+            return
+        if self._stream.superseded:
+            self._halt()
+        elif unread >= keep - _SLACK_SECONDS:
+            await self.end()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(keep - unread, self._due)
 
-    return stream, end
+    def _halt(self) -> bool:
+        """Stop the feed; whether this call stopped it (it stops once)."""
+        if self._stopped:
+            return False
+        self._stopped = True
+        self._core.forget(self._listener)
+        self._pump.cancel()
+        self._timer.cancel()
+        if self._session.standalone is self:
+            self._session.standalone = None
+        return True
+
+    async def end(self) -> None:
+        """No more events: the stream ends for its readers, and stays resumable a while for what it kept."""
+        if self._halt():
+            await self._core.sessions.finish_stream(self._session, self._stream)
+
+    def stop(self) -> None:
+        """:meth:`end`, from code that cannot wait for it (the session is closing)."""
+        if self._halt():
+            finish = self._core.sessions.finish_stream(self._session, self._stream)
+            task = asyncio.get_running_loop().create_task(finish)
+            _finishing.add(task)
+            task.add_done_callback(_finishing.discard)
+
+
+async def open_standalone(core: ProtocolCore, session: Session, *, priming: bool) -> Standalone:
+    """A new standalone stream of the session (a GET in streamable HTTP): its priming event when ``priming`` (a
+    session that polls), then the changes the session hears of. The connection that reads it attaches to it
+    (:meth:`~app.sessions.EventStream.attach`). The session's previous standalone stream, which no connection
+    should read any more, stops and is let go: a session keeps one."""
+    previous = session.standalone
+    stream = core.sessions.new_stream(session, max_events=STANDALONE_MAX_EVENTS, standalone=True)
+    standalone = session.standalone = Standalone(core, session, stream, priming=priming)
+    if previous is not None:
+        await previous.end()
+        await core.sessions.drop_stream(session, previous.stream)
+    return standalone
+
+
+async def carry_on_standalone(core: ProtocolCore, session: Session, stream: EventStream) -> None:
+    """A client resumes ``stream``, one of its session's standalone streams that has not ended: when the process
+    that ran it is gone (with Redis, a replica that died or stopped), this one runs it from now on, numbering its
+    events on (:meth:`~app.sessions.store.SessionBackend.adopt`); the session's standalone stream here, if it had
+    another, is let go, since the client reads this one. Nothing changes while its writer lives."""
+    running = session.standalone
+    if stream.closed or (running is not None and running.stream is stream):
+        return
+    stream.max_events = STANDALONE_MAX_EVENTS
+    if not await core.sessions.adopt(session, stream):
+        return
+    session.standalone = Standalone(core, session, stream, priming=False)
+    if running is not None:
+        await running.end()
+        await core.sessions.drop_stream(session, running.stream)

@@ -7,11 +7,28 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, EventStream
 
-__all__ = ["Session", "SessionLimitError", "SessionQuotaError", "SessionStore"]
+__all__ = ["Session", "SessionLimitError", "SessionQuotaError", "SessionStore", "StandaloneStream"]
+
+
+class StandaloneStream(Protocol):
+    """A session's standalone stream (its GET stream) as the protocol layer runs it: the stream, and what feeds it
+    (:class:`app.protocol.streams.Standalone`). The session holds it so that the stream stops when the session
+    ends, however it ends (DELETE, idle expiry, ended on another replica)."""
+
+    @property
+    def stream(self) -> EventStream: ...
+
+    async def end(self) -> None:
+        """No more events: the stream ends for its readers, and stays resumable a while for what it kept."""
+        ...
+
+    def stop(self) -> None:
+        """:meth:`end`, from code that cannot wait for it (the session ended)."""
+        ...
 
 
 class SessionLimitError(RuntimeError):
@@ -50,7 +67,7 @@ class Session:
     # Client requests being handled, by request id, so notifications/cancelled can stop them.
     in_flight: dict[str | int, asyncio.Task[Any]] = field(default_factory=dict)
     streams: dict[str, EventStream] = field(default_factory=dict)
-    standalone: EventStream | None = None
+    standalone: StandaloneStream | None = None  # on the process that runs it (with Redis, one replica)
     _next_request: int = 0
 
     def next_request_id(self) -> str:
@@ -93,11 +110,13 @@ class Session:
             del self.streams[stream.id]
 
     def close(self) -> None:
-        """Stop everything the session runs: in-flight requests and waits for the client."""
+        """Stop everything the session runs: in-flight requests, waits for the client, and its standalone stream."""
         for task in self.in_flight.values():
             task.cancel()
         for future in self.pending.values():
             future.cancel()
+        if self.standalone is not None:
+            self.standalone.stop()
 
 
 class SessionStore:
@@ -129,6 +148,11 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def keep_finished_seconds(self) -> float:
+        """How long a finished stream stays resumable, and a standalone stream goes on without a reader."""
+        return self._keep_finished
 
     async def create(
         self,
@@ -218,9 +242,12 @@ class SessionStore:
     async def save(self, session: Session) -> None:
         """Persist what a request changed in the session (nothing to do in memory)."""
 
-    def new_stream(self, session: Session) -> EventStream:
-        """A new event stream of the session (a response stream or a GET stream)."""
-        stream = EventStream()
+    def new_stream(self, session: Session, *, max_events: int | None = None, standalone: bool = False) -> EventStream:
+        """A new event stream of the session (a response stream, or its ``standalone`` stream), which keeps its
+        latest ``max_events`` events (default: the stream's own bound)."""
+        stream = EventStream(standalone=standalone)
+        if max_events is not None:
+            stream.max_events = max_events
         session.streams[stream.id] = stream
         return stream
 
@@ -237,6 +264,10 @@ class SessionStore:
     async def drop_stream(self, session: Session, stream: EventStream) -> None:
         """Forget a finished stream now (a GET stream that the session's next GET replaces)."""
         session.forget(stream)
+
+    async def adopt(self, session: Session, stream: EventStream) -> bool:
+        """Never: every stream of this store is written by this process, which runs as long as the stream."""
+        return False
 
     async def deliver_response(self, session: Session, request_id: str | int | None, payload: dict[str, Any]) -> bool:
         """Hand the client's response to the server request waiting for it."""

@@ -7,6 +7,11 @@
   replay it from ``Last-Event-ID`` and follow it to its end, for the session that opened it only (each entry names
   the session by a digest of its id; a stream of another session is not found). A finished stream expires
   ``KEEP_FINISHED_SECONDS`` after its end, or at once when its session lets it go.
+- A session's GET stream (standalone) outlives its connections. The replica that opened it writes it; the
+  connection reading it, on any replica, holds a reader key (its token, refreshed every second and kept at least
+  ``KEEP_FINISHED_SECONDS``) that tells the writer how long the stream has gone unread, and tells an earlier
+  reader that a resume took over (it ends). When the writer is gone, the replica a client resumes on adopts the
+  stream: one script checks the writer's liveness and writes an entry naming the adopter, so only one does.
 - What a client sends for a request running on another replica (its answer to a server request, a
   cancellation) goes to that replica over a pub/sub channel.
 
@@ -46,7 +51,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, Event, EventStream
+from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, Event, EventStream, note_gap
 from app.sessions.memory import Session, SessionLimitError, SessionQuotaError
 from app.sessions.store import SessionStoreUnavailable
 
@@ -60,6 +65,8 @@ _FAILURES = (RedisError, OSError)  # what a command raises when Redis does not a
 CHECK_SECONDS = 1.0  # how often each replica checks Redis and refreshes its liveness key
 _LIVENESS_MS = 3000  # a replica's liveness key lasts this long after its last refresh
 _WRITER_GONE_SECONDS = 2.0  # a reader gives up on a stream whose writer's key was missing this long
+_READER_SECONDS = 1.0  # how often the reader of a standalone stream refreshes its key (and sees a takeover)
+_STANDALONE = b"g"  # the kind (field ``k``) of a standalone stream's entries; a call's stream has none
 
 # A new session, counted against its owner's quota, in one atomic step. When the owner's set of session ids
 # looks full, the ids whose record is gone (ended, or expired) leave it first; the record is written and the id
@@ -87,6 +94,44 @@ return -1
 """
 
 
+# A standalone stream whose writer replica is gone, taken over by this replica, in one atomic step: when its last
+# entry is not its end and the replica it names is not alive, an entry naming this replica (the same sequence number
+# and no data: readers skip it) makes this replica its writer for every reader. Returns the sequence number to go on
+# from, or nil when the stream ended, is not a standalone stream, or its writer lives.
+_ADOPT_SCRIPT = """
+-- KEYS[1]: the stream; ARGV: this replica, the prefix of liveness keys, the most entries kept, the stream's TTL (s)
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return false end
+local fields = {}
+local raw = last[1][2]
+for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
+if fields['seq'] == '-1' or fields['k'] ~= 'g' or not fields['s'] then return false end
+if fields['w'] and redis.call('EXISTS', ARGV[2] .. fields['w']) == 1 then return false end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'seq', fields['seq'], 'data', '', 'w', ARGV[1], 's', fields['s'],
+           'k', 'g')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return fields['seq']
+"""
+
+
+# An entry of a standalone stream, written only while this replica is the stream's writer (its last entry names this
+# replica, or it has none): once another replica adopted the stream (the writer looked gone, say while this one was
+# cut off from Redis), this one must not number events on over the adopter's. Returns 1 when written, else 0.
+_APPEND_SCRIPT = """
+-- KEYS[1]: the stream; ARGV: this replica, the most entries kept, the stream's TTL (s), then the entry's fields
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local raw = last[1][2]
+  for i = 1, #raw, 2 do
+    if raw[i] == 'w' and raw[i + 1] ~= ARGV[1] then return 0 end
+  end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:
     """The entries of the one stream in an XREAD reply (a RESP2 list, or a RESP3 mapping)."""
     if not reply:
@@ -109,16 +154,35 @@ def _session_tag(session_id: str) -> bytes:
 class RedisEventStream(EventStream):
     """An event stream kept in a Redis stream; written by one replica, read by any."""
 
-    def __init__(self, store: RedisSessionStore, stream_id: str, session_id: str) -> None:
-        super().__init__(id=stream_id)
+    def __init__(self, store: RedisSessionStore, stream_id: str, session_id: str, *, standalone: bool = False) -> None:
+        super().__init__(id=stream_id, standalone=standalone)
         self._store = store
         self._redis = store.redis
         self._key = store.stream_key(stream_id)
+        self._reader_key = store.reader_key(stream_id)
+        self._reader = secrets.token_hex(6)  # this copy of the stream, in the tokens of the readers it attaches
         self._session = _session_tag(session_id)
         self._ttl = store.ttl_seconds
         self._finished_ttl = store.finished_ttl_seconds
+        # (longer than the time between two refreshes, however short the time to come back)
+        self._reader_ttl = max(self._finished_ttl, int(3 * _READER_SECONDS))
         self._unwritten: deque[dict[str, bytes | str]] = deque()  # in order; written when Redis answers
         self._writing = asyncio.Lock()
+
+    def found_at(self, last: dict[bytes, bytes]) -> RedisEventStream:
+        """This copy of a stream found in Redis, whose last entry is ``last``: ended, or numbered on from it."""
+        self.standalone = last.get(b"k") == _STANDALONE
+        sequence = last.get(b"seq", b"0")
+        if sequence == _CLOSED:
+            self.closed = True
+        else:
+            self._sequence = int(sequence)
+        return self
+
+    def adopted_at(self, sequence: int) -> None:
+        """This replica writes the stream from now on, numbering on after ``sequence``."""
+        self._sequence = sequence
+        self.superseded = False
 
     async def append(self, data: bytes) -> Event:
         """Add an event (only the replica running the request writes)."""
@@ -134,8 +198,12 @@ class RedisEventStream(EventStream):
 
     async def _write(self, fields: dict[str, bytes | str]) -> None:
         """Write now, or, while Redis does not answer, keep the entry for when it does (never raises)."""
+        if self.superseded:
+            return
         fields["w"] = self._store.replica  # the writer, whose liveness readers check
         fields["s"] = self._session  # the session, which alone may read the stream
+        if self.standalone:
+            fields["k"] = _STANDALONE  # a replica that finds it may resume it as the session's GET stream
         self._unwritten.append(fields)
         if len(self._unwritten) > self.max_events:
             self._unwritten.popleft()  # the stream keeps only the last max_events anyway
@@ -156,26 +224,87 @@ class RedisEventStream(EventStream):
                 try:
                     fields = self._unwritten[0]
                     ttl = self._finished_ttl if fields["seq"] == _CLOSED else self._ttl  # finished: kept briefly
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        pipe.xadd(self._key, fields, maxlen=self.max_events)  # type: ignore[arg-type]
-                        pipe.expire(self._key, ttl)
-                        await pipe.execute()
+                    if self.standalone:
+                        pairs = [item for field in fields.items() for item in field]
+                        args = [self._store.replica, self.max_events, ttl, *pairs]
+                        if not await self._store.append_script(keys=[self._key], args=args):
+                            self._superseded()
+                            return True
+                    else:
+                        async with self._redis.pipeline(transaction=False) as pipe:
+                            # (exactly: the stream keeps its latest max_events)
+                            pipe.xadd(self._key, fields, maxlen=self.max_events, approximate=False)  # type: ignore[arg-type]
+                            pipe.expire(self._key, ttl)
+                            await pipe.execute()
                 except _FAILURES:
                     self._store.defer(self)
                     return False
                 self._unwritten.popleft()
         return True
 
+    def _superseded(self) -> None:
+        """Another replica adopted this standalone stream: this one writes no more of it."""
+        self.superseded = True
+        self._unwritten.clear()
+        log.info("another replica carries on a GET stream this one wrote; stopped writing it", stream=self.id)
+
+    async def attach(self) -> None:
+        """Count a connection about to follow the stream as its one reader, on every replica: its token in the
+        reader key ends the connections reading it elsewhere (each sees the key name another, within a second)."""
+        await super().attach()
+        try:
+            await self._redis.set(self._reader_key, self._token(self._generation), ex=self._reader_ttl)
+        except _FAILURES as exc:  # the reader then fails as Redis does, and the client resumes
+            log.debug("could not record a stream's reader", stream=self.id, error=_reason(exc))
+
+    async def unread_for(self) -> float:
+        """Seconds the stream has gone without a reader here or on any replica (whose reader key is refreshed while
+        it reads, and kept at least ``KEEP_FINISHED_SECONDS``); 0 while Redis does not answer (asked again later)."""
+        here = await super().unread_for()
+        if not here:
+            return 0.0
+        try:
+            left_ms = int(await self._redis.pttl(self._reader_key))
+        except _FAILURES:
+            return 0.0
+        if left_ms <= 0:  # no reader anywhere for as long as the key lasts
+            return here
+        # (a reader refreshes its key every second or so: it counts as reading until two refreshes were missed)
+        refreshed = self._reader_ttl - left_ms / 1000
+        return max(0.0, min(here, refreshed - 2 * _READER_SECONDS))
+
+    def _token(self, generation: int) -> bytes:
+        """The reader key's value while the reader attached at ``generation`` of this copy reads the stream."""
+        return f"{self._reader}:{generation}".encode()
+
+    async def _still_reading(self, token: bytes) -> bool:
+        """Refresh the reader key; False once another connection took the stream over (its token is there)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._reader_key)
+            pipe.expire(self._reader_key, self._reader_ttl)
+            holder, _ = await pipe.execute()
+        if holder is None:  # it expired (Redis was away a while): the reader's again, unless another took it
+            return bool(await self._redis.set(self._reader_key, token, ex=self._reader_ttl, nx=True))
+        return bool(holder == token)
+
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """The events after sequence ``after``, then new ones as they are appended anywhere, until the end marker
-        (or :meth:`disconnect` ends this reader, the stream expires, its writer is gone, or Redis does not
-        answer: the client resumes from the last event it got)."""
+        (or :meth:`disconnect` ends this reader, another connection attaches to the stream, the stream
+        expires, its writer is gone, or Redis does not answer: the client resumes from the last event it got)."""
         generation = self._generation
+        token = self._token(generation) if self.standalone and self.readers else None  # an attached reader
+        refreshed = time.monotonic()
+        resumed = after
         position = "0-0"
         writer: bytes | None = None
         missing_since: float | None = None
         while self._generation == generation:
             try:
+                if token is not None and time.monotonic() - refreshed >= _READER_SECONDS:
+                    refreshed = time.monotonic()
+                    if not await self._still_reading(token):
+                        log.debug("a resume took a stream over; ended its earlier reader", stream=self.id)
+                        return
                 reply: Any = await self._redis.xread({self._key: position}, count=100, block=100)
                 entries = _entries(reply)
                 alive = True
@@ -202,6 +331,9 @@ class RedisEventStream(EventStream):
                 if sequence == _CLOSED:
                     return
                 if int(sequence) > after:
+                    if resumed:
+                        note_gap(self.id, resumed, int(sequence))
+                        resumed = 0
                     yield Event(f"{self.id}-{int(sequence)}", fields[b"data"])
                     after = int(sequence)
                 if self._generation != generation:
@@ -234,6 +366,8 @@ class RedisSessionStore:
         self._owner_ttl = 2 * self._idle
         self._owners_refreshed = time.monotonic()
         self._create_script = redis.register_script(_CREATE_SCRIPT)
+        self._adopt_script = redis.register_script(_ADOPT_SCRIPT)
+        self.append_script = redis.register_script(_APPEND_SCRIPT)  # (for RedisEventStream.flush)
         self._prefix = prefix
         self._local: dict[str, tuple[Session, float]] = {}
         self._channel = f"{prefix}:bus"
@@ -266,6 +400,11 @@ class RedisSessionStore:
         return self._keep_finished
 
     @property
+    def keep_finished_seconds(self) -> float:
+        """How long a finished stream stays resumable, and a standalone stream goes on without a reader."""
+        return float(self._keep_finished)
+
+    @property
     def known_down(self) -> bool:
         """Whether the last check found Redis not answering."""
         return self._up is False
@@ -280,6 +419,10 @@ class RedisSessionStore:
     def stream_key(self, stream_id: str) -> str:
         """The Redis key of an event stream."""
         return f"{self._prefix}:events:{stream_id}"
+
+    def reader_key(self, stream_id: str) -> str:
+        """The Redis key naming the connection that reads a standalone stream (see :meth:`RedisEventStream.attach`)."""
+        return f"{self._prefix}:events:{stream_id}:reader"
 
     def _replica_key(self, replica: bytes) -> bytes:
         return f"{self._prefix}:replica:".encode() + replica
@@ -474,7 +617,12 @@ class RedisSessionStore:
 
     def _prune(self) -> int:
         now = time.monotonic()
-        stale = [sid for sid, (s, seen) in self._local.items() if now - seen > self._idle and not s.in_flight]
+        # (a session whose GET stream is read here stays: requests may go to other replicas meanwhile)
+        stale = [
+            sid
+            for sid, (s, seen) in self._local.items()
+            if now - seen > self._idle and not s.in_flight and not (s.standalone and s.standalone.stream.readers)
+        ]
         for session_id in stale:
             self._local.pop(session_id)[0].close()
         return len(stale)
@@ -620,9 +768,12 @@ class RedisSessionStore:
             return None
         return owner if isinstance(owner, str) else None
 
-    def new_stream(self, session: Session) -> EventStream:
-        """A stream kept in Redis, so that another replica can resume it (for this session only)."""
-        stream = RedisEventStream(self, secrets.token_hex(8), session.id)
+    def new_stream(self, session: Session, *, max_events: int | None = None, standalone: bool = False) -> EventStream:
+        """A stream kept in Redis, so that another replica can resume it (for this session only); it keeps its
+        latest ``max_events`` events (default: the stream's own bound), in Redis as while Redis is away."""
+        stream = RedisEventStream(self, secrets.token_hex(8), session.id, standalone=standalone)
+        if max_events is not None:
+            stream.max_events = max_events
         session.streams[stream.id] = stream
         return stream
 
@@ -644,7 +795,30 @@ class RedisSessionStore:
         tag = last[0][1].get(b"s") if last else None
         if not isinstance(tag, bytes) or not hmac.compare_digest(tag, _session_tag(session.id)):
             return None
-        return RedisEventStream(self, stream_id, session.id)
+        return RedisEventStream(self, stream_id, session.id).found_at(last[0][1])
+
+    async def adopt(self, session: Session, stream: EventStream) -> bool:
+        """Write a session's standalone stream from now on when the replica that wrote it is gone (killed, or
+        stopped): its readers, on any replica, see this replica as its writer; its events are numbered on. One
+        replica adopts it, whichever asks first; False for the others, while its writer lives, once it ended, and
+        for a stream written here already (the replica it was adopted from stops writing it: see ``_APPEND_SCRIPT``).
+
+        Raises:
+            SessionStoreUnavailable: Redis does not answer.
+        """
+        if not isinstance(stream, RedisEventStream) or not stream.standalone or stream.closed:
+            return False
+        if session.streams.get(stream.id) is stream and not stream.superseded:
+            return False
+        args = (self.replica, self._replica_key(b"").decode(), stream.max_events, self._idle)
+        with self._commands():
+            sequence = await self._adopt_script(keys=[self.stream_key(stream.id)], args=args)
+        if sequence is None:
+            return False
+        stream.adopted_at(int(sequence))
+        session.streams[stream.id] = stream
+        log.info("adopted a GET stream whose replica is gone", stream=stream.id)
+        return True
 
     async def finish_stream(self, session: Session, stream: EventStream) -> None:
         """The stream has its last event: its end marker sets it to expire ``keep_finished_seconds`` later; the
@@ -660,7 +834,8 @@ class RedisSessionStore:
 
     async def _release(self, streams: list[EventStream]) -> None:
         """Delete the Redis streams of streams a session let go (never raises: each expires soon anyway)."""
-        keys = [self.stream_key(stream.id) for stream in streams if isinstance(stream, RedisEventStream)]
+        gone = [stream.id for stream in streams if isinstance(stream, RedisEventStream)]
+        keys = [self.stream_key(stream_id) for stream_id in gone] + [self.reader_key(stream_id) for stream_id in gone]
         if not keys or self._up is False:
             return
         try:

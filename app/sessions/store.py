@@ -45,7 +45,15 @@ class SessionBackend(Protocol):
 
     async def delete(self, session_id: str) -> bool: ...
 
-    def new_stream(self, session: Session) -> EventStream: ...
+    @property
+    def keep_finished_seconds(self) -> float:
+        """How long a finished stream stays resumable, and a standalone stream goes on without a reader."""
+        ...
+
+    def new_stream(self, session: Session, *, max_events: int | None = None, standalone: bool = False) -> EventStream:
+        """A new stream of the session, kept for resumption: a call's, or (``standalone``) its GET stream; it keeps
+        its latest ``max_events`` events (default: the stream's own bound)."""
+        ...
 
     async def find_stream(self, session: Session, stream_id: str) -> EventStream | None:
         """The stream of this session with this id, to resume it; None when there is none: another session's
@@ -63,6 +71,16 @@ class SessionBackend(Protocol):
 
     async def drop_stream(self, session: Session, stream: EventStream) -> None:
         """Forget a finished stream now (a GET stream that the session's next GET replaces)."""
+        ...
+
+    async def adopt(self, session: Session, stream: EventStream) -> bool:
+        """Whether this process now writes ``stream``, a standalone stream of the session found (:meth:`find_stream`)
+        and not finished, whose writer is gone (a replica that died or stopped): its events are numbered on from
+        the last one kept. False while its writer lives, and for a stream this process writes already.
+
+        Raises:
+            SessionStoreUnavailable: a shared store does not answer.
+        """
         ...
 
     async def deliver_response(

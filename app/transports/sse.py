@@ -9,7 +9,10 @@ from app.sessions import EventStream
 
 __all__ = ["KEEPALIVE", "SSE_HEADERS", "format_event", "format_retry", "replay", "with_keepalive"]
 
-KEEPALIVE = b": keep-alive\n\n"
+# A comment line and no blank line: a blank line would end an event, and a parser that keeps the last event id
+# across events (httpx-sse, under mcp < 1.23) dispatches that empty event as a message, which its client then fails to
+# parse. A comment alone dispatches nothing in any parser, and the next event still parses.
+KEEPALIVE = b": keep-alive\n"
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
@@ -63,23 +66,24 @@ async def replay(
     stream: EventStream,
     after: int,
     *,
-    priming: bool,
+    polling: bool,
     retry_ms: int,
     keepalive_seconds: float,
     stopping: Callable[[], bool],
 ) -> AsyncIterator[bytes]:
-    """A resumable stream's events after event ``after``, framed, with keep-alives; its empty priming event carries
-    the ``retry`` hint when ``priming``. A stream the server ends on purpose (``stopping()`` once it ended) ends
-    with that hint."""
+    """A resumable stream's events after event ``after``, framed, with keep-alives. A stream of a session that polls
+    (:func:`app.protocol.polls`) carries the ``retry`` hint on its priming event (the empty event only such a stream
+    has), and ends with it when the server ends the stream on purpose (``stopping()`` once it ended): the client
+    comes back, to another replica, with Last-Event-ID. Older clients would not, so they get neither."""
 
     async def framed() -> AsyncIterator[bytes]:
         async for event in stream.follow(after):
             if not event.data:
-                yield format_event(event.id, b"", event=None, retry_ms=retry_ms if priming else None)
+                yield format_event(event.id, b"", event=None, retry_ms=retry_ms if polling else None)
             else:
                 yield format_event(event.id, event.data)
 
     async for chunk in with_keepalive(framed(), keepalive_seconds):
         yield chunk
-    if stopping():
+    if polling and stopping():
         yield format_retry(retry_ms)

@@ -1,8 +1,10 @@
 """The streamable HTTP transport (MCP 2025-03-26 to 2025-11-25, and 2026-07-28) at one endpoint, ``/mcp``.
 
 - POST carries one JSON-RPC message. A request is answered with ``application/json`` when its handler sends
-  nothing before the response, and with an SSE stream (a priming event, related notifications and requests,
-  then the response) when it does. Notifications and responses from the client get 202.
+  nothing before the response, and with an SSE stream (related notifications and requests, then the response)
+  when it does. Notifications and responses from the client get 202. Sessions of 2025-11-25 poll (SEP-1699):
+  their streams open with a priming event (an id, no data, a ``retry`` hint), and a handler may end a call's
+  stream before its response, which the client resumes; older sessions get neither, as from the official SDKs.
 - ``initialize`` opens a session: the response carries ``Mcp-Session-Id``, which every later request must
   echo (400 without it, 404 for an unknown or ended one). Sessions are bound to the caller's credentials.
 - GET opens the session's stream for server-initiated messages, or resumes a stream from ``Last-Event-ID``.
@@ -18,11 +20,10 @@ error body that says what was wrong, with the id of the message it refuses when 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -37,11 +38,11 @@ from app.jsonrpc import (
     message_from,
     parse_json,
 )
-from app.protocol import HANDSHAKE_REVISIONS
+from app.protocol import HANDSHAKE_REVISIONS, polls
 from app.protocol.core import ProtocolCore
 from app.protocol.dispatcher import Outcome
 from app.protocol.stateless import check_meta, check_version
-from app.protocol.streams import carry, open_standalone
+from app.protocol.streams import carry, carry_on_standalone, open_standalone
 from app.security.gate import Caller, Refusal
 from app.sessions import EventStream, Session
 from app.sessions.events import parse_event_id
@@ -251,12 +252,16 @@ class McpEndpoint:
         async def end_connection() -> None:
             await send(None)
 
+        # Only a session that polls (2025-11-25) gets a priming event, and may have its call's stream ended before
+        # the response (the client resumes it); an older client would wait for a response that never comes. A
+        # session of one request (stateless mode) cannot be resumed at all.
+        polling = bool(session.id) and polls(session.protocol_version)
         ctx = self.core.context(
             message,
             caller,
             session,
             send=send if wants_stream else None,
-            end_connection=end_connection if wants_stream else None,
+            end_connection=end_connection if wants_stream and polling else None,
         )
         task = asyncio.create_task(self.core.run(message, ctx))
         task.add_done_callback(rouse)
@@ -273,18 +278,20 @@ class McpEndpoint:
         if outbox is None:  # finished without sending, but the client takes only event streams
             outbox = asyncio.Queue()
         stream = self._sessions.new_stream(session) if session.id else EventStream()
-        pump = asyncio.create_task(carry(self.core, session, stream, outbox, task, transport="streamable-http"))
+        pump = asyncio.create_task(
+            carry(self.core, session, stream, outbox, task, transport="streamable-http", priming=polling)
+        )
         self._background.add(pump)
         pump.add_done_callback(self._background.discard)
         headers = {**SSE_HEADERS, **({"Mcp-Session-Id": session.id} if session.id else {})}
-        return StreamingResponse(self._events(stream, 0, priming=True), media_type=_SSE, headers=headers)
+        return StreamingResponse(self._events(stream, 0, polling=polling), media_type=_SSE, headers=headers)
 
-    def _events(self, stream: EventStream, after: int, *, priming: bool) -> AsyncIterator[bytes]:
+    def _events(self, stream: EventStream, after: int, *, polling: bool) -> AsyncIterator[bytes]:
         options = self._options
         return replay(
             stream,
             after,
-            priming=priming,
+            polling=polling,
             retry_ms=options.sse_retry_ms,
             keepalive_seconds=options.keepalive_seconds,
             stopping=lambda: self._stopping,
@@ -425,7 +432,13 @@ class McpEndpoint:
     async def _get(self, request: Request, caller: Caller) -> Response:
         """The session's standalone stream, or a stream resumed from ``Last-Event-ID``. Either holds one of the
         caller's connection slots while it is open (429 over the cap), and ends with a JSON-RPC error once the
-        caller's credential is gone (checked at each event and keep-alive)."""
+        caller's credential is gone (checked at each event and keep-alive).
+
+        The standalone stream belongs to the session, not to the connection (see :mod:`app.protocol.streams`): a
+        resume gets what was sent while the client was away, then what comes next, and takes over from a connection
+        still reading it (which ends: the server may not have seen the client lose it). A GET without
+        ``Last-Event-ID`` is 409 while a connection reads the session's stream; otherwise it starts a new one (the
+        client did not resume the last one). Only a session that polls (2025-11-25) gets a priming event."""
         if _SSE not in _media_types(request.headers.get("accept", "")):
             return refuse(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
         found = await self._session(request, caller)
@@ -441,34 +454,37 @@ class McpEndpoint:
             if known is None or parsed is None:
                 return refuse(404, f"Not Found: no stream to resume from event {last!r}")
             resumed = (known, parsed[1])
-        elif session.standalone is not None and not session.standalone.closed:
+        elif session.standalone is not None and session.standalone.stream.readers:
             return refuse(409, "Conflict: this session already has an open GET stream")
         slot = self._gate.hold(caller, "streamable-http")
         if isinstance(slot, Refusal):
             return refused(slot)
-        end: Callable[[], Awaitable[None]] | None = None  # ends the standalone stream (a resumed one goes on)
-        if resumed is not None:
-            stream, after = resumed
-        else:
-            try:
-                stream, end = await open_standalone(self.core, session)
-            except BaseException:
-                slot.release()
-                raise
-            after = 0
+        polling = polls(session.protocol_version)
+        try:
+            if resumed is None:
+                stream, after = (await open_standalone(self.core, session, priming=polling)).stream, 0
+            else:
+                stream, after = resumed
+                if stream.standalone:
+                    await carry_on_standalone(self.core, session, stream)  # its replica gone: run it here
+        except BaseException:
+            slot.release()
+            raise
+        reads = stream.standalone and not stream.closed  # the session's live GET stream: this connection reads it
 
         async def events() -> AsyncIterator[bytes]:
             self._streams_open.inc()
+            attached = False
             try:
-                chunks = self._events(stream, after, priming=end is not None)
+                if reads:  # (once the response is sent: a connection gone before never counted as a reader)
+                    attached = True
+                    await stream.attach()
+                chunks = self._events(stream, after, polling=polling)
                 async for chunk in until_revoked(chunks, self._gate, caller, "streamable-http"):
                     yield chunk
             finally:
                 self._streams_open.dec()
-                if end is not None:
-                    # The client went: the response's cancel scope is cancelled, yet the stream must end (its end
-                    # marker written, in Redis too, so that it is let go in time and a resumed reader stops).
-                    with anyio.CancelScope(shield=True):
-                        await end()
+                if attached:
+                    stream.detach()  # the stream goes on: the client may come back for what it missed
 
         return HeldStream(events(), slot, media_type=_SSE, headers=headers)

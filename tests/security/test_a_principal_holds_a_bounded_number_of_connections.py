@@ -44,6 +44,7 @@ DEADLINE = 2  # seconds: the server's ERLMCP_HEADER_TIMEOUT_SECONDS (and first-m
 CAP = 3  # the server's ERLMCP_MAX_CONNECTIONS_PER_PRINCIPAL
 RATE_LIMITED = -32029  # the JSON-RPC code of a 429 on every transport (wire value, pinned here)
 SSE_ACCEPT = {"Accept": "text/event-stream"}
+RESUMABLE = CAP + 2  # http-resume: the streams a holder resumes in a test (the cap's, a refused one, one more)
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "holder", "version": "1"}}
 # Each door, and the transport label its connections have in the server's metrics.
 DOORS = {
@@ -107,8 +108,8 @@ class Holder:
 
     def __init__(self, door: str, server: ChartServer, key_name: str) -> None:
         self.door, self.server, self.key = door, server, server.key(key_name)
-        self._resumable: str | None = None  # http-resume: the event id of the standalone stream to resume
-        self._resumed: dict[str, str] = {}  # http-resume: the headers of that stream's session
+        # http-resume: GET streams to resume, each of a session of its own (the session's headers, an event id)
+        self._resumable: list[dict[str, str]] = []
 
     def _bearer(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
@@ -207,26 +208,42 @@ class Holder:
         return session
 
     async def _get(self, stack: AsyncExitStack) -> None:
-        """http-get: a new session's standalone GET stream. http-resume: the first is a standalone stream, and
-        every later one resumes it from its first event (``Last-Event-ID``)."""
+        """http-get: a new session's standalone GET stream. http-resume: a GET stream resumed from its priming event
+        (``Last-Event-ID``), each of a session of its own: a resume takes over from the connection reading its
+        stream (which ends), so two resumes of one stream are never held at once."""
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=self.server.url, headers=self._bearer(), timeout=TIMEOUT)
         )
-        resume = self.door == "http-resume" and self._resumable is not None
-        headers = {**SSE_ACCEPT, **(self._resumed if resume else await self._session(client))}
-        if resume:
-            headers["Last-Event-ID"] = str(self._resumable)
+        if self.door == "http-resume":
+            if not self._resumable:  # made before this principal holds any connection
+                self._resumable = [await self._left_stream(client) for _ in range(RESUMABLE)]
+            headers = {**SSE_ACCEPT, **self._resumable.pop(0)}
+        else:
+            headers = {**SSE_ACCEPT, **await self._session(client)}
         stream = await stack.enter_async_context(
             client.stream("GET", "/mcp", headers=headers, timeout=httpx.Timeout(TIMEOUT, read=TIMEOUT))
         )
-        if resume:  # a resumed stream sends nothing until the session hears of something: it is open
+        if self.door == "http-resume":  # a resumed stream sends nothing until the session hears of something
             if stream.status_code != 200:
                 await self._first_event(stream, stack)
             return
-        priming = await self._first_event(stream, stack)
-        if self.door == "http-resume":
-            self._resumable = priming.partition("id: ")[2].splitlines()[0]
-            self._resumed = {name: value for name, value in headers.items() if name.startswith(("Mcp-", "MCP-"))}
+        await self._first_event(stream, stack)
+
+    async def _left_stream(self, client: httpx.AsyncClient) -> dict[str, str]:
+        """A new session's GET stream, opened and left after its priming event: the headers that resume it."""
+        session = await self._session(client)
+        with anyio.fail_after(TIMEOUT):
+            while True:  # (the server sees the previous one's connection go in its own time)
+                async with AsyncExitStack() as stack:
+                    stream = await stack.enter_async_context(
+                        client.stream("GET", "/mcp", headers={**SSE_ACCEPT, **session})
+                    )
+                    try:
+                        priming = await self._first_event(stream, stack)
+                    except Refused:
+                        await asyncio.sleep(0.2)
+                        continue
+                return {**session, "Last-Event-ID": priming.partition("id: ")[2].splitlines()[0]}
 
 
 async def _bounded(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -174,6 +174,10 @@ def test_opening_and_closing_the_get_stream_again_and_again_does_not_grow_the_se
     assert after.streams <= once.streams, f"{CYCLES} GET streams left {after} in the store (one left {once})"
     assert after.bytes <= once.bytes + 256, f"{CYCLES} GET streams left {after} in the store (one left {once})"
 
+    # The last GET stream waits a while for its client to come back (a GET stream outlives its connection); the
+    # client ends its session instead, which stops it: it is finished, and goes soon (in Redis too).
+    assert httpx.delete(target.mcp, headers=session, timeout=TIMEOUT).status_code == 200
+
 
 def test_a_session_keeps_a_bounded_number_of_finished_call_streams_and_not_for_long(target: Target) -> None:
     session_id, session = open_session(target, "other", timeout=TIMEOUT)

@@ -4,9 +4,7 @@ the session lets go is gone at once (its Redis key too). Both stores, the Redis 
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,6 +15,7 @@ from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
 from app.settings import Settings
 from tests.redis_server import RedisServer
+from tests.scenarios import eventually, run
 
 KEEP_SECONDS = 1  # how long the stores of these tests keep a finished stream
 MOST = 3  # how many finished streams a session of these tests keeps
@@ -45,19 +44,6 @@ async def new_session(store: SessionBackend, principal: str) -> Session:
     return await store.create(
         protocol_version="2025-11-25", client_info={}, client_capabilities={}, principal=principal
     )
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
 @pytest.mark.slow
