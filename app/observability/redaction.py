@@ -7,8 +7,9 @@ from its message, its arguments, its fields and its traceback alike:
   Secret is covered, and the value it replaced stays covered), the Redis URL's password, the request-state key;
   each also percent-encoded and JSON-escaped, the forms in which a URL or a JSON line carries it;
 - what has the shape of a credential: ``Bearer <token>``, the value of an ``Authorization``, ``X-API-Key`` or
-  ``api_key`` field or header and of the ``io.erlmcp/apiKey`` meta field, anything shaped like a JWT, and the
-  password of a URL (``scheme://user:password@host``).
+  ``api_key`` field or header and of the ``io.erlmcp/apiKey`` meta field, the token of a WebSocket bearer
+  subprotocol (``base64url.bearer.authorization.k8s.io.<token>``, which the handshake's request headers carry at
+  DEBUG), anything shaped like a JWT, and the password of a URL (``scheme://user:password@host``).
 
 API keys are held only as SHA-256 digests, so a key is removed by where it stands (after ``Bearer``, in an
 ``X-API-Key`` or ``io.erlmcp/apiKey`` field), never by its value.
@@ -53,6 +54,9 @@ _SHAPES = (
     re.compile(rf"(?P<keep>{_NAME}{_QUOTE}\s*[:=]\s*{_QUOTE}{_SCHEME}){_VALUE}"),
     # Bearer x: RFC 6750's b64token, 12 characters at least (so that "Bearer token" in a sentence stays)
     re.compile(r"(?P<keep>(?i:bearer)\s+)(?!\[redacted\])[A-Za-z0-9._~+/-]{12,}=*"),
+    # the WebSocket bearer subprotocol (Kubernetes' convention): base64url.bearer.authorization.k8s.io.<token>,
+    # whatever the token's encoding (a malformed one holds the credential all the same); the prefix is kept
+    re.compile(rf"(?P<keep>(?i:bearer\.authorization\.k8s\.io\.)){_VALUE}"),
     # a JWT: three base64url parts, the first a JSON object (eyJ)
     re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
     # scheme://user:password@host
@@ -70,7 +74,7 @@ _SHAPE_NEEDLES = (
     ("K", "Key"),
     ("K", "KEY"),
     ("k", "key"),
-    ("z", "uthorization"),
+    ("z", "uthorization"),  # also the WebSocket bearer subprotocol's bearer.authorization.k8s.io.
     ("Z", "UTHORIZATION"),
 )
 _URL_SAFE = "/:@!$'()*+,;="  # what a URL may keep unencoded in a path or query (RFC 3986), as httpx does

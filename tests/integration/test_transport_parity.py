@@ -650,7 +650,8 @@ def test_a_binary_websocket_frame_is_refused_and_the_next_text_message_is_answer
 
 
 # == Row 7: an unauthenticated caller is refused, saying what is missing ===========================================
-# HTTP: 401 with WWW-Authenticate; WebSocket: the upgrade refused (403); TCP: an error, then the connection closes.
+# HTTP and the WebSocket upgrade: 401 with WWW-Authenticate and the JSON-RPC error; TCP: an error, then the
+# connection closes.
 
 
 @pytest.mark.parametrize("door", ["http-handshake", "http-2026", "sse-2026", "websocket-2026", "tcp-2026"])
@@ -659,7 +660,13 @@ def test_an_unauthenticated_caller_is_refused_saying_what_is_missing(scopes_serv
     if transport == "websocket":
         with pytest.raises(InvalidStatus) as upgrade:
             run(lambda: _connect_only(door, scopes_server))
-        assert upgrade.value.response.status_code == 403
+        response = upgrade.value.response
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        error = orjson.loads(response.body or b"null")["error"]
+        assert error["code"] == INVALID_REQUEST
+        assert error["message"].startswith("Unauthorized")
+        assert "Authorization" in error["message"]
         return
     if transport == "tcp":
 

@@ -13,69 +13,24 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.jwks import ISSUER, RESOURCE, Jwks, SigningKey, claims, ec_key, rsa_key
 from tests.security.conftest import ChartServer, serve_as_chart
 from tests.stateless import post
 
 pytestmark = pytest.mark.slow
 
-ISSUER = "https://issuer.test"
-RESOURCE = "https://mcp.example.test"
 METADATA = f'resource_metadata="{RESOURCE}/.well-known/oauth-protected-resource"'
 EVERY_TOOL = {"echo", "add", "subtract", "multiply", "divide", "power", "sqrt", "system_info"}
-
-
-class Jwks:
-    """An identity provider's key set on a real loopback HTTP server: an RSA key and an EC (P-256) key."""
-
-    def __init__(self) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ec = ec.generate_private_key(ec.SECP256R1())
-        keys = [
-            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa.public_key())), "kid": "rsa-1", "use": "sig"},
-            {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec.public_key())), "kid": "ec-1", "use": "sig"},
-        ]
-        body = json.dumps({"keys": keys}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def another_rsa_key() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    body = {"iss": ISSUER, "aud": RESOURCE, "sub": "alice", "exp": now + 600, "iat": now, **changes}
-    return {name: value for name, value in body.items() if value is not None}
 
 
 def b64(data: bytes | str) -> str:
@@ -87,8 +42,9 @@ def hand_made(header: Any, payload: Any, signature: str = "c2lnbmF0dXJlLWJ5dGVz"
     return f"{b64(json.dumps(header))}.{b64(json.dumps(payload))}.{signature}"
 
 
-def signed(header: dict[str, Any], payload: Any, key: rsa.RSAPrivateKey) -> str:
+def signed(header: dict[str, Any], payload: Any, key: SigningKey) -> str:
     """A token with any header and payload, truly signed RS256 by ``key`` (PyJWT would refuse to make some)."""
+    assert isinstance(key, rsa.RSAPrivateKey)  # RS256 signs with an RSA key
     signing_input = f"{b64(json.dumps({'typ': 'JWT', 'alg': 'RS256', **header}))}.{b64(json.dumps(payload))}"
     signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(signing_input.encode(), key)
     return f"{signing_input}.{b64(signature)}"
@@ -96,25 +52,23 @@ def signed(header: dict[str, Any], payload: Any, key: rsa.RSAPrivateKey) -> str:
 
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[Jwks]:
-    provider = Jwks()
-    yield provider
-    provider.close()
+    with Jwks({"rsa-1": rsa_key(), "ec-1": ec_key()}) as provider:
+        yield provider
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, jwks: Jwks) -> Iterator[ChartServer]:
-    args = ["--jwt-jwks-url", jwks.url, "--jwt-issuer", ISSUER, "--resource-url", RESOURCE]
-    running = serve_as_chart(tmp_path_factory, "tokens", args=args)
+    running = serve_as_chart(tmp_path_factory, "tokens", args=jwks.server_args())
     yield running
     running.stop()
 
 
 def rsa_token(jwks: Jwks, header: dict[str, Any] | None = None, **changes: Any) -> str:
-    return signed({"kid": "rsa-1", **(header or {})}, claims(**changes), jwks.rsa)
+    return signed({"kid": "rsa-1", **(header or {})}, claims(**changes), jwks.keys["rsa-1"])
 
 
 def ec_token(jwks: Jwks, **changes: Any) -> str:
-    return jwt.encode(claims(**changes), jwks.ec, algorithm="ES256", headers={"kid": "ec-1"})
+    return jwks.token("ec-1", **changes)
 
 
 def call(server: ChartServer, token: str, method: str, params: dict[str, Any]) -> tuple[httpx.Response, str]:
@@ -151,8 +105,8 @@ MALFORMED: dict[str, Any] = {
     "a kid that is an object": lambda k: rsa_token(k, {"kid": {"id": "rsa-1"}}),
     "a kid that is a number": lambda k: rsa_token(k, {"kid": 7}),
     "a huge kid": lambda k: rsa_token(k, {"kid": "k" * 6000}),
-    "an RS256 token naming the EC key": lambda k: jwt.encode(claims(), k.rsa, "RS256", {"kid": "ec-1"}),
-    "an ES256 token naming the RSA key": lambda k: jwt.encode(claims(), k.ec, "ES256", {"kid": "rsa-1"}),
+    "an RS256 token naming the EC key": lambda k: jwt.encode(claims(), k.keys["rsa-1"], "RS256", {"kid": "ec-1"}),
+    "an ES256 token naming the RSA key": lambda k: jwt.encode(claims(), k.keys["ec-1"], "ES256", {"kid": "rsa-1"}),
     "alg none": lambda k: hand_made({"alg": "none", "kid": "rsa-1"}, claims()),
     "alg HS256": lambda k: jwt.encode(claims(), "an-hmac-secret-0123456789abcdefgh", "HS256", {"kid": "rsa-1"}),
     "alg that is not ASCII": lambda k: hand_made({"alg": "RS256\u00e9\u4e2d", "kid": "rsa-1"}, claims()),
@@ -164,12 +118,12 @@ MALFORMED: dict[str, Any] = {
     "a header that is a string": lambda k: hand_made("RS256", claims()),
     "a header that is not JSON": lambda k: f"{b64('not json at all')}.{b64(json.dumps(claims()))}.c2ln",
     "parts that are not base64": lambda k: "eyJ!!!not*base64.@@@payload###.$$$signature%%%",
-    "a payload that is a list (signed)": lambda k: signed({"kid": "rsa-1"}, [claims()], k.rsa),
-    "a payload that is a JSON string (signed)": lambda k: signed({"kid": "rsa-1"}, "{not: json", k.rsa),
+    "a payload that is a list (signed)": lambda k: signed({"kid": "rsa-1"}, [claims()], k.keys["rsa-1"]),
+    "a payload that is a JSON string (signed)": lambda k: signed({"kid": "rsa-1"}, "{not: json", k.keys["rsa-1"]),
     "an exp that is not a number": lambda k: rsa_token(k, exp="tomorrow"),
     "an iss that is a list": lambda k: rsa_token(k, iss=[ISSUER]),
     "a sub that is an object": lambda k: rsa_token(k, sub={"name": "alice"}),
-    "a signature from another key": lambda k: signed({"kid": "rsa-1"}, claims(), Jwks.another_rsa_key()),
+    "a signature from another key": lambda k: signed({"kid": "rsa-1"}, claims(), rsa_key()),
 }
 
 
@@ -208,7 +162,7 @@ def test_an_empty_scope_grants_no_tool(server: ChartServer, jwks: Jwks) -> None:
 @pytest.mark.parametrize("scope", [["tools:echo"], 7, {"tools:echo": True}, None],
                          ids=["list", "number", "object", "null"])  # fmt: skip
 def test_a_scope_that_is_not_a_string_is_refused(server: ChartServer, jwks: Jwks, scope: Any) -> None:
-    token = signed({"kid": "rsa-1"}, {**claims(), "scope": scope}, jwks.rsa)
+    token = signed({"kid": "rsa-1"}, {**claims(), "scope": scope}, jwks.keys["rsa-1"])
     response, _ = call(server, token, "tools/list", {})
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]

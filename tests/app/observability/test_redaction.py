@@ -56,6 +56,21 @@ def test_a_configured_secret_is_removed_in_every_form(redacting: Redactor, line:
         ("redis://:hunter2-pass@redis:6379/0", "redis://:[redacted]@redis:6379/0"),
         ("https://user:pa55word@example.com/path", "https://user:[redacted]@example.com/path"),
         ("sent Bearer abcdefghijklmnop0123 upstream", "sent Bearer [redacted] upstream"),
+        # the WebSocket bearer subprotocol (Kubernetes' convention): the prefix is kept, the credential is not
+        (
+            "< sec-websocket-protocol: mcp, base64url.bearer.authorization.k8s.io.YWRtaW4ta2V5LTAxMjM0NTY3ODlhYmNkZWY",
+            "< sec-websocket-protocol: mcp, base64url.bearer.authorization.k8s.io.[redacted]",
+        ),
+        (
+            '{"message":"< Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.YWRtaW4ta2V5, mcp"}',
+            '{"message":"< Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.[redacted], mcp"}',
+        ),
+        (  # malformed (padded, standard base64): the credential all the same
+            "invalid Sec-WebSocket-Protocol header: expected token at 40 in mcp, "
+            "base64url.bearer.authorization.k8s.io.YWRt/aW4+a2V5==",
+            "invalid Sec-WebSocket-Protocol header: expected token at 40 in mcp, "
+            "base64url.bearer.authorization.k8s.io.[redacted]",
+        ),
     ],
 )
 def test_a_credential_is_removed_by_its_shape(line: str, expected: str) -> None:

@@ -6,78 +6,30 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.testclient import TestClient
 
 from app.catalog import load_catalog
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.wiring import create_app
+from tests.jwks import ISSUER, RESOURCE, Jwks, ec_key, rsa_key
 
-ISSUER = "https://issuer.test"
-RESOURCE = "https://mcp.example.test"
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 PING = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
 
 
-class Jwks:
-    """An identity provider's JWKS endpoint on a real loopback HTTP server; its keys can rotate, it can go down."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
-        self.up = True
-        self.fetches = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.fetches += 1
-                if not owner.up:
-                    self.send_error(503)
-                    return
-                body = json.dumps({"keys": [
-                    {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig"}
-                    for kid, key in owner.keys.items()]}).encode()  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def token(self, kid: str = "k1", **claims: Any) -> str:
-        now = int(time.time())
-        body = {"iss": ISSUER, "aud": RESOURCE, "sub": "alice", "exp": now + 300, "iat": now, **claims}
-        return jwt.encode({k: v for k, v in body.items() if v is not None}, self.keys[kid], algorithm="RS256",
-                          headers={"kid": kid})  # fmt: skip
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def jwks() -> Iterator[Jwks]:
-    provider = Jwks()
-    yield provider
-    provider.close()
+    with Jwks({"k1": rsa_key()}) as provider:
+        yield provider
 
 
 @pytest.fixture
@@ -173,7 +125,7 @@ def test_each_kind_of_token_gets_the_right_answer(
 
 def test_a_rotated_key_is_fetched_when_a_token_names_it(client: TestClient, jwks: Jwks) -> None:
     assert call(client, jwks.token()).status_code == 200
-    jwks.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys["k2"] = rsa_key()
     before = jwks.fetches
     assert call(client, jwks.token(kid="k2")).status_code == 200
     assert jwks.fetches == before + 1
@@ -212,7 +164,7 @@ def test_the_protected_resource_metadata_names_the_resource_and_its_issuer(clien
 
 
 def test_a_public_key_file_works_without_a_jwks(tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec_key()
     pem = tmp_path / "issuer.pem"
     pem.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
@@ -221,7 +173,7 @@ def test_a_public_key_file_works_without_a_jwks(tmp_path: Path) -> None:
         good = jwt.encode({"iss": ISSUER, "aud": RESOURCE, "sub": "bob", "exp": int(time.time()) + 60}, key,
                           algorithm="ES256")  # fmt: skip
         assert call(keyed, good).status_code == 200
-        other = ec.generate_private_key(ec.SECP256R1())
+        other = ec_key()
         forged = jwt.encode({"iss": ISSUER, "aud": RESOURCE, "exp": int(time.time()) + 60}, other, algorithm="ES256")
         assert call(keyed, forged).status_code == 401
 

@@ -48,18 +48,18 @@ def test_websocket_upgrades_with_the_key_and_the_mcp_subprotocol(server: Running
 
 
 @pytest.mark.parametrize(
-    ("headers", "subprotocols"),
+    ("headers", "subprotocols", "status"),
     [
-        ({}, ["mcp"]),
-        ({"Authorization": "Bearer wrong"}, ["mcp"]),
-        ({"Authorization": f"Bearer {KEY}"}, []),
-        ({"Authorization": f"Bearer {KEY}", "Origin": "http://evil.example"}, ["mcp"]),
+        ({}, ["mcp"], 401),
+        ({"Authorization": "Bearer wrong"}, ["mcp"], 401),
+        ({"Authorization": f"Bearer {KEY}"}, [], 400),
+        ({"Authorization": f"Bearer {KEY}", "Origin": "http://evil.example"}, ["mcp"], 403),
     ],
 )
 def test_websocket_refuses_the_upgrade_without_key_subprotocol_or_with_a_foreign_origin(
-    server: RunningServer, headers: dict[str, str], subprotocols: list[str]
+    server: RunningServer, headers: dict[str, str], subprotocols: list[str], status: int
 ) -> None:
-    assert ws_status(server, headers, subprotocols) == 403
+    assert ws_status(server, headers, subprotocols) == status  # the status an HTTP request gets for the same
 
 
 def test_legacy_sse_needs_the_key_and_an_open_stream(server: RunningServer) -> None:
