@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
 IMAGE_REPO_PREFIX ?= gcr.io/erlmcp-public/erlmcp
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance-tools test-services kind-verify demo bench images test soak lint format pytest clean help
+.PHONY: setup conformance-tools clients test-services kind-verify demo bench images test soak lint format pytest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ setup:  ## create .venv from the lock file and install the pinned tools (helm, k
 
 conformance-tools:  ## install the official MCP conformance suite and Node 22 (for the tests)
 	@bash scripts/install-conformance.sh
+
+clients: setup conformance-tools  ## install the pinned MCP clients of the interop matrix (Python mcp 1.9.4, 1.12.4, 1.30.0, 2.3.0; TypeScript SDK 1.32.2)
+	@bash scripts/install-clients.sh
 
 test-services:  ## install redis-server, bubblewrap, checkov, nca (network-config-analyzer), etcd, Kubernetes 1.20 (apiserver, controllers, scheduler, kubelet: built once, ~14 min, cached), docker.io
 	@bash scripts/install-redis.sh
@@ -49,7 +52,7 @@ format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-pytest: setup conformance-tools test-services  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
+pytest: setup conformance-tools clients test-services  ## the test suite only (PYTEST_ARGS="-m 'not slow'" for the quick part)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest  ## everything CI runs: lint, then every test
