@@ -75,7 +75,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes of a token's base64url, spelled exactly as :func:`_b64` spells them: the last character's unused bits
+    would otherwise let several spellings stand for one token (ValueError for any other)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return data
 
 
 class RequestStateSealer:

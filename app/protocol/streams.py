@@ -6,7 +6,9 @@ sessions live in Redis. Transports only frame the events (:func:`app.transports.
 A session's standalone stream (:class:`Standalone`) belongs to the session, not to a connection: it collects the
 changes the session hears of whether or not a client reads it, so that a client that comes back (``Last-Event-ID``)
 gets what it missed and reads on. It stops once nobody has read it for ``KEEP_FINISHED_SECONDS`` (the session store's
-``keep_finished_seconds``), or when the session ends.
+``keep_finished_seconds``), or when the session ends; a client that comes back later gets what it kept, then reads
+on from a new stream of the session (:func:`carry_on_standalone`). One connection reads it at a time: a resume takes
+it over from the connection reading it (:meth:`~app.sessions.EventStream.take_over`).
 
 What a session keeps is bounded: a finished stream stays resumable a short while, among the session's latest
 finished streams (the session store's ``finish_stream``); a session keeps one GET stream, its latest (opening a new
@@ -20,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from app.protocol import polls
 from app.protocol.core import ProtocolCore
 from app.protocol.dispatcher import Outcome
 from app.sessions import EventStream, Session
@@ -109,6 +112,7 @@ class Standalone:
         unread = await self._stream.unread_for()
         if self._stopped:
             return
+        unread = min(unread, self._stream.unread_here())  # a connection here may have come to read it meanwhile
         if self._stream.superseded:
             self._halt()
         elif unread >= keep - _SLACK_SECONDS:
@@ -156,18 +160,32 @@ async def open_standalone(core: ProtocolCore, session: Session, *, priming: bool
     return standalone
 
 
-async def carry_on_standalone(core: ProtocolCore, session: Session, stream: EventStream) -> None:
-    """A client resumes ``stream``, one of its session's standalone streams that has not ended: when the process
-    that ran it is gone (with Redis, a replica that died or stopped), this one runs it from now on, numbering its
-    events on (:meth:`~app.sessions.store.SessionBackend.adopt`); the session's standalone stream here, if it had
-    another, is let go, since the client reads this one. Nothing changes while its writer lives."""
+async def carry_on_standalone(core: ProtocolCore, session: Session, stream: EventStream) -> EventStream | None:
+    """A client resumes ``stream``, one of its session's standalone streams: the stream its connection reads once
+    it has what ``stream`` kept after the client's last event. That is ``stream`` itself while it runs; when the
+    process that ran it is gone (with Redis, a replica that died or stopped), this one runs it from now on, numbering
+    its events on (:meth:`~app.sessions.store.SessionBackend.adopt`), and the session's standalone stream here, if it
+    had another, is let go, since the client reads this one.
+
+    When ``stream`` stopped (nobody read it for its time to come back), the client came back too late for what came
+    since, but not for what comes next: its connection carries on with a new standalone stream of the session, as a
+    GET without ``Last-Event-ID`` would open (its priming event, for a session that polls, gives the client an id
+    to resume from). Those are new messages, not a replay of another stream. Else the client would hear of nothing
+    more: each resume would replay what the stopped stream kept and end (mcp 1.30 resumes with the same id again and
+    again, then gives up once the stream is forgotten and the resume is 404). None (the connection ends after what
+    ``stream`` kept) when another connection reads the session's GET stream: as for a GET without
+    ``Last-Event-ID``, there is one."""
     running = session.standalone
-    if stream.closed or (running is not None and running.stream is stream):
-        return
+    if running is not None and running.stream is stream:
+        return stream
+    if stream.closed:
+        if running is not None and running.stream.readers:
+            return None
+        return (await open_standalone(core, session, priming=polls(session.protocol_version))).stream
     stream.max_events = STANDALONE_MAX_EVENTS
-    if not await core.sessions.adopt(session, stream):
-        return
-    session.standalone = Standalone(core, session, stream, priming=False)
-    if running is not None:
-        await running.end()
-        await core.sessions.drop_stream(session, running.stream)
+    if await core.sessions.adopt(session, stream):
+        session.standalone = Standalone(core, session, stream, priming=False)
+        if running is not None:
+            await running.end()
+            await core.sessions.drop_stream(session, running.stream)
+    return stream

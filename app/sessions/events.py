@@ -22,6 +22,8 @@ KEEP_FINISHED_SECONDS = 60
 # calls a client runs at once on one session, whose streams are all it may need to resume after a dropped connection.
 # With the finished streams' short life this bounds what a session holds, whatever the rate of its calls.
 MAX_FINISHED_STREAMS = 32
+# The longest sequence number of an event id: more than a stream numbers (a 64-bit count, as Redis keeps it).
+_MAX_SEQUENCE_DIGITS = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +35,12 @@ class Event:
 
 
 def parse_event_id(event_id: str) -> tuple[str, int] | None:
-    """``(stream id, sequence)`` from an event id, or None when it is not one of ours."""
+    """``(stream id, sequence)`` from an event id, or None when it is not one of ours: the sequence is ASCII digits,
+    at most ``_MAX_SEQUENCE_DIGITS`` of them (``str.isdigit`` alone takes superscripts and other scripts' digits,
+    some of which ``int`` refuses, and ``int`` refuses a string of thousands of digits: ``Last-Event-ID`` is the
+    client's to write)."""
     stream_id, _, sequence = event_id.rpartition("-")
-    if not stream_id or not sequence.isdigit():
+    if not stream_id or len(sequence) > _MAX_SEQUENCE_DIGITS or not (sequence.isascii() and sequence.isdigit()):
         return None
     return stream_id, int(sequence)
 
@@ -53,7 +58,9 @@ class EventStream:
 
     A session's standalone stream (``standalone``: its GET stream in streamable HTTP) outlives the connections that
     read it: a connection attaches (:meth:`attach`) to read it, and detaches when it ends; the stream knows how
-    long it has gone without a reader (:meth:`unread_for`), so that whoever runs it can stop it in time."""
+    long it has gone without a reader (:meth:`unread_for`), so that whoever runs it can stop it in time. One
+    connection reads it at a time, the one that took it over last (:meth:`take_over`): each reader follows it
+    with the generation it took it over at, and ends once a later one took it over."""
 
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     max_events: int = 1000
@@ -83,18 +90,30 @@ class EventStream:
             self.closed = True
             self._changed.notify_all()
 
-    async def disconnect(self) -> None:
-        """End the connections now reading the stream, once they have what was appended so far."""
+    async def disconnect(self) -> int:
+        """End the connections now reading the stream, once they have what was appended so far; the generation the
+        stream is at from now (what a reader that takes the stream over follows it with: :meth:`take_over`)."""
         async with self._changed:
             self._generation += 1
             self._changed.notify_all()
+            return self._generation  # (this call's: another one may bump it before the caller runs again)
 
-    async def attach(self) -> None:
-        """Count a connection about to follow the stream as its one reader: the connections reading it now end, once
-        they have what was appended so far. A client resumes when it lost its connection, and the server may not
-        have seen that connection go (a proxy cut it): a message must reach one connection only, the live one."""
+    async def take_over(self) -> int:
+        """Make a connection about to read the stream its one reader: the connections reading it now end, once they
+        have what was appended so far, and the stream counts as read from now (the connection attaches when it
+        starts to read: :meth:`attach`). A client resumes when it lost its connection, and the server may not have
+        seen that connection go (a proxy cut it): a message must reach one connection only, the live one. Returns
+        the reader's generation, to :meth:`follow` the stream with: of two connections that take it over, however
+        their steps interleave, the earlier ends and the later reads."""
+        self._unread_since = time.monotonic()
+        return await self.disconnect()
+
+    async def attach(self, generation: int | None = None) -> int:
+        """Count a connection about to follow the stream as a reader, taking the stream over for it unless it did
+        already (``generation``: what :meth:`take_over` returned); the reader's generation (see :meth:`take_over`).
+        The connection detaches (:meth:`detach`) when it ends."""
         self.readers += 1  # (first: a request that checks for readers meanwhile sees this one)
-        await self.disconnect()
+        return await self.take_over() if generation is None else generation
 
     def detach(self) -> None:
         """A connection that attached (:meth:`attach`) ended."""
@@ -102,14 +121,22 @@ class EventStream:
         if not self.readers:
             self._unread_since = time.monotonic()
 
-    async def unread_for(self) -> float:
-        """Seconds the stream has gone without a reader (0 while it has one)."""
+    def unread_here(self) -> float:
+        """Seconds the stream has gone without a reader in this process (0 while it has one)."""
         return 0.0 if self.readers else time.monotonic() - self._unread_since
 
-    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
-        """The events after sequence ``after``, then new ones as they come, until the stream closes
-        (or :meth:`disconnect` ends this reader)."""
-        generation = self._generation
+    async def unread_for(self) -> float:
+        """Seconds the stream has gone without a reader (0 while it has one)."""
+        return self.unread_here()
+
+    async def follow(self, after: int = 0, *, generation: int | None = None) -> AsyncIterator[Event]:
+        """The events after sequence ``after``, then new ones as they come, until the stream closes (or
+        :meth:`disconnect` ends this reader). A reader that took the stream over follows it with its ``generation``
+        (:meth:`take_over`), and ends at once when another took it over since; without one, it follows the
+        generation the stream is at when it starts."""
+        generation = self._generation if generation is None else generation
+        if generation != self._generation:  # a later reader took the stream over before this one began
+            return
         resumed = after
         while True:
             async with self._changed:

@@ -10,8 +10,11 @@
 - A session's GET stream (standalone) outlives its connections. The replica that opened it writes it; the
   connection reading it, on any replica, holds a reader key (its token, refreshed every second and kept at least
   ``KEEP_FINISHED_SECONDS``) that tells the writer how long the stream has gone unread, and tells an earlier
-  reader that a resume took over (it ends). When the writer is gone, the replica a client resumes on adopts the
-  stream: one script checks the writer's liveness and writes an entry naming the adopter, so only one does.
+  reader that a resume took over (it ends). Each refresh keeps the stream itself too (until its end), however long
+  it goes without an event; on the replica writing it, a reader waits for its first event however long that takes
+  (without a priming event, a new stream has no key in Redis until then). When the writer is gone, the replica a
+  client resumes on adopts the stream: one script checks the writer's liveness and writes an entry naming the
+  adopter (an entry of its own kind, no event: readers skip it), so only one does.
 - What a client sends for a request running on another replica (its answer to a server request, a
   cancellation) goes to that replica over a pub/sub channel.
 
@@ -67,6 +70,7 @@ _LIVENESS_MS = 3000  # a replica's liveness key lasts this long after its last r
 _WRITER_GONE_SECONDS = 2.0  # a reader gives up on a stream whose writer's key was missing this long
 _READER_SECONDS = 1.0  # how often the reader of a standalone stream refreshes its key (and sees a takeover)
 _STANDALONE = b"g"  # the kind (field ``k``) of a standalone stream's entries; a call's stream has none
+_ADOPTION = b"a"  # the kind of the entry naming a standalone stream's adopter: no event (readers skip it)
 
 # A new session, counted against its owner's quota, in one atomic step. When the owner's set of session ids
 # looks full, the ids whose record is gone (ended, or expired) leave it first; the record is written and the id
@@ -95,9 +99,9 @@ return -1
 
 
 # A standalone stream whose writer replica is gone, taken over by this replica, in one atomic step: when its last
-# entry is not its end and the replica it names is not alive, an entry naming this replica (the same sequence number
-# and no data: readers skip it) makes this replica its writer for every reader. Returns the sequence number to go on
-# from, or nil when the stream ended, is not a standalone stream, or its writer lives.
+# entry is not its end and the replica it names is not alive, an entry naming this replica (of its own kind, no event:
+# readers skip it, whatever was trimmed before it) makes this replica its writer for every reader. Returns the
+# sequence number to go on from, or nil when the stream ended, is not a standalone stream, or its writer lives.
 _ADOPT_SCRIPT = """
 -- KEYS[1]: the stream; ARGV: this replica, the prefix of liveness keys, the most entries kept, the stream's TTL (s)
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -105,10 +109,10 @@ if #last == 0 then return false end
 local fields = {}
 local raw = last[1][2]
 for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
-if fields['seq'] == '-1' or fields['k'] ~= 'g' or not fields['s'] then return false end
+if fields['seq'] == '-1' or (fields['k'] ~= 'g' and fields['k'] ~= 'a') or not fields['s'] then return false end
 if fields['w'] and redis.call('EXISTS', ARGV[2] .. fields['w']) == 1 then return false end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'seq', fields['seq'], 'data', '', 'w', ARGV[1], 's', fields['s'],
-           'k', 'g')
+           'k', 'a')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return fields['seq']
 """
@@ -129,6 +133,26 @@ end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+
+# The refresh of a standalone stream's reader, in one step: its reader key kept, and the stream kept as long again as
+# after an entry, until it ends (a finished stream keeps its short life): a quiet stream being read does not expire as
+# an idle one. Returns the reader key's value before (whose reader it names; nil when it had expired).
+_READING_SCRIPT = """
+-- KEYS[1]: the reader key; KEYS[2]: the stream; ARGV: the reader key's TTL (s), the stream's TTL (s)
+local holder = redis.call('GET', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local raw = last[1][2]
+  local ended = false
+  for i = 1, #raw, 2 do
+    if raw[i] == 'seq' and raw[i + 1] == '-1' then ended = true end
+  end
+  if not ended then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+end
+return holder
 """
 
 
@@ -161,6 +185,7 @@ class RedisEventStream(EventStream):
         self._key = store.stream_key(stream_id)
         self._reader_key = store.reader_key(stream_id)
         self._reader = secrets.token_hex(6)  # this copy of the stream, in the tokens of the readers it attaches
+        self._session_id = session_id
         self._session = _session_tag(session_id)
         self._ttl = store.ttl_seconds
         self._finished_ttl = store.finished_ttl_seconds
@@ -168,10 +193,11 @@ class RedisEventStream(EventStream):
         self._reader_ttl = max(self._finished_ttl, int(3 * _READER_SECONDS))
         self._unwritten: deque[dict[str, bytes | str]] = deque()  # in order; written when Redis answers
         self._writing = asyncio.Lock()
+        self._writes = standalone  # this copy writes the stream: a new GET stream (else found in Redis), or adopted
 
     def found_at(self, last: dict[bytes, bytes]) -> RedisEventStream:
         """This copy of a stream found in Redis, whose last entry is ``last``: ended, or numbered on from it."""
-        self.standalone = last.get(b"k") == _STANDALONE
+        self.standalone = last.get(b"k") in (_STANDALONE, _ADOPTION)
         sequence = last.get(b"seq", b"0")
         if sequence == _CLOSED:
             self.closed = True
@@ -182,6 +208,7 @@ class RedisEventStream(EventStream):
     def adopted_at(self, sequence: int) -> None:
         """This replica writes the stream from now on, numbering on after ``sequence``."""
         self._sequence = sequence
+        self._writes = True
         self.superseded = False
 
     async def append(self, data: bytes) -> Event:
@@ -246,16 +273,19 @@ class RedisEventStream(EventStream):
         """Another replica adopted this standalone stream: this one writes no more of it."""
         self.superseded = True
         self._unwritten.clear()
+        self._store.forget_copy(self._session_id, self)  # a resume here reads what the adopter writes, from Redis
         log.info("another replica carries on a GET stream this one wrote; stopped writing it", stream=self.id)
 
-    async def attach(self) -> None:
-        """Count a connection about to follow the stream as its one reader, on every replica: its token in the
-        reader key ends the connections reading it elsewhere (each sees the key name another, within a second)."""
-        await super().attach()
+    async def take_over(self) -> int:
+        """Make a connection about to read the stream its one reader, on every replica: its token in the reader key
+        ends the connections reading it elsewhere (each sees the key name another, within a second), and tells the
+        stream's writer that it is read."""
+        generation = await super().take_over()
         try:
-            await self._redis.set(self._reader_key, self._token(self._generation), ex=self._reader_ttl)
+            await self._redis.set(self._reader_key, self._token(generation), ex=self._reader_ttl)
         except _FAILURES as exc:  # the reader then fails as Redis does, and the client resumes
             log.debug("could not record a stream's reader", stream=self.id, error=_reason(exc))
+        return generation
 
     async def unread_for(self) -> float:
         """Seconds the stream has gone without a reader here or on any replica (whose reader key is refreshed while
@@ -274,26 +304,30 @@ class RedisEventStream(EventStream):
         return max(0.0, min(here, refreshed - 2 * _READER_SECONDS))
 
     def _token(self, generation: int) -> bytes:
-        """The reader key's value while the reader attached at ``generation`` of this copy reads the stream."""
+        """The reader key's value while the reader that took this copy over at ``generation`` reads the stream."""
         return f"{self._reader}:{generation}".encode()
 
     async def _still_reading(self, token: bytes) -> bool:
-        """Refresh the reader key; False once another connection took the stream over (its token is there)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(self._reader_key)
-            pipe.expire(self._reader_key, self._reader_ttl)
-            holder, _ = await pipe.execute()
+        """Refresh the reader key, and keep the stream (a quiet one, read, would expire as an idle one); False once
+        another connection took the stream over (its token is there)."""
+        keys, args = [self._reader_key, self._key], [self._reader_ttl, self._ttl]
+        holder = await self._store.reading_script(keys=keys, args=args)
         if holder is None:  # it expired (Redis was away a while): the reader's again, unless another took it
             return bool(await self._redis.set(self._reader_key, token, ex=self._reader_ttl, nx=True))
         return bool(holder == token)
 
-    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+    async def follow(self, after: int = 0, *, generation: int | None = None) -> AsyncIterator[Event]:
         """The events after sequence ``after``, then new ones as they are appended anywhere, until the end marker
-        (or :meth:`disconnect` ends this reader, another connection attaches to the stream, the stream
-        expires, its writer is gone, or Redis does not answer: the client resumes from the last event it got)."""
-        generation = self._generation
-        token = self._token(generation) if self.standalone and self.readers else None  # an attached reader
-        refreshed = time.monotonic()
+        (or :meth:`disconnect` ends this reader, another connection takes the stream over, the stream expires, its
+        writer is gone, or Redis does not answer: the client resumes from the last event it got). A reader that
+        took the stream over follows it with its ``generation`` (see :meth:`EventStream.follow`); it ends at once
+        when another took it over since, here or through another copy (another request, or replica)."""
+        took_over = generation is not None
+        generation = self._generation if generation is None else generation
+        attached = self.standalone and (took_over or self.readers > 0)
+        token = self._token(generation) if attached else None
+        # (one that took the stream over looks at the reader key at once: another may have taken it over meanwhile)
+        refreshed = time.monotonic() - (_READER_SECONDS if took_over else 0.0)
         resumed = after
         position = "0-0"
         writer: bytes | None = None
@@ -310,7 +344,8 @@ class RedisEventStream(EventStream):
                 alive = True
                 if not entries:
                     exists, alive = await self._store.stream_and_writer(self._key, writer)
-                    if not exists:
+                    # (a GET stream written here may have no key yet: none before its first event)
+                    if not exists and not (self._writes and not self.superseded and not self.closed):
                         return
             except _FAILURES as exc:
                 log.debug("a stream reader lost Redis; the client resumes", stream=self.id, error=_reason(exc))
@@ -327,6 +362,8 @@ class RedisEventStream(EventStream):
             for entry_id, fields in entries:
                 position = entry_id
                 writer = fields.get(b"w", writer)
+                if fields.get(b"k") == _ADOPTION:
+                    continue
                 sequence = fields[b"seq"]
                 if sequence == _CLOSED:
                     return
@@ -368,6 +405,7 @@ class RedisSessionStore:
         self._create_script = redis.register_script(_CREATE_SCRIPT)
         self._adopt_script = redis.register_script(_ADOPT_SCRIPT)
         self.append_script = redis.register_script(_APPEND_SCRIPT)  # (for RedisEventStream.flush)
+        self.reading_script = redis.register_script(_READING_SCRIPT)  # (for RedisEventStream._still_reading)
         self._prefix = prefix
         self._local: dict[str, tuple[Session, float]] = {}
         self._channel = f"{prefix}:bus"
@@ -832,9 +870,21 @@ class RedisSessionStore:
         session.forget(stream)
         await self._release([stream])
 
+    def forget_copy(self, session_id: str, stream: RedisEventStream) -> None:
+        """A session held here stops holding this replica's copy of its stream (another replica adopted it)."""
+        entry = self._local.get(session_id)
+        if entry is not None:
+            entry[0].forget(stream)
+
     async def _release(self, streams: list[EventStream]) -> None:
-        """Delete the Redis streams of streams a session let go (never raises: each expires soon anyway)."""
-        gone = [stream.id for stream in streams if isinstance(stream, RedisEventStream)]
+        """Delete the Redis streams of streams a session let go (never raises: each expires soon anyway), but not one
+        another replica writes now (it adopted it), nor one whose last entries wait for Redis (this replica cannot
+        tell yet whether it still writes it)."""
+        gone = [
+            stream.id
+            for stream in streams
+            if isinstance(stream, RedisEventStream) and not stream.superseded and not stream.unwritten
+        ]
         keys = [self.stream_key(stream_id) for stream_id in gone] + [self.reader_key(stream_id) for stream_id in gone]
         if not keys or self._up is False:
             return

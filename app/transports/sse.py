@@ -70,14 +70,16 @@ async def replay(
     retry_ms: int,
     keepalive_seconds: float,
     stopping: Callable[[], bool],
+    generation: int | None = None,
 ) -> AsyncIterator[bytes]:
     """A resumable stream's events after event ``after``, framed, with keep-alives. A stream of a session that polls
     (:func:`app.protocol.polls`) carries the ``retry`` hint on its priming event (the empty event only such a stream
     has), and ends with it when the server ends the stream on purpose (``stopping()`` once it ended): the client
-    comes back, to another replica, with Last-Event-ID. Older clients would not, so they get neither."""
+    comes back, to another replica, with Last-Event-ID. Older clients would not, so they get neither. A reader that
+    took the stream over (``generation``, :meth:`~app.sessions.EventStream.take_over`) ends once another does."""
 
     async def framed() -> AsyncIterator[bytes]:
-        async for event in stream.follow(after):
+        async for event in stream.follow(after, generation=generation):
             if not event.data:
                 yield format_event(event.id, b"", event=None, retry_ms=retry_ms if polling else None)
             else:

@@ -286,7 +286,9 @@ class McpEndpoint:
         headers = {**SSE_HEADERS, **({"Mcp-Session-Id": session.id} if session.id else {})}
         return StreamingResponse(self._events(stream, 0, polling=polling), media_type=_SSE, headers=headers)
 
-    def _events(self, stream: EventStream, after: int, *, polling: bool) -> AsyncIterator[bytes]:
+    def _events(
+        self, stream: EventStream, after: int, *, polling: bool, generation: int | None = None
+    ) -> AsyncIterator[bytes]:
         options = self._options
         return replay(
             stream,
@@ -295,6 +297,7 @@ class McpEndpoint:
             retry_ms=options.sse_retry_ms,
             keepalive_seconds=options.keepalive_seconds,
             stopping=lambda: self._stopping,
+            generation=generation,
         )
 
     async def _charged(self, caller: Caller, refusal: Response) -> Response:
@@ -436,9 +439,11 @@ class McpEndpoint:
 
         The standalone stream belongs to the session, not to the connection (see :mod:`app.protocol.streams`): a
         resume gets what was sent while the client was away, then what comes next, and takes over from a connection
-        still reading it (which ends: the server may not have seen the client lose it). A GET without
-        ``Last-Event-ID`` is 409 while a connection reads the session's stream; otherwise it starts a new one (the
-        client did not resume the last one). Only a session that polls (2025-11-25) gets a priming event."""
+        still reading it (which ends: the server may not have seen the client lose it; of two resumes at once, the
+        later reads on). A resume of a stream that stopped (the client was away longer than it is kept) gets what it
+        kept, then what comes next on a new stream of the session, as a GET without ``Last-Event-ID`` would. That GET
+        is 409 while a connection reads the session's stream; otherwise it starts a new one (the client did not
+        resume the last one). Only a session that polls (2025-11-25) gets a priming event."""
         if _SSE not in _media_types(request.headers.get("accept", "")):
             return refuse(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
         found = await self._session(request, caller)
@@ -463,28 +468,40 @@ class McpEndpoint:
         try:
             if resumed is None:
                 stream, after = (await open_standalone(self.core, session, priming=polling)).stream, 0
+                reads: EventStream | None = stream
             else:
                 stream, after = resumed
-                if stream.standalone:
-                    await carry_on_standalone(self.core, session, stream)  # its replica gone: run it here
+                # the session's GET stream this connection reads: the one resumed (run here if its replica is gone),
+                # or a new one when that one stopped; none for a call's stream
+                reads = await carry_on_standalone(self.core, session, stream) if stream.standalone else None
+            # Taken over now, not when the response starts: the stream counts as read from now (it does not stop
+            # meanwhile), and of two resumes at once the later reads it, whichever starts first.
+            generation = await reads.take_over() if reads is not None else 0
         except BaseException:
             slot.release()
             raise
-        reads = stream.standalone and not stream.closed  # the session's live GET stream: this connection reads it
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if reads is not stream:  # a call's stream, or one that stopped: what it kept after the client's last event
+                async for chunk in self._events(stream, after, polling=polling):
+                    yield chunk
+            if reads is not None:  # then the session's GET stream, from where the client is; ends once taken over
+                start = after if reads is stream else 0
+                async for chunk in self._events(reads, start, polling=polling, generation=generation):
+                    yield chunk
 
         async def events() -> AsyncIterator[bytes]:
             self._streams_open.inc()
             attached = False
             try:
-                if reads:  # (once the response is sent: a connection gone before never counted as a reader)
+                if reads is not None:  # (once the response is sent: a connection gone before never counted)
                     attached = True
-                    await stream.attach()
-                chunks = self._events(stream, after, polling=polling)
-                async for chunk in until_revoked(chunks, self._gate, caller, "streamable-http"):
+                    await reads.attach(generation)
+                async for chunk in until_revoked(chunks(), self._gate, caller, "streamable-http"):
                     yield chunk
             finally:
                 self._streams_open.dec()
-                if attached:
-                    stream.detach()  # the stream goes on: the client may come back for what it missed
+                if attached and reads is not None:
+                    reads.detach()  # the stream goes on: the client may come back for what it missed
 
         return HeldStream(events(), slot, media_type=_SSE, headers=headers)

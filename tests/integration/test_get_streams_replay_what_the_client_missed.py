@@ -7,13 +7,19 @@ a reader. A resume takes over a connection the server still thinks is reading it
 so that a message goes out on one connection only. With Redis the stream is resumed on any replica; when the
 replica that ran it is gone, the replica the client resumes on carries it on.
 
+A client that comes back after its stream stopped (nobody read it for the time a stream is kept going) gets what it
+kept, then reads on from a new stream of the session: the changes since the stop are lost, the next ones are not.
+
 Real server processes (one with sessions in memory; two replicas sharing a real redis-server), raw HTTP, and the
 conformance catalogue, whose ``test_trigger_tool_change`` announces ``notifications/tools/list_changed`` to the GET
-streams of the replica that runs it.
+streams of the replica that runs it. The server keeps a stream going a minute without a reader, and no setting
+changes that: the tests of a stream that stopped run the endpoint as the server builds it, over a session store with
+a shorter time, on a real socket in this process.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +29,20 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 import redis
+from app import __version__
+from app.observability.metrics import Metrics
+from app.protocol.core import ProtocolCore
 from app.protocol.streams import STANDALONE_MAX_EVENTS
-from tests.conftest import RunningServer, start_server
+from app.sessions import SessionStore
+from app.settings import Settings
+from app.transports.streamable_http import HttpOptions, McpEndpoint
+from app.wiring import create_app
+from tests.conftest import RunningServer, free_port, start_server
 from tests.integration.sessions import start_replicas
 
 pytestmark = pytest.mark.slow
@@ -34,6 +50,8 @@ pytestmark = pytest.mark.slow
 LIST_CHANGED = "notifications/tools/list_changed"
 ENV = {"ERLMCP_SSE_KEEPALIVE_SECONDS": "1"}  # a quiet stream still sends a line every second
 TIMEOUT = 10.0  # the longest wait for any one thing: a hang fails the test
+QUIET_SECONDS = 1.5  # a GET stream left without events this long (far longer than a reader polls Redis)
+IDLE_SECONDS = 2  # the idle time of the sessions (and streams) of the replica that expires them early
 
 
 @dataclass
@@ -187,6 +205,15 @@ class Streams:
 
 
 @pytest.fixture
+def short_lived(redis_url: str, tmp_path: Path) -> Iterator[list[RunningServer]]:
+    """Two replicas whose sessions and streams expire after ``IDLE_SECONDS`` without use."""
+    servers = start_replicas(tmp_path, redis_url, {**ENV, "ERLMCP_SESSION_IDLE_SECONDS": str(IDLE_SECONDS)})
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def streams() -> Iterator[Streams]:
     opened = Streams()
     yield opened
@@ -196,6 +223,14 @@ def streams() -> Iterator[Streams]:
 def sequence(event_id: str | None) -> int:
     assert event_id is not None
     return int(event_id.rpartition("-")[2])
+
+
+def ping(url: str, session: dict[str, str]) -> None:
+    """A request on the session (which keeps it from expiring), not on its GET stream."""
+    body = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    headers = {"Accept": "application/json, text/event-stream", **session}
+    answered = httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=TIMEOUT)
+    assert answered.status_code == 200, answered.text
 
 
 def next_change(url: str, session: dict[str, str], stream: GetStream) -> int:
@@ -221,6 +256,38 @@ def test_a_resumed_get_stream_replays_the_changes_sent_while_the_client_was_away
 
     # The resumed stream is open: the next change comes on it.
     assert next_change(url, session, resumed) == sequence(seen[0]) + 3
+
+
+def test_a_quiet_get_stream_of_a_session_that_does_not_poll_stays_open_for_a_later_change(
+    deployment: Deployment, streams: Streams
+) -> None:
+    url = deployment.url
+    session = open_session(url, "2025-03-26")  # no priming event: the stream has no event until the change
+    stream = streams.opened(url, session, priming=False)
+    time.sleep(QUIET_SECONDS)  # (keep-alives only)
+
+    change(url, session)
+    event = stream.next()
+    assert event is not None, "the server ended the quiet GET stream"
+    assert event[1] is not None, "an empty event reached a client that does not poll"
+    assert event[1]["method"] == LIST_CHANGED
+    assert sequence(event[0]) == 1  # the stream's first event
+
+
+def test_a_get_stream_being_read_outlives_the_idle_time_of_streams(
+    short_lived: list[RunningServer], streams: Streams
+) -> None:
+    writes, reads = (server.url for server in short_lived)
+    session = open_session(writes)
+    stream, seen = streams.first_change(writes, session)  # the stream's last write, for a while
+    stream.cut()
+    resumed = streams.resumed(reads, session, after=seen)  # read on the replica that does not write it
+    deadline = time.monotonic() + 2 * IDLE_SECONDS
+    while time.monotonic() < deadline:  # the session is used (it stays), its stream only read
+        ping(writes, session)
+        time.sleep(0.5)
+
+    assert next_change(writes, session, resumed) == sequence(seen[0]) + 1  # still there, still read
 
 
 def test_a_stream_detached_through_more_changes_than_it_keeps_replays_the_latest(
@@ -334,3 +401,86 @@ def test_a_get_stream_whose_replica_died_is_carried_on_by_the_replica_it_resumes
         streams.cut_all()
         for server in servers:
             server.stop()
+
+
+STOP_SECONDS = 0.5  # how long the in-process server keeps a GET stream going without a reader
+
+
+@dataclass
+class InProcess:
+    """The MCP endpoint served on a real socket in this process, and its session store."""
+
+    url: str
+    sessions: SessionStore
+
+    def stopped(self, session: dict[str, str]) -> None:
+        """Wait until the session's GET stream stopped (nobody read it for ``STOP_SECONDS``)."""
+        (held,) = [held for held in self.sessions.all() if held.id == session["Mcp-Session-Id"]]
+        deadline = time.monotonic() + TIMEOUT
+        while held.standalone is not None:
+            assert time.monotonic() < deadline, "the GET stream nobody read never stopped"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def quickly_stopping() -> Iterator[InProcess]:
+    """The MCP endpoint as the server builds it (``create_app``: the conformance catalogue, no authentication), over
+    a session store in memory whose GET streams stop after ``STOP_SECONDS`` without a reader."""
+    built = create_app(Settings(no_auth=True, catalog="conformance"), metrics=Metrics(__version__))
+    base: ProtocolCore = built.state.protocol_core
+    sessions = SessionStore(max_sessions=100, idle_seconds=60, keep_finished_seconds=STOP_SECONDS)
+    core = ProtocolCore(dispatcher=base.dispatcher, sessions=sessions, gate=base.gate, metrics=base.metrics)
+    endpoint = McpEndpoint(core, HttpOptions(keepalive_seconds=1))
+    app = Starlette(routes=[Route("/mcp", endpoint.handle, methods=["GET", "POST", "DELETE"])])
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not server.started:
+        assert thread.is_alive(), "the in-process server stopped at start"
+        assert time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield InProcess(f"http://127.0.0.1:{port}", sessions)
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "the in-process server did not stop"
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", "2025-03-26"])
+def test_a_client_that_resumes_after_its_get_stream_stopped_reads_on_from_a_new_stream(
+    quickly_stopping: InProcess, streams: Streams, version: str
+) -> None:
+    url = quickly_stopping.url
+    session = open_session(url, version)
+    polling = version == "2025-11-25"
+    stream, seen = streams.first_change(url, session, priming=polling)
+    stream.cut()
+    quickly_stopping.stopped(session)  # the client stayed away past the time the stream is kept going
+
+    resumed = streams.resumed(url, session, after=seen)
+    if polling:  # a new stream's priming event: an id on it to resume from
+        priming = resumed.next()
+        assert priming is not None, "the resumed connection ended: the client would hear of no change again"
+        assert priming[1] is None
+    change(url, session)  # the next change comes on the resumed connection, from the new stream
+    (carried,) = resumed.changes(1)
+    assert str(carried[0]).rpartition("-")[0] != str(seen[0]).rpartition("-")[0]
+
+    # The new stream is the session's GET stream: cut, it resumes as any does.
+    resumed.cut()
+    again = streams.resumed(url, session, after=carried)
+    assert next_change(url, session, again) == sequence(carried[0]) + 1
+
+
+@pytest.mark.parametrize("last_event_id", [b"ab-\xb2", b"ab-" + b"1" * 5000], ids=["superscript-two", "5000-digits"])
+def test_resuming_from_an_event_id_that_is_not_one_of_ours_is_404(
+    deployment: Deployment, session: dict[str, str], last_event_id: bytes
+) -> None:
+    headers = {b"Accept": b"text/event-stream", b"Last-Event-ID": last_event_id}
+    headers |= {name.encode(): value.encode() for name, value in session.items()}
+    answered = httpx.get(f"{deployment.url}/mcp", headers=headers, timeout=TIMEOUT)
+    assert answered.status_code == 404, answered.text

@@ -13,24 +13,27 @@ What the clients do differently, and the server must allow for (docs/client-inte
   message": the priming event of SEP-1699, and, once a stream has carried an id, every keep-alive their SSE
   parser (httpx-sse) dispatches. They never reconnect a stream either: a call whose stream the server ends waits
   for its timeout. Their sessions must not see either, hence ``client_errors == []`` and the reconnection step.
-- The clients that do reconnect their GET stream with Last-Event-ID (mcp 1.30.0 and 2.3.0 at 2025-11-25, the
-  TypeScript SDK) must miss no notification sent while the stream was away: a proxy (tests/interop/proxy.py)
-  cuts the stream before the second of three changes of the tool list (and, for the TypeScript SDK, before the
-  third too: the Python clients give a GET stream up at its second cut, see clients.py), and all three must
-  arrive. Old clients, which never reconnect a GET stream, and 2026-07-28 sessions, which have none, skip it.
+- Every client of a handshake-era session over streamable HTTP hears three changes of the tool list on its GET
+  stream, exactly once each, from a server with its sessions in memory and from one with them in Redis. The clients
+  that reconnect their GET stream with Last-Event-ID (mcp 1.30.0 and 2.3.0 at 2025-11-25, the TypeScript SDK) must
+  miss none sent while the stream was away: a proxy (tests/interop/proxy.py) cuts the stream before the second
+  change (and, for the TypeScript SDK, before the third too: the Python clients give a GET stream up at its second
+  cut, see clients.py). Old clients never reconnect a GET stream, so theirs is not cut: it must stay open and
+  quiet (keep-alives only) between changes. 2026-07-28 sessions have no GET stream.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.interop.clients import CASES, STDIO, WEBSOCKET, Case
-from tests.interop.conftest import Matrix
+from tests.interop.clients import CASES, STDIO, STREAMABLE_HTTP, WEBSOCKET, Case
+from tests.interop.conftest import STORES, Matrix
 
 pytestmark = pytest.mark.slow
 
 AUTHENTICATED = [case for case in CASES if case.transport != STDIO]  # a stdio server has no credentials to check
-RESUMING = [case for case in CASES if case.cuts]
+# Every handshake-era session over streamable HTTP has a GET stream (cut or not: see Case.cuts).
+LISTENING = [case for case in CASES if case.transport == STREAMABLE_HTTP and case.protocol != "2026-07-28"]
 
 
 def ids(case: Case) -> str:
@@ -106,10 +109,14 @@ def test_the_client_reports_no_error(matrix: Matrix, case: Case) -> None:
     assert report["client_errors"] == [], report.explain()
 
 
-@pytest.mark.parametrize("cut_case", RESUMING, ids=ids)
-def test_a_get_stream_cut_between_changes_misses_none_of_them(matrix: Matrix, cut_case: Case) -> None:
-    """Three changes of the tool list, the GET stream cut before the second and (for a client that comes back
-    more than once) before the third: the changes made while it was away arrive when it resumes."""
-    report, cuts = matrix.list_changed(cut_case)
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("cut_case", LISTENING, ids=ids)
+def test_a_get_stream_hears_every_change_once_even_when_cut_between_them(
+    matrix: Matrix, cut_case: Case, store: str
+) -> None:
+    """Three changes of the tool list, the GET stream of a client that resumes cut before the second and (for a
+    client that comes back more than once) before the third: the changes made while it was away arrive when it
+    resumes, and none twice."""
+    report, cuts = matrix.list_changed(cut_case, store)
     assert report["list_changed"] == 3, report.explain()
     assert cuts == [1] * cut_case.cuts, f"each cut ends the one GET stream: {cuts}\n{report.explain()}"

@@ -1,8 +1,9 @@
 """A session's standalone stream (its GET stream) runs while it is read, and a short while after: nobody read it
 for the session store's ``keep_finished_seconds`` and it stops, its listener forgotten (the changes published reach
-no one for it), and it stays resumable for what it kept. A reader on another replica counts as a reader; a resume
-there takes over from the reader here; the session's end stops the stream. Both stores, the Redis one against a
-real redis-server, with a short time to come back."""
+no one for it), and it stays resumable for what it kept; a client that resumes it then reads on from a new stream of
+the session. A reader on another replica counts as a reader; a resume there takes over from the reader here; of two
+resumes at once the later reads; the session's end stops the stream. Both stores, the Redis one against a real
+redis-server, with a short time to come back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from app import __version__
 from app.observability.metrics import Metrics
 from app.protocol.core import ProtocolCore
-from app.protocol.streams import open_standalone
+from app.protocol.streams import carry_on_standalone, open_standalone
 from app.sessions import EventStream, Session, SessionStore
 from app.sessions.backend import session_backend
 from app.sessions.events import Event
@@ -171,6 +172,96 @@ def test_the_end_of_its_session_stops_a_standalone_stream(standalone: Callable[[
     standalone(scenario)
 
 
+def test_of_two_resumes_at_once_the_later_reads_the_stream_and_the_earlier_ends(
+    standalone: Callable[[Scenario], None],
+) -> None:
+    async def scenario(opened: Opened) -> None:
+        stream = opened.stream
+        # The client resumed twice (it retried): both connections take the stream over before either reads it.
+        earlier = await stream.attach()
+        later = await stream.attach()
+        earlier_reader, earlier_got = reading(stream.follow(after=1, generation=earlier))
+        later_reader, later_got = reading(stream.follow(after=1, generation=later))
+
+        assert await opened.announce() == 1
+        assert await eventually(lambda: len(later_got) == 1)  # the change goes to the later connection ...
+        assert earlier_got == []  # ... and not to the earlier one, which ended
+        await asyncio.wait_for(earlier_reader, 5)
+        later_reader.cancel()
+
+    standalone(scenario)
+
+
+def test_a_stream_taken_over_for_a_connection_about_to_read_it_does_not_stop_before_it_reads(
+    standalone: Callable[[Scenario], None],
+) -> None:
+    async def scenario(opened: Opened) -> None:
+        stream = opened.stream
+        stream.detach()  # the client's connection went ...
+        await asyncio.sleep(0.6 * opened.keep)
+        generation = await stream.take_over()  # ... and it resumes: the server takes the stream over for it ...
+        await asyncio.sleep(0.6 * opened.keep)  # ... but the response starts late: past the first time to come back
+        assert not stream.closed
+        await stream.attach(generation)
+        reader, got = reading(stream.follow(after=1, generation=generation))
+        assert await opened.announce() == 1
+        assert await eventually(lambda: len(got) == 1)
+        reader.cancel()
+        stream.detach()
+
+    standalone(scenario)
+
+
+def test_a_client_that_resumes_a_stream_after_it_stopped_reads_on_from_a_new_stream_of_the_session(
+    standalone: Callable[[Scenario], None],
+) -> None:
+    async def scenario(opened: Opened) -> None:
+        stream = opened.stream
+        assert await opened.announce() == 1  # the client saw this one ...
+        stream.detach()  # ... and went, for longer than the stream is kept going
+        assert await eventually(lambda: stream.closed, timeout=5 * opened.keep)
+
+        # It resumes after the change it saw: the stopped stream kept nothing more, and a new stream carries on.
+        kept = await opened.store.find_stream(opened.session, stream.id)
+        assert kept is not None
+        carried = await carry_on_standalone(opened.core, opened.session, kept)
+        assert [event async for event in kept.follow(after=2)] == []
+        assert carried is not None
+        assert carried.id != stream.id
+        assert opened.session.standalone is not None
+        assert opened.session.standalone.stream is carried
+
+        # The new stream hears of what comes next, and the resumed connection gets it.
+        reader, got = reading(carried.follow(generation=await carried.attach()))
+        assert await opened.announce() == 1
+        assert await eventually(lambda: len(got) == 2)
+        assert got[0].data == b""  # its priming event: an id for the client to resume from
+        assert LIST_CHANGED.encode() in got[1].data
+        reader.cancel()
+
+    standalone(scenario)
+
+
+def test_a_resume_of_a_stopped_stream_while_another_connection_reads_the_session_s_stream_only_replays(
+    standalone: Callable[[Scenario], None],
+) -> None:
+    async def scenario(opened: Opened) -> None:
+        stream = opened.stream
+        stream.detach()
+        assert await eventually(lambda: stream.closed, timeout=5 * opened.keep)
+        current = (await open_standalone(opened.core, opened.session, priming=True)).stream
+        await current.attach()  # a GET without Last-Event-ID opened the session's stream anew, and reads it
+
+        kept = await opened.store.find_stream(opened.session, stream.id)
+        assert kept is not None
+        assert await carry_on_standalone(opened.core, opened.session, kept) is None
+        assert opened.session.standalone is not None
+        assert opened.session.standalone.stream is current  # left as it was
+        current.detach()
+
+    standalone(scenario)
+
+
 @pytest.mark.slow
 def test_a_reader_on_another_replica_keeps_the_stream_going_and_takes_over_from_the_reader_here(
     base: ProtocolCore, redis_url: str
@@ -201,6 +292,35 @@ def test_a_reader_on_another_replica_keeps_the_stream_going_and_takes_over_from_
             found.detach()
             assert await eventually(lambda: stream.closed, timeout=5 * here.keep)
             assert await here.announce() == 0
+        finally:
+            await there.close()
+
+    run_opened(base, "redis", redis_url, scenario)
+
+
+@pytest.mark.slow
+def test_of_two_resumes_at_once_on_another_replica_the_later_reads_the_stream(
+    base: ProtocolCore, redis_url: str
+) -> None:
+    async def scenario(here: Opened) -> None:
+        there = new_store("redis", redis_url)  # the other replica, where the client resumes twice at once
+        try:
+            copy = await there.get(here.session.id)
+            assert copy is not None
+            first = await there.find_stream(copy, here.stream.id)  # (each request finds a copy of its own)
+            second = await there.find_stream(copy, here.stream.id)
+            assert first is not None
+            assert second is not None
+            earlier = await first.attach()
+            later = await second.attach()
+            earlier_reader, earlier_got = reading(first.follow(after=1, generation=earlier))
+            later_reader, later_got = reading(second.follow(after=1, generation=later))
+
+            assert await here.announce() == 1
+            assert await eventually(lambda: len(later_got) == 1)
+            assert earlier_got == []
+            await asyncio.wait_for(earlier_reader, 5)
+            later_reader.cancel()
         finally:
             await there.close()
 

@@ -34,6 +34,8 @@ __all__ = ["STEP_SECONDS", "Library", "Watch", "drive"]
 STEPS = ("tools", "call", "resource", "prompt", "progress", "reconnection", "list_changed", "unauthorized")
 STEP_SECONDS = 10.0  # the longest a step may take (a call whose stream the server ended, never resumed)
 NOTIFICATION_SECONDS = 5.0  # how long a list_changed may take to arrive (the client reconnects after ~1 s)
+SETTLE_SECONDS = 0.5  # after the third change: time for a duplicate to arrive, were one sent
+QUIET_SECONDS = 3.0  # before the first change: many keep-alives, and longer than a reader waits for a missing writer
 LIST_CHANGED = "notifications/tools/list_changed"
 WRONG_KEY = "wrong-key-0123456789abcdef"
 
@@ -153,6 +155,7 @@ async def run_steps(
         if options.transport == "streamable-http":  # the changes arrive on the GET stream, opened in the background
             while not watch.get_streams:
                 await anyio.sleep(0.02)
+        await anyio.sleep(QUIET_SECONDS)  # a quiet stream (keep-alives only) must stay open for the first change
         for wanted in (1, 2, 3):
             if wanted > 1 and options.cut_url:  # the test's proxy cuts the GET stream, or not
                 await anyio.to_thread.run_sync(ask_for_a_cut, options.cut_url)
@@ -160,6 +163,7 @@ async def run_steps(
             with anyio.move_on_after(NOTIFICATION_SECONDS):
                 while watch.changes < wanted:
                     await anyio.sleep(0.02)
+        await anyio.sleep(SETTLE_SECONDS)  # a change delivered twice (a replay over a live stream) shows as a fourth
         return watch.changes
 
     actions: dict[str, Callable[[], Awaitable[Any]]] = {

@@ -30,6 +30,8 @@ const WRONG_KEY = "wrong-key-0000000000000000";
 const STEP_TIMEOUT_MS = 30_000; // longest any one step may take, so that the report is always printed
 const REQUEST_TIMEOUT_MS = 10_000;
 const NOTIFICATION_WAIT_MS = 5_000; // a list_changed may wait for the GET stream's reconnection (~1 s)
+const SETTLE_MS = 500; // after the third change: time for a duplicate to arrive, were one sent
+const QUIET_MS = 3_000; // before the first change: many keep-alives, and longer than a reader waits for a writer
 
 // An error the SDK reports for a race of its own. Its Protocol handles a response at once but a notification a
 // microtask later; when the last notifications/progress and the result come in one read (the SSE and stdio
@@ -165,11 +167,15 @@ async function listChanged(client, getStreams, cut) {
   });
   // Notifications outside a call arrive on the GET stream, which the transport opens in the background.
   if (getStreams) await until(() => getStreams.opened > 0, STEP_TIMEOUT_MS, "no GET stream opened");
+  // A quiet stream (keep-alives only) must stay open for the first change.
+  await new Promise((resolve) => setTimeout(resolve, QUIET_MS));
   for (const wanted of [1, 2, 3]) {
     if (wanted > 1 && cut) await cut();
     await client.callTool({ name: "test_trigger_tool_change", arguments: {} }, undefined, timeout);
     await until(() => seen >= wanted, NOTIFICATION_WAIT_MS).catch(() => {});
   }
+  // A little longer: a change delivered twice (a replay over a live stream) must show as a fourth.
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
   return seen;
 }
 
