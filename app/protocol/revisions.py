@@ -18,9 +18,9 @@ def negotiate(requested: object) -> str:
     return LATEST_HANDSHAKE_REVISION
 
 
-# The first revision whose clients poll SSE streams (SEP-1699): they expect a priming event (an id and no data) and
-# reconnect with Last-Event-ID when the server ends a call's stream before its response.
-_FIRST_POLLING = HANDSHAKE_REVISIONS.index("2025-11-25")
+# The revisions whose clients poll SSE streams (SEP-1699, from 2025-11-25): they expect a priming event (an id and
+# no data) and reconnect with Last-Event-ID when the server ends a call's stream before its response.
+_POLLING = frozenset(HANDSHAKE_REVISIONS[HANDSHAKE_REVISIONS.index("2025-11-25") :])
 
 
 def polls(version: str) -> bool:
@@ -28,4 +28,4 @@ def polls(version: str) -> bool:
     may end mid-call. Older clients read an empty priming event as a broken message and never reconnect to a stream
     cut mid-call, so the official SDKs send neither to them; nor does 2026-07-28, which has no resumable streams.
     By position in :data:`HANDSHAKE_REVISIONS`, never by string order (an unknown version does not poll)."""
-    return version in HANDSHAKE_REVISIONS and HANDSHAKE_REVISIONS.index(version) >= _FIRST_POLLING
+    return version in _POLLING

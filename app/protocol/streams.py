@@ -151,9 +151,14 @@ async def open_standalone(core: ProtocolCore, session: Session, *, priming: bool
     session that polls), then the changes the session hears of. The connection that reads it attaches to it
     (:meth:`~app.sessions.EventStream.attach`). The session's previous standalone stream, which no connection
     should read any more, stops and is let go: a session keeps one."""
-    previous = session.standalone
     stream = core.sessions.new_stream(session, max_events=STANDALONE_MAX_EVENTS, standalone=True)
-    standalone = session.standalone = Standalone(core, session, stream, priming=priming)
+    return await _replace(core, session, Standalone(core, session, stream, priming=priming))
+
+
+async def _replace(core: ProtocolCore, session: Session, standalone: Standalone) -> Standalone:
+    """Make ``standalone`` the session's standalone stream; the one it had stops and is let go (a session keeps
+    one)."""
+    previous, session.standalone = session.standalone, standalone
     if previous is not None:
         await previous.end()
         await core.sessions.drop_stream(session, previous.stream)
@@ -184,8 +189,5 @@ async def carry_on_standalone(core: ProtocolCore, session: Session, stream: Even
         return (await open_standalone(core, session, priming=polls(session.protocol_version))).stream
     stream.max_events = STANDALONE_MAX_EVENTS
     if await core.sessions.adopt(session, stream):
-        session.standalone = Standalone(core, session, stream, priming=False)
-        if running is not None:
-            await running.end()
-            await core.sessions.drop_stream(session, running.stream)
+        await _replace(core, session, Standalone(core, session, stream, priming=False))
     return stream
