@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployer.local import free_ports
+
 __all__ = ["SDK_VERSION", "ServerSpec", "Started", "cpu_seconds", "ensure_sdk_venv", "rss_kib", "start"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +49,6 @@ class Started:
                 self.process.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers_initialize(port: int) -> bool:
     body = (
         b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
@@ -73,7 +69,7 @@ def _answers_initialize(port: int) -> bool:
 
 def start(spec: ServerSpec, *, core: int | None) -> Started:
     """Start a server (pinned to ``core`` when given) and wait until it answers initialize."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     command = [part.format(port=port, metrics_port=metrics_port) for part in spec.command]
     if core is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(core), *command]

@@ -17,6 +17,7 @@ Services would, spreading connections over the replicas as kube-proxy does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import os
 import re
@@ -29,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -471,7 +472,7 @@ def plan_redis_run(manifests: Sequence[Manifest], *, root: Path, port: int | Non
     if config is None:
         raise LocalRunError(f"the Redis container's args name no config file: {' '.join(pod.argv[1:]) or 'none'}")
     text = config.read_text(encoding="utf-8")
-    port = port or _free_port()
+    port = port or free_ports(1)[0]
     data_dir = pod.path_of(_directive(text, "dir") or "/data")
     data_dir.mkdir(parents=True, exist_ok=True)
     local_text, notes = local_redis_config(text, port=port, data_dir=data_dir)
@@ -556,20 +557,24 @@ class LocalDeployment:
         return _TO_THE_SERVER
 
 
-def _free_port(avoid: frozenset[int] = frozenset()) -> int:
-    """A TCP port nothing listens on right now, outside ``avoid``."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_ports(count: int, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """``count`` distinct TCP ports nothing listens on right now, outside ``avoid``. Every socket stays bound
+    until all are chosen: a port let go may be handed out again at once, so ports picked one at a time can repeat."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port not in avoid:
-            return port
+            if port not in avoid:
+                ports.append(port)
+        return ports
 
 
-def _on_own_ports(plan: LocalPlan, replica: int, count: int, avoid: frozenset[int]) -> LocalPlan:
-    """A replica's plan with free ports of its own in place of the container's: in its port list, and in the env
-    values and args that name one (``ERLMCP_PORT=8080``)."""
-    ports = {name: _free_port(avoid) for name in plan.ports}
+def _on_own_ports(plan: LocalPlan, replica: int, count: int, free: Iterator[int]) -> LocalPlan:
+    """A replica's plan with free ports of its own (taken from ``free``) in place of the container's: in its port
+    list, and in the env values and args that name one (``ERLMCP_PORT=8080``)."""
+    ports = {name: next(free) for name in plan.ports}
     moved = {str(plan.ports[name]): str(port) for name, port in ports.items()}
     env = {key: value if key in plan.secret_env else moved.get(value, value) for key, value in plan.env.items()}
     notes = [
@@ -615,7 +620,8 @@ def plan_local_deployment(manifests: Sequence[Manifest], *, root: Path, entrypoi
         local = {f"{p.name}:{p.port}": _target_port(servers[0], p) for p in service_ports}
         return LocalDeployment(servers, redis, (), _addresses_of(service_ports, local) | redis_addresses)
     avoid = frozenset({p.port for p in service_ports} | ({redis.port} if redis else set()))
-    servers = tuple(_on_own_ports(plan, i, count, avoid) for i, plan in enumerate(servers, 1))
+    free = iter(free_ports(sum(len(plan.ports) for plan in servers), avoid))
+    servers = tuple(_on_own_ports(plan, i, count, free) for i, plan in enumerate(servers, 1))
     proxies = tuple(
         ProxyPlan(p.name, p.port, str(p.target), tuple(_target_port(s, p) for s in servers)) for p in service_ports
     )

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from deployer.cluster import Cluster
+from deployer.local import free_ports
 from tests.kube import ControlPlane, binaries_missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +34,8 @@ def rss_mib(pid: int | str = "self") -> float:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nothing listens on right now (two or more at once: :func:`free_ports`, never two calls)."""
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +100,7 @@ def start_server(
 ) -> RunningServer:
     """A real server process; ready when /readyz answers (with ``tls``: when the metrics listener answers and the
     TLS port accepts connections, since the test's own client decides how to speak TLS to it)."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     log = tmp_path / f"server-{port}.log"
     command = [sys.executable, "-m", "app", "--port", str(port), "--metrics-port", str(metrics_port), *args]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("ERLMCP_")} | (env or {})

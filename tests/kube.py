@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -28,18 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from deployer.local import free_ports
+
 BIN = Path(__file__).resolve().parents[1] / ".tools" / "bin"
 
 
 def binaries_missing() -> list[str]:
     """The control-plane programs that are not installed (scripts/install-kube.sh installs them)."""
     return [name for name in ("etcd", "kube-apiserver", "kube-controller-manager") if not (BIN / name).exists()]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -131,7 +126,7 @@ class ControlPlane:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
         token = secrets.token_hex(16)
         (pki / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
-        etcd_port, peer_port, self.api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, peer_port, self.api_port = free_ports(3)
         self._processes = []
         self._spawn("etcd", [
             str(BIN / "etcd"), "--name", "test", "--data-dir", str(self.root / "etcd"),

@@ -49,7 +49,8 @@ import orjson
 from kubernetes import client, config
 
 from deployer.cluster import Cluster
-from tests.kube import BIN, ControlPlane, _free_port, serving_certificate
+from deployer.local import free_ports
+from tests.kube import BIN, ControlPlane, serving_certificate
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_NAME = "127.0.0.1"
@@ -300,10 +301,11 @@ class Node:
             "--bind-address", "127.0.0.1", "--port", "0", "--secure-port", "0",
         ])  # fmt: skip
         kubelet = self.root / "kubelet"
+        port, healthz_port = free_ports(2)
         settings = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": "127.0.0.1", "port": _free_port(), "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": _free_port(),
+            "address": "127.0.0.1", "port": port, "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
             # Only the API server calls it, on loopback; it presents no client certificate (none is configured).
             "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deployer.local import free_ports
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def test_render_without_an_image_prefix_is_refused() -> None:
 
 
 def test_the_demo_runs_the_rendered_pod_locally_and_verifies_it(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": metrics_port})
     junit = tmp_path / "verify.xml"
     result = deployer("demo", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp", "--junit", str(junit))
@@ -84,7 +85,7 @@ def test_the_demo_runs_the_rendered_pod_locally_and_verifies_it(tmp_path: Path) 
 
 
 def test_the_demo_with_end_to_end_tls_serves_https_and_the_tester_trusts_the_chart_made_ca(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": metrics_port,
                                       "serverTls.enabled": True})  # fmt: skip
     result = deployer("demo", "-f", str(values), "--image-repo-prefix", "gcr.io/p/erlmcp")

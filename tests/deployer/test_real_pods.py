@@ -21,7 +21,8 @@ import yaml
 
 from app import __version__
 from deployer.cluster import Cluster
-from tests.conftest import ROOT, free_port
+from deployer.local import free_ports
+from tests.conftest import ROOT
 from tests.deployer.test_cluster import application, data_dirs, marketplace, provision
 from tests.kube import ControlPlane, binaries_missing
 from tests.node import ENGINE_STATE, HOST_NETWORK_LABEL, NODE_NAME, Node, NodeUnavailable, node_binaries_missing
@@ -119,10 +120,11 @@ def marketplace_data(tmp_path: Path, namespace: str, **values: Any) -> tuple[Pat
     network here, and a Service port is its container port in this chart), no load balancer."""
     data, data_test = data_dirs(tmp_path, namespace)
     written = yaml.safe_load((data / "values.yaml").read_text())
+    port, metrics_port = free_ports(2)
     written |= {
         "__image_repo_prefix__": PREFIX,
-        "service.port": free_port(),
-        "service.metricsPort": free_port(),
+        "service.port": port,
+        "service.metricsPort": metrics_port,
         "ingressAvailable": False,
     }  # INGRESS_AVAILABLE: no cloud gives this cluster a load balancer
     (data / "values.yaml").write_text(yaml.safe_dump(written | values))
@@ -198,9 +200,10 @@ def helm_install(plane: ControlPlane, helm: str, namespace: str, release: str) -
     """``helm install --wait`` of the chart with the local images and free host ports (what ``helm test`` needs: a
     release record, which the deployer does not write)."""
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    port, metrics_port = free_ports(2)
     values = ["--set", f"image.repository={PREFIX}", "--set", f"image.tag={__version__}",
               "--set", f"tester.image.repository={PREFIX}/tester", "--set", f"tester.image.tag={__version__}",
-              "--set", f"service.port={free_port()}", "--set", f"service.metricsPort={free_port()}"]  # fmt: skip
+              "--set", f"service.port={port}", "--set", f"service.metricsPort={metrics_port}"]  # fmt: skip
     return subprocess.run([helm, "install", release, str(ROOT / "chart"), "-n", namespace, *values, "--wait",
                            "--timeout", "4m"], env=env, capture_output=True, text=True, timeout=300,
                           check=False)  # fmt: skip

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from app import __version__
-from tests.conftest import ROOT, free_port
+from deployer.local import free_ports
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first build makes the base image (about 1 min)
 
@@ -87,7 +88,7 @@ def test_the_hardened_server_passes_the_tester_images_verify_run_and_stops_on_si
     keys = tmp_path / "keys"
     keys.write_text(f"{KEY}\n")
     keys.chmod(0o644)
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     name = f"erlmcp-smoke-{port}"
     run(docker, "run", "--detach", "--name", name, "--read-only", "--user", "1000:1000", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "--tmpfs", "/var/run", "--network", "host",

@@ -25,12 +25,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployer.local import LocalDeployment, LocalRedis, LocalServer, plan_local_deployment
+from deployer.local import LocalDeployment, LocalRedis, LocalServer, free_ports, plan_local_deployment
 from deployer.manifests import find_one
 from deployer.proxy import RoundRobinProxy
 from deployer.render import render
 from deployer.schema import load_schema
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.integration.sessions import INIT
 from tests.sse import events
 
@@ -59,8 +59,9 @@ class ChartRun:
 @pytest.fixture(scope="module")
 def chart(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartRun]:
     root = tmp_path_factory.mktemp("chart-redis")
+    port, metrics_port = free_ports(2)
     values = {"name": "mcp", "namespace": "apps", "__image_repo_prefix__": "gcr.io/p/erlmcp",
-              "service.port": free_port(), "service.metricsPort": free_port(),
+              "service.port": port, "service.metricsPort": metrics_port,
               "sessions.store": "redis", "replicaCount": 2}  # fmt: skip
     manifests = render(load_schema(ROOT / "schema.yaml"), values, chart=ROOT / "chart", helm=helm).manifests
     key = base64.b64decode(find_one(manifests, "Secret", "mcp-api-keys")["data"]["api-keys"]).decode().strip()

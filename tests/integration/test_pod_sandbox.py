@@ -37,11 +37,11 @@ import orjson
 import pytest
 import yaml
 
-from deployer.local import LocalPlan, plan_local_run, plan_tester_run
+from deployer.local import LocalPlan, free_ports, plan_local_run, plan_tester_run
 from deployer.manifests import Manifest, find
 from deployer.render import render
 from deployer.schema import load_schema
-from tests.conftest import ROOT, free_port, wait_ready
+from tests.conftest import ROOT, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -268,8 +268,9 @@ def render_pod(tmp_path: Path) -> tuple[Manifest, LocalPlan, LocalPlan]:
         pytest.fail("helm is not installed: run `make setup` (scripts/install-tools.sh)")
     catalog = yaml.safe_load((ROOT / "app/catalog/defaults/catalog.yaml").read_text())
     catalog["tools"] += WORKER_TOOLS
+    port, metrics_port = free_ports(2)
     values = {"name": "sandboxed", "namespace": "apps", "__image_repo_prefix__": "gcr.io/p/erlmcp",
-              "service.port": free_port(), "service.metricsPort": free_port(),
+              "service.port": port, "service.metricsPort": metrics_port,
               "catalogYaml": yaml.safe_dump(catalog)}  # fmt: skip
     manifests = render(load_schema(ROOT / "schema.yaml"), values, chart=ROOT / "chart", helm=helm).manifests
     (deployment,) = find(manifests, "Deployment")

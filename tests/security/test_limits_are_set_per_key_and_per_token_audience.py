@@ -35,7 +35,8 @@ from websockets.asyncio.client import connect as websocket_connect
 from websockets.typing import Subprotocol
 
 from app.jsonrpc import RATE_LIMITED
-from tests.conftest import ROOT, free_port
+from deployer.local import free_ports
+from tests.conftest import ROOT
 from tests.security.conftest import ACCEPT, ChartServer, serve_as_chart
 
 pytestmark = pytest.mark.slow
@@ -460,8 +461,9 @@ def test_a_malformed_option_on_reload_keeps_the_keys_in_force(reload_server: tup
 def test_a_malformed_option_at_start_is_refused_naming_the_line(tmp_path: Path) -> None:
     key_file = tmp_path / "api-keys"
     key_file.write_text(key_line("fine", "rate=5") + key_line("broken", "rate=5,bursts=9"))
+    port, metrics_port = free_ports(2)
     command = [sys.executable, "-m", "app", "--api-key-file", str(key_file),
-               "--port", str(free_port()), "--metrics-port", str(free_port())]  # fmt: skip
+               "--port", str(port), "--metrics-port", str(metrics_port)]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "ERLMCP_LOG_FORMAT": "json"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2, result.stdout + result.stderr
