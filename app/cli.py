@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from app import __version__
 from app.catalog import CatalogError
 from app.listeners import ListenerError, serve
-from app.observability.logging import configure_logging
+from app.observability.logging import close_logging, configure_logging
 from app.observability.tracing import configure_tracing
 from app.settings import LogFormat, Settings, SettingsError
 
@@ -172,7 +172,13 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; returns the process exit code."""
     settings = settings_from_args(argv)
-    configure_logging(settings.log_level, settings.log_format, gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
+        access_log=settings.access_log,
+        flush_seconds=settings.log_flush_seconds,
+    )
     # The standard OTEL_* variables decide on traces; the SDK's own parts read theirs (endpoint, headers, batching).
     stop_tracing = configure_tracing(os.environ, service_version=__version__, stdio=settings.transport == "stdio")
     try:
@@ -180,11 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve(settings))
     except (SettingsError, CatalogError) as exc:
         structlog.get_logger("app").error("cannot start", reason=str(exc))
+        close_logging()  # the line above comes out before the plain one
         print(f"erlmcp: {exc}", file=sys.stderr)
         return 2
     except ListenerError as exc:
+        close_logging()
         print(f"erlmcp: {exc}", file=sys.stderr)
         return 1
     finally:
         stop_tracing()  # the spans still in the batch go out before the process ends
+        close_logging()  # after uvicorn's graceful stop: what the log's buffer holds (later lines go straight out)
     return 0

@@ -4,7 +4,7 @@
 (``Connection: close`` on every answer while the server drains), :class:`ObserveRequests` (one access-log line
 and the HTTP metrics, under the caller's trace), CORS (when origins are configured), then :class:`McpRoute`:
 ``/mcp`` straight to the MCP endpoint, past the router, under the bound of requests in progress (503 past it);
-every other path (health, /ws, /sse, /messages, metadata, 404s) to the FastAPI application.
+every other path (health, /ws, /sse, /messages, metadata, 404s) to the Starlette application.
 
 Also here: the health answers (:data:`HEALTH_PATHS`, :func:`health`, :func:`readiness`), :class:`ServerState`
 (what they report), and :func:`cors_options`.
@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.observability import access, tracing
 from app.observability import logging as logs
-from app.observability import tracing
 from app.observability.metrics import Metrics
 from app.transports.held import IN_FLIGHT_RELEASE
 
@@ -84,7 +84,8 @@ async def readiness(state: ServerState) -> Response:
 
 
 class ObserveRequests:
-    """Pure ASGI middleware: one access-log line and the HTTP metrics for every request.
+    """Pure ASGI middleware: one access-log line (:mod:`app.observability.access`) and the HTTP metrics for every
+    request.
 
     The request runs under the trace context its headers carry (``traceparent``, ``tracestate``), so that its
     log lines and the spans of the messages it brings belong to the caller's trace. A valid ``X-Request-ID`` is
@@ -96,7 +97,8 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app = app
         self._metrics = metrics
-        self._access_log = logging.getLogger(__name__).isEnabledFor(logging.INFO)
+        # The process's access line (None: off, by ERLMCP_ACCESS_LOG or a level above INFO).
+        self._access_log = access.access_log() if logging.getLogger(__name__).isEnabledFor(logging.INFO) else None
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labelled metric children, made once
         self._trace_headers = tracing.propagated_headers()
 
@@ -151,24 +153,8 @@ class ObserveRequests:
                 elapsed = time.perf_counter() - started
                 self._metrics.http_requests_in_flight.dec()
                 self._count(method, status, elapsed)
-                if scope["path"] not in HEALTH_PATHS and self._access_log:
-                    headers = dict(scope.get("headers") or [])
-                    client = scope.get("client")
-                    with exchange.reporting():  # the line names the span the request was answered in
-                        log.info(
-                            "request",
-                            httpRequest={
-                                "requestMethod": method,
-                                "requestUrl": scope["path"],
-                                "status": status,
-                                "responseSize": str(sent),
-                                "latency": f"{elapsed:.6f}s",
-                                "remoteIp": client[0] if client else None,
-                                "userAgent": headers.get(b"user-agent", b"").decode("latin-1") or None,
-                                "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
-                            },
-                            **scope.get("erlmcp", {}),
-                        )
+                if self._access_log is not None and scope["path"] not in HEALTH_PATHS:
+                    self._access_log.write(scope, method, status, sent, elapsed, request_id, exchange)
                 if bound is not None:
                     structlog.contextvars.reset_contextvars(**bound)
 
@@ -181,7 +167,7 @@ class McpEndpointLike(Protocol):
 
 class McpRoute:
     """Pure ASGI middleware: ``/mcp`` (every method) goes straight to the MCP endpoint, past the router and
-    FastAPI's request plumbing (the hot path), with at most ``max_in_flight`` POSTs answered at once (0: no
+    Starlette's routing (the hot path), with at most ``max_in_flight`` POSTs answered at once (0: no
     bound); every other path goes on to ``app``."""
 
     def __init__(self, app: ASGIApp, endpoint: McpEndpointLike, *, max_in_flight: int, metrics: Metrics) -> None:

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         "Google clients; never below log_level): at INFO and DEBUG they log every upstream URL and header; WARNING "
         "keeps their problems.",
     )
+    access_log: bool = Field(
+        True, description="Write one access line (Cloud Logging's httpRequest) per HTTP request, at INFO."
+    )
+    log_flush_seconds: float = Field(
+        0.05,
+        gt=0,
+        le=3600,
+        description="How often the log's buffer is written to stderr (sooner when it fills); the lines still in it "
+        "are written at shutdown.",
+    )
     tool_timeout_seconds: float = Field(30.0, gt=0, description="Longest a tool call may run.")
     tool_workers: int = Field(2, ge=1, le=64, description="Worker processes for tools with isolation: process.")
     tool_worker_memory_mb: int = Field(

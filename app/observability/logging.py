@@ -1,4 +1,5 @@
-"""structlog configured once, writing JSON lines in the shape Cloud Logging reads.
+"""structlog configured once, writing JSON lines in the shape Cloud Logging reads, every line of the process through
+one :class:`~app.observability.sink.LineSink` on stderr (and the access line straight to it: :mod:`.access`).
 
 A line written while a span is current (the request's own span, or the trace context its ``traceparent``
 carried, with tracing on or off) names it as Cloud Logging correlates logs with traces:
@@ -9,6 +10,7 @@ carried, with tracing on or off) names it as Cloud Logging correlates logs with 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import sys
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, WrappedLogger
 
+from app.observability import sink as sinks
 from app.observability.redaction import RedactingFormatter, redactor
 from app.settings import LogFormat, Settings
 
@@ -30,6 +33,8 @@ __all__ = [
     "SPAN_ID",
     "TRACE",
     "TRACE_SAMPLED",
+    "SinkHandler",
+    "close_logging",
     "configure_logging",
     "guard_logs",
     "quiet_libraries",
@@ -118,13 +123,42 @@ def guard_logs(settings: Settings) -> None:
                 redactor().add(secret)
 
 
+class SinkHandler(logging.Handler):
+    """The standard library's handler that writes each formatted record, as one line, through a
+    :class:`~app.observability.sink.LineSink` at once (:meth:`~app.observability.sink.LineSink.write_now`), after the
+    access lines it holds: only the access line is buffered."""
+
+    def __init__(self, sink: sinks.LineSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write_now((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
+        except RecursionError:  # as logging.StreamHandler does
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(
-    level: str, fmt: LogFormat, *, gcp_project: str | None = None, library_level: str = "WARNING"
+    level: str,
+    fmt: LogFormat,
+    *,
+    gcp_project: str | None = None,
+    library_level: str = "WARNING",
+    access_log: bool = True,
+    flush_seconds: float = sinks.INTERVAL,
+    line_sink: sinks.LineSink | None = None,
 ) -> None:
-    """Route structlog, the standard library (uvicorn included) and warnings through one renderer on stderr, every
-    line through the process's :func:`~app.observability.redaction.redactor`; ``gcp_project`` is the Google Cloud
-    project whose Cloud Trace holds the traces the lines name; the :data:`LIBRARY_LOGGERS` are held to
-    ``library_level``."""
+    """Route structlog, the standard library (uvicorn included) and warnings through one renderer, every line
+    through the process's :func:`~app.observability.redaction.redactor` and one
+    :class:`~app.observability.sink.LineSink` on stderr (``line_sink``, else one written every ``flush_seconds``,
+    closed by :func:`close_logging` and at exit); ``gcp_project`` is the Google Cloud project whose Cloud Trace
+    holds the traces the lines name; the :data:`LIBRARY_LOGGERS` are held to ``library_level``. ``access_log``:
+    whether each HTTP request writes its access line (in JSON, straight to the sink: :mod:`.access`)."""
+    from app.observability import access  # imports this module's constants
+
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -151,7 +185,13 @@ def configure_logging(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         redactor=redactor(),
     )
-    handler = logging.StreamHandler(sys.stderr)
+    line_sink = line_sink or sinks.LineSink(sys.stderr.fileno(), interval=flush_seconds)
+    before = sinks.install(line_sink)
+    if before is not None and before is not line_sink:
+        atexit.unregister(before.close)
+        before.close()
+    atexit.register(line_sink.close)  # the lines still buffered when the interpreter ends
+    handler = SinkHandler(line_sink)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -164,3 +204,17 @@ def configure_logging(
     # One access line per request comes from the server itself, in Cloud Logging's httpRequest shape.
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False
+    if not access_log:
+        access.use(None)
+    elif use_json:
+        access.use(access.JsonAccessLog(line_sink, project=gcp_project, redactor=redactor()))
+    else:
+        access.use(access.StructlogAccessLog())
+
+
+def close_logging() -> None:
+    """Write the lines still buffered and stop the sink's writer thread: at shutdown, once the server has stopped
+    (lines written later go straight out). Idempotent."""
+    line_sink = sinks.process_sink()
+    if line_sink is not None:
+        line_sink.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -17,8 +17,25 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from app.observability.sink import dropped_lines
 
 __all__ = ["Metrics"]
+
+
+class _DroppedLogLines(Collector):
+    """``erlmcp_log_lines_dropped_total``: the lines the process's log sink lost (a full buffer, a reader gone),
+    read when scraped (the sink counts in a plain int, off the request path)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "erlmcp_log_lines_dropped",
+            "Log lines dropped because the log's buffer was full (the log could not keep up), or not written "
+            "because the log's reader went away.",
+            value=dropped_lines(),
+        )
 
 
 class Metrics:
@@ -97,6 +114,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self.registry.register(_DroppedLogLines())
         self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any, Any, Any]] = {}
         self.rate_limited = Counter(
             "mcp_rate_limited", "Requests refused with 429 because a client was over its rate.", registry=self.registry

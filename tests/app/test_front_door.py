@@ -16,9 +16,9 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from structlog.testing import capture_logs
 
 from app.middleware import FrontDoor
+from app.observability.access import captured
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.wiring import create_app
@@ -112,7 +112,7 @@ def echo(
     return httpx.post(f"{served.url}/mcp", headers=sent, content=body, timeout=30)
 
 
-def test_the_lifespan_reaches_the_fastapi_application(served: Served) -> None:
+def test_the_lifespan_reaches_the_starlette_application(served: Served) -> None:
     assert served.sample("erlmcp_asyncio_tasks") > 0  # known once the application's lifespan started
 
 
@@ -203,7 +203,7 @@ def test_an_answer_from_mcp_lets_the_browser_read_the_session_header(served: Ser
     assert "Mcp-Session-Id" in response.headers["access-control-expose-headers"]
 
 
-def test_an_answer_from_a_fastapi_path_carries_cors_headers_too(served: Served) -> None:
+def test_an_answer_from_a_starlette_route_carries_cors_headers_too(served: Served) -> None:
     response = httpx.get(f"{served.url}/livez", headers={"Origin": ORIGIN})
     assert response.headers["access-control-allow-origin"] == ORIGIN
 
@@ -234,7 +234,7 @@ def test_every_request_is_counted_once_and_logged_once_unless_it_is_a_health_pro
 ) -> None:
     request_id = f"front-door-{method}-{path.strip('/').split('?')[0]}"
     before = served.count(method, status)
-    with capture_logs() as lines:
+    with captured() as lines:
         response = request(served, method, path, request_id)
         deadline = time.monotonic() + 5
         while served.count(method, status) < before + 1 and time.monotonic() < deadline:
@@ -243,7 +243,10 @@ def test_every_request_is_counted_once_and_logged_once_unless_it_is_a_health_pro
     assert response.status_code == status
     assert response.headers.get_list("x-request-id") == [request_id]  # echoed once, not once per observer
     assert served.count(method, status) == before + 1
-    access = [line for line in lines if line["event"] == "request"]
+    access = [line for line in lines if line["message"] == "request"]
     assert [(line["httpRequest"]["requestMethod"], line["httpRequest"]["status"]) for line in access] == (
         [(method, status)] if logged else []
+    )
+    assert [(line["httpRequest"]["requestUrl"], line["requestId"]) for line in access] == (
+        [(path.split("?")[0], request_id)] if logged else []
     )

@@ -17,6 +17,7 @@ from mcp import Client
 from tests.conftest import ROOT, RunningServer, start_server
 
 pytestmark = pytest.mark.slow
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
 
 def test_the_official_mcp_sdk_client_lists_and_calls_echo(tmp_path: Path) -> None:
@@ -68,6 +69,20 @@ def test_logs_are_json_lines_in_cloud_logging_shape(server: RunningServer) -> No
     assert [line["httpRequest"]["status"] for line in access] == [200, 200]
     assert [line["mcp_method"] for line in access] == ["initialize", "ping"]
     assert "test-key-0123456789abcdef" not in server.log.read_text()
+
+
+def test_with_erlmcp_access_log_false_requests_write_no_access_line(tmp_path: Path, api_key_file: Path) -> None:
+    server = start_server(tmp_path, ["--api-key-file", str(api_key_file), "--log-format", "json"],
+                          {"ERLMCP_ACCESS_LOG": "false"})  # fmt: skip
+    headers = {"Authorization": "Bearer test-key-0123456789abcdef"}
+    try:
+        answered = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                                         "params": INIT}, headers=headers)  # fmt: skip
+    finally:
+        assert server.stop() == 0
+    assert answered.status_code == 200
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    assert [line["message"] for line in lines if line["message"] in ("starting", "request")] == ["starting"]
 
 
 def test_the_server_runs_on_uvloop_and_says_so_in_its_start_line(server: RunningServer) -> None:

@@ -4,16 +4,21 @@ off), and the request's ``X-Request-ID`` as ``requestId``, echoed on the respons
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import structlog
 from opentelemetry import context, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from app.observability import access, tracing
 from app.observability.logging import SPAN_ID, TRACE, TRACE_SAMPLED, request_id, trace_fields
+from app.settings import LogFormat
+from tests.app.observability.conftest import Configure
 from tests.app.observability.test_tracing import HEADER_PARENT, HEADER_SPAN, HEADER_TRACE, OtlpReceiver, otlp_env
 from tests.conftest import RunningServer, start_server
 
@@ -145,3 +150,48 @@ def test_the_lines_of_a_request_with_traceparent_name_its_trace_and_its_request_
         assert TRACE not in access[3]  # no trace context, nothing recorded: nothing to name
         assert "requestId" not in access[3]
         assert "x-request-id" not in plain.headers
+
+
+# -- one sink for every line ------------------------------------------------------------------------------------------
+
+
+def test_library_lines_and_access_lines_share_one_sink_in_the_order_written(logging_to_file: Configure) -> None:
+    read = logging_to_file(LogFormat.JSON)
+    logging.getLogger("uvicorn.error").info("before")
+    access_log = access.access_log()
+    assert access_log is not None
+    exchange = tracing.Exchange("http", "1.1", ("127.0.0.1", 1))
+    with exchange:
+        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, exchange)
+    structlog.get_logger("app.x").warning("after", detail=1)
+    logging.getLogger("httpx").warning("a library's line")
+    lines = [json.loads(line) for line in read().splitlines()]
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("uvicorn.error", "before"),
+        ("app.middleware", "request"),
+        ("app.x", "after"),
+        ("httpx", "a library's line"),
+    ]
+
+
+def test_every_line_but_the_access_line_is_written_at_once(tmp_path: Path, logging_to_file: Configure) -> None:
+    """Only the access line waits in the sink's buffer; a warning or an error (the last words before a crash) is on
+    stderr when the call that logged it returns, after the access lines before it."""
+    logging_to_file(LogFormat.JSON)
+    written = tmp_path / "log-0"
+    access_log = access.access_log()
+    assert access_log is not None
+    exchange = tracing.Exchange("http", "1.1", ("127.0.0.1", 1))
+    with exchange:
+        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, exchange)
+    assert written.read_bytes() == b""  # the access line waits for the writer thread (its interval is long here)
+    structlog.get_logger("app.x").error("the upstream is gone")
+    logging.getLogger("uvicorn.error").warning("a library's warning")
+    lines = [json.loads(line) for line in written.read_bytes().splitlines()]
+    assert [line["message"] for line in lines] == ["request", "the upstream is gone", "a library's warning"]
+
+
+def test_uvicorns_own_access_logger_stays_off(logging_to_file: Configure) -> None:
+    read = logging_to_file(LogFormat.JSON)
+    logging.getLogger("uvicorn.access").info("GET / 200")
+    assert read() == b""

@@ -3,18 +3,18 @@ files followed as they rotate; and the log handler that runs every line through 
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 import structlog
 
-from app.observability.logging import LIBRARY_LOGGERS, configure_logging, guard_logs
+from app.observability.logging import LIBRARY_LOGGERS, guard_logs
 from app.observability.redaction import _TYPICAL, REDACTED, Redactor, redactor
 from app.settings import LogFormat, Settings
+from tests.app.observability.conftest import Configure
 
 SECRET = "s3cr3t/value+with=odd chars"
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlLWJ5dGVzLTAxMjM0NTY3ODk"
@@ -139,24 +139,14 @@ def test_the_settings_secrets_are_given_to_the_redactor_and_libraries_are_held_t
 
 
 @pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """The process's logging as the server configures it, written to a buffer."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging("INFO", LogFormat.JSON)
-    stream = io.StringIO()
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+def captured(logging_to_file: Configure) -> Callable[[], str]:
+    """The process's logging as the server configures it; ``captured()`` is what it wrote so far."""
+    read = logging_to_file(LogFormat.JSON)
     redactor().add("catalogue-secret-0123456789")
-    try:
-        yield stream
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        logging.captureWarnings(False)
-        structlog.reset_defaults()
+    return lambda: read().decode()
 
 
-def test_every_line_is_redacted_whoever_writes_it(captured: io.StringIO) -> None:
+def test_every_line_is_redacted_whoever_writes_it(captured: Callable[[], str]) -> None:
     # A library's record with the secret in its arguments, one with it in its exception, and a structlog line
     # with it in a nested field.
     logging.getLogger("some.library").warning("retrying %s", "https://x/?key=catalogue-secret-0123456789")
@@ -165,15 +155,15 @@ def test_every_line_is_redacted_whoever_writes_it(captured: io.StringIO) -> None
     except RuntimeError:
         logging.getLogger("other.library").exception("it broke")
     structlog.get_logger("app.test").info("call", upstream={"headers": {"X-Token": "catalogue-secret-0123456789"}})
-    lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+    lines = [orjson.loads(line) for line in captured().splitlines()]
     assert [line["message"] for line in lines] == ["retrying https://x/?key=[redacted]", "it broke", "call"]
     assert lines[1]["exception"][0]["exc_value"] == "failed with Authorization: Bearer [redacted]"
     assert lines[2]["upstream"] == {"headers": {"X-Token": REDACTED}}
-    assert "catalogue-secret" not in captured.getvalue()
-    assert "admin-key" not in captured.getvalue()
+    assert "catalogue-secret" not in captured()
+    assert "admin-key" not in captured()
 
 
-def test_a_traceback_names_its_frames_but_not_their_locals(captured: io.StringIO) -> None:
+def test_a_traceback_names_its_frames_but_not_their_locals(captured: Callable[[], str]) -> None:
     def check(credential: str) -> None:
         raise ValueError("bad credential")
 
@@ -181,12 +171,12 @@ def test_a_traceback_names_its_frames_but_not_their_locals(captured: io.StringIO
         check("a-bare-api-key-with-no-telling-shape")
     except ValueError:
         logging.getLogger("app.test").exception("failed")
-    [line] = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+    [line] = [orjson.loads(line) for line in captured().splitlines()]
     assert any(frame["name"] == "check" for frame in line["exception"][0]["frames"])
-    assert "a-bare-api-key" not in captured.getvalue()
+    assert "a-bare-api-key" not in captured()
 
 
-def test_a_library_below_warning_is_not_written(captured: io.StringIO) -> None:
+def test_a_library_below_warning_is_not_written(captured: Callable[[], str]) -> None:
     logging.getLogger("httpx").info("HTTP Request: GET https://api.example/v1?appid=whatever")
     logging.getLogger("httpx").warning("connection pool is full")
-    assert [orjson.loads(line)["message"] for line in captured.getvalue().splitlines()] == ["connection pool is full"]
+    assert [orjson.loads(line)["message"] for line in captured().splitlines()] == ["connection pool is full"]

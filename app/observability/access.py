@@ -1,0 +1,262 @@
+"""The access line: one per HTTP request, in Cloud Logging's ``httpRequest`` shape, written by
+:class:`~app.middleware.ObserveRequests` when the request ends.
+
+In JSON (production) it is :class:`JsonAccessLog`: one dict, ``orjson.dumps`` and the process's
+:class:`~app.observability.sink.LineSink`, a few microseconds, where structlog and the standard library's logging
+took about 65 (a stack walk, a ``LogRecord``, a dozen processors, a handler lock, a ``write(2)``). The line is byte
+for byte the one structlog's chain wrote (``tests/app/observability/test_access.py`` renders both):
+
+``httpRequest{requestMethod, requestUrl, status, responseSize, latency, remoteIp, userAgent, protocol}``, the
+``mcp_method`` and ``mcp_outcome`` the endpoint noted, ``requestId`` (the request's valid ``X-Request-ID``, else
+after the trace fields the trace id), ``logger``, the ``logging.googleapis.com/`` trace fields of the span the request
+was answered in, ``severity``, ``message`` and ``time`` (structlog's UTC ISO stamp).
+
+Only what the client controls can hold a credential: the user agent, the path and the request id, which go through
+the process's :class:`~app.observability.redaction.Redactor` (every other field comes from the server or a bounded
+set). In console format (a developer's terminal) the line still goes through structlog: :class:`StructlogAccessLog`.
+
+Tests see the lines through :func:`captured`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from opentelemetry.trace import SpanContext
+from starlette.types import Scope
+
+from app.observability.logging import SPAN_ID, TRACE, TRACE_SAMPLED
+from app.observability.redaction import Redactor, redactor
+from app.observability.sink import LineSink
+from app.observability.tracing import Exchange
+
+__all__ = [
+    "LOGGER",
+    "AccessLog",
+    "JsonAccessLog",
+    "StructlogAccessLog",
+    "AccessLineFormat",
+    "access_log",
+    "captured",
+    "iso_stamp",
+    "use",
+]
+
+LOGGER = "app.middleware"  # the logger the line has always named
+_PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}
+_SEPARATOR = "\n"  # between the client's strings when they are searched at once (no header or path holds one)
+
+
+class AccessLog(Protocol):
+    """Writes the access line of a request that has ended."""
+
+    def write(
+        self,
+        scope: Scope,
+        method: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        request_id: str | None,
+        exchange: Exchange,
+    ) -> None:
+        """``method``: the request's (or ``OTHER``); ``sent``: the body's bytes; ``elapsed``: seconds;
+        ``request_id``: its valid ``X-Request-ID``; ``exchange``: what names the span it was answered in."""
+
+
+_second = -1
+_prefix = ""
+
+
+def iso_stamp(ns: int) -> str:
+    """``ns`` (since the epoch) as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it: ISO 8601 in UTC with
+    ``Z``, microseconds floored and left out when they are 0. The date and time of the second are made once."""
+    global _second, _prefix
+    second, rest = divmod(ns, 1_000_000_000)
+    if second != _second:
+        _prefix, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+    micro = rest // 1000
+    return f"{_prefix}.{micro:06d}Z" if micro else f"{_prefix}Z"
+
+
+def _user_agent(scope: Scope) -> str | None:
+    found = b""
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            found = value  # the last one, as a dict of the headers keeps it
+    return found.decode("latin-1") or None
+
+
+def _http_request(scope: Scope, method: str, status: int, sent: int, elapsed: float) -> dict[str, Any]:
+    client = scope.get("client")
+    return {
+        "requestMethod": method,
+        "requestUrl": scope["path"],
+        "status": status,
+        "responseSize": str(sent),
+        "latency": f"{elapsed:.6f}s",
+        "remoteIp": client[0] if client else None,
+        "userAgent": _user_agent(scope),
+        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+    }
+
+
+class AccessLineFormat:
+    """The access line's fields (see the module's description). ``project``: the Google Cloud project whose Cloud
+    Trace holds the traces; ``clock``: nanoseconds since the epoch (tests fix it)."""
+
+    def __init__(self, *, project: str | None, redactor: Redactor, clock: Callable[[], int] = time.time_ns) -> None:
+        self._prefix = f"projects/{project}/traces/" if project else ""
+        self._redact = redactor.redact
+        self._clock = clock
+
+    def line(
+        self,
+        scope: Scope,
+        method: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        request_id: str | None,
+        answered: SpanContext | None,
+    ) -> dict[str, Any]:
+        """The line's fields, in the order structlog's chain wrote them."""
+        agent = b""
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                agent = value  # the last one, as a dict of the headers keeps it
+        user_agent = agent.decode("latin-1") or None
+        url = scope["path"]
+        client_text = f"{user_agent or ''}{_SEPARATOR}{url}{_SEPARATOR}{request_id or ''}"
+        if self._redact(client_text) is not client_text:  # a needle matched: redact each on its own
+            user_agent = self._redact(user_agent) if user_agent else user_agent
+            url = self._redact(url)
+            request_id = self._redact(request_id) if request_id else request_id
+        client = scope.get("client")
+        version = scope.get("http_version", "1.1")
+        line: dict[str, Any] = {
+            "httpRequest": {
+                "requestMethod": method,
+                "requestUrl": url,
+                "status": status,
+                "responseSize": str(sent),
+                "latency": f"{elapsed:.6f}s",
+                "remoteIp": client[0] if client else None,
+                "userAgent": user_agent,
+                "protocol": _PROTOCOLS.get(version) or f"HTTP/{version}",
+            }
+        }
+        noted = scope.get("erlmcp")
+        if noted:
+            line.update(noted)
+        if request_id is not None:
+            line["requestId"] = request_id
+        line["logger"] = LOGGER
+        if answered is not None:
+            trace_id = f"{answered.trace_id:032x}"
+            line[TRACE] = self._prefix + trace_id
+            line[SPAN_ID] = f"{answered.span_id:016x}"
+            line[TRACE_SAMPLED] = answered.trace_flags.sampled
+            if request_id is None:
+                line["requestId"] = trace_id
+        line["severity"] = "INFO"
+        line["message"] = "request"
+        line["time"] = iso_stamp(self._clock())
+        return line
+
+
+class JsonAccessLog:
+    """The access line as JSON straight to ``sink`` (see the module's description and :class:`AccessLineFormat`)."""
+
+    def __init__(
+        self,
+        sink: LineSink,
+        *,
+        project: str | None,
+        redactor: Redactor,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.sink = sink
+        self._format = AccessLineFormat(project=project, redactor=redactor, clock=clock)
+
+    def write(
+        self,
+        scope: Scope,
+        method: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        request_id: str | None,
+        exchange: Exchange,
+    ) -> None:
+        line = self._format.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
+        if _captures:
+            _capture(line)
+        self.sink.put(orjson.dumps(line, default=str) + b"\n")
+
+
+class StructlogAccessLog:
+    """The access line through structlog and the standard library's logging, as every other line: console format,
+    and a process whose logging was not configured (a test's)."""
+
+    def __init__(self) -> None:
+        self._log = structlog.get_logger(LOGGER)
+
+    def write(
+        self,
+        scope: Scope,
+        method: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        request_id: str | None,
+        exchange: Exchange,
+    ) -> None:
+        if _captures:
+            _capture(_FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under))
+        with exchange.reporting():  # the line names the span the request was answered in
+            self._log.info("request", httpRequest=_http_request(scope, method, status, sent, elapsed),
+                           **scope.get("erlmcp", {}))  # fmt: skip
+
+
+_captures: list[list[dict[str, Any]]] = []
+
+
+def _capture(line: dict[str, Any]) -> None:
+    for lines in _captures:
+        lines.append(line)
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """For tests: the access lines written meanwhile, each as its JSON object (what :class:`JsonAccessLog` writes,
+    whichever access log the process has)."""
+    lines: list[dict[str, Any]] = []
+    _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        _captures.remove(lines)
+
+
+_FOR_CAPTURE = AccessLineFormat(project=None, redactor=redactor())
+_process: AccessLog | None = StructlogAccessLog()
+
+
+def use(access: AccessLog | None) -> AccessLog | None:
+    """Make ``access`` the process's access log (None: no access line); returns the one it replaces.
+    :func:`~app.observability.logging.configure_logging` calls it."""
+    global _process
+    before, _process = _process, access
+    return before
+
+
+def access_log() -> AccessLog | None:
+    """The process's access log: what the logging configuration chose (None: the access line is off); until it is
+    configured, the line through structlog, wherever structlog's configuration sends it."""
+    return _process
