@@ -2,7 +2,10 @@
 
 - A session's record (negotiated revision, client capabilities, principal, log level, subscriptions) is a Redis
   key that expires after the idle timeout; each replica keeps a local ``Session`` for what cannot travel
-  (requests in flight, futures waiting for the client).
+  (requests in flight, futures waiting for the client). A request costs one round trip for it: a ``GETEX`` reads
+  the record and refreshes its TTL (``GET`` and ``EXPIRE``, pipelined, on a Redis older than 6.2), and the record is
+  written back only when the request changed it (``logging/setLevel``, ``resources/(un)subscribe``,
+  ``notifications/initialized``).
 - A response or GET stream is a Redis stream: the replica running the request appends, and any replica can
   replay it from ``Last-Event-ID`` and follow it to its end, for the session that opened it only (each entry names
   the session by a digest of its id; a stream of another session is not found). A finished stream expires
@@ -52,7 +55,7 @@ from typing import Any
 import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, Event, EventStream, note_gap
 from app.sessions.memory import Session, SessionLimitError, SessionQuotaError
@@ -71,6 +74,7 @@ _WRITER_GONE_SECONDS = 2.0  # a reader gives up on a stream whose writer's key w
 _READER_SECONDS = 1.0  # how often the reader of a standalone stream refreshes its key (and sees a takeover)
 _STANDALONE = b"g"  # the kind (field ``k``) of a standalone stream's entries; a call's stream has none
 _ADOPTION = b"a"  # the kind of the entry naming a standalone stream's adopter: no event (readers skip it)
+_REFRESH_SLACK_SECONDS = 1.0  # a request that changed nothing refreshes the TTL (EXPIRE) when its last is older
 
 # A new session, counted against its owner's quota, in one atomic step. When the owner's set of session ids
 # looks full, the ids whose record is gone (ended, or expired) leave it first; the record is written and the id
@@ -421,6 +425,12 @@ class RedisSessionStore:
         self._check_now = asyncio.Event()  # a command failed: check Redis without waiting for the next round
         self._unsaved: dict[str, Session] = {}  # records to write once Redis answers again
         self._unwritten: set[RedisEventStream] = set()  # streams with entries waiting for Redis
+        # For each session held here: its record as this replica last read or wrote it, and when that refreshed its
+        # TTL. A request that changed nothing has nothing to write (see save); gone with the session's local copy.
+        self._stored: dict[str, tuple[bytes, float]] = {}
+        # (a tenth of the idle time at most: the TTL a request leaves is never much short of the idle time)
+        self._slack = min(_REFRESH_SLACK_SECONDS, self._idle / 10)
+        self._getex = True  # False once Redis answered GETEX with "unknown command" (a Redis older than 6.2)
 
     @property
     def redis(self) -> Redis:
@@ -577,11 +587,12 @@ class RedisSessionStore:
         stopped answering."""
         while self._unsaved or self._unwritten:
             for session_id, session in list(self._unsaved.items()):
-                record = self._record(session)
+                record, sent = self._record(session), time.monotonic()
                 try:
                     await self._redis.set(self._key(session_id), record, ex=self._idle, xx=True)
                 except _FAILURES:
                     return False
+                self._remember(session_id, record, sent)
                 if self._unsaved.get(session_id) is session and self._record(session) == record:
                     del self._unsaved[session_id]  # (else it changed meanwhile: written again next time round)
             for stream in list(self._unwritten):
@@ -631,7 +642,7 @@ class RedisSessionStore:
             elif message["type"] == "notification":
                 session.on_notification(message["method"], message["params"])
             elif message["type"] == "deleted":
-                self._local.pop(message["session"], None)
+                self._forget(message["session"])
                 self._unsaved.pop(message["session"], None)
                 session.close()
         except (ValueError, KeyError, TypeError):
@@ -662,8 +673,45 @@ class RedisSessionStore:
             if now - seen > self._idle and not s.in_flight and not (s.standalone and s.standalone.stream.readers)
         ]
         for session_id in stale:
-            self._local.pop(session_id)[0].close()
+            forgotten = self._forget(session_id)
+            if forgotten is not None:
+                forgotten.close()
         return len(stale)
+
+    def _forget(self, session_id: str) -> Session | None:
+        """Drop this replica's copy of a session (not closed here), and what it remembers of its record."""
+        self._stored.pop(session_id, None)
+        entry = self._local.pop(session_id, None)
+        return None if entry is None else entry[0]
+
+    def _remember(self, session_id: str, record: bytes, refreshed: float) -> None:
+        """What Redis holds of a session's record after this replica read or wrote it, with its TTL counted from
+        ``refreshed`` (a time taken before the command); only for a session this replica holds."""
+        if session_id in self._local:
+            self._stored[session_id] = (record, refreshed)
+
+    async def _read(self, key: str) -> bytes | None:
+        """A session's record, its TTL set to the idle time again: one GETEX, or, from a Redis that has none (older
+        than 6.2), GET and EXPIRE pipelined (found out once, and told once in the log)."""
+        if self._getex:
+            try:
+                raw: Any = await self._redis.getex(key, ex=self._idle)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                if self._getex:  # (once, however many lookups were under way)
+                    self._getex = False
+                    log.warning(
+                        "Redis has no GETEX (it is older than 6.2): each session lookup sends GET and EXPIRE instead",
+                        error=_reason(exc),
+                    )
+            else:
+                return raw.encode() if isinstance(raw, str) else raw
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.expire(key, self._idle)
+            raw, _ = await pipe.execute()
+        return raw.encode() if isinstance(raw, str) else raw
 
     def expire(self) -> int:
         """Forget the local state of sessions idle longer than the idle time (Redis expires their records by
@@ -704,6 +752,7 @@ class RedisSessionStore:
             owner=owner,
         )
         key, record = self._key(session.id), self._record(session)
+        sent = time.monotonic()
         with self._commands():
             limit = self._per_owner if quota is None else quota
             if owner is None or not limit:
@@ -717,6 +766,7 @@ class RedisSessionStore:
         if owner is not None and held >= 0:
             raise SessionQuotaError(limit, owner)
         self._local[session.id] = (session, time.monotonic())
+        self._remember(session.id, record, sent)
         return session
 
     async def get(self, session_id: str) -> Session | None:
@@ -726,16 +776,13 @@ class RedisSessionStore:
             SessionStoreUnavailable: Redis does not answer.
         """
         await self.start()
-        key = self._key(session_id)
+        sent = time.monotonic()
         with self._commands():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(key)
-                pipe.expire(key, self._idle)
-                raw, _ = await pipe.execute()
+            raw = await self._read(self._key(session_id))
         if raw is None:
-            entry = self._local.pop(session_id, None)
-            if entry is not None:
-                entry[0].close()
+            gone = self._forget(session_id)
+            if gone is not None:
+                gone.close()
             return None
         record = orjson.loads(raw)
         entry = self._local.get(session_id)
@@ -756,18 +803,36 @@ class RedisSessionStore:
             session.log_level = record["log_level"]
             session.subscriptions = set(record["subscriptions"])
         self._local[session_id] = (session, time.monotonic())
+        self._remember(session_id, raw, sent)
         return session
 
     async def save(self, session: Session) -> None:
         """Write back what a request changed; a session ended meanwhile stays ended (``XX``). While Redis does
-        not answer, the record is written once it does (never raises: the request itself succeeded)."""
+        not answer, the record is written once it does (never raises: the request itself succeeded).
+
+        A record as this replica last read or wrote it is not written again (most requests change nothing; the
+        lookup refreshed its TTL), and a request that changed nothing does not write over what another replica
+        changed meanwhile. When that refresh is older than a second or a tenth of the idle time (a long request, or
+        a connection that saves without looking the session up), an unchanged record has its TTL refreshed (one
+        EXPIRE): the idle time counts from the end of the session's last request, give or take that much."""
+        record = self._record(session)
+        stored = self._stored.get(session.id)
+        unchanged = stored is not None and stored[0] == record
+        if stored is not None and unchanged and time.monotonic() - stored[1] < self._slack:
+            self._unsaved.pop(session.id, None)  # (a change kept for Redis was undone: Redis has it as it is)
+            return
         if self._up is not False:
+            sent, key = time.monotonic(), self._key(session.id)
             try:
-                await self._redis.set(self._key(session.id), self._record(session), ex=self._idle, xx=True)
+                if unchanged:
+                    await self._redis.expire(key, self._idle)  # its TTL only: leaves what others wrote
+                else:
+                    await self._redis.set(key, record, ex=self._idle, xx=True)
             except _FAILURES:
                 self._check_now.set()
             else:
                 self._unsaved.pop(session.id, None)
+                self._remember(session.id, record, sent)
                 return
         self._unsaved[session.id] = session
 
@@ -789,11 +854,11 @@ class RedisSessionStore:
             if owner is not None:
                 await self._redis.srem(self._owner_key(owner), session_id)
         self._unsaved.pop(session_id, None)
-        entry = self._local.pop(session_id, None)
-        if entry is not None:
-            entry[0].close()
+        gone = self._forget(session_id)
+        if gone is not None:
+            gone.close()
         await self._publish({"type": "deleted", "session": session_id})
-        return existed or entry is not None
+        return existed or gone is not None
 
     @staticmethod
     def _owner_in(raw: bytes | None) -> str | None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from redis.client import Redis
 
 from deployer.proxy import RoundRobinProxy
 from tests.conftest import RunningServer, start_server
@@ -45,6 +46,47 @@ def test_a_session_opened_on_one_replica_works_on_the_other(proxy: RoundRobinPro
     assert httpx.delete(f"{url}/mcp", headers={**session, "Connection": "close"}).status_code == 200
     after = [post(url, {"jsonrpc": "2.0", "id": 10 + i, "method": "ping"}, session).status_code for i in range(2)]
     assert after == [404, 404]  # ended on both replicas
+
+
+def commands_on(redis_url: str, session_id: str, requests: Iterator[None]) -> list[list[str]]:
+    """The Redis commands (name first, lower-case) that touched a session's record while ``requests`` ran, whichever
+    replica sent them (Redis's MONITOR; a sentinel command marks the end)."""
+    client = Redis.from_url(redis_url)
+    seen: list[list[str]] = []
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+        for _ in requests:
+            pass
+        client.echo("end of the requests")
+        for item in monitor.listen():
+            words = str(item["command"]).split()
+            if words[:2] == ["ECHO", "end"]:
+                break
+            if any(word == f"erlmcp:session:{session_id}" for word in words):
+                seen.append([words[0].lower(), *words[1:]])
+    client.close()
+    return seen
+
+
+def test_a_tools_call_costs_one_redis_command_and_a_change_of_log_level_two(
+    proxy: RoundRobinProxy, redis_url: str
+) -> None:
+    url = f"http://127.0.0.1:{proxy.port}"
+    session = open_session(url)
+    call = {"name": "test_simple_text", "arguments": {}}
+
+    def calls() -> Iterator[None]:
+        for i in range(1, 5):
+            assert post(url, {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": call}, session).is_success
+            yield
+
+    def set_level() -> Iterator[None]:
+        level = {"jsonrpc": "2.0", "id": 9, "method": "logging/setLevel", "params": {"level": "error"}}
+        assert post(url, level, session).json()["result"] == {}
+        yield
+
+    session_id = session["Mcp-Session-Id"]
+    assert [words[0] for words in commands_on(redis_url, session_id, calls())] == ["getex"] * 4  # on both replicas
+    assert [words[0] for words in commands_on(redis_url, session_id, set_level())] == ["getex", "set"]
 
 
 def test_a_stream_cut_on_one_replica_resumes_on_the_other_without_loss_or_duplicates(

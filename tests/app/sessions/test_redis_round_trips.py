@@ -1,0 +1,184 @@
+"""What a request costs in Redis: one ``GETEX`` (the record and its idle time refreshed in one command), and a write
+of the record only when the request changed it (``logging/setLevel``, ``resources/subscribe``,
+``notifications/initialized``) or ran longer than the store lets a refresh wait. A Redis without ``GETEX`` (older
+than 6.2) gets the ``GET`` and ``EXPIRE`` pipeline, told once in the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
+
+from app.sessions import Session
+from app.sessions.redis import RedisSessionStore
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+class RedisWithoutGetex(RedisServer):
+    """A real redis-server that answers GETEX as an older Redis does: ``unknown command``."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self._command += ["--rename-command", "GETEX", ""]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def old_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisWithoutGetex(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def replica(url: str, *, idle: float = 60) -> RedisSessionStore:
+    # (the background check stays quiet while commands are counted)
+    return RedisSessionStore(Redis.from_url(url), max_sessions=100, idle_seconds=idle, check_seconds=60)
+
+
+async def open_session(store: RedisSessionStore) -> Session:
+    await store.start()
+    return await store.create(protocol_version="2025-11-25", client_info={}, client_capabilities={}, principal="k")
+
+
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout))
+
+
+def commands(server: RedisServer) -> dict[str, int]:
+    """Commands run since the last CONFIG RESETSTAT, but for redis-cli's own and connection set-up."""
+    counts: dict[str, int] = {}
+    for line in server.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, stats = line.removeprefix("cmdstat_").split(":", 1)
+            fields: dict[str, Any] = dict(item.split("=") for item in stats.split(","))
+            counts[name] = int(fields["calls"])
+    for ignored in ("info", "config|resetstat", "client|setinfo", "hello", "ping", "select"):
+        counts.pop(ignored, None)
+    return counts
+
+
+def change_log_level(session: Session) -> None:
+    session.log_level = "debug"  # logging/setLevel
+
+
+def subscribe(session: Session) -> None:
+    session.subscriptions.add("file:///notes.txt")  # resources/subscribe
+
+
+def initialize(session: Session) -> None:
+    session.initialized = True  # notifications/initialized
+
+
+@pytest.mark.parametrize("change", [change_log_level, subscribe, initialize])
+def test_a_request_that_changes_the_record_reads_with_one_getex_and_writes_it_once(
+    redis_server: RedisServer, change: Callable[[Session], None]
+) -> None:
+    counted: dict[str, int] = {}
+
+    async def scenario() -> None:
+        here, there = replica(redis_server.url), replica(redis_server.url)
+        try:
+            session = await open_session(here)
+            redis_server.cli("CONFIG", "RESETSTAT")
+            found = await here.get(session.id)
+            assert found is session
+            change(found)
+            await here.save(found)
+            counted.update(commands(redis_server))
+            copy = await there.get(session.id)  # another replica reads what changed
+            assert copy is not None
+            assert (copy.log_level, copy.subscriptions, copy.initialized) == (
+                found.log_level,
+                found.subscriptions,
+                found.initialized,
+            )
+            redis_server.cli("CONFIG", "RESETSTAT")
+            await here.get(session.id)
+            await here.save(found)  # the next request changes nothing: nothing to write
+            assert commands(redis_server) == {"getex": 1}
+        finally:
+            await here.close()
+            await there.close()
+
+    run(scenario)
+    assert counted == {"getex": 1, "set": 1}
+
+
+def test_a_request_that_changes_nothing_leaves_another_replicas_change_in_place(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        here, there = replica(redis_server.url), replica(redis_server.url)
+        try:
+            session = await open_session(here)
+            running = await here.get(session.id)  # a tools/call starts here
+            assert running is not None
+            copy = await there.get(session.id)  # meanwhile, logging/setLevel on another replica
+            assert copy is not None
+            copy.log_level = "debug"
+            await there.save(copy)
+            await here.save(running)  # the tools/call ends: it changed nothing, so it writes nothing
+            again = await here.get(session.id)
+            assert again is not None
+            assert again.log_level == "debug"
+        finally:
+            await here.close()
+            await there.close()
+
+    run(scenario)
+
+
+def test_a_save_long_after_the_last_read_keeps_the_session_alive_for_the_idle_time(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        store = replica(redis_server.url, idle=2)  # (a refresh may wait a tenth of the idle time)
+        try:
+            session = await open_session(store)
+            found = await store.get(session.id)  # a long tools/call starts
+            assert found is not None
+            await asyncio.sleep(1.0)  # and runs half the idle time
+            redis_server.cli("CONFIG", "RESETSTAT")
+            await store.save(found)  # it changed nothing, but the idle time counts from its end
+            assert commands(redis_server) == {"expire": 1}
+            assert await store.redis.pttl(f"erlmcp:session:{session.id}") > 1500
+        finally:
+            await store.close()
+
+    run(scenario)
+
+
+def test_a_redis_without_getex_gets_the_get_and_expire_pipeline_and_one_warning(
+    old_redis_server: RedisServer,
+) -> None:
+    counted: dict[str, int] = {}
+
+    async def scenario() -> None:
+        store = replica(old_redis_server.url, idle=60)
+        try:
+            session = await open_session(store)
+            await store.redis.expire(f"erlmcp:session:{session.id}", 5)
+            with capture_logs() as records:
+                for _ in range(3):
+                    old_redis_server.cli("CONFIG", "RESETSTAT")
+                    assert await store.get(session.id) is session
+                    await store.save(session)
+                    counted.update(commands(old_redis_server))
+            assert await store.redis.ttl(f"erlmcp:session:{session.id}") > 5  # the idle time refreshed
+        finally:
+            await store.close()
+        warnings = [record for record in records if "GETEX" in record["event"]]
+        assert len(warnings) == 1, records
+        assert warnings[0]["log_level"] == "warning"
+
+    run(scenario)
+    assert counted == {"get": 1, "expire": 1}  # the last of three requests: no GETEX tried again
