@@ -118,7 +118,7 @@ async def serve(settings: Settings) -> None:
     # balancer's requests come from; the middleware would cost every request for nothing.
     common: dict[str, Any] = {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False}
     main_config = uvicorn.Config(
-        app,  # the front door: /mcp bounded and observed, everything else through FastAPI, CORS, the drain
+        app,  # the front door: /mcp bounded and observed, everything else through Starlette routes, CORS, the drain
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app import __version__
 from app.catalog import load_catalog
@@ -34,15 +34,13 @@ from app.observability.redaction import redactor
 from app.protocol.core import BatchLimits, ProtocolCore
 from app.protocol.dispatcher import Dispatcher
 from app.protocol.request_state import RequestStateSealer
-from app.security import ApiKeyAuthenticator, Authenticator, JwtVerifier
-from app.security.auth import limits_of
+from app.security.auth import ApiKeyAuthenticator, Authenticator, limits_of
 from app.security.clients import parse_networks
 from app.security.gate import Gate
 from app.security.keys import ApiKey
 from app.security.origin import OriginPolicy
-from app.security.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
+from app.security.ratelimit import RateLimiter, TokenBuckets
 from app.sessions.backend import session_backend
-from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
 from app.settings import Settings, SettingsError, load_api_keys
 from app.transports.legacy_sse import LegacySse
@@ -102,6 +100,8 @@ def authenticator(settings: Settings, api_keys: Sequence[ApiKey]) -> Authenticat
     """
     tokens = None
     if settings.jwt_enabled:
+        from app.security.tokens import JwtVerifier  # PyJWT and cryptography load only when tokens are accepted
+
         assert settings.jwt_issuer is not None
         try:
             tokens = JwtVerifier(
@@ -173,8 +173,12 @@ def cloud_monitoring_exporter(settings: Settings, metrics: Metrics) -> CloudMoni
 def rate_limiter(settings: Settings, sessions: SessionBackend) -> RateLimiter | None:
     """Token buckets per client: in Redis when sessions are (so the budget holds across replicas), else here.
     There are buckets even when the default rate is 0 (no limit): a key or token audience may set a rate."""
-    if isinstance(sessions, RedisSessionStore):
-        return RedisTokenBuckets(sessions.redis, settings.rate_limit_per_second, settings.rate_limit_burst)
+    if settings.redis_url is not None:  # the redis client loads only then (app.sessions.backend)
+        from app.security.ratelimit import RedisTokenBuckets
+        from app.sessions.redis import RedisSessionStore
+
+        if isinstance(sessions, RedisSessionStore):
+            return RedisTokenBuckets(sessions.redis, settings.rate_limit_per_second, settings.rate_limit_burst)
     return TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
 
 
@@ -218,12 +222,23 @@ def _secret_files(catalog: str | None) -> list[Path]:
     return [path for entry in entries for path in getattr(entry, "secrets", {}).values()]
 
 
+async def _refusal(_: Request, exc: Exception) -> Response:
+    """An unknown path (404) or a method a path does not take (405, with ``Allow``) as ``{"detail": ...}`` JSON:
+    what these answers were when the routes were FastAPI's."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in {204, 304} or exc.status_code < 200:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | None = None) -> FrontDoor:
     """The MCP application, exactly as the listener serves it: the MCP endpoint at ``/mcp`` on the hot path
-    (bounded by ``max_concurrent_requests``), and a FastAPI application for the health endpoints, ``/ws``,
+    (bounded by ``max_concurrent_requests``), and a Starlette application for the health endpoints, ``/ws``,
     ``/sse``, ``/messages`` and the metadata; each request observed once, CORS and the drain around both (see
-    :class:`~app.middleware.FrontDoor`). Its ``state`` is the FastAPI application's (``mcp_endpoint``,
-    ``protocol_core``, ``legacy_sse``, ``catalog_runtime``, ``erlmcp``); its lifespan is the FastAPI application's.
+    :class:`~app.middleware.FrontDoor`). Its ``state`` is the Starlette application's (``mcp_endpoint``,
+    ``protocol_core``, ``legacy_sse``, ``catalog_runtime``, ``erlmcp``); its lifespan is the Starlette
+    application's. (Plain Starlette routes, not FastAPI: nothing here needs request models or OpenAPI, whose
+    models cost about 0.1 s and several MiB at every start.)
 
     Raises:
         SettingsError: authentication is on without usable API keys.
@@ -297,7 +312,7 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     exporter = cloud_monitoring_exporter(settings, metrics)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         loop.append(asyncio.get_running_loop())
         background = [asyncio.create_task(_expire_idle_sessions(sessions, settings.session_idle_seconds))]
         if watcher is not None:
@@ -312,37 +327,33 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
             await asyncio.gather(*background, return_exceptions=True)  # the exporter writes once more
             await runtime.aclose()
 
-    app = FastAPI(
-        title="erlmcp", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
-    )
+    state.dependency = sessions.unavailable
+
+    async def livez(_: Request) -> Response:
+        return health(draining=False)
+
+    async def readyz(_: Request) -> Response:
+        return await readiness(state)
+
+    routes: list[BaseRoute] = [Route("/livez", livez, methods=["GET"])]
+    routes += [Route(path, readyz, methods=["GET"]) for path in ("/readyz", "/healthz", "/health")]
+    if settings.jwt_enabled:
+        metadata = orjson.dumps(protected_resource_metadata(settings))
+
+        async def resource_metadata(_: Request) -> Response:
+            return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
+
+        routes.append(Route(METADATA_PATH, resource_metadata, methods=["GET"]))
+    routes.append(WebSocketRoute("/ws", websocket_handler(core, first_message_seconds=settings.header_timeout_seconds)))
+    legacy = LegacySse(core, keepalive_seconds=settings.sse_keepalive_seconds)
+    routes.append(Route("/sse", legacy.open, methods=["GET"]))
+    routes.append(Route("/messages", legacy.post, methods=["POST"]))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _refusal})
     app.state.erlmcp = state
     app.state.mcp_endpoint = endpoint
     app.state.protocol_core = core
     app.state.catalog_runtime = runtime
-
-    state.dependency = sessions.unavailable
-
-    async def livez() -> Response:
-        return health(draining=False)
-
-    async def readyz() -> Response:
-        return await readiness(state)
-
-    app.add_api_route("/livez", livez, methods=["GET"], include_in_schema=False)
-    for path in ("/readyz", "/healthz", "/health"):
-        app.add_api_route(path, readyz, methods=["GET"], include_in_schema=False)
-    if settings.jwt_enabled:
-        metadata = orjson.dumps(protected_resource_metadata(settings))
-
-        async def resource_metadata() -> Response:
-            return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
-
-        app.add_api_route(METADATA_PATH, resource_metadata, methods=["GET"], include_in_schema=False)
-    app.add_api_websocket_route("/ws", websocket_handler(core, first_message_seconds=settings.header_timeout_seconds))
-    legacy = LegacySse(core, keepalive_seconds=settings.sse_keepalive_seconds)
     app.state.legacy_sse = legacy
-    app.add_api_route("/sse", legacy.open, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/messages", legacy.post, methods=["POST"], include_in_schema=False)
     front = FrontDoor(
         app,
         endpoint,

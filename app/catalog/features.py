@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.catalog.http_tool import http_resource_reader, http_tool_handler
 from app.catalog.loader import CatalogError, load_catalog
 from app.catalog.model import (
     BuiltinToolEntry,
@@ -29,13 +28,15 @@ from app.catalog.plugins import PluginError, PluginResource, PluginTool, load_pl
 from app.catalog.prompts import prompt_spec
 from app.catalog.python_tool import import_function, python_tool_handler, schema_from_hints
 from app.catalog.resources import directory_resources, file_reader, text_reader, text_template_reader
-from app.catalog.upstream import Upstream
 from app.features import Features
 from app.features.builtins import BUILTINS
 from app.features.prompts import Prompts, PromptSpec
 from app.features.resources import Reader, ResourceContents, Resources, ResourceSpec, TemplateSpec
 from app.features.tools import Tools, ToolSpec
 from app.runtime.pool import WorkerPool
+
+if TYPE_CHECKING:
+    from app.catalog.upstream import Upstream
 
 __all__ = ["PROFILES", "CatalogRuntime", "features_from_catalog", "load_features"]
 
@@ -44,7 +45,8 @@ PROFILES = ("conformance",)
 
 class CatalogRuntime:
     """What catalogue entries share, across reloads: a thread pool for sync functions (never the event loop),
-    the worker-process pool for ``isolation: process``, and one HTTP client for upstream calls."""
+    the worker-process pool for ``isolation: process``, and an HTTP client for upstream calls (made, and httpx
+    imported, only for a catalogue with ``http`` entries)."""
 
     def __init__(
         self,
@@ -65,7 +67,9 @@ class CatalogRuntime:
         self._upstreams: list[Upstream] = []
 
     def upstream(self, allowed_hosts: tuple[str, ...]) -> Upstream:
-        """An upstream caller limited to ``allowed_hosts`` (one per catalogue load)."""
+        """An upstream caller limited to ``allowed_hosts`` (one per catalogue load that has ``http`` entries)."""
+        from app.catalog.upstream import Upstream
+
         upstream = Upstream(allowed_hosts=allowed_hosts)
         self._upstreams.append(upstream)
         return upstream
@@ -96,7 +100,9 @@ def _tool_spec(entry: Any, handler: Any, input_schema: Mapping[str, Any], output
     )
 
 
-def _tools(catalog: Catalog, runtime: CatalogRuntime, upstream: Upstream, timeout: float) -> list[ToolSpec]:
+def _tools(
+    catalog: Catalog, runtime: CatalogRuntime, upstream: Callable[[], Upstream], timeout: float
+) -> list[ToolSpec]:
     specs = []
     for index, entry in enumerate(catalog.tools):
         if isinstance(entry, BuiltinToolEntry):
@@ -111,11 +117,13 @@ def _tools(catalog: Catalog, runtime: CatalogRuntime, upstream: Upstream, timeou
                 )
             )
         elif isinstance(entry, HttpToolEntry):
+            from app.catalog.http_tool import http_tool_handler  # httpx and Jinja2 load only for http entries
+
             schema = entry.input_schema or {"type": "object", "properties": {}}
             limit = min(entry.timeout_seconds or timeout, timeout)
             specs.append(
                 _tool_spec(
-                    entry, http_tool_handler(entry, upstream, timeout_seconds=limit), schema, entry.output_schema
+                    entry, http_tool_handler(entry, upstream(), timeout_seconds=limit), schema, entry.output_schema
                 )
             )
         elif isinstance(entry, PythonToolEntry):
@@ -129,7 +137,9 @@ def _tools(catalog: Catalog, runtime: CatalogRuntime, upstream: Upstream, timeou
     return specs
 
 
-def _resources(catalog: Catalog, upstream: Upstream, timeout: float) -> tuple[list[ResourceSpec], list[TemplateSpec]]:
+def _resources(
+    catalog: Catalog, upstream: Callable[[], Upstream], timeout: float
+) -> tuple[list[ResourceSpec], list[TemplateSpec]]:
     resources: list[ResourceSpec] = []
     for index, entry in enumerate(catalog.resources):
         common: dict[str, Any] = {"name": entry.name, "title": entry.title, "description": entry.description}
@@ -149,14 +159,18 @@ def _resources(catalog: Catalog, upstream: Upstream, timeout: float) -> tuple[li
             except ValueError as exc:
                 raise CatalogError(_where("resources", index, entry.name, f"path: {exc}")) from None
         elif isinstance(entry, HttpResourceEntry):
-            reader = http_resource_reader(entry, upstream, timeout_seconds=timeout)
+            from app.catalog.http_tool import http_resource_reader
+
+            reader = http_resource_reader(entry, upstream(), timeout_seconds=timeout)
             resources.append(ResourceSpec(uri=entry.uri, read=reader, mime_type=entry.mime_type, **common))
     templates = []
     for template in catalog.resource_templates:
         if isinstance(template, TextTemplateEntry):
             reader = text_template_reader(template)
         else:
-            reader = http_resource_reader(template, upstream, timeout_seconds=timeout)
+            from app.catalog.http_tool import http_resource_reader
+
+            reader = http_resource_reader(template, upstream(), timeout_seconds=timeout)
         templates.append(
             TemplateSpec(
                 uri_template=template.uri_template,
@@ -252,7 +266,13 @@ def features_from_catalog(
         CatalogError: an entry cannot be used (a Python function that does not import, a missing file, a
             plugin that fails); the message names the entry and the field.
     """
-    upstream = runtime.upstream(catalog.allowed_hosts)
+    made: list[Upstream] = []
+
+    def upstream() -> Upstream:  # one per load, made for the first http entry
+        if not made:
+            made.append(runtime.upstream(catalog.allowed_hosts))
+        return made[0]
+
     tools = _tools(catalog, runtime, upstream, timeout_seconds)
     resources, templates = _resources(catalog, upstream, timeout_seconds)
     prompts = [prompt_spec(entry) for entry in catalog.prompts]

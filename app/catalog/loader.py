@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from app.catalog.model import Catalog
+from app.catalog.model import TRUSTED_TEMPLATES, Catalog
 
 __all__ = ["CatalogError", "load_catalog"]
 
@@ -20,7 +20,8 @@ class CatalogError(ValueError):
 
 
 def load_catalog(path: Path | None) -> Catalog:
-    """Load the catalogue at ``path``, or the built-in default when ``path`` is None.
+    """Load the catalogue at ``path``, or the built-in default when ``path`` is None (whose templates are trusted:
+    not checked here, see :data:`~app.catalog.model.TRUSTED_TEMPLATES`).
 
     Raises:
         CatalogError: the file cannot be read, is not YAML, or does not match the catalogue format.
@@ -41,7 +42,9 @@ def load_catalog(path: Path | None) -> Catalog:
     except yaml.YAMLError as exc:
         raise CatalogError(f"the catalogue {source} is not valid YAML: {exc}") from exc
     try:
-        return Catalog.model_validate(data if data is not None else {})
+        return Catalog.model_validate(
+            data if data is not None else {}, context=TRUSTED_TEMPLATES if path is None else None
+        )
     except ValidationError as exc:
         problems = "; ".join(_problem(data, err) for err in exc.errors())
         raise CatalogError(f"the catalogue {source} is invalid: {problems}") from exc

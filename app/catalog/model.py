@@ -5,22 +5,36 @@ Keys are written as in MCP (``inputSchema``, ``mimeType``, ``uriTemplate``); eve
 no I/O happen here: names, kinds, JSON Schemas, Jinja2 template syntax, the hosts literal URLs name against the
 allow-list. What needs the outside world (importing a Python function, a mounted file) is checked by the
 loader, which names the entry and the field either way.
+
+Jinja2 is imported only when a template is checked or compiled. The built-in catalogue's templates are not
+checked at start (validated with the context :data:`TRUSTED_TEMPLATES`; a unit test checks them instead), so the
+server as the chart ships it never loads Jinja2 before its prompt is first rendered.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jsonschema import Draft202012Validator, SchemaError
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from app.catalog.escaping import check_url_start
+from app.features.schemas import SchemaError, check_schema
+
+if TYPE_CHECKING:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -36,6 +50,7 @@ __all__ = [
     "PromptMessageEntry",
     "PythonToolEntry",
     "ResourceEntry",
+    "TRUSTED_TEMPLATES",
     "TemplateEntry",
     "TextResourceEntry",
     "TextTemplateEntry",
@@ -48,6 +63,9 @@ __all__ = [
 BUILTIN_TOOLS = ("echo", "add", "subtract", "multiply", "divide", "power", "sqrt", "system_info")
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"  # tool names, 2025-11-25 rules (SEP-986)
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# Validation context of a catalogue whose templates are known good (the built-in one): their syntax is not checked
+# at load, which would import Jinja2 at every start; they are compiled when first rendered.
+TRUSTED_TEMPLATES = {"trusted_templates": True}
 
 
 def template_environment() -> ImmutableSandboxedEnvironment:
@@ -55,32 +73,55 @@ def template_environment() -> ImmutableSandboxedEnvironment:
     autoescape (the output is a URL, a header, JSON or prompt text, not HTML), and an undefined variable is an
     error rather than an empty string."""
     from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
-_ENV = template_environment()
+@functools.cache
+def _syntax_environment() -> ImmutableSandboxedEnvironment:
+    """The environment templates are parsed with to check their syntax; made (and Jinja2 imported) on first use."""
+    return template_environment()
 
 
-def _check_template(text: str) -> str:
+def _trusted(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("trusted_templates"))
+
+
+def _check_template(text: str, info: ValidationInfo) -> str:
+    """``text`` when it is a valid Jinja2 template (not checked in a trusted catalogue).
+
+    Raises:
+        ValueError: a syntax error, with its message and line.
+    """
+    if _trusted(info):
+        return text
+    from jinja2 import TemplateSyntaxError
+
     try:
-        _ENV.parse(text)
+        _syntax_environment().parse(text)
     except TemplateSyntaxError as exc:
         raise ValueError(f"not a valid Jinja2 template: {exc.message} (line {exc.lineno})") from None
     return text
 
 
-def _check_url(text: str) -> str:
-    return check_url_start(_check_template(text))
+def _check_optional_template(text: str | None, info: ValidationInfo) -> str | None:
+    return None if text is None else _check_template(text, info)
+
+
+def _check_url(text: str, info: ValidationInfo) -> str:
+    from app.catalog.escaping import check_url_start  # with Jinja2: only http entries have URLs
+
+    return check_url_start(_check_template(text, info))
 
 
 def _check_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is None:
         return None
     try:
-        Draft202012Validator.check_schema(schema)
+        check_schema(schema)
     except SchemaError as exc:
-        raise ValueError(f"not a valid JSON Schema (2020-12): {exc.message}") from None
+        raise ValueError(f"not a valid JSON Schema (2020-12): {exc}") from None
     if schema.get("type") != "object":
         raise ValueError('must describe an object ("type": "object"), as MCP requires')
     return schema
@@ -143,13 +184,13 @@ class HttpToolEntry(_Tool):
     secrets: dict[str, Path] = Field(default_factory=dict)
 
     _url = field_validator("url")(_check_url)
-    _body = field_validator("body")(lambda v: _check_template(v) if v is not None else None)
+    _body = field_validator("body")(_check_optional_template)
 
     @field_validator("headers")
     @classmethod
-    def _header_templates(cls, headers: dict[str, str]) -> dict[str, str]:
+    def _header_templates(cls, headers: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for value in headers.values():
-            _check_template(value)
+            _check_template(value, info)
         return headers
 
     @field_validator("secrets")

@@ -9,8 +9,6 @@ import mimetypes
 from collections.abc import Mapping
 from pathlib import Path
 
-from jinja2 import TemplateError
-
 from app.catalog.model import (
     DirectoryResourceEntry,
     FileResourceEntry,
@@ -137,7 +135,9 @@ def directory_resources(entry: DirectoryResourceEntry) -> list[ResourceSpec]:
 
 
 def text_template_reader(entry: TextTemplateEntry) -> Reader:
-    """Resources whose text is a Jinja2 template over the URI's variables."""
+    """Resources whose text is a Jinja2 template over the URI's variables (Jinja2 is loaded only for these)."""
+    from jinja2 import TemplateError
+
     template = template_environment().from_string(entry.text)
     mime_type = entry.mime_type or "text/plain"
 

@@ -8,6 +8,9 @@ for long. (Python's ``re`` backtracks without a limit, on the event loop: it nev
 is not plain JSON (a tool's own Python objects in its structured output) is checked as the JSON the client
 receives. Schemas are never fetched: a ``$ref`` to a document that is not inside the schema is refused when the
 schema is loaded, not found out at the first call.
+
+Schemas themselves are checked against the 2020-12 meta-schema by jsonschema-rs too (:func:`check_schema`), so the
+Python ``jsonschema`` package (and its referencing, rpds and attrs) is not loaded by the server.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from typing import Any
 
 import jsonschema_rs
 import orjson
-from jsonschema import Draft202012Validator, SchemaError
 
-__all__ = ["BACKTRACK_LIMIT", "MAX_PROBLEMS", "Problem", "SchemaCheck"]
+__all__ = ["BACKTRACK_LIMIT", "MAX_PROBLEMS", "Problem", "SchemaCheck", "SchemaError", "check_schema"]
 
 # Steps a backtracking pattern (one with lookaround or a backreference) may take on one string before the string
 # is taken as not matching: about a millisecond, far more than a sensible pattern needs on real input.
@@ -31,6 +33,32 @@ MAX_PROBLEMS = 20
 SHOWN_CHARS = 120
 
 PathPart = str | int
+
+_DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+
+class SchemaError(ValueError):
+    """A schema that cannot be used: not a valid 2020-12 schema, or one that refers to another document. The
+    message says what is wrong and where in the schema."""
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """Check ``schema`` against the JSON Schema 2020-12 meta-schema, whatever its ``$schema`` names: arguments are
+    checked by 2020-12 rules, and a meta-schema named there is never fetched.
+
+    Raises:
+        SchemaError: the first problem found, with its place in the schema (``at properties/city/type``).
+    """
+    plain = dict(schema)
+    if isinstance(plain.get("$schema"), str):
+        plain["$schema"] = _DRAFT_2020_12  # one that is not a string stays, and is refused as such
+    try:
+        jsonschema_rs.meta.validate(plain)
+    except jsonschema_rs.ValidationError as exc:
+        where = "/".join(str(part) for part in exc.instance_path)
+        raise SchemaError(f"{_message(exc)} (at {where})" if where else _message(exc)) from None
+    except jsonschema_rs.ReferencingError as exc:  # pragma: no cover - the meta-schema is the bundled 2020-12 one
+        raise SchemaError(f"the schema cannot be used as it is: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +73,12 @@ class SchemaCheck:
     """One schema, ready to check instances against.
 
     Raises:
-        jsonschema.SchemaError: the schema is not a valid 2020-12 schema, or it refers to another document.
+        SchemaError: the schema is not a valid 2020-12 schema, or it refers to another document.
     """
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         plain = dict(schema)
-        Draft202012Validator.check_schema(plain)  # the schema is the operator's: its own regexes are not run here
+        check_schema(plain)  # the schema is the operator's: its own regexes are not run here
         patterns = jsonschema_rs.FancyRegexOptions(backtrack_limit=BACKTRACK_LIMIT)
         try:
             self._validator = jsonschema_rs.Draft202012Validator(plain, offline=True, pattern_options=patterns)

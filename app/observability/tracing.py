@@ -139,7 +139,7 @@ def configure_tracing(environ: Mapping[str, str], *, service_version: str, stdio
     _state.direct = {"network.transport": "pipe" if stdio else "tcp"}
     provider = tracer_provider(environ, service_version=service_version)
     use_tracer_provider(provider)
-    # The provider stays the app's own, not OpenTelemetry's global one: FastAPI's built-in telemetry follows the
+    # The provider stays the app's own, not OpenTelemetry's global one: instrumentation libraries follow the
     # global provider and would add spans of its own for every health probe.
     return provider.shutdown if provider is not None else lambda: None
 

@@ -20,11 +20,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["RequestStateError", "RequestStateSealer", "StateBinding"]
 
@@ -86,6 +85,9 @@ def _unb64(text: str) -> bytes:
 class RequestStateSealer:
     """Seals and opens request states with one secret key (shared by every replica of a deployment).
 
+    Every server makes one at start, yet only a multi-round request of the 2026-07-28 revision uses it: the
+    cipher (and the ``cryptography`` package) is made at the first seal or open, not before.
+
     Raises:
         ValueError: (at construction) the key is shorter than 32 bytes.
     """
@@ -93,16 +95,33 @@ class RequestStateSealer:
     def __init__(self, key: bytes, *, ttl_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
         if len(key) < 32:
             raise ValueError("the request-state key must be at least 32 bytes")
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(key)
-        self._aead = AESGCM(derived)
+        self._key: bytes | None = key
+        self._cipher: AESGCM | None = None
         self._ttl = ttl_seconds
         self._clock = clock
+
+    @property
+    def derived(self) -> bool:
+        """Whether the cipher has been made (the key derived): not before the first seal or open."""
+        return self._cipher is not None
+
+    def _aead(self) -> AESGCM:
+        """The AES-256-GCM cipher under the key derived (HKDF-SHA256) from the configured one; made once."""
+        if self._cipher is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+            assert self._key is not None
+            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(self._key)
+            self._cipher, self._key = AESGCM(derived), None  # the configured key is not kept once derived
+        return self._cipher
 
     def seal(self, state: str, binding: StateBinding) -> str:
         """The opaque token for ``state``, valid only for requests of ``binding`` until the expiry."""
         expires = int(self._clock() + self._ttl)
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, state.encode(), binding.associated_data(expires))
+        sealed = self._aead().encrypt(nonce, state.encode(), binding.associated_data(expires))
         return f"{_VERSION}.{expires}.{_b64(nonce + sealed)}"
 
     def open(self, token: str, binding: StateBinding) -> str:
@@ -125,8 +144,11 @@ class RequestStateSealer:
             raise not_ours
         if expires < self._clock():
             raise RequestStateError("requestState expired; start the request again without it")
+        aead = self._aead()
+        from cryptography.exceptions import InvalidTag  # loaded with the cipher, just above
+
         try:
-            plain = self._aead.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], binding.associated_data(expires))
+            plain = aead.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], binding.associated_data(expires))
         except InvalidTag:
             raise not_ours from None
         try:

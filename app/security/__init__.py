@@ -1,6 +1,6 @@
-"""Who may call: authentication (rate limits and origin checks follow)."""
+"""Who may call: authentication (app.security.auth, and app.security.tokens for JWT bearer tokens), rate limits,
+origin checks, the gate that applies them all.
 
-from app.security.auth import ApiKeyAuthenticator, Authenticator, Verdict
-from app.security.tokens import JwtVerifier
-
-__all__ = ["ApiKeyAuthenticator", "Authenticator", "JwtVerifier", "Verdict"]
+Nothing is re-exported here: importing any part (``app.settings`` imports ``app.security.keys``) must not load the
+others, JWT support (PyJWT, cryptography) above all, which is loaded only when it is configured.
+"""

@@ -1,21 +1,27 @@
-"""Authentication for the MCP endpoint: API keys and JWT bearer tokens."""
+"""Authentication for the MCP endpoint: API keys and JWT bearer tokens.
+
+JWT support (:mod:`app.security.tokens`: PyJWT, cryptography) is loaded only by whoever configures tokens; this
+module needs none of it to check API keys.
+"""
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from app.file_stamp import file_stamp
-from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, digest_of, read_key_file
-from app.security.limits import LimitOverrides
-from app.security.tokens import JwtVerifier, TokenRejected, looks_like_jwt
+from app.security.keys import ALL_TOOLS, ApiKey, KeyFileError, KeySet, read_key_file
+from app.security.limits import NO_OVERRIDES, LimitOverrides
 
-__all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict", "limits_of"]
+if TYPE_CHECKING:
+    from app.security.tokens import JwtVerifier
+
+__all__ = ["ApiKeyAuthenticator", "Authenticator", "Verdict", "limits_of", "looks_like_jwt"]
 
 log = structlog.get_logger(__name__)
 
@@ -25,23 +31,27 @@ def limits_of(keys: Iterable[ApiKey]) -> dict[str, str]:
     return {key.name: str(key.limits) for key in keys if str(key.limits)}
 
 
+def looks_like_jwt(credential: str) -> bool:
+    """Whether a bearer credential has the shape of a JWT (three base64url parts)."""
+    return credential.count(".") == 2 and all(credential.split("."))
+
+
 class ApiKeyAuthenticator:
     """Accepts a request that carries one of the configured keys, and says whose key it is.
 
     The key travels as ``Authorization: Bearer KEY`` (what MCP clients send) or ``X-API-Key: KEY``. Only the
-    keys' SHA-256 digests are kept; the presented key's digest is compared with every one in constant time, so
-    timing does not reveal which matched. With ``source``, the file is read again when it changes (checked at
-    most once a second), so a rotated Secret takes effect without a restart; a file that breaks while the server
-    runs keeps the keys it had, and the log says why.
+    keys' SHA-256 digests are kept; a presented key is found by its digest in a table of them (see
+    :meth:`KeySet.match`). With ``source``, the file is read again when it changes (checked at most once a
+    second), so a rotated Secret takes effect without a restart: each version read is a new :class:`KeySet`
+    with the next generation. A file that breaks while the server runs keeps the keys it had, and the log says why.
     """
 
     def __init__(
         self, keys: Iterable[ApiKey], *, source: Path | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._keys = tuple(keys)
-        self._by_name = {key.name: key for key in self._keys}
+        self._set = KeySet.of(keys, 0)
         self._source, self._clock = source, clock
-        self._checked = clock()
+        self._checked = clock() if source is not None else 0.0
         self._stamp = file_stamp(source) if source is not None else None
 
     def _reload_if_changed(self) -> None:
@@ -60,13 +70,25 @@ class ApiKeyAuthenticator:
         if not keys:
             log.error("the API key file changed and holds no key; the previous keys stay", path=str(self._source))
             return
-        self._keys, self._by_name = keys, {key.name: key for key in keys}
+        self._set = KeySet.of(keys, self._set.generation + 1)
         log.info("API keys reloaded", names=[key.name for key in keys], limits=limits_of(keys))
+
+    def current(self) -> KeySet:
+        """The keys as the file holds them now: the file's freshness is checked (a clock read; at most once a second
+        it is looked at, and read again when it changed). Once per request or message is enough."""
+        self._reload_if_changed()
+        return self._set
+
+    @property
+    def loaded(self) -> KeySet:
+        """The keys as last read, without looking at the file: for what follows a :meth:`current` of the same
+        request or message."""
+        return self._set
 
     @property
     def enabled(self) -> bool:
         """False when no key is configured, which means authentication is off."""
-        return bool(self._keys)
+        return bool(self._set.keys)
 
     def presented_key(self, headers: Mapping[str, str]) -> str | None:
         """The key a request presents, or None."""
@@ -79,29 +101,19 @@ class ApiKeyAuthenticator:
 
     def limits(self, name: str) -> LimitOverrides | None:
         """The limits the key named ``name`` sets now (the file is read again if it changed); None: no such key."""
-        self._reload_if_changed()
-        key = self._by_name.get(name)
+        key = self.current().by_name.get(name)
         return None if key is None else key.limits
 
     def holds(self, name: str, digest: str) -> bool:
         """Whether the key named ``name`` with this digest is still accepted (the file is read again if it changed):
         False once it was taken out of the file, or given another secret."""
-        self._reload_if_changed()
-        key = self._by_name.get(name)
-        return key is not None and hmac.compare_digest(key.digest.encode(), digest.encode())
+        return self.current().holds(name, digest)
 
     def match(self, headers: Mapping[str, str]) -> ApiKey | None:
         """The configured key the request presents, or None."""
-        self._reload_if_changed()
+        held = self.current()
         presented = self.presented_key(headers)
-        if presented is None or not self._keys:
-            return None
-        digest = digest_of(presented).encode()
-        found = None
-        for key in self._keys:
-            if hmac.compare_digest(digest, key.digest.encode()):
-                found = key
-        return found
+        return None if presented is None else held.match(presented)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +122,14 @@ class Verdict:
 
     principal: str | None  # None: refused
     scopes: frozenset[str] = ALL_TOOLS  # what the principal may use (tools:NAME, tools:*, *)
-    limits: LimitOverrides = LimitOverrides()  # what its key or token audience sets instead of the defaults
+    limits: LimitOverrides = NO_OVERRIDES  # what its key or token audience sets instead of the defaults
     status: int = 200
     message: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     credential: str | None = field(default=None, repr=False)  # an API key's digest: is it still in the file?
     expires_at: float | None = None  # a token's exp (with the clock leeway), in seconds since the epoch
+    key: ApiKey | None = field(default=None, repr=False)  # the API key it presented
+    generation: int = -1  # the version of the key file (KeySet.generation) that key was found in
 
 
 class Authenticator:
@@ -145,6 +159,11 @@ class Authenticator:
         """False when neither keys nor tokens are configured: authentication is off."""
         return self._keys.enabled or self._tokens is not None
 
+    @property
+    def api_keys(self) -> ApiKeyAuthenticator:
+        """The API keys (no key at all when only tokens are accepted)."""
+        return self._keys
+
     def presented_key(self, headers: Mapping[str, str]) -> str | None:
         """The credential a request presents, or None."""
         return self._keys.presented_key(headers)
@@ -162,7 +181,7 @@ class Authenticator:
 
     def token_limits(self, audiences: Sequence[str]) -> LimitOverrides:
         """The limits of the first configured audience among a token's ``aud`` values (none: the defaults)."""
-        return next((limits for audience, limits in self._audience_limits if audience in audiences), LimitOverrides())
+        return next((limits for audience, limits in self._audience_limits if audience in audiences), NO_OVERRIDES)
 
     def challenge(self, error: str | None = None, description: str = "") -> dict[str, str]:
         """The ``WWW-Authenticate`` header of a 401 (RFC 6750), with ``error`` when a credential was refused."""
@@ -175,20 +194,31 @@ class Authenticator:
                 parts.append('error_description="' + description.replace('"', "'") + '"')
         return {"WWW-Authenticate": ", ".join(parts)}
 
+    def _wanted(self) -> str:
+        """What a refused request should have sent, for its 401."""
+        if self._tokens is None:
+            return "a valid API key"
+        return "an API key or a bearer token" if self._keys.enabled else "a bearer token"
+
     async def authenticate(self, headers: Mapping[str, str]) -> Verdict:
-        """Who is calling, or why not."""
-        if not self.enabled:
-            return Verdict("anonymous")
-        credential = self.presented_key(headers)
-        what = "an API key or a bearer token" if self._tokens and self._keys.enabled else (
-            "a bearer token" if self._tokens else "a valid API key")  # fmt: skip
+        """Who is calling, or why not. The key file's freshness is checked once (:meth:`ApiKeyAuthenticator.current`),
+        and the verdict carries the key found and the version of the file it was found in."""
+        keys = self._keys
+        if not keys.enabled and self._tokens is None:
+            return _ANONYMOUS
+        credential = keys.presented_key(headers)
         if credential is None:
-            return Verdict(None, status=401, message=f"Unauthorized: send {what} as 'Authorization: Bearer ...'",
-                           headers=self.challenge())  # fmt: skip
-        key = self._keys.match(headers) if self._keys.enabled else None
-        if key is not None:
-            return Verdict(f"key:{key.name}", key.scopes, key.limits, credential=key.digest)
+            why = f"Unauthorized: send {self._wanted()} as 'Authorization: Bearer ...'"
+            return Verdict(None, status=401, message=why, headers=self.challenge())
+        if keys.enabled:
+            held = keys.current()
+            key = held.match(credential)
+            if key is not None:
+                return Verdict(key.principal, key.scopes, key.limits, credential=key.digest, key=key,
+                               generation=held.generation)  # fmt: skip
         if self._tokens is not None and looks_like_jwt(credential):
+            from app.security.tokens import TokenRejected  # loaded already: whoever made the verifier imported it
+
             try:
                 verified = await self._tokens.verify(credential)
             except TokenRejected as rejected:
@@ -201,5 +231,8 @@ class Authenticator:
             limits = self.token_limits(verified.audiences)
             expires_at = verified.expires_at + self._leeway
             return Verdict(verified.principal, verified.scopes, limits, expires_at=expires_at)  # no scope: ALL_TOOLS
-        return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {what}",
+        return Verdict(None, status=401, message=f"Unauthorized: the credential sent is not {self._wanted()}",
                        headers=self.challenge("invalid_token", "the credential is not accepted"))  # fmt: skip
+
+
+_ANONYMOUS = Verdict("anonymous")  # authentication is off: every request is this

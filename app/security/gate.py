@@ -19,6 +19,13 @@ replica. A connection's credential is checked again at each message it sends (:m
 with a refusal that ends the connection (:attr:`Refusal.closes`), which the transport closes and reports
 (:meth:`Gate.cut`).
 
+The caller is resolved once per request (an HTTP request) or message (on a connection): the key file's freshness
+is checked once (:meth:`ApiKeyAuthenticator.current`; at most once a second it is looked at), at admission for an
+HTTP request, whose one message is then screened against the file as admission found it, and at each message of a
+connection that holds a slot. A :class:`Caller` carries the key it was admitted with and the version of the key
+file it was found in: while that version is current, its key is still there and its limits are the ones built for
+that key when the version was read; only after the file changed is the key looked up again by name.
+
 A refusal is one :class:`Refusal`: an HTTP status and headers for HTTP, and the same JSON-RPC error for every
 transport, carrying the id of the message it answers.
 """
@@ -30,20 +37,21 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from app.jsonrpc import InvalidParams, InvalidRequest, JsonRpcError, Message, RateLimited, RequestId, error_response
-from app.observability.metrics import Metrics
 from app.security.auth import Authenticator
 from app.security.clients import Network, client_address
-from app.security.keys import ALL_TOOLS, allows_tool
-from app.security.limits import LimitOverrides, Limits
+from app.security.keys import ALL_TOOLS, ApiKey, KeySet, allows_tool
+from app.security.limits import NO_OVERRIDES, LimitOverrides, Limits
 from app.security.origin import OriginPolicy
-from app.security.ratelimit import RateLimiter, WindowLimiter
+from app.security.ratelimit import LimiterUnavailable, RateLimiter, WindowLimiter
 from app.sessions import SessionQuotaError
+
+if TYPE_CHECKING:
+    from app.observability.metrics import Metrics  # the metrics' owner has loaded prometheus_client
 
 __all__ = ["Caller", "Gate", "Refusal"]
 
@@ -53,6 +61,7 @@ _LIMITER_RETRY_SECONDS = 1.0  # while the shared budget cannot be read, it is tr
 # A client at its connection cap gets a slot back only when one of its own connections ends: it is told to try
 # again after this long (a guess; nothing is reserved for it).
 _CAP_RETRY_SECONDS = 5
+_MOST_OVERRIDES = 256  # distinct limit overrides (token audiences, keys gone from the file) kept applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +72,11 @@ class Caller:
     principal: str
     scopes: frozenset[str] = ALL_TOOLS
     address: str | None = None
-    limits: LimitOverrides = LimitOverrides()
+    limits: LimitOverrides = NO_OVERRIDES
     credential: str | None = field(default=None, repr=False)  # the digest of its API key, checked at each message
     expires_at: float | None = None  # its token's exp (with the leeway), seconds since the epoch
+    key: ApiKey | None = field(default=None, repr=False, compare=False)  # the API key it was admitted with
+    generation: int = -1  # the version of the key file (KeySet.generation) its key was found in; -1: none
 
     @property
     def client(self) -> str:
@@ -131,12 +142,20 @@ class Gate:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.authenticator = authenticator
+        self._keys = authenticator.api_keys
+        # The caller admitted last, until its first screen or hold: an HTTP request's one message is screened
+        # against the key file as its admission found it (no second look); a connection looks at each message.
+        self._admitted: Caller | None = None
         self._origins = origins
         self._metrics = metrics
         self.max_message_bytes = max_message_bytes
         self._limiter = limiter
         self._limiter_failing, self._limiter_retry_at = False, 0.0
         self._defaults = defaults
+        # The limits of each key of one version of the key file, built when that version is first used.
+        self._key_limits_of: KeySet | None = None
+        self._key_limits: dict[str, Limits] = {}
+        self._applied: dict[LimitOverrides, Limits] = {NO_OVERRIDES: defaults}  # other overrides: token audiences
         self._initialize_limit = WindowLimiter(defaults.initialize)
         self._trusted_proxies = tuple(trusted_proxies)
         self._max_connections = max_connections  # per client, on this replica; 0: no cap
@@ -156,14 +175,17 @@ class Gate:
             self._metrics.auth_failures.inc()
             return Refusal(verdict.status, InvalidRequest(verdict.message), verdict.headers)
         address = client_address(peer, headers, self._trusted_proxies) if verdict.principal == "anonymous" else peer
-        return Caller(
+        caller = self._admitted = Caller(
             verdict.principal,
             verdict.scopes,
             address,
             verdict.limits,
             credential=verdict.credential,
             expires_at=verdict.expires_at,
+            key=verdict.key,
+            generation=verdict.generation,
         )
+        return caller
 
     async def admit_key(self, key: str | None, peer: str | None) -> Caller | Refusal:
         """The same for a transport without headers (TCP), whose client presents its key in the first message; no
@@ -175,7 +197,10 @@ class Gate:
     def hold(self, caller: Caller, transport: str) -> Slot | Refusal:
         """A connection slot for a long-lived connection of the caller's client (its principal; its address when
         anonymous), or the 429 of a client that holds ``max_connections`` already (counted and logged). The
-        transport releases the slot when the connection ends, whatever ends it."""
+        transport releases the slot when the connection ends, whatever ends it. From now on, each message the
+        caller sends looks at the key file (the connection may last long after its admission)."""
+        if self._admitted is caller:
+            self._admitted = None
         cap = self._max_connections
         if cap and self._held.get(caller.client, 0) >= cap:
             self._metrics.connection_refused(transport, "per_principal_cap")
@@ -191,8 +216,12 @@ class Gate:
 
     def revoked(self, caller: Caller) -> Refusal | None:
         """The refusal of a connection whose credential is gone since it was admitted: its API key is no longer
-        in the key file (or has another secret now), or its token's ``exp`` (with the leeway) has passed."""
-        if caller.credential is not None and self.authenticator.key_revoked(caller.principal, caller.credential):
+        in the key file (or has another secret now), or its token's ``exp`` (with the leeway) has passed. The key
+        file's freshness is checked; the key is looked up only when the file changed since the caller's admission."""
+        return self._revoked(caller, self._keys.current())
+
+    def _revoked(self, caller: Caller, keys: KeySet) -> Refusal | None:
+        if caller.credential is not None and caller.generation != keys.generation and self._key_gone(caller, keys):
             why = "Unauthorized: the API key of this connection was revoked; connect again with a valid key"
             challenge = self.authenticator.challenge("invalid_token", "the API key was revoked")
             return Refusal(401, InvalidRequest(why), challenge, closes="credential_revoked")
@@ -210,11 +239,44 @@ class Gate:
 
     # -- limits ----------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _key_gone(caller: Caller, keys: KeySet) -> bool:
+        assert caller.credential is not None
+        key = caller.key
+        name = key.name if key is not None else caller.principal.removeprefix("key:")
+        return (key is not None or name != caller.principal) and not keys.holds(name, caller.credential)
+
     def limits(self, caller: Caller) -> Limits:
         """The limits the caller is held to now: the server's defaults, with what its key sets instead (as the key
-        file says now, so a changed file applies to connections already open) or its token's audience set."""
-        current = self.authenticator.key_limits(caller.principal)
-        return (caller.limits if current is None else current).applied_to(self._defaults)
+        file says now, so a changed file applies to connections already open) or its token's audience set. The
+        key file's freshness is checked; within a request, :meth:`take`, :meth:`may_initialize` and
+        :meth:`session_quota` use the file as the request's admission or screening found it."""
+        self._keys.current()
+        return self._limits(caller)
+
+    def _limits(self, caller: Caller) -> Limits:
+        """:meth:`limits` without a look at the key file: each key's limits are built once per version of it."""
+        keys = self._keys.loaded
+        if keys is not self._key_limits_of:
+            self._key_limits_of = keys
+            self._key_limits = {key.name: key.limits.applied_to(self._defaults) for key in keys.keys}
+        key = caller.key
+        if key is not None:
+            found = self._key_limits.get(key.name)
+        elif caller.principal.startswith("key:"):
+            found = self._key_limits.get(caller.principal[4:])
+        else:
+            found = None
+        return found if found is not None else self._applied_overrides(caller.limits)
+
+    def _applied_overrides(self, overrides: LimitOverrides) -> Limits:
+        """The defaults with ``overrides`` (a token audience's, a key's gone from the file) applied, built once."""
+        applied = self._applied.get(overrides)
+        if applied is None:
+            if len(self._applied) >= _MOST_OVERRIDES:
+                self._applied = {NO_OVERRIDES: self._defaults}
+            applied = self._applied[overrides] = overrides.applied_to(self._defaults)
+        return applied
 
     # -- every message ---------------------------------------------------------------------------------------
 
@@ -226,8 +288,13 @@ class Gate:
     async def screen(self, caller: Caller, message: Message) -> Refusal | None:
         """The checks of one message the caller sent: its rate token (every request takes one, ``initialize``
         included; notifications and responses go free) and its scopes for a tools/call. First of all, whether the
-        caller's credential is still valid: a connection admitted once sends many messages."""
-        gone = self.revoked(caller)
+        caller's credential is still valid: a connection admitted once sends many messages (the message of an HTTP
+        request is checked against the key file as its admission found it: no second look)."""
+        if self._admitted is caller:
+            self._admitted = None
+            gone = self._revoked(caller, self._keys.loaded)
+        else:
+            gone = self._revoked(caller, self._keys.current())
         if gone is not None:
             return gone
         if not (message.is_notification or message.is_response):
@@ -238,8 +305,9 @@ class Gate:
 
     async def take(self, caller: Caller, cost: int = 1) -> Refusal | None:
         """Take ``cost`` request tokens from the caller's budget, or the 429 saying when to come back. Should the
-        shared budget in Redis be unreachable, requests go on unlimited and the log says so."""
-        limits = self.limits(caller)
+        shared budget in Redis be unreachable, requests go on unlimited and the log says so. The caller's limits
+        are those of the key file as the request's admission (or the message's screening) found it."""
+        limits = self._limits(caller)
         if self._limiter is None or limits.rate <= 0:
             return None
         loop = asyncio.get_running_loop()
@@ -247,7 +315,7 @@ class Gate:
             return None
         try:
             wait = await self._limiter.take(caller.client, cost, rate=limits.rate, burst=limits.burst)
-        except (RedisError, OSError) as exc:
+        except (LimiterUnavailable, OSError) as exc:
             if not self._limiter_failing:
                 log.warning("rate limit not enforced: the shared budget cannot be read", error=str(exc))
             self._limiter_failing, self._limiter_retry_at = True, loop.time() + _LIMITER_RETRY_SECONDS
@@ -286,9 +354,10 @@ class Gate:
     # -- sessions --------------------------------------------------------------------------------------------
 
     def may_initialize(self, caller: Caller) -> Refusal | None:
-        """The per-caller initialize limit: None when the caller may open a session now (it is counted)."""
+        """The per-caller initialize limit: None when the caller may open a session now (it is counted). Asked
+        after the initialize was screened, so the key file is as that found it."""
         wait = self._initialize_limit.allow(
-            f"{caller.principal}@{caller.address or '-'}", self.limits(caller).initialize
+            f"{caller.principal}@{caller.address or '-'}", self._limits(caller).initialize
         )
         if wait <= 0:
             return None
@@ -299,8 +368,9 @@ class Gate:
         return Refusal(429, limited, {"Retry-After": str(retry)})
 
     def session_quota(self, caller: Caller) -> int:
-        """The most sessions the caller's principal may hold at once (0: no quota), for the session store to enforce."""
-        return self.limits(caller).sessions
+        """The most sessions the caller's principal may hold at once (0: no quota), for the session store to enforce
+        (the key file as the initialize's screening found it)."""
+        return self._limits(caller).sessions
 
     @staticmethod
     def quota_exceeded(exc: SessionQuotaError) -> Refusal:

@@ -16,14 +16,24 @@ keys are added and revoked, and their limits changed, without a restart.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.security.limits import LimitOverrides, parse_limits
+from app.security.limits import NO_OVERRIDES, LimitOverrides, parse_limits
 
-__all__ = ["ALL_TOOLS", "ApiKey", "KeyFileError", "allows_tool", "digest_of", "parse_key_file", "read_key_file"]
+__all__ = [
+    "ALL_TOOLS",
+    "ApiKey",
+    "KeyFileError",
+    "KeySet",
+    "allows_tool",
+    "digest_of",
+    "parse_key_file",
+    "read_key_file",
+]
 
 ALL_TOOLS = frozenset({"*"})
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -43,7 +53,44 @@ class ApiKey:
     name: str
     scopes: frozenset[str]
     digest: str  # hex
-    limits: LimitOverrides = LimitOverrides()
+    limits: LimitOverrides = NO_OVERRIDES
+    principal: str = field(init=False, repr=False, compare=False)  # key:NAME, who the key speaks for
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "principal", f"key:{self.name}")  # made once, not at every request
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """One version of the accepted keys, as the server holds them: by the digest of the key (what a request is
+    matched with) and by name (what a connection admitted earlier is checked against). ``generation`` numbers the
+    versions: a caller admitted under this one holds a key that is in it, without looking it up again."""
+
+    keys: tuple[ApiKey, ...]
+    generation: int
+    by_digest: Mapping[str, ApiKey]
+    by_name: Mapping[str, ApiKey]
+
+    @classmethod
+    def of(cls, keys: Iterable[ApiKey], generation: int) -> KeySet:
+        """The key set of ``keys`` (should two lines hold the same key, the later one is the one it matches)."""
+        held = tuple(keys)
+        return cls(held, generation, {key.digest: key for key in held}, {key.name: key for key in held})
+
+    def match(self, presented: str) -> ApiKey | None:
+        """The key whose SHA-256 is that of the ``presented`` one, or None.
+
+        A dict lookup, not a constant-time comparison with each key: what it compares is the digest of what the
+        client sent, never anything it chose directly, so how long the lookup takes tells it at most how a hash
+        of its own guess relates to a stored digest, which says nothing about a key (finding a key from its
+        digest is finding a SHA-256 preimage). The dict's hash is keyed per process, so which slot a digest
+        lands in tells it nothing either."""
+        return self.by_digest.get(digest_of(presented))
+
+    def holds(self, name: str, digest: str) -> bool:
+        """Whether the key named ``name`` is here with this digest (not taken out, not given another secret)."""
+        key = self.by_name.get(name)
+        return key is not None and hmac.compare_digest(key.digest.encode(), digest.encode())
 
 
 def digest_of(key: str) -> str:
@@ -69,7 +116,7 @@ def parse_key_file(text: str, *, source: str = "the API key file") -> tuple[ApiK
         if not line:
             continue
         fields = line.split()
-        limits = LimitOverrides()
+        limits = NO_OVERRIDES
         if len(fields) == 1:
             name, scopes, key = f"key-{number}", ALL_TOOLS, fields[0]
         elif len(fields) in (3, 4):

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 
-__all__ = ["LIMIT_OPTIONS", "LimitOverrides", "Limits", "parse_limits"]
+__all__ = ["LIMIT_OPTIONS", "NO_OVERRIDES", "LimitOverrides", "Limits", "parse_limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,8 @@ class LimitOverrides:
             f"{f.name}={getattr(self, f.name):g}" for f in fields(self) if getattr(self, f.name) is not None
         )
 
+
+NO_OVERRIDES = LimitOverrides()  # the server's defaults hold throughout (shared: the gate knows it by identity)
 
 _MOST = 1_000_000  # past this a limit means nothing, and a bucket's lifetime in Redis would overflow
 # Each option: what it means, for the error that names a wrong value.
@@ -103,6 +105,8 @@ def parse_limits(text: str) -> LimitOverrides:
         if name in given:
             raise ValueError(f"the option {name!r} is given twice")
         given[name] = _value(name, value.strip())
+    if not given:
+        return NO_OVERRIDES
     rate, burst, initialize, sessions = (given.get(name) for name in LIMIT_OPTIONS)
     return LimitOverrides(
         rate=None if rate is None else float(rate),

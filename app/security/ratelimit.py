@@ -1,6 +1,9 @@
 """Request limits per client: a sliding window (initialize) and token buckets (every request), in this
 process or in Redis. Each call may carry the client's own limit (an API key's or a token audience's, see
-:mod:`app.security.limits`); without one, the limiter's default holds."""
+:mod:`app.security.limits`); without one, the limiter's default holds.
+
+The redis client is not imported here: only whoever makes :class:`RedisTokenBuckets` has one (and has loaded it),
+and a budget that cannot be read is :class:`LimiterUnavailable`, whatever the limiter."""
 
 from __future__ import annotations
 
@@ -8,11 +11,16 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
-__all__ = ["RateLimiter", "RedisTokenBuckets", "TokenBuckets", "WindowLimiter"]
+__all__ = ["LimiterUnavailable", "RateLimiter", "RedisTokenBuckets", "TokenBuckets", "WindowLimiter"]
+
+
+class LimiterUnavailable(Exception):
+    """The shared request budget cannot be read now (Redis does not answer); the message says why."""
 
 
 class WindowLimiter:
@@ -55,6 +63,7 @@ class RateLimiter(Protocol):
 
         Raises:
             ValueError: ``cost`` is negative.
+            LimiterUnavailable: the budget is kept elsewhere (Redis) and cannot be read now.
         """
         ...
 
@@ -121,11 +130,18 @@ class RedisTokenBuckets:
     """The same token buckets in Redis, so that a client's budget holds across every replica."""
 
     def __init__(self, client: Redis, rate: float, burst: int, *, prefix: str = "erlmcp:rate:") -> None:
+        from redis.exceptions import RedisError  # loaded already: the client is redis-py's
+
         self._script = client.register_script(_BUCKET_SCRIPT)
         self._rate, self._burst, self._prefix = rate, burst, prefix
+        self._failures: tuple[type[Exception], ...] = (RedisError, OSError)  # OSError: TimeoutError too
 
     async def take(self, key: str, cost: int = 1, *, rate: float | None = None, burst: int | None = None) -> float:
-        """See :meth:`RateLimiter.take` (one atomic script: two replicas cannot take the same tokens)."""
+        """See :meth:`RateLimiter.take` (one atomic script: two replicas cannot take the same tokens).
+
+        Raises:
+            LimiterUnavailable: Redis does not answer (a connection error, a timeout, an error reply).
+        """
         rate = self._rate if rate is None else rate
         burst = self._burst if burst is None else burst
         _checked(cost)
@@ -133,5 +149,8 @@ class RedisTokenBuckets:
             return 0.0  # no limit for this client: no need to ask Redis
         if cost > burst:
             return math.inf  # never; no need to ask Redis, and the bucket is left as it was
-        wait = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        try:
+            wait = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        except self._failures as exc:
+            raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
         return float(wait)

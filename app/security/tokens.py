@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from app.security.keys import ALL_TOOLS
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "JwtVerifier", "TokenRejected", "VerifiedToken", "looks_like_jwt", "scopes_of"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "JwtVerifier", "TokenRejected", "VerifiedToken", "scopes_of"]
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -55,11 +55,6 @@ class VerifiedToken:
     scopes: frozenset[str]  # ALL_TOOLS when the token has no scope claim (see scopes_of)
     expires_at: float
     audiences: tuple[str, ...] = ()  # its aud claim (a string or a list): which audience's limits it is held to
-
-
-def looks_like_jwt(credential: str) -> bool:
-    """Whether a bearer credential has the shape of a JWT (three base64url parts)."""
-    return credential.count(".") == 2 and all(credential.split("."))
 
 
 def _fetch_url(url: str, timeout: float) -> bytes:

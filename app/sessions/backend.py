@@ -7,13 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from app.sessions.memory import SessionStore
-from app.sessions.redis import RedisSessionStore
 from app.sessions.store import SessionBackend
 from app.settings import Settings, SettingsError
 
@@ -47,13 +41,21 @@ def _redis_tls(url: str, settings: Settings) -> dict[str, Any]:
 
 
 def session_backend(settings: Settings) -> SessionBackend:
-    """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions."""
+    """In memory for one replica; in Redis (``ERLMCP_REDIS_URL``) when replicas share sessions. The redis client
+    (and its OpenTelemetry SDK parts) is imported only for Redis; making it connects to nothing yet."""
     if settings.redis_url is None:
         return SessionStore(
             max_sessions=settings.max_sessions,
             idle_seconds=settings.session_idle_seconds,
             max_sessions_per_owner=settings.max_sessions_per_principal,
         )
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.sessions.redis import RedisSessionStore
+
     # Fail fast while Redis is away: the default would be 5 s per attempt, retried 10 times. One immediate retry
     # on a connection error replaces a pooled connection that died with an earlier Redis; none on a timeout.
     timeout = settings.redis_timeout_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -77,4 +78,50 @@ def test_a_catalogue_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "catalog.yaml"
     path.write_bytes(b"\xff\xfe tools")
     with pytest.raises(CatalogError, match="UTF-8"):
+        load_catalog(path)
+
+
+def test_the_built_in_catalogue_passes_every_check_a_user_catalogue_gets(tmp_path: Path) -> None:
+    # The server trusts the built-in catalogue's templates at start (their syntax is not checked, so Jinja2 is not
+    # imported until its prompt is first rendered): this test is that check.
+    copy = tmp_path / "catalog.yaml"
+    copy.write_text(resources.files("app.catalog.defaults").joinpath("catalog.yaml").read_text(encoding="utf-8"))
+    assert load_catalog(copy) == load_catalog(None)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("prompts: [{name: p, messages: [{text: 'Hi {{ who '}]}]", r"prompts\[0\] 'p': messages\[0\]: text: not a val"),
+        (
+            "resourceTemplates: [{kind: text, uriTemplate: 'a://{x}', name: t, text: '{% if x %}'}]",
+            r"resourceTemplates\[0\] 't': text: not a valid Jinja2 template: .*\(line 1\)",
+        ),
+        (
+            "allowedHosts: [x.example]\ntools: [{name: a, description: d, kind: http, url: 'https://x.example/{{ q'}]",
+            r"tools\[0\] 'a': url: not a valid Jinja2 template",
+        ),
+        (
+            "allowedHosts: [x.example]\ntools: [{name: a, description: d, kind: http, url: 'https://x.example/',"
+            " headers: {X-A: '{{ }}'}}]",
+            r"tools\[0\] 'a': headers: not a valid Jinja2 template",
+        ),
+        (
+            "allowedHosts: [x.example]\ntools: [{name: a, description: d, kind: http, url: 'https://x.example/',"
+            " method: POST, body: '{% for %}'}]",
+            r"tools\[0\] 'a': body: not a valid Jinja2 template",
+        ),
+        (
+            "tools: [{name: a, description: d, builtin: echo,"
+            " inputSchema: {type: object, properties: {t: {type: txt}}}}]",
+            r"tools\[0\] 'a': inputSchema: not a valid JSON Schema \(2020-12\): .*\(at properties/t/type\)",
+        ),
+    ],
+)
+def test_a_user_catalogue_with_a_broken_template_or_schema_is_refused_at_load_naming_it(
+    tmp_path: Path, text: str, names: str
+) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError, match=names):
         load_catalog(path)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from app.catalog.features import CatalogRuntime, load_features
 from app.catalog.model import DirectoryResourceEntry, FileResourceEntry, PromptEntry, TextTemplateEntry
 from app.catalog.prompts import prompt_spec
 from app.catalog.resources import directory_resources, file_reader, text_template_reader
@@ -130,3 +131,16 @@ def test_a_template_cannot_reach_outside_the_sandbox() -> None:
                                               "text": "{{ n.__class__.__mro__ }}"})  # fmt: skip
     with pytest.raises(InternalError, match="cannot be rendered: access to attribute '__class__'"):
         wait(text_template_reader(entry)("x://a", {"n": "a"}))
+
+
+def test_the_built_in_prompt_is_compiled_when_first_asked_for_and_renders() -> None:
+    # Its template is trusted at load (not parsed then): the first prompts/get compiles it.
+    runtime = CatalogRuntime(workers=1)
+    try:
+        features = load_features(None, runtime=runtime, timeout_seconds=5, page_size=50)
+        asked = {"name": "explain", "arguments": {"topic": "TLS", "audience": "a beginner"}}
+        for _ in range(2):  # compiled once, rendered each time
+            text = wait(features.prompts.get(asked, CTX))["messages"][0]["content"]["text"]
+            assert text.startswith("Explain TLS to a beginner. Be accurate and brief")
+    finally:
+        wait(runtime.aclose())

@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from jsonschema import SchemaError
 
-from app.features.schemas import BACKTRACK_LIMIT, MAX_PROBLEMS, SHOWN_CHARS, SchemaCheck
+from app.features.schemas import BACKTRACK_LIMIT, MAX_PROBLEMS, SHOWN_CHARS, SchemaCheck, SchemaError
 
 EVIL = r"^([a-zA-Z0-9]+\s?)*$"  # exponential in a backtracking engine
 LOOKAROUND = r"^((?!x)a+)+$"  # needs the backtracking engine (lookahead), and backtracks exponentially
@@ -59,6 +58,33 @@ def test_formats_are_annotations_as_the_2020_12_default_says() -> None:
 def test_an_invalid_schema_is_refused_when_loaded() -> None:
     with pytest.raises(SchemaError):
         SchemaCheck({"type": "no-such-type"})
+
+
+def test_an_invalid_schema_is_refused_with_the_rule_and_the_place_in_the_schema() -> None:
+    with pytest.raises(SchemaError) as refused:
+        SchemaCheck({"type": "object", "properties": {"city": {"type": "text"}, "n": {"minLength": -1}}})
+    assert str(refused.value) in {
+        "\"text\" is not valid under any of the schemas listed in the 'anyOf' keyword (at properties/city/type)",
+        "-1 is less than the minimum of 0 (at properties/n/minLength)",
+    }
+    with pytest.raises(SchemaError, match=r"^5 is not of type \"array\" \(at prefixItems\)$"):
+        SchemaCheck({"prefixItems": 5})
+    with pytest.raises(SchemaError, match=r"is not a \"regex\""):
+        SchemaCheck({"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}})
+
+
+@pytest.mark.parametrize(
+    "meta",
+    ["http://json-schema.org/draft-07/schema#", "https://schemas.invalid/meta.json", "http://127.0.0.1:1/meta"],
+)
+def test_a_schema_is_checked_by_2020_12_rules_whatever_its_schema_keyword_names_and_nothing_is_fetched(
+    meta: str,
+) -> None:
+    SchemaCheck({"$schema": meta, **GREETING})  # loads: no meta-schema is retrieved
+    with pytest.raises(SchemaError, match="prefixItems"):
+        SchemaCheck({"$schema": meta, "prefixItems": 5})  # a 2020-12 keyword, though draft 7 knows none
+    with pytest.raises(SchemaError, match=r"\(at \$schema\)"):
+        SchemaCheck({"$schema": 5})
 
 
 def test_a_reference_to_another_document_is_refused_when_loaded_and_never_fetched() -> None:

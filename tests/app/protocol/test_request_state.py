@@ -186,3 +186,15 @@ def test_the_dispatcher_refuses_a_state_replayed_by_another_principal() -> None:
     assert by_bob["error"]["code"] == -32602
     assert "secret" not in str(by_bob)
     assert by_alice["result"]["content"][0]["text"] == "alice's secret"
+
+
+def test_a_sealer_made_at_start_derives_its_key_only_when_a_state_is_first_sealed_or_opened() -> None:
+    # Every server makes one; few requests use it (tests/app/test_imports.py: no cryptography at start).
+    sealer = RequestStateSealer(KEY)
+    assert not sealer.derived
+    with pytest.raises(RequestStateError):
+        sealer.open("v1.1.x", ALICE)  # malformed: refused before any key is needed
+    assert not sealer.derived
+    token = sealer.seal("round-1", ALICE)
+    assert sealer.derived
+    assert RequestStateSealer(KEY).open(token, ALICE) == "round-1"  # opening derives the same key

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from app.observability.metrics import Metrics
 from app.security.clients import client_address, parse_networks
-from app.security.ratelimit import RedisTokenBuckets, TokenBuckets
+from app.security.ratelimit import LimiterUnavailable, RedisTokenBuckets, TokenBuckets
 from app.settings import Settings
 from app.wiring import create_app
 from tests.redis_server import RedisServer
@@ -85,6 +85,23 @@ def test_redis_buckets_take_a_cost_at_once_or_none_and_refuse_one_over_the_burst
     assert waits[3] == pytest.approx(1000, abs=1)
     assert waits[4] == math.inf
     assert waits[5:] == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_redis_buckets_that_cannot_reach_redis_say_the_budget_is_unavailable(redis_server: RedisServer) -> None:
+    async def scenario() -> float:
+        client = Redis.from_url(redis_server.url, socket_timeout=2)
+        buckets = RedisTokenBuckets(client, rate=10, burst=5)
+        try:
+            taken = await buckets.take("a")
+            redis_server.kill()
+            with pytest.raises(LimiterUnavailable, match="(?i)connect|closed|reset"):
+                await buckets.take("a")
+            return taken
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == 0.0
 
 
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
