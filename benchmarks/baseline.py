@@ -121,7 +121,11 @@ def baseline_spec(current: ServerSpec, baseline: Baseline) -> ServerSpec:
     inherited = os.environ.get("PYTHONPATH")
     path = os.pathsep.join([str(baseline.tree), inherited]) if inherited else str(baseline.tree)
     return dataclasses.replace(
-        current, name=f"erlmcp@{baseline.short}", cwd=baseline.tree, env={**current.env, "PYTHONPATH": path}
+        current,
+        name=f"erlmcp@{baseline.short}",
+        cwd=baseline.tree,
+        env={**current.env, "PYTHONPATH": path},
+        from_tree=True,
     )
 
 
