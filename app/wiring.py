@@ -9,7 +9,7 @@ import contextlib
 import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +222,14 @@ def _secret_files(catalog: str | None) -> list[Path]:
     return [path for entry in entries for path in getattr(entry, "secrets", {}).values()]
 
 
+def _get_only(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A route for GET alone: Starlette's take HEAD wherever they take GET, and a HEAD of ``/sse`` would open a
+    stream whose body nobody reads, for as long as the connection lasts (405, as these routes always answered)."""
+    route = Route(path, endpoint, methods=["GET"])
+    route.methods = {"GET"}
+    return route
+
+
 async def _refusal(_: Request, exc: Exception) -> Response:
     """An unknown path (404) or a method a path does not take (405, with ``Allow``) as ``{"detail": ...}`` JSON:
     what these answers were when the routes were FastAPI's."""
@@ -335,18 +343,18 @@ def create_app(settings: Settings, *, metrics: Metrics, state: ServerState | Non
     async def readyz(_: Request) -> Response:
         return await readiness(state)
 
-    routes: list[BaseRoute] = [Route("/livez", livez, methods=["GET"])]
-    routes += [Route(path, readyz, methods=["GET"]) for path in ("/readyz", "/healthz", "/health")]
+    routes: list[BaseRoute] = [_get_only("/livez", livez)]
+    routes += [_get_only(path, readyz) for path in ("/readyz", "/healthz", "/health")]
     if settings.jwt_enabled:
         metadata = orjson.dumps(protected_resource_metadata(settings))
 
         async def resource_metadata(_: Request) -> Response:
             return Response(metadata, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
 
-        routes.append(Route(METADATA_PATH, resource_metadata, methods=["GET"]))
+        routes.append(_get_only(METADATA_PATH, resource_metadata))
     routes.append(WebSocketRoute("/ws", websocket_handler(core, first_message_seconds=settings.header_timeout_seconds)))
     legacy = LegacySse(core, keepalive_seconds=settings.sse_keepalive_seconds)
-    routes.append(Route("/sse", legacy.open, methods=["GET"]))
+    routes.append(_get_only("/sse", legacy.open))
     routes.append(Route("/messages", legacy.post, methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _refusal})
     app.state.erlmcp = state

@@ -38,6 +38,20 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             return ""
 
+    def commands(self) -> dict[str, int]:
+        """How many times each command ran since the last ``CONFIG RESETSTAT`` (refused calls not counted), but for
+        redis-cli's own and a connection's set-up."""
+        counts: dict[str, int] = {}
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, stats = line.removeprefix("cmdstat_").split(":", 1)
+                fields = dict(item.split("=") for item in stats.split(","))
+                if int(fields["calls"]):  # (a command an ACL refused is listed with its rejected calls only)
+                    counts[name] = int(fields["calls"])
+        for ignored in ("info", "config|resetstat", "client|setinfo", "hello", "ping", "select"):
+            counts.pop(ignored, None)
+        return counts
+
     def start(self) -> RedisServer:
         self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

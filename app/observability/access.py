@@ -92,17 +92,21 @@ def _user_agent(scope: Scope) -> str | None:
     return found.decode("latin-1") or None
 
 
-def _http_request(scope: Scope, method: str, status: int, sent: int, elapsed: float) -> dict[str, Any]:
+def _http_request(
+    scope: Scope, method: str, status: int, sent: int, elapsed: float, user_agent: str | None, url: str
+) -> dict[str, Any]:
+    """Cloud Logging's ``httpRequest`` of a request (``user_agent`` and ``url`` as the line shows them)."""
     client = scope.get("client")
+    version = scope.get("http_version", "1.1")
     return {
         "requestMethod": method,
-        "requestUrl": scope["path"],
+        "requestUrl": url,
         "status": status,
         "responseSize": str(sent),
         "latency": f"{elapsed:.6f}s",
         "remoteIp": client[0] if client else None,
-        "userAgent": _user_agent(scope),
-        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+        "userAgent": user_agent,
+        "protocol": _PROTOCOLS.get(version) or f"HTTP/{version}",
     }
 
 
@@ -126,31 +130,14 @@ class AccessLineFormat:
         answered: SpanContext | None,
     ) -> dict[str, Any]:
         """The line's fields, in the order structlog's chain wrote them."""
-        agent = b""
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                agent = value  # the last one, as a dict of the headers keeps it
-        user_agent = agent.decode("latin-1") or None
+        user_agent = _user_agent(scope)
         url = scope["path"]
         client_text = f"{user_agent or ''}{_SEPARATOR}{url}{_SEPARATOR}{request_id or ''}"
         if self._redact(client_text) is not client_text:  # a needle matched: redact each on its own
             user_agent = self._redact(user_agent) if user_agent else user_agent
             url = self._redact(url)
             request_id = self._redact(request_id) if request_id else request_id
-        client = scope.get("client")
-        version = scope.get("http_version", "1.1")
-        line: dict[str, Any] = {
-            "httpRequest": {
-                "requestMethod": method,
-                "requestUrl": url,
-                "status": status,
-                "responseSize": str(sent),
-                "latency": f"{elapsed:.6f}s",
-                "remoteIp": client[0] if client else None,
-                "userAgent": user_agent,
-                "protocol": _PROTOCOLS.get(version) or f"HTTP/{version}",
-            }
-        }
+        line: dict[str, Any] = {"httpRequest": _http_request(scope, method, status, sent, elapsed, user_agent, url)}
         noted = scope.get("erlmcp")
         if noted:
             line.update(noted)
@@ -220,8 +207,8 @@ class StructlogAccessLog:
         if _captures:
             _capture(_FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under))
         with exchange.reporting():  # the line names the span the request was answered in
-            self._log.info("request", httpRequest=_http_request(scope, method, status, sent, elapsed),
-                           **scope.get("erlmcp", {}))  # fmt: skip
+            http_request = _http_request(scope, method, status, sent, elapsed, _user_agent(scope), scope["path"])
+            self._log.info("request", httpRequest=http_request, **scope.get("erlmcp", {}))
 
 
 _captures: list[list[dict[str, Any]]] = []

@@ -20,6 +20,8 @@ What is lost, and when:
 - ``close()`` (at shutdown, after the server's graceful stop, and ``atexit``) writes what is left; lines put after
   it are written at once by their caller. On a hard crash at most the buffer is lost.
 
+A forked child (a tool or plugin that forks) writes its own lines at once and never the parent's buffered ones.
+
 A non-blocking descriptor (shared with an asyncio pipe, as stdio's can be) is waited on when it is full (EAGAIN),
 and a partial write goes on from where it stopped.
 """
@@ -30,6 +32,7 @@ import os
 import select
 import threading
 import time
+import weakref
 
 import structlog
 
@@ -69,6 +72,18 @@ class LineSink:
         self._wake = threading.Event()
         self._writer = threading.Thread(target=self._run, name="log-sink", daemon=True)
         self._writer.start()
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (a tool or plugin that forks): no writer thread came along, and a lock may have been
+        held by a thread of the parent at the fork. Fresh locks, none of the parent's buffered lines (the parent
+        writes them), and every line of the child written at once, as after :meth:`close`."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._buffer = bytearray()
+        self._unreported = 0
+        self._closed = True
+        self._wake = threading.Event()
 
     @property
     def dropped(self) -> int:
@@ -167,6 +182,16 @@ class LineSink:
         if dropped:
             log.warning("log lines dropped", dropped=dropped, reason="the log's buffer was full")
 
+
+_LIVE: weakref.WeakSet[LineSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for line_sink in list(_LIVE):
+        line_sink._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _PROCESS: LineSink | None = None
 

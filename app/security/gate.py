@@ -61,6 +61,7 @@ _LIMITER_RETRY_SECONDS = 1.0  # while the shared budget cannot be read, it is tr
 # A client at its connection cap gets a slot back only when one of its own connections ends: it is told to try
 # again after this long (a guess; nothing is reserved for it).
 _CAP_RETRY_SECONDS = 5
+_SAME_LOOK_SECONDS = 1.0  # an admission's look at the key file stands for its request's screening this long
 _MOST_OVERRIDES = 256  # distinct limit overrides (token audiences, keys gone from the file) kept applied
 
 
@@ -140,12 +141,16 @@ class Gate:
         trusted_proxies: Sequence[Network] = (),
         max_connections: int = 0,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.authenticator = authenticator
+        self._clock = clock
         self._keys = authenticator.api_keys
-        # The caller admitted last, until its first screen or hold: an HTTP request's one message is screened
-        # against the key file as its admission found it (no second look); a connection looks at each message.
+        # The caller admitted last, and when, until its first screen or hold: an HTTP request's one message is
+        # screened against the key file as its admission found it (no second look) when the admission was less
+        # than a second ago (how often the file is looked at anyway); a connection looks at each message.
         self._admitted: Caller | None = None
+        self._admitted_at = 0.0
         self._origins = origins
         self._metrics = metrics
         self.max_message_bytes = max_message_bytes
@@ -175,6 +180,7 @@ class Gate:
             self._metrics.auth_failures.inc()
             return Refusal(verdict.status, InvalidRequest(verdict.message), verdict.headers)
         address = client_address(peer, headers, self._trusted_proxies) if verdict.principal == "anonymous" else peer
+        self._admitted_at = self._clock()
         caller = self._admitted = Caller(
             verdict.principal,
             verdict.scopes,
@@ -289,12 +295,13 @@ class Gate:
         """The checks of one message the caller sent: its rate token (every request takes one, ``initialize``
         included; notifications and responses go free) and its scopes for a tools/call. First of all, whether the
         caller's credential is still valid: a connection admitted once sends many messages (the message of an HTTP
-        request is checked against the key file as its admission found it: no second look)."""
+        request is checked against the key file as its admission found it, no second look, unless its body took a
+        second or more to come)."""
+        recent = False
         if self._admitted is caller:
             self._admitted = None
-            gone = self._revoked(caller, self._keys.loaded)
-        else:
-            gone = self._revoked(caller, self._keys.current())
+            recent = self._clock() - self._admitted_at < _SAME_LOOK_SECONDS
+        gone = self._revoked(caller, self._keys.loaded if recent else self._keys.current())
         if gone is not None:
             return gone
         if not (message.is_notification or message.is_response):

@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from app.sessions.events import KEEP_FINISHED_SECONDS, MAX_FINISHED_STREAMS, Event, EventStream, note_gap
 from app.sessions.memory import Session, SessionLimitError, SessionQuotaError
@@ -430,7 +430,7 @@ class RedisSessionStore:
         self._stored: dict[str, tuple[bytes, float]] = {}
         # (a tenth of the idle time at most: the TTL a request leaves is never much short of the idle time)
         self._slack = min(_REFRESH_SLACK_SECONDS, self._idle / 10)
-        self._getex = True  # False once Redis answered GETEX with "unknown command" (a Redis older than 6.2)
+        self._getex = True  # False once Redis refused GETEX (older than 6.2: "unknown command"; or an ACL: NOPERM)
 
     @property
     def redis(self) -> Redis:
@@ -691,18 +691,19 @@ class RedisSessionStore:
             self._stored[session_id] = (record, refreshed)
 
     async def _read(self, key: str) -> bytes | None:
-        """A session's record, its TTL set to the idle time again: one GETEX, or, from a Redis that has none (older
-        than 6.2), GET and EXPIRE pipelined (found out once, and told once in the log)."""
+        """A session's record, its TTL set to the idle time again: one GETEX, or, from a Redis that does not run it
+        (older than 6.2, or an ACL that denies it), GET and EXPIRE pipelined (found out once, told once in the log)."""
         if self._getex:
             try:
                 raw: Any = await self._redis.getex(key, ex=self._idle)
             except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
+                if not isinstance(exc, NoPermissionError) and "unknown command" not in str(exc).lower():
                     raise
                 if self._getex:  # (once, however many lookups were under way)
                     self._getex = False
                     log.warning(
-                        "Redis has no GETEX (it is older than 6.2): each session lookup sends GET and EXPIRE instead",
+                        "Redis does not run GETEX (it is older than 6.2, or an ACL denies it): each session lookup "
+                        "sends GET and EXPIRE instead",
                         error=_reason(exc),
                     )
             else:

@@ -11,6 +11,8 @@ connection is aborted. A stalled reader then costs the buffer it filled for that
 keeps at most its last 1000 events for resumption), and a reader that is merely slow is never cut: each time the
 buffer drains, the clock stops.
 
+A response's header block and body leave in one write (:mod:`app.transports.corked`).
+
 The same protocol serves the metrics listener: the kubelet's probes must not be starved by clients that connect
 and say nothing. Under TLS the deadlines start once the handshake is done; the handshake has its own deadline, set
 where the listener is made (:mod:`app.listeners`).
@@ -24,6 +26,8 @@ from typing import Any
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.transports.corked import CorkedTransport
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 
@@ -84,8 +88,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         log.warning("connection cut: the client was too slow", stage=stage, client=str(self.client))
         self._counted("header_deadline" if stage == "headers" else f"{stage}_deadline")
         self._stage = None
+        self._uncork()
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _uncork(self) -> None:
+        """The current response's held header block first, before anything the protocol writes or closes itself."""
+        transport = getattr(self.cycle, "transport", None)
+        if isinstance(transport, CorkedTransport):
+            transport.flush()
 
     def _counted(self, reason: str) -> None:
         if self.on_cut is not None:
@@ -125,6 +136,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _too_large(self) -> None:
         log.warning("request refused: header block too large", client=str(self.client))
         self._disarm()
+        self._uncork()
         self.transport.write(_TOO_LARGE)
         self.transport.close()
 
@@ -142,7 +154,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # refused above: the application never sees this request
             return
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before and self.scope["method"] != "HEAD":  # (not an upgrade; HEAD has no body)
+            self.cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
         self._arm(self.body_timeout, "body")
 
     def handle_websocket_upgrade(self) -> None:

@@ -64,3 +64,13 @@ def test_a_websocket_to_an_unknown_path_is_refused(url: str) -> None:
         timeout=10,
     )  # fmt: skip
     assert answer.status_code in {403, 404}
+
+
+@pytest.mark.parametrize("path", ["/sse", "/livez", "/readyz", "/healthz", "/health", METADATA_PATH])
+def test_head_is_405_where_only_get_is_served_as_before_and_opens_no_stream(url: str, path: str) -> None:
+    """Starlette's routes take HEAD wherever they take GET; FastAPI's did not. A HEAD of /sse would open a legacy
+    SSE stream that never ends (its body thrown away), holding a connection slot and the keep-alive connection."""
+    answer = httpx.head(f"{url}{path}", timeout=10)
+    assert answer.status_code in {404, 405}  # 404: the metadata path without JWT
+    if answer.status_code == 405:
+        assert answer.headers["allow"] == "GET"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,5 +174,32 @@ def test_a_line_written_now_is_on_the_descriptor_when_the_call_returns_after_the
         assert path.read_bytes() == b"buffered 1\nbuffered 2\nnow\n"
         sink.close(timeout=5)
         assert path.read_bytes().endswith(b"now\nbuffered 3\n")
+    finally:
+        os.close(fd)
+
+
+def test_a_forked_child_writes_its_own_lines_at_once_never_the_parents_and_never_blocks(tmp_path: Path) -> None:
+    """A tool or plugin that forks (multiprocessing's default on Linux): the child has no writer thread and may
+    inherit a lock some thread of the parent held at the fork. Its lines go straight out; the parent's buffered
+    lines are the parent's to write, once."""
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        sink = LineSink(fd, interval=LONG)
+        sink.put(b"parent buffered\n")
+        with sink._write_lock:  # as the writer thread holds it while it writes a batch
+            pid = os.fork()
+            if pid == 0:  # the child: out within 10 s, or killed by the alarm (a lock it waits for forever)
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+                    signal.alarm(10)
+                    sink.write_now(b"child now\n")
+                    sink.put(b"child put\n")
+                finally:
+                    os._exit(0)  # never back into the test session
+        _, status = os.waitpid(pid, 0)
+        sink.close(timeout=5)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child blocked on a lock the fork left held"
+        assert sorted(path.read_bytes().splitlines()) == [b"child now", b"child put", b"parent buffered"]
     finally:
         os.close(fd)

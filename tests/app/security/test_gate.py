@@ -141,6 +141,35 @@ def test_an_http_request_whose_key_left_the_file_while_it_was_read_is_refused_on
     assert refused.closes == "credential_revoked"
 
 
+def test_a_request_whose_body_came_long_after_its_admission_is_screened_against_the_key_file_as_it_is_now(
+    tmp_path: Path,
+) -> None:
+    """Admitted, then a body that takes 20 s (within the body deadline) while the key leaves the file and no other
+    request looks at it: the screening looks at the file itself (its admission's look is too old to stand for it)."""
+    key_file, clock = tmp_path / "keys", CountingClock()
+    key_file.write_text(f"a * {KEY_A}\nb * {KEY_B}\n")
+    keys = ApiKeyAuthenticator(read_key_file(key_file), source=key_file, clock=clock)
+    gate = Gate(
+        authenticator=Authenticator(keys),
+        origins=OriginPolicy(bind_host="127.0.0.1", allowed_hosts=[], allowed_origins=[]),
+        metrics=Metrics("test"),
+        max_message_bytes=1000,
+        defaults=DEFAULTS,
+        limiter=TokenBuckets(DEFAULTS.rate, DEFAULTS.burst),
+        clock=clock,
+    )
+
+    async def scenario() -> Refusal | None:
+        a = await admitted(gate)
+        key_file.write_text(f"b * {KEY_B}\n")
+        clock.now = 20.0
+        return await gate.screen(a, TOOLS_CALL)
+
+    refused = asyncio.run(scenario())
+    assert refused is not None
+    assert refused.closes == "credential_revoked"
+
+
 def test_a_keys_limits_are_built_once_per_version_of_the_key_file(tmp_path: Path) -> None:
     key_file, clock = tmp_path / "keys", CountingClock()
     key_file.write_text(f"a * {KEY_A} burst=2\nb * {KEY_B}\n")
