@@ -41,6 +41,7 @@ __all__ = ["LineSink", "dropped_lines", "install", "process_sink"]
 CAPACITY = 1 << 20
 HIGH_WATER = 64 << 10
 INTERVAL = 0.05
+_ATOMIC = select.PIPE_BUF  # the most a pipe takes in one write without interleaving another writer's bytes
 _WAIT_WRITABLE = 1.0  # how long one wait for a full non-blocking descriptor lasts before writing is tried again
 REPORT_SECONDS = 10.0  # at most one WARNING about dropped lines this often (and one at close, for the rest)
 
@@ -155,19 +156,27 @@ class LineSink:
             self._write_taken(self._take())
 
     def _write_taken(self, batch: bytearray) -> None:
-        """Write ``batch`` whole (called with the write lock held): on after a partial write, waiting while a
-        non-blocking descriptor is full; a reader that went away (or a descriptor gone) costs the batch's lines."""
-        view = memoryview(batch)
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:
-                select.select([], [self._fd], [], _WAIT_WRITABLE)
-            except OSError:  # EPIPE (the reader went away), EBADF, ENOSPC, EIO: nothing more can be written here
-                lost = view.tobytes().count(b"\n")
-                with self._lock:
-                    self._dropped += lost
-                return
+        """Write ``batch`` whole (called with the write lock held), in writes of whole lines of at most
+        ``PIPE_BUF`` bytes where it can (a pipe takes those whole, so nothing else writing to stderr at the same time
+        can land inside a line; a longer line goes alone): on after a partial write, waiting while a non-blocking
+        descriptor is full; a reader that went away (or a descriptor gone) costs the batch's remaining lines."""
+        start, end = 0, len(batch)
+        while start < end:
+            stop = end
+            if end - start > _ATOMIC:  # up to the last newline within PIPE_BUF, or the end of a longer line
+                stop = batch.rfind(b"\n", start, start + _ATOMIC) + 1 or batch.find(b"\n", start) + 1 or end
+            view = memoryview(batch)[start:stop]
+            while view:
+                try:
+                    view = view[os.write(self._fd, view) :]
+                except BlockingIOError:
+                    select.select([], [self._fd], [], _WAIT_WRITABLE)
+                except OSError:  # EPIPE (the reader went away), EBADF, ENOSPC, EIO: nothing more can be written
+                    lost = batch.count(b"\n", stop - len(view))
+                    with self._lock:
+                        self._dropped += lost
+                    return
+            start = stop
 
     def _report(self, *, now: bool = False) -> None:
         """Once there is room again: one WARNING line saying how many lines a full buffer dropped (at most every

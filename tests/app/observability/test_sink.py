@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import threading
 from collections.abc import Iterator
@@ -201,5 +202,41 @@ def test_a_forked_child_writes_its_own_lines_at_once_never_the_parents_and_never
         sink.close(timeout=5)
         assert os.waitstatus_to_exitcode(status) == 0, "the child blocked on a lock the fork left held"
         assert sorted(path.read_bytes().splitlines()) == [b"child now", b"child put", b"parent buffered"]
+    finally:
+        os.close(fd)
+
+
+def test_each_write_holds_whole_lines_and_at_most_what_a_pipe_writes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe takes a write of up to PIPE_BUF bytes whole; a longer one may be split by anything else that writes to
+    stderr at the same time (faulthandler, a C library, Python's "Exception ignored"), in the middle of a JSON line.
+    The stand-in: os.write wrapped to record each call's size (the kernel's atomicity is not modelled)."""
+    sizes: list[bytes] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: bytes | memoryview) -> int:
+        written = real_write(fd, data)
+        sizes.append(bytes(data[:written]))
+        return written
+
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        sink = LineSink(fd, interval=LONG)
+        lines = [b"%04d %s\n" % (number, b"x" * 95) for number in range(200)]  # 20,000 bytes
+        long_line = b"y" * 10_000 + b"\n"
+        for line in lines[:100]:
+            sink.put(line)
+        sink.put(long_line)
+        for line in lines[100:]:
+            sink.put(line)
+        monkeypatch.setattr(os, "write", recording_write)
+        sink.flush()
+        monkeypatch.undo()
+        sink.close(timeout=5)
+        assert path.read_bytes() == b"".join([*lines[:100], long_line, *lines[100:]])
+        assert all(chunk.endswith(b"\n") for chunk in sizes)
+        assert [len(chunk) for chunk in sizes if len(chunk) > select.PIPE_BUF] == [len(long_line)]
     finally:
         os.close(fd)
