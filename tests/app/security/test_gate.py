@@ -10,6 +10,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.jsonrpc import Message, parse_message
@@ -46,7 +48,9 @@ class CountingClock:
         return reads
 
 
-def gate_with(key_file: Path, clock: CountingClock) -> Gate:
+def gate_with(key_file: Path, clock: CountingClock, *, gate_clock: Callable[[], float] = time.monotonic) -> Gate:
+    """A gate over ``key_file``, its authenticator on ``clock``; the gate's own clock (how old an admission is)
+    is ``gate_clock``, whose reads ``clock.looks()`` does not count unless it is ``clock`` too."""
     keys = ApiKeyAuthenticator(read_key_file(key_file), source=key_file, clock=clock)
     clock.looks()  # (made: not a request)
     return Gate(
@@ -56,6 +60,7 @@ def gate_with(key_file: Path, clock: CountingClock) -> Gate:
         max_message_bytes=1000,
         defaults=DEFAULTS,
         limiter=TokenBuckets(DEFAULTS.rate, DEFAULTS.burst),
+        clock=gate_clock,
     )
 
 
@@ -148,16 +153,7 @@ def test_a_request_whose_body_came_long_after_its_admission_is_screened_against_
     request looks at it: the screening looks at the file itself (its admission's look is too old to stand for it)."""
     key_file, clock = tmp_path / "keys", CountingClock()
     key_file.write_text(f"a * {KEY_A}\nb * {KEY_B}\n")
-    keys = ApiKeyAuthenticator(read_key_file(key_file), source=key_file, clock=clock)
-    gate = Gate(
-        authenticator=Authenticator(keys),
-        origins=OriginPolicy(bind_host="127.0.0.1", allowed_hosts=[], allowed_origins=[]),
-        metrics=Metrics("test"),
-        max_message_bytes=1000,
-        defaults=DEFAULTS,
-        limiter=TokenBuckets(DEFAULTS.rate, DEFAULTS.burst),
-        clock=clock,
-    )
+    gate = gate_with(key_file, clock, gate_clock=clock)
 
     async def scenario() -> Refusal | None:
         a = await admitted(gate)

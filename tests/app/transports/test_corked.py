@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -63,17 +64,27 @@ async def stream_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def protocol_factory(app: Any) -> Callable[[], asyncio.Protocol]:
+    """Makes the server's HTTP protocol (uvicorn's httptools protocol with the guard's limits) serving ``app``."""
+    config = uvicorn.Config(app, http="httptools", log_level="warning", lifespan="off")
+    config.load()
+    protocol_class = guarded_protocol(header_timeout=5, body_timeout=5, max_header_bytes=65536)
+    return lambda: protocol_class(config=config, server_state=ServerState(), app_state={})
+
+
+def connected(app: Any) -> tuple[asyncio.Protocol, RecordingTransport]:
+    """A new connection of the server's protocol serving ``app``, on a transport that records its writes."""
+    protocol, transport = protocol_factory(app)(), RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 def serve_one(app: Any, request: bytes, *, until_first_event: bool = False) -> list[bytes]:
     """Feed ``request`` to a fresh connection of the server's protocol serving ``app``; the writes it made."""
 
     async def scenario() -> list[bytes]:
         first_event.clear()
-        config = uvicorn.Config(app, http="httptools", log_level="warning", lifespan="off")
-        config.load()
-        protocol_class = guarded_protocol(header_timeout=5, body_timeout=5, max_header_bytes=65536)
-        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-        transport = RecordingTransport()
-        protocol.connection_made(transport)
+        protocol, transport = connected(app)
         protocol.data_received(request)
         for _ in range(20):  # the request's task runs, and whatever it scheduled
             await asyncio.sleep(0)
@@ -119,13 +130,11 @@ def test_a_real_connection_gets_the_whole_answer() -> None:
     """The same through a real socket pair and asyncio's own transport: the bytes arrive whole and in order."""
 
     async def scenario() -> bytes:
-        config = uvicorn.Config(json_app, http="httptools", log_level="warning", lifespan="off")
-        config.load()
-        protocol_class = guarded_protocol(header_timeout=5, body_timeout=5, max_header_bytes=65536)
+        make = protocol_factory(json_app)
         server_end, client_end = socket.socketpair()
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(
-            lambda: protocol_class(config=config, server_state=ServerState(), app_state={}),
+            make,
             server_end,
         )
         client_end.setblocking(False)
@@ -147,12 +156,7 @@ def test_what_has_no_body_to_wait_for_is_written_in_the_turn_it_was_sent() -> No
     so nothing the protocol writes itself in the next turn (a 400, a 431) can overtake them."""
 
     async def first_step_writes(app: Any, request: bytes) -> list[bytes]:
-        config = uvicorn.Config(app, http="httptools", log_level="warning", lifespan="off")
-        config.load()
-        protocol_class = guarded_protocol(header_timeout=5, body_timeout=5, max_header_bytes=65536)
-        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-        transport = RecordingTransport()
-        protocol.connection_made(transport)
+        protocol, transport = connected(app)
         protocol.data_received(request)
         await asyncio.sleep(0)  # the request's task takes its first step (scheduled before this one resumes)
         seen = list(transport.writes)
