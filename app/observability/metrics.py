@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     GCCollector,
-    Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
@@ -21,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from app.observability.sink import dropped_lines
+from app.observability.tallies import CounterChild, HistogramChild, LoopCounter, LoopGauge, LoopHistogram
 
 __all__ = ["Metrics"]
 
@@ -50,29 +49,30 @@ class Metrics:
         )
         # The replica: a scraper behind a Service (the chart's tester) tells the Pods apart by it.
         build.info({"version": version, "replica": f"{socket.gethostname()}/{os.getpid()}"})
-        self.http_requests = Counter(
+        # Counted at every request, on the event loop's thread: without a lock (see app.observability.tallies).
+        self.http_requests = LoopCounter(
             "http_requests",
             "HTTP requests answered, by method and status code.",
             ["method", "code"],
             registry=self.registry,
         )
-        self.http_request_duration = Histogram(
+        self.http_request_duration = LoopHistogram(
             "http_request_duration_seconds",
             "Time to answer an HTTP request, by method.",
             ["method"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
-        self.http_requests_in_flight = Gauge(
+        self.http_requests_in_flight = LoopGauge(
             "http_requests_in_flight", "HTTP requests being answered now.", registry=self.registry
         )
-        self.mcp_requests = Counter(
+        self.mcp_requests = LoopCounter(
             "mcp_requests",
             "MCP messages handled, by JSON-RPC method and outcome (ok or error).",
             ["method", "outcome"],
             registry=self.registry,
         )
-        self.mcp_tool_calls = Counter(
+        self.mcp_tool_calls = LoopCounter(
             "mcp_tool_calls",
             "tools/call requests, by tool and outcome (ok, error, invalid_arguments, timeout).",
             ["tool", "outcome"],
@@ -84,14 +84,14 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
-        self.mcp_request_duration = Histogram(
+        self.mcp_request_duration = LoopHistogram(
             "mcp_request_duration_seconds",
             "Time to answer an MCP request, by JSON-RPC method.",
             ["method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
-        self.mcp_tool_duration = Histogram(
+        self.mcp_tool_duration = LoopHistogram(
             "mcp_tool_duration_seconds",
             "Time a tools/call took, by tool.",
             ["tool"],
@@ -115,7 +115,10 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(_DroppedLogLines())
-        self._outcomes: dict[tuple[str, str, str | None], tuple[Any, Any, Any, Any]] = {}
+        self._outcomes: dict[
+            tuple[str, str, str | None],
+            tuple[CounterChild, HistogramChild, CounterChild | None, HistogramChild | None],
+        ] = {}
         self.rate_limited = Counter(
             "mcp_rate_limited", "Requests refused with 429 because a client was over its rate.", registry=self.registry
         )
