@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 __all__ = ["OriginPolicy", "Refusal"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_REMEMBERED = 256  # verdicts kept by (Host, Origin); the headers are the client's, so the memory is bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +47,31 @@ class OriginPolicy:
         self._loopback_only = _is_loopback(bind_host.strip("[]"))
         self._hosts = frozenset(h.lower() for h in allowed_hosts)
         self._origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        # The verdict depends on the two headers alone, and a client sends the same two on every request: parsing
+        # them (urlsplit, ipaddress) once per pair takes that work off the hot path.
+        self._verdicts: dict[tuple[str, str | None], Refusal | None] = {}
 
     def check(self, headers: Mapping[str, str]) -> Refusal | None:
         """None when the request may go on, else the refusal."""
-        host_header = headers.get("host", "").lower()
+        pair = (headers.get("host", ""), headers.get("origin"))
+        try:
+            return self._verdicts[pair]
+        except KeyError:
+            pass
+        verdict = self._check(*pair)
+        if len(self._verdicts) >= _REMEMBERED:
+            self._verdicts.clear()  # (clients that vary their headers: start over rather than grow)
+        self._verdicts[pair] = verdict
+        return verdict
+
+    def _check(self, host_value: str, origin: str | None) -> Refusal | None:
+        host_header = host_value.lower()
         host = _host_of_header(host_header)
         if self._hosts:
             if host_header not in self._hosts and host not in self._hosts:
                 return Refusal(421, f"Misdirected Request: Host {host_header!r} is not one this server answers")
         elif self._loopback_only and host and not _is_loopback(host):
             return Refusal(421, f"Misdirected Request: Host {host_header!r} is not a loopback name")
-        origin = headers.get("origin")
         if origin is None:
             return None
         origin_host = (urlsplit(origin).hostname or "").lower()
