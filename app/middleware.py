@@ -31,6 +31,7 @@ from app.observability import access, tracing
 from app.observability import logging as logs
 from app.observability.metrics import Metrics
 from app.transports.held import IN_FLIGHT_RELEASE
+from app.transports.request import McpRequest
 
 __all__ = [
     "HEALTH_PATHS",
@@ -212,7 +213,7 @@ class McpRoute:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await self._endpoint.handle(Request(scope, receive))
+            response = await self._endpoint.handle(McpRequest(scope, receive))
         except Exception:  # never a stack trace on the wire; the log has it
             log.exception("the MCP endpoint failed")
             response = Response(_INTERNAL_ERROR, status_code=500, media_type="application/json")

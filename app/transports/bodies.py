@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from app.jsonrpc import InvalidRequest, RequestId, error_response
@@ -46,21 +46,20 @@ async def read_body(request: Request, limit: int) -> bytes | TooLarge:
     reading, or while reading a body of unknown length (never more than ``limit`` bytes are held). A client that
     disconnects leaves an empty body."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            return TooLarge()
-        try:
-            return await request.body()  # the length is known and allowed: read it in one go
-        except ClientDisconnect:
-            return b""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return TooLarge()
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:  # (straight from the ASGI channel: most bodies come in one message)
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            return b""
+        chunk: bytes = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 return TooLarge(b"".join([*chunks, chunk])[:_HEAD])
             chunks.append(chunk)
-    except ClientDisconnect:
-        return b""
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,53 @@
+"""The request the MCP endpoint reads: Starlette's, with its headers looked up through a dict made once.
+
+The endpoint and the gate look up about eight headers per request (Host, Origin, Authorization, Content-Type,
+Accept, Mcp-Session-Id, MCP-Protocol-Version, Content-Length); Starlette's :class:`~starlette.datastructures.Headers`
+scans the raw list and decodes every name it passes at each lookup. :class:`IndexedHeaders` decodes each header once
+and answers lookups from a dict, with Starlette's semantics: names match case-insensitively, and of a repeated header
+the first one is the one a lookup returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import Scope
+
+__all__ = ["IndexedHeaders", "McpRequest"]
+
+
+class IndexedHeaders(Headers):
+    """A request's headers (Starlette's :class:`Headers`), each name and value decoded once, looked up in a dict."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        first: dict[str, str] = {}
+        for name, value in self._list:
+            key = name.decode("latin-1").lower()
+            if key not in first:  # a repeated header: the first one, as Starlette's lookup returns
+                first[key] = value.decode("latin-1")
+        self._first = first
+
+    def __getitem__(self, key: str) -> str:
+        return self._first[key.lower()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._first.get(key.lower(), default)
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
+
+
+class McpRequest(Request):
+    """A request to ``/mcp``: Starlette's, its headers :class:`IndexedHeaders`."""
+
+    _indexed: IndexedHeaders | None = None
+
+    @property
+    def headers(self) -> Headers:
+        indexed = self._indexed
+        if indexed is None:
+            indexed = self._indexed = IndexedHeaders(self.scope)
+        return indexed
