@@ -20,7 +20,7 @@ error body that says what was wrong, with the id of the message it refuses when 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,45 @@ def _media_types(accept: str) -> set[str]:
 def _cost(items: list[Any]) -> int:
     """The rate tokens of a batch: one per request in it, and at least one (every POST costs a token)."""
     return max(1, sum(1 for item in items if isinstance(item, dict) and "method" in item and "id" in item))
+
+
+class _Answering:
+    """Where one POSTed request's handler meets the transport: it runs in its own task (cancellable alone, and
+    free to go on sending once the transport answers with an event stream), and the transport waits on one future
+    (no extra task on the hot path), woken by the handler's first message or by its end, whichever comes first:
+    that decides between a JSON response and an event stream. What the handler sends before its response (None:
+    end the HTTP connection) waits in a queue made on the first send, since most requests send nothing else."""
+
+    __slots__ = ("outbox", "woken")
+
+    def __init__(self) -> None:
+        self.outbox: asyncio.Queue[dict[str, Any] | None] | None = None
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _wake(self, _: object = None) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+    def run(self, answer: Coroutine[Any, Any, Outcome]) -> asyncio.Task[Outcome]:
+        """Start the handler's task; its end wakes the transport."""
+        task = asyncio.create_task(answer)
+        task.add_done_callback(self._wake)
+        return task
+
+    async def send(self, item: dict[str, Any] | None) -> None:
+        """What the handler sends before its response."""
+        self.queue().put_nowait(item)
+        self._wake()
+
+    async def end_connection(self) -> None:
+        """End the HTTP connection before the response (a polling client resumes the stream)."""
+        await self.send(None)
+
+    def queue(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """The handler's messages (made now if it sent none)."""
+        if self.outbox is None:
+            self.outbox = asyncio.Queue()
+        return self.outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,27 +270,7 @@ class McpEndpoint:
         stream_only: bool = False,
     ) -> Response:
         assert message.id is not None
-        # What the handler sends before its response (None: end the HTTP connection); made on the first send,
-        # since most requests send nothing but their response.
-        outbox: asyncio.Queue[dict[str, Any] | None] | None = None
-        # Woken by the first message the handler sends, or by its end: whichever comes first decides between
-        # a JSON response and an event stream (one future, no extra task, on the hot path).
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def rouse(_: object = None) -> None:
-            if not wake.done():
-                wake.set_result(None)
-
-        async def send(item: dict[str, Any] | None) -> None:
-            nonlocal outbox
-            if outbox is None:
-                outbox = asyncio.Queue()
-            outbox.put_nowait(item)
-            rouse()
-
-        async def end_connection() -> None:
-            await send(None)
-
+        answering = _Answering()
         # Only a session that polls (2025-11-25) gets a priming event, and may have its call's stream ended before
         # the response (the client resumes it); an older client would wait for a response that never comes. A
         # session of one request (stateless mode) cannot be resumed at all.
@@ -260,13 +279,12 @@ class McpEndpoint:
             message,
             caller,
             session,
-            send=send if wants_stream else None,
-            end_connection=end_connection if wants_stream and polling else None,
+            send=answering.send if wants_stream else None,
+            end_connection=answering.end_connection if wants_stream and polling else None,
         )
-        task = asyncio.create_task(self.core.run(message, ctx))
-        task.add_done_callback(rouse)
-        await wake
-        if task.done() and outbox is None and not stream_only:
+        task = answering.run(self.core.run(message, ctx))
+        await answering.woken
+        if task.done() and answering.outbox is None and not stream_only:
             try:
                 outcome = task.result()
             except asyncio.CancelledError:
@@ -275,8 +293,7 @@ class McpEndpoint:
             if session.id:
                 await self._sessions.save(session)
             return self._finish(request, outcome, json_response(outcome.response))
-        if outbox is None:  # finished without sending, but the client takes only event streams
-            outbox = asyncio.Queue()
+        outbox = answering.queue()  # (made now if the handler finished without sending: a stream-only client)
         stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(
             carry(self.core, session, stream, outbox, task, transport="streamable-http", priming=polling)
@@ -355,13 +372,11 @@ class McpEndpoint:
             return json_response(error_response(message.id, error), 400)
         if message.method == "subscriptions/listen" and self.core.listens:
             return self._listen(request, caller, message)
-        outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        ctx = self.core.stateless_context(message, meta, caller, send=outbox.put if wants_stream else None)
-        task = asyncio.create_task(self.core.run(message, ctx))
-        first = asyncio.create_task(outbox.get())
-        await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done() and not first.done():
-            first.cancel()
+        answering = _Answering()
+        ctx = self.core.stateless_context(message, meta, caller, send=answering.send if wants_stream else None)
+        task = answering.run(self.core.run(message, ctx))
+        await answering.woken
+        if task.done() and answering.outbox is None:
             outcome = task.result()
             if stream_only:  # the client takes only event streams: the response as the stream's one event
                 event = format_event(None, orjson.dumps(outcome.response))
@@ -369,30 +384,29 @@ class McpEndpoint:
                 return self._finish(request, outcome, single)
             return self._finish(request, outcome, json_response(outcome.response, _stateless_status(outcome.response)))
         return StreamingResponse(
-            self._stateless_events(request, first, outbox, task), media_type=_SSE, headers=dict(SSE_HEADERS)
+            self._stateless_events(request, answering.queue(), task), media_type=_SSE, headers=dict(SSE_HEADERS)
         )
 
     async def _stateless_events(
         self,
         request: Request,
-        first: asyncio.Task[dict[str, Any] | None],
         outbox: asyncio.Queue[dict[str, Any] | None],
         task: asyncio.Task[Outcome],
     ) -> AsyncIterator[bytes]:
         """A stateless response stream: related notifications, then the response. Closing it cancels the request."""
         try:
-            message = await first
-            if message is not None:
-                yield format_event(None, orjson.dumps(message))
             while not (task.done() and outbox.empty()):
-                getter = asyncio.create_task(outbox.get())
-                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
+                if outbox.empty():
+                    getter = asyncio.create_task(outbox.get())
+                    await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
                     item = getter.result()
-                    if item is not None:
-                        yield format_event(None, orjson.dumps(item))
                 else:
-                    getter.cancel()
+                    item = outbox.get_nowait()
+                if item is not None:
+                    yield format_event(None, orjson.dumps(item))
             outcome = task.result()
             request.scope["erlmcp"] = {"mcp_method": outcome.method, "mcp_outcome": outcome.status}
             yield format_event(None, orjson.dumps(outcome.response))
