@@ -2,10 +2,20 @@
 
 - A session's record (negotiated revision, client capabilities, principal, log level, subscriptions) is a Redis
   key that expires after the idle timeout; each replica keeps a local ``Session`` for what cannot travel
-  (requests in flight, futures waiting for the client). A request costs one round trip for it: a ``GETEX`` reads
-  the record and refreshes its TTL (``GET`` and ``EXPIRE``, pipelined, on a Redis older than 6.2), and the record is
-  written back only when the request changed it (``logging/setLevel``, ``resources/(un)subscribe``,
-  ``notifications/initialized``).
+  (requests in flight, futures waiting for the client). Most requests cost no Redis command for it: the replica's
+  copy serves while it is fresh, that is, Redis gave or took the whole record less than the slack ago (a second, or a
+  tenth of the idle time if less) and the session bus has stayed subscribed since. Otherwise a ``GETEX`` reads the
+  record and refreshes its TTL (``GET`` and ``EXPIRE``, pipelined, on a Redis older than 6.2): a busy session costs
+  one command per slack, and its idle time keeps counting from its last request, give or take the slack. The record
+  is written back only when the request changed it (``logging/setLevel``, ``resources/(un)subscribe``,
+  ``notifications/initialized``), in one round trip with a ``changed`` message on the bus that the other replicas
+  apply to their copies.
+- Coherence window: a change or an end (DELETE) made on one replica reaches the copies of the others within the
+  bus's delivery time (a request there in that window, milliseconds, may still see the session as it was). Pub/sub
+  delivers at most once: when a replica's bus connection fails or subscribes again, every copy it holds stops being
+  fresh, and until it is subscribed each request reads Redis. A read that overlapped a write or an end of any
+  session is not fresh either (it may predate it). Whatever the bus does, no copy serves longer than the slack after
+  Redis last gave or took its record. While Redis is known to be away, no copy serves: requests fail as below.
 - A response or GET stream is a Redis stream: the replica running the request appends, and any replica can
   replay it from ``Last-Event-ID`` and follow it to its end, for the session that opened it only (each entry names
   the session by a digest of its id; a stream of another session is not found). A finished stream expires
@@ -50,6 +60,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -75,6 +86,7 @@ _READER_SECONDS = 1.0  # how often the reader of a standalone stream refreshes i
 _STANDALONE = b"g"  # the kind (field ``k``) of a standalone stream's entries; a call's stream has none
 _ADOPTION = b"a"  # the kind of the entry naming a standalone stream's adopter: no event (readers skip it)
 _REFRESH_SLACK_SECONDS = 1.0  # a request that changed nothing refreshes the TTL (EXPIRE) when its last is older
+_OVERLAPPED = -1  # the bus generation of a copy whose read overlapped a write: never fresh (see RedisSessionStore.get)
 
 # A new session, counted against its owner's quota, in one atomic step. When the owner's set of session ids
 # looks full, the ids whose record is gone (ended, or expired) leave it first; the record is written and the id
@@ -177,6 +189,28 @@ def _reason(exc: BaseException) -> str:
 def _session_tag(session_id: str) -> bytes:
     """What a stream's entries carry to name their session: a digest of its id (the id itself is a credential)."""
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32].encode()
+
+
+@dataclass(slots=True)
+class _Stored:
+    """A session's record as this replica last read or wrote it (or as another replica announced it on the bus)."""
+
+    record: bytes
+    refreshed: float  # when a command last set its TTL (GETEX, SET, EXPIRE; a time taken before the command)
+    confirmed: float  # when Redis last gave or took the whole record (GETEX, SET): the copy serves a slack after
+    generation: int  # the bus generation then (_OVERLAPPED: the read overlapped a write), see RedisSessionStore.get
+
+
+def _apply(session: Session, record: dict[str, Any], base: dict[str, Any] | None) -> None:
+    """Take what a request may change (initialized, log level, subscriptions) from ``record`` into a replica's copy,
+    but for a field a request here changed and has not saved yet: one that differs from ``base``, the record as the
+    replica last read or wrote it (its save writes it; None: take every field)."""
+    if base is None or session.initialized == base["initialized"]:
+        session.initialized = record["initialized"]
+    if base is None or session.log_level == base["log_level"]:
+        session.log_level = record["log_level"]
+    if base is None or sorted(session.subscriptions) == base["subscriptions"]:
+        session.subscriptions = set(record["subscriptions"])
 
 
 class RedisEventStream(EventStream):
@@ -425,11 +459,19 @@ class RedisSessionStore:
         self._check_now = asyncio.Event()  # a command failed: check Redis without waiting for the next round
         self._unsaved: dict[str, Session] = {}  # records to write once Redis answers again
         self._unwritten: set[RedisEventStream] = set()  # streams with entries waiting for Redis
-        # For each session held here: its record as this replica last read or wrote it, and when that refreshed its
-        # TTL. A request that changed nothing has nothing to write (see save); gone with the session's local copy.
-        self._stored: dict[str, tuple[bytes, float]] = {}
+        # For each session held here: its record as this replica last read or wrote it, and when. A request that
+        # changed nothing has nothing to write (see save), and a fresh one needs no read (see get); gone with the
+        # session's local copy.
+        self._stored: dict[str, _Stored] = {}
         # (a tenth of the idle time at most: the TTL a request leaves is never much short of the idle time)
         self._slack = min(_REFRESH_SLACK_SECONDS, self._idle / 10)
+        # Counts the bus's subscriptions and losses: a copy confirmed in another generation may have missed a message.
+        self._generation = 0
+        self._resubscribing = False  # the bus subscribed before: the next subscription is a new one (logged)
+        # Counts the writes and ends of records, here or announced by the bus; with the writes under way here, tells
+        # a read whether one overlapped it (it may then predate it: the copy it leaves is not fresh).
+        self._epoch = 0
+        self._writing = 0
         self._getex = True  # False once Redis refused GETEX (older than 6.2: "unknown command"; or an ACL: NOPERM)
 
     @property
@@ -587,12 +629,12 @@ class RedisSessionStore:
         stopped answering."""
         while self._unsaved or self._unwritten:
             for session_id, session in list(self._unsaved.items()):
-                record, sent = self._record(session), time.monotonic()
+                record, sent, generation = self._record(session), time.monotonic(), self._generation
                 try:
-                    await self._redis.set(self._key(session_id), record, ex=self._idle, xx=True)
+                    await self._write_record(session_id, record)
                 except _FAILURES:
                     return False
-                self._remember(session_id, record, sent)
+                self._remember(session_id, record, sent, generation)
                 if self._unsaved.get(session_id) is session and self._record(session) == record:
                     del self._unsaved[session_id]  # (else it changed meanwhile: written again next time round)
             for stream in list(self._unwritten):
@@ -619,6 +661,7 @@ class RedisSessionStore:
                     if item is None:
                         continue
                     if item.get("type") == "subscribe":
+                        self._subscribed()
                         ready.set()
                     elif item.get("type") == "message":
                         self._on_message(item["data"])
@@ -626,27 +669,56 @@ class RedisSessionStore:
                 log.debug("the session bus lost Redis; subscribing again", error=_reason(exc))
             finally:
                 ready.clear()
+                self._generation += 1  # messages may be missed from now on: no copy is fresh any longer
                 with contextlib.suppress(*_FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(self._check_seconds / 2)
 
+    def _subscribed(self) -> None:
+        """The bus (re)subscribed, redis-py's own reconnection included: what was published since the last
+        subscription may have been missed, so no copy confirmed before counts as fresh."""
+        self._generation += 1
+        if self._resubscribing:
+            log.debug("the session bus subscribed again; each session is read from Redis before its copy serves again")
+        self._resubscribing = True
+
     def _on_message(self, data: bytes) -> None:
+        """Apply what another replica published: an answer or a notification for a request running here, a session's
+        changed record, or its end (this replica's own changes and ends were applied when made)."""
         try:
             message = orjson.loads(data)
-            entry = self._local.get(message["session"])
+            kind, session_id = message["type"], message["session"]
+            if kind in ("changed", "deleted"):
+                if message.get("replica") == self.replica:
+                    return
+                self._epoch += 1  # a read under way may predate it (held here or not yet)
+            entry = self._local.get(session_id)
             if entry is None:
                 return
             session = entry[0]
-            if message["type"] == "response":
+            if kind == "response":
                 session.on_response(message["id"], message["payload"])
-            elif message["type"] == "notification":
+            elif kind == "notification":
                 session.on_notification(message["method"], message["params"])
-            elif message["type"] == "deleted":
-                self._forget(message["session"])
-                self._unsaved.pop(message["session"], None)
+            elif kind == "changed":
+                self._changed_elsewhere(session, message["record"].encode())
+            elif kind == "deleted":
+                self._forget(session_id)
+                self._unsaved.pop(session_id, None)
                 session.close()
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignored a malformed message on the session bus")
+
+    def _changed_elsewhere(self, session: Session, record: bytes) -> None:
+        """Another replica wrote a session's record: the copy here takes it (but for what a request here changed and
+        has not saved yet), and so does what this replica remembers of the record, so that a request here that
+        changes nothing does not write over it. Its freshness stays as it was: this is no read of Redis."""
+        if session.id in self._unsaved:
+            return  # what this replica holds is newer than Redis's copy, and is written over it once Redis answers
+        stored = self._stored.get(session.id)
+        _apply(session, orjson.loads(record), None if stored is None else orjson.loads(stored.record))
+        if stored is not None:
+            stored.record = record
 
     async def stream_and_writer(self, key: str, writer: bytes | None) -> tuple[bool, bool]:
         """Whether a stream still exists, and whether the replica writing it is alive (True when unknown)."""
@@ -663,6 +735,30 @@ class RedisSessionStore:
     async def _publish(self, message: dict[str, Any]) -> None:
         with self._commands():
             await self._redis.publish(self._channel, orjson.dumps(message))
+
+    @contextlib.contextmanager
+    def _writes_records(self) -> Iterator[None]:
+        """Around a write or an end of a session record: a read that overlaps it leaves no fresh copy."""
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            self._epoch += 1
+
+    async def _write_record(self, session_id: str, record: bytes) -> None:
+        """Write a changed record (``XX``: a session ended meanwhile stays ended) with its idle time, and announce it
+        to the other replicas' copies (a ``changed`` message), in one round trip.
+
+        Raises:
+            RedisError, OSError: Redis did not answer (the record may or may not have been written).
+        """
+        message = {"type": "changed", "session": session_id, "replica": self.replica, "record": record.decode()}
+        with self._writes_records():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._key(session_id), record, ex=self._idle, xx=True)
+                pipe.publish(self._channel, orjson.dumps(message))
+                await pipe.execute()
 
     def _prune(self) -> int:
         now = time.monotonic()
@@ -684,11 +780,23 @@ class RedisSessionStore:
         entry = self._local.pop(session_id, None)
         return None if entry is None else entry[0]
 
-    def _remember(self, session_id: str, record: bytes, refreshed: float) -> None:
-        """What Redis holds of a session's record after this replica read or wrote it, with its TTL counted from
-        ``refreshed`` (a time taken before the command); only for a session this replica holds."""
+    def _remember(self, session_id: str, record: bytes, sent: float, generation: int) -> None:
+        """What Redis holds of a session's record after this replica read or wrote it whole, its TTL counted from
+        ``sent`` (a time taken before the command, with the bus ``generation`` then); only for a session held here."""
         if session_id in self._local:
-            self._stored[session_id] = (record, refreshed)
+            self._stored[session_id] = _Stored(record, sent, sent, generation)
+
+    def _fresh(self, session_id: str) -> Session | None:
+        """This replica's copy of a session when it may serve without a read: Redis is not known to be away, the
+        bus is subscribed and has been since Redis last gave or took the record, less than the slack ago, and no
+        change made here waits for Redis. None otherwise (read Redis)."""
+        entry = self._local.get(session_id)
+        stored = self._stored.get(session_id)
+        if entry is None or stored is None or not self._up or not self._bus_ready.is_set():
+            return None
+        if stored.generation != self._generation or time.monotonic() - stored.confirmed >= self._slack:
+            return None
+        return None if session_id in self._unsaved else entry[0]
 
     async def _read(self, key: str) -> bytes | None:
         """A session's record, its TTL set to the idle time again: one GETEX, or, from a Redis that does not run it
@@ -753,7 +861,7 @@ class RedisSessionStore:
             owner=owner,
         )
         key, record = self._key(session.id), self._record(session)
-        sent = time.monotonic()
+        sent, generation = time.monotonic(), self._generation
         with self._commands():
             limit = self._per_owner if quota is None else quota
             if owner is None or not limit:
@@ -767,17 +875,23 @@ class RedisSessionStore:
         if owner is not None and held >= 0:
             raise SessionQuotaError(limit, owner)
         self._local[session.id] = (session, time.monotonic())
-        self._remember(session.id, record, sent)
+        self._remember(session.id, record, sent, generation)
         return session
 
     async def get(self, session_id: str) -> Session | None:
-        """The session, from this replica's copy refreshed from Redis; None when unknown, ended or expired.
+        """The session: this replica's copy while it is fresh (no command; see the module's coherence window), else
+        refreshed from Redis (one ``GETEX``, which also refreshes its idle time); None when unknown, ended or expired.
 
         Raises:
-            SessionStoreUnavailable: Redis does not answer.
+            SessionStoreUnavailable: Redis does not answer (also for a session held here: while Redis is known to be
+                away no copy serves, as on the replicas that hold none).
         """
         await self.start()
-        sent = time.monotonic()
+        cached = self._fresh(session_id)
+        if cached is not None:
+            self._local[session_id] = (cached, time.monotonic())
+            return cached
+        sent, generation, epoch, writing = time.monotonic(), self._generation, self._epoch, self._writing
         with self._commands():
             raw = await self._read(self._key(session_id))
         if raw is None:
@@ -785,11 +899,25 @@ class RedisSessionStore:
             if gone is not None:
                 gone.close()
             return None
-        record = orjson.loads(raw)
+        session = self._take(session_id, raw)
+        if writing or self._writing or self._epoch != epoch:
+            generation = _OVERLAPPED  # a write or an end overlapped the read, which may predate it: read again next
+        self._remember(session_id, raw, sent, generation)
+        return session
+
+    def _take(self, session_id: str, raw: bytes) -> Session:
+        """This replica's copy of a session brought up to the record Redis holds (made from it when there is none),
+        but for what a request here changed and has not saved yet."""
         entry = self._local.get(session_id)
-        if entry is not None:
+        stored = self._stored.get(session_id)
+        if entry is not None and stored is not None and stored.record == raw:
+            session = entry[0]  # (nothing changed elsewhere: nothing to take)
+        elif entry is not None:
             session = entry[0]
+            if session_id not in self._unsaved:  # else what this replica holds is newer than Redis's copy
+                _apply(session, orjson.loads(raw), None if stored is None else orjson.loads(stored.record))
         else:
+            record = orjson.loads(raw)
             session = Session(
                 id=session_id,
                 protocol_version=record["protocol_version"],
@@ -799,12 +927,8 @@ class RedisSessionStore:
                 last_seen=time.monotonic(),
                 owner=record.get("owner"),  # (a record written before the quota has none)
             )
-        if session_id not in self._unsaved:  # else what this replica holds is newer than Redis's copy
-            session.initialized = record["initialized"]
-            session.log_level = record["log_level"]
-            session.subscriptions = set(record["subscriptions"])
+            _apply(session, record, None)
         self._local[session_id] = (session, time.monotonic())
-        self._remember(session_id, raw, sent)
         return session
 
     async def save(self, session: Session) -> None:
@@ -813,27 +937,31 @@ class RedisSessionStore:
 
         A record as this replica last read or wrote it is not written again (most requests change nothing; the
         lookup refreshed its TTL), and a request that changed nothing does not write over what another replica
-        changed meanwhile. When that refresh is older than a second or a tenth of the idle time (a long request, or
+        changed meanwhile. A changed record is announced on the bus with its write (one round trip), for the copies
+        other replicas hold. When that refresh is older than a second or a tenth of the idle time (a long request, or
         a connection that saves without looking the session up), an unchanged record has its TTL refreshed (one
         EXPIRE): the idle time counts from the end of the session's last request, give or take that much."""
         record = self._record(session)
         stored = self._stored.get(session.id)
-        unchanged = stored is not None and stored[0] == record
-        if stored is not None and unchanged and time.monotonic() - stored[1] < self._slack:
+        unchanged = stored is not None and stored.record == record
+        if stored is not None and unchanged and time.monotonic() - stored.refreshed < self._slack:
             self._unsaved.pop(session.id, None)  # (a change kept for Redis was undone: Redis has it as it is)
             return
         if self._up is not False:
-            sent, key = time.monotonic(), self._key(session.id)
+            sent, generation = time.monotonic(), self._generation
             try:
                 if unchanged:
-                    await self._redis.expire(key, self._idle)  # its TTL only: leaves what others wrote
+                    await self._redis.expire(self._key(session.id), self._idle)  # its TTL only: leaves others' writes
                 else:
-                    await self._redis.set(key, record, ex=self._idle, xx=True)
+                    await self._write_record(session.id, record)
             except _FAILURES:
                 self._check_now.set()
             else:
                 self._unsaved.pop(session.id, None)
-                self._remember(session.id, record, sent)
+                if stored is not None and unchanged:
+                    stored.refreshed = sent  # (its TTL only: no read, the copy is no fresher)
+                else:
+                    self._remember(session.id, record, sent, generation)
                 return
         self._unsaved[session.id] = session
 
@@ -844,7 +972,7 @@ class RedisSessionStore:
             SessionStoreUnavailable: Redis does not answer.
         """
         key = self._key(session_id)
-        with self._commands():
+        with self._commands(), self._writes_records():
             # the record names the owner whose set holds the id (this replica may never have seen it)
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(key)
@@ -858,7 +986,7 @@ class RedisSessionStore:
         gone = self._forget(session_id)
         if gone is not None:
             gone.close()
-        await self._publish({"type": "deleted", "session": session_id})
+        await self._publish({"type": "deleted", "session": session_id, "replica": self.replica})
         return existed or gone is not None
 
     @staticmethod

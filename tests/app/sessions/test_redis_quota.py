@@ -216,6 +216,7 @@ def test_get_and_save_send_no_more_commands_than_before(redis_server: RedisServe
         try:
             await store.start()
             session = await open_session(store)
+            await asyncio.sleep(1.0)  # past the slack: the request reads Redis (within it, it would read nothing)
             redis_server.cli("CONFIG", "RESETSTAT")
             assert await store.get(session.id) is session
             await store.save(session)

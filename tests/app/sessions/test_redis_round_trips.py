@@ -1,19 +1,23 @@
-"""What a request costs in Redis: one ``GETEX`` (the record and its idle time refreshed in one command), and a write
-of the record only when the request changed it (``logging/setLevel``, ``resources/subscribe``,
-``notifications/initialized``) or ran longer than the store lets a refresh wait. A Redis without ``GETEX`` (older
-than 6.2) gets the ``GET`` and ``EXPIRE`` pipeline, told once in the log."""
+"""What a request costs in Redis: nothing while the replica's copy of the session is fresh (see test_redis_cache.py),
+else one ``GETEX`` (the record and its idle time refreshed in one command); and a write of the record only when the
+request changed it (``logging/setLevel``, ``resources/subscribe``, ``notifications/initialized``; with the
+``changed`` message for the other replicas, pipelined) or ran longer than the store lets a refresh wait. A Redis
+without ``GETEX`` (older than 6.2) gets the ``GET`` and ``EXPIRE`` pipeline, told once in the log."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from app.sessions import Session
+from app.sessions import redis as redis_sessions
 from app.sessions.redis import RedisSessionStore
 from tests.redis_server import RedisServer
 
@@ -62,6 +66,19 @@ def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20) -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout))
 
 
+async def past_the_slack(idle: float = 60) -> None:
+    """Wait until what a replica last read or wrote is older than its slack: its next request reads Redis."""
+    await asyncio.sleep(min(redis_sessions._REFRESH_SLACK_SECONDS, idle / 10))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll ``condition`` until it holds (a message on the session bus was delivered); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
 def change_log_level(session: Session) -> None:
     session.log_level = "debug"  # logging/setLevel
 
@@ -84,6 +101,7 @@ def test_a_request_that_changes_the_record_reads_with_one_getex_and_writes_it_on
         here, there = replica(redis_server.url), replica(redis_server.url)
         try:
             session = await open_session(here)
+            await past_the_slack()  # (a request within it would read nothing: see test_redis_cache.py)
             redis_server.cli("CONFIG", "RESETSTAT")
             found = await here.get(session.id)
             assert found is session
@@ -99,14 +117,14 @@ def test_a_request_that_changes_the_record_reads_with_one_getex_and_writes_it_on
             )
             redis_server.cli("CONFIG", "RESETSTAT")
             await here.get(session.id)
-            await here.save(found)  # the next request changes nothing: nothing to write
-            assert redis_server.commands() == {"getex": 1}
+            await here.save(found)  # the next request changes nothing: nothing to write, nor to read yet
+            assert redis_server.commands() == {}
         finally:
             await here.close()
             await there.close()
 
     run(scenario)
-    assert counted == {"getex": 1, "set": 1}
+    assert counted == {"getex": 1, "set": 1, "publish": 1}  # (SET and PUBLISH pipelined: one round trip)
 
 
 def test_a_request_that_changes_nothing_leaves_another_replicas_change_in_place(redis_server: RedisServer) -> None:
@@ -121,6 +139,10 @@ def test_a_request_that_changes_nothing_leaves_another_replicas_change_in_place(
             copy.log_level = "debug"
             await there.save(copy)
             await here.save(running)  # the tools/call ends: it changed nothing, so it writes nothing
+            raw = await here.redis.get(f"erlmcp:session:{session.id}")
+            assert raw is not None
+            assert orjson.loads(raw)["log_level"] == "debug"
+            await until(lambda: running.log_level == "debug")  # here's copy, once the bus delivered the change
             again = await here.get(session.id)
             assert again is not None
             assert again.log_level == "debug"
@@ -161,6 +183,7 @@ def test_a_redis_without_getex_gets_the_get_and_expire_pipeline_and_one_warning(
             await store.redis.expire(f"erlmcp:session:{session.id}", 5)
             with capture_logs() as records:
                 for _ in range(3):
+                    await past_the_slack()  # each request reads Redis
                     old_redis_server.cli("CONFIG", "RESETSTAT")
                     assert await store.get(session.id) is session
                     await store.save(session)
