@@ -6,8 +6,9 @@ it listens again. Against a real redis-server, counting the commands it ran."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,40 @@ def replica(url: str, *, client: Redis | None = None, check_seconds: float = 60)
     """A replica's store; its background check stays quiet (every ``check_seconds``) while commands are counted."""
     redis = Redis.from_url(url) if client is None else client
     return RedisSessionStore(redis, max_sessions=100, idle_seconds=IDLE, check_seconds=check_seconds)
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(url: str) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
+    """Two replicas' stores on one Redis, closed after."""
+    here, there = replica(url), replica(url)
+    try:
+        yield here, there
+    finally:
+        await here.close()
+        await there.close()
+
+
+async def read_overlapping(
+    server: RedisServer, store: RedisSessionStore, session_id: str, meanwhile: Callable[[], Awaitable[None]]
+) -> None:
+    """A get on ``store`` whose read of the record is answered before ``meanwhile`` ends the session: it still finds
+    the session (it existed when read), and the next get reads Redis again (one GETEX) and finds it gone, instead of
+    serving the copy that read left."""
+    read = store._read
+
+    async def read_then(key: str) -> bytes | None:
+        raw = await read(key)  # the record, read before ...
+        await meanwhile()  # ... the session ends
+        return raw
+
+    store._read = read_then  # type: ignore[method-assign]
+    try:
+        assert await store.get(session_id) is not None
+    finally:
+        store._read = read  # type: ignore[method-assign]
+    counted(server)
+    assert await store.get(session_id) is None
+    assert counted(server) == {"getex": 1}
 
 
 async def open_session(store: RedisSessionStore) -> Session:
@@ -113,8 +148,7 @@ def test_a_request_within_the_slack_sends_no_command_and_one_after_it_one_getex(
 
 def test_a_change_on_one_replica_reaches_the_copy_of_another_over_the_bus(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        here, there = replica(redis_server.url), replica(redis_server.url)
-        try:
+        async with two_replicas(redis_server.url) as (here, there):
             session = await open_session(here)
             assert await there.get(session.id) is not None  # (there holds a copy now)
             found = await here.get(session.id)
@@ -132,9 +166,6 @@ def test_a_change_on_one_replica_reaches_the_copy_of_another_over_the_bus(redis_
             assert counted(redis_server) == {}
             record = await record_in_redis(here, session.id)
             assert (record["log_level"], record["subscriptions"]) == ("debug", ["file:///notes.txt"])
-        finally:
-            await here.close()
-            await there.close()
 
     run(scenario)
 
@@ -143,8 +174,7 @@ def test_a_change_from_another_replica_keeps_what_a_request_here_changed_and_did
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        here, there = replica(redis_server.url), replica(redis_server.url)
-        try:
+        async with two_replicas(redis_server.url) as (here, there):
             session = await open_session(here)
             copy = await there.get(session.id)
             assert copy is not None
@@ -158,17 +188,13 @@ def test_a_change_from_another_replica_keeps_what_a_request_here_changed_and_did
             await here.save(running)  # setLevel ends: its record has both changes
             record = await record_in_redis(here, session.id)
             assert (record["log_level"], record["subscriptions"]) == ("warning", ["file:///notes.txt"])
-        finally:
-            await here.close()
-            await there.close()
 
     run(scenario)
 
 
 def test_a_session_deleted_on_one_replica_is_not_served_from_the_copy_of_another(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        here, there = replica(redis_server.url), replica(redis_server.url)
-        try:
+        async with two_replicas(redis_server.url) as (here, there):
             session = await open_session(here)
             copy = await there.get(session.id)
             assert copy is not None
@@ -181,9 +207,6 @@ def test_a_session_deleted_on_one_replica_is_not_served_from_the_copy_of_another
             assert await there.get(session.id) is None
             assert counted(redis_server) == {"getex": 1}
             assert await there.get(session.id) is None
-        finally:
-            await here.close()
-            await there.close()
 
     run(scenario)
 
@@ -192,8 +215,7 @@ def test_a_read_under_way_while_another_replica_deletes_the_session_is_not_serve
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        here, there = replica(redis_server.url), replica(redis_server.url)
-        try:
+        async with two_replicas(redis_server.url) as (here, there):
             session = await open_session(here)
             # A session there holds, whose answer over the bus tells that there read every message sent before it.
             marker = await open_session(there)
@@ -201,24 +223,13 @@ def test_a_read_under_way_while_another_replica_deletes_the_session_is_not_serve
             marker.pending["srv-1"] = answered
             marker_here = await here.get(marker.id)
             assert marker_here is not None
-            read = there._read
 
-            async def read_then_deleted(key: str) -> bytes | None:
-                raw = await read(key)  # the record, read before the delete ...
-                assert await here.delete(session.id)  # ... and "deleted" sent while the reply is on its way
+            async def deleted_here() -> None:  # "deleted" sent while the reply is on its way
+                assert await here.delete(session.id)
                 await here.deliver_response(marker_here, "srv-1", {"result": {}})
                 await asyncio.wait_for(answered, 5)
-                return raw
 
-            there._read = read_then_deleted  # type: ignore[method-assign]
-            assert await there.get(session.id) is not None  # it existed when read
-            there._read = read  # type: ignore[method-assign]
-            counted(redis_server)
-            assert await there.get(session.id) is None  # read again: not served from the copy
-            assert counted(redis_server) == {"getex": 1}
-        finally:
-            await here.close()
-            await there.close()
+            await read_overlapping(redis_server, there, session.id, deleted_here)
 
     run(scenario)
 
@@ -227,25 +238,13 @@ def test_a_read_under_way_while_the_same_replica_deletes_the_session_is_not_serv
     redis_server: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        here, there = replica(redis_server.url), replica(redis_server.url)
-        try:
+        async with two_replicas(redis_server.url) as (here, there):
             session = await open_session(here)
-            read = there._read
 
-            async def read_then_deleted(key: str) -> bytes | None:
-                raw = await read(key)  # the record, read before the delete (a DELETE on the same replica)
+            async def deleted_there() -> None:  # a DELETE on the same replica
                 assert await there.delete(session.id)
-                return raw
 
-            there._read = read_then_deleted  # type: ignore[method-assign]
-            assert await there.get(session.id) is not None  # it existed when read
-            there._read = read  # type: ignore[method-assign]
-            counted(redis_server)
-            assert await there.get(session.id) is None  # read again: not served from the copy
-            assert counted(redis_server) == {"getex": 1}
-        finally:
-            await here.close()
-            await there.close()
+            await read_overlapping(redis_server, there, session.id, deleted_there)
 
     run(scenario)
 
