@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.load import Wire
 from benchmarks.servers_run import ROOT, ServerSpec
-from deployer.expand import IMAGE_REPO_PREFIX
+from deployer.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
 from deployer.helm import find_helm
 from deployer.local import LocalDeployment, default_entrypoint, plan_local_deployment
 from deployer.render import render
@@ -27,7 +27,7 @@ from deployer.schema import load_schema
 __all__ = ["API_KEY", "OVERRIDES", "Override", "chart_rows", "chart_spec", "plan_chart"]
 
 API_KEY = "bench-key-0123456789abcdefghijklmn"  # the --set auth.apiKey the bench renders with, and sends
-IMAGE_PREFIX = "gcr.io/erlmcp-public/erlmcp"  # what `make demo` renders for; the image is not pulled
+IMAGE_PREFIX = PUBLIC_IMAGE_REPO_PREFIX  # what `make demo` renders for; the image is not pulled
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,14 @@ OVERRIDES: tuple[Override, ...] = (
     Override("ERLMCP_PORT", "{port}", "a free loopback port (the Pod has its own network)"),
     Override("ERLMCP_METRICS_PORT", "{metrics_port}", "a free loopback port (the Pod has its own network)"),
 )
-NO_ACCESS = Override("ERLMCP_ACCESS_LOG", "false", "the row that measures the access line's cost: it is off")
 
 
 def helm() -> str:
     """The pinned Helm: .tools/bin/helm (what `make setup` installs), else helm on PATH."""
-    pinned = ROOT / ".tools" / "bin" / "helm"
-    return str(pinned) if pinned.is_file() else find_helm(None)
+    return find_helm(None)
 
 
-def plan_chart(values: Mapping[str, str], root: Path) -> LocalDeployment:
+def plan_chart(values: Mapping[str, object], root: Path) -> LocalDeployment:
     """Render the chart with ``values`` (over a release ``bench``, the known API key and the demo's image prefix)
     and lay out its installation under ``root``, as ``python -m deployer demo`` does."""
     schema = load_schema(ROOT / "schema.yaml")
@@ -70,7 +68,7 @@ def chart_spec(
     name: str,
     root: Path,
     *,
-    values: Mapping[str, str] | None = None,
+    values: Mapping[str, object] | None = None,
     extra: tuple[Override, ...] = (),
     wire: Wire = "session",
     access_log: bool = True,
@@ -114,7 +112,7 @@ def chart_rows(root: Path, *, redis: bool = True) -> list[ServerSpec]:
     redis-server is installed, ``erlmcp-chart-redis`` (``sessions.store=redis``, one replica)."""
     rows = [
         chart_spec("erlmcp-chart", root / "chart"),
-        chart_spec("erlmcp-chart-noaccess", root / "noaccess", extra=(NO_ACCESS,), access_log=False),
+        chart_spec("erlmcp-chart-noaccess", root / "noaccess", values={"accessLog": False}, access_log=False),
         chart_spec(
             "erlmcp-chart-stateless",
             root / "stateless",

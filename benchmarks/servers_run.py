@@ -52,7 +52,7 @@ class ServerSpec:
     log: bool = False  # stdout and stderr to a file (else discarded), where access lines are counted
     access_log: bool | None = None  # True: every answer must have an access line; False: none; None: not checked
     overrides: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)  # env: chart, bench, why
-    chart_values: Mapping[str, str] = field(default_factory=dict)  # the --set values it was rendered with
+    chart_values: Mapping[str, object] = field(default_factory=dict)  # the values it was rendered with
     sessions: bool = True  # it holds sessions: sessions mode measures them
     from_tree: bool = False  # a baseline: runs from its own exported tree (checked from /proc once started)
 

@@ -71,7 +71,9 @@ def test_a_short_run_measures_every_row_with_cpu_idle_memory_access_lines_and_th
     assert overrides["ERLMCP_RATE_LIMIT_PER_SECOND"]["bench"] == "0"
     assert overrides["ERLMCP_RATE_LIMIT_PER_SECOND"]["chart"] not in {None, "0"}  # the chart limits, the bench not
     assert "ERLMCP_ACCESS_LOG" not in overrides
-    assert report["results"]["erlmcp-chart-noaccess"]["overrides"]["ERLMCP_ACCESS_LOG"]["bench"] == "false"
+    noaccess_row = report["results"]["erlmcp-chart-noaccess"]
+    assert "ERLMCP_ACCESS_LOG" not in noaccess_row["overrides"]  # the chart's own value turns the line off
+    assert noaccess_row["chart_values"]["accessLog"] is False
     assert report["results"]["erlmcp-chart-redis"]["chart_values"]["sessions.store"] == "redis"
 
     sessions = report["results"]["erlmcp-chart"]["sessions"]

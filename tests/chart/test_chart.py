@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.rendering import render
+from tests.chart.rendering import refusal, render
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -79,3 +79,16 @@ def test_startup_and_liveness_probes_never_depend_on_redis_only_readiness_does(h
     assert container["startupProbe"]["httpGet"]["path"] == "/livez"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize(("sets", "expected"), [((), "true"), (("accessLog=false",), "false")])
+def test_the_access_line_is_on_by_default_and_access_log_false_turns_it_off(
+    helm: str, sets: tuple[str, ...], expected: str
+) -> None:
+    [deployment] = [d for d in render(helm, *sets) if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ERLMCP_ACCESS_LOG"] == expected
+
+
+def test_an_access_log_value_that_is_not_a_boolean_is_refused(helm: str) -> None:
+    assert "accessLog" in refusal(helm, "accessLog=sometimes")
