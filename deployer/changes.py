@@ -17,6 +17,8 @@ __all__ = [
     "UPDATE",
     "Change",
     "differences",
+    "emit_desired",
+    "rest_fields",
     "render",
     "run_mode",
     "summary",
@@ -64,6 +66,29 @@ class Change:
             "note": self.note,
             "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences],
         }
+
+
+def rest_fields(message: Any) -> dict[str, Any]:
+    """A Google Cloud API message (proto-plus) as the REST API writes it: camelCase field names, enum names, the
+    fields it sets only."""
+    found: dict[str, Any] = type(message).to_dict(
+        message,
+        use_integers_for_enums=False,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=False,
+    )
+    return found
+
+
+def emit_desired(document: Any, *, out: TextIO, as_json: bool = False) -> None:
+    """What a platform's ``render`` prints: the desired resources, made offline (no credentials, no call), as YAML
+    or, with ``as_json``, one JSON document."""
+    if as_json:
+        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    else:
+        import yaml  # (only render prints YAML)
+
+        out.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
 
 
 def run_mode(action: str, dry_run: bool) -> str:

@@ -21,7 +21,7 @@ from deployer.application import Prepared, prepare
 from deployer.cluster import Cluster
 from deployer.contract import DataDir, extracted_chart, read_values
 from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesError
-from deployer.expand import IMAGE_REPO_PREFIX
+from deployer.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
 from deployer.helm import KubeTarget, find_helm
 from deployer.install import (
     application_status,
@@ -70,6 +70,7 @@ def _values(args: argparse.Namespace, schema: Schema) -> dict[str, Any]:
     values.setdefault(namespace_key, args.namespace)
     if args.image_repo_prefix:
         values[IMAGE_REPO_PREFIX] = args.image_repo_prefix
+    values.setdefault(IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX)  # (a values file may name its own)
     return values
 
 
@@ -339,7 +340,12 @@ def _cmd_monitoring(args: argparse.Namespace) -> int:
 
 def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
     """The options of ``python -m deployer monitoring``."""
-    sub.add_argument("action", choices=("plan", "apply"), help="plan: show what would change; apply: change it")
+    sub.add_argument(
+        "action",
+        choices=("plan", "apply", "render"),
+        help="plan: show what would change; apply: change it; render: print every object apply would make, "
+        "offline (no credentials, no call)",
+    )
     sub.add_argument("--project", required=True, help="Google Cloud project ID the objects live in")
     sub.add_argument(
         "-n",
@@ -387,28 +393,28 @@ def _add_monitoring_arguments(sub: argparse.ArgumentParser) -> None:
 
 # platform -> (module in deployer.gcp, actions, help)
 PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "network": ("network", ("plan", "apply"), "the VPC, subnet, Cloud Router and NAT, and firewall rules"),
+    "network": ("network", ("plan", "apply", "render"), "the VPC, subnet, Cloud Router and NAT, and firewall rules"),
     "cluster": (
         "gke",
-        ("plan", "apply", "check"),
+        ("plan", "apply", "render", "check"),
         "the regional GKE cluster and its node pools; check compares "
         "an existing cluster with the seed design and exits 1 when it differs",
     ),
     "secrets": (
         "secrets",
-        ("plan", "apply"),
+        ("plan", "apply", "render"),
         "the secrets erlmcp reads, in Secret Manager, and the Workload "
         "Identity binding that lets the app's service account read them",
     ),
     "cloudrun": (
         "cloudrun",
-        ("plan", "apply", "canary", "promote", "rollback"),
+        ("plan", "apply", "render", "canary", "promote", "rollback"),
         "the Cloud Run service; canary "
         "deploys a tagged revision at a small share of traffic, promote or rollback ends it",
     ),
     "gce": (
         "compute",
-        ("plan", "apply"),
+        ("plan", "apply", "render"),
         "the Compute Engine instance template, regional managed instance group, "
         "autoscaler, health check and load balancer backend",
     ),
@@ -435,8 +441,8 @@ def _add_platform_arguments(sub: argparse.ArgumentParser, actions: Sequence[str]
     sub.add_argument(
         "action",
         choices=actions,
-        help="plan: show what would change; apply: change it"
-        + ("; " + ", ".join(actions[2:]) + ": see the description" if len(actions) > 2 else ""),
+        help="plan: show what would change; apply: change it; render: print the desired resources offline (no "
+        "credentials, no call)" + ("; " + ", ".join(actions[3:]) + ": see the description" if len(actions) > 3 else ""),
     )
     sub.add_argument(
         "-c",
@@ -497,9 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--image-repo-prefix",
             metavar="PREFIX",
-            help=f"image repository prefix (sets {IMAGE_REPO_PREFIX}, e.g. gcr.io/PROJECT/erlmcp)",
+            help=f"image repository prefix (sets {IMAGE_REPO_PREFIX}; default: a values file's, else the public "
+            f"images, {PUBLIC_IMAGE_REPO_PREFIX})",
         )
-        sub.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
+        sub.add_argument(
+            "--helm", help="Helm 3 binary (default: the repository's pinned .tools/bin/helm, else helm on PATH)"
+        )
 
     def cluster(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -610,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     market_cmd.add_argument("--data", type=Path, default=Path("/data"), help="the data folder (default /data)")
     market_cmd.add_argument("--data-test", type=Path, default=Path("/data-test"), help="the test overlay folder")
     market_cmd.add_argument("-f", "--values", type=Path, help="values file (default DATA/values.yaml)")
-    market_cmd.add_argument("--helm", help="Helm 3 binary (default: helm on PATH)")
+    market_cmd.add_argument(
+        "--helm", help="Helm 3 binary (default: the repository's pinned .tools/bin/helm, else helm on PATH)"
+    )
     market_cmd.add_argument(
         "--wait-timeout",
         type=float,
@@ -642,9 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
         platform_cmd = commands.add_parser(
             platform,
             help=f"plan or apply {text}",
-            description=f"Plan or apply "
+            description=f"Plan, apply or render "
             f"{text}, from the configuration file. Credentials: Application "
-            "Default Credentials.",
+            "Default Credentials (render needs none: it makes no call).",
         )
         _add_platform_arguments(platform_cmd, actions)
         if platform == "secrets":  # -- secrets-only options (deployer.gcp.secrets) --

@@ -20,9 +20,19 @@ from deployer.certificates import self_signed_certificate
 from deployer.errors import ValuesError
 from deployer.schema import ImageProperty, Property, Schema
 
-__all__ = ["IMAGE_REPO_PREFIX", "expand", "flatten_values", "generate_password", "nest", "project_image"]
+__all__ = [
+    "IMAGE_REPO_PREFIX",
+    "PUBLIC_IMAGE_REPO_PREFIX",
+    "expand",
+    "flatten_values",
+    "generate_password",
+    "nest",
+    "project_image",
+]
 
 IMAGE_REPO_PREFIX = "__image_repo_prefix__"
+# Where the project publishes its images (the chart's defaults): what the CLI renders for when no prefix is given.
+PUBLIC_IMAGE_REPO_PREFIX = "gcr.io/erlmcp-public/erlmcp"
 # Google's generator leaves out characters that are easily misread: I, l, 0, O.
 _LOWER = "".join(c for c in string.ascii_lowercase if c != "l")
 _UPPER = "".join(c for c in string.ascii_uppercase if c not in "IO")

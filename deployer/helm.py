@@ -63,18 +63,25 @@ class KubeTarget:
         return found
 
 
+# The Helm this repository pins and tests with: `make setup` (scripts/install-tools.sh) installs it here.
+PINNED_HELM = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "helm"
+
+
 def find_helm(explicit: str | None) -> str:
-    """The Helm binary to run: the one given, else ``helm`` on PATH.
+    """The Helm binary to run: the one given; else the repository's pinned Helm (``.tools/bin/helm``) when
+    ``make setup`` installed it, with no PATH change needed; else ``helm`` on PATH.
 
     Raises:
         HelmError: no Helm binary can be found.
     """
+    if explicit is None and PINNED_HELM.is_file() and os.access(PINNED_HELM, os.X_OK):
+        return str(PINNED_HELM)
     candidate = explicit or "helm"
     found = shutil.which(candidate)
     if found is None:
         raise HelmError(
-            f"cannot find Helm ({candidate!r}); run scripts/install-tools.sh and put .tools/bin on PATH, "
-            "or pass --helm PATH"
+            f"cannot find Helm ({candidate!r}); run `make setup` (scripts/install-tools.sh installs the pinned "
+            "Helm into .tools/bin), or pass --helm PATH"
         )
     return found
 

@@ -59,7 +59,7 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
     NotificationChannelServiceGrpcTransport,
 )
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, run_mode, summary
+from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, emit_desired, run_mode, summary
 from deployer.errors import CloudError, ValuesError
 from deployer.grpc_clients import Connected, connect
 
@@ -678,10 +678,14 @@ class Clients:
         (self._connection or Connected((self.channels, self.policies, self.dashboards))).close()
 
 
-def _view(message: Any) -> dict[str, Any]:
-    """The fields a message sets, as a dict with enum names (defaults left out); never a sensitive label."""
+def _view(message: Any, *, rest_names: bool = False) -> dict[str, Any]:
+    """The fields a message sets, as a dict with enum names (defaults left out); never a sensitive label.
+    ``rest_names``: the REST API's camelCase field names (else the protocol buffer's)."""
     found: dict[str, Any] = type(message).to_dict(
-        message, use_integers_for_enums=False, always_print_fields_with_no_presence=False
+        message,
+        use_integers_for_enums=False,
+        always_print_fields_with_no_presence=False,
+        preserving_proto_field_name=not rest_names,
     )
     if isinstance(message, monitoring_v3.NotificationChannel) and "labels" in found:
         found["labels"] = {k: v for k, v in found["labels"].items() if k not in _SENSITIVE}
@@ -812,8 +816,8 @@ def _shown(difference: tuple[str, Any, Any], want: Desired) -> tuple[str, Any, A
     return ".".join(part.rstrip("_") for part in path.split(".")), actual, desired
 
 
-def _placeholder(kind: _Kind, key: str) -> str:
-    return f"(new {kind.title} {key})"
+def _placeholder(title: str, key: str) -> str:
+    return f"(new {title} {key})"
 
 
 def _perform(kind: _Kind, changes: Sequence[Change], log: Log) -> dict[str, str]:
@@ -836,7 +840,36 @@ def _perform(kind: _Kind, changes: Sequence[Change], log: Log) -> dict[str, str]
 
 def _names(kind: _Kind, changes: Sequence[Change]) -> dict[str, str]:
     """The names the desired objects have, or will have once created (a placeholder, for the plan)."""
-    return {c.key: c.name or _placeholder(kind, c.key) for c in changes if c.action != DELETE}
+    return {c.key: c.name or _placeholder(kind.title, c.key) for c in changes if c.action != DELETE}
+
+
+def rendered(options: Options) -> dict[str, Any]:
+    """Every object apply would make, offline: the channels (never a secret label: where it comes from instead),
+    the alert policies and the dashboards, each naming the objects it refers to by the placeholder a plan shows
+    for an object not created yet."""
+    channels = desired_channels(options)
+    channel_names = {key: _placeholder("notification channel", key) for key in channels}
+    policies = desired_policies(options, channel_names)
+    policy_names = {key: _placeholder("alert policy", key) for key in policies}
+    dashboards = desired_dashboards(options, policy_names)
+
+    def listed(desired: Mapping[str, Desired]) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": key,
+                **_view(d.message, rest_names=True),
+                **({"secretLabels": dict(d.secrets)} if d.secrets else {}),
+            }
+            for key, d in desired.items()
+        ]
+
+    return {
+        "project": options.project,
+        "namespace": options.namespace,
+        "notificationChannels": listed(channels),
+        "alertPolicies": listed(policies),
+        "dashboards": listed(dashboards),
+    }
 
 
 def converge(clients: Clients, options: Options, *, apply: bool, log: Log = lambda _: None) -> list[Change]:
@@ -911,7 +944,8 @@ def render(changes: Sequence[Change], options: Options, *, mode: str, out: TextI
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``monitoring plan|apply``: 0 when done, :class:`ValuesError` for bad options, MonitoringError if refused."""
+    """``monitoring plan|apply|render`` (render: offline): 0 when done, :class:`ValuesError` for bad options,
+    MonitoringError if refused."""
     options = Options(
         project=args.project,
         namespace=args.namespace,
@@ -924,6 +958,9 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         max_connections=args.max_connections,
     )
     options.check()
+    if args.action == "render":  # offline: no credentials, no call
+        emit_desired(rendered(options), out=out or sys.stdout, as_json=args.json)
+        return 0
     if args.insecure and not args.endpoint:
         raise ValuesError("--insecure needs --endpoint HOST:PORT")
     out = out or sys.stdout

@@ -92,7 +92,7 @@ import jsonschema
 import requests
 import yaml
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode, summary
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode, summary
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
@@ -1026,13 +1026,17 @@ def _print_report(report: Mapping[str, Any], out: TextIO) -> None:
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``cloudrun plan|apply|canary|promote|rollback``: 0 when done; ValuesError (exit 2) for bad input or an
-    action that does not apply, CloudError (exit 1) when Cloud Run refuses or the service does not become ready."""
+    """``cloudrun plan|apply|render|canary|promote|rollback``: 0 when done (render: offline, no credentials);
+    ValuesError (exit 2) for bad input or an action that does not apply, CloudError (exit 1) when Cloud Run refuses
+    or the service does not become ready."""
     if args.action == "canary" and not args.image:
         raise ValuesError("cloudrun canary needs --image IMAGE: the image of the new revision")
     config = config_from(args)
     desired = desired_service(config)
     out = out or sys.stdout
+    if args.action == "render":  # offline: the Knative Service `gcloud run services replace` takes
+        emit_desired(desired.service, out=out, as_json=args.json)
+        return 0
     mode = run_mode(args.action, args.dry_run)
     write = mode == "apply"
     steps: dict[str, Callable[[Mapping[str, Any] | None], _Step]] = {

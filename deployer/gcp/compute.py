@@ -342,5 +342,6 @@ def _title(config: GcpConfig) -> str:
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``gce plan|apply``: 0 when done; ValuesError for a bad configuration, CloudError if refused."""
+    """``gce plan|apply|render`` (render: offline): 0 when done; ValuesError for a bad configuration, CloudError
+    if refused."""
     return run(args, Platform(_title, desired, _requirements), log=log, out=out)

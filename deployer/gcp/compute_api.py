@@ -55,7 +55,18 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import compute_v1
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, render, run_mode
+from deployer.changes import (
+    CREATE,
+    DELETE,
+    NO_CHANGE,
+    UPDATE,
+    Change,
+    differences,
+    emit_desired,
+    render,
+    rest_fields,
+    run_mode,
+)
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
 
@@ -433,11 +444,26 @@ class Platform:
     absent: Callable[[GcpConfig], Sequence[Absent]] = field(default=lambda _: ())
 
 
+def rendered(title: str, resources: Sequence[Resource]) -> dict[str, Any]:
+    """The desired resources as plain data, offline: each one's kind, name and request body (the REST API's
+    camelCase field names), in the order apply creates them."""
+    return {
+        "title": title,
+        "resources": [
+            {"kind": resource.kind.title, "name": resource.name, "body": rest_fields(resource.message)}
+            for resource in resources
+        ],
+    }
+
+
 def run(args: argparse.Namespace, platform: Platform, *, log: Log, out: TextIO | None = None) -> int:
     """``<platform> plan|apply [--dry-run]``: the configuration and the desired resources are built (and refused
     with :class:`ValuesError`) before any call; then plan, apply unless it is a plan or a dry run, print."""
     config = config_from(args)
     resources = platform.desired(config)
+    if args.action == "render":
+        emit_desired(rendered(platform.title(config), resources), out=out or sys.stdout, as_json=args.json)
+        return 0
     if args.insecure and not args.endpoint:
         raise ValuesError("--insecure needs --endpoint HOST:PORT")
     mode = run_mode(args.action, args.dry_run)

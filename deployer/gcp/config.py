@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from deployer.errors import ValuesError
+from deployer.expand import PUBLIC_IMAGE_REPO_PREFIX
 
 __all__ = [
     "CloudRunConfig",
@@ -209,7 +210,7 @@ class GcpConfig(_Section):
             return self.image
         from app import __version__
 
-        return f"gcr.io/erlmcp-public/erlmcp:{__version__}"
+        return f"{PUBLIC_IMAGE_REPO_PREFIX}:{__version__}"
 
 
 def _where(error: Any) -> str:

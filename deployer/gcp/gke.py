@@ -79,7 +79,18 @@ from google.api_core.exceptions import GoogleAPICallError, NotFound, PermissionD
 from google.cloud import container_v1
 from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode, summary
+from deployer.changes import (
+    CREATE,
+    NO_CHANGE,
+    UPDATE,
+    Change,
+    differences,
+    emit_desired,
+    render,
+    rest_fields,
+    run_mode,
+    summary,
+)
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.grpc_clients import Connected, connect
@@ -1237,13 +1248,23 @@ def _render_check(findings: Sequence[Finding], config: GcpConfig, name: str, *, 
         print(f"  {'':<6}  {'':<{width}}  {finding.why}", file=out)
 
 
+def rendered(config: GcpConfig) -> dict[str, Any]:
+    """The desired CreateClusterRequest as plain data, with the REST API's (camelCase) field names."""
+    request = desired_request(config)
+    return {"parent": request.parent, "cluster": rest_fields(request.cluster)}
+
+
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``cluster plan|apply|check``. plan and apply: 0 when done. check: 0 when the cluster matches the design, 1
-    when it differs. :class:`ValuesError` (exit 2) for a bad configuration, CloudError (exit 1) when the API
-    refuses, cannot be reached, the cluster to check does not exist, or apply would need a new cluster."""
+    """``cluster plan|apply|check|render``. render: the desired cluster, offline. plan and apply: 0 when done.
+    check: 0 when the cluster matches the design, 1 when it differs. :class:`ValuesError` (exit 2) for a bad
+    configuration, CloudError (exit 1) when the API refuses, cannot be reached, the cluster to check does not
+    exist, or apply would need a new cluster."""
     config = config_from(args)
     desired_cluster(config)  # a bad cluster section is bad input, before any call
     out = out or sys.stdout
+    if args.action == "render":  # offline: no credentials, no call
+        emit_desired(rendered(config), out=out, as_json=args.json)
+        return 0
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:
         if args.action == "check":

@@ -77,13 +77,23 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-import yaml
 from google.api_core import exceptions as api
 from google.cloud import redis_v1
 from google.cloud.redis_v1.services.cloud_redis.transports import CloudRedisGrpcTransport
 from google.type import dayofweek_pb2, timeofday_pb2  # type: ignore[import-untyped]
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode, summary
+from deployer.changes import (
+    CREATE,
+    NO_CHANGE,
+    UPDATE,
+    Change,
+    differences,
+    emit_desired,
+    render,
+    rest_fields,
+    run_mode,
+    summary,
+)
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
 from deployer.grpc_clients import Connected, connect
@@ -780,13 +790,7 @@ class Clients:
 def rendered(config: GcpConfig) -> dict[str, Any]:
     """The desired CreateInstanceRequest as plain data, with the REST API's (camelCase) field names."""
     request = desired_request(config)
-    instance: dict[str, Any] = redis_v1.Instance.to_dict(
-        request.instance,
-        use_integers_for_enums=False,
-        preserving_proto_field_name=False,
-        always_print_fields_with_no_presence=False,
-    )
-    return {"parent": request.parent, "instanceId": request.instance_id, "instance": instance}
+    return {"parent": request.parent, "instanceId": request.instance_id, "instance": rest_fields(request.instance)}
 
 
 def _render_plan(
@@ -824,11 +828,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     if args.action == "render":
         if secret_out is not None:
             raise ValuesError("--secret-out goes with apply: render is offline and reads no instance")
-        document = rendered(config)
-        if args.json:
-            out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-        else:
-            out.write(yaml.safe_dump(document, sort_keys=False))
+        emit_desired(rendered(config), out=out, as_json=args.json)
         return 0
     mode = run_mode(args.action, args.dry_run)
     if secret_out is not None and mode != "apply":

@@ -394,5 +394,6 @@ def _title(config: GcpConfig) -> str:
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``network plan|apply``: 0 when done; ValuesError for a bad configuration, CloudError if refused."""
+    """``network plan|apply|render`` (render: offline): 0 when done; ValuesError for a bad configuration,
+    CloudError if refused."""
     return run(args, Platform(_title, desired, absent=absent), log=log, out=out)

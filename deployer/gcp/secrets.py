@@ -71,7 +71,7 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
 )
 from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, render, run_mode
+from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, rest_fields, run_mode
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
@@ -743,6 +743,35 @@ def workload_identity(settings: Settings) -> dict[str, Any]:
     }
 
 
+def rendered(settings: Settings, now: datetime) -> dict[str, Any]:
+    """Everything apply would make, offline, in its order: the service account, each secret as created (its
+    version's content is never shown: only the file it would come from), each secret's accessor binding, and the
+    Workload Identity binding with what the Kubernetes side needs."""
+    secrets = []
+    for spec in settings.specs:
+        secret = rest_fields(_desired_secret(settings, spec, now))
+        value = settings.values.get(spec.key)
+        secrets.append(
+            {
+                "name": settings.secret_name(spec),
+                "secret": secret,
+                "version": f"(from {value.path})" if value is not None else "(none: give --value KEY=FILE)",
+                "accessor": {"role": ACCESSOR, "member": settings.accessor_member},
+            }
+        )
+    return {
+        "project": settings.project,
+        "serviceAccount": {"name": settings.account_name, "email": settings.email},
+        "secrets": secrets,
+        "workloadIdentityBinding": {
+            "resource": settings.account_name,
+            "role": WORKLOAD_IDENTITY_USER,
+            "member": settings.workload_member,
+        },
+        "workloadIdentity": workload_identity(settings),
+    }
+
+
 def _print_workload_identity(settings: Settings, out: TextIO) -> None:
     wanted = workload_identity(settings)
     print(
@@ -763,11 +792,14 @@ def _print_workload_identity(settings: Settings, out: TextIO) -> None:
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
-    """``secrets plan|apply``: 0 when done; :class:`ValuesError` for bad input (before any call),
-    :class:`SecretsError` when an API refuses."""
+    """``secrets plan|apply|render`` (render: offline): 0 when done; :class:`ValuesError` for bad input (before
+    any call), :class:`SecretsError` when an API refuses."""
     config = config_from(args)
     settings = Settings.from_config(config, getattr(args, "value", None) or ())
     out = out or sys.stdout
+    if args.action == "render":  # offline: no credentials, no call
+        emit_desired(rendered(settings, datetime.now(UTC)), out=out, as_json=args.json)
+        return 0
     mode = run_mode(args.action, args.dry_run)
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:

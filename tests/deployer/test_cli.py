@@ -64,12 +64,6 @@ def test_more_than_one_replica_with_sessions_in_pod_memory_exits_2_naming_sessio
     assert result.stdout == ""
 
 
-def test_render_without_an_image_prefix_is_refused() -> None:
-    result = deployer("render")
-    assert result.returncode == 2
-    assert "__image_repo_prefix__" in result.stderr
-
-
 def test_the_demo_runs_the_rendered_pod_locally_and_verifies_it(tmp_path: Path) -> None:
     port, metrics_port = free_ports(2)
     values = values_file(tmp_path, **{"service.port": port, "service.metricsPort": metrics_port})
@@ -163,3 +157,27 @@ def test_a_timeout_variable_that_is_not_a_number_is_bad_input(tmp_path: Path) ->
     result = deployer("marketplace", "--data", str(tmp_path), env={"WAIT_FOR_READY_TIMEOUT": "5m"})
     assert result.returncode == 2
     assert "--wait-timeout: invalid float value: '5m'" in result.stderr
+
+
+def test_render_after_make_setup_needs_no_flags_and_no_path_change(tmp_path: Path) -> None:
+    # What a new user types first: no values, no --image-repo-prefix, and .tools/bin (the pinned Helm) not on PATH.
+    result = subprocess.run(
+        [sys.executable, "-m", "deployer", "render"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": str(tmp_path)},  # an empty folder: no Helm on PATH at all
+    )
+    assert result.returncode == 0, result.stderr
+    [deployment] = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "Deployment"]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("gcr.io/erlmcp-public/erlmcp:")  # the documented public images
+
+
+def test_a_values_files_image_prefix_wins_over_the_default(tmp_path: Path) -> None:
+    values = values_file(tmp_path, __image_repo_prefix__="gcr.io/p/erlmcp")
+    result = deployer("render", "-f", str(values))
+    assert result.returncode == 0, result.stderr
+    [deployment] = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("gcr.io/p/erlmcp:")

@@ -32,6 +32,12 @@ def test_the_image_is_projected_from_the_prefix_and_published_version(schema: Sc
     assert (final["image.repository"], final["image.tag"]) == ("gcr.io/acme/erlmcp", schema.published_version)
 
 
+def test_values_without_the_image_prefix_marketplace_always_passes_are_refused(schema: Schema) -> None:
+    # (Marketplace's deployer always passes it; the CLI fills in the public images' prefix before this step.)
+    with pytest.raises(ValuesError, match="__image_repo_prefix__"):
+        expand({"name": "mcp1", "namespace": "ns1"}, schema)
+
+
 @pytest.mark.parametrize(
     ("projection", "expected"),
     [

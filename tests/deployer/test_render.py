@@ -102,7 +102,7 @@ def test_helm_refuses_values_the_chart_schema_does_not_know(helm: str) -> None:
 
 
 def test_a_missing_helm_is_reported_with_how_to_install_it() -> None:
-    with pytest.raises(HelmError, match="install-tools"):
+    with pytest.raises(HelmError, match="make setup"):
         find_helm("/nonexistent/helm")
 
 
