@@ -116,6 +116,42 @@ would put either on a public address, saying why and what to do instead. */}}
 {{- if and (eq .Values.exposure "ingress") (not .Values.ingress.managedCertificate) -}}true{{- end -}}
 {{- end -}}
 
+{{/* The API key file from Secret Manager (secretManager.enabled): through GKE's Secret Manager add-on, a CSI volume
+of this SecretProviderClass; refuse values that would also give a key the chart makes or names. */}}
+{{- define "erlmcp.secretManagerClass" -}}
+{{ include "erlmcp.fullname" . }}-secret-manager
+{{- end -}}
+
+{{- define "erlmcp.checkSecretManager" -}}
+{{- if .Values.secretManager.enabled -}}
+{{- if not .Values.auth.enabled -}}
+{{- fail "secretManager.enabled mounts the API key file from Secret Manager, and auth.enabled=false uses none: turn auth on, or secretManager off" -}}
+{{- end -}}
+{{- if not .Values.secretManager.project -}}
+{{- fail "secretManager.enabled needs secretManager.project (the Google Cloud project that holds the secret)" -}}
+{{- end -}}
+{{- if or .Values.auth.apiKey .Values.auth.existingSecret -}}
+{{- fail "secretManager.enabled takes the API key file from Secret Manager (secretManager.apiKeysSecret): leave auth.apiKey and auth.existingSecret empty" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The api-keys volume: the chart's (or the given) Secret, or the Secret Manager CSI volume. */}}
+{{- define "erlmcp.apiKeysVolume" -}}
+- name: api-keys
+{{- if .Values.secretManager.enabled }}
+  csi:
+    driver: secrets-store-gke.csi.k8s.io
+    readOnly: true
+    volumeAttributes:
+      secretProviderClass: {{ include "erlmcp.secretManagerClass" . }}
+{{- else }}
+  secret:
+    secretName: {{ include "erlmcp.secretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{/* Where sessions live (sessions.store): refuse a store that cannot work with these values, saying the way out. */}}
 {{- define "erlmcp.checkSessions" -}}
 {{- $store := .Values.sessions.store -}}

@@ -286,6 +286,9 @@ def desired_cluster(config: GcpConfig) -> container_v1.Cluster:
         release_channel=container_v1.ReleaseChannel(channel=cluster.release_channel),
         workload_identity_config=container_v1.WorkloadIdentityConfig(workload_pool=f"{config.project}.svc.id.goog"),
         shielded_nodes=container_v1.ShieldedNodes(enabled=True),
+        # GKE's Secret Manager add-on (CSI driver secrets-store-gke.csi.k8s.io): the chart's secretManager.enabled
+        # mounts the API key file from Secret Manager through it.
+        secret_manager_config=container_v1.SecretManagerConfig(enabled=True),
         autoscaling=container_v1.ClusterAutoscaling(
             enable_node_autoprovisioning=False, autoscaling_profile=cluster.autoscaling_profile
         ),
@@ -361,6 +364,7 @@ def cluster_view(cluster: container_v1.Cluster) -> dict[str, Any]:
         },
         "workload_identity_config.workload_pool": cluster.workload_identity_config.workload_pool,
         "shielded_nodes.enabled": cluster.shielded_nodes.enabled,
+        "secret_manager_config.enabled": cluster.secret_manager_config.enabled,
         "logging_config.component_config.enable_components": _components(cluster.logging_config),
         "monitoring_config": {
             "component_config.enable_components": _components(cluster.monitoring_config),
@@ -426,6 +430,7 @@ def _cluster_fixes(name: str, desired: container_v1.Cluster, actual: container_v
             desired_workload_identity_config=desired.workload_identity_config
         ),
         "shielded_nodes.enabled": update(desired_shielded_nodes=desired.shielded_nodes),
+        "secret_manager_config.enabled": update(desired_secret_manager_config=desired.secret_manager_config),
         "logging_config.component_config.enable_components": update(desired_logging_config=logging),
         "monitoring_config": update(desired_monitoring_config=monitoring),
     }

@@ -190,6 +190,7 @@ class FakeGke:
         "desired_cluster_autoscaling": "autoscaling",
         "desired_workload_identity_config": "workload_identity_config",
         "desired_shielded_nodes": "shielded_nodes",
+        "desired_secret_manager_config": "secret_manager_config",
         "desired_logging_config": "logging_config",
         "desired_monitoring_config": "monitoring_config",
     }
@@ -703,3 +704,17 @@ def test_a_busy_cluster_is_not_written_to(api, capsys) -> None:
     assert (code, out) == (1, "")
     assert f"GKE cluster {CLUSTER} is RECONCILING: an operation is running on it; apply again when it is" in err
     assert api.fake.writes == []
+
+
+def test_the_cluster_runs_the_secret_manager_add_on_and_apply_turns_it_back_on(api, capsys) -> None:
+    # The chart's secretManager.enabled mounts the API key file through it (CSI driver secrets-store-gke.csi.k8s.io).
+    cluster = created(api, capsys)
+    assert api.fake.created[0].cluster.secret_manager_config.enabled is True
+    cluster.secret_manager_config.enabled = False  # someone turned it off
+    document = plan_json(api, capsys)
+    found = {d["field"]: (d["actual"], d["desired"]) for c in document["changes"] for d in c["differences"]}
+    assert found == {"secret_manager_config.enabled": (False, True)}
+    code, _, err = run(api, capsys, "apply")
+    assert code == 0, err
+    assert api.fake.clusters[CLUSTER].secret_manager_config.enabled is True
+    assert rows(plan_json(api, capsys)) == UNCHANGED
