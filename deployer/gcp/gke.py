@@ -1156,6 +1156,18 @@ def _check_observability(cluster: container_v1.Cluster) -> list[Finding]:
                 "CRD and the server's /metrics are not collected",
             )
         )
+    if not cluster.secret_manager_config.enabled:
+        found.append(
+            Finding(
+                "secret-manager",
+                LOW,
+                "secret_manager_config.enabled",
+                False,
+                True,
+                "the Secret Manager add-on is off: the chart's secretManager.enabled cannot mount the API key "
+                "file from Secret Manager (its CSI driver is not there)",
+            )
+        )
     return found
 
 

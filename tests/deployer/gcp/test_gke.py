@@ -526,6 +526,7 @@ def test_check_reports_every_difference_by_name_with_severity_and_why(api, capsy
     cluster.release_channel.channel = "UNSPECIFIED"
     cluster.autoscaling.autoscaling_profile = "OPTIMIZE_UTILIZATION"
     cluster.monitoring_config.managed_prometheus_config.enabled = False
+    cluster.secret_manager_config.enabled = False
     primary = pool(cluster, "primary")
     primary.autoscaling.total_min_node_count, primary.autoscaling.total_max_node_count = 1, 20
     primary.config.workload_metadata_config.mode = "GCE_METADATA"
@@ -538,9 +539,11 @@ def test_check_reports_every_difference_by_name_with_severity_and_why(api, capsy
     found = {f["name"]: f for f in document["findings"]}
     assert set(found) == {"workload-identity", "network-policy", "public-endpoint", "master-authorized-networks",
                           "shielded-nodes", "release-channel", "autoscaling-profile", "managed-prometheus",
-                          "autoscaling", "node-metadata", "node-service-account", "spot-pool"}  # fmt: skip
-    assert document["differences"] == len(found) == 12
-    assert document["summary"] == {"high": 5, "medium": 5, "low": 2}
+                          "autoscaling", "node-metadata", "node-service-account", "spot-pool",
+                          "secret-manager"}  # fmt: skip
+    assert document["differences"] == len(found) == 13
+    assert document["summary"] == {"high": 5, "medium": 5, "low": 3}
+    assert "secretManager" in found["secret-manager"]["why"]
     assert [f["severity"] for f in document["findings"]] == sorted(
         (f["severity"] for f in document["findings"]), key=["high", "medium", "low"].index)  # fmt: skip
     assert found["workload-identity"]["severity"] == "high"
@@ -557,8 +560,8 @@ def test_check_reports_every_difference_by_name_with_severity_and_why(api, capsy
 
     code, out, _ = run(api, capsys, "check")
     assert code == 1
-    assert out.splitlines()[0] == ("GKE cluster erlmcp-cluster in demo-project/us-central1: 12 differences from the "
-                                   "erlmcp design (5 high, 5 medium, 2 low)")  # fmt: skip
+    assert out.splitlines()[0] == ("GKE cluster erlmcp-cluster in demo-project/us-central1: 13 differences from the "
+                                   "erlmcp design (5 high, 5 medium, 3 low)")  # fmt: skip
     assert "  HIGH    workload-identity           workload_identity_config.workload_pool: (unset) (design: " in out
     assert api.fake.writes == []
 
