@@ -136,19 +136,23 @@ of this SecretProviderClass; refuse values that would also give a key the chart 
 {{- end -}}
 {{- end -}}
 
-{{/* The api-keys volume: the chart's (or the given) Secret, or the Secret Manager CSI volume. */}}
+{{/* The api-keys volume: the chart's (or the given) Secret, or the Secret Manager CSI volume. Called with a dict:
+"root" (the chart's context) and, for a Pod whose fsGroup may read group-readable files, "defaultMode". */}}
 {{- define "erlmcp.apiKeysVolume" -}}
+{{- $root := .root -}}
 - name: api-keys
-{{- if .Values.secretManager.enabled }}
+{{- if $root.Values.secretManager.enabled }}
   csi:
     driver: secrets-store-gke.csi.k8s.io
     readOnly: true
     volumeAttributes:
-      secretProviderClass: {{ include "erlmcp.secretManagerClass" . }}
+      secretProviderClass: {{ include "erlmcp.secretManagerClass" $root }}
 {{- else }}
   secret:
-    secretName: {{ include "erlmcp.secretName" . }}
-    defaultMode: 0440
+    secretName: {{ include "erlmcp.secretName" $root }}
+    {{- with .defaultMode }}
+    defaultMode: {{ . }}
+    {{- end }}
 {{- end }}
 {{- end -}}
 

@@ -46,7 +46,15 @@ def crd_validator() -> jsonschema.Draft7Validator:
 def test_off_by_default_the_key_file_is_the_charts_secret_and_no_provider_class_is_rendered(helm: str) -> None:
     documents = render(helm)
     assert of_kind(documents, "SecretProviderClass") == []
-    assert volume(pod_spec(documents), "api-keys")["secret"]["secretName"] == "r1-api-keys"
+    assert volume(pod_spec(documents), "api-keys") == {
+        "name": "api-keys",
+        "secret": {"secretName": "r1-api-keys", "defaultMode": 0o440},
+    }  # (group: fsGroup 1000)
+    # The test Pod has no fsGroup: its key file keeps the default mode, readable by its user.
+    assert volume(pod_spec(documents, "Pod"), "api-keys") == {
+        "name": "api-keys",
+        "secret": {"secretName": "r1-api-keys"},
+    }
     assert [s["metadata"]["name"] for s in of_kind(documents, "Secret") if s["metadata"]["name"] == "r1-api-keys"]
 
 
