@@ -38,7 +38,8 @@ The desired cluster is a ``container_v1.CreateClusterRequest`` built from the co
   is used only by the node's own agents, so it needs only ``roles/logging.logWriter``,
   ``roles/monitoring.metricWriter``, ``roles/monitoring.viewer``, ``roles/stackdriver.resourceMetadata.writer``
   and ``roles/artifactregistry.reader``; the app's account (which may read secrets) is never a node's, and the
-  Compute Engine default account (Editor on the project) is never used. The account must exist before ``apply``.
+  Compute Engine default account (Editor on the project) is never used. ``apply`` makes the account and grants
+  those roles before anything else (:mod:`deployer.gcp.node_account`); ``plan`` lists them first.
 
 ``plan`` reads the cluster: none → CREATE (with its node pools); found → the fields this module sets are compared
 (:func:`cluster_view`, :func:`pool_view`; server-set fields are not) and each difference is classified:
@@ -76,8 +77,10 @@ from functools import partial
 from typing import Any, TextIO
 
 from google.api_core.exceptions import GoogleAPICallError, NotFound, PermissionDenied, RetryError
-from google.cloud import container_v1
+from google.cloud import container_v1, iam_admin_v1, resourcemanager_v3
 from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
+from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
 
 from deployer.changes import (
     CREATE,
@@ -92,6 +95,7 @@ from deployer.changes import (
     summary,
 )
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp import node_account
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.grpc_clients import Connected, connect
 
@@ -126,13 +130,6 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"  # IAM, not sc
 IMAGE_TYPE = "COS_CONTAINERD"
 LOGGING_COMPONENTS = ("SYSTEM_COMPONENTS", "WORKLOADS")
 MONITORING_COMPONENTS = ("SYSTEM_COMPONENTS", "POD", "DEPLOYMENT", "HPA")
-NODE_ROLES = (
-    "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
-    "roles/monitoring.viewer",
-    "roles/stackdriver.resourceMetadata.writer",
-    "roles/artifactregistry.reader",
-)
 OPERATION_TIMEOUT = 45 * 60.0  # seconds an operation may take: a regional cluster takes 10-20 minutes
 POLL_SECONDS = 10.0  # between two reads of a running operation
 PROGRESS_SECONDS = 60.0  # between two progress lines while waiting
@@ -580,10 +577,6 @@ def plan(client: container_v1.ClusterManagerClient, config: GcpConfig, *, log: L
             for p in desired.node_pools
         ]
         found.steps.append(Step(f"create {KIND_CLUSTER} {desired.name}", lambda c: c.create_cluster(request=request)))
-        log(
-            f"the nodes will run as {desired.node_pools[0].config.service_account}: it must exist, with "
-            + ", ".join(NODE_ROLES)
-        )
         return found
     found.status = _enum_name(actual.status)
     want, have = cluster_view(desired), cluster_view(actual)
@@ -677,8 +670,10 @@ def apply_plan(
     *,
     log: Log,
     timeout: float = OPERATION_TIMEOUT,
+    before: Sequence[Callable[[], str]] = (),
 ) -> None:
-    """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited.
+    """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited; ``before`` (the nodes'
+    account and roles: each call returns its progress line) runs first, once the plan is known to be applicable.
 
     Raises:
         CloudError: the plan has REPLACE changes (nothing is written), or a call or operation failed.
@@ -704,6 +699,8 @@ def apply_plan(
             + ", or ".join(hints)
             + "."
         )
+    for action in before:
+        log(action())
     for step in found.steps:
         operation = _call(step.what, partial(step.call, client))
         if step.what.startswith(f"create {KIND_CLUSTER}"):
@@ -1189,21 +1186,28 @@ def check(cluster: container_v1.Cluster, config: GcpConfig) -> list[Finding]:
 
 @dataclass
 class Clients:
-    """The GKE API client; :meth:`connect` makes it, tests may pass their own."""
+    """The GKE, IAM and Resource Manager clients; :meth:`connect` makes them (``endpoint``: one endpoint serving
+    the three APIs), tests may pass their own."""
 
     clusters: container_v1.ClusterManagerClient
+    iam: iam_admin_v1.IAMClient
+    projects: resourcemanager_v3.ProjectsClient
     _connection: Connected | None = None
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
         """See :func:`deployer.grpc_clients.connect`."""
-        connected = connect(
-            [(container_v1.ClusterManagerClient, ClusterManagerGrpcTransport)], endpoint, insecure=insecure
-        )
-        return cls(connected.clients[0], _connection=connected)
+        kinds: list[tuple[type[Any], type[Any]]] = [
+            (container_v1.ClusterManagerClient, ClusterManagerGrpcTransport),
+            (iam_admin_v1.IAMClient, IAMGrpcTransport),
+            (resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport),
+        ]
+        connected = connect(kinds, endpoint, insecure=insecure)
+        clusters, iam, projects = connected.clients
+        return cls(clusters, iam, projects, _connection=connected)
 
     def close(self) -> None:
-        (self._connection or Connected((self.clusters,))).close()
+        (self._connection or Connected((self.clusters, self.iam, self.projects))).close()
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -1266,9 +1270,11 @@ def _render_check(findings: Sequence[Finding], config: GcpConfig, name: str, *, 
 
 
 def rendered(config: GcpConfig) -> dict[str, Any]:
-    """The desired CreateClusterRequest as plain data, with the REST API's (camelCase) field names."""
+    """What apply makes in an empty project, with the REST APIs' (camelCase) field names: the nodes' service
+    account and its project roles, then the CreateClusterRequest."""
     request = desired_request(config)
-    return {"parent": request.parent, "cluster": rest_fields(request.cluster)}
+    return {"nodeServiceAccount": node_account.rendered(config), "parent": request.parent,
+            "cluster": rest_fields(request.cluster)}  # fmt: skip
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
@@ -1295,11 +1301,12 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
             _render_check(findings, config, name, as_json=args.json, out=out)
             return 1 if findings else 0
         mode = run_mode(args.action, args.dry_run)
+        account = node_account.plan(clients.iam, clients.projects, config)
         found = plan(clients.clusters, config, log=log)
+        found.changes[:0] = account.changes
         if mode == "apply":
-            apply_plan(
-                clients.clusters, config, found, log=log, timeout=getattr(args, "timeout", None) or OPERATION_TIMEOUT
-            )
+            timeout = getattr(args, "timeout", None) or OPERATION_TIMEOUT
+            apply_plan(clients.clusters, config, found, log=log, timeout=timeout, before=account.actions)
     finally:
         clients.close()
     _render_plan(found, config, mode=mode, as_json=args.json, out=out)

@@ -34,8 +34,8 @@ Decisions:
   change (``ABORTED``: stale etag) is re-read and retried.
 * **A new service account takes time to appear** in IAM: right after creating it, policy writes naming it may
   be refused (``INVALID_ARGUMENT``/``NOT_FOUND``); they are retried for about a minute
-  (:data:`PROPAGATION_DELAYS`). A missing Workload Identity pool (no cluster with Workload Identity in the
-  project yet) is not retried: the error says to create the cluster first.
+  (:data:`deployer.gcp.iam.PROPAGATION_DELAYS`). A missing Workload Identity pool (no cluster with Workload
+  Identity in the project yet) is not retried: the error says to create the cluster first.
 * **Values** are read as bytes, before any call (a bad file is bad input: exit 2): a file-mounted secret byte
   for byte; an environment-variable secret (``redis-url``) without the trailing newline an editor adds, since an
   environment variable ending in a newline is not the URL. At most 64 KiB (the API's limit), never empty.
@@ -54,7 +54,6 @@ import io
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,18 +68,17 @@ from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
 from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
     SecretManagerServiceGrpcTransport,
 )
-from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
 
 from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, rest_fields, run_mode
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.gcp.iam import Policy, holds, patiently
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.grpc_clients import Connected, connect
 
 __all__ = [
     "ACCESSOR",
     "ANNOTATION",
-    "PROPAGATION_DELAYS",
     "WORKLOAD_IDENTITY_USER",
     "Clients",
     "SecretsError",
@@ -98,9 +96,6 @@ MANAGED_BY, OWNER, KEY_LABEL = "managed-by", "erlmcp", "erlmcp-key"
 PERIOD_ANNOTATION = "erlmcp-rotation-period"
 MAX_VALUE_BYTES = 64 * 1024
 MAX_ROTATION_DAYS = 36_500  # the API's limit: 100 years
-ETAG_ATTEMPTS = 3
-PROPAGATION_DELAYS: tuple[float, ...] = (1, 2, 4, 8, 15, 30)
-"""Seconds to wait before retrying a policy write that names a service account created moments ago."""
 
 KIND_ACCOUNT, KIND_SECRET, KIND_VERSION = "service account", "secret", "secret version"
 KIND_ACCESS, KIND_WORKLOAD = "accessor binding", "workload identity binding"
@@ -433,63 +428,6 @@ def _maybe(what: str, kind: str, call: Callable[[], T]) -> T | None:
     return _call(what, kind, found)
 
 
-def _patiently(call: Callable[[], T], *, fresh: bool) -> T:
-    """``call()``, retried while IAM does not know a service account created moments ago (``fresh``)."""
-    for delay in (*(PROPAGATION_DELAYS if fresh else ()), None):
-        try:
-            return call()
-        except (api.InvalidArgument, api.NotFound) as exc:
-            if delay is None or "Identity Pool" in (exc.message or ""):
-                raise
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _holds(policy: Any, role: str, member: str) -> bool:
-    return any(b.role == role and member in b.members and not b.HasField("condition") for b in policy.bindings)
-
-
-def _granted(policy: Any, role: str, member: str) -> Any:
-    """A copy of ``policy`` with ``member`` in ``role``'s unconditional binding; everything else as it was."""
-    updated = policy_pb2.Policy()
-    updated.CopyFrom(policy)
-    for binding in updated.bindings:
-        if binding.role == role and not binding.HasField("condition"):
-            binding.members.append(member)
-            return updated
-    updated.bindings.add(role=role, members=[member])
-    return updated
-
-
-@dataclass(frozen=True)
-class _Policy:
-    """The IAM policy calls of one resource (a secret, or the service account)."""
-
-    resource: str
-    get: Callable[[Any], Any]
-    set: Callable[[Any], Any]
-
-    def read(self) -> Any:
-        options = options_pb2.GetPolicyOptions(requested_policy_version=3)
-        return self.get(iam_policy_pb2.GetIamPolicyRequest(resource=self.resource, options=options))
-
-    def grant(self, role: str, member: str) -> bool:
-        """Adds ``member`` to ``role`` with the etag read (re-read on a concurrent change); False if it was there."""
-        for attempt in range(ETAG_ATTEMPTS):
-            policy = self.read()
-            if _holds(policy, role, member):
-                return False
-            try:
-                self.set(
-                    iam_policy_pb2.SetIamPolicyRequest(resource=self.resource, policy=_granted(policy, role, member))
-                )
-                return True
-            except api.Aborted:
-                if attempt == ETAG_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 # -- the plan ----------------------------------------------------------------------------------------------------
 
 
@@ -505,7 +443,7 @@ class _Step:
 
 def _binding_step(
     kind: str,
-    policy: _Policy,
+    policy: Policy,
     role: str,
     member: str,
     existing: Any | None,
@@ -519,13 +457,13 @@ def _binding_step(
     note, name = f"{role} for {member}", shown or policy.resource
     change = Change(CREATE if not exists else UPDATE, kind, name, note=note)
     if existing is not None:
-        if _holds(existing, role, member):
+        if holds(existing, role, member):
             return _Step(Change(NO_CHANGE, kind, name, note=note))
         change.differences = [("member", "absent", "present")]
 
     def run() -> str:
         what = f"cannot grant {role} on {policy.resource} to {member}"
-        done = _call(what, kind, lambda: _patiently(lambda: policy.grant(role, member), fresh=fresh))
+        done = _call(what, kind, lambda: patiently(lambda: policy.grant(role, member), fresh=fresh))
         return f"granted {role} on {policy.resource} to {member}" if done else f"{member} already holds {role}"
 
     return _Step(change, run)
@@ -668,7 +606,7 @@ def plan(clients: Clients, settings: Settings) -> list[_Step]:
         actual = _maybe(f"cannot read secret {name}", KIND_SECRET, partial(clients.secrets.get_secret, name=name))
         steps.append(_secret_step(clients, settings, spec, actual, now))
         steps.append(_version_step(clients, settings, spec, actual is not None))
-        policy = _Policy(
+        policy = Policy(
             name,
             lambda r: clients.secrets.get_iam_policy(request=r),
             lambda r: clients.secrets.set_iam_policy(request=r),
@@ -687,7 +625,7 @@ def plan(clients: Clients, settings: Settings) -> list[_Step]:
                 fresh=fresh,
             )
         )
-    policy = _Policy(
+    policy = Policy(
         settings.account_name,
         lambda r: clients.iam.get_iam_policy(request=r),
         lambda r: clients.iam.set_iam_policy(request=r),

@@ -1,11 +1,14 @@
 """``python -m deployer cluster plan|apply|check`` against a local server of the real GKE API
-(``google.container.v1.ClusterManager``, the client library's own messages) holding clusters in memory: create
-from nothing, re-apply, in-place drift, drift that needs a new cluster, dry runs, the check report, refusals."""
+(``google.container.v1.ClusterManager``, the client library's own messages) holding clusters in memory, beside
+the IAM and Resource Manager APIs (:mod:`tests.iam_server`) for the nodes' service account and its project roles:
+create from nothing, re-apply, in-place drift, drift that needs a new cluster, dry runs, the check report,
+refusals."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +16,16 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from google.cloud import container_v1
+from google.cloud import container_v1, iam_admin_v1
+from google.iam.v1 import policy_pb2  # type: ignore[import-untyped]
 
 from deployer.cli import main
 from deployer.gcp import gke
+from deployer.gcp import iam as iam_policies
 from deployer.gcp.config import load_config
+from deployer.gcp.node_account import NODE_ROLES
 from tests.gcp import Refused, refusing, serve, unary
+from tests.iam_server import FakeIam
 
 PROJECT = "demo-project"
 REGION = "us-central1"
@@ -44,7 +51,7 @@ class FakeGke:
     requests: list[Any] = field(default_factory=list)  # every other write request, as received
     writes: list[str] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    service_accounts: set[str] = field(default_factory=lambda: {NODE_SA})
+    iam: FakeIam = field(default_factory=lambda: FakeIam(project=PROJECT))  # the accounts GKE knows are IAM's
     refuse: dict[str, Refused] = field(default_factory=dict)  # method name -> the error of its next call
     polls: int = 2  # reads of an operation until it is DONE
     fail_next: str | None = None  # the error the next operation ends with
@@ -67,7 +74,7 @@ class FakeGke:
         }
         handlers = {name: unary(self.handler(behaviour), request, response)
                     for name, (behaviour, request, response) in methods.items()}  # fmt: skip
-        return {"google.container.v1.ClusterManager": handlers}
+        return {**self.iam.services(), "google.container.v1.ClusterManager": handlers}
 
     # -- state
 
@@ -122,7 +129,7 @@ class FakeGke:
 
     def _check_pool(self, pool: Any) -> None:
         config, scaling = pool.config, pool.autoscaling
-        if config.service_account not in self.service_accounts:
+        if config.service_account not in self.iam.accounts:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"service account {config.service_account} does not "
                           "exist")  # fmt: skip
         if config.spot and config.preemptible:
@@ -265,6 +272,7 @@ class Api:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     monkeypatch.setattr(gke, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(iam_policies, "PROPAGATION_DELAYS", (0.0, 0.0, 0.0))
     fake = FakeGke()
     server, port = serve(fake.services())
     yield Api(fake, f"127.0.0.1:{port}")
@@ -293,6 +301,7 @@ def created(api: Api, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
     assert code == 0, err
     api.fake.writes.clear()
     api.fake.requests.clear()
+    api.fake.iam.writes.clear()
     return api.fake.clusters[CLUSTER]
 
 
@@ -300,16 +309,28 @@ def pool(cluster: Any, name: str) -> Any:
     return next(p for p in cluster.node_pools if p.name == name)
 
 
-UNCHANGED = [("NO CHANGE", "GKE cluster", "erlmcp-cluster"), ("NO CHANGE", "node pool", "erlmcp-cluster/primary"),
-             ("NO CHANGE", "node pool", "erlmcp-cluster/spot")]  # fmt: skip
+ROLES = [f"projects/{PROJECT} {role}" for role in NODE_ROLES]
+ACCOUNT_ROWS = [("node service account", NODE_SA), *(("project role binding", role) for role in ROLES)]
+UNCHANGED = [*(("NO CHANGE", kind, name) for kind, name in ACCOUNT_ROWS), ("NO CHANGE", "GKE cluster",
+             "erlmcp-cluster"), ("NO CHANGE", "node pool", "erlmcp-cluster/primary"), ("NO CHANGE", "node pool",
+             "erlmcp-cluster/spot")]  # fmt: skip
+
+
+ACCOUNT = len(ACCOUNT_ROWS)  # the plan's first rows: the nodes' account and its roles
+
+
+def project_members(api: Api, role: str) -> set[str]:
+    policy = api.fake.iam.project_policy.get("project")
+    return {m for b in (policy.bindings if policy else ()) if b.role == role for m in b.members}
 
 
 def test_plan_on_an_empty_project_creates_the_cluster_and_its_pools_and_writes_nothing(api, capsys) -> None:
     document = plan_json(api, capsys)
-    assert rows(document) == [("CREATE", "GKE cluster", "erlmcp-cluster"), ("CREATE", "node pool",
-                              "erlmcp-cluster/primary"), ("CREATE", "node pool", "erlmcp-cluster/spot")]  # fmt: skip
-    assert document["summary"] == {"CREATE": 3, "UPDATE": 0, "DELETE": 0, "NO CHANGE": 0, "REPLACE": 0}
-    notes = [c["note"] for c in document["changes"]]
+    assert rows(document) == [*(("CREATE", kind, name) for kind, name in ACCOUNT_ROWS), ("CREATE", "GKE cluster",
+                              "erlmcp-cluster"), ("CREATE", "node pool", "erlmcp-cluster/primary"), ("CREATE",
+                              "node pool", "erlmcp-cluster/spot")]  # fmt: skip
+    assert document["summary"] == {"CREATE": 9, "UPDATE": 0, "DELETE": 0, "NO CHANGE": 0, "REPLACE": 0}
+    notes = [c["note"] for c in document["changes"]][len(ACCOUNT_ROWS) :]
     assert "regional us-central1 (us-central1-a, us-central1-b, us-central1-c)" in notes[0]
     assert "private endpoint 172.16.0.0/28, Dataplane V2, Workload Identity, REGULAR channel" in notes[0]
     assert notes[1] == "e2-standard-4, 3-10 nodes in total"
@@ -317,17 +338,19 @@ def test_plan_on_an_empty_project_creates_the_cluster_and_its_pools_and_writes_n
 
     code, out, err = run(api, capsys, "plan")
     assert code == 0, err
-    assert out.splitlines()[0] == ("GKE cluster erlmcp-cluster in demo-project/us-central1 plan: 3 to create, 0 to "
+    assert out.splitlines()[0] == ("GKE cluster erlmcp-cluster in demo-project/us-central1 plan: 9 to create, 0 to "
                                    "update, 0 to delete, 0 unchanged")  # fmt: skip
-    assert f"the nodes will run as {NODE_SA}: it must exist, with roles/logging.logWriter" in err
+    assert re.search(rf"CREATE +node service account +{re.escape(NODE_SA)} +the nodes run as it", out)
     assert api.fake.writes == []
+    assert api.fake.iam.writes == []
 
 
 def test_apply_creates_the_designed_cluster_field_by_field_and_waits_for_it(api, capsys) -> None:
     code, out, err = run(api, capsys, "apply")
     assert code == 0, err
-    assert out.splitlines()[0].endswith("applied: 3 created, 0 updated, 0 deleted, 0 unchanged")
+    assert out.splitlines()[0].endswith("applied: 9 created, 0 updated, 0 deleted, 0 unchanged")
     assert api.fake.writes == [f"CREATE_CLUSTER {CLUSTER}"]
+    assert api.fake.iam.writes[0] == f"CreateServiceAccount {NODE_SA}"  # (GKE refuses nodes of an unknown account)
     assert "create GKE cluster erlmcp-cluster: operation operation-1 started; a regional cluster takes" in err
     assert "create GKE cluster erlmcp-cluster: done" in err
     assert api.fake.clusters[CLUSTER].status == container_v1.Cluster.Status.RUNNING  # the operation was awaited
@@ -389,9 +412,10 @@ def test_apply_again_changes_nothing_and_writes_nothing(api, capsys) -> None:
     created(api, capsys)
     code, out, err = run(api, capsys, "apply")
     assert code == 0, err
-    assert out.splitlines()[0].endswith("applied: 0 created, 0 updated, 0 deleted, 3 unchanged")
+    assert out.splitlines()[0].endswith("applied: 0 created, 0 updated, 0 deleted, 9 unchanged")
     assert rows(plan_json(api, capsys)) == UNCHANGED
     assert api.fake.writes == []
+    assert api.fake.iam.writes == []
 
 
 def test_in_place_drift_is_planned_then_fixed_one_awaited_operation_at_a_time(api, capsys) -> None:
@@ -404,8 +428,9 @@ def test_in_place_drift_is_planned_then_fixed_one_awaited_operation_at_a_time(ap
     pool(cluster, "spot").management.auto_repair = False
 
     document = plan_json(api, capsys)
-    assert rows(document) == [("UPDATE", "GKE cluster", "erlmcp-cluster"), ("UPDATE", "node pool",
-                              "erlmcp-cluster/primary"), ("UPDATE", "node pool", "erlmcp-cluster/spot")]  # fmt: skip
+    assert rows(document) == [*UNCHANGED[:ACCOUNT], ("UPDATE", "GKE cluster", "erlmcp-cluster"), ("UPDATE",
+                              "node pool", "erlmcp-cluster/primary"), ("UPDATE", "node pool",
+                              "erlmcp-cluster/spot")]  # fmt: skip
     found = {c["name"]: {d["field"]: (d["actual"], d["desired"]) for d in c["differences"]}
              for c in document["changes"]}  # fmt: skip
     assert found["erlmcp-cluster"] == {"master_authorized_networks_config.enabled": (False, True),
@@ -419,7 +444,7 @@ def test_in_place_drift_is_planned_then_fixed_one_awaited_operation_at_a_time(ap
 
     code, out, err = run(api, capsys, "apply")
     assert code == 0, err
-    assert out.splitlines()[0].endswith("applied: 0 created, 3 updated, 0 deleted, 0 unchanged")
+    assert out.splitlines()[0].endswith("applied: 0 created, 3 updated, 0 deleted, 6 unchanged")
     spot_pool = f"{CLUSTER}/nodePools/spot"
     assert [type(r).__name__ for r in api.fake.requests] == [
         "UpdateClusterRequest", "UpdateClusterRequest", "SetNodePoolAutoscalingRequest", "UpdateNodePoolRequest",
@@ -445,7 +470,7 @@ def test_drift_that_needs_a_new_cluster_is_refused_with_the_field_list_and_nothi
 
     code, out, err = run(api, capsys, "plan")
     assert code == 0, err
-    assert "  REPLACE    GKE cluster  erlmcp-cluster" in out
+    assert re.search(r"\n  REPLACE +GKE cluster +erlmcp-cluster ", out)
     assert "needs a new cluster (ip_allocation_policy, network_config.datapath_provider, private_cluster_config)" in out
     assert "      private_cluster_config.enable_private_endpoint: false -> true" in out
     assert "needs a new node pool (config.spot); apply refuses" in out
@@ -472,7 +497,7 @@ def test_a_missing_pool_is_created_in_place_and_pools_of_others_are_left_alone(a
     gpu.name = "gpu"
     cluster.node_pools = [pool(cluster, "primary"), gpu]
 
-    assert rows(plan_json(api, capsys)) == [UNCHANGED[0], UNCHANGED[1], ("CREATE", "node pool",
+    assert rows(plan_json(api, capsys)) == [*UNCHANGED[: ACCOUNT + 2], ("CREATE", "node pool",
                                             "erlmcp-cluster/spot")]  # fmt: skip
     code, out, err = run(api, capsys, "apply")
     assert code == 0, err
@@ -489,7 +514,7 @@ def test_a_missing_pool_is_created_in_place_and_pools_of_others_are_left_alone(a
 def test_dry_run_prints_the_plan_and_writes_nothing(api, capsys) -> None:
     code, out, err = run(api, capsys, "apply", "--dry-run")
     assert code == 0, err
-    assert "plan (dry run: nothing written): 3 to create" in out.splitlines()[0]
+    assert "plan (dry run: nothing written): 9 to create" in out.splitlines()[0]
     assert api.fake.writes == []
     assert api.fake.clusters == {}
 
@@ -608,12 +633,14 @@ def test_a_permission_error_exits_1_with_a_clear_message(api, capsys) -> None:
 
 
 def test_a_failed_or_endless_operation_exits_1_and_the_message_says_what_to_do(api, capsys, monkeypatch) -> None:
-    api.fake.service_accounts.clear()
+    api.fake.iam.refuse["CreateServiceAccount"] = Refused(grpc.StatusCode.PERMISSION_DENIED,
+                                                          "Permission 'iam.serviceAccounts.create' denied")  # fmt: skip
     code, out, err = run(api, capsys, "apply")
     assert (code, out) == (1, "")
-    assert f"cannot create GKE cluster erlmcp-cluster: service account {NODE_SA} does not exist" in err
+    assert (f"cannot create service account {NODE_SA}: permission denied (Permission 'iam.serviceAccounts.create' "
+            "denied); the caller needs roles/iam.serviceAccountAdmin") in err  # fmt: skip
+    assert api.fake.created == []  # nothing after the account: GKE would refuse nodes of an unknown account
 
-    api.fake.service_accounts.add(NODE_SA)
     api.fake.fail_next = "Insufficient regional quota to satisfy request: resource CPUS"
     code, out, err = run(api, capsys, "apply")
     assert (code, out) == (1, "")
@@ -686,7 +713,7 @@ def test_components_enabled_beyond_ours_are_kept_and_an_unset_profile_is_balance
     assert rows(plan_json(api, capsys)) == UNCHANGED
 
     cluster.logging_config.component_config.enable_components = ["SYSTEM_COMPONENTS", "APISERVER"]
-    (change, *_) = plan_json(api, capsys)["changes"]
+    change = plan_json(api, capsys)["changes"][ACCOUNT]
     assert change["differences"] == [{"field": "logging_config.component_config.enable_components",
                                       "actual": ["SYSTEM_COMPONENTS"],
                                       "desired": ["SYSTEM_COMPONENTS", "WORKLOADS"]}]  # fmt: skip
@@ -721,3 +748,84 @@ def test_the_cluster_runs_the_secret_manager_add_on_and_apply_turns_it_back_on(a
     assert code == 0, err
     assert api.fake.clusters[CLUSTER].secret_manager_config.enabled is True
     assert rows(plan_json(api, capsys)) == UNCHANGED
+
+
+def test_apply_makes_the_nodes_account_and_grants_its_roles_beside_everything_else_on_the_project(api, capsys) -> None:
+    others = policy_pb2.Policy(etag=b"BwX", bindings=[policy_pb2.Binding(role="roles/owner", members=["user:a@b.c"]),
+                               policy_pb2.Binding(role=NODE_ROLES[0], members=["group:ops@b.c"])])  # fmt: skip
+    api.fake.iam.project_policy["project"] = others
+    code, _, err = run(api, capsys, "apply")
+    assert code == 0, err
+    account = api.fake.iam.accounts[NODE_SA]
+    assert (account.display_name, account.project_id) == ("erlmcp GKE nodes", PROJECT)
+    for role in NODE_ROLES:
+        assert f"serviceAccount:{NODE_SA}" in project_members(api, role), role
+        assert f"granted {role} on projects/{PROJECT} to serviceAccount:{NODE_SA}" in err
+    assert project_members(api, "roles/owner") == {"user:a@b.c"}  # additive: nothing else changed
+    assert project_members(api, NODE_ROLES[0]) == {"group:ops@b.c", f"serviceAccount:{NODE_SA}"}
+    writes = api.fake.iam.writes
+    assert writes == [f"CreateServiceAccount {NODE_SA}", *["SetProjectIamPolicy project"] * len(NODE_ROLES)]
+
+
+def test_a_role_someone_removed_from_the_nodes_account_is_planned_and_granted_again(api, capsys) -> None:
+    created(api, capsys)
+    policy = api.fake.iam.project_policy["project"]
+    (binding,) = [b for b in policy.bindings if b.role == "roles/monitoring.metricWriter"]
+    binding.members.remove(f"serviceAccount:{NODE_SA}")  # someone in the console
+    document = plan_json(api, capsys)
+    (drift,) = [c for c in document["changes"] if c["action"] != "NO CHANGE"]
+    assert (drift["action"], drift["kind"], drift["name"]) == (
+        "UPDATE", "project role binding", f"projects/{PROJECT} roles/monitoring.metricWriter")  # fmt: skip
+    assert drift["differences"] == [{"field": "member", "actual": "absent", "desired": "present"}]
+    assert api.fake.iam.writes == []
+    code, out, err = run(api, capsys, "apply")
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("applied: 0 created, 1 updated, 0 deleted, 8 unchanged")
+    assert api.fake.iam.writes == ["SetProjectIamPolicy project"]
+    assert api.fake.writes == []
+    assert rows(plan_json(api, capsys)) == UNCHANGED
+
+
+def test_an_existing_nodes_account_is_used_as_it_is_and_a_disabled_one_is_said_to_be(api, capsys) -> None:
+    api.fake.iam.accounts[NODE_SA] = iam_admin_v1.ServiceAccount(email=NODE_SA, display_name="shared", disabled=True)
+    document = plan_json(api, capsys)
+    first = document["changes"][0]
+    assert (first["action"], first["name"]) == ("NO CHANGE", NODE_SA)
+    assert first["note"] == "disabled: nodes cannot run as it until it is enabled"
+    assert [c["action"] for c in document["changes"][1:ACCOUNT]] == ["UPDATE"] * len(NODE_ROLES)  # an old account
+    code, _, err = run(api, capsys, "apply")
+    assert code == 0, err
+    assert api.fake.iam.accounts[NODE_SA].display_name == "shared"  # never changed: it may be shared
+    assert "CreateServiceAccount" not in " ".join(api.fake.iam.writes)
+
+
+def test_grants_to_a_new_account_wait_until_iam_knows_it(api, capsys) -> None:
+    api.fake.iam.lagging = 2  # the first two policy writes naming the new account are refused, as IAM does
+    code, _, err = run(api, capsys, "apply")
+    assert code == 0, err
+    assert all(f"serviceAccount:{NODE_SA}" in project_members(api, role) for role in NODE_ROLES)
+
+
+def test_a_refused_grant_exits_1_naming_the_role_the_caller_needs_and_no_cluster_is_made(api, capsys) -> None:
+    api.fake.iam.refuse["SetProjectIamPolicy"] = Refused(grpc.StatusCode.PERMISSION_DENIED,
+                                                         "Policy update access denied.")  # fmt: skip
+    code, out, err = run(api, capsys, "apply")
+    assert (code, out) == (1, "")
+    assert (
+        f"cannot grant roles/logging.logWriter on projects/{PROJECT} to serviceAccount:{NODE_SA}: permission "
+        "denied (Policy update access denied.); the caller needs roles/resourcemanager.projectIamAdmin"
+    ) in err
+    assert api.fake.created == []
+
+
+def test_render_shows_the_nodes_account_and_its_roles_before_the_cluster(capsys) -> None:
+    code = main(["cluster", "render", "--json", "--project", PROJECT])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert list(document) == ["nodeServiceAccount", "parent", "cluster"]
+    account = document["nodeServiceAccount"]
+    assert account["serviceAccount"]["accountId"] == "erlmcp-gke-nodes"
+    assert [b["role"] for b in account["projectRoles"]["bindings"]] == list(NODE_ROLES)
+    assert {m for b in account["projectRoles"]["bindings"] for m in b["members"]} == {f"serviceAccount:{NODE_SA}"}
+    pools = document["cluster"]["nodePools"]
+    assert {p["config"]["serviceAccount"] for p in pools} == {NODE_SA}

@@ -4,11 +4,10 @@ apply, re-apply, new versions, drift, concurrent policy changes, dry runs, value
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,10 +20,11 @@ from google.cloud import iam_admin_v1, secretmanager_v1
 from google.iam.v1 import iam_policy_pb2, policy_pb2  # type: ignore[import-untyped]
 
 from deployer.cli import main
-from deployer.gcp import secrets
+from deployer.gcp import iam, secrets
 from deployer.gcp.secrets import ACCESSOR, ANNOTATION, WORKLOAD_IDENTITY_USER, Clients
 from tests.conftest import ROOT
 from tests.gcp import Refused, serve, unary
+from tests.iam_server import FakeIam, Pb
 
 PROJECT, NUMBER = "demo-project", "123456789012"
 EMAIL = f"erlmcp@{PROJECT}.iam.gserviceaccount.com"
@@ -37,53 +37,17 @@ KEYS_VALUE = b"mcp-key-0f1e2d3c4b5a69788796a5b4c3d2e1f0\nmcp-key-second-4a4b4c4d
 REDIS_VALUE = b"redis://:hunter2-redis-passw0rd@10.0.0.3:6379/0"
 LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 SECRET_NAME = re.compile(rf"projects/(?:{PROJECT}|{NUMBER})/secrets/([A-Za-z0-9_-]{{1,255}})")
-ACCOUNT_NAME = re.compile(rf"projects/(?:{PROJECT}|-)/serviceAccounts/([^/]+)")
 MUTABLE = {"labels", "topics", "rotation", "annotations", "expire_time", "ttl", "version_aliases"}
 
 
-class Pb:
-    """A plain protobuf message class (the IAM policy messages) as :func:`tests.gcp.unary` takes it."""
-
-    def __init__(self, message_type: Any) -> None:
-        self.deserialize = message_type.FromString
-        self.serialize = message_type.SerializeToString
-
-
 @dataclass
-class FakeGoogle:
+class FakeGoogle(FakeIam):
     """One project's Secret Manager and IAM, in memory, checking what the real services check on what we send."""
 
+    project: str = PROJECT
     secrets: dict[str, Any] = field(default_factory=dict)  # secret ID -> Secret (as stored: period included)
     versions: dict[str, list[tuple[bytes, Any]]] = field(default_factory=dict)  # secret ID -> [(data, state)]
     secret_policies: dict[str, Any] = field(default_factory=dict)  # secret ID -> Policy
-    accounts: dict[str, Any] = field(default_factory=dict)  # email -> ServiceAccount
-    account_policies: dict[str, Any] = field(default_factory=dict)  # email -> Policy
-    calls: list[str] = field(default_factory=list)
-    writes: list[str] = field(default_factory=list)
-    refuse: dict[str, Refused] = field(default_factory=dict)  # method -> the error of its next call
-    before: dict[str, Callable[[], None]] = field(default_factory=dict)  # method -> run once before its next call
-    workload_pool: bool = True  # a cluster with Workload Identity exists: PROJECT.svc.id.goog
-    lagging: int = 0  # the next policy writes that fail as if a new service account were not known yet
-    ids: Iterator[int] = field(default_factory=lambda: itertools.count(100000000000000000001))
-
-    def handler(self, method: Callable[[Any], Any]) -> Any:
-        name = "".join(part.title() for part in method.__name__.split("_"))
-
-        def call(request: Any, context: Any) -> Any:
-            self.calls.append(name)
-            try:
-                if name in self.before:
-                    self.before.pop(name)()
-                if name in self.refuse:
-                    raise self.refuse.pop(name)
-                return method(request)
-            except Refused as exc:
-                context.abort(exc.code, str(exc))
-
-        return call
-
-    def _write(self, method: str, name: str) -> None:
-        self.writes.append(f"{method} {name}")
 
     # -- secrets
 
@@ -184,42 +148,7 @@ class FakeGoogle:
             name=f"projects/{NUMBER}/secrets/{secret_id}/versions/{number}",
             payload=secretmanager_v1.SecretPayload(data=data))  # fmt: skip
 
-    # -- IAM policies, of a secret or a service account
-
-    def _check_members(self, policy: Any) -> None:
-        for binding in policy.bindings:
-            for member in binding.members:
-                if member.startswith(f"serviceAccount:{PROJECT}.svc.id.goog[") and not self.workload_pool:
-                    raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Identity Pool does not exist "
-                                  f"({PROJECT}.svc.id.goog). Please check that you specified a valid resource "
-                                  "name as returned in the `name` attribute in the configuration API.")  # fmt: skip
-                email = member.removeprefix("serviceAccount:")
-                known = email in self.accounts and not self.lagging
-                if member.startswith("serviceAccount:") and email.endswith(".iam.gserviceaccount.com") and not known:
-                    self.lagging = max(0, self.lagging - 1)
-                    raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Service account {email} does not exist.")
-
-    @staticmethod
-    def _policy(store: dict[str, Any], key: str) -> Any:
-        found = policy_pb2.Policy(etag=b"ACAB")  # what the API answers for a resource without a policy
-        if key in store:
-            found.CopyFrom(store[key])
-        return found
-
-    def _set_policy(self, store: dict[str, Any], key: str, request: Any, method: str) -> Any:
-        current = self._policy(store, key)
-        if request.policy.etag and request.policy.etag != current.etag:
-            raise Refused(grpc.StatusCode.ABORTED, "There were concurrent policy changes. Please retry the whole "
-                          "read-modify-write with exponential backoff.")  # fmt: skip
-        if any(b.HasField("condition") for b in request.policy.bindings) and request.policy.version < 3:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "conditional bindings need policy version 3")
-        self._check_members(request.policy)
-        stored = policy_pb2.Policy()
-        stored.CopyFrom(request.policy)
-        stored.etag = uuid.uuid4().bytes[:8]
-        store[key] = stored
-        self._write(method, key)
-        return stored
+    # -- the secrets' IAM policies
 
     def get_iam_policy(self, request: Any) -> Any:
         return self._policy(self.secret_policies, self._secret_id(request.resource))
@@ -227,46 +156,12 @@ class FakeGoogle:
     def set_iam_policy(self, request: Any) -> Any:
         return self._set_policy(self.secret_policies, self._secret_id(request.resource), request, "SetIamPolicy")
 
-    # -- service accounts
-
-    def _email(self, name: str) -> str:
-        match = ACCOUNT_NAME.fullmatch(name)
-        if match is None:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid service account name {name}")
-        if match.group(1) not in self.accounts:
-            raise Refused(grpc.StatusCode.NOT_FOUND, f"Unknown service account {match.group(1)}")
-        return match.group(1)
-
-    def get_service_account(self, request: Any) -> Any:
-        return self.accounts[self._email(request.name)]
-
-    def create_service_account(self, request: Any) -> Any:
-        if request.name != f"projects/{PROJECT}":
-            raise Refused(grpc.StatusCode.NOT_FOUND, f"no project {request.name}")
-        if not re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", request.account_id):
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid account_id {request.account_id}")
-        email = f"{request.account_id}@{PROJECT}.iam.gserviceaccount.com"
-        if email in self.accounts:
-            raise Refused(grpc.StatusCode.ALREADY_EXISTS, f"Service account {request.account_id} already exists")
-        account = iam_admin_v1.ServiceAccount(request.service_account)
-        account.name, account.email, account.project_id = f"projects/{PROJECT}/serviceAccounts/{email}", email, PROJECT
-        account.unique_id = str(next(self.ids))
-        self.accounts[email] = account
-        self._write("CreateServiceAccount", email)
-        return account
-
-    def get_account_iam_policy(self, request: Any) -> Any:
-        return self._policy(self.account_policies, self._email(request.resource))
-
-    def set_account_iam_policy(self, request: Any) -> Any:
-        email = self._email(request.resource)
-        return self._set_policy(self.account_policies, email, request, "SetServiceAccountIamPolicy")
-
     def services(self) -> dict[str, dict[str, Any]]:
-        sm, iam, h = secretmanager_v1, iam_admin_v1, self.handler
+        sm, h = secretmanager_v1, self.handler
         get_policy, set_policy, policy = (Pb(iam_policy_pb2.GetIamPolicyRequest),
                                           Pb(iam_policy_pb2.SetIamPolicyRequest), Pb(policy_pb2.Policy))  # fmt: skip
         return {
+            **super().services(),
             "google.cloud.secretmanager.v1.SecretManagerService": {
                 "GetSecret": unary(h(self.get_secret), sm.GetSecretRequest, sm.Secret),
                 "CreateSecret": unary(h(self.create_secret), sm.CreateSecretRequest, sm.Secret),
@@ -276,14 +171,6 @@ class FakeGoogle:
                                              sm.AccessSecretVersionResponse),
                 "GetIamPolicy": unary(h(self.get_iam_policy), get_policy, policy),
                 "SetIamPolicy": unary(h(self.set_iam_policy), set_policy, policy),
-            },
-            "google.iam.admin.v1.IAM": {
-                "GetServiceAccount": unary(h(self.get_service_account), iam.GetServiceAccountRequest,
-                                           iam.ServiceAccount),
-                "CreateServiceAccount": unary(h(self.create_service_account), iam.CreateServiceAccountRequest,
-                                              iam.ServiceAccount),
-                "GetIamPolicy": unary(h(self.get_account_iam_policy), get_policy, policy),
-                "SetIamPolicy": unary(h(self.set_account_iam_policy), set_policy, policy),
             },
         }  # fmt: skip
 
@@ -319,7 +206,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(secrets, "PROPAGATION_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(iam, "PROPAGATION_DELAYS", (0.0, 0.0, 0.0))
 
 
 def values(api: Api, *keys: str) -> list[str]:

@@ -1,0 +1,89 @@
+"""IAM policy writes as every platform command makes them: additive, optimistic, patient with new accounts.
+
+* **Additive**: read the policy (version 3), add the member to the role's unconditional binding, write it back;
+  other members, roles and conditional bindings stay as they were.
+* **Optimistic**: the write carries the etag read; a concurrent change (``ABORTED``: stale etag) is re-read and
+  retried, :data:`ETAG_ATTEMPTS` times in all.
+* **Patient**: right after a service account is created, IAM may refuse policies naming it for a while
+  (``INVALID_ARGUMENT``/``NOT_FOUND``); such writes are retried for about a minute (:data:`PROPAGATION_DELAYS`).
+
+:class:`Policy` works on any resource whose API has ``GetIamPolicy``/``SetIamPolicy`` (a secret, a service
+account, a project): it is given the two calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as api
+from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
+
+__all__ = ["ETAG_ATTEMPTS", "PROPAGATION_DELAYS", "Policy", "granted", "holds", "patiently"]
+
+ETAG_ATTEMPTS = 3
+PROPAGATION_DELAYS: tuple[float, ...] = (1, 2, 4, 8, 15, 30)
+"""Seconds to wait before retrying a policy write that names a service account created moments ago."""
+
+T = TypeVar("T")
+
+
+def patiently(call: Callable[[], T], *, fresh: bool) -> T:
+    """``call()``, retried while IAM does not know a service account created moments ago (``fresh``). A missing
+    Workload Identity pool is not waited for: it comes only with a cluster."""
+    for delay in (*(PROPAGATION_DELAYS if fresh else ()), None):
+        try:
+            return call()
+        except (api.InvalidArgument, api.NotFound) as exc:
+            if delay is None or "Identity Pool" in (exc.message or ""):
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def holds(policy: Any, role: str, member: str) -> bool:
+    """Whether ``member`` has ``role`` in ``policy`` without a condition."""
+    return any(b.role == role and member in b.members and not b.HasField("condition") for b in policy.bindings)
+
+
+def granted(policy: Any, role: str, member: str) -> Any:
+    """A copy of ``policy`` with ``member`` in ``role``'s unconditional binding; everything else as it was."""
+    updated = policy_pb2.Policy()
+    updated.CopyFrom(policy)
+    for binding in updated.bindings:
+        if binding.role == role and not binding.HasField("condition"):
+            binding.members.append(member)
+            return updated
+    updated.bindings.add(role=role, members=[member])
+    return updated
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The IAM policy calls of one resource (``get`` and ``set`` take the request messages)."""
+
+    resource: str
+    get: Callable[[Any], Any]
+    set: Callable[[Any], Any]
+
+    def read(self) -> Any:
+        options = options_pb2.GetPolicyOptions(requested_policy_version=3)
+        return self.get(iam_policy_pb2.GetIamPolicyRequest(resource=self.resource, options=options))
+
+    def grant(self, role: str, member: str) -> bool:
+        """Adds ``member`` to ``role`` with the etag read (re-read on a concurrent change); False if it was there."""
+        for attempt in range(ETAG_ATTEMPTS):
+            policy = self.read()
+            if holds(policy, role, member):
+                return False
+            try:
+                self.set(
+                    iam_policy_pb2.SetIamPolicyRequest(resource=self.resource, policy=granted(policy, role, member))
+                )
+                return True
+            except api.Aborted:
+                if attempt == ETAG_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
