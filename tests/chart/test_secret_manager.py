@@ -107,6 +107,8 @@ def test_a_chosen_secret_and_version_are_the_ones_mounted(helm: str) -> None:
         ((*ON, "auth.existingSecret=mine"), "leave auth.apiKey and auth.existingSecret empty"),
         ((*ON, "auth.enabled=false"), "auth.enabled=false uses none"),
         ((*ON, "secretManager.version=newest"), "secretManager.version"),
+        ((*ON, "secretManager.version=0"), "secretManager.version"),  # (--set makes it an integer)
+        ((*ON, "secretManager.version=-2"), "secretManager.version"),
         ((*ON, "secretManager.apiKeysSecret=a/b"), "secretManager.apiKeysSecret"),
     ],
 )
