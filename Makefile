@@ -46,7 +46,7 @@ lint: setup  ## ruff, mypy --strict, helm lint --strict, hadolint
 	ruff format --check .
 	mypy
 	helm lint --strict chart/
-	hadolint Dockerfile deployer/Dockerfile verify/Dockerfile redis/Dockerfile
+	hadolint Dockerfile redis/Dockerfile
 
 format: setup  ## apply ruff's fixes and formatting
 	ruff check --fix .

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the four Marketplace images with a local Docker engine, from a local base image, without a registry:
 #   scripts/build-images.sh PREFIX TAG
-# makes PREFIX:TAG (server), PREFIX/deployer:TAG, PREFIX/tester:TAG and PREFIX/redis:TAG, and prints each image's
-# size. Every wheel and tool comes from wheelhouse/ (filled here from the lock file, checked by hash): the Python
-# images build with no network. The redis image installs Debian's redis-server package with the base's apt, from
+# makes PREFIX:TAG (server), PREFIX/tester:TAG, PREFIX/deployer:TAG (the Dockerfile's three targets) and
+# PREFIX/redis:TAG (redis/Dockerfile), and prints each image's size. Every wheel and tool comes from wheelhouse/
+# (filled here from the lock file, checked by hash): the Python images build with no network. The redis image installs Debian's redis-server package with the base's apt, from
 # the Debian mirror debootstrap used (--network host, for that build only; a cached build fetches nothing).
 # Exit 3 when no container engine can run on this machine.
 set -euo pipefail
@@ -31,17 +31,17 @@ report() {  # report IMAGE: its line of the size table
   printf '%-50s %s\n' "$1" "$(sizes "$1")"
 }
 
-build() {  # build IMAGE DOCKERFILE [BUILD-ARG...]
-  local image=$1 dockerfile=$2
+build() {  # build IMAGE TARGET [BUILD-ARG...]: a target of the one Dockerfile
+  local image=$1 target=$2
   shift 2
   local args=(--network none --build-arg "PYTHON_IMAGE=$base" --build-arg "BUILD_IMAGE=$build_base" --build-arg WHEELS=offline)
   for arg in "$@"; do args+=(--build-arg "$arg"); done
-  docker build --quiet "${args[@]}" -f "$dockerfile" -t "$image" . >/dev/null
+  docker build --quiet "${args[@]}" --target "$target" -t "$image" . >/dev/null
   report "$image"
 }
-build "$PREFIX:$TAG" Dockerfile "VERSION=$TAG"
-build "$PREFIX/tester:$TAG" verify/Dockerfile "VERSION=$TAG"
-build "$PREFIX/deployer:$TAG" deployer/Dockerfile "REGISTRY=$PREFIX" "TAG=$TAG"
+build "$PREFIX:$TAG" server "VERSION=$TAG"
+build "$PREFIX/tester:$TAG" tester "VERSION=$TAG"
+build "$PREFIX/deployer:$TAG" deployer "REGISTRY=$PREFIX" "VERSION=$TAG"
 # Redis: on the same slim base (its layers are shared with the server's on a node), redis/ as the whole context.
 docker build --quiet --network host --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$TAG" \
   -f redis/Dockerfile -t "$PREFIX/redis:$TAG" redis >/dev/null

@@ -3,7 +3,7 @@
 # For people with Docker and kind; these project machines have no kind node image, so CI cannot run it. It is a
 # thin script over code paths the tests cover against a real API server (tests/deployer/test_cluster.py):
 #   1. a kind cluster wired to a local registry on localhost:5001;
-#   2. the app, tester and deployer images built and pushed there (deployer/Dockerfile lays out /data);
+#   2. the app, tester and deployer images built and pushed there (the Dockerfile's deployer target lays out /data);
 #   3. the Application CRD (deployer/crd/application.yaml);
 #   4. what Marketplace provisions: namespace, placeholder Application, deployer ServiceAccount + RoleBinding,
 #      the values Secret; then the deployer Job with /bin/deploy_with_tests.sh, as mpdev verify runs it;
@@ -35,9 +35,9 @@ KIND
 fi
 kubectl config use-context "kind-$CLUSTER" >/dev/null
 
-docker build -t "$PREFIX:$TAG" .
-docker build -t "$PREFIX/tester:$TAG" -f verify/Dockerfile .
-docker build -t "$PREFIX/deployer:$TAG" -f deployer/Dockerfile --build-arg "REGISTRY=$PREFIX" --build-arg "TAG=$TAG" .
+docker build -t "$PREFIX:$TAG" --target server --build-arg "VERSION=$TAG" .
+docker build -t "$PREFIX/tester:$TAG" --target tester --build-arg "VERSION=$TAG" .
+docker build -t "$PREFIX/deployer:$TAG" --target deployer --build-arg "REGISTRY=$PREFIX" --build-arg "VERSION=$TAG" .
 for image in "$PREFIX:$TAG" "$PREFIX/tester:$TAG" "$PREFIX/deployer:$TAG"; do docker push "$image"; done
 
 kubectl apply -f deployer/crd/application.yaml

@@ -70,12 +70,33 @@ def test_every_derived_image_is_built_with_both_tags() -> None:
         assert f"{repo}:{values['_TRACK']}" in built, name
 
 
+def dockerfile_targets() -> list[str]:
+    """The stage names of the repository's Dockerfile, in order (the last is what a build without --target makes)."""
+    text = (ROOT / "Dockerfile").read_text()
+    return re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.MULTILINE)
+
+
+def test_the_server_tester_and_deployer_images_are_targets_of_the_one_dockerfile() -> None:
+    document, values = build()
+    steps = {step["id"]: step for step in document["steps"]}
+    targets = dockerfile_targets()
+    assert targets[-1] == "server"  # `docker build .` makes the server
+    for image in ("server", "tester", "deployer"):
+        args = steps[f"build-{image}"]["args"]
+        assert "--file" not in args, image
+        assert args[args.index("--target") + 1] == image
+        assert image in targets
+        assert f"VERSION={values['_VERSION']}" in args, image
+        assert args[-1] == ".", image  # the repository is the context
+    assert sorted(path.relative_to(ROOT).as_posix() for path in ROOT.glob("*/Dockerfile")) == ["redis/Dockerfile"]
+
+
 def test_the_deployer_image_is_built_for_this_prefix_and_version() -> None:
     document, values = build()
     [step] = [s for s in document["steps"] if s["id"] == "build-deployer"]
-    assert step["args"][step["args"].index("--file") + 1] == "deployer/Dockerfile"
+    assert step["args"][step["args"].index("--target") + 1] == "deployer"
     assert f"REGISTRY={PREFIX}" in step["args"]
-    assert f"TAG={values['_VERSION']}" in step["args"]
+    assert f"VERSION={values['_VERSION']}" in step["args"]
 
 
 def test_the_header_comment_lists_exactly_the_images_built() -> None:

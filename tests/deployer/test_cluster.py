@@ -315,7 +315,7 @@ def test_a_missing_required_value_exits_2(control_plane: ControlPlane, cluster: 
 
 
 def data_dirs(tmp_path: Path, namespace: str) -> tuple[Path, Path]:
-    """/data and /data-test as the deployer image lays them out (deployer/Dockerfile builds the same)."""
+    """/data and /data-test as the deployer image lays them out (the Dockerfile's deployer target builds the same)."""
     data, data_test = tmp_path / "data", tmp_path / "data-test"
     (data / "chart").mkdir(parents=True)
     (data_test / "chart").mkdir(parents=True)

@@ -1,6 +1,6 @@
 """The tester for real: ``python -m deployer marketplace --test`` (mpdev verify's flow) and ``helm test`` run the
-chart's tester Pod, built from verify/Dockerfile, against the server Pod, built from the Dockerfile, both run as real
-containers by a real kubelet (tests/node.py) next to a real control plane with all of its controllers.
+chart's tester Pod, built from the Dockerfile's tester target, against the server Pod, built from its server target,
+both run as real containers by a real kubelet (tests/node.py) next to a real control plane with all of its controllers.
 
 The images are built with scripts/build-images.sh (cached by the engine; the first build takes minutes) and copied
 into the node's engine. How Pods get a network on a machine without CNI, kube-proxy or DNS is in tests/node.py.
