@@ -164,6 +164,7 @@ class LoggingConfig(_Section):
     bigquery_dataset: str = "erlmcp_logs"  # in the configuration's project; the sink's tables are partitioned
     storage_bucket: str | None = None  # a Cloud Storage bucket name; default: PROJECT-erlmcp-logs
     log_bucket: str = "_Default"  # the log bucket whose retention is set; another ID: created, and routed to
+    location: str = "global"  # the log bucket's location (_Default's, unless the organisation chose a region)
     retention_days: int = 30  # the log bucket's retention (1-3650; _Default's own default is 30)
     exclusions: bool = True  # keep health-check and probe requests out of the sinks and the log bucket
     filter: str | None = None  # which entries the sinks route; default: erlmcp's, on GKE, Cloud Run and GCE

@@ -80,6 +80,7 @@ __all__ = [
     "Clients",
     "Desired",
     "LoggingRouterError",
+    "Plan",
     "apply_plan",
     "command",
     "default_filter",
@@ -101,6 +102,7 @@ Log = Callable[[str], None]
 _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _STORAGE_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _LOG_BUCKET = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]{0,99}")
+_LOCATION = re.compile(r"global|[a-z]+(-[a-z]+[0-9]+)?")  # global, a region, or a multi-region (us, eu)
 _MAX_FILTER = 20_000  # characters: Cloud Logging's limit on a sink's filter
 _SINK_FIELDS = {  # the fields compared and written, REST name -> update_mask path
     "destination": "destination",
@@ -171,6 +173,8 @@ def _validate(config: GcpConfig) -> None:
             f"logging.logBucket {section.log_bucket!r}: _Default, or a log bucket ID (1-100 of letters, digits, - "
             "and _, not starting with _: _Required's retention cannot change)"
         )
+    if not _LOCATION.fullmatch(section.location):
+        raise ValuesError(f"logging.location {section.location!r}: global, or a region such as us-central1")
     if not 1 <= section.retention_days <= 3650:
         raise ValuesError(f"logging.retentionDays {section.retention_days}: 1 to 3650 days")
     if section.filter is not None and not section.filter.strip():
@@ -242,7 +246,7 @@ def desired(config: GcpConfig) -> Desired:
             sink("storage", f"storage.googleapis.com/{bucket}", "Cloud Storage"),
         ]
     )
-    bucket_name = f"projects/{project}/locations/global/buckets/{section.log_bucket}"
+    bucket_name = f"projects/{project}/locations/{section.location}/buckets/{section.log_bucket}"
     own_bucket = section.log_bucket != DEFAULT_BUCKET
     if own_bucket:
         sink_id, message = sink(
@@ -379,11 +383,11 @@ class _Step:
 
 @dataclass
 class Plan:
-    """The changes, in the order apply makes them, and the sinks' writer identities known so far."""
+    """What is wanted, the changes in the order apply makes them, and the sinks' writer identities known so far."""
 
+    want: Desired
     steps: list[_Step] = field(default_factory=list)
     identities: dict[str, str] = field(default_factory=dict)  # sink ID -> writer identity
-    want: Desired | None = None
 
     @property
     def changes(self) -> list[Change]:
@@ -399,14 +403,17 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
     want = desired(config)
     client = clients.config
     parent = f"projects/{want.project}"
-    found = Plan(want=want)
+    found = Plan(want)
 
     # the log bucket: its retention (and, for our own, its description)
     actual_bucket = _read(
         f"log bucket {want.bucket.name}", partial(client.get_bucket, request={"name": want.bucket.name})
     )
     if actual_bucket is None and not want.create_bucket:
-        raise LoggingRouterError(f"log bucket {want.bucket.name} does not exist (is the Logging API enabled?)")
+        raise LoggingRouterError(
+            f"log bucket {want.bucket.name} does not exist (is the Logging API enabled? is the project's _Default "
+            "bucket in another location: set logging.location)"
+        )
     if actual_bucket is None:
         bucket_id = want.bucket.name.rsplit("/", 1)[1]
         bucket_parent = want.bucket.name.rsplit("/buckets/", 1)[0]
@@ -488,7 +495,6 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
 
 def _manual(found: Plan) -> None:
     """The MANUAL lines: the destinations to make and the grants to give (never made or given here)."""
-    assert found.want is not None
     for grant in found.want.grants:
         kind = "bigquery dataset" if grant.role == BIGQUERY_ROLE else "storage bucket"
         found.steps.append(
@@ -508,10 +514,9 @@ def _manual(found: Plan) -> None:
         )
 
 
-def apply_plan(clients: Clients, config: GcpConfig, found: Plan, *, log: Log = lambda _: None) -> None:
-    """Makes the plan's changes in order (the bucket before a sink routes to it); the MANUAL lines then name the
-    writer identities of the sinks just made."""
-    del clients, config  # (the writes are bound in the plan)
+def apply_plan(found: Plan, *, log: Log = lambda _: None) -> None:
+    """Makes the plan's changes in order, with the calls :func:`plan` bound to the client (the bucket before a sink
+    routes to it); the MANUAL lines then name the writer identities of the sinks just made."""
     for step in found.steps:
         change = step.change
         if step.write is None or change.action not in (CREATE, UPDATE, DELETE):
@@ -543,7 +548,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     try:
         found = plan(clients, config)
         if mode == "apply":
-            apply_plan(clients, config, found, log=log)
+            apply_plan(found, log=log)
     finally:
         clients.close()
     render(f"Cloud Logging router for project {config.project}", found.changes, mode=mode, out=out, as_json=args.json)

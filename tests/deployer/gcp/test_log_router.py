@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from deployer.cli import main
 from deployer.gcp import log_router
 from tests.conftest import ROOT
 from tests.deployer.gcp.test_render import offline  # noqa: F401 (a fixture)
+from tests.gcp import Refused
 from tests.logging_config import FakeLoggingConfig
 
 PROJECT = "erlmcp-logs-1"
@@ -205,6 +207,7 @@ def test_an_own_log_bucket_is_created_with_its_retention_and_routed_to(
         ({"storageBucket": "Bad_Bucket"}, "logging.storageBucket 'Bad_Bucket'"),
         ({"logBucket": "_Required"}, "logging.logBucket '_Required'"),
         ({"filter": "  "}, "logging.filter"),
+        ({"location": "Mars"}, "logging.location 'Mars'"),
         ({"retentionDay": 30}, "logging.retentionDay: Extra inputs are not permitted"),
     ],
 )
@@ -226,6 +229,18 @@ def test_a_filter_the_api_refuses_fails_apply_with_its_message(
     assert f"cannot create log sink {BIGQUERY}" in error
     assert "Unparseable filter" in error
     assert api.sinks == {}
+
+
+def test_a_default_bucket_elsewhere_and_a_refused_read_fail_plan_naming_them(
+    capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path
+) -> None:
+    common = ["--project", PROJECT, "--insecure", "--endpoint", api.endpoint]
+    assert main(["logging", "plan", *common, *configured(tmp_path, location="us-central1")]) == 1
+    assert "set logging.location" in capsys.readouterr().err
+    api.refuse["get_sink"] = Refused(grpc.StatusCode.PERMISSION_DENIED, "logging.sinks.get denied")
+    assert main(["logging", "plan", *common]) == 1
+    assert f"cannot read log sink {BIGQUERY}: logging.sinks.get denied" in capsys.readouterr().err
+    assert api.writes == []
 
 
 def test_the_exclusion_matches_the_servers_health_paths_and_probes_only() -> None:
