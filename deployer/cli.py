@@ -428,9 +428,9 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "logging": (
         "log_router",
         ("plan", "apply", "render"),
-        "the Cloud Logging router: log sinks to BigQuery and Cloud Storage (unique writer identities), the "
-        "health-check and probe exclusions and the log bucket's retention; the sinks' grants on their "
-        "destinations are printed as MANUAL commands, not applied",
+        "the Cloud Logging router (log sinks to BigQuery and Cloud Storage with unique writer identities, the "
+        "health-check and probe exclusions, the log bucket's retention; the grants the sinks need on their "
+        "destinations are printed as MANUAL commands, not applied)",
     ),
 }
 
