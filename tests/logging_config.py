@@ -5,7 +5,8 @@ What it does as the real API does: the project's ``_Default`` (30 days) and ``_R
 buckets exist from the start; a sink, exclusion or bucket created twice is ALREADY_EXISTS, one not there NOT_FOUND;
 ``LogSink.name`` and ``LogExclusion.name`` come back as the bare ID, ``LogBucket.name`` as the full resource name;
 a sink created with ``unique_writer_identity`` gets its own ``serviceAccount:...@gcp-sa-logging`` writer identity,
-which updates keep; a destination that is not ``bigquery.googleapis.com/projects/P/datasets/D``,
+which updates keep (an update of such a sink without ``unique_writer_identity`` is INVALID_ARGUMENT); a
+destination that is not ``bigquery.googleapis.com/projects/P/datasets/D``,
 ``storage.googleapis.com/BUCKET`` or ``logging.googleapis.com/projects/P/locations/L/buckets/B`` is
 INVALID_ARGUMENT, and so is a filter with unbalanced quotes or parentheses, an exclusion without a filter, a
 retention outside 1-3650 days, and an update mask naming a field that cannot be updated. Updates change exactly
@@ -90,6 +91,7 @@ class FakeLoggingConfig:
     buckets: dict[str, Any] = field(default_factory=dict)  # full name -> LogBucket
     writes: list[str] = field(default_factory=list)
     refuse: dict[str, Refused] = field(default_factory=dict)
+    unique: set[str] = field(default_factory=set)  # the sinks created with unique_writer_identity
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(100001))
     _server: Any = None
     port: int = 0
@@ -164,6 +166,8 @@ class FakeLoggingConfig:
             "gcp-sa-logging.iam.gserviceaccount.com" if request.unique_writer_identity else "system.gserviceaccount.com"
         )
         sink.writer_identity = f"serviceAccount:{identity}@{domain}"
+        if request.unique_writer_identity:
+            self.unique.add(sink.name)
         sink.create_time = sink.update_time = self._now()
         self.sinks[sink.name] = sink
         self.writes.append(f"CreateSink {sink.name}")
@@ -181,6 +185,8 @@ class FakeLoggingConfig:
 
     def update_sink(self, request: Any) -> Any:
         stored = self.get_sink(lc.GetSinkRequest(sink_name=request.sink_name))
+        if stored.name in self.unique and not request.unique_writer_identity:
+            raise _invalid(f"sink {stored.name} has a unique writer identity: unique_writer_identity cannot be false")
         paths = _masked(request.update_mask.paths, _SINK_FIELDS, "sink") or [
             "destination",
             "filter",
@@ -198,6 +204,7 @@ class FakeLoggingConfig:
     def delete_sink(self, request: Any) -> None:
         sink_id = self.get_sink(lc.GetSinkRequest(sink_name=request.sink_name)).name
         del self.sinks[sink_id]
+        self.unique.discard(sink_id)
         self.writes.append(f"DeleteSink {sink_id}")
 
     # -- project exclusions (the _Default sink's)

@@ -158,6 +158,22 @@ def test_drift_is_planned_and_undone_by_apply(
     assert run(capsys, api, "plan")["summary"]["UPDATE"] == 0
 
 
+def test_the_stand_in_refuses_dropping_a_unique_writer_identity_as_the_api_does(api: FakeLoggingConfig) -> None:
+    from google.api_core.exceptions import InvalidArgument
+    from google.cloud.logging_v2.types import logging_config as lc
+
+    clients = log_router.Clients.connect(api.endpoint, insecure=True)
+    try:
+        sink = lc.LogSink(name="s", destination=f"storage.googleapis.com/{PROJECT}-b", filter="severity>=ERROR")
+        clients.config.create_sink(
+            request={"parent": f"projects/{PROJECT}", "sink": sink, "unique_writer_identity": True}
+        )
+        with pytest.raises(InvalidArgument, match="unique_writer_identity cannot be false"):
+            clients.config.update_sink(sink_name=f"projects/{PROJECT}/sinks/s", sink=sink)
+    finally:
+        clients.close()
+
+
 def test_dry_run_of_apply_prints_the_plan_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig
 ) -> None:
