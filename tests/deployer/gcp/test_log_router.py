@@ -174,6 +174,20 @@ def test_the_stand_in_refuses_dropping_a_unique_writer_identity_as_the_api_does(
         clients.close()
 
 
+def test_the_table_says_what_is_not_applied_and_does_not_count_it(
+    capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig
+) -> None:
+    assert main(["logging", "plan", "--project", PROJECT, "--insecure", "--endpoint", api.endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"Cloud Logging router for project {PROJECT} plan: 3 to create, 0 to update, 0 to delete, 1 unchanged"
+    )
+    manual = [line for line in lines if line.lstrip().startswith("MANUAL")]
+    assert len(manual) == 4
+    assert all("NOT MADE by this tool" in line or "NOT APPLIED by this tool" in line for line in manual)
+    assert sum("WRITER_IDENTITY: sink" in line for line in manual) == 2  # no sink yet: no identity to name
+
+
 def test_dry_run_of_apply_prints_the_plan_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig
 ) -> None:
