@@ -425,6 +425,13 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "sessions (sessions.store: external); render prints the desired instance offline, apply "
         "--secret-out DIR writes its connection for a Kubernetes Secret",
     ),
+    "logging": (
+        "log_router",
+        ("plan", "apply", "render"),
+        "the Cloud Logging router (log sinks to BigQuery and Cloud Storage with unique writer identities, the "
+        "health-check and probe exclusions, the log bucket's retention; the grants the sinks need on their "
+        "destinations are printed as MANUAL commands, not applied)",
+    ),
 }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "ClusterConfig",
     "ComputeConfig",
     "GcpConfig",
+    "LoggingConfig",
     "MaintenanceWindowConfig",
     "MemorystoreConfig",
     "NetworkConfig",
@@ -156,6 +157,19 @@ class MemorystoreConfig(_Section):
     secret_name: str = "erlmcp-memorystore"  # noqa: S105 (a name) the Kubernetes Secret the printed kubectl makes
 
 
+class LoggingConfig(_Section):
+    """The Cloud Logging router (section 7): sinks to BigQuery and Cloud Storage, the probe exclusions and the log
+    bucket's retention; checked, naming the key, by :mod:`deployer.gcp.log_router`."""
+
+    bigquery_dataset: str = "erlmcp_logs"  # in the configuration's project; the sink's tables are partitioned
+    storage_bucket: str | None = None  # a Cloud Storage bucket name; default: PROJECT-erlmcp-logs
+    log_bucket: str = "_Default"  # the log bucket whose retention is set; another ID: created, and routed to
+    location: str = "global"  # the log bucket's location (_Default's, unless the organisation chose a region)
+    retention_days: int = 30  # the log bucket's retention (1-3650; _Default's own default is 30)
+    exclusions: bool = True  # keep health-check and probe requests out of the sinks and the log bucket
+    filter: str | None = None  # which entries the sinks route; default: erlmcp's, on GKE, Cloud Run and GCE
+
+
 class GcpConfig(_Section):
     """Everything :mod:`deployer.gcp` makes, from one file."""
 
@@ -171,6 +185,7 @@ class GcpConfig(_Section):
     cloud_run: CloudRunConfig = Field(default_factory=CloudRunConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     memorystore: MemorystoreConfig = Field(default_factory=MemorystoreConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("project")
     @classmethod

@@ -19,7 +19,7 @@ from tests.compute_rest import ComputeRest
 from tests.deployer.gcp.test_cloudrun import knative_validator
 
 PROJECT = "erlmcp-render-1"
-PLATFORMS = ("cloudrun", "gce", "cluster", "network", "monitoring", "secrets", "memorystore")
+PLATFORMS = ("cloudrun", "gce", "cluster", "network", "monitoring", "secrets", "memorystore", "logging")
 
 
 @pytest.fixture
