@@ -210,3 +210,15 @@ maxmemory-policy volatile-lru
 # Logs to stdout, for Cloud Logging.
 logfile ""
 {{- end -}}
+
+{{/* Usage-based billing needs the listing's reporting secret and service name. */}}
+{{- define "erlmcp.checkMetering" -}}
+{{- if .Values.metering.enabled -}}
+{{- if not .Values.metering.reportingSecret -}}
+{{- fail "metering.enabled needs metering.reportingSecret (Marketplace's REPORTING_SECRET: the Secret with consumer-id and reporting-key)" -}}
+{{- end -}}
+{{- if not .Values.metering.serviceName -}}
+{{- fail "metering.enabled needs metering.serviceName (the listing's Service Control service name, given at onboarding)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
