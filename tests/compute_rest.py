@@ -31,6 +31,7 @@ and delete; writes answer an Operation that is RUNNING until it is read again or
 Left out, among others: a managed certificate's provisioning (it stays PROVISIONING: no DNS here), quotas, Cloud
 Armor's expression language and its rule limits per policy, the forwarding rules' and proxies' own custom methods
 (``setTarget``, ``setSslCertificates``, ``setUrlMap``: the deployer patches proxies and never changes a rule),
+``updateMask`` on any method but patchRule,
 URL maps' host rules and path matchers, regional frontends (regional addresses, proxies, URL maps, proxy-only
 subnets), and which fields the API lets a patch change on each kind.
 
@@ -403,7 +404,9 @@ class ComputeRest:
         return key
 
     def _rule(self, verb: str, key: str, query: dict[str, list[str]], raw: str) -> str:
-        policy = self._existing(key)
+        """addRule, patchRule (a merge patch; ``updateMask``: the comma-separated paths to clear) and removeRule,
+        on a copy that replaces the policy only when the result is valid."""
+        policy = copy.deepcopy(self._existing(key))
         rules: list[dict[str, Any]] = policy.setdefault("rules", [])
         wanted = query.get("priority", [None])[0]
         if verb == "add":
@@ -422,9 +425,12 @@ class ComputeRest:
                 rules.remove(found[0])
             else:
                 patched = merge_patch(found[0], self._parsed_rule(raw))
+                for path in ",".join(query.get("updateMask", [])).split(","):
+                    _clear(patched, path.strip())
                 rules[rules.index(found[0])] = patched
         _security_policy(policy)
         policy["fingerprint"] = self._fingerprint()
+        self.resources[key] = policy
         return key
 
     def _parsed_rule(self, raw: str) -> dict[str, Any]:
@@ -712,6 +718,14 @@ def _ssl_certificate(certificate: dict[str, Any]) -> None:
 
 RATE_INTERVALS = (10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600)  # rateLimitThreshold.intervalSec
 _ACTION = re.compile(r"allow|deny\((403|404|502)\)|redirect|throttle|rate_based_ban")
+
+
+def _clear(value: dict[str, Any], path: str) -> None:
+    """Remove the field at the dotted camelCase ``path`` (an update mask's entry), if there."""
+    *parents, last = path.split(".")
+    for name in parents:
+        value = value.get(name) if isinstance(value.get(name), dict) else {}
+    value.pop(last, None)
 
 
 def _with_default_rule(policy: dict[str, Any]) -> None:

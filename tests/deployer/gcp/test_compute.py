@@ -12,15 +12,17 @@ import re
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.cloud import compute_v1
 
 from deployer.cli import main
+from deployer.errors import CloudError
 from deployer.gcp import compute, network
 from deployer.gcp.compute_api import (
     AUTOSCALER,
@@ -36,7 +38,9 @@ from deployer.gcp.compute_api import (
     TARGET_HTTP_PROXY,
     TARGET_HTTPS_PROXY,
     URL_MAP,
+    ComputeApi,
     Location,
+    Resource,
 )
 from deployer.gcp.config import GcpConfig
 from tests.compute_rest import LINK, ComputeRest
@@ -758,3 +762,100 @@ def test_a_bad_frontend_configuration_exits_2_naming_the_key_and_calls_nothing(
     assert out == ""
     assert message in err
     assert api.calls == []
+
+
+# -- the stand-in refuses what Compute Engine refuses (through the real clients) -----------------------------------
+
+
+def refused(server: ComputeRest, call: Callable[[ComputeApi], None]) -> str:
+    api = ComputeApi.connect(Location(PROJECT, REGION), server.endpoint, insecure=True)
+    try:
+        with pytest.raises(CloudError) as caught:
+            call(api)
+    finally:
+        api.close()
+    return str(caught.value)
+
+
+def rule(priority: int, action: str = "allow") -> Any:
+    every = compute_v1.SecurityPolicyRuleMatcher(
+        versioned_expr="SRC_IPS_V1", config=compute_v1.SecurityPolicyRuleMatcherConfig(src_ip_ranges=["*"])
+    )
+    return compute_v1.SecurityPolicyRule(priority=priority, action=action, match=every)
+
+
+BAD_FRONTENDS = {
+    "a URL map with neither a service nor a redirect": (
+        lambda: Resource(URL_MAP, compute_v1.UrlMap(name="bad-map")), "HTTP 400"),
+    "a URL map to a regional backend service": (
+        lambda: Resource(URL_MAP, compute_v1.UrlMap(name="bad-map", default_service=link(
+            f"regions/{REGION}/backendServices/internal-backend"))), "must be a global backend service"),
+    "an HTTPS proxy without a certificate": (
+        lambda: Resource(TARGET_HTTPS_PROXY, compute_v1.TargetHttpsProxy(
+            name="bad-proxy", url_map=link("global/urlMaps/erlmcp-url-map"))), "needs 1 to 15 sslCertificates"),
+    "a forwarding rule to a proxy that does not exist": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="8443", load_balancing_scheme="EXTERNAL_MANAGED",
+            target=link("global/targetHttpsProxies/nothing"))), "HTTP 404"),
+    "a second forwarding rule on the address's port 443": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="443", load_balancing_scheme="EXTERNAL_MANAGED", I_p_protocol="TCP",
+            I_p_address=link("global/addresses/erlmcp-ip"),
+            target=link("global/targetHttpsProxies/erlmcp-https-proxy"))), "HTTP 409"),
+    "a forwarding rule of another scheme than its backend service": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="8443", load_balancing_scheme="EXTERNAL",
+            target=link("global/targetHttpsProxies/erlmcp-https-proxy"))), "differs from its backend service"),
+    "a security policy with two rules of one priority": (
+        lambda: Resource(SECURITY_POLICY, compute_v1.SecurityPolicy(
+            name="bad-policy", rules=[rule(5), rule(5, "deny(403)")])), "same priority"),
+    "a throttle rule without rate limit options": (
+        lambda: Resource(SECURITY_POLICY, compute_v1.SecurityPolicy(
+            name="bad-policy", rules=[rule(5, "throttle")])), "needs rateLimitOptions"),
+    "a managed certificate without domains": (
+        lambda: Resource(SSL_CERTIFICATE, compute_v1.SslCertificate(name="bad-cert", type_="MANAGED")),
+        "1 to 100 distinct managed.domains"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_FRONTENDS))
+def test_the_stand_in_refuses_a_frontend_the_api_refuses(vpc: ComputeRest, capsys: Any, tmp_path: Path,
+                                                         case: str) -> None:  # fmt: skip
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    internal = write_config(tmp_path, "name: internal\ncompute:\n  loadBalancingScheme: INTERNAL_MANAGED\n")
+    assert cli(vpc, capsys, "gce", "apply", config_file=internal)[0] == 0  # a regional backend service
+    make, message = BAD_FRONTENDS[case]
+    assert message in refused(vpc, lambda api: api.insert(make()))
+
+
+def test_the_stand_in_refuses_rules_in_a_policy_patch_and_deleting_what_is_in_use(vpc: ComputeRest, capsys: Any,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    policy = next(r for r in compute.desired(frontend()) if r.kind is SECURITY_POLICY)
+    actual = compute_v1.SecurityPolicy.from_json(json.dumps(vpc.get("securityPolicies", ARMOR)),
+                                                 ignore_unknown_fields=True)  # fmt: skip
+    assert "use addRule, patchRule and removeRule" in refused(vpc, lambda api: api.patch(policy, ["rules"], actual))
+    assert "already being used by" in refused(vpc, lambda api: api.delete(SECURITY_POLICY, ARMOR))
+    assert "already being used by" in refused(vpc, lambda api: api.delete(GLOBAL_HEALTH_CHECK, "erlmcp-health"))
+    assert "cannot be removed" in refused(vpc, lambda api: api.rule(policy, "remove", 2147483647))
+
+
+def test_a_rate_based_ban_is_applied_with_its_ban_duration_and_back_to_throttle_the_duration_is_cleared(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    ban = frontend_file(tmp_path, "    rateLimitAction: rate_based_ban\n    banDurationSec: 900\n")
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=ban)
+    assert code == 0
+    assert 'rules[0].action: "throttle" -> "rate_based_ban"' in out
+    stored = vpc.get("securityPolicies", ARMOR)["rules"][0]
+    assert (stored["action"], stored["rateLimitOptions"]["banDurationSec"]) == ("rate_based_ban", 900)
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=ban)[1]
+    writes = len(vpc.writes)
+    code, out, err = cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))  # a throttle again
+    assert code == 0, err
+    (patch,) = vpc.writes[writes:]
+    assert patch.path.endswith("/patchRule")
+    stored = vpc.get("securityPolicies", ARMOR)["rules"][0]
+    assert stored["action"] == "throttle"
+    assert "banDurationSec" not in stored["rateLimitOptions"]  # cleared: the API refuses it on a throttle rule
