@@ -416,14 +416,19 @@ class ComputeApi:
         operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
         self._wait(kind, operation, what)
 
-    def rule(self, resource: Resource, verb: str, priority: int, rule: Any | None = None) -> None:
-        """``verb`` (add, patch, remove) the rule of ``priority`` of a :attr:`Kind.by_rule` resource."""
+    def rule(
+        self, resource: Resource, verb: str, priority: int, rule: Any | None = None, clear: Sequence[str] = ()
+    ) -> None:
+        """``verb`` (add, patch, remove) the rule of ``priority`` of a :attr:`Kind.by_rule` resource; a patch also
+        clears the fields at the (camelCase) paths ``clear`` (a patch leaves out what it does not name)."""
         kind, what = resource.kind, f"cannot {verb} rule {priority} of {resource.kind.title} {resource.name}"
         request: dict[str, Any] = {**self._scope(kind), kind.field: resource.name}
         if verb != "add":
             request["priority"] = priority
         if rule is not None:
             request[f"{kind.field}_rule_resource"] = rule
+        if clear:
+            request["update_mask"] = ",".join(clear)
         method = getattr(self.client(kind.client), f"{verb}_rule_unary")
         operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
         self._wait(kind, operation, what)
@@ -534,6 +539,19 @@ def _top_level(paths: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(re.split(r"[.\[]", path, maxsplit=1)[0] for path in paths))
 
 
+def _cleared(desired: dict[str, Any], actual: dict[str, Any], path: str = "") -> list[str]:
+    """The paths set in ``actual`` but not in ``desired`` inside objects ``desired`` sets (a rate_based_ban's
+    ``rateLimitOptions.banDurationSec`` when the rule is a throttle again): what a patch must clear."""
+    found: list[str] = []
+    for name, value in actual.items():
+        where = f"{path}.{name}" if path else name
+        if name not in desired:
+            found += [where] if path else []
+        elif isinstance(value, dict) and isinstance(desired[name], dict):
+            found += _cleared(desired[name], value, where)
+    return found
+
+
 def _sync_rules(api: ComputeApi, resource: Resource, actual: Any) -> None:
     """Make the rules of a :attr:`Kind.by_rule` resource the desired ones, rule by rule (by priority)."""
     desired = {rule.priority: rule for rule in resource.message.rules}
@@ -544,7 +562,7 @@ def _sync_rules(api: ComputeApi, resource: Resource, actual: Any) -> None:
         if priority not in found:
             api.rule(resource, "add", priority, rule)
         elif differences(view(rule), view(found[priority])):
-            api.rule(resource, "patch", priority, rule)
+            api.rule(resource, "patch", priority, rule, _cleared(rest_fields(rule), rest_fields(found[priority])))
 
 
 def _update(api: ComputeApi, change: Change) -> None:
