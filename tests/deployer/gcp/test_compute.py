@@ -1,7 +1,9 @@
-"""``python -m deployer gce``: the instance template, regional managed instance group, autoscaler, health check and
-load balancer backend, planned offline and applied through the real google-cloud-compute clients against a local
-server of the Compute Engine REST protocol (:mod:`tests.compute_rest`); and the VMs' startup script, checked by
-shellcheck and run with bash against a local stand-in for the metadata server and Secret Manager's REST API."""
+"""``python -m deployer gce``: the instance template, regional managed instance group, autoscaler, health check,
+load balancer backend and the global external Application Load Balancer's frontend (address, managed certificate,
+URL maps, proxies, forwarding rules, Cloud Armor), planned offline and applied through the real
+google-cloud-compute clients against a local server of the Compute Engine REST protocol (:mod:`tests.compute_rest`);
+and the VMs' startup script, checked by shellcheck and run with bash against a local stand-in for the metadata
+server and Secret Manager's REST API."""
 
 from __future__ import annotations
 
