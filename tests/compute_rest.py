@@ -724,7 +724,8 @@ def _clear(value: dict[str, Any], path: str) -> None:
     """Remove the field at the dotted camelCase ``path`` (an update mask's entry), if there."""
     *parents, last = path.split(".")
     for name in parents:
-        value = value.get(name) if isinstance(value.get(name), dict) else {}
+        inner = value.get(name)
+        value = inner if isinstance(inner, dict) else {}
     value.pop(last, None)
 
 

@@ -786,7 +786,7 @@ def rule(priority: int, action: str = "allow") -> Any:
     return compute_v1.SecurityPolicyRule(priority=priority, action=action, match=every)
 
 
-BAD_FRONTENDS = {
+BAD_FRONTENDS: dict[str, tuple[Callable[[], Resource], str]] = {
     "a URL map with neither a service nor a redirect": (
         lambda: Resource(URL_MAP, compute_v1.UrlMap(name="bad-map")), "HTTP 400"),
     "a URL map to a regional backend service": (
