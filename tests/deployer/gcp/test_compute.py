@@ -24,7 +24,7 @@ import pytest
 from google.cloud import compute_v1
 
 from deployer.cli import main
-from deployer.errors import CloudError
+from deployer.errors import CloudError, ValuesError
 from deployer.gcp import compute, network
 from deployer.gcp.compute_api import (
     AUTOSCALER,
@@ -861,3 +861,12 @@ def test_a_rate_based_ban_is_applied_with_its_ban_duration_and_back_to_throttle_
     stored = vpc.get("securityPolicies", ARMOR)["rules"][0]
     assert stored["action"] == "throttle"
     assert "banDurationSec" not in stored["rateLimitOptions"]  # cleared: the API refuses it on a throttle rule
+
+
+def test_the_frontends_longer_names_limit_name_only_when_the_frontend_is_on() -> None:
+    long_name = "a" * 40  # as long as the group's names allow: "-autoscaler" and a 10-digit hash still fit in 63
+    assert compute.desired(GcpConfig(project=PROJECT, image=IMAGE, name=long_name))
+    on = GcpConfig(project=PROJECT, image=IMAGE, name=long_name,
+                   compute={"frontend": {"enabled": True, "domains": [DOMAIN]}})  # fmt: skip
+    with pytest.raises(ValuesError, match="a resource name made from `name`"):
+        compute.desired(on)
