@@ -108,6 +108,9 @@ SCHEMES = ("EXTERNAL_MANAGED", "INTERNAL_MANAGED")
 RATE_LIMIT_ACTIONS = ("throttle", "rate_based_ban")
 RATE_INTERVALS = (10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600)  # Cloud Armor's intervalSec
 DEFAULT_RULE = 2147483647  # a security policy's default rule: the lowest priority
+FRONTEND_KEYS = frozenset(
+    {"policy", "address", "certificate", "url_map", "https_proxy", "https_rule", "redirect", "http_proxy", "http_rule"}
+)  # the names (keys of names()) of the frontend's resources
 MAX_DOMAINS = 100  # a Google-managed certificate's
 _DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
 SECURITY_POLICY_SETTER = Setter(
@@ -143,6 +146,11 @@ def names(config: GcpConfig) -> dict[str, str]:
         "http_proxy": f"{base}-http-proxy",
         "http_rule": f"{base}-http",
     }
+
+
+def _group_names(config: GcpConfig) -> dict[str, str]:
+    """The names of what is made without the frontend."""
+    return {key: name for key, name in names(config).items() if key not in FRONTEND_KEYS}
 
 
 def _global(config: GcpConfig) -> bool:
@@ -210,7 +218,8 @@ def _check_names(config: GcpConfig) -> None:
     for zone in config.zone_list:
         if not re.fullmatch(re.escape(config.region) + r"-[a-z]", zone):
             raise ValuesError(f"zones: {zone!r} is not a zone of region {config.region} (e.g. {config.region}-a)")
-    for name in names(config).values():
+    made = names(config) if config.compute.frontend.enabled else _group_names(config)
+    for name in made.values():
         check_name(name + "-0123456789", "a resource name made from `name`")
 
 
