@@ -416,7 +416,8 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "compute",
         ("plan", "apply", "render"),
         "the Compute Engine instance template, regional managed instance group, "
-        "autoscaler, health check and load balancer backend",
+        "autoscaler, health check and load balancer backend, and with compute.frontend the global external "
+        "Application Load Balancer (address, managed certificate, HTTPS proxy, HTTP redirect, Cloud Armor)",
     ),
     "memorystore": (
         "memorystore",

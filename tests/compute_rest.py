@@ -11,10 +11,29 @@ and delete; writes answer an Operation that is RUNNING until it is read again or
 * names must be RFC 1035; an insert of an existing name is 409, a read of a missing one 404;
 * every link to a resource of this project (``https://www.googleapis.com/compute/v1/projects/P/...``) must name
   one that exists (a managed instance group's ``instanceGroups/NAME`` included), as the API checks references;
-* a patch of a fingerprinted kind (subnetworks, backend services, instance group managers) must carry the
-  current fingerprint (412 otherwise); instance templates cannot be patched or updated;
+* a patch of a fingerprinted kind (subnetworks, backend services, instance group managers, URL maps, target
+  proxies, security policies) must carry the current fingerprint (412 otherwise); instance templates, SSL
+  certificates and addresses cannot be patched or updated; a resource another one links to cannot be deleted
+  (400 resourceInUseByAnotherResource);
 * a few rules per kind (firewall ranges and protocols, subnet range overlaps, Cloud NAT port settings, autoscaler
-  bounds, MIG sizes and zones, backend service references and named ports).
+  bounds, MIG sizes and zones, backend service references, named ports and health checks of the same scope);
+* the global load balancer's frontend: a managed certificate's domains (1-100, fully qualified, no wildcard); a
+  URL map with exactly one of defaultService (a global backend service) and defaultUrlRedirect; a target HTTPS
+  proxy with 1-15 global certificates; a global forwarding rule with a target proxy, the PREMIUM tier, a port
+  range, the scheme of the backend service behind it, and an IP address and port no other rule holds; a security
+  policy whose rule priorities are unique, with its default rule (2147483647, source ``*``: added at insert if
+  missing, never removed), whose rate-based rules (throttle, rate_based_ban) have a threshold of a positive count
+  over one of the API's intervals, conformAction allow and a deny(STATUS) exceedAction. As the API, a security
+  policy's rules change only through addRule, patchRule and removeRule (a patch carrying ``rules`` is refused),
+  and a backend service's ``securityPolicy`` is output only (ignored in bodies), set through
+  ``setSecurityPolicy``.
+
+Left out, among others: a managed certificate's provisioning (it stays PROVISIONING: no DNS here), quotas, Cloud
+Armor's expression language and its rule limits per policy, the forwarding rules' and proxies' own custom methods
+(``setTarget``, ``setSslCertificates``, ``setUrlMap``: the deployer patches proxies and never changes a rule),
+``updateMask`` on any method but patchRule,
+URL maps' host rules and path matchers, regional frontends (regional addresses, proxies, URL maps, proxy-only
+subnets), and which fields the API lets a patch change on each kind.
 
 Tests can refuse the next call of a method on a collection (``refuse``), make the next operation end in error
 (``fail_operation``), change a resource as someone else would (``edit``: its fingerprint changes), and count
@@ -51,11 +70,29 @@ MESSAGES: dict[str, Any] = {
     "instanceGroupManagers": compute_v1.InstanceGroupManager,
     "autoscalers": compute_v1.Autoscaler,
     "backendServices": compute_v1.BackendService,
+    "addresses": compute_v1.Address,
+    "sslCertificates": compute_v1.SslCertificate,
+    "securityPolicies": compute_v1.SecurityPolicy,
+    "urlMaps": compute_v1.UrlMap,
+    "targetHttpsProxies": compute_v1.TargetHttpsProxy,
+    "targetHttpProxies": compute_v1.TargetHttpProxy,
+    "forwardingRules": compute_v1.ForwardingRule,
 }
-GLOBAL = frozenset({"networks", "firewalls", "instanceTemplates"})
-FINGERPRINTED = frozenset({"subnetworks", "backendServices", "instanceGroupManagers"})
-IMMUTABLE = frozenset({"instanceTemplates"})
-SERVER_FIELDS = ("kind", "id", "creationTimestamp", "selfLink", "fingerprint", "region", "instanceGroup", "status")
+# The scopes each collection is served in here (the real API serves most in both; these are the ones the deployer
+# uses): health checks and backend services are global (the global load balancer) or regional.
+GLOBAL = frozenset({"networks", "firewalls", "instanceTemplates", "healthChecks", "backendServices", "addresses",
+                    "sslCertificates", "securityPolicies", "urlMaps", "targetHttpsProxies", "targetHttpProxies",
+                    "forwardingRules"})  # fmt: skip
+REGIONAL = frozenset({"subnetworks", "routers", "healthChecks", "instanceGroupManagers", "autoscalers",
+                      "backendServices"})  # fmt: skip
+FINGERPRINTED = frozenset({"subnetworks", "backendServices", "instanceGroupManagers", "urlMaps", "securityPolicies",
+                           "targetHttpsProxies", "targetHttpProxies"})  # fmt: skip
+IMMUTABLE = frozenset({"instanceTemplates", "sslCertificates", "addresses"})  # no patch or update method
+SINGULAR = {"addresses": "address", "securityPolicies": "securityPolicy", "targetHttpProxies": "targetHttpProxy",
+            "targetHttpsProxies": "targetHttpsProxy"}  # fmt: skip
+DEFAULT_RULE = 2147483647  # a security policy's default rule: the lowest priority, matching every request
+SERVER_FIELDS = ("kind", "id", "creationTimestamp", "selfLink", "fingerprint", "region", "instanceGroup", "status",
+                 "securityPolicy")  # fmt: skip
 _ROUTE = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/(?P<scope>global|regions/(?P<region>[a-z0-9-]+))/"
                     r"(?P<collection>[A-Za-z]+)(?:/(?P<name>[^/]+)(?:/(?P<verb>[A-Za-z]+))?)?")  # fmt: skip
 _LINK = re.compile(re.escape(LINK) + r"projects/(?P<project>[^/]+)/(?P<scope>global|regions/[a-z0-9-]+)/"
@@ -311,7 +348,7 @@ class ComputeRest:
         scope, collection, name = match["scope"], match["collection"], match["name"]
         if collection == "operations":
             return self._operation(scope, name, match["verb"], method)
-        if collection not in MESSAGES or (collection in GLOBAL) != (scope == "global") or match["verb"]:
+        if collection not in MESSAGES or collection not in (GLOBAL if scope == "global" else REGIONAL):
             raise ApiError(404, "notFound", f"no such collection: {scope}/{collection}")
         refusal = self._refusals.pop((method, collection), None)
         if refusal is not None:
@@ -319,6 +356,8 @@ class ComputeRest:
         if name is None and method in ("PATCH", "PUT"):  # autoscalers: PATCH .../autoscalers?autoscaler=NAME
             name = next(iter(query.get(collection.rstrip("s"), [])), None) or (body or {}).get("name")
         key = f"{scope}/{collection}/{name}"
+        if match["verb"]:
+            return self._verb(method, scope, collection, key, match["verb"], query, raw)
         if method == "GET" and name:
             return copy.deepcopy(self._existing(key))
         if method == "POST" and name is None:
@@ -330,13 +369,87 @@ class ComputeRest:
             return self._write("delete", scope, collection, lambda: self._delete(key))
         raise ApiError(405, "methodNotAllowed", f"{method} {path} is not supported")
 
+    def _verb(self, method: str, scope: str, collection: str, key: str, verb: str, query: dict[str, list[str]],
+              raw: str) -> dict[str, Any]:  # fmt: skip
+        """The custom methods the deployer calls: a backend service's setSecurityPolicy, a security policy's
+        addRule, patchRule and removeRule (``?priority=N``)."""
+        verbs: dict[tuple[str, str], Callable[[], str]] = {
+            ("backendServices", "setSecurityPolicy"): lambda: self._set_security_policy(key, raw),
+            ("securityPolicies", "addRule"): lambda: self._rule("add", key, query, raw),
+            ("securityPolicies", "patchRule"): lambda: self._rule("patch", key, query, raw),
+            ("securityPolicies", "removeRule"): lambda: self._rule("remove", key, query, raw),
+        }  # fmt: skip
+        change = verbs.get((collection, verb))
+        if method != "POST" or change is None or scope != "global":
+            raise ApiError(404, "notFound", f"no such method: {method} {scope}/{collection}/.../{verb}")
+        return self._write(verb, scope, collection, change)
+
+    def _set_security_policy(self, key: str, raw: str) -> str:
+        service = self._existing(key)
+        try:
+            reference = compute_v1.SecurityPolicyReference.from_json(raw or "{}", ignore_unknown_fields=False)
+            link = reference.security_policy
+        except Exception as exc:
+            raise _invalid(f"Invalid JSON payload received. {exc}") from exc
+        if link:
+            self._reference(link)
+            if "/global/securityPolicies/" not in link:
+                raise _invalid("A global backend service takes a global security policy")
+            if service.get("loadBalancingScheme") not in ("EXTERNAL", "EXTERNAL_MANAGED"):
+                raise _invalid("Cloud Armor backend security policies apply to external load balancers only")
+            service["securityPolicy"] = link
+        else:
+            service.pop("securityPolicy", None)
+        service["fingerprint"] = self._fingerprint()
+        return key
+
+    def _rule(self, verb: str, key: str, query: dict[str, list[str]], raw: str) -> str:
+        """addRule, patchRule (a merge patch; ``updateMask``: the comma-separated paths to clear) and removeRule,
+        on a copy that replaces the policy only when the result is valid."""
+        policy = copy.deepcopy(self._existing(key))
+        rules: list[dict[str, Any]] = policy.setdefault("rules", [])
+        wanted = query.get("priority", [None])[0]
+        if verb == "add":
+            rule = self._parsed_rule(raw)
+            if any(int(r.get("priority", 0)) == int(rule.get("priority", 0)) for r in rules):
+                raise _invalid(f"A rule with priority {rule.get('priority')} already exists in the policy")
+            rules.append(rule)
+        else:
+            priority = int(wanted) if wanted is not None else 0
+            found = [r for r in rules if int(r.get("priority", 0)) == priority]
+            if not found:
+                raise _invalid(f"No rule with priority {priority} exists in the policy")
+            if verb == "remove":
+                if priority == DEFAULT_RULE:
+                    raise _invalid("The default rule of a security policy cannot be removed")
+                rules.remove(found[0])
+            else:
+                patched = merge_patch(found[0], self._parsed_rule(raw))
+                for path in ",".join(query.get("updateMask", [])).split(","):
+                    _clear(patched, path.strip())
+                rules[rules.index(found[0])] = patched
+        _security_policy(policy)
+        policy["fingerprint"] = self._fingerprint()
+        self.resources[key] = policy
+        return key
+
+    def _parsed_rule(self, raw: str) -> dict[str, Any]:
+        try:
+            compute_v1.SecurityPolicyRule.from_json(raw, ignore_unknown_fields=False)
+        except Exception as exc:
+            raise _invalid(f"Invalid JSON payload received. {exc}") from exc
+        parsed: dict[str, Any] = json.loads(raw)
+        return parsed
+
     def _existing(self, key: str) -> dict[str, Any]:
         if key not in self.resources:
             raise ApiError(404, "notFound", f"The resource 'projects/{self.project}/{key}' was not found")
         return self.resources[key]
 
     def _key(self, collection: str, name: str, region: str | None) -> str:
-        return f"{'global' if collection in GLOBAL else f'regions/{region}'}/{collection}/{name}"
+        """A region for a collection served in both scopes means its regional one; none, the global one."""
+        regional = collection not in GLOBAL or (region is not None and collection in REGIONAL)
+        return f"{f'regions/{region}' if regional else 'global'}/{collection}/{name}"
 
     def _fingerprint(self) -> str:
         return f"fp-{next(self._ids)}"
@@ -389,9 +502,12 @@ class ComputeRest:
             raise ApiError(409, "alreadyExists", f"The resource 'projects/{self.project}/{key}' already exists")
         if collection == "instanceGroupManagers" and "targetSize" not in body:
             raise _invalid("Required field 'resource.targetSize' not specified")
-        resource = copy.deepcopy(body)
+        resource = {k: v for k, v in copy.deepcopy(body).items() if k != "securityPolicy"}  # output only: ignored
+        if collection == "securityPolicies":
+            _with_default_rule(resource)
         self._check(scope, collection, resource)
-        resource.update(kind=f"compute#{collection[:-1]}", id=str(next(self._ids)), creationTimestamp=_now(),
+        singular = SINGULAR.get(collection, collection[:-1])
+        resource.update(kind=f"compute#{singular}", id=str(next(self._ids)), creationTimestamp=_now(),
                         selfLink=self._link(key))  # fmt: skip
         if scope != "global":
             resource["region"] = self._link(scope)
@@ -400,6 +516,13 @@ class ComputeRest:
         if collection == "instanceGroupManagers":
             resource["instanceGroup"] = self._link(f"{scope}/instanceGroups/{name}")
             resource["status"] = {"isStable": True}
+        if collection == "forwardingRules" and resource.get("IPAddress", "").startswith(LINK):  # read back: the IP
+            resource["IPAddress"] = self.resources[resource["IPAddress"].removeprefix(self._link(""))]["address"]
+        if collection == "addresses":  # an address from TEST-NET-3: never contacted
+            resource.update(address=f"203.0.113.{next(self._ids) % 254 + 1}", status="RESERVED")
+        if collection == "sslCertificates" and resource.get("type") == "MANAGED":  # until DNS points at the proxy
+            managed = resource["managed"]
+            managed.update(status="PROVISIONING", domainStatus=dict.fromkeys(managed["domains"], "PROVISIONING"))
         self.resources[key] = resource
         return key
 
@@ -412,6 +535,9 @@ class ComputeRest:
             raise _invalid("The name of a resource cannot be changed")
         if collection in FINGERPRINTED and body.get("fingerprint") != current.get("fingerprint"):
             raise ApiError(412, "conditionNotMet", "Supplied fingerprint does not match current resource fingerprint.")
+        if collection == "securityPolicies" and "rules" in body:
+            raise _invalid("The rules of a security policy cannot be changed by patch or update: use addRule, "
+                           "patchRule and removeRule")  # fmt: skip
         if method == "PATCH":
             changed = merge_patch(current, {k: v for k, v in body.items() if k not in SERVER_FIELDS})
         else:
@@ -424,6 +550,11 @@ class ComputeRest:
 
     def _delete(self, key: str) -> str:
         self._existing(key)
+        link = self._link(key)
+        for other, resource in self.resources.items():
+            if other != key and link in _links(resource):
+                raise ApiError(400, "resourceInUseByAnotherResource",
+                               f"The resource '{key}' is already being used by '{other}'")  # fmt: skip
         del self.resources[key]
         return key
 
@@ -436,7 +567,10 @@ class ComputeRest:
             "firewalls": _firewall, "networks": _network, "subnetworks": _subnetwork, "routers": _router,
             "instanceTemplates": _template, "healthChecks": _health_check,
             "instanceGroupManagers": lambda r: self._group(scope, r), "autoscalers": self._autoscaler,
-            "backendServices": self._backend_service,
+            "backendServices": lambda r: self._backend_service(scope, r), "addresses": _address,
+            "sslCertificates": _ssl_certificate, "securityPolicies": _security_policy, "urlMaps": self._url_map,
+            "targetHttpsProxies": self._https_proxy, "targetHttpProxies": self._http_proxy,
+            "forwardingRules": lambda r: self._forwarding_rule(scope, r),
         }  # fmt: skip
         rules[collection](resource)
 
@@ -473,16 +607,178 @@ class ComputeRest:
         if "target" not in autoscaler:
             raise _invalid("Required field 'resource.target' not specified")
 
-    def _backend_service(self, service: dict[str, Any]) -> None:
+    def _backend_service(self, scope: str, service: dict[str, Any]) -> None:
         if service.get("loadBalancingScheme") not in ("EXTERNAL_MANAGED", "INTERNAL_MANAGED", "EXTERNAL", "INTERNAL"):
             raise _invalid("Invalid value for field 'resource.loadBalancingScheme'")
         if service.get("sessionAffinity", "NONE") not in ("NONE", "CLIENT_IP", "GENERATED_COOKIE", "HTTP_COOKIE"):
             raise _invalid("Invalid value for field 'resource.sessionAffinity'")
         if not service.get("healthChecks"):
             raise _invalid("A backend service with instance group backends needs a health check")
+        for check in service["healthChecks"]:  # global load balancers: global checks; regional ones: regional
+            if ("/global/healthChecks/" in check) != (scope == "global"):
+                raise _invalid(f"A {'global' if scope == 'global' else 'regional'} backend service needs "
+                               f"{'global' if scope == 'global' else 'regional'} health checks: {check}")  # fmt: skip
         for backend in service.get("backends", []):
             name = backend.get("group", "").rsplit("/", 1)[-1]
             groups = [v for k, v in self.resources.items() if k.endswith(f"/instanceGroupManagers/{name}")]
             ports = {p.get("name") for g in groups for p in g.get("namedPorts", [])}
             if service.get("portName") not in ports:
                 raise _invalid(f"The instance group {name} has no named port {service.get('portName')!r}")
+
+    def _url_map(self, url_map: dict[str, Any]) -> None:
+        service, redirect = url_map.get("defaultService"), url_map.get("defaultUrlRedirect")
+        if bool(service) == bool(redirect):
+            raise _invalid("A URL map needs exactly one of defaultService and defaultUrlRedirect")
+        if service and "/global/backendServices/" not in service:
+            raise _invalid(f"A global URL map's defaultService must be a global backend service: {service}")
+        if redirect:
+            code = redirect.get("redirectResponseCode", "MOVED_PERMANENTLY_DEFAULT")
+            if code not in ("MOVED_PERMANENTLY_DEFAULT", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT",
+                            "PERMANENT_REDIRECT"):  # fmt: skip
+                raise _invalid(f"Invalid value for field 'resource.defaultUrlRedirect.redirectResponseCode': {code}")
+            if redirect.get("prefixRedirect") and redirect.get("pathRedirect"):
+                raise _invalid("prefixRedirect and pathRedirect cannot both be given")
+
+    def _http_proxy(self, proxy: dict[str, Any]) -> None:
+        if "/global/urlMaps/" not in proxy.get("urlMap", ""):
+            raise _invalid("Required field 'resource.urlMap' not specified (a global URL map)")
+
+    def _https_proxy(self, proxy: dict[str, Any]) -> None:
+        self._http_proxy(proxy)
+        certificates = proxy.get("sslCertificates", [])
+        if not proxy.get("certificateMap") and not 1 <= len(certificates) <= 15:
+            raise _invalid("A target HTTPS proxy needs 1 to 15 sslCertificates (or a certificateMap)")
+        if any("/global/sslCertificates/" not in c for c in certificates):
+            raise _invalid("A global target HTTPS proxy takes global SSL certificates")
+        if proxy.get("quicOverride", "NONE") not in ("NONE", "ENABLE", "DISABLE"):
+            raise _invalid("Invalid value for field 'resource.quicOverride'")
+
+    def _forwarding_rule(self, scope: str, rule: dict[str, Any]) -> None:
+        target = rule.get("target", "")
+        if not re.search(r"/global/target(Http|Https)Proxies/", target):
+            raise _invalid("A global forwarding rule of an Application Load Balancer needs a target HTTP(S) proxy")
+        scheme = rule.get("loadBalancingScheme", "EXTERNAL")
+        if scheme not in ("EXTERNAL", "EXTERNAL_MANAGED", "INTERNAL_MANAGED", "INTERNAL_SELF_MANAGED"):
+            raise _invalid(f"Invalid value for field 'resource.loadBalancingScheme': {scheme}")
+        if scheme.startswith("EXTERNAL") and rule.get("networkTier", "PREMIUM") != "PREMIUM":
+            raise _invalid("A global external forwarding rule needs the PREMIUM network tier")
+        if not re.fullmatch(r"[0-9]+(-[0-9]+)?", rule.get("portRange", "")):
+            raise _invalid("Invalid value for field 'resource.portRange'")
+        if rule.get("IPProtocol", "TCP") != "TCP":
+            raise _invalid("A target proxy's forwarding rule is TCP")
+        self._same_scheme(scheme, target)
+        address = self._ip(rule.get("IPAddress", ""))
+        for key, other in self.resources.items():  # one IP address and port: one rule
+            if (key.startswith(f"{scope}/forwardingRules/") and other["name"] != rule["name"] and address
+                    and self._ip(other.get("IPAddress", "")) == address
+                    and other.get("portRange") == rule["portRange"]):  # fmt: skip
+                raise ApiError(409, "conflict", f"IP {address} and port {rule['portRange']} are used by {key}")
+
+    def _ip(self, value: str) -> str:
+        """A forwarding rule's IPAddress: a literal, or the address of the reserved address it links to."""
+        if value.startswith(LINK):
+            return str(self.resources.get(value.removeprefix(self._link("")), {}).get("address", value))
+        return value
+
+    def _same_scheme(self, scheme: str, target: str) -> None:
+        """The backend service behind the proxy's URL map must have the forwarding rule's scheme."""
+        proxy = self.resources.get(target.removeprefix(f"{LINK}projects/{self.project}/"), {})
+        url_map = self.resources.get(proxy.get("urlMap", "").removeprefix(f"{LINK}projects/{self.project}/"), {})
+        service = self.resources.get(url_map.get("defaultService", "").removeprefix(f"{LINK}projects/{self.project}/"))
+        if service is not None and service.get("loadBalancingScheme") != scheme:
+            raise _invalid(f"The forwarding rule's loadBalancingScheme {scheme} differs from its backend service's "
+                           f"{service.get('loadBalancingScheme')}")  # fmt: skip
+
+
+def _address(address: dict[str, Any]) -> None:
+    if address.get("addressType", "EXTERNAL") not in ("EXTERNAL", "INTERNAL"):
+        raise _invalid("Invalid value for field 'resource.addressType'")
+    if address.get("ipVersion", "IPV4") not in ("IPV4", "IPV6"):
+        raise _invalid("Invalid value for field 'resource.ipVersion'")
+    if address.get("networkTier", "PREMIUM") != "PREMIUM":
+        raise _invalid("A global address is in the PREMIUM network tier")
+
+
+def _ssl_certificate(certificate: dict[str, Any]) -> None:
+    kind = certificate.get("type", "SELF_MANAGED")
+    if kind == "MANAGED":
+        domains = certificate.get("managed", {}).get("domains", [])
+        if not 1 <= len(domains) <= 100 or len(set(domains)) != len(domains):
+            raise _invalid("A managed SSL certificate needs 1 to 100 distinct managed.domains")
+        if any("*" in d or not re.fullmatch(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,63}", d) for d in domains):
+            raise _invalid("managed.domains must be fully qualified domain names, without wildcards")
+        if certificate.get("certificate") or certificate.get("privateKey"):
+            raise _invalid("A managed SSL certificate takes no certificate or privateKey")
+    elif kind == "SELF_MANAGED":
+        if not (certificate.get("certificate") or certificate.get("selfManaged")):
+            raise _invalid("A self-managed SSL certificate needs its certificate and private key")
+    else:
+        raise _invalid(f"Invalid value for field 'resource.type': {kind}")
+
+
+RATE_INTERVALS = (10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600)  # rateLimitThreshold.intervalSec
+_ACTION = re.compile(r"allow|deny\((403|404|502)\)|redirect|throttle|rate_based_ban")
+
+
+def _clear(value: dict[str, Any], path: str) -> None:
+    """Remove the field at the dotted camelCase ``path`` (an update mask's entry), if there."""
+    *parents, last = path.split(".")
+    for name in parents:
+        inner = value.get(name)
+        value = inner if isinstance(inner, dict) else {}
+    value.pop(last, None)
+
+
+def _with_default_rule(policy: dict[str, Any]) -> None:
+    """As the API: a policy inserted without a default rule gets one that allows everything."""
+    rules = policy.setdefault("rules", [])
+    if not any(int(r.get("priority", 0)) == DEFAULT_RULE for r in rules):
+        rules.append({"priority": DEFAULT_RULE, "action": "allow", "description": "default rule",
+                      "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["*"]}}})  # fmt: skip
+
+
+def _security_policy(policy: dict[str, Any]) -> None:
+    if policy.get("type", "CLOUD_ARMOR") not in ("CLOUD_ARMOR", "CLOUD_ARMOR_EDGE", "CLOUD_ARMOR_NETWORK"):
+        raise _invalid("Invalid value for field 'resource.type'")
+    rules = policy.get("rules", [])
+    priorities = [int(r.get("priority", 0)) for r in rules]
+    if len(set(priorities)) != len(priorities):
+        raise _invalid("Two rules of the security policy have the same priority")
+    if not all(0 <= p <= DEFAULT_RULE for p in priorities):
+        raise _invalid("A rule's priority is 0 to 2147483647")
+    for rule in rules:
+        _security_rule(rule)
+    default = [r for r in rules if int(r.get("priority", 0)) == DEFAULT_RULE]
+    if len(default) != 1 or default[0].get("match", {}).get("config", {}).get("srcIpRanges") != ["*"]:
+        raise _invalid("A security policy needs its default rule (priority 2147483647) matching every source ('*')")
+    rules.sort(key=lambda r: int(r.get("priority", 0)))  # answered in priority order, as the API does
+
+
+def _security_rule(rule: dict[str, Any]) -> None:
+    action, limits = rule.get("action", ""), rule.get("rateLimitOptions")
+    if not _ACTION.fullmatch(action):
+        raise _invalid(f"Invalid value for field 'resource.rules.action': {action!r}")
+    match = rule.get("match", {})
+    if not match.get("expr") and not (match.get("versionedExpr") == "SRC_IPS_V1" and match.get("config", {}).get(
+            "srcIpRanges")):  # fmt: skip
+        raise _invalid("A rule matches an expression or SRC_IPS_V1 with srcIpRanges")
+    if action not in ("throttle", "rate_based_ban"):
+        if limits:
+            raise _invalid("rateLimitOptions are only for the throttle and rate_based_ban actions")
+        return
+    if not limits:
+        raise _invalid(f"A {action} rule needs rateLimitOptions")
+    threshold = limits.get("rateLimitThreshold", {})
+    if int(threshold.get("count", 0)) < 1 or int(threshold.get("intervalSec", 0)) not in RATE_INTERVALS:
+        raise _invalid(f"rateLimitThreshold needs a positive count and an intervalSec of {RATE_INTERVALS}")
+    if limits.get("conformAction") != "allow":
+        raise _invalid("rateLimitOptions.conformAction must be allow")
+    if not re.fullmatch(r"deny\((403|404|429|502)\)|redirect", limits.get("exceedAction", "")):
+        raise _invalid("rateLimitOptions.exceedAction must be deny(STATUS) (403, 404, 429, 502) or redirect")
+    if limits.get("enforceOnKey", "ALL") not in ("ALL", "IP", "HTTP_HEADER", "XFF_IP", "HTTP_COOKIE", "HTTP_PATH",
+                                                   "SNI", "REGION_CODE", "TLS_JA3_FINGERPRINT", "USER_IP"):  # fmt: skip
+        raise _invalid("Invalid value for field 'resource.rules.rateLimitOptions.enforceOnKey'")
+    if ("banDurationSec" in limits or "banThreshold" in limits) and action != "rate_based_ban":
+        raise _invalid("banDurationSec and banThreshold are only for rate_based_ban")
+    if action == "rate_based_ban" and int(limits.get("banDurationSec", 0)) < 1:
+        raise _invalid("A rate_based_ban rule needs banDurationSec")

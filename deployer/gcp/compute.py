@@ -1,12 +1,13 @@
-"""``python -m deployer gce plan|apply [--dry-run]``: erlmcp on Compute Engine (the seed design's section 3), a
-regional managed instance group behind a regional load balancer backend, converged with
+"""``python -m deployer gce plan|apply|render [--dry-run]``: erlmcp on Compute Engine (the seed design's section 3), a
+regional managed instance group behind a global external Application Load Balancer, converged with
 :mod:`deployer.gcp.compute_api`. It needs the network (``python -m deployer network apply``) and, for the secrets
 it reads, ``python -m deployer secrets apply``.
 
 What it makes, in this order (each refers only to what comes before it):
 
-* the regional HTTP health check ``erlmcp-health``: ``GET /health`` on port 8080 every 10 s (2 successes healthy,
-  3 failures unhealthy), used both for autohealing and by the load balancer;
+* the HTTP health check ``erlmcp-health``: ``GET /health`` on port 8080 every 10 s (2 successes healthy,
+  3 failures unhealthy), used both for autohealing and by the load balancer. It is global, as a global load
+  balancer's backend service needs; regional with ``compute.loadBalancingScheme: INTERNAL_MANAGED``;
 * the instance template ``erlmcp-template-<content hash>``: ``e2-standard-4``, Container-Optimized OS (it has
   Docker, systemd and a read-only, verified root; ``compute.sourceImage``), a Shielded VM (secure boot, vTPM,
   integrity monitoring), no external address (egress through Cloud NAT, Google APIs through Private Google
@@ -20,10 +21,28 @@ What it makes, in this order (each refers only to what comes before it):
   none unavailable);
 * the regional autoscaler ``erlmcp-autoscaler``: 2 to 10 VMs at 70 % CPU, 60 s cool-down. It owns the group's
   size, so the group's ``targetSize`` is set at creation only and never compared;
-* the regional backend service ``erlmcp-backend``: HTTP to the named port, the group as its backend (utilization
-  balancing), the health check, session affinity NONE, 30 s timeout, ``EXTERNAL_MANAGED`` (a regional external
-  Application Load Balancer) unless ``compute.loadBalancingScheme`` says ``INTERNAL_MANAGED``. The frontend (URL
-  map, proxy, forwarding rule, proxy-only subnet, certificate) is not made here.
+* with the frontend (``compute.frontend.enabled``), the Cloud Armor security policy ``erlmcp-armor``: a rule per
+  client IP (``throttle``, or ``rate_based_ban`` for ``banDurationSec``) that answers 429 past
+  ``rateLimitCount`` requests in ``rateLimitIntervalSec`` (default 600 in 60 s), and the default rule (priority
+  2147483647) that allows the rest. Its rules change through their own methods (addRule, patchRule, removeRule);
+* the backend service ``erlmcp-backend``: HTTP to the named port, the group as its backend (utilization
+  balancing), the health check, session affinity NONE, 30 s timeout. ``EXTERNAL_MANAGED`` (the default) makes it
+  global, the global external Application Load Balancer's; with the frontend its ``securityPolicy`` is
+  ``erlmcp-armor`` (set through ``setSecurityPolicy``: the field is output only). ``INTERNAL_MANAGED`` keeps it
+  regional (a regional internal Application Load Balancer's), as earlier versions made it; that load balancer's
+  frontend (proxy-only subnet, internal forwarding rule) is not made here, and the frontend below refuses it.
+  Earlier versions made a regional backend service and health check for ``EXTERNAL_MANAGED`` too: a plan with
+  the global ones deletes those (by name, after the group has moved to the global check);
+* with the frontend, the global external Application Load Balancer (``EXTERNAL_MANAGED``, PREMIUM tier): the
+  reserved global address ``erlmcp-ip`` (point the domains' DNS A records at it), the Google-managed certificate
+  ``erlmcp-cert-<content hash>`` for ``compute.frontend.domains`` (required; a new domain list is a new
+  certificate the HTTPS proxy moves to; the old one is left, as templates are; Google provisions it once the
+  domains resolve to the address), the URL map ``erlmcp-url-map`` (every request to the backend service), the
+  target HTTPS proxy ``erlmcp-https-proxy`` and the forwarding rule ``erlmcp-https`` on port 443; then port 80:
+  the URL map ``erlmcp-http-redirect`` (a 301 to https for every request), the target HTTP proxy
+  ``erlmcp-http-proxy`` and the forwarding rule ``erlmcp-http``. The address and the forwarding rules cannot be
+  patched: they are found by name and never compared. Turning the frontend off deletes none of it (the address
+  is what DNS points at): delete it with ``gcloud`` when unwanted.
 
 The startup script is ``startup.sh`` next to this module, with the settings (project, image, ports, the secrets)
 written in as shell-quoted assignments. It runs the server container with the same hardening as the chart (read-only
@@ -45,16 +64,28 @@ from deployer.errors import ValuesError
 from deployer.gcp.compute_api import (
     AUTOSCALER,
     BACKEND_SERVICE,
+    GLOBAL_ADDRESS,
+    GLOBAL_BACKEND_SERVICE,
+    GLOBAL_FORWARDING_RULE,
+    GLOBAL_HEALTH_CHECK,
     HEALTH_CHECK,
     INSTANCE_GROUP_MANAGER,
     INSTANCE_TEMPLATE,
     NETWORK,
+    SECURITY_POLICY,
+    SSL_CERTIFICATE,
     SUBNETWORK,
+    TARGET_HTTP_PROXY,
+    TARGET_HTTPS_PROXY,
+    URL_MAP,
+    Absent,
+    Kind,
     Location,
     Log,
     Platform,
     Requirement,
     Resource,
+    Setter,
     check_name,
     immutable,
     run,
@@ -63,7 +94,7 @@ from deployer.gcp.config import GcpConfig
 from deployer.gcp.network import SERVER_TAG
 from deployer.gcp.server_secrets import SecretSpec, by_key
 
-__all__ = ["SCOPES", "STARTUP_SCRIPT", "check", "command", "desired", "names", "startup_script"]
+__all__ = ["SCOPES", "STARTUP_SCRIPT", "absent", "check", "command", "desired", "names", "startup_script"]
 
 STARTUP_SCRIPT = Path(__file__).with_name("startup.sh")
 SETTINGS_MARK = "# @@SETTINGS@@"
@@ -74,6 +105,20 @@ SCOPES = (
 )
 PORT_NAME = "http"
 SCHEMES = ("EXTERNAL_MANAGED", "INTERNAL_MANAGED")
+RATE_LIMIT_ACTIONS = ("throttle", "rate_based_ban")
+RATE_INTERVALS = (10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600)  # Cloud Armor's intervalSec
+DEFAULT_RULE = 2147483647  # a security policy's default rule: the lowest priority
+FRONTEND_KEYS = frozenset(
+    {"policy", "address", "certificate", "url_map", "https_proxy", "https_rule", "redirect", "http_proxy", "http_rule"}
+)  # the names (keys of names()) of the frontend's resources
+MAX_DOMAINS = 100  # a Google-managed certificate's
+_DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+SECURITY_POLICY_SETTER = Setter(
+    "security_policy",
+    "set_security_policy_unary",
+    "security_policy_reference_resource",
+    lambda link: compute_v1.SecurityPolicyReference(security_policy=link),
+)
 _IMAGE = re.compile(
     r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(@sha256:[0-9a-f]{64})?"
@@ -91,7 +136,35 @@ def names(config: GcpConfig) -> dict[str, str]:
         "autoscaler": f"{base}-autoscaler",
         "backend": f"{base}-backend",
         "vm": f"{base}-vm",
+        "policy": f"{base}-armor",
+        "address": f"{base}-ip",
+        "certificate": f"{base}-cert",
+        "url_map": f"{base}-url-map",
+        "https_proxy": f"{base}-https-proxy",
+        "https_rule": f"{base}-https",
+        "redirect": f"{base}-http-redirect",
+        "http_proxy": f"{base}-http-proxy",
+        "http_rule": f"{base}-http",
     }
+
+
+def _group_names(config: GcpConfig) -> dict[str, str]:
+    """The names of what is made without the frontend."""
+    return {key: name for key, name in names(config).items() if key not in FRONTEND_KEYS}
+
+
+def _global(config: GcpConfig) -> bool:
+    """A global backend service and health check (the global external Application Load Balancer's), or the
+    regional ones of an internal Application Load Balancer."""
+    return config.compute.load_balancing_scheme == "EXTERNAL_MANAGED"
+
+
+def _health_kind(config: GcpConfig) -> Kind:
+    return GLOBAL_HEALTH_CHECK if _global(config) else HEALTH_CHECK
+
+
+def _backend_kind(config: GcpConfig) -> Kind:
+    return GLOBAL_BACKEND_SERVICE if _global(config) else BACKEND_SERVICE
 
 
 # -- the configuration's checks --------------------------------------------------------------------------------
@@ -145,14 +218,61 @@ def _check_names(config: GcpConfig) -> None:
     for zone in config.zone_list:
         if not re.fullmatch(re.escape(config.region) + r"-[a-z]", zone):
             raise ValuesError(f"zones: {zone!r} is not a zone of region {config.region} (e.g. {config.region}-a)")
-    for name in names(config).values():
+    made = names(config) if config.compute.frontend.enabled else _group_names(config)
+    for name in made.values():
         check_name(name + "-0123456789", "a resource name made from `name`")
+
+
+def _check_domains(domains: tuple[str, ...]) -> None:
+    if not domains:
+        raise ValuesError(
+            "compute.frontend.domains: the Google-managed certificate needs at least one domain (e.g. "
+            "[mcp.example.com]) when compute.frontend.enabled is true"
+        )
+    if len(domains) > MAX_DOMAINS or len(set(domains)) != len(domains):
+        raise ValuesError(f"compute.frontend.domains: at most {MAX_DOMAINS} distinct domains")
+    for domain in domains:
+        if not _DOMAIN.fullmatch(domain):
+            raise ValuesError(
+                f"compute.frontend.domains: {domain!r} is not a fully qualified lower-case domain name "
+                "(a managed certificate takes no wildcard, IP address or trailing dot)"
+            )
+
+
+def _check_frontend(config: GcpConfig) -> None:
+    f = config.compute.frontend
+    if not f.enabled:
+        return
+    if not _global(config):
+        raise ValuesError(
+            "compute.frontend: the frontend is a global external Application Load Balancer: it needs "
+            "compute.loadBalancingScheme EXTERNAL_MANAGED"
+        )
+    _check_domains(f.domains)
+    if f.rate_limit_action not in RATE_LIMIT_ACTIONS:
+        raise ValuesError(
+            f"compute.frontend.rateLimitAction: {f.rate_limit_action!r} is not one of {RATE_LIMIT_ACTIONS}"
+        )
+    if f.rate_limit_count < 1:
+        raise ValuesError(f"compute.frontend.rateLimitCount: {f.rate_limit_count} is below 1")
+    if f.rate_limit_interval_sec not in RATE_INTERVALS:
+        raise ValuesError(
+            f"compute.frontend.rateLimitIntervalSec: {f.rate_limit_interval_sec} is not one of Cloud Armor's "
+            f"intervals {RATE_INTERVALS}"
+        )
+    if f.ban_duration_sec < 1:
+        raise ValuesError(f"compute.frontend.banDurationSec: {f.ban_duration_sec} is below 1")
+    if not 0 <= f.rate_limit_priority < DEFAULT_RULE:
+        raise ValuesError(
+            f"compute.frontend.rateLimitPriority: {f.rate_limit_priority} is not in 0..{DEFAULT_RULE - 1}"
+        )
 
 
 def check(config: GcpConfig) -> None:
     """Raises :class:`ValuesError`, naming the key, for a configuration that cannot describe the group."""
     _check_sizes(config)
     _check_names(config)
+    _check_frontend(config)
     _secret_specs(config)
 
 
@@ -261,7 +381,7 @@ def _group(config: GcpConfig, where: Location, template: str) -> Any:
         max_unavailable=compute_v1.FixedOrPercent(fixed=0),
     )
     healing = compute_v1.InstanceGroupManagerAutoHealingPolicy(
-        health_check=where.link(HEALTH_CHECK, n["health"]), initial_delay_sec=c.autohealing_delay_seconds
+        health_check=where.link(_health_kind(config), n["health"]), initial_delay_sec=c.autohealing_delay_seconds
     )
     return compute_v1.InstanceGroupManager(
         name=n["mig"],
@@ -297,7 +417,7 @@ def _autoscaler(config: GcpConfig, where: Location) -> Any:
     )
 
 
-def _backend_service(config: GcpConfig, where: Location) -> Any:
+def _backend_service(config: GcpConfig, where: Location) -> Resource:
     c, n = config.compute, names(config)
     backend = compute_v1.Backend(
         group=where.instance_group_link(n["mig"]),
@@ -305,7 +425,7 @@ def _backend_service(config: GcpConfig, where: Location) -> Any:
         max_utilization=0.8,
         capacity_scaler=1.0,
     )
-    return compute_v1.BackendService(
+    service = compute_v1.BackendService(
         name=n["backend"],
         description="erlmcp: the load balancer's backend, the managed instance group",
         load_balancing_scheme=c.load_balancing_scheme,
@@ -313,9 +433,124 @@ def _backend_service(config: GcpConfig, where: Location) -> Any:
         port_name=PORT_NAME,
         timeout_sec=c.backend_timeout_seconds,
         session_affinity="NONE",
-        health_checks=[where.link(HEALTH_CHECK, n["health"])],
+        health_checks=[where.link(_health_kind(config), n["health"])],
         backends=[backend],
     )
+    if not c.frontend.enabled:
+        return Resource(_backend_kind(config), service)
+    service.security_policy = where.link(SECURITY_POLICY, n["policy"])
+    return Resource(_backend_kind(config), service, setters=(SECURITY_POLICY_SETTER,))
+
+
+def _every_source() -> Any:
+    return compute_v1.SecurityPolicyRuleMatcher(
+        versioned_expr="SRC_IPS_V1", config=compute_v1.SecurityPolicyRuleMatcherConfig(src_ip_ranges=["*"])
+    )
+
+
+def _security_policy(config: GcpConfig) -> Any:
+    f = config.compute.frontend
+    limits = compute_v1.SecurityPolicyRuleRateLimitOptions(
+        conform_action="allow",
+        exceed_action="deny(429)",
+        enforce_on_key="IP",
+        rate_limit_threshold=compute_v1.SecurityPolicyRuleRateLimitOptionsThreshold(
+            count=f.rate_limit_count, interval_sec=f.rate_limit_interval_sec
+        ),
+    )
+    if f.rate_limit_action == "rate_based_ban":
+        limits.ban_duration_sec = f.ban_duration_sec
+    rate = compute_v1.SecurityPolicyRule(
+        priority=f.rate_limit_priority,
+        description="erlmcp: requests per client IP; over the limit: 429",
+        action=f.rate_limit_action,
+        match=_every_source(),
+        rate_limit_options=limits,
+    )
+    default = compute_v1.SecurityPolicyRule(
+        priority=DEFAULT_RULE, description="default rule: allow", action="allow", match=_every_source()
+    )
+    return compute_v1.SecurityPolicy(
+        name=names(config)["policy"],
+        description="erlmcp: Cloud Armor in front of the backend service",
+        type_="CLOUD_ARMOR",
+        rules=[rate, default],
+    )
+
+
+def _https_frontend(config: GcpConfig, where: Location) -> list[Resource]:
+    """The address, the managed certificate, the URL map to the backend, the HTTPS proxy and its rule on 443."""
+    n = names(config)
+    address = compute_v1.Address(
+        name=n["address"],
+        description="erlmcp: the load balancer's address (point the domains' DNS A records here)",
+        address_type="EXTERNAL",
+        ip_version="IPV4",
+        network_tier="PREMIUM",
+    )
+    certificate = immutable(
+        SSL_CERTIFICATE,
+        n["certificate"],
+        compute_v1.SslCertificate(
+            description="erlmcp: Google-managed certificate",
+            type_="MANAGED",
+            managed=compute_v1.SslCertificateManagedSslCertificate(domains=sorted(config.compute.frontend.domains)),
+        ),
+        note="new domains: a new certificate; Google provisions it once the domains resolve to the address",
+    )
+    url_map = compute_v1.UrlMap(
+        name=n["url_map"],
+        description="erlmcp: every request to the backend service",
+        default_service=where.link(GLOBAL_BACKEND_SERVICE, n["backend"]),
+    )
+    proxy = compute_v1.TargetHttpsProxy(
+        name=n["https_proxy"],
+        description="erlmcp: TLS with the managed certificate",
+        url_map=where.link(URL_MAP, n["url_map"]),
+        ssl_certificates=[where.link(SSL_CERTIFICATE, certificate.name)],
+    )
+    return [
+        Resource(GLOBAL_ADDRESS, address),
+        certificate,
+        Resource(URL_MAP, url_map),
+        Resource(TARGET_HTTPS_PROXY, proxy),
+        Resource(GLOBAL_FORWARDING_RULE, _forwarding_rule(config, where, "https_rule", TARGET_HTTPS_PROXY, 443)),
+    ]
+
+
+def _forwarding_rule(config: GcpConfig, where: Location, key: str, target: Kind, port: int) -> Any:
+    n = names(config)
+    proxy = n["https_proxy"] if target is TARGET_HTTPS_PROXY else n["http_proxy"]
+    return compute_v1.ForwardingRule(
+        name=n[key],
+        description=f"erlmcp: port {port} of the load balancer's address",
+        I_p_address=where.link(GLOBAL_ADDRESS, n["address"]),
+        I_p_protocol="TCP",
+        port_range=str(port),
+        target=where.link(target, proxy),
+        load_balancing_scheme="EXTERNAL_MANAGED",
+        network_tier="PREMIUM",
+    )
+
+
+def _http_redirect(config: GcpConfig, where: Location) -> list[Resource]:
+    """Port 80: a URL map that answers every request with a 301 to https, its HTTP proxy and its rule."""
+    n = names(config)
+    redirect = compute_v1.UrlMap(
+        name=n["redirect"],
+        description="erlmcp: HTTP to HTTPS",
+        default_url_redirect=compute_v1.HttpRedirectAction(
+            https_redirect=True, redirect_response_code="MOVED_PERMANENTLY_DEFAULT", strip_query=False
+        ),
+    )
+    proxy = compute_v1.TargetHttpProxy(
+        name=n["http_proxy"], description="erlmcp: HTTP, redirected", url_map=where.link(URL_MAP, n["redirect"])
+    )
+    return [
+        Resource(URL_MAP, redirect),
+        Resource(TARGET_HTTP_PROXY, proxy),
+        Resource(GLOBAL_FORWARDING_RULE, _forwarding_rule(config, where, "http_rule", TARGET_HTTP_PROXY, 80)),
+    ]
 
 
 def desired(config: GcpConfig) -> list[Resource]:
@@ -323,13 +558,30 @@ def desired(config: GcpConfig) -> list[Resource]:
     check(config)
     where = Location(config.project, config.region)
     template = _template(config, where)
-    return [
-        Resource(HEALTH_CHECK, _health_check(config)),
+    group = [
+        Resource(_health_kind(config), _health_check(config)),
         template,
         Resource(INSTANCE_GROUP_MANAGER, _group(config, where, template.name), frozenset({"target_size"})),
         Resource(AUTOSCALER, _autoscaler(config, where)),
-        Resource(BACKEND_SERVICE, _backend_service(config, where)),
     ]
+    if not config.compute.frontend.enabled:
+        return [*group, _backend_service(config, where)]
+    return [
+        *group,
+        Resource(SECURITY_POLICY, _security_policy(config)),
+        _backend_service(config, where),
+        *_https_frontend(config, where),
+        *_http_redirect(config, where),
+    ]
+
+
+def absent(config: GcpConfig) -> list[Absent]:
+    """With the global backend service, the regional backend service and health check that earlier versions made
+    for EXTERNAL_MANAGED (deleted after the group has moved to the global check)."""
+    if not _global(config):
+        return []
+    n = names(config)
+    return [Absent(BACKEND_SERVICE, n["backend"]), Absent(HEALTH_CHECK, n["health"])]
 
 
 def _requirements(config: GcpConfig) -> list[Requirement]:
@@ -344,4 +596,4 @@ def _title(config: GcpConfig) -> str:
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
     """``gce plan|apply|render`` (render: offline): 0 when done; ValuesError for a bad configuration, CloudError
     if refused."""
-    return run(args, Platform(_title, desired, _requirements), log=log, out=out)
+    return run(args, Platform(_title, desired, _requirements, absent), log=log, out=out)

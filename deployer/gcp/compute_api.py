@@ -15,11 +15,17 @@ Decisions:
   allows to change only in some ways (a subnet's range) are never sent when they did not change. Where the kind
   has a ``fingerprint`` (subnetworks, backend services, instance group managers) the one read is sent back: the
   API requires it there, and a change made by someone else in between is refused (412) instead of overwritten.
-* **Immutable kinds are named by their content.** An instance template cannot be changed, so :func:`immutable`
-  names it ``<base>-<first 10 hex digits of the SHA-256 of its content>``: a changed template is a new name, a
-  CREATE, and whatever points at it (the managed instance group) shows an UPDATE to the new link. An existing
-  template of that name is NO CHANGE by construction. Old templates are left in place (a rollback is an apply of
+* **Immutable kinds are named by their content.** An instance template (or a managed SSL certificate) cannot be
+  changed, so :func:`immutable` names it ``<base>-<first 10 hex digits of the SHA-256 of its content>``: a changed
+  template is a new name, a CREATE, and whatever points at it (the managed instance group; the HTTPS proxy) shows
+  an UPDATE to the new link. An existing template of that name is NO CHANGE by construction. Other kinds that
+  cannot be patched but keep their name (a global address, a global forwarding rule) are found by name and never
+  compared. Old templates are left in place (a rollback is an apply of
   the old configuration, which finds its template still there); delete them with ``gcloud`` when unwanted.
+* **Fields and lists with methods of their own.** A backend service's ``securityPolicy`` is output only: a
+  :class:`Setter` leaves it out of insert and PATCH bodies and writes it with ``setSecurityPolicy``; it is still
+  compared, so a policy taken off is drift. A security policy's ``rules`` cannot be patched (:attr:`Kind.by_rule`):
+  they are compared as a whole and made right rule by rule, by priority (removeRule, addRule, patchRule).
 * **DELETE only by name, only what was ours.** Nothing is listed: a platform names the resources of its own that
   must not exist (an optional firewall rule turned off, :class:`Absent`), and those are deleted if they exist.
   Whatever else is in the project is never read or touched.
@@ -76,12 +82,21 @@ __all__ = [
     "Absent",
     "BACKEND_SERVICE",
     "FIREWALL",
+    "GLOBAL_ADDRESS",
+    "GLOBAL_BACKEND_SERVICE",
+    "GLOBAL_FORWARDING_RULE",
+    "GLOBAL_HEALTH_CHECK",
     "HEALTH_CHECK",
     "INSTANCE_GROUP_MANAGER",
     "INSTANCE_TEMPLATE",
     "NETWORK",
     "ROUTER",
+    "SECURITY_POLICY",
+    "SSL_CERTIFICATE",
     "SUBNETWORK",
+    "TARGET_HTTPS_PROXY",
+    "TARGET_HTTP_PROXY",
+    "URL_MAP",
     "ComputeApi",
     "Kind",
     "Location",
@@ -89,6 +104,7 @@ __all__ = [
     "Platform",
     "Requirement",
     "Resource",
+    "Setter",
     "apply",
     "check_name",
     "immutable",
@@ -117,6 +133,7 @@ class Kind:
     field: str
     regional: bool
     immutable: bool = False
+    by_rule: bool = False  # its ``rules`` change only through addRule, patchRule and removeRule (by priority)
 
 
 NETWORK = Kind("network", compute_v1.NetworksClient, compute_v1.Network, "networks", "network", False)
@@ -133,7 +150,15 @@ INSTANCE_TEMPLATE = Kind(
     immutable=True,
 )
 HEALTH_CHECK = Kind(
-    "health check", compute_v1.RegionHealthChecksClient, compute_v1.HealthCheck, "healthChecks", "health_check", True
+    "regional health check",
+    compute_v1.RegionHealthChecksClient,
+    compute_v1.HealthCheck,
+    "healthChecks",
+    "health_check",
+    True,
+)
+GLOBAL_HEALTH_CHECK = Kind(
+    "health check", compute_v1.HealthChecksClient, compute_v1.HealthCheck, "healthChecks", "health_check", False
 )
 INSTANCE_GROUP_MANAGER = Kind(
     "instance group manager",
@@ -147,11 +172,69 @@ AUTOSCALER = Kind(
     "autoscaler", compute_v1.RegionAutoscalersClient, compute_v1.Autoscaler, "autoscalers", "autoscaler", True
 )
 BACKEND_SERVICE = Kind(
-    "backend service",
+    "regional backend service",
     compute_v1.RegionBackendServicesClient,
     compute_v1.BackendService,
     "backendServices",
     "backend_service",
+    True,
+)
+GLOBAL_BACKEND_SERVICE = Kind(
+    "backend service",
+    compute_v1.BackendServicesClient,
+    compute_v1.BackendService,
+    "backendServices",
+    "backend_service",
+    False,
+)
+# The global external Application Load Balancer's frontend. An address, a certificate and a forwarding rule
+# cannot be patched (their API has no such method, or only for other fields): they are found by name, never
+# compared; the certificate is named by its content (a new domain list is a new certificate).
+GLOBAL_ADDRESS = Kind(
+    "global address", compute_v1.GlobalAddressesClient, compute_v1.Address, "addresses", "address", False, True
+)
+SSL_CERTIFICATE = Kind(
+    "SSL certificate",
+    compute_v1.SslCertificatesClient,
+    compute_v1.SslCertificate,
+    "sslCertificates",
+    "ssl_certificate",
+    False,
+    True,
+)
+SECURITY_POLICY = Kind(
+    "security policy",
+    compute_v1.SecurityPoliciesClient,
+    compute_v1.SecurityPolicy,
+    "securityPolicies",
+    "security_policy",
+    False,
+    by_rule=True,
+)
+URL_MAP = Kind("URL map", compute_v1.UrlMapsClient, compute_v1.UrlMap, "urlMaps", "url_map", False)
+TARGET_HTTPS_PROXY = Kind(
+    "target HTTPS proxy",
+    compute_v1.TargetHttpsProxiesClient,
+    compute_v1.TargetHttpsProxy,
+    "targetHttpsProxies",
+    "target_https_proxy",
+    False,
+)
+TARGET_HTTP_PROXY = Kind(
+    "target HTTP proxy",
+    compute_v1.TargetHttpProxiesClient,
+    compute_v1.TargetHttpProxy,
+    "targetHttpProxies",
+    "target_http_proxy",
+    False,
+)
+GLOBAL_FORWARDING_RULE = Kind(
+    "global forwarding rule",
+    compute_v1.GlobalForwardingRulesClient,
+    compute_v1.ForwardingRule,
+    "forwardingRules",
+    "forwarding_rule",
+    False,
     True,
 )
 
@@ -176,14 +259,28 @@ class Location:
 
 
 @dataclass(frozen=True)
+class Setter:
+    """A field the API sets only through a method of its own (a backend service's output-only
+    ``security_policy``: ``setSecurityPolicy``): left out of insert and patch bodies and set after them by the
+    client's ``method`` (a ``*_unary`` call), whose body field ``body`` is ``wrap(value)``."""
+
+    field: str
+    method: str
+    body: str
+    wrap: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
 class Resource:
     """One resource as it should be: the message (with its name); ``create_only`` fields are sent on insert and
-    never compared; ``note`` is printed next to a CREATE or UPDATE."""
+    never compared; ``setters`` fields are compared but written by their own methods; ``note`` is printed next to
+    a CREATE or UPDATE."""
 
     kind: Kind
     message: Any
     create_only: frozenset[str] = frozenset()
     note: str = ""
+    setters: tuple[Setter, ...] = ()
 
     @property
     def name(self) -> str:
@@ -296,11 +393,44 @@ class ComputeApi:
         return _call(f"cannot read {kind.title} {name}", self.location, read)
 
     def insert(self, resource: Resource) -> None:
+        """Insert the message without its setter fields, then set those it sets."""
         kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.name}"
-        request = {**self._scope(kind), f"{kind.field}_resource": resource.message}
+        body = type(resource.message)(resource.message)
+        for setter in resource.setters:
+            delattr(body, setter.field)
+        request = {**self._scope(kind), f"{kind.field}_resource": body}
         operation = _call(
             what, self.location, lambda: self.client(kind.client).insert_unary(request=request, timeout=CALL_TIMEOUT)
         )
+        self._wait(kind, operation, what)
+        for setter in resource.setters:
+            if getattr(resource.message, setter.field):
+                self.set(resource, setter)
+
+    def set(self, resource: Resource, setter: Setter) -> None:
+        """Write ``setter``'s field of the desired message with its own method."""
+        kind, what = resource.kind, f"cannot set the {setter.field} of {resource.kind.title} {resource.name}"
+        value = setter.wrap(getattr(resource.message, setter.field))
+        request = {**self._scope(kind), kind.field: resource.name, setter.body: value}
+        method = getattr(self.client(kind.client), setter.method)
+        operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
+        self._wait(kind, operation, what)
+
+    def rule(
+        self, resource: Resource, verb: str, priority: int, rule: Any | None = None, clear: Sequence[str] = ()
+    ) -> None:
+        """``verb`` (add, patch, remove) the rule of ``priority`` of a :attr:`Kind.by_rule` resource; a patch also
+        clears the fields at the (camelCase) paths ``clear`` (a patch leaves out what it does not name)."""
+        kind, what = resource.kind, f"cannot {verb} rule {priority} of {resource.kind.title} {resource.name}"
+        request: dict[str, Any] = {**self._scope(kind), kind.field: resource.name}
+        if verb != "add":
+            request["priority"] = priority
+        if rule is not None:
+            request[f"{kind.field}_rule_resource"] = rule
+        if clear:
+            request["update_mask"] = ",".join(clear)
+        method = getattr(self.client(kind.client), f"{verb}_rule_unary")
+        operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
         self._wait(kind, operation, what)
 
     def patch(self, resource: Resource, fields: Iterable[str], actual: Any) -> None:
@@ -409,6 +539,47 @@ def _top_level(paths: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(re.split(r"[.\[]", path, maxsplit=1)[0] for path in paths))
 
 
+def _cleared(desired: dict[str, Any], actual: dict[str, Any], path: str = "") -> list[str]:
+    """The paths set in ``actual`` but not in ``desired`` inside objects ``desired`` sets (a rate_based_ban's
+    ``rateLimitOptions.banDurationSec`` when the rule is a throttle again): what a patch must clear."""
+    found: list[str] = []
+    for name, value in actual.items():
+        where = f"{path}.{name}" if path else name
+        if name not in desired:
+            found += [where] if path else []
+        elif isinstance(value, dict) and isinstance(desired[name], dict):
+            found += _cleared(desired[name], value, where)
+    return found
+
+
+def _sync_rules(api: ComputeApi, resource: Resource, actual: Any) -> None:
+    """Make the rules of a :attr:`Kind.by_rule` resource the desired ones, rule by rule (by priority)."""
+    desired = {rule.priority: rule for rule in resource.message.rules}
+    found = {rule.priority: rule for rule in actual.rules}
+    for priority in sorted(found.keys() - desired.keys()):
+        api.rule(resource, "remove", priority)
+    for priority, rule in desired.items():
+        if priority not in found:
+            api.rule(resource, "add", priority, rule)
+        elif differences(view(rule), view(found[priority])):
+            api.rule(resource, "patch", priority, rule, _cleared(rest_fields(rule), rest_fields(found[priority])))
+
+
+def _update(api: ComputeApi, change: Change) -> None:
+    """PATCH what differs; the rules and the setter fields each through their own methods."""
+    resource: Resource = change.desired
+    fields = _top_level(path for path, _, _ in change.differences)
+    setters = [setter for setter in resource.setters if setter.field in fields]
+    separate = {setter.field for setter in setters} | ({"rules"} if resource.kind.by_rule else set())
+    patched = [name for name in fields if name not in separate]
+    if patched:
+        api.patch(resource, patched, change.actual)
+    if resource.kind.by_rule and "rules" in fields:
+        _sync_rules(api, resource, change.actual)
+    for setter in setters:
+        api.set(resource, setter)
+
+
 def apply(api: ComputeApi, changes: Sequence[Change], log: Log) -> None:
     """Create, update and delete, in the order planned (the builders put what is referenced first)."""
     for change in changes:
@@ -417,8 +588,7 @@ def apply(api: ComputeApi, changes: Sequence[Change], log: Log) -> None:
             api.insert(resource)
             log(f"created {change.kind} {change.name}")
         elif change.action == UPDATE:
-            fields = _top_level(path for path, _, _ in change.differences)
-            api.patch(resource, fields, change.actual)
+            _update(api, change)
             log(f"updated {change.kind} {change.name}: " + ", ".join(path for path, _, _ in change.differences))
         elif change.action == DELETE:
             api.delete(change.desired.kind, change.name)

@@ -24,6 +24,7 @@ __all__ = [
     "CloudRunConfig",
     "ClusterConfig",
     "ComputeConfig",
+    "FrontendConfig",
     "GcpConfig",
     "LoggingConfig",
     "MaintenanceWindowConfig",
@@ -110,6 +111,19 @@ class CloudRunConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # more server settings, e.g. ERLMCP_JWT_ISSUER
 
 
+class FrontendConfig(_Section):
+    """The global external Application Load Balancer in front of the group (``compute.frontend``); checked, naming
+    the key, by :mod:`deployer.gcp.compute`."""
+
+    enabled: bool = False  # off: the backend service only, as before (no address, certificate or proxies)
+    domains: tuple[str, ...] = ()  # the Google-managed certificate's domains (DNS A records -> the address)
+    rate_limit_action: str = "throttle"  # Cloud Armor's per-client rule: throttle or rate_based_ban
+    rate_limit_count: int = 600  # requests per client IP ...
+    rate_limit_interval_sec: int = 60  # ... in this many seconds (one of Cloud Armor's intervals), then 429
+    ban_duration_sec: int = 600  # rate_based_ban only: how long a client over the limit stays refused
+    rate_limit_priority: int = 1000  # the rule's priority in the policy (the default allow rule is 2147483647)
+
+
 class ComputeConfig(_Section):
     """The Compute Engine managed instance group (section 3)."""
 
@@ -126,7 +140,8 @@ class ComputeConfig(_Section):
     boot_disk_type: str = "pd-balanced"
     autohealing_delay_seconds: int = 300  # a new VM's time to boot and pull the image before health checks count
     backend_timeout_seconds: int = 30
-    load_balancing_scheme: str = "EXTERNAL_MANAGED"  # the regional backend service: external or INTERNAL_MANAGED
+    load_balancing_scheme: str = "EXTERNAL_MANAGED"  # a global backend service; INTERNAL_MANAGED: a regional one
+    frontend: FrontendConfig = Field(default_factory=FrontendConfig)
 
 
 class MaintenanceWindowConfig(_Section):

@@ -1,32 +1,48 @@
-"""``python -m deployer gce``: the instance template, regional managed instance group, autoscaler, health check and
-load balancer backend, planned offline and applied through the real google-cloud-compute clients against a local
-server of the Compute Engine REST protocol (:mod:`tests.compute_rest`); and the VMs' startup script, checked by
-shellcheck and run with bash against a local stand-in for the metadata server and Secret Manager's REST API."""
+"""``python -m deployer gce``: the instance template, regional managed instance group, autoscaler, health check,
+load balancer backend and the global external Application Load Balancer's frontend (address, managed certificate,
+URL maps, proxies, forwarding rules, Cloud Armor), planned offline and applied through the real
+google-cloud-compute clients against a local server of the Compute Engine REST protocol (:mod:`tests.compute_rest`);
+and the VMs' startup script, checked by shellcheck and run with bash against a local stand-in for the metadata
+server and Secret Manager's REST API."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.cloud import compute_v1
 
 from deployer.cli import main
+from deployer.errors import CloudError, ValuesError
 from deployer.gcp import compute, network
 from deployer.gcp.compute_api import (
     AUTOSCALER,
     BACKEND_SERVICE,
+    GLOBAL_BACKEND_SERVICE,
+    GLOBAL_FORWARDING_RULE,
+    GLOBAL_HEALTH_CHECK,
     HEALTH_CHECK,
     INSTANCE_GROUP_MANAGER,
     INSTANCE_TEMPLATE,
+    SECURITY_POLICY,
+    SSL_CERTIFICATE,
+    TARGET_HTTP_PROXY,
+    TARGET_HTTPS_PROXY,
+    URL_MAP,
+    ComputeApi,
+    Location,
+    Resource,
 )
 from deployer.gcp.config import GcpConfig
 from tests.compute_rest import LINK, ComputeRest
@@ -85,7 +101,8 @@ def write_config(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "sections",
     [{}, {"secrets": {"keys": ["api-keys", "tls-key", "redis-url"]}},
-     {"compute": {"loadBalancingScheme": "INTERNAL_MANAGED", "minReplicas": 1}}, {"zones": ["us-central1-f"]}],
+     {"compute": {"loadBalancingScheme": "INTERNAL_MANAGED", "minReplicas": 1}}, {"zones": ["us-central1-f"]},
+     {"compute": {"frontend": {"enabled": True, "domains": ["a.example.com"], "rateLimitAction": "rate_based_ban"}}}],
 )  # fmt: skip
 def test_every_resource_is_a_valid_compute_v1_message_that_survives_a_strict_json_round_trip(sections: Any) -> None:
     for resource in compute.desired(config(**sections)):
@@ -141,7 +158,7 @@ def test_the_group_spreads_over_the_zones_autoheals_on_the_health_check_and_roll
     assert [z.zone.rsplit("/", 1)[1] for z in mig.distribution_policy.zones] == [f"{REGION}-{z}" for z in "abc"]
     assert [(p.name, p.port) for p in mig.named_ports] == [("http", 8080)]
     (healing,) = mig.auto_healing_policies
-    assert healing.health_check.endswith(f"/regions/{REGION}/healthChecks/erlmcp-health")
+    assert healing.health_check == f"{LINK}projects/{PROJECT}/global/healthChecks/erlmcp-health"  # the LB's check
     assert healing.initial_delay_sec == 300
     update = mig.update_policy
     assert (update.type_, update.max_surge.fixed, update.max_unavailable.fixed) == ("PROACTIVE", 3, 0)
@@ -164,8 +181,9 @@ def test_the_health_check_gets_slash_health_on_8080_and_the_backend_has_no_affin
     assert (backend.session_affinity, backend.timeout_sec, backend.port_name) == ("NONE", 30, "http")
     assert backend.load_balancing_scheme == "EXTERNAL_MANAGED"
     assert backend.backends[0].group == f"{LINK}projects/{PROJECT}/regions/{REGION}/instanceGroups/erlmcp-mig"
-    assert [r.kind for r in compute.desired(config())] == [HEALTH_CHECK, INSTANCE_TEMPLATE, INSTANCE_GROUP_MANAGER,
-                                                            AUTOSCALER, BACKEND_SERVICE]  # fmt: skip
+    assert [r.kind for r in compute.desired(config())] == [GLOBAL_HEALTH_CHECK, INSTANCE_TEMPLATE,
+                                                            INSTANCE_GROUP_MANAGER, AUTOSCALER,
+                                                            GLOBAL_BACKEND_SERVICE]  # fmt: skip
 
 
 # -- the startup script ------------------------------------------------------------------------------------------
@@ -398,13 +416,12 @@ def test_an_autoscaler_maximum_changed_by_someone_is_an_update_and_apply_puts_it
 
 def test_backend_drift_is_patched_with_the_fingerprint(vpc: ComputeRest, capsys: Any) -> None:
     assert cli(vpc, capsys, "gce", "apply")[0] == 0
-    vpc.edit("backendServices", "erlmcp-backend", lambda b: b.update(sessionAffinity="CLIENT_IP", timeoutSec=5),
-             REGION)  # fmt: skip
+    vpc.edit("backendServices", "erlmcp-backend", lambda b: b.update(sessionAffinity="CLIENT_IP", timeoutSec=5))
     code, out, _ = cli(vpc, capsys, "gce", "apply")
     assert code == 0
     assert 'session_affinity: "CLIENT_IP" -> "NONE"' in out
     assert "timeout_sec: 5 -> 30" in out
-    stored = vpc.get("backendServices", "erlmcp-backend", REGION)
+    stored = vpc.get("backendServices", "erlmcp-backend")  # global
     assert (stored["sessionAffinity"], stored["timeoutSec"]) == ("NONE", 30)
     assert vpc.writes[-1].body is not None
     assert "fingerprint" in vpc.writes[-1].body
@@ -478,3 +495,378 @@ def test_a_bad_configuration_exits_2_naming_the_key_and_calls_nothing(
     assert out == ""
     assert message in err
     assert api.calls == []
+
+
+# -- the global external Application Load Balancer in front of the group -----------------------------------------
+
+DOMAIN = "mcp.example.com"
+ARMOR = "erlmcp-armor"
+FRONTEND_YAML = f"compute:\n  frontend:\n    enabled: true\n    domains: [{DOMAIN}]\n"
+FRONTEND_ORDER = [
+    ("health check", "erlmcp-health"), ("instance template", None), ("instance group manager", "erlmcp-mig"),
+    ("autoscaler", "erlmcp-autoscaler"), ("security policy", "erlmcp-armor"), ("backend service", "erlmcp-backend"),
+    ("global address", "erlmcp-ip"), ("SSL certificate", None), ("URL map", "erlmcp-url-map"),
+    ("target HTTPS proxy", "erlmcp-https-proxy"), ("global forwarding rule", "erlmcp-https"),
+    ("URL map", "erlmcp-http-redirect"), ("target HTTP proxy", "erlmcp-http-proxy"),
+    ("global forwarding rule", "erlmcp-http"),
+]  # fmt: skip
+
+
+def frontend(**settings: Any) -> GcpConfig:
+    return config(compute={"frontend": {"enabled": True, "domains": [DOMAIN], **settings}})
+
+
+def frontend_file(tmp_path: Path, extra: str = "") -> Path:
+    return write_config(tmp_path, FRONTEND_YAML + extra)
+
+
+def link(key: str) -> str:
+    return f"{LINK}projects/{PROJECT}/{key}"
+
+
+def test_without_the_frontend_the_health_check_and_backend_service_are_global_and_nothing_else_is_made() -> None:
+    resources = compute.desired(config())
+    assert [r.kind for r in resources] == [GLOBAL_HEALTH_CHECK, INSTANCE_TEMPLATE, INSTANCE_GROUP_MANAGER, AUTOSCALER,
+                                           GLOBAL_BACKEND_SERVICE]  # fmt: skip
+    backend = resources[-1].message
+    assert backend.health_checks == [link("global/healthChecks/erlmcp-health")]
+    assert "security_policy" not in backend
+    (healing,) = resources[2].message.auto_healing_policies
+    assert healing.health_check == link("global/healthChecks/erlmcp-health")
+
+
+def test_internal_managed_keeps_the_regional_backend_service_and_health_check() -> None:
+    resources = compute.desired(config(compute={"loadBalancingScheme": "INTERNAL_MANAGED"}))
+    assert [r.kind for r in resources] == [HEALTH_CHECK, INSTANCE_TEMPLATE, INSTANCE_GROUP_MANAGER, AUTOSCALER,
+                                           BACKEND_SERVICE]  # fmt: skip
+    assert resources[-1].message.health_checks == [link(f"regions/{REGION}/healthChecks/erlmcp-health")]
+    assert compute.absent(config(compute={"loadBalancingScheme": "INTERNAL_MANAGED"})) == []
+
+
+def test_the_frontend_resources_come_in_an_order_where_each_refers_only_to_earlier_ones() -> None:
+    resources = compute.desired(frontend())
+    assert [(r.kind.title, r.name if n else None) for r, (_, n) in zip(resources, FRONTEND_ORDER, strict=True)] == [
+        (kind, name) for kind, name in FRONTEND_ORDER
+    ]
+    where = Location(PROJECT, REGION)
+    earlier: set[str] = set()
+    for resource in resources:
+        body = json.dumps(type(resource.message).to_dict(resource.message))
+        referenced = {where.link(r.kind, r.name) for r in resources if r is not resource} & set(
+            re.findall(r'"(https://[^"]+)"', body)
+        )
+        assert referenced <= earlier, resource.name
+        earlier.add(where.link(resource.kind, resource.name))
+    assert len(earlier) == len(resources)
+
+
+def test_the_certificate_is_google_managed_for_the_domains_and_named_by_them() -> None:
+    found = {r.kind: r for r in compute.desired(frontend(domains=["b.example.com", "a.example.com"]))}
+    certificate = found[SSL_CERTIFICATE]
+    assert certificate.message.type_ == "MANAGED"
+    assert list(certificate.message.managed.domains) == ["a.example.com", "b.example.com"]
+    assert certificate.name.startswith("erlmcp-cert-")
+    same = {r.kind: r.name for r in compute.desired(frontend(domains=["a.example.com", "b.example.com"]))}
+    other = {r.kind: r.name for r in compute.desired(frontend(domains=["a.example.com"]))}
+    assert same[SSL_CERTIFICATE] == certificate.name != other[SSL_CERTIFICATE]
+    proxy = found[TARGET_HTTPS_PROXY].message
+    assert proxy.ssl_certificates == [link(f"global/sslCertificates/{certificate.name}")]
+    assert proxy.url_map == link("global/urlMaps/erlmcp-url-map")
+
+
+def test_the_security_policy_throttles_each_client_ip_with_429_and_allows_the_rest() -> None:
+    found = {r.kind: r for r in compute.desired(frontend())}
+    policy = found[SECURITY_POLICY].message
+    rate, default = policy.rules
+    assert (rate.action, rate.priority) == ("throttle", 1000)
+    limits = rate.rate_limit_options
+    assert (limits.conform_action, limits.exceed_action, limits.enforce_on_key) == ("allow", "deny(429)", "IP")
+    assert (limits.rate_limit_threshold.count, limits.rate_limit_threshold.interval_sec) == (600, 60)
+    assert list(rate.match.config.src_ip_ranges) == ["*"]
+    assert (default.priority, default.action, list(default.match.config.src_ip_ranges)) == (2147483647, "allow",
+                                                                                           ["*"])  # fmt: skip
+    backend = found[GLOBAL_BACKEND_SERVICE]
+    assert backend.message.security_policy == link("global/securityPolicies/erlmcp-armor")
+    banned = {r.kind: r for r in compute.desired(frontend(rateLimitAction="rate_based_ban", rateLimitCount=100,
+                                                          rateLimitIntervalSec=10, banDurationSec=300))}  # fmt: skip
+    rule = banned[SECURITY_POLICY].message.rules[0]
+    assert rule.action == "rate_based_ban"
+    options = rule.rate_limit_options
+    assert (options.rate_limit_threshold.count, options.rate_limit_threshold.interval_sec) == (100, 10)
+    assert options.ban_duration_sec == 300
+
+
+def test_port_443_serves_the_backend_and_port_80_redirects_to_https_both_at_the_reserved_address() -> None:
+    resources = compute.desired(frontend())
+    maps = {r.name: r.message for r in resources if r.kind is URL_MAP}
+    assert maps["erlmcp-url-map"].default_service == link("global/backendServices/erlmcp-backend")
+    redirect = maps["erlmcp-http-redirect"].default_url_redirect
+    assert (redirect.https_redirect, redirect.redirect_response_code) == (True, "MOVED_PERMANENTLY_DEFAULT")
+    rules = {r.name: r.message for r in resources if r.kind is GLOBAL_FORWARDING_RULE}
+    for name, port, target in (("erlmcp-https", "443", "targetHttpsProxies/erlmcp-https-proxy"),
+                               ("erlmcp-http", "80", "targetHttpProxies/erlmcp-http-proxy")):  # fmt: skip
+        rule = rules[name]
+        assert (rule.port_range, rule.target) == (port, link(f"global/{target}"))
+        assert rule.I_p_address == link("global/addresses/erlmcp-ip")
+        assert (rule.load_balancing_scheme, rule.network_tier) == ("EXTERNAL_MANAGED", "PREMIUM")
+    http_proxy = next(r.message for r in resources if r.kind is TARGET_HTTP_PROXY)
+    assert http_proxy.url_map == link("global/urlMaps/erlmcp-http-redirect")
+
+
+def test_plan_on_an_empty_project_lists_the_frontend_in_order(vpc: ComputeRest, capsys: Any, tmp_path: Path) -> None:
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=frontend_file(tmp_path))
+    assert code == 0
+    changes = json.loads(out)["changes"]
+    assert {c["action"] for c in changes} == {"CREATE"}
+    assert [(c["kind"], c["name"] if n else None) for c, (_, n) in zip(changes, FRONTEND_ORDER, strict=True)] == [
+        (kind, name) for kind, name in FRONTEND_ORDER
+    ]
+
+
+def test_apply_creates_the_frontend_and_applying_again_writes_nothing(vpc: ComputeRest, capsys: Any,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    before = len(vpc.writes)
+    path = frontend_file(tmp_path)
+    code, out, err = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0, err
+    assert "applied: 14 created, 0 updated, 0 deleted, 0 unchanged" in out
+    paths = [w.path.split("/compute/v1/projects/demo-project/")[1] for w in vpc.writes[before:]]
+    assert paths == ["global/healthChecks", "global/instanceTemplates", f"regions/{REGION}/instanceGroupManagers",
+                     f"regions/{REGION}/autoscalers", "global/securityPolicies", "global/backendServices",
+                     "global/backendServices/erlmcp-backend/setSecurityPolicy", "global/addresses",
+                     "global/sslCertificates", "global/urlMaps", "global/targetHttpsProxies", "global/forwardingRules",
+                     "global/urlMaps", "global/targetHttpProxies", "global/forwardingRules"]  # fmt: skip
+    assert vpc.get("backendServices", "erlmcp-backend")["securityPolicy"] == link(f"global/securityPolicies/{ARMOR}")
+    address = vpc.get("addresses", "erlmcp-ip")["address"]
+    assert vpc.get("forwardingRules", "erlmcp-https")["IPAddress"] == address
+    assert vpc.get("forwardingRules", "erlmcp-http")["IPAddress"] == address
+    (certificate,) = vpc.names("sslCertificates")
+    assert vpc.get("sslCertificates", certificate)["managed"]["domains"] == [DOMAIN]
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", "--json", config_file=path)
+    assert code == 0
+    assert json.loads(out)["summary"]["NO CHANGE"] == 14
+    assert len(vpc.writes) == writes
+
+
+def test_a_rate_limit_edited_by_someone_is_drift_and_apply_patches_that_rule_only(vpc: ComputeRest, capsys: Any,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    vpc.edit("securityPolicies", "erlmcp-armor",
+             lambda p: p["rules"][0]["rateLimitOptions"]["rateLimitThreshold"].update(count=5000))  # fmt: skip
+    code, out, _ = cli(vpc, capsys, "gce", "plan", config_file=path)
+    assert code == 0
+    assert "UPDATE     security policy         erlmcp-armor" in out
+    assert "rules[0].rate_limit_options.rate_limit_threshold.count: 5000 -> 600" in out
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0
+    assert "1 updated" in out
+    (patch,) = vpc.writes[writes:]
+    assert (patch.method, patch.path.rsplit("/", 2)[1:]) == ("POST", ["erlmcp-armor", "patchRule"])
+    rules = vpc.get("securityPolicies", "erlmcp-armor")["rules"]
+    assert rules[0]["rateLimitOptions"]["rateLimitThreshold"] == {"count": 600, "intervalSec": 60}
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+def test_rules_added_or_removed_by_someone_are_removed_or_added_back(vpc: ComputeRest, capsys: Any,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    stranger = {
+        "priority": 10,
+        "action": "deny(403)",
+        "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["198.51.100.0/24"]}},
+    }
+    vpc.edit("securityPolicies", "erlmcp-armor", lambda p: p.update(rules=[stranger, p["rules"][1]]))  # fmt: skip
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0
+    assert "1 updated" in out
+    assert [w.path.rsplit("/", 1)[1] for w in vpc.writes[writes:]] == ["removeRule", "addRule"]
+    assert [r["priority"] for r in vpc.get("securityPolicies", "erlmcp-armor")["rules"]] == [1000, 2147483647]
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+def test_a_policy_taken_off_the_backend_service_is_drift_and_apply_sets_it_again(vpc: ComputeRest, capsys: Any,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    vpc.edit("backendServices", "erlmcp-backend", lambda b: b.pop("securityPolicy"))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", config_file=path)
+    assert "UPDATE     backend service         erlmcp-backend" in out
+    assert "security_policy: (unset) -> " in out
+    writes = len(vpc.writes)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    (call,) = vpc.writes[writes:]
+    assert (call.method, call.path.rsplit("/", 1)[1]) == ("POST", "setSecurityPolicy")
+    assert vpc.get("backendServices", "erlmcp-backend")["securityPolicy"] == link(f"global/securityPolicies/{ARMOR}")
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+def test_new_domains_are_a_new_certificate_the_https_proxy_moves_to_and_the_old_one_stays(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    (old,) = vpc.names("sslCertificates")
+    more = write_config(tmp_path, FRONTEND_YAML.replace(f"[{DOMAIN}]", f"[{DOMAIN}, api.example.com]"))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=more)
+    changes = [c for c in json.loads(out)["changes"] if c["action"] != "NO CHANGE"]
+    assert [(c["action"], c["kind"]) for c in changes] == [("CREATE", "SSL certificate"),
+                                                           ("UPDATE", "target HTTPS proxy")]  # fmt: skip
+    assert [d["field"] for d in changes[1]["differences"]] == ["ssl_certificates"]
+    assert cli(vpc, capsys, "gce", "apply", config_file=more)[0] == 0
+    new = changes[0]["name"]
+    assert sorted(vpc.names("sslCertificates")) == sorted([old, new])
+    proxy = vpc.get("targetHttpsProxies", "erlmcp-https-proxy")
+    assert proxy["sslCertificates"] == [link(f"global/sslCertificates/{new}")]
+    assert vpc.get("sslCertificates", new)["managed"]["domains"] == ["api.example.com", DOMAIN]
+
+
+def test_the_regional_backend_service_and_health_check_of_earlier_versions_are_replaced_by_global_ones(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    internal = write_config(tmp_path, "compute:\n  loadBalancingScheme: INTERNAL_MANAGED\n")
+    assert cli(vpc, capsys, "gce", "apply", config_file=internal)[0] == 0
+    assert vpc.get("backendServices", "erlmcp-backend", REGION)["loadBalancingScheme"] == "INTERNAL_MANAGED"
+    code, out, err = cli(vpc, capsys, "gce", "apply", "--json")
+    assert code == 0, err
+    changes = [(c["action"], c["kind"]) for c in json.loads(out)["changes"] if c["action"] != "NO CHANGE"]
+    assert changes == [("CREATE", "health check"), ("UPDATE", "instance group manager"),
+                       ("CREATE", "backend service"), ("DELETE", "regional backend service"),
+                       ("DELETE", "regional health check")]  # fmt: skip
+    assert not [k for k in vpc.resources if k.startswith(f"regions/{REGION}/backendServices/")]
+    assert not [k for k in vpc.resources if k.startswith(f"regions/{REGION}/healthChecks/")]
+    mig = vpc.get("instanceGroupManagers", "erlmcp-mig", REGION)
+    assert mig["autoHealingPolicies"][0]["healthCheck"] == link("global/healthChecks/erlmcp-health")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("compute:\n  frontend:\n    enabled: true\n",
+         "compute.frontend.domains: the Google-managed certificate needs at least one domain"),
+        (FRONTEND_YAML.replace(DOMAIN, "'*.example.com'"), "compute.frontend.domains: '*.example.com' is not a fully"),
+        (FRONTEND_YAML + "    rateLimitIntervalSec: 45\n", "compute.frontend.rateLimitIntervalSec: 45 is not one of"),
+        (FRONTEND_YAML + "    rateLimitAction: deny\n", "compute.frontend.rateLimitAction: 'deny' is not one of"),
+        (FRONTEND_YAML + "    rateLimitCount: 0\n", "compute.frontend.rateLimitCount: 0 is below 1"),
+        (FRONTEND_YAML + "  loadBalancingScheme: INTERNAL_MANAGED\n",
+         "compute.frontend: the frontend is a global external Application Load Balancer"),
+        (FRONTEND_YAML + "    certificate: x\n", "compute.frontend.certificate: Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_a_bad_frontend_configuration_exits_2_naming_the_key_and_calls_nothing(
+    api: ComputeRest, capsys: Any, tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    code, out, err = cli(api, capsys, "gce", "plan", config_file=write_config(tmp_path, yaml_text))
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert api.calls == []
+
+
+# -- the stand-in refuses what Compute Engine refuses (through the real clients) -----------------------------------
+
+
+def refused(server: ComputeRest, call: Callable[[ComputeApi], None]) -> str:
+    api = ComputeApi.connect(Location(PROJECT, REGION), server.endpoint, insecure=True)
+    try:
+        with pytest.raises(CloudError) as caught:
+            call(api)
+    finally:
+        api.close()
+    return str(caught.value)
+
+
+def rule(priority: int, action: str = "allow") -> Any:
+    every = compute_v1.SecurityPolicyRuleMatcher(
+        versioned_expr="SRC_IPS_V1", config=compute_v1.SecurityPolicyRuleMatcherConfig(src_ip_ranges=["*"])
+    )
+    return compute_v1.SecurityPolicyRule(priority=priority, action=action, match=every)
+
+
+BAD_FRONTENDS: dict[str, tuple[Callable[[], Resource], str]] = {
+    "a URL map with neither a service nor a redirect": (
+        lambda: Resource(URL_MAP, compute_v1.UrlMap(name="bad-map")), "HTTP 400"),
+    "a URL map to a regional backend service": (
+        lambda: Resource(URL_MAP, compute_v1.UrlMap(name="bad-map", default_service=link(
+            f"regions/{REGION}/backendServices/internal-backend"))), "must be a global backend service"),
+    "an HTTPS proxy without a certificate": (
+        lambda: Resource(TARGET_HTTPS_PROXY, compute_v1.TargetHttpsProxy(
+            name="bad-proxy", url_map=link("global/urlMaps/erlmcp-url-map"))), "needs 1 to 15 sslCertificates"),
+    "a forwarding rule to a proxy that does not exist": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="8443", load_balancing_scheme="EXTERNAL_MANAGED",
+            target=link("global/targetHttpsProxies/nothing"))), "HTTP 404"),
+    "a second forwarding rule on the address's port 443": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="443", load_balancing_scheme="EXTERNAL_MANAGED", I_p_protocol="TCP",
+            I_p_address=link("global/addresses/erlmcp-ip"),
+            target=link("global/targetHttpsProxies/erlmcp-https-proxy"))), "HTTP 409"),
+    "a forwarding rule of another scheme than its backend service": (
+        lambda: Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+            name="bad-rule", port_range="8443", load_balancing_scheme="EXTERNAL",
+            target=link("global/targetHttpsProxies/erlmcp-https-proxy"))), "differs from its backend service"),
+    "a security policy with two rules of one priority": (
+        lambda: Resource(SECURITY_POLICY, compute_v1.SecurityPolicy(
+            name="bad-policy", rules=[rule(5), rule(5, "deny(403)")])), "same priority"),
+    "a throttle rule without rate limit options": (
+        lambda: Resource(SECURITY_POLICY, compute_v1.SecurityPolicy(
+            name="bad-policy", rules=[rule(5, "throttle")])), "needs rateLimitOptions"),
+    "a managed certificate without domains": (
+        lambda: Resource(SSL_CERTIFICATE, compute_v1.SslCertificate(name="bad-cert", type_="MANAGED")),
+        "1 to 100 distinct managed.domains"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_FRONTENDS))
+def test_the_stand_in_refuses_a_frontend_the_api_refuses(vpc: ComputeRest, capsys: Any, tmp_path: Path,
+                                                         case: str) -> None:  # fmt: skip
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    internal = write_config(tmp_path, "name: internal\ncompute:\n  loadBalancingScheme: INTERNAL_MANAGED\n")
+    assert cli(vpc, capsys, "gce", "apply", config_file=internal)[0] == 0  # a regional backend service
+    make, message = BAD_FRONTENDS[case]
+    assert message in refused(vpc, lambda api: api.insert(make()))
+
+
+def test_the_stand_in_refuses_rules_in_a_policy_patch_and_deleting_what_is_in_use(vpc: ComputeRest, capsys: Any,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    policy = next(r for r in compute.desired(frontend()) if r.kind is SECURITY_POLICY)
+    actual = compute_v1.SecurityPolicy.from_json(json.dumps(vpc.get("securityPolicies", ARMOR)),
+                                                 ignore_unknown_fields=True)  # fmt: skip
+    assert "use addRule, patchRule and removeRule" in refused(vpc, lambda api: api.patch(policy, ["rules"], actual))
+    assert "already being used by" in refused(vpc, lambda api: api.delete(SECURITY_POLICY, ARMOR))
+    assert "already being used by" in refused(vpc, lambda api: api.delete(GLOBAL_HEALTH_CHECK, "erlmcp-health"))
+    assert "cannot be removed" in refused(vpc, lambda api: api.rule(policy, "remove", 2147483647))
+
+
+def test_a_rate_based_ban_is_applied_with_its_ban_duration_and_back_to_throttle_the_duration_is_cleared(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    ban = frontend_file(tmp_path, "    rateLimitAction: rate_based_ban\n    banDurationSec: 900\n")
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=ban)
+    assert code == 0
+    assert 'rules[0].action: "throttle" -> "rate_based_ban"' in out
+    stored = vpc.get("securityPolicies", ARMOR)["rules"][0]
+    assert (stored["action"], stored["rateLimitOptions"]["banDurationSec"]) == ("rate_based_ban", 900)
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=ban)[1]
+    writes = len(vpc.writes)
+    code, out, err = cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))  # a throttle again
+    assert code == 0, err
+    (patch,) = vpc.writes[writes:]
+    assert patch.path.endswith("/patchRule")
+    stored = vpc.get("securityPolicies", ARMOR)["rules"][0]
+    assert stored["action"] == "throttle"
+    assert "banDurationSec" not in stored["rateLimitOptions"]  # cleared: the API refuses it on a throttle rule
+
+
+def test_the_frontends_longer_names_limit_name_only_when_the_frontend_is_on() -> None:
+    long_name = "a" * 40  # as long as the group's names allow: "-autoscaler" and a 10-digit hash still fit in 63
+    assert compute.desired(GcpConfig(project=PROJECT, image=IMAGE, name=long_name))
+    on = GcpConfig(project=PROJECT, image=IMAGE, name=long_name,
+                   compute={"frontend": {"enabled": True, "domains": [DOMAIN]}})  # fmt: skip
+    with pytest.raises(ValuesError, match="a resource name made from `name`"):
+        compute.desired(on)

@@ -63,26 +63,61 @@ def test_cloud_runs_render_is_a_knative_service_the_published_schema_accepts(
     assert list(knative_validator().iter_errors(service)) == []
 
 
-@pytest.mark.parametrize("platform", ["network", "gce"])
+FRONTEND = "compute:\n  frontend:\n    enabled: true\n    domains: [mcp.example.com]\n"
+
+
+@pytest.mark.parametrize(("platform", "config_text"), [("network", None), ("gce", None), ("gce", FRONTEND)],
+                         ids=["network", "gce", "gce-frontend"])  # fmt: skip
 def test_compute_renders_hold_exactly_what_a_plan_of_an_empty_project_creates(
-    capsys: pytest.CaptureFixture[str], platform: str
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, platform: str, config_text: str | None
 ) -> None:
+    extra: list[str] = []
+    if config_text is not None:
+        (tmp_path / "erlmcp-gcp.yaml").write_text(config_text, encoding="utf-8")
+        extra = ["--config", str(tmp_path / "erlmcp-gcp.yaml")]
     server = ComputeRest(PROJECT).start()
     try:
-        document, _ = rendered(capsys, platform)
+        document, _ = rendered(capsys, platform, *extra)
         if platform == "gce":  # (gce needs the network first; its plan then creates the group's resources)
             common = ["--project", PROJECT, "--insecure", "--endpoint", server.endpoint]
             assert main(["network", "apply", *common]) == 0
             capsys.readouterr()
-        assert (
-            main([platform, "plan", "--json", "--project", PROJECT, "--insecure", "--endpoint", server.endpoint]) == 0
-        )
+        common = ["--project", PROJECT, "--insecure", "--endpoint", server.endpoint, *extra]
+        assert main([platform, "plan", "--json", *common]) == 0
         plan = json.loads(capsys.readouterr().out)
     finally:
         server.stop()
     created = [(c["kind"], c["name"]) for c in plan["changes"] if c["action"] == "CREATE"]
     assert created == [(r["kind"], r["name"]) for r in document["resources"]]
     assert plan["summary"]["CREATE"] == len(document["resources"]) > 0
+
+
+def test_the_gce_render_with_the_frontend_holds_the_certificate_proxies_url_maps_rules_and_cloud_armor(
+    offline: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "erlmcp-gcp.yaml"
+    path.write_text(FRONTEND, encoding="utf-8")
+    document, _ = rendered(capsys, "gce", "--config", str(path))
+    bodies = {(r["kind"], r["name"]): r["body"] for r in document["resources"]}
+    [(named, certificate)] = [(name, b) for (kind, name), b in bodies.items() if kind == "SSL certificate"]
+    assert named.startswith("erlmcp-cert-")
+    assert certificate["type"] == "MANAGED"
+    assert certificate["managed"]["domains"] == ["mcp.example.com"]
+    assert bodies[("URL map", "erlmcp-url-map")]["defaultService"].endswith("/global/backendServices/erlmcp-backend")
+    redirect = bodies[("URL map", "erlmcp-http-redirect")]["defaultUrlRedirect"]
+    assert redirect == {"httpsRedirect": True, "redirectResponseCode": "MOVED_PERMANENTLY_DEFAULT", "stripQuery": False}
+    assert bodies[("target HTTPS proxy", "erlmcp-https-proxy")]["sslCertificates"][0].endswith(
+        "/global/sslCertificates/" + named
+    )
+    assert bodies[("target HTTP proxy", "erlmcp-http-proxy")]["urlMap"].endswith("/global/urlMaps/erlmcp-http-redirect")
+    ports = {name: b["portRange"] for (kind, name), b in bodies.items() if kind == "global forwarding rule"}
+    assert ports == {"erlmcp-https": "443", "erlmcp-http": "80"}
+    policy = bodies[("security policy", "erlmcp-armor")]
+    rate = policy["rules"][0]["rateLimitOptions"]
+    assert (rate["enforceOnKey"], rate["exceedAction"], rate["rateLimitThreshold"]) == (
+        "IP", "deny(429)", {"count": 600, "intervalSec": 60})  # fmt: skip
+    assert policy["rules"][1]["priority"] == 2147483647
+    assert bodies[("backend service", "erlmcp-backend")]["securityPolicy"].endswith("/securityPolicies/erlmcp-armor")
 
 
 def test_secret_contents_never_appear_in_a_render_only_the_files_they_come_from(
