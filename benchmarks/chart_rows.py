@@ -1,6 +1,6 @@
 """The erlmcp rows as the chart ships it: the chart rendered with the repository's pinned Helm the way the deployer
-renders it, its server Pod laid out locally by ``deployer.local`` (mounted Secrets and files, loopback binds), and
-its container's environment given to the server whole, but for the few settings a benchmark must change.
+renders it, its server Pod laid out locally by ``deployer.marketplace.local`` (mounted Secrets and files, loopback
+binds), and its container's environment given to the server whole, but for the few settings a benchmark must change.
 
 Every such change is an :class:`Override`, listed in bench.json, so a reader sees exactly what differs from the
 chart: the rate limits are lifted (they are policy, not cost), the session caps are raised (the bench opens its
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from benchmarks.load import Wire
 from benchmarks.servers_run import ROOT, ServerSpec
-from deployer.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
-from deployer.helm import find_helm
-from deployer.local import LocalDeployment, default_entrypoint, plan_local_deployment
-from deployer.render import render
-from deployer.schema import load_schema
+from deployer.marketplace.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
+from deployer.marketplace.helm import find_helm
+from deployer.marketplace.local import LocalDeployment, default_entrypoint, plan_local_deployment
+from deployer.marketplace.render import render
+from deployer.marketplace.schema import load_schema
 
 __all__ = ["API_KEY", "OVERRIDES", "Override", "chart_rows", "chart_spec", "plan_chart"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.load import Wire, echo_call, stateless_headers
-from deployer.local import LocalRedis, RedisPlan, free_ports
+from deployer.marketplace.local import LocalRedis, RedisPlan, free_ports
 
 __all__ = [
     "SDK_VERSION",

@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 import yaml
 
-from deployer.application import Prepared, prepare
-from deployer.cluster import Cluster
-from deployer.contract import DataDir, extracted_chart, read_values
 from deployer.errors import ClusterError, DeployerError, SchemaError, ValuesError
-from deployer.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
-from deployer.helm import KubeTarget, find_helm
-from deployer.install import (
+from deployer.marketplace.application import Prepared, prepare
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.contract import DataDir, extracted_chart, read_values
+from deployer.marketplace.expand import IMAGE_REPO_PREFIX, PUBLIC_IMAGE_REPO_PREFIX
+from deployer.marketplace.helm import KubeTarget, find_helm
+from deployer.marketplace.install import (
     application_status,
     failed_on_error,
     install,
@@ -31,10 +31,10 @@ from deployer.install import (
     uninstall,
     wait_until_ready,
 )
-from deployer.local import LocalRun, Stopped, default_entrypoint, plan_local_deployment, plan_tester_run
-from deployer.plan import plan
-from deployer.render import Rendered, render
-from deployer.schema import Schema, load_schema
+from deployer.marketplace.local import LocalRun, Stopped, default_entrypoint, plan_local_deployment, plan_tester_run
+from deployer.marketplace.plan import plan
+from deployer.marketplace.render import Rendered, render
+from deployer.marketplace.schema import Schema, load_schema
 
 __all__ = ["build_parser", "main"]
 
@@ -333,7 +333,7 @@ def _clean_deployer_account(cluster: Cluster, name: str, namespace: str) -> None
 
 
 def _cmd_monitoring(args: argparse.Namespace) -> int:
-    from deployer import monitoring  # the Google Cloud clients load for this command only
+    from deployer.gcp import monitoring  # the Google Cloud clients load for this command only
 
     return monitoring.command(args, log=_progress)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make kind-verify: the Marketplace verification (what `mpdev verify` does) on a local kind cluster.
 # For people with Docker and kind; these project machines have no kind node image, so CI cannot run it. It is a
-# thin script over code paths the tests cover against a real API server (tests/deployer/test_cluster.py):
+# thin script over code paths the tests cover against a real API server (tests/deployer/marketplace/test_cluster.py):
 #   1. a kind cluster wired to a local registry on localhost:5001;
 #   2. the app, tester and deployer images built and pushed there (the Dockerfile's deployer target lays out /data);
 #   3. the Application CRD (deployer/crd/application.yaml);

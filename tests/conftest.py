@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer.cluster import Cluster
-from deployer.local import free_ports
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.local import free_ports
 from tests.kube import ControlPlane, binaries_missing
 
 ROOT = Path(__file__).resolve().parent.parent

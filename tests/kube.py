@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from deployer.local import free_ports
+from deployer.marketplace.local import free_ports
 
 BIN = Path(__file__).resolve().parents[1] / ".tools" / "bin"
 

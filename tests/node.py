@@ -48,8 +48,8 @@ from typing import Any
 import orjson
 from kubernetes import client, config
 
-from deployer.cluster import Cluster
-from deployer.local import free_ports
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.local import free_ports
 from tests.kube import BIN, ControlPlane, serving_certificate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from deployer.expand import project_image
-from deployer.schema import load_schema
+from deployer.marketplace.expand import project_image
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT
 
 PREFIX = "registry.example/p/erlmcp"

@@ -92,10 +92,11 @@ import jsonschema
 import requests
 import yaml
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode, summary
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode, summary
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
+from deployer.log import Log
 
 __all__ = [
     "API_VERSION",
@@ -113,7 +114,6 @@ __all__ = [
     "service_schema",
 ]
 
-Log = Callable[[str], None]
 
 API_VERSION = "serving.knative.dev/v1"
 KIND = "Cloud Run service"

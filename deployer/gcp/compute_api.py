@@ -5,7 +5,7 @@
 Decisions:
 
 * **Read, then compare what we set.** The actual resource is read by name (404: CREATE). It is compared with
-  :func:`deployer.changes.differences` on the fields the desired message sets, as ``to_dict`` views without
+  :func:`deployer.gcp.changes.differences` on the fields the desired message sets, as ``to_dict`` views without
   defaults: fields the API fills in (ids, links, timestamps, defaults we leave alone) never show as drift. Links
   are always written as the full ``https://www.googleapis.com/compute/v1/...`` URLs the API answers with, so they
   compare equal. A resource's ``create_only`` fields (a managed instance group's size, which its autoscaler moves)
@@ -61,7 +61,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import compute_v1
 
-from deployer.changes import (
+from deployer.errors import CloudError, ValuesError
+from deployer.gcp.changes import (
     CREATE,
     DELETE,
     NO_CHANGE,
@@ -73,8 +74,8 @@ from deployer.changes import (
     rest_fields,
     run_mode,
 )
-from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.log import Log
 
 __all__ = [
     "API_ROOT",
@@ -118,7 +119,6 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 CALL_TIMEOUT = 60.0  # seconds one API call may take
 OPERATION_TIMEOUT = 20 * 60.0  # seconds an operation may take to be DONE
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from deployer.errors import ValuesError
-from deployer.expand import PUBLIC_IMAGE_REPO_PREFIX
+from deployer.marketplace.expand import PUBLIC_IMAGE_REPO_PREFIX
 
 __all__ = [
     "CloudRunConfig",

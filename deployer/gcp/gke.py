@@ -82,7 +82,9 @@ from google.cloud.container_v1.services.cluster_manager.transports import Cluste
 from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
 from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
 
-from deployer.changes import (
+from deployer.errors import CloudError, ValuesError
+from deployer.gcp import node_account
+from deployer.gcp.changes import (
     CREATE,
     NO_CHANGE,
     UPDATE,
@@ -94,10 +96,9 @@ from deployer.changes import (
     run_mode,
     summary,
 )
-from deployer.errors import CloudError, ValuesError
-from deployer.gcp import node_account
 from deployer.gcp.config import GcpConfig, config_from
-from deployer.grpc_clients import Connected, connect
+from deployer.gcp.grpc_clients import Connected, connect
+from deployer.log import Log
 
 __all__ = [
     "HIGH",
@@ -136,7 +137,6 @@ PROGRESS_SECONDS = 60.0  # between two progress lines while waiting
 _CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
 _SEVERITIES = (HIGH, MEDIUM, LOW)
 _BUSY = ("PROVISIONING", "RECONCILING", "STOPPING")  # GKE refuses a write until the running operation ends
-Log = Callable[[str], None]
 
 
 # -- the desired state -------------------------------------------------------------------------------------------
@@ -1196,7 +1196,7 @@ class Clients:
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """See :func:`deployer.grpc_clients.connect`."""
+        """See :func:`deployer.gcp.grpc_clients.connect`."""
         kinds: list[tuple[type[Any], type[Any]]] = [
             (container_v1.ClusterManagerClient, ClusterManagerGrpcTransport),
             (iam_admin_v1.IAMClient, IAMGrpcTransport),

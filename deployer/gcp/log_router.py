@@ -67,10 +67,11 @@ from google.cloud.logging_v2.services.config_service_v2 import ConfigServiceV2Cl
 from google.cloud.logging_v2.services.config_service_v2.transports import ConfigServiceV2GrpcTransport
 from google.cloud.logging_v2.types import logging_config as lc
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
-from deployer.grpc_clients import Connected, connect
+from deployer.gcp.grpc_clients import Connected, connect
+from deployer.log import Log
 
 __all__ = [
     "HEALTH_PATHS",
@@ -97,7 +98,6 @@ BIGQUERY_ROLE, STORAGE_ROLE = "roles/bigquery.dataEditor", "roles/storage.object
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz", "/health")  # app.middleware.HEALTH_PATHS (a test holds them equal)
 HEALTH_URLS = r"^(https?://[^/]+)?/(livez|readyz|healthz|health)/?([?#]|$)"
 PROBE_AGENTS = r"^(kube-probe|GoogleHC)/"
-Log = Callable[[str], None]
 
 _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _STORAGE_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
@@ -341,7 +341,7 @@ class Clients:
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """See :func:`deployer.grpc_clients.connect`."""
+        """See :func:`deployer.gcp.grpc_clients.connect`."""
         connected = connect(
             [(ConfigServiceV2Client, ConfigServiceV2GrpcTransport)],
             endpoint,

@@ -82,7 +82,8 @@ from google.cloud import redis_v1
 from google.cloud.redis_v1.services.cloud_redis.transports import CloudRedisGrpcTransport
 from google.type import dayofweek_pb2, timeofday_pb2  # type: ignore[import-untyped]
 
-from deployer.changes import (
+from deployer.errors import CloudError, ValuesError
+from deployer.gcp.changes import (
     CREATE,
     NO_CHANGE,
     UPDATE,
@@ -94,9 +95,9 @@ from deployer.changes import (
     run_mode,
     summary,
 )
-from deployer.errors import CloudError, ValuesError
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
-from deployer.grpc_clients import Connected, connect
+from deployer.gcp.grpc_clients import Connected, connect
+from deployer.log import Log
 
 __all__ = [
     "DEFAULT_REDIS_CONFIGS",
@@ -171,7 +172,6 @@ _FIXED = (
     "transit_encryption_mode",
 )
 _BUSY_OK = "READY"
-Log = Callable[[str], None]
 
 
 class MemorystoreError(CloudError):
@@ -774,7 +774,7 @@ class Clients:
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """See :func:`deployer.grpc_clients.connect`."""
+        """See :func:`deployer.gcp.grpc_clients.connect`."""
         connected = connect(
             [(redis_v1.CloudRedisClient, CloudRedisGrpcTransport)], endpoint, insecure=insecure, error=MemorystoreError
         )

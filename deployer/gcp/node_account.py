@@ -30,8 +30,8 @@ from google.api_core import exceptions as api
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import iam_admin_v1, resourcemanager_v3
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change
 from deployer.errors import CloudError
+from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
 from deployer.gcp.config import GcpConfig
 from deployer.gcp.iam import Policy, holds, patiently
 

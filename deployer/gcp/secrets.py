@@ -69,12 +69,23 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
     SecretManagerServiceGrpcTransport,
 )
 
-from deployer.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, rest_fields, run_mode
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp.changes import (
+    CREATE,
+    NO_CHANGE,
+    UPDATE,
+    Change,
+    differences,
+    emit_desired,
+    render,
+    rest_fields,
+    run_mode,
+)
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.gcp.grpc_clients import Connected, connect
 from deployer.gcp.iam import Policy, holds, patiently
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
-from deployer.grpc_clients import Connected, connect
+from deployer.log import Log
 
 __all__ = [
     "ACCESSOR",
@@ -104,7 +115,6 @@ _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _TOPIC_ID = re.compile(r"[A-Za-z][-A-Za-z0-9_.~+%]{2,254}")
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _REPLICATION = ("automatic", "user-managed")
-Log = Callable[[str], None]
 T = TypeVar("T")
 
 
@@ -368,7 +378,7 @@ class Clients:
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """See :func:`deployer.grpc_clients.connect`."""
+        """See :func:`deployer.gcp.grpc_clients.connect`."""
         connected = connect(
             [
                 (secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport),

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from deployer.certificates import self_signed_certificate
-from deployer.render import render as deployer_render
-from deployer.schema import load_schema
+from deployer.marketplace.certificates import self_signed_certificate
+from deployer.marketplace.render import render as deployer_render
+from deployer.marketplace.schema import load_schema
 from tests.chart.rendering import SCENARIOS, refusal, render
 from tests.conftest import ROOT
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.render import render as deployer_render
-from deployer.schema import parse_schema
+from deployer.marketplace.render import render as deployer_render
+from deployer.marketplace.schema import parse_schema
 from tests.chart.rendering import refusal, render
 from tests.conftest import ROOT
 

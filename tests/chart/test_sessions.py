@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from deployer.errors import ValuesError
-from deployer.render import render as deployer_render
-from deployer.schema import load_schema
+from deployer.marketplace.render import render as deployer_render
+from deployer.marketplace.schema import load_schema
 from tests.chart.rendering import refusal, render
 from tests.conftest import ROOT
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer.local import free_ports
+from deployer.marketplace.local import free_ports
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from app import __version__
-from deployer.cluster import Cluster
-from deployer.local import free_ports
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.local import free_ports
 from tests.conftest import ROOT
-from tests.deployer.test_cluster import application, data_dirs, marketplace, provision
+from tests.deployer.marketplace.test_cluster import application, data_dirs, marketplace, provision
 from tests.kube import ControlPlane, binaries_missing
 from tests.node import ENGINE_STATE, HOST_NETWORK_LABEL, NODE_NAME, Node, NodeUnavailable, node_binaries_missing
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from app import __version__
-from deployer.local import free_ports
+from deployer.marketplace.local import free_ports
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first build makes the base image (about 1 min)

@@ -4,9 +4,9 @@ with no 404.
 
 Everything comes from the chart rendered by real Helm with its default auth (an API key, from the rendered
 Secret): the Redis is ``redis-server`` with the rendered redis.conf, and each replica is ``python -m app`` with the
-rendered Pod's env, files and ports, both planned by ``deployer.local`` exactly as ``python -m deployer demo`` plans
-them (so the local differences, port, bind and data folder of Redis and each replica's own ports, are made in one
-place). The client is the official MCP Python SDK."""
+rendered Pod's env, files and ports, both planned by ``deployer.marketplace.local`` exactly as ``python -m deployer
+demo`` plans them (so the local differences, port, bind and data folder of Redis and each replica's own ports, are
+made in one place). The client is the official MCP Python SDK."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployer.local import LocalDeployment, LocalRedis, LocalServer, free_ports, plan_local_deployment
-from deployer.manifests import find_one
-from deployer.proxy import RoundRobinProxy
-from deployer.render import render
-from deployer.schema import load_schema
+from deployer.marketplace.local import LocalDeployment, LocalRedis, LocalServer, free_ports, plan_local_deployment
+from deployer.marketplace.manifests import find_one
+from deployer.marketplace.proxy import RoundRobinProxy
+from deployer.marketplace.render import render
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT
 from tests.integration.sessions import INIT
 from tests.sse import events

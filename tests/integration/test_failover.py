@@ -24,7 +24,7 @@ import pytest
 
 import redis
 from app.protocol.streams import STANDALONE_MAX_EVENTS
-from deployer.proxy import RoundRobinProxy
+from deployer.marketplace.proxy import RoundRobinProxy
 from tests.conftest import RunningServer
 from tests.integration.sessions import open_session, post, start_replicas
 from tests.sse import events

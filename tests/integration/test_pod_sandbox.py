@@ -37,10 +37,10 @@ import orjson
 import pytest
 import yaml
 
-from deployer.local import LocalPlan, free_ports, plan_local_run, plan_tester_run
-from deployer.manifests import Manifest, find
-from deployer.render import render
-from deployer.schema import load_schema
+from deployer.marketplace.local import LocalPlan, free_ports, plan_local_run, plan_tester_run
+from deployer.marketplace.manifests import Manifest, find
+from deployer.marketplace.render import render
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -262,7 +262,7 @@ def sandbox_works(sandbox: Sandbox) -> str | None:
 
 def render_pod(tmp_path: Path) -> tuple[Manifest, LocalPlan, LocalPlan]:
     """The chart rendered with the Marketplace schema's defaults, worker tools added, on free ports; the Pod's
-    files laid out (deployer.local) for the server and for the chart's tester Pod."""
+    files laid out (deployer.marketplace.local) for the server and for the chart's tester Pod."""
     helm = shutil.which("helm", path=os.pathsep.join([str(ROOT / ".tools" / "bin"), os.environ.get("PATH", "")]))
     if helm is None:
         pytest.fail("helm is not installed: run `make setup` (scripts/install-tools.sh)")

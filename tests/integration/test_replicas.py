@@ -10,7 +10,7 @@ import pytest
 from redis.client import Redis
 
 from app.sessions.redis import _REFRESH_SLACK_SECONDS
-from deployer.proxy import RoundRobinProxy
+from deployer.marketplace.proxy import RoundRobinProxy
 from tests.conftest import RunningServer, start_server
 from tests.integration.sessions import open_session, post, sample_across
 from tests.sse import events

@@ -35,7 +35,7 @@ from websockets.asyncio.client import connect as websocket_connect
 from websockets.typing import Subprotocol
 
 from app.jsonrpc import RATE_LIMITED
-from deployer.local import free_ports
+from deployer.marketplace.local import free_ports
 from tests.conftest import ROOT
 from tests.security.conftest import ACCEPT, ChartServer, serve_as_chart
 

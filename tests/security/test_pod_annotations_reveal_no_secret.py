@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.cluster import Cluster
+from deployer.marketplace.cluster import Cluster
 from tests.chart.rendering import render
 from tests.conftest import ROOT
 from tests.kube import ControlPlane

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.cluster import Cluster
+from deployer.marketplace.cluster import Cluster
 from tests.conftest import ROOT, RunningServer, start_server
 from tests.kube import ControlPlane
 

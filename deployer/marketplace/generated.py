@@ -12,10 +12,10 @@ import base64
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from deployer.application import NAME_LABEL
-from deployer.cluster import Cluster
-from deployer.manifests import Manifest
-from deployer.schema import Schema
+from deployer.marketplace.application import NAME_LABEL
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.manifests import Manifest
+from deployer.marketplace.schema import Schema
 
 __all__ = ["GENERATED_TYPES", "keep", "recall", "secret_name"]
 

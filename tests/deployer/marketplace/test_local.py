@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deployer.errors import LocalRunError
-from deployer.local import (
+from deployer.marketplace.local import (
     LocalDeployment,
     LocalRun,
     ProxyPlan,
@@ -33,9 +33,9 @@ from deployer.local import (
     plan_tester_run,
     replica_count,
 )
-from deployer.manifests import find_one
-from deployer.render import render
-from deployer.schema import load_schema
+from deployer.marketplace.manifests import find_one
+from deployer.marketplace.render import render
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT
 
 

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from deployer.application import DEPLOY_INFO, VERIFICATION_ANNOTATION, owned, prepare
 from deployer.errors import InstallError
-from deployer.install import judge
-from deployer.manifests import Manifest
-from deployer.schema import Schema, load_schema
+from deployer.marketplace.application import DEPLOY_INFO, VERIFICATION_ANNOTATION, owned, prepare
+from deployer.marketplace.install import judge
+from deployer.marketplace.manifests import Manifest
+from deployer.marketplace.schema import Schema, load_schema
 from tests.conftest import ROOT
 
 

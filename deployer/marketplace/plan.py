@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deployer.application import Prepared, prepare
-from deployer.cluster import Cluster
-from deployer.expand import IMAGE_REPO_PREFIX, flatten_values
-from deployer.generated import keep, recall
-from deployer.helm import KubeTarget
-from deployer.render import Rendered, render
-from deployer.schema import Schema
+from deployer.marketplace.application import Prepared, prepare
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.expand import IMAGE_REPO_PREFIX, flatten_values
+from deployer.marketplace.generated import keep, recall
+from deployer.marketplace.helm import KubeTarget
+from deployer.marketplace.render import Rendered, render
+from deployer.marketplace.schema import Schema
 
 __all__ = ["plan"]
 

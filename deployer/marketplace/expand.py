@@ -16,9 +16,9 @@ from typing import Any
 import jsonschema
 import orjson
 
-from deployer.certificates import self_signed_certificate
 from deployer.errors import ValuesError
-from deployer.schema import ImageProperty, Property, Schema
+from deployer.marketplace.certificates import self_signed_certificate
+from deployer.marketplace.schema import ImageProperty, Property, Schema
 
 __all__ = [
     "IMAGE_REPO_PREFIX",

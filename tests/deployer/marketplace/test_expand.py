@@ -10,8 +10,8 @@ import yaml
 from cryptography import x509
 
 from deployer.errors import ValuesError
-from deployer.expand import expand, generate_password, nest, project_image
-from deployer.schema import ImageProperty, Schema, load_schema
+from deployer.marketplace.expand import expand, generate_password, nest, project_image
+from deployer.marketplace.schema import ImageProperty, Schema, load_schema
 from tests.conftest import ROOT
 
 BASE = {"name": "mcp1", "namespace": "ns1", "__image_repo_prefix__": "gcr.io/acme/erlmcp"}
@@ -118,7 +118,7 @@ def test_a_name_that_is_both_value_and_parent_is_refused() -> None:
 
 
 def with_properties(schema: Schema, **extra: dict[str, Any]) -> Schema:
-    from deployer.schema import parse_schema
+    from deployer.marketplace.schema import parse_schema
 
     data = yaml.safe_load((ROOT / "schema.yaml").read_text())
     data["properties"].update(extra)

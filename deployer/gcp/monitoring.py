@@ -59,9 +59,10 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
     NotificationChannelServiceGrpcTransport,
 )
 
-from deployer.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, emit_desired, run_mode, summary
 from deployer.errors import CloudError, ValuesError
-from deployer.grpc_clients import Connected, connect
+from deployer.gcp.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, emit_desired, run_mode, summary
+from deployer.gcp.grpc_clients import Connected, connect
+from deployer.log import Log
 
 __all__ = [
     "CREATE",
@@ -91,7 +92,6 @@ _SENSITIVE = frozenset({"auth_token", "service_key", "password"})  # labels the 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _PROJECT = re.compile(r"([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")  # domain-scoped ones too
 _PAGERDUTY_KEY = "pagerduty"
-Log = Callable[[str], None]
 
 
 class MonitoringError(CloudError):
@@ -661,7 +661,7 @@ class Clients:
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, insecure: bool = False) -> Clients:
-        """See :func:`deployer.grpc_clients.connect`."""
+        """See :func:`deployer.gcp.grpc_clients.connect`."""
         connected = connect(
             [
                 (monitoring_v3.NotificationChannelServiceClient, NotificationChannelServiceGrpcTransport),

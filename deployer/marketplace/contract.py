@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from deployer.errors import DeployerError, SchemaError, ValuesError
-from deployer.schema import Schema, overlay_test_schema, parse_schema
+from deployer.marketplace.schema import Schema, overlay_test_schema, parse_schema
 
 __all__ = ["DataDir", "extracted_chart", "read_values", "read_yaml"]
 
@@ -133,6 +133,3 @@ def extracted_chart(tarball: Path, overlays: list[Path]) -> Iterator[Path]:
                 else:
                     shutil.copyfile(source, target)
         yield chart
-
-
-Log = Callable[[str], None]

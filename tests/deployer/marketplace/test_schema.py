@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deployer.errors import SchemaError
-from deployer.schema import load_schema, overlay_test_schema, parse_schema
+from deployer.marketplace.schema import load_schema, overlay_test_schema, parse_schema
 from tests.conftest import ROOT
 
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from deployer.application import hook_of
 from deployer.errors import DeployerError, LocalRunError
-from deployer.manifests import Manifest, find, find_one
-from deployer.proxy import RoundRobinProxy
+from deployer.marketplace.application import hook_of
+from deployer.marketplace.manifests import Manifest, find, find_one
+from deployer.marketplace.proxy import RoundRobinProxy
 
 __all__ = [
     "LocalDeployment",

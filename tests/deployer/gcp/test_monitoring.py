@@ -21,9 +21,9 @@ import pytest
 from google.cloud import monitoring_dashboard_v1, monitoring_v3
 
 from app.observability.cloud_monitoring import metric_descriptors
-from deployer import monitoring
 from deployer.cli import main
-from deployer.monitoring import Clients, Options
+from deployer.gcp import monitoring
+from deployer.gcp.monitoring import Clients, Options
 from tests.conftest import ROOT
 from tests.gcp import EMPTY, Refused, refusing, serve, unary
 

@@ -23,10 +23,10 @@ import orjson
 import pytest
 import yaml
 
-from deployer.cluster import Cluster
 from deployer.errors import HelmError
-from deployer.helm import KubeTarget, helm_template
-from deployer.schema import load_schema
+from deployer.marketplace.cluster import Cluster
+from deployer.marketplace.helm import KubeTarget, helm_template
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT, free_port
 from tests.kube import ControlPlane
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from deployer.errors import SchemaError
-from deployer.rules import check_cluster_constraints, check_form, check_service_account
+from deployer.marketplace.rules import check_cluster_constraints, check_form, check_service_account
 
 __all__ = ["IMAGE_PROJECTIONS", "X_TYPES", "ImageProperty", "Property", "Schema", "load_schema", "parse_schema"]
 

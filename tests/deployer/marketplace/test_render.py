@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from deployer.errors import HelmError, ValuesError
-from deployer.helm import find_helm, helm_template
-from deployer.manifests import find_one
-from deployer.render import Rendered, render
-from deployer.schema import load_schema
+from deployer.marketplace.helm import find_helm, helm_template
+from deployer.marketplace.manifests import find_one
+from deployer.marketplace.render import Rendered, render
+from deployer.marketplace.schema import load_schema
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

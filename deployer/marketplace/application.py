@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from deployer.cluster import is_cluster_scoped
 from deployer.errors import InstallError
-from deployer.manifests import Manifest
-from deployer.schema import Schema
+from deployer.marketplace.cluster import is_cluster_scoped
+from deployer.marketplace.manifests import Manifest
+from deployer.marketplace.schema import Schema
 
 __all__ = [
     "APPLICATION_API_GROUP",

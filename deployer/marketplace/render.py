@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployer.expand import expand, nest
-from deployer.helm import KubeTarget, helm_template
-from deployer.manifests import Manifest, parse_manifests
-from deployer.schema import Schema
+from deployer.marketplace.expand import expand, nest
+from deployer.marketplace.helm import KubeTarget, helm_template
+from deployer.marketplace.manifests import Manifest, parse_manifests
+from deployer.marketplace.schema import Schema
 
 __all__ = ["Rendered", "render"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer.contract import DataDir, extracted_chart
 from deployer.errors import DeployerError, SchemaError, ValuesError
+from deployer.marketplace.contract import DataDir, extracted_chart
 from tests.conftest import ROOT
 
 

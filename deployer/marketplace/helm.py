@@ -64,7 +64,7 @@ class KubeTarget:
 
 
 # The Helm this repository pins and tests with: `make setup` (scripts/install-tools.sh) installs it here.
-PINNED_HELM = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "helm"
+PINNED_HELM = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "helm"
 
 
 def find_helm(explicit: str | None) -> str:

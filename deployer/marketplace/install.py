@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployer.application import NAME_LABEL, Prepared, component_kinds, owned
-from deployer.cluster import Cluster, is_cluster_scoped
 from deployer.errors import ClusterError, InstallError
-from deployer.manifests import Manifest
+from deployer.log import Log
+from deployer.marketplace.application import NAME_LABEL, Prepared, component_kinds, owned
+from deployer.marketplace.cluster import Cluster, is_cluster_scoped
+from deployer.marketplace.manifests import Manifest
 
 __all__ = [
     "Clock",
@@ -32,7 +33,6 @@ __all__ = [
     "wait_until_ready",
 ]
 
-Log = Callable[[str], None]
 _DEPLOYER_COMPONENT = "deployer.marketplace.cloud.google.com"
 _ENDED = frozenset({"Succeeded", "Failed", "Gone"})
 
