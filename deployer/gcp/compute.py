@@ -274,6 +274,11 @@ def check(config: GcpConfig) -> None:
     _check_names(config)
     _check_frontend(config)
     _secret_specs(config)
+    if config.standby is not None and not _global(config):
+        raise ValuesError(
+            "standby: a second region's group sits behind the global load balancer, and compute.loadBalancingScheme "
+            f"{config.compute.load_balancing_scheme} is a regional one: use EXTERNAL_MANAGED"
+        )
 
 
 # -- the desired resources -------------------------------------------------------------------------------------
@@ -419,12 +424,15 @@ def _autoscaler(config: GcpConfig, where: Location) -> Any:
 
 def _backend_service(config: GcpConfig, where: Location) -> Resource:
     c, n = config.compute, names(config)
-    backend = compute_v1.Backend(
-        group=where.instance_group_link(n["mig"]),
-        balancing_mode="UTILIZATION",
-        max_utilization=0.8,
-        capacity_scaler=1.0,
-    )
+    backends = [  # each region's group (with standby: both, active-active; the load balancer fails over)
+        compute_v1.Backend(
+            group=Location(region.project, region.region).instance_group_link(n["mig"]),
+            balancing_mode="UTILIZATION",
+            max_utilization=0.8,
+            capacity_scaler=1.0,
+        )
+        for region in config.regions()
+    ]
     service = compute_v1.BackendService(
         name=n["backend"],
         description="erlmcp: the load balancer's backend, the managed instance group",
@@ -434,7 +442,7 @@ def _backend_service(config: GcpConfig, where: Location) -> Resource:
         timeout_sec=c.backend_timeout_seconds,
         session_affinity="NONE",
         health_checks=[where.link(_health_kind(config), n["health"])],
-        backends=[backend],
+        backends=backends,
     )
     if not c.frontend.enabled:
         return Resource(_backend_kind(config), service)
@@ -557,13 +565,17 @@ def desired(config: GcpConfig) -> list[Resource]:
     """Every resource of the group, in the order they are made; ValuesError for a bad configuration."""
     check(config)
     where = Location(config.project, config.region)
-    template = _template(config, where)
-    group = [
-        Resource(_health_kind(config), _health_check(config)),
-        template,
-        Resource(INSTANCE_GROUP_MANAGER, _group(config, where, template.name), frozenset({"target_size"})),
-        Resource(AUTOSCALER, _autoscaler(config, where)),
-    ]
+    group = [Resource(_health_kind(config), _health_check(config))]
+    for index, region in enumerate(config.regions()):  # the primary's group, then the standby region's
+        here, other = Location(region.project, region.region), region.region if index else None
+        template = _template(region, here)
+        group += [
+            template,
+            Resource(
+                INSTANCE_GROUP_MANAGER, _group(region, here, template.name), frozenset({"target_size"}), region=other
+            ),
+            Resource(AUTOSCALER, _autoscaler(region, here), region=other),
+        ]
     if not config.compute.frontend.enabled:
         return [*group, _backend_service(config, where)]
     return [
@@ -586,11 +598,14 @@ def absent(config: GcpConfig) -> list[Absent]:
 
 def _requirements(config: GcpConfig) -> list[Requirement]:
     hint = "run `python -m deployer network apply` first (same configuration)"
-    return [Requirement(NETWORK, config.network.name, hint), Requirement(SUBNETWORK, config.subnet_name, hint)]
+    subnets = [Requirement(SUBNETWORK, region.subnet_name, hint, region.region if index else None)
+               for index, region in enumerate(config.regions())]  # fmt: skip
+    return [Requirement(NETWORK, config.network.name, hint), *subnets]
 
 
 def _title(config: GcpConfig) -> str:
-    return f"Compute Engine group {names(config)['mig']} (project {config.project}, {config.region})"
+    regions = ", ".join(region.region for region in config.regions())
+    return f"Compute Engine group {names(config)['mig']} (project {config.project}, {regions})"
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:

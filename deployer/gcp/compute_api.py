@@ -281,10 +281,20 @@ class Resource:
     create_only: frozenset[str] = frozenset()
     note: str = ""
     setters: tuple[Setter, ...] = ()
+    region: str | None = None  # a regional resource of another region than the API's (a standby region's)
 
     @property
     def name(self) -> str:
         return str(self.message.name)
+
+    @property
+    def shown(self) -> str:
+        """The name in plans and renders: with its region when it is not the API's."""
+        return _shown(self.name, self.region)
+
+
+def _shown(name: str, region: str | None) -> str:
+    return f"{name} ({region})" if region else name
 
 
 @dataclass(frozen=True)
@@ -293,6 +303,7 @@ class Absent:
 
     kind: Kind
     name: str
+    region: str | None = None  # as Resource.region
 
 
 @dataclass(frozen=True)
@@ -302,6 +313,7 @@ class Requirement:
     kind: Kind
     name: str
     hint: str
+    region: str | None = None  # as Resource.region
 
 
 def check_name(name: str, what: str) -> None:
@@ -377,12 +389,14 @@ class ComputeApi:
             made.transport.close()
         self._clients.clear()
 
-    def _scope(self, kind: Kind) -> dict[str, str]:
-        return {"project": self.location.project, **({"region": self.location.region} if kind.regional else {})}
+    def _scope(self, kind: Kind, region: str | None = None) -> dict[str, str]:
+        """The request's project and, for a regional kind, region (``region``, else the API's own)."""
+        regional = {"region": region or self.location.region} if kind.regional else {}
+        return {"project": self.location.project, **regional}
 
-    def get(self, kind: Kind, name: str) -> Any | None:
-        """The resource, or None if there is none of that name."""
-        request = {**self._scope(kind), kind.field: name}
+    def get(self, kind: Kind, name: str, region: str | None = None) -> Any | None:
+        """The resource, or None if there is none of that name (in ``region``, for a regional kind)."""
+        request = {**self._scope(kind, region), kind.field: name}
 
         def read() -> Any | None:
             try:
@@ -390,39 +404,39 @@ class ComputeApi:
             except NotFound:
                 return None
 
-        return _call(f"cannot read {kind.title} {name}", self.location, read)
+        return _call(f"cannot read {kind.title} {_shown(name, region)}", self.location, read)
 
     def insert(self, resource: Resource) -> None:
         """Insert the message without its setter fields, then set those it sets."""
-        kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.name}"
+        kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.shown}"
         body = type(resource.message)(resource.message)
         for setter in resource.setters:
             delattr(body, setter.field)
-        request = {**self._scope(kind), f"{kind.field}_resource": body}
+        request = {**self._scope(kind, resource.region), f"{kind.field}_resource": body}
         operation = _call(
             what, self.location, lambda: self.client(kind.client).insert_unary(request=request, timeout=CALL_TIMEOUT)
         )
-        self._wait(kind, operation, what)
+        self._wait(kind, operation, what, resource.region)
         for setter in resource.setters:
             if getattr(resource.message, setter.field):
                 self.set(resource, setter)
 
     def set(self, resource: Resource, setter: Setter) -> None:
         """Write ``setter``'s field of the desired message with its own method."""
-        kind, what = resource.kind, f"cannot set the {setter.field} of {resource.kind.title} {resource.name}"
+        kind, what = resource.kind, f"cannot set the {setter.field} of {resource.kind.title} {resource.shown}"
         value = setter.wrap(getattr(resource.message, setter.field))
-        request = {**self._scope(kind), kind.field: resource.name, setter.body: value}
+        request = {**self._scope(kind, resource.region), kind.field: resource.name, setter.body: value}
         method = getattr(self.client(kind.client), setter.method)
         operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
-        self._wait(kind, operation, what)
+        self._wait(kind, operation, what, resource.region)
 
     def rule(
         self, resource: Resource, verb: str, priority: int, rule: Any | None = None, clear: Sequence[str] = ()
     ) -> None:
         """``verb`` (add, patch, remove) the rule of ``priority`` of a :attr:`Kind.by_rule` resource; a patch also
         clears the fields at the (camelCase) paths ``clear`` (a patch leaves out what it does not name)."""
-        kind, what = resource.kind, f"cannot {verb} rule {priority} of {resource.kind.title} {resource.name}"
-        request: dict[str, Any] = {**self._scope(kind), kind.field: resource.name}
+        kind, what = resource.kind, f"cannot {verb} rule {priority} of {resource.kind.title} {resource.shown}"
+        request: dict[str, Any] = {**self._scope(kind, resource.region), kind.field: resource.name}
         if verb != "add":
             request["priority"] = priority
         if rule is not None:
@@ -431,31 +445,31 @@ class ComputeApi:
             request["update_mask"] = ",".join(clear)
         method = getattr(self.client(kind.client), f"{verb}_rule_unary")
         operation = _call(what, self.location, lambda: method(request=request, timeout=CALL_TIMEOUT))
-        self._wait(kind, operation, what)
+        self._wait(kind, operation, what, resource.region)
 
     def patch(self, resource: Resource, fields: Iterable[str], actual: Any) -> None:
         """PATCH ``fields`` (top-level) of the desired message, with the fingerprint of ``actual`` if it has one."""
-        kind, what = resource.kind, f"cannot update {resource.kind.title} {resource.name}"
+        kind, what = resource.kind, f"cannot update {resource.kind.title} {resource.shown}"
         body = kind.message(name=resource.name)
         for name in fields:
             setattr(body, name, getattr(resource.message, name))
         if "fingerprint" in kind.message.meta.fields and actual.fingerprint:
             body.fingerprint = actual.fingerprint
-        request = {**self._scope(kind), kind.field: resource.name, f"{kind.field}_resource": body}
+        request = {**self._scope(kind, resource.region), kind.field: resource.name, f"{kind.field}_resource": body}
         operation = _call(
             what, self.location, lambda: self.client(kind.client).patch_unary(request=request, timeout=CALL_TIMEOUT)
         )
-        self._wait(kind, operation, what)
+        self._wait(kind, operation, what, resource.region)
 
-    def delete(self, kind: Kind, name: str) -> None:
-        what = f"cannot delete {kind.title} {name}"
-        request = {**self._scope(kind), kind.field: name}
+    def delete(self, kind: Kind, name: str, region: str | None = None) -> None:
+        what = f"cannot delete {kind.title} {_shown(name, region)}"
+        request = {**self._scope(kind, region), kind.field: name}
         operation = _call(
             what, self.location, lambda: self.client(kind.client).delete_unary(request=request, timeout=CALL_TIMEOUT)
         )
-        self._wait(kind, operation, what)
+        self._wait(kind, operation, what, region)
 
-    def _wait(self, kind: Kind, operation: Any, what: str) -> None:
+    def _wait(self, kind: Kind, operation: Any, what: str, region: str | None = None) -> None:
         """Until ``operation`` is DONE; CloudError if it ended in error or took longer than OPERATION_TIMEOUT."""
         operations = self.client(
             compute_v1.RegionOperationsClient if kind.regional else compute_v1.GlobalOperationsClient
@@ -467,7 +481,7 @@ class ComputeApi:
                     f"{what}: operation {operation.name} not done after {OPERATION_TIMEOUT:.0f} s; "
                     "see it with `gcloud compute operations describe`"
                 )
-            request = {**self._scope(kind), "operation": operation.name}
+            request = {**self._scope(kind, region), "operation": operation.name}
             operation = _call(
                 what, self.location, partial(operations.wait, request=request, timeout=CALL_TIMEOUT + 120)
             )
@@ -499,14 +513,14 @@ def _call(what: str, location: Location, call: Callable[[], Any]) -> Any:
 def _compare(resource: Resource, actual: Any | None) -> Change:
     kind = resource.kind
     if actual is None:
-        return Change(CREATE, kind.title, resource.name, desired=resource, note=resource.note)
+        return Change(CREATE, kind.title, resource.shown, desired=resource, note=resource.note)
     if kind.immutable:  # named by its content: the same name is the same content
-        return Change(NO_CHANGE, kind.title, resource.name, desired=resource, actual=actual)
+        return Change(NO_CHANGE, kind.title, resource.shown, desired=resource, actual=actual)
     found = differences(view(resource.message, resource.create_only), view(actual))
     return Change(
         UPDATE if found else NO_CHANGE,
         kind.title,
-        resource.name,
+        resource.shown,
         found,
         resource,
         actual,
@@ -517,15 +531,15 @@ def _compare(resource: Resource, actual: Any | None) -> Change:
 def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
     """What :func:`apply` would do to make each resource as desired, in order, then delete those of ``absent``
     that exist; reads only."""
-    changes = [_compare(resource, api.get(resource.kind, resource.name)) for resource in resources]
+    changes = [_compare(resource, api.get(resource.kind, resource.name, resource.region)) for resource in resources]
     for gone in absent:
-        actual = api.get(gone.kind, gone.name)
+        actual = api.get(gone.kind, gone.name, gone.region)
         if actual is not None:
             changes.append(
                 Change(
                     DELETE,
                     gone.kind.title,
-                    gone.name,
+                    _shown(gone.name, gone.region),
                     desired=gone,
                     actual=actual,
                     note="no longer in the configuration",
@@ -591,14 +605,14 @@ def apply(api: ComputeApi, changes: Sequence[Change], log: Log) -> None:
             _update(api, change)
             log(f"updated {change.kind} {change.name}: " + ", ".join(path for path, _, _ in change.differences))
         elif change.action == DELETE:
-            api.delete(change.desired.kind, change.name)
+            api.delete(change.desired.kind, change.desired.name, change.desired.region)
             log(f"deleted {change.kind} {change.name}")
 
 
 def _required(api: ComputeApi, requirements: Sequence[Requirement], *, applying: bool, log: Log) -> None:
     for needed in requirements:
-        if api.get(needed.kind, needed.name) is None:
-            message = f"the {needed.kind.title} {needed.name} does not exist: {needed.hint}"
+        if api.get(needed.kind, needed.name, needed.region) is None:
+            message = f"the {needed.kind.title} {_shown(needed.name, needed.region)} does not exist: {needed.hint}"
             if applying:
                 raise CloudError(message)
             log(f"warning: {message} (before apply)")
@@ -620,7 +634,7 @@ def rendered(title: str, resources: Sequence[Resource]) -> dict[str, Any]:
     return {
         "title": title,
         "resources": [
-            {"kind": resource.kind.title, "name": resource.name, "body": rest_fields(resource.message)}
+            {"kind": resource.kind.title, "name": resource.shown, "body": rest_fields(resource.message)}
             for resource in resources
         ],
     }

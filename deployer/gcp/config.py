@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from deployer.errors import ValuesError
@@ -185,6 +185,26 @@ class LoggingConfig(_Section):
     filter: str | None = None  # which entries the sinks route; default: erlmcp's, on GKE, Cloud Run and GCE
 
 
+class StandbyConfig(_Section):
+    """A second region (the seed design's section 9, docs/multi-region.md): ``network``, ``cluster`` and ``gce`` make
+    its regional pieces beside the primary region's in one run (its subnet, Router and NAT, its GKE cluster, its
+    instance group behind the same global load balancer). Its ranges must not overlap the primary's: one VPC."""
+
+    region: str
+    zones: tuple[str, ...] = ()  # default: the region's a, b and c
+    subnet_cidr: str = "10.4.0.0/24"
+    pods_range: str = "10.5.0.0/16"
+    services_range: str = "10.6.0.0/16"
+    master_cidr: str = "172.16.0.16/28"  # its cluster's control plane (another /28 of the VPC)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Google Cloud region (e.g. us-east1)")
+        return value
+
+
 class GcpConfig(_Section):
     """Everything :mod:`deployer.gcp` makes, from one file."""
 
@@ -201,6 +221,7 @@ class GcpConfig(_Section):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     memorystore: MemorystoreConfig = Field(default_factory=MemorystoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    standby: StandbyConfig | None = None  # a second region: see StandbyConfig
 
     @field_validator("project")
     @classmethod
@@ -222,6 +243,31 @@ class GcpConfig(_Section):
         if not _NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a resource name (a-z, 0-9 and -, starting with a letter)")
         return value
+
+    @model_validator(mode="after")
+    def _standby_elsewhere(self) -> GcpConfig:
+        if self.standby is not None and self.standby.region == self.region:
+            raise ValueError(f"standby.region must be another region than region ({self.region})")
+        return self
+
+    def regions(self) -> tuple[GcpConfig, ...]:
+        """The configuration of each region: this one, then (with ``standby``) the standby region's, which is this
+        one with the standby's region, zones, subnet ranges and control-plane range (and no standby of its own)."""
+        if self.standby is None:
+            return (self,)
+        standby = self.standby
+        ranges = {"subnet_cidr": standby.subnet_cidr, "pods_range": standby.pods_range,
+                  "services_range": standby.services_range}  # fmt: skip
+        second = self.model_copy(
+            update={
+                "region": standby.region,
+                "zones": standby.zones,
+                "network": self.network.model_copy(update=ranges),
+                "cluster": self.cluster.model_copy(update={"master_cidr": standby.master_cidr}),
+                "standby": None,
+            }
+        )
+        return (self, second)
 
     @property
     def zone_list(self) -> tuple[str, ...]:

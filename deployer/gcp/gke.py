@@ -663,21 +663,9 @@ def wait(
     return operation
 
 
-def apply_plan(
-    client: container_v1.ClusterManagerClient,
-    config: GcpConfig,
-    found: Plan,
-    *,
-    log: Log,
-    timeout: float = OPERATION_TIMEOUT,
-    before: Sequence[Callable[[], str]] = (),
-) -> None:
-    """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited; ``before`` (the nodes'
-    account and roles: each call returns its progress line) runs first, once the plan is known to be applicable.
-
-    Raises:
-        CloudError: the plan has REPLACE changes (nothing is written), or a call or operation failed.
-    """
+def applicable(found: Plan) -> None:
+    """Raises :class:`CloudError` when ``found`` cannot be applied as it is: its cluster is busy with another
+    operation, or the plan has REPLACE changes (apply never recreates a cluster or node pool)."""
     if found.steps and found.status in _BUSY:
         raise CloudError(
             f"GKE cluster {found.cluster} is {found.status}: an operation is running on it; apply "
@@ -699,6 +687,25 @@ def apply_plan(
             + ", or ".join(hints)
             + "."
         )
+
+
+def apply_plan(
+    client: container_v1.ClusterManagerClient,
+    config: GcpConfig,
+    found: Plan,
+    *,
+    log: Log,
+    timeout: float = OPERATION_TIMEOUT,
+    before: Sequence[Callable[[], str]] = (),
+) -> None:
+    """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited; ``before`` (the nodes'
+    account and roles: each call returns its progress line) runs first, once the plan is known to be applicable.
+
+    Raises:
+        CloudError: the plan cannot be applied (:func:`applicable`; nothing is written), or a call or operation
+            failed.
+    """
+    applicable(found)
     for action in before:
         log(action())
     for step in found.steps:
@@ -1214,7 +1221,8 @@ class Clients:
 
 
 def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO) -> None:
-    title = f"GKE cluster {config.cluster.name} in {config.project}/{config.region}"
+    regions = ", ".join(region.region for region in config.regions())
+    title = f"GKE cluster {config.cluster.name} in {config.project}/{regions}"
     if as_json:
         counts = {**summary(found.changes), REPLACE: len(found.refused)}
         document = {
@@ -1271,10 +1279,14 @@ def _render_check(findings: Sequence[Finding], config: GcpConfig, name: str, *, 
 
 def rendered(config: GcpConfig) -> dict[str, Any]:
     """What apply makes in an empty project, with the REST APIs' (camelCase) field names: the nodes' service
-    account and its project roles, then the CreateClusterRequest."""
+    account and its project roles, then the CreateClusterRequest (and, with ``standby``, the standby region's)."""
     request = desired_request(config)
-    return {"nodeServiceAccount": node_account.rendered(config), "parent": request.parent,
-            "cluster": rest_fields(request.cluster)}  # fmt: skip
+    found = {"nodeServiceAccount": node_account.rendered(config), "parent": request.parent,
+             "cluster": rest_fields(request.cluster)}  # fmt: skip
+    for region in config.regions()[1:]:  # the standby region's cluster
+        standby = desired_request(region)
+        found["standby"] = {"parent": standby.parent, "cluster": rest_fields(standby.cluster)}
+    return found
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
@@ -1283,7 +1295,8 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     configuration, CloudError (exit 1) when the API refuses, cannot be reached, the cluster to check does not
     exist, or apply would need a new cluster."""
     config = config_from(args)
-    desired_cluster(config)  # a bad cluster section is bad input, before any call
+    for region in config.regions():
+        desired_cluster(region)  # a bad cluster section is bad input, before any call
     out = out or sys.stdout
     if args.action == "render":  # offline: no credentials, no call
         emit_desired(rendered(config), out=out, as_json=args.json)
@@ -1291,23 +1304,40 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     clients = Clients.connect(args.endpoint, insecure=args.insecure)
     try:
         if args.action == "check":
-            name = cluster_path(config)
-            actual = _get(clients.clusters, name)
-            if actual is None:
-                raise CloudError(
-                    f"there is no GKE cluster {name} to check; `cluster plan` shows what apply would create"
-                )
-            findings = check(actual, config)
-            _render_check(findings, config, name, as_json=args.json, out=out)
-            return 1 if findings else 0
+            differ = False
+            for region in config.regions():  # each region's cluster (with standby: both)
+                name = cluster_path(region)
+                actual = _get(clients.clusters, name)
+                if actual is None:
+                    raise CloudError(
+                        f"there is no GKE cluster {name} to check; `cluster plan` shows what apply would create"
+                    )
+                findings = check(actual, region)
+                _render_check(findings, region, name, as_json=args.json, out=out)
+                differ = differ or bool(findings)
+            return 1 if differ else 0
         mode = run_mode(args.action, args.dry_run)
         account = node_account.plan(clients.iam, clients.projects, config)
-        found = plan(clients.clusters, config, log=log)
-        found.changes[:0] = account.changes
+        plans = [_regional_plan(clients.clusters, region, standby=index > 0, log=log)
+                 for index, region in enumerate(config.regions())]  # fmt: skip
         if mode == "apply":
+            for found in plans:  # every region's plan must be applicable before anything is written
+                applicable(found)
             timeout = getattr(args, "timeout", None) or OPERATION_TIMEOUT
-            apply_plan(clients.clusters, config, found, log=log, timeout=timeout, before=account.actions)
+            for index, (region, found) in enumerate(zip(config.regions(), plans, strict=True)):
+                before = account.actions if index == 0 else ()
+                apply_plan(clients.clusters, region, found, log=log, timeout=timeout, before=before)
     finally:
         clients.close()
-    _render_plan(found, config, mode=mode, as_json=args.json, out=out)
+    every = Plan(plans[0].cluster, [*account.changes, *(c for found in plans for c in found.changes)])
+    _render_plan(every, config, mode=mode, as_json=args.json, out=out)
     return 0
+
+
+def _regional_plan(client: container_v1.ClusterManagerClient, config: GcpConfig, *, standby: bool, log: Log) -> Plan:
+    """:func:`plan` of one region's cluster; a standby region's lines name their region."""
+    found = plan(client, config, log=log)
+    if standby:
+        for change in found.changes:
+            change.name = f"{change.name} ({config.region})"
+    return found

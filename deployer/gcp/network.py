@@ -117,7 +117,8 @@ def _private(value: str, key: str) -> ipaddress.IPv4Network:
     return network
 
 
-def _check_ranges(config: GcpConfig) -> None:
+def _ranges(config: GcpConfig) -> dict[str, ipaddress.IPv4Network]:
+    """The ranges of every region, by the key that sets each (``standby.*`` for the standby region's)."""
     section = config.network
     ranges = {
         "network.subnetCidr": _private(section.subnet_cidr, "network.subnetCidr"),
@@ -125,13 +126,25 @@ def _check_ranges(config: GcpConfig) -> None:
         "network.servicesRange": _private(section.services_range, "network.servicesRange"),
         "cluster.masterCidr": _private(config.cluster.master_cidr, "cluster.masterCidr"),
     }
+    standby = config.standby
+    if standby is not None:
+        for key, value in (("subnetCidr", standby.subnet_cidr), ("podsRange", standby.pods_range),
+                           ("servicesRange", standby.services_range), ("masterCidr", standby.master_cidr)):  # fmt: skip
+            ranges[f"standby.{key}"] = _private(value, f"standby.{key}")
+    return ranges
+
+
+def _check_ranges(config: GcpConfig) -> None:
+    section = config.network
+    ranges = _ranges(config)
     keys = list(ranges)
     for i, first in enumerate(keys):
         for second in keys[i + 1 :]:
             if ranges[first].overlaps(ranges[second]):
                 raise ValuesError(f"{first} {ranges[first]} overlaps {second} {ranges[second]}; they must not")
-    if ranges["cluster.masterCidr"].prefixlen != 28:
-        raise ValuesError(f"cluster.masterCidr: {config.cluster.master_cidr} must be a /28 (GKE's control plane)")
+    for key in ("cluster.masterCidr", "standby.masterCidr"):
+        if key in ranges and ranges[key].prefixlen != 28:
+            raise ValuesError(f"{key}: {ranges[key]} must be a /28 (GKE's control plane)")
     if not section.internal_ranges:
         raise ValuesError("network.internalRanges: give at least one range (the VPC's own, at least)")
     for value in section.internal_ranges:
@@ -317,7 +330,7 @@ def firewall_rules(config: GcpConfig, where: Location) -> list[Any]:
             where,
             "allow-gke-master",
             1004,
-            [config.cluster.master_cidr],
+            [region.cluster.master_cidr for region in config.regions()],  # each region's cluster's
             {"tcp": [KUBELET_PORT]},
             text="the GKE control plane to the kubelets",
         )
@@ -368,13 +381,22 @@ def public_ssh(rule: Any) -> bool:
 
 
 def desired(config: GcpConfig) -> list[Resource]:
-    """Every resource of the network, in the order they are made; ValuesError for a bad configuration."""
+    """Every resource of the network, in the order they are made: the VPC, each region's subnet and Router (with
+    ``standby``, the standby region's after the primary's), the firewall rules; ValuesError for a bad
+    configuration."""
     check(config)
     where = Location(config.project, config.region)
+    regional: list[Resource] = []
+    for index, region in enumerate(config.regions()):
+        check(region)
+        here, other = Location(region.project, region.region), region.region if index else None
+        regional += [
+            Resource(SUBNETWORK, _subnetwork(region, here), region=other),
+            Resource(ROUTER, _router(region, here), region=other),
+        ]
     return [
         Resource(NETWORK, _network(config)),
-        Resource(SUBNETWORK, _subnetwork(config, where)),
-        Resource(ROUTER, _router(config, where)),
+        *regional,
         *(Resource(FIREWALL, rule) for rule in firewall_rules(config, where)),
     ]
 
@@ -390,7 +412,8 @@ def absent(config: GcpConfig) -> list[Absent]:
 
 
 def _title(config: GcpConfig) -> str:
-    return f"Network {config.network.name} (project {config.project}, {config.region})"
+    regions = ", ".join(region.region for region in config.regions())
+    return f"Network {config.network.name} (project {config.project}, {regions})"
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:

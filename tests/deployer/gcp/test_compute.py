@@ -870,3 +870,43 @@ def test_the_frontends_longer_names_limit_name_only_when_the_frontend_is_on() ->
                    compute={"frontend": {"enabled": True, "domains": [DOMAIN]}})  # fmt: skip
     with pytest.raises(ValuesError, match="a resource name made from `name`"):
         compute.desired(on)
+
+
+def test_a_standby_regions_group_joins_the_same_global_backend_in_one_run_and_again_writes_nothing(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    api = vpc  # the network of the primary region only
+    path = write_config(tmp_path, "standby:\n  region: us-east1\n")
+    code, _, err = cli(api, capsys, "gce", "apply", config_file=path)
+    assert code == 1  # the standby's subnet does not exist yet: network makes it
+    assert "the subnetwork erlmcp-subnet-us-east1 (us-east1) does not exist" in err
+    assert cli(api, capsys, "network", "apply", config_file=path)[0] == 0
+    code, _, err = cli(api, capsys, "gce", "apply", config_file=path)
+    assert code == 0, err
+    east = api.get("instanceGroupManagers", "erlmcp-mig", "us-east1")
+    assert {z["zone"].rsplit("/", 1)[1] for z in east["distributionPolicy"]["zones"]} == {
+        "us-east1-a", "us-east1-b", "us-east1-c"}  # fmt: skip
+    assert api.get("autoscalers", "erlmcp-autoscaler", "us-east1")["target"].endswith(
+        "/regions/us-east1/instanceGroupManagers/erlmcp-mig"
+    )
+    backends = api.get("backendServices", "erlmcp-backend")["backends"]
+    assert [b["group"].split("/regions/")[1] for b in backends] == [
+        "us-central1/instanceGroups/erlmcp-mig", "us-east1/instanceGroups/erlmcp-mig"]  # fmt: skip
+    templates = {api.get("instanceTemplates", name)["properties"]["networkInterfaces"][0]["subnetwork"].split(
+        "/regions/")[1] for name in api.names("instanceTemplates")}  # fmt: skip
+    assert templates == {"us-central1/subnetworks/erlmcp-subnet-us-central1",
+                         "us-east1/subnetworks/erlmcp-subnet-us-east1"}  # fmt: skip
+
+    before = len(api.writes)
+    code, out, err = cli(api, capsys, "gce", "plan", "--json", config_file=path)
+    assert code == 0, err
+    assert {c["action"] for c in json.loads(out)["changes"]} == {"NO CHANGE"}
+    assert len(api.writes) == before
+
+
+def test_a_standby_region_needs_the_global_load_balancer(api: ComputeRest, capsys: Any, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "standby:\n  region: us-east1\ncompute:\n  loadBalancingScheme: INTERNAL_MANAGED\n")
+    code, out, err = cli(api, capsys, "gce", "plan", config_file=path)
+    assert (code, out) == (2, "")
+    assert "standby: a second region's group sits behind the global load balancer" in err
+    assert api.calls == []

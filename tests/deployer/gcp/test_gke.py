@@ -52,6 +52,7 @@ class FakeGke:
     writes: list[str] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     iam: FakeIam = field(default_factory=lambda: FakeIam(project=PROJECT))  # the accounts GKE knows are IAM's
+    regions: tuple[str, ...] = (REGION, "us-east1")  # where clusters may be made
     refuse: dict[str, Refused] = field(default_factory=dict)  # method name -> the error of its next call
     polls: int = 2  # reads of an operation until it is DONE
     fail_next: str | None = None  # the error the next operation ends with
@@ -98,7 +99,7 @@ class FakeGke:
                           f"{cluster_name}")  # fmt: skip
         op = container_v1.Operation(name=f"operation-{next(self.ids)}", operation_type=kind, status=RUNNING,
                                     target_link=f"https://container.googleapis.com/v1/{cluster_name}",
-                                    location=REGION)  # fmt: skip
+                                    location=cluster_name.split("/")[3])  # fmt: skip
         self.operations[op.name] = {"op": op, "cluster": cluster_name, "left": self.polls, "finish": finish,
                                     "error": self.fail_next}  # fmt: skip
         self.fail_next = None
@@ -107,7 +108,7 @@ class FakeGke:
 
     def get_operation(self, request: Any) -> Any:
         prefix, _, op_name = request.name.rpartition("/operations/")
-        if prefix != LOCATION or op_name not in self.operations:
+        if prefix not in self._locations() or op_name not in self.operations:
             raise Refused(grpc.StatusCode.NOT_FOUND, f"Not found: {request.name}.")
         entry = self.operations[op_name]
         op = entry["op"]
@@ -154,8 +155,11 @@ class FakeGke:
         made.self_link = f"https://container.googleapis.com/v1/{CLUSTER}/nodePools/{pool.name}"
         return made
 
+    def _locations(self) -> set[str]:
+        return {f"projects/{PROJECT}/locations/{region}" for region in self.regions}
+
     def create_cluster(self, request: Any) -> Any:
-        if request.parent != LOCATION:
+        if request.parent not in self._locations():
             raise Refused(grpc.StatusCode.NOT_FOUND, f"Not found: {request.parent}")
         wanted = request.cluster
         name = f"{request.parent}/clusters/{wanted.name}"
@@ -171,14 +175,15 @@ class FakeGke:
             self._check_pool(pool)
         self.created.append(container_v1.CreateClusterRequest(request))
         cluster: Any = container_v1.Cluster(wanted)
-        cluster.location, cluster.zone = REGION, REGION
+        region = request.parent.rsplit("/", 1)[1]
+        cluster.location, cluster.zone = region, region
         cluster.self_link = f"https://container.googleapis.com/v1/{name}"
         cluster.status = container_v1.Cluster.Status.PROVISIONING
         cluster.current_master_version = cluster.current_node_version = VERSION
         cluster.endpoint = cluster.private_cluster_config.private_endpoint = "172.16.0.2"
         cluster.private_cluster_config.peering_name = "gke-n1234-peer"
         cluster.network_config.network = f"projects/{PROJECT}/global/networks/{wanted.network}"
-        cluster.network_config.subnetwork = f"projects/{PROJECT}/regions/{REGION}/subnetworks/{wanted.subnetwork}"
+        cluster.network_config.subnetwork = f"projects/{PROJECT}/regions/{region}/subnetworks/{wanted.subnetwork}"
         cluster.ip_allocation_policy.cluster_ipv4_cidr_block = "10.1.0.0/16"
         cluster.ip_allocation_policy.services_ipv4_cidr_block = "10.2.0.0/16"
         cluster.logging_service, cluster.monitoring_service = "logging.googleapis.com/kubernetes", "monitoring."
@@ -829,3 +834,48 @@ def test_render_shows_the_nodes_account_and_its_roles_before_the_cluster(capsys)
     assert {m for b in account["projectRoles"]["bindings"] for m in b["members"]} == {f"serviceAccount:{NODE_SA}"}
     pools = document["cluster"]["nodePools"]
     assert {p["config"]["serviceAccount"] for p in pools} == {NODE_SA}
+
+
+def test_a_standby_region_gets_its_own_cluster_in_the_same_run_and_again_nothing_is_written(
+    api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "erlmcp-gcp.yaml"
+    config.write_text("standby:\n  region: us-east1\n", encoding="utf-8")
+    standby = f"projects/{PROJECT}/locations/us-east1/clusters/erlmcp-cluster"
+    document = plan_json(api, capsys, "--config", str(config))
+    assert rows(document)[ACCOUNT:] == [
+        ("CREATE", "GKE cluster", "erlmcp-cluster"), ("CREATE", "node pool", "erlmcp-cluster/primary"),
+        ("CREATE", "node pool", "erlmcp-cluster/spot"), ("CREATE", "GKE cluster", "erlmcp-cluster (us-east1)"),
+        ("CREATE", "node pool", "erlmcp-cluster/primary (us-east1)"),
+        ("CREATE", "node pool", "erlmcp-cluster/spot (us-east1)")]  # fmt: skip
+    assert document["title"] == f"GKE cluster erlmcp-cluster in {PROJECT}/us-central1, us-east1"
+    code, _, err = run(api, capsys, "apply", "--config", str(config))
+    assert code == 0, err
+    assert api.fake.writes == [f"CREATE_CLUSTER {CLUSTER}", f"CREATE_CLUSTER {standby}"]
+    east = api.fake.clusters[standby]
+    assert east.private_cluster_config.master_ipv4_cidr_block == "172.16.0.16/28"
+    assert east.subnetwork == "erlmcp-subnet-us-east1"
+    assert list(east.locations) == ["us-east1-a", "us-east1-b", "us-east1-c"]
+    assert east.node_pools[0].config.service_account == NODE_SA  # one node account for both
+    api.fake.writes.clear()
+    api.fake.iam.writes.clear()
+    document = plan_json(api, capsys, "--config", str(config))
+    assert {action for action, _, _ in rows(document)} == {"NO CHANGE"}
+    code, _, err = run(api, capsys, "check", "--config", str(config))
+    assert code == 0, err
+    assert api.fake.writes == []
+    assert api.fake.iam.writes == []
+
+
+def test_a_refused_standby_plan_writes_nothing_in_either_region(
+    api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    created(api, capsys)
+    config = tmp_path / "erlmcp-gcp.yaml"
+    config.write_text("standby:\n  region: us-east1\n", encoding="utf-8")
+    api.fake.clusters[CLUSTER].network_config.datapath_provider = "LEGACY_DATAPATH"  # needs a new cluster
+    code, out, err = run(api, capsys, "apply", "--config", str(config))
+    assert (code, out) == (1, "")
+    assert "apply refused, nothing written" in err
+    assert api.fake.writes == []
+    assert api.fake.iam.writes == []

@@ -185,6 +185,15 @@ def test_the_guard_recognises_a_rule_that_would_open_ssh_to_the_internet() -> No
         ("cluster:\n  masterCidr: 172.16.0.0/24\n", "cluster.masterCidr: 172.16.0.0/24 must be a /28"),
         ("network:\n  name: Erlmcp_VPC\n", "network.name 'Erlmcp_VPC' is not a Compute Engine name"),
         ("network:\n  mtu: 9000\n", "network.mtu: 9000 is outside 1300-8896"),
+        (
+            "standby:\n  region: us-east1\n  podsRange: 10.1.0.0/16\n",
+            "network.podsRange 10.1.0.0/16 overlaps standby.podsRange 10.1.0.0/16",
+        ),
+        (
+            "standby:\n  region: us-east1\n  masterCidr: 172.16.0.0/28\n",
+            "cluster.masterCidr 172.16.0.0/28 overlaps standby.masterCidr",
+        ),
+        ("standby:\n  region: us-central1\n", "standby.region must be another region than region (us-central1)"),
     ],
 )
 def test_a_bad_configuration_exits_2_naming_the_key_and_calls_nothing(
@@ -385,3 +394,25 @@ def test_an_optional_rule_turned_off_is_deleted_by_name_and_nothing_else_is(
     )  # fmt: skip
     assert [w.method for w in compute.writes[-2:]] == ["DELETE", "DELETE"]
     assert "0 to delete, 7 unchanged" in cli(compute, capsys, "plan", config=off)[1]
+
+
+def test_a_standby_region_gets_its_own_subnet_and_router_in_the_same_vpc_in_one_run(
+    compute: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, "standby:\n  region: us-east1\n  zones: [us-east1-b, us-east1-c, us-east1-d]\n")
+    code, _, err = cli(compute, capsys, "apply", config=config)
+    assert code == 0, err
+    subnet = compute.get("subnetworks", "erlmcp-subnet-us-east1", "us-east1")
+    assert subnet["ipCidrRange"] == "10.4.0.0/24"
+    assert [r["ipCidrRange"] for r in subnet["secondaryIpRanges"]] == ["10.5.0.0/16", "10.6.0.0/16"]
+    assert compute.get("routers", "erlmcp-router-us-east1", "us-east1")["nats"][0]["name"] == "erlmcp-nat-us-east1"
+    assert compute.get("subnetworks", "erlmcp-subnet-us-central1", "us-central1")["ipCidrRange"] == "10.0.0.0/24"
+    assert compute.get("firewalls", "erlmcp-vpc-allow-gke-master")["sourceRanges"] == ["172.16.0.0/28",
+                                                                                       "172.16.0.16/28"]  # fmt: skip
+    assert compute.names("networks") == ["erlmcp-vpc"]  # one VPC for both regions
+
+    before = len(compute.writes)
+    code, out, err = cli(compute, capsys, "plan", "--json", config=config)
+    assert code == 0, err
+    assert {c["action"] for c in json.loads(out)["changes"]} == {"NO CHANGE"}
+    assert len(compute.writes) == before

@@ -64,10 +64,12 @@ def test_cloud_runs_render_is_a_knative_service_the_published_schema_accepts(
 
 
 FRONTEND = "compute:\n  frontend:\n    enabled: true\n    domains: [mcp.example.com]\n"
+STANDBY = "standby:\n  region: us-east1\n"
 
 
-@pytest.mark.parametrize(("platform", "config_text"), [("network", None), ("gce", None), ("gce", FRONTEND)],
-                         ids=["network", "gce", "gce-frontend"])  # fmt: skip
+@pytest.mark.parametrize(("platform", "config_text"), [("network", None), ("gce", None), ("gce", FRONTEND),
+                         ("network", STANDBY), ("gce", FRONTEND + STANDBY)],
+                         ids=["network", "gce", "gce-frontend", "network-two-regions", "gce-two-regions"])  # fmt: skip
 def test_compute_renders_hold_exactly_what_a_plan_of_an_empty_project_creates(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, platform: str, config_text: str | None
 ) -> None:
@@ -79,7 +81,7 @@ def test_compute_renders_hold_exactly_what_a_plan_of_an_empty_project_creates(
     try:
         document, _ = rendered(capsys, platform, *extra)
         if platform == "gce":  # (gce needs the network first; its plan then creates the group's resources)
-            common = ["--project", PROJECT, "--insecure", "--endpoint", server.endpoint]
+            common = ["--project", PROJECT, "--insecure", "--endpoint", server.endpoint, *extra]
             assert main(["network", "apply", *common]) == 0
             capsys.readouterr()
         common = ["--project", PROJECT, "--insecure", "--endpoint", server.endpoint, *extra]
@@ -138,3 +140,29 @@ def test_secret_contents_never_appear_in_a_render_only_the_files_they_come_from(
     channels = {c["key"]: c for c in monitoring["notificationChannels"]}
     assert channels["slack"]["secretLabels"] == {"auth_token": f"(from {token})"}
     assert channels["pagerduty"]["secretLabels"] == {"service_key": f"(from {pagerduty})"}
+
+
+def test_a_standby_region_is_rendered_beside_the_primary_by_network_and_gce(
+    offline: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "erlmcp-gcp.yaml"
+    path.write_text(FRONTEND + STANDBY, encoding="utf-8")
+    network, _ = rendered(capsys, "network", "--config", str(path))
+    names = [r["name"] for r in network["resources"]]
+    assert "erlmcp-subnet-us-central1" in names
+    assert "erlmcp-subnet-us-east1 (us-east1)" in names
+    assert "erlmcp-router-us-east1 (us-east1)" in names
+    bodies = {r["name"]: r["body"] for r in network["resources"]}
+    assert bodies["erlmcp-subnet-us-east1 (us-east1)"]["ipCidrRange"] == "10.4.0.0/24"
+    assert bodies["erlmcp-vpc-allow-gke-master"]["sourceRanges"] == ["172.16.0.0/28", "172.16.0.16/28"]
+
+    gce, _ = rendered(capsys, "gce", "--config", str(path))
+    kinds = [(r["kind"], r["name"]) for r in gce["resources"]]
+    assert ("instance group manager", "erlmcp-mig (us-east1)") in kinds
+    assert ("autoscaler", "erlmcp-autoscaler (us-east1)") in kinds
+    [backend] = [r["body"] for r in gce["resources"] if r["kind"] == "backend service"]
+    assert [b["group"].split("/projects/")[1] for b in backend["backends"]] == [
+        f"{PROJECT}/regions/us-central1/instanceGroups/erlmcp-mig",
+        f"{PROJECT}/regions/us-east1/instanceGroups/erlmcp-mig",
+    ]
+    assert len([k for k in kinds if k[0] == "SSL certificate"]) == 1  # one frontend for both regions
