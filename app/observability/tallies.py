@@ -16,7 +16,8 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -25,20 +26,32 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = ["LoopCounter", "LoopGauge", "LoopHistogram"]
 
+Child = TypeVar("Child")
 
-class _Labelled:
-    """A metric's name, help, label names and its children by label values."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+class _Labelled(Generic[Child]):
+    """A metric's name, help, label names and its children by label values, each made on first use by
+    ``new_child``."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], new_child: Callable[[], Child]
+    ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._wanted = frozenset(self._labelnames)
+        self._new_child = new_child
+        self._children: dict[tuple[str, ...], Child] = {}
 
-    def _key(self, labels: dict[str, object]) -> tuple[str, ...]:
+    def labels(self, **labels: object) -> Child:
+        """The child of these label values (made on first use)."""
         if labels.keys() != self._wanted:
             raise ValueError(f"{self._name}: labels {sorted(labels)} are not {sorted(self._wanted)}")
-        return tuple(str(labels[name]) for name in self._labelnames)
+        key = tuple(str(labels[name]) for name in self._labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
 
 
 class CounterChild:
@@ -57,21 +70,12 @@ class CounterChild:
         self.value += amount
 
 
-class LoopCounter(_Labelled, Collector):
+class LoopCounter(_Labelled[CounterChild], Collector):
     """A labelled counter (``NAME_total``), as :class:`prometheus_client.Counter` prints it."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
+        super().__init__(name, documentation, labelnames, CounterChild)
         registry.register(self)
-
-    def labels(self, **labels: object) -> CounterChild:
-        """The child of these label values (made on first use)."""
-        key = self._key(labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -97,7 +101,7 @@ class HistogramChild:
         self.counts[bisect.bisect_left(self._bounds, amount)] += 1
 
 
-class LoopHistogram(_Labelled, Collector):
+class LoopHistogram(_Labelled[HistogramChild], Collector):
     """A labelled histogram, as :class:`prometheus_client.Histogram` prints it (``+Inf`` added to ``buckets``)."""
 
     def __init__(
@@ -108,22 +112,13 @@ class LoopHistogram(_Labelled, Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        super().__init__(name, documentation, labelnames)
         bounds = sorted(float(bound) for bound in buckets)
         if not bounds or bounds[-1] != math.inf:
             bounds.append(math.inf)
         self._bounds = tuple(bounds)
+        super().__init__(name, documentation, labelnames, lambda: HistogramChild(self._bounds))
         self._les = tuple(str(floatToGoString(bound)) for bound in self._bounds)  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
-
-    def labels(self, **labels: object) -> HistogramChild:
-        """The child of these label values (made on first use)."""
-        key = self._key(labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self._bounds)
-        return child
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
