@@ -1295,7 +1295,8 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     configuration, CloudError (exit 1) when the API refuses, cannot be reached, the cluster to check does not
     exist, or apply would need a new cluster."""
     config = config_from(args)
-    for region in config.regions():
+    regions = config.regions()
+    for region in regions:
         desired_cluster(region)  # a bad cluster section is bad input, before any call
     out = out or sys.stdout
     if args.action == "render":  # offline: no credentials, no call
@@ -1305,7 +1306,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     try:
         if args.action == "check":
             differ = False
-            for region in config.regions():  # each region's cluster (with standby: both)
+            for region in regions:  # each region's cluster (with standby: both)
                 name = cluster_path(region)
                 actual = _get(clients.clusters, name)
                 if actual is None:
@@ -1319,12 +1320,12 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         mode = run_mode(args.action, args.dry_run)
         account = node_account.plan(clients.iam, clients.projects, config)
         plans = [_regional_plan(clients.clusters, region, standby=index > 0, log=log)
-                 for index, region in enumerate(config.regions())]  # fmt: skip
+                 for index, region in enumerate(regions)]  # fmt: skip
         if mode == "apply":
             for found in plans:  # every region's plan must be applicable before anything is written
                 applicable(found)
             timeout = getattr(args, "timeout", None) or OPERATION_TIMEOUT
-            for index, (region, found) in enumerate(zip(config.regions(), plans, strict=True)):
+            for index, (region, found) in enumerate(zip(regions, plans, strict=True)):
                 before = account.actions if index == 0 else ()
                 apply_plan(clients.clusters, region, found, log=log, timeout=timeout, before=before)
     finally:

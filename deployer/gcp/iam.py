@@ -19,9 +19,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as api
+from google.cloud import iam_admin_v1
 from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
 
-__all__ = ["ETAG_ATTEMPTS", "PROPAGATION_DELAYS", "Policy", "granted", "holds", "patiently"]
+__all__ = [
+    "ETAG_ATTEMPTS",
+    "PROPAGATION_DELAYS",
+    "Policy",
+    "create_account",
+    "granted",
+    "holds",
+    "patiently",
+    "read_account",
+]
 
 ETAG_ATTEMPTS = 3
 PROPAGATION_DELAYS: tuple[float, ...] = (1, 2, 4, 8, 15, 30)
@@ -87,3 +97,23 @@ class Policy:
                 if attempt == ETAG_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_account(iam: iam_admin_v1.IAMClient, name: str) -> Any | None:
+    """The service account ``name`` (``projects/P/serviceAccounts/EMAIL``), or None when there is none."""
+    try:
+        return iam.get_service_account(name=name)
+    except api.NotFound:
+        return None
+
+
+def create_account(
+    iam: iam_admin_v1.IAMClient, project: str, account_id: str, *, display_name: str, description: str
+) -> Any:
+    """Create the service account ``account_id`` in ``project``; the account made."""
+    request = iam_admin_v1.CreateServiceAccountRequest(
+        name=f"projects/{project}",
+        account_id=account_id,
+        service_account=iam_admin_v1.ServiceAccount(display_name=display_name, description=description),
+    )
+    return iam.create_service_account(request=request)

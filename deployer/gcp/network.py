@@ -388,7 +388,8 @@ def desired(config: GcpConfig) -> list[Resource]:
     where = Location(config.project, config.region)
     regional: list[Resource] = []
     for index, region in enumerate(config.regions()):
-        check(region)
+        if index:
+            check(region)  # the standby's names (the primary's were checked above)
         here, other = Location(region.project, region.region), region.region if index else None
         regional += [
             Resource(SUBNETWORK, _subnetwork(region, here), region=other),

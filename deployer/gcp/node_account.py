@@ -33,7 +33,7 @@ from google.cloud import iam_admin_v1, resourcemanager_v3
 from deployer.errors import CloudError
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
 from deployer.gcp.config import GcpConfig
-from deployer.gcp.iam import Policy, holds, patiently
+from deployer.gcp.iam import Policy, create_account, holds, patiently, read_account
 
 __all__ = ["KIND_ACCOUNT", "KIND_ROLE", "NODE_ROLES", "AccountPlan", "email", "plan", "rendered"]
 
@@ -95,32 +95,24 @@ def _call(what: str, kind: str, call: Callable[[], T]) -> T:
         raise CloudError(f"{what}: {exc}") from exc
 
 
-def _account(iam: iam_admin_v1.IAMClient, config: GcpConfig) -> Any | None:
-    name = f"projects/{config.project}/serviceAccounts/{email(config)}"
-
-    def read() -> Any | None:
-        try:
-            return iam.get_service_account(name=name)
-        except api.NotFound:
-            return None
-
-    return _call(f"cannot read service account {email(config)}", KIND_ACCOUNT, read)
-
-
 def plan(iam: iam_admin_v1.IAMClient, projects: resourcemanager_v3.ProjectsClient, config: GcpConfig) -> AccountPlan:
     """What apply would do for the nodes' account and roles: reads both, writes nothing."""
     found = AccountPlan()
-    account, address = _account(iam, config), email(config)
+    address = email(config)
+    name = f"projects/{config.project}/serviceAccounts/{address}"
+    account = _call(f"cannot read service account {address}", KIND_ACCOUNT, lambda: read_account(iam, name))
     if account is None:
 
         def create() -> str:
-            request = iam_admin_v1.CreateServiceAccountRequest(
-                name=f"projects/{config.project}",
-                account_id=config.cluster.node_service_account,
-                service_account=iam_admin_v1.ServiceAccount(display_name=DISPLAY_NAME, description=DESCRIPTION),
-            )
+            account_id = config.cluster.node_service_account
             what = f"cannot create service account {address}"
-            _call(what, KIND_ACCOUNT, lambda: iam.create_service_account(request=request))
+            _call(
+                what,
+                KIND_ACCOUNT,
+                lambda: create_account(
+                    iam, config.project, account_id, display_name=DISPLAY_NAME, description=DESCRIPTION
+                ),
+            )
             return f"created service account {address}"
 
         found.changes.append(Change(CREATE, KIND_ACCOUNT, address, note="the nodes run as it"))

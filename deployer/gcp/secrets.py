@@ -83,7 +83,7 @@ from deployer.gcp.changes import (
 )
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
-from deployer.gcp.iam import Policy, holds, patiently
+from deployer.gcp.iam import Policy, create_account, holds, patiently, read_account
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
 
@@ -481,28 +481,26 @@ def _binding_step(
 
 def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
     """The service account's step, and whether it exists now."""
-    account = _maybe(
+    account = _call(
         f"cannot read service account {settings.account_name}",
         KIND_ACCOUNT,
-        lambda: clients.iam.get_service_account(name=settings.account_name),
+        lambda: read_account(clients.iam, settings.account_name),
     )
     if account is not None:
         note = "disabled: the app cannot authenticate as it until it is enabled" if account.disabled else ""
         return _Step(Change(NO_CHANGE, KIND_ACCOUNT, settings.email, note=note)), True
 
     def create() -> str:
-        request = iam_admin_v1.CreateServiceAccountRequest(
-            name=f"projects/{settings.project}",
-            account_id=settings.account_id,
-            service_account=iam_admin_v1.ServiceAccount(
-                display_name="erlmcp server",
-                description="erlmcp reads its secrets as this account (python -m deployer secrets)",
-            ),
-        )
         made = _call(
             f"cannot create service account {settings.email}",
             KIND_ACCOUNT,
-            lambda: clients.iam.create_service_account(request=request),
+            lambda: create_account(
+                clients.iam,
+                settings.project,
+                settings.account_id,
+                display_name="erlmcp server",
+                description="erlmcp reads its secrets as this account (python -m deployer secrets)",
+            ),
         )
         return f"created service account {made.email or settings.email}"
 
