@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m app",
         description="Run the erlmcp MCP server: MCP over HTTP at /mcp, health at /livez and /readyz "
         "(/health and /healthz are aliases), Prometheus metrics at /metrics on their own port.",
-        epilog="Flags override environment variables, which override defaults. "
-        "Example: python -m app --no-auth --port 8080",
+        epilog="Flags override environment variables, which override defaults. Secrets may also be files named "
+        "after the variables (erlmcp_redis_url, erlmcp_request_state_key, ...) in the folder ERLMCP_SECRETS_DIR "
+        f"names, or in several folders separated by '{os.pathsep}': where two hold the same file, the later folder's "
+        "file wins; an environment variable wins over any file. Example: python -m app --no-auth --port 8080",
     )
     arg = parser.add_argument
     arg(
@@ -148,8 +150,9 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     given: dict[str, Any] = {key: value for key, value in vars(args).items() if value is not None}
     # Secrets may also come as files named after the variables (erlmcp_request_state_key, erlmcp_redis_url, ...)
-    # in the folder ERLMCP_SECRETS_DIR names: what a mounted Kubernetes Secret gives.
-    secrets_dir = os.environ.get("ERLMCP_SECRETS_DIR") or None
+    # in the folders ERLMCP_SECRETS_DIR names (os.pathsep between two): what mounted Kubernetes Secrets and CSI
+    # volumes give. pydantic-settings reads the folders last first: a later folder's file wins.
+    secrets_dir = [folder for folder in os.environ.get("ERLMCP_SECRETS_DIR", "").split(os.pathsep) if folder] or None
     try:
         return Settings(**given, _secrets_dir=secrets_dir)
     except ValidationError as exc:

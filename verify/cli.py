@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help=f"run only this group or check (repeatable): {', '.join(GROUPS)}, or e.g. mcp.ping",
     )
-    parser.add_argument("--ca-file", type=Path, help="CA bundle to trust for https (e.g. a self-signed certificate)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA bundle to trust for https (e.g. a self-signed certificate), or the certificate (chain) the server "
+        "presents: what it holds is trusted as it is",
+    )
     parser.add_argument(
         "--cert-file",
         type=Path,

@@ -68,6 +68,10 @@ class Target:
     def tls_context(self) -> ssl.SSLContext:
         """How to speak TLS to the server: the system's CAs or ``ca_file``, and the client certificate if any."""
         context = ssl.create_default_context(cafile=self.ca_file)
+        if self.ca_file is not None:
+            # What ca_file holds is trusted as it is, also a certificate that is not a self-signed root: the very
+            # certificate (chain) the server presents, e.g. from Secret Manager (as Python 3.13 does by default).
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         if self.client_cert_file is not None:
             context.load_cert_chain(self.client_cert_file, self.client_key_file)
         return context

@@ -74,7 +74,7 @@ default
 
 {{/* Where the kubelet's probes go: the MCP port (over HTTPS with serverTls), or the metrics port under mutual TLS. */}}
 {{- define "erlmcp.probeTarget" -}}
-{{- if .Values.serverTls.clientCaSecret -}}
+{{- if include "erlmcp.mutualTls" . -}}
 port: metrics
 {{- else if .Values.serverTls.enabled -}}
 port: http
@@ -98,8 +98,8 @@ would put either on a public address, saying why and what to do instead. */}}
 {{- if eq (toString .Values.ingressAvailable) "false" -}}
 {{- fail "exposure=ingress needs an ingress controller, and ingressAvailable=false says the cluster has none: use exposure=loadBalancer with serverTls.enabled=true, or exposure=cluster" -}}
 {{- end -}}
-{{- if .Values.serverTls.clientCaSecret -}}
-{{- fail "exposure=ingress cannot be used with serverTls.clientCaSecret: the load balancer has no client certificate (use exposure=loadBalancer, a pass-through load balancer, for mutual TLS)" -}}
+{{- if include "erlmcp.mutualTls" . -}}
+{{- fail "exposure=ingress cannot be used with serverTls.clientCaSecret (or tls-client-ca in secretManager.keys): the load balancer has no client certificate (use exposure=loadBalancer, a pass-through load balancer, for mutual TLS)" -}}
 {{- end -}}
 {{- if .Values.ingress.managedCertificate -}}
 {{- if not .Values.ingress.host -}}
@@ -116,28 +116,128 @@ would put either on a public address, saying why and what to do instead. */}}
 {{- if and (eq .Values.exposure "ingress") (not .Values.ingress.managedCertificate) -}}true{{- end -}}
 {{- end -}}
 
-{{/* The API key file from Secret Manager (secretManager.enabled): through GKE's Secret Manager add-on, a CSI volume
-of this SecretProviderClass; refuse values that would also give a key the chart makes or names. */}}
+{{/* Secret Manager (secretManager.enabled): the server's files from Secret Manager secrets, through GKE's Secret
+Manager add-on, a CSI volume of this SecretProviderClass mounted at /etc/erlmcp/secrets; the test Pod's own class when
+the server's holds more than the test Pod uses. */}}
 {{- define "erlmcp.secretManagerClass" -}}
 {{ include "erlmcp.fullname" . }}-secret-manager
 {{- end -}}
 
+{{- define "erlmcp.secretManagerTestClass" -}}
+{{ include "erlmcp.fullname" . | trunc 58 | trimSuffix "-" }}-secret-manager-test
+{{- end -}}
+
+{{/* Where each key's file lands in /etc/erlmcp/secrets (redis-url under the name the server reads from its secrets
+folders, ERLMCP_SECRETS_DIR). */}}
+{{- define "erlmcp.secretManagerFiles" -}}
+api-keys: api-keys
+redis-url: erlmcp_redis_url
+tls-cert: tls.crt
+tls-key: tls.key
+tls-client-ca: client-ca.crt
+jwt-public-key: jwt-public-key.pem
+otel-ca-cert: otel-ca.crt
+{{- end -}}
+
+{{/* "true" when the file of this key comes from Secret Manager. Called with a dict: "root" and "key". */}}
+{{- define "erlmcp.fromSecretManager" -}}
+{{- if and .root.Values.secretManager.enabled (has .key .root.Values.secretManager.keys) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The secret version a key's file is: projects/P/secrets/NAME/versions/V. Called with a dict: "root" and "key". */}}
+{{- define "erlmcp.secretManagerResource" -}}
+{{- $sm := .root.Values.secretManager -}}
+{{- $name := index $sm.names .key | default (ternary $sm.apiKeysSecret "" (eq .key "api-keys")) | default (printf "%s-%s" $sm.prefix .key) -}}
+{{- printf "projects/%s/secrets/%s/versions/%s" $sm.project $name (toString $sm.version) -}}
+{{- end -}}
+
+{{/* The parameters.secrets of a SecretProviderClass: each of "keys" as the file "paths" gives it (default: its file
+in erlmcp.secretManagerFiles). Called with a dict: "root", "keys" and "paths". */}}
+{{- define "erlmcp.secretManagerSecrets" -}}
+{{- $files := include "erlmcp.secretManagerFiles" .root | fromYaml -}}
+{{- range .keys }}
+- resourceName: {{ include "erlmcp.secretManagerResource" (dict "root" $.root "key" .) | quote }}
+  path: {{ index $.paths . | default (index $files .) }}
+{{- end }}
+{{- end -}}
+
+{{/* What the test Pod takes from Secret Manager: the API key file, and the certificate the server presents (which it
+trusts) when that comes from Secret Manager too. */}}
+{{- define "erlmcp.secretManagerTestKeys" -}}
+{{- $keys := list "api-keys" -}}
+{{- if include "erlmcp.fromSecretManager" (dict "root" . "key" "tls-cert") -}}
+{{- $keys = append $keys "tls-cert" -}}
+{{- end -}}
+{{- toJson $keys -}}
+{{- end -}}
+
+{{/* Mutual TLS: the client CA from a Secret (serverTls.clientCaSecret) or from Secret Manager (tls-client-ca). */}}
+{{- define "erlmcp.mutualTls" -}}
+{{- if or .Values.serverTls.clientCaSecret (include "erlmcp.fromSecretManager" (dict "root" . "key" "tls-client-ca")) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "erlmcp.checkSecretManager" -}}
-{{- if .Values.secretManager.enabled -}}
+{{- $sm := .Values.secretManager -}}
+{{- if $sm.enabled -}}
+{{- $has := dict -}}
+{{- range $sm.keys -}}
+{{- $_ := set $has . true -}}
+{{- end -}}
 {{- if not .Values.auth.enabled -}}
 {{- fail "secretManager.enabled mounts the API key file from Secret Manager, and auth.enabled=false uses none: turn auth on, or secretManager off" -}}
 {{- end -}}
-{{- if not .Values.secretManager.project -}}
+{{- if not $sm.project -}}
 {{- fail "secretManager.enabled needs secretManager.project (the Google Cloud project that holds the secret)" -}}
+{{- end -}}
+{{- if not (index $has "api-keys") -}}
+{{- fail "secretManager.keys must include api-keys: with secretManager.enabled the API key file comes from Secret Manager" -}}
 {{- end -}}
 {{- if or .Values.auth.apiKey .Values.auth.existingSecret -}}
 {{- fail "secretManager.enabled takes the API key file from Secret Manager (secretManager.apiKeysSecret): leave auth.apiKey and auth.existingSecret empty" -}}
 {{- end -}}
+{{- if and $sm.apiKeysSecret (index $sm.names "api-keys") -}}
+{{- fail "give secretManager.names.api-keys or secretManager.apiKeysSecret, not both (they name the same secret)" -}}
+{{- end -}}
+{{- if index $has "redis-url" -}}
+{{- if ne .Values.sessions.store "external" -}}
+{{- fail (printf "secretManager.keys has redis-url, the URL of your Redis: redis-url needs sessions.store=external (sessions.store is %s)" .Values.sessions.store) -}}
+{{- end -}}
+{{- end -}}
+{{- if or (index $has "tls-cert") (index $has "tls-key") -}}
+{{- if not (and (index $has "tls-cert") (index $has "tls-key")) -}}
+{{- fail "secretManager.keys: tls-cert and tls-key go together (the MCP listener's certificate and its private key)" -}}
+{{- end -}}
+{{- if not .Values.serverTls.enabled -}}
+{{- fail "secretManager.keys: tls-cert and tls-key need serverTls.enabled=true (they are the MCP listener's certificate)" -}}
+{{- end -}}
+{{- if .Values.serverTls.secretName -}}
+{{- fail "secretManager.keys has tls-cert and tls-key, the MCP listener's certificate: leave serverTls.secretName empty" -}}
+{{- end -}}
+{{- end -}}
+{{- if index $has "tls-client-ca" -}}
+{{- if not .Values.serverTls.enabled -}}
+{{- fail "secretManager.keys: tls-client-ca needs serverTls.enabled=true (mutual TLS is TLS first)" -}}
+{{- end -}}
+{{- if .Values.serverTls.clientCaSecret -}}
+{{- fail "give serverTls.clientCaSecret or tls-client-ca in secretManager.keys, not both (both are the client CA)" -}}
+{{- end -}}
+{{- end -}}
+{{- if index $has "jwt-public-key" -}}
+{{- if .Values.jwt.jwksUrl -}}
+{{- fail "give jwt.jwksUrl or jwt-public-key in secretManager.keys, not both (the server takes one way to check tokens)" -}}
+{{- end -}}
+{{- end -}}
+{{- if index $has "otel-ca-cert" -}}
+{{- if not (hasPrefix "https://" (.Values.tracing.otlpEndpoint | default "")) -}}
+{{- fail (printf "secretManager.keys: otel-ca-cert needs an https:// tracing.otlpEndpoint (it is the CA of that collector's certificate; tracing.otlpEndpoint is %q)" (.Values.tracing.otlpEndpoint | default "")) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
-{{/* The api-keys volume: the chart's (or the given) Secret, or the Secret Manager CSI volume. Called with a dict:
-"root" (the chart's context) and, for a Pod whose fsGroup may read group-readable files, "defaultMode". */}}
+{{/* The api-keys volume: the chart's (or the given) Secret, or the Secret Manager CSI volume (of "class", default the
+server's SecretProviderClass). Called with a dict: "root" (the chart's context) and, for a Pod whose fsGroup may read
+group-readable files, "defaultMode". */}}
 {{- define "erlmcp.apiKeysVolume" -}}
 {{- $root := .root -}}
 - name: api-keys
@@ -146,7 +246,7 @@ of this SecretProviderClass; refuse values that would also give a key the chart 
     driver: secrets-store-gke.csi.k8s.io
     readOnly: true
     volumeAttributes:
-      secretProviderClass: {{ include "erlmcp.secretManagerClass" $root }}
+      secretProviderClass: {{ .class | default (include "erlmcp.secretManagerClass" $root) }}
 {{- else }}
   secret:
     secretName: {{ include "erlmcp.secretName" $root }}
@@ -165,8 +265,12 @@ of this SecretProviderClass; refuse values that would also give a key the chart 
 {{- fail (printf "sessions.store=pod keeps each session in one Pod's memory, so with %s a client's next request reaches another Pod and gets 404 Session not found: set sessions.store=redis (a Redis this chart runs), sessions.store=external (your Redis, e.g. Memorystore) or sessions.store=stateless (2026-07-28 clients only), or run one replica" $why) -}}
 {{- end -}}
 {{- if eq $store "external" -}}
-{{- if not (or $external.secretName $external.url) -}}
-{{- fail "sessions.store=external needs sessions.external.secretName (a Secret of yours with key redis-url) or sessions.external.url" -}}
+{{- if include "erlmcp.fromSecretManager" (dict "root" . "key" "redis-url") -}}
+{{- if or $external.secretName $external.url -}}
+{{- fail "secretManager.keys has redis-url, the URL of your Redis from Secret Manager: leave sessions.external.secretName and sessions.external.url empty" -}}
+{{- end -}}
+{{- else if not (or $external.secretName $external.url) -}}
+{{- fail "sessions.store=external needs sessions.external.secretName (a Secret of yours with key redis-url) or sessions.external.url, or redis-url in secretManager.keys (with secretManager.enabled)" -}}
 {{- end -}}
 {{- if and $external.secretName $external.url -}}
 {{- fail "sessions.external: give secretName or url, not both" -}}

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from app.cli import settings_from_args
 from app.security.keys import digest_of
@@ -126,3 +127,64 @@ def test_each_security_limit_has_its_documented_default_its_variable_and_refuses
     monkeypatch.setenv(variable, wrong)
     with pytest.raises((ValidationError, SettingsError, ValueError)):
         Settings(**jwt)
+
+
+def secrets_folder(path: Path, **files: str) -> Path:
+    """A folder of secret files, as a mounted Kubernetes Secret or CSI volume gives them."""
+    path.mkdir()
+    for name, content in files.items():
+        (path / name).write_text(content, encoding="utf-8")
+    return path
+
+
+def revealed(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+def test_secrets_are_read_as_files_from_the_secrets_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = secrets_folder(tmp_path / "state", erlmcp_redis_url="redis://:pw@redis:6379/0\n")
+    monkeypatch.delenv("ERLMCP_REDIS_URL", raising=False)
+    monkeypatch.setenv("ERLMCP_SECRETS_DIR", str(state))
+    assert revealed(settings_from_args([]).redis_url) == "redis://:pw@redis:6379/0"
+
+
+def test_the_secrets_folder_may_be_several_folders_and_each_files_setting_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chart's own Secrets in one folder, the files GKE's Secret Manager add-on mounts in another.
+    state = secrets_folder(tmp_path / "state", erlmcp_request_state_key="s" * 40)
+    mounted = secrets_folder(tmp_path / "secret-manager", erlmcp_redis_url="rediss://:pw@10.0.0.3:6378/0")
+    monkeypatch.delenv("ERLMCP_REDIS_URL", raising=False)
+    monkeypatch.delenv("ERLMCP_REQUEST_STATE_KEY", raising=False)
+    monkeypatch.setenv("ERLMCP_SECRETS_DIR", os.pathsep.join([str(state), str(mounted)]))
+    settings = settings_from_args([])
+    assert revealed(settings.redis_url) == "rediss://:pw@10.0.0.3:6378/0"
+    assert revealed(settings.request_state_key) == "s" * 40
+
+
+def test_a_file_in_a_later_secrets_folder_wins_over_the_same_file_in_an_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = secrets_folder(tmp_path / "first", erlmcp_redis_url="redis://first:6379/0")
+    second = secrets_folder(tmp_path / "second", erlmcp_redis_url="redis://second:6379/0")
+    monkeypatch.delenv("ERLMCP_REDIS_URL", raising=False)
+    monkeypatch.setenv("ERLMCP_SECRETS_DIR", os.pathsep.join([str(first), str(second)]))
+    assert revealed(settings_from_args([]).redis_url) == "redis://second:6379/0"
+
+
+def test_an_environment_variable_wins_over_a_file_in_any_secrets_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = secrets_folder(tmp_path / "first", erlmcp_redis_url="redis://first:6379/0")
+    second = secrets_folder(tmp_path / "second")
+    monkeypatch.setenv("ERLMCP_REDIS_URL", "redis://env:6379/0")
+    monkeypatch.setenv("ERLMCP_SECRETS_DIR", f"{first}{os.pathsep}{second}")
+    assert revealed(settings_from_args([]).redis_url) == "redis://env:6379/0"
+
+
+def test_the_help_says_the_secrets_folder_may_be_several_and_which_wins(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        settings_from_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "ERLMCP_SECRETS_DIR" in help_text
+    assert "the later folder's file wins" in help_text
