@@ -14,6 +14,7 @@ __all__ = [
     "CREATE",
     "DELETE",
     "NO_CHANGE",
+    "REPLACE",
     "UPDATE",
     "Change",
     "Names",
@@ -29,6 +30,7 @@ __all__ = [
 
 CREATE, UPDATE, NO_CHANGE, DELETE = "CREATE", "UPDATE", "NO CHANGE", "DELETE"
 ACTIONS = (CREATE, UPDATE, DELETE, NO_CHANGE)
+REPLACE = "REPLACE"  # a difference that cannot be made in place: apply refuses (GKE, Memorystore)
 
 
 def differences(desired: Any, actual: Any, path: str = "") -> list[tuple[str, Any, Any]]:
@@ -150,14 +152,18 @@ def render(
     as_json: bool = False,
     scope: str = "",
     heading: Mapping[str, Any] | None = None,
+    trailer: Mapping[str, Any] | None = None,
+    counted: Sequence[str] = ACTIONS,
 ) -> None:
     """The plan (``mode`` plan, dry-run or apply) as a table, or as one JSON document with ``as_json``. ``scope``
-    follows the title's verb (``Cloud Monitoring plan for SCOPE: ...``); ``heading`` opens the JSON document
-    instead of the title."""
+    follows the title's verb (``Cloud Monitoring plan for SCOPE: ...``). The JSON document: ``heading`` (default
+    the title), the mode, how many changes of each ``counted`` action, the changes, then ``trailer``."""
     counts = summary(changes)
     if as_json:
-        head = {"title": title} if heading is None else dict(heading)
-        document = {**head, "mode": mode, "summary": counts, "changes": [c.as_dict() for c in changes]}
+        head = {"title": title} if heading is None else heading
+        tally = {action: sum(c.action == action for c in changes) for action in counted}
+        listed = [c.as_dict() for c in changes]
+        document = {**head, "mode": mode, "summary": tally, "changes": listed, **(trailer or {})}
         out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
         return
     where = f" for {scope}" if scope else ""

@@ -85,8 +85,10 @@ from google.cloud.resourcemanager_v3.services.projects.transports import Project
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp import node_account
 from deployer.gcp.changes import (
+    ACTIONS,
     CREATE,
     NO_CHANGE,
+    REPLACE,
     UPDATE,
     Change,
     differences,
@@ -94,7 +96,6 @@ from deployer.gcp.changes import (
     render,
     rest_fields,
     run_mode,
-    summary,
 )
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
@@ -122,7 +123,6 @@ __all__ = [
     "wait",
 ]
 
-REPLACE = "REPLACE"  # a difference apply cannot make in place: it refuses
 KIND_CLUSTER, KIND_POOL = "GKE cluster", "node pool"
 PRIMARY_POOL, SPOT_POOL = "primary", "spot"
 SPOT_TAINT = ("cloud.google.com/gke-spot", "true", "NO_SCHEDULE")
@@ -1223,19 +1223,9 @@ class Clients:
 def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO) -> None:
     regions = ", ".join(region.region for region in config.regions())
     title = f"GKE cluster {config.cluster.name} in {config.project}/{regions}"
-    if as_json:
-        counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {
-            "title": title,
-            "cluster": found.cluster,
-            "mode": mode,
-            "summary": counts,
-            "changes": [c.as_dict() for c in found.changes],
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        return
-    render(title, found.changes, mode=mode, out=out)
-    if found.refused:
+    heading = {"title": title, "cluster": found.cluster}
+    render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, counted=(*ACTIONS, REPLACE))
+    if found.refused and not as_json:
         print(
             f"{len(found.refused)} REPLACE: these cannot be changed in place; apply refuses until the configuration "
             "matches or the pool/cluster is deleted",

@@ -63,7 +63,6 @@ network.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -84,8 +83,10 @@ from google.type import dayofweek_pb2, timeofday_pb2  # type: ignore[import-unty
 
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.changes import (
+    ACTIONS,
     CREATE,
     NO_CHANGE,
+    REPLACE,
     UPDATE,
     Change,
     differences,
@@ -93,7 +94,6 @@ from deployer.gcp.changes import (
     render,
     rest_fields,
     run_mode,
-    summary,
 )
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
@@ -119,7 +119,6 @@ __all__ = [
     "write_connection",
 ]
 
-REPLACE = "REPLACE"  # a difference Memorystore cannot make on an existing instance: apply refuses
 KIND = "Memorystore instance"
 MANAGED_BY, OWNER = "managed-by", "erlmcp"
 DEFAULT_REDIS_CONFIGS = {"maxmemory-policy": "volatile-lru"}
@@ -797,20 +796,10 @@ def _render_plan(
     found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO, extra: Mapping[str, Any]
 ) -> None:
     title = f"Memorystore {config.memorystore.name} in {config.project}/{config.region}"
-    if as_json:
-        counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {
-            "title": title,
-            "instance": found.instance,
-            "mode": mode,
-            "summary": counts,
-            "changes": [c.as_dict() for c in found.changes],
-            **extra,
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        return
-    render(title, found.changes, mode=mode, out=out)
-    if found.refused:
+    heading = {"title": title, "instance": found.instance}
+    counted = (*ACTIONS, REPLACE)
+    render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, trailer=extra, counted=counted)
+    if found.refused and not as_json:
         print(
             f"{len(found.refused)} REPLACE: these cannot be changed on an existing instance; apply refuses until the "
             "configuration matches",
