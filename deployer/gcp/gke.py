@@ -83,7 +83,7 @@ from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
 from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
 
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp import node_account
+from deployer.gcp import converge, node_account
 from deployer.gcp.changes import (
     ACTIONS,
     CREATE,
@@ -696,18 +696,17 @@ def apply_plan(
     *,
     log: Log,
     timeout: float = OPERATION_TIMEOUT,
-    before: Sequence[Callable[[], str]] = (),
+    before: Sequence[converge.Step] = (),
 ) -> None:
     """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited; ``before`` (the nodes'
-    account and roles: each call returns its progress line) runs first, once the plan is known to be applicable.
+    account and roles) is applied first, once the plan is known to be applicable.
 
     Raises:
         CloudError: the plan cannot be applied (:func:`applicable`; nothing is written), or a call or operation
             failed.
     """
     applicable(found)
-    for action in before:
-        log(action())
+    converge.apply(before, log=log)
     for step in found.steps:
         operation = _call(step.what, partial(step.call, client))
         if step.what.startswith(f"create {KIND_CLUSTER}"):
@@ -1316,11 +1315,11 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
                 applicable(found)
             timeout = getattr(args, "timeout", None) or OPERATION_TIMEOUT
             for index, (region, found) in enumerate(zip(regions, plans, strict=True)):
-                before = account.actions if index == 0 else ()
+                before = account if index == 0 else ()
                 apply_plan(clients.clusters, region, found, log=log, timeout=timeout, before=before)
     finally:
         clients.close()
-    every = Plan(plans[0].cluster, [*account.changes, *(c for found in plans for c in found.changes)])
+    every = Plan(plans[0].cluster, [*converge.changes(account), *(c for found in plans for c in found.changes)])
     _render_plan(every, config, mode=mode, as_json=args.json, out=out)
     return 0
 
