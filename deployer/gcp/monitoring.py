@@ -73,6 +73,8 @@ from deployer.gcp.changes import (
     render,
     run_mode,
 )
+from deployer.gcp.converge import Step, changes
+from deployer.gcp.converge import apply as apply_steps
 from deployer.gcp.grpc_clients import Connected, connect
 from deployer.log import Log
 
@@ -749,7 +751,7 @@ def _ours(kind: _Kind, options: Options) -> dict[str, list[Any]]:
     return {key: sorted(messages, key=lambda m: m.name) for key, messages in found.items()}
 
 
-def _change(
+def _step(
     action: str,
     kind: _Kind,
     key: str,
@@ -759,9 +761,11 @@ def _change(
     want: Desired | None = None,
     actual: Any = None,
     found: list[tuple[str, Any, Any]] | None = None,
-) -> Change:
-    """One plan line: the object's key in the name column; its display name, the sources of its secrets (CREATE)
-    and its resource name (DELETE) in the note; in the JSON its key, display name, resource name and secrets."""
+) -> Step:
+    """One plan line and its write. The line: the object's key in the name column; its display name, the sources
+    of its secrets (CREATE) and its resource name (DELETE) in the note; in the JSON its key, display name, resource
+    name and secrets. The write: create (the resource name the API gives is kept in the line), update (the
+    desired object under the actual's name) or delete."""
     secrets = dict(want.secrets) if want is not None else {}
     note = display_name
     if action == CREATE and secrets:
@@ -769,8 +773,26 @@ def _change(
     if action == DELETE:
         note += f"  ({name})"
     about = {"key": key, "displayName": display_name, "name": name, "secrets": secrets}
-    desired = want.message if want is not None else None
-    return Change(action, kind.title, key, found or [], desired, actual, note, about)
+    desired: Any = want.message if want is not None else None
+    change = Change(action, kind.title, key, found or [], desired, actual, note, about)
+    what = f"{kind.title} {key}"
+
+    def create() -> str:
+        made = _call(f"cannot create {what}", partial(kind.create, desired))
+        about["name"] = made.name
+        return f"created {what}: {made.name}"
+
+    def update() -> str:
+        named = type(desired)(desired)
+        named.name = name
+        _call(f"cannot update {what}", partial(kind.update, named, actual))
+        return f"updated {what}: " + ", ".join(path for path, _, _ in change.differences)
+
+    def delete() -> str:
+        _call(f"cannot delete {what} ({name})", partial(kind.delete, actual))
+        return f"deleted {what}: {name}"
+
+    return Step(change, {CREATE: create, UPDATE: update, DELETE: delete}.get(action))
 
 
 def _resource(change: Change) -> str | None:
@@ -779,21 +801,21 @@ def _resource(change: Change) -> str | None:
     return name
 
 
-def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list[Any]]) -> list[Change]:
-    changes = []
+def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list[Any]]) -> list[Step]:
+    steps = []
     for key, want in desired.items():
         found = actual.get(key, [])
         title = want.message.display_name
         if not found:
-            changes.append(_change(CREATE, kind, key, title, None, want=want))
+            steps.append(_step(CREATE, kind, key, title, None, want=want))
             continue
         shown = [_shown(d, want) for d in differences(_view(want.message), _view(found[0]))]
         action = UPDATE if shown else NO_CHANGE
-        changes.append(_change(action, kind, key, title, found[0].name, want=want, actual=found[0], found=shown))
+        steps.append(_step(action, kind, key, title, found[0].name, want=want, actual=found[0], found=shown))
     for key, messages in actual.items():
         for message in messages[0 if key not in desired else 1 :]:
-            changes.append(_change(DELETE, kind, key, message.display_name, message.name, actual=message))
-    return changes
+            steps.append(_step(DELETE, kind, key, message.display_name, message.name, actual=message))
+    return steps
 
 
 def _names_list(value: Any) -> bool:
@@ -818,29 +840,9 @@ def _placeholder(title: str, key: str) -> str:
     return f"(new {title} {key})"
 
 
-def _perform(kind: _Kind, changes: Sequence[Change], log: Log) -> dict[str, str]:
-    """Create and update; returns every desired object's resource name by key (deletions come later)."""
-    names: dict[str, str] = {}
-    for change in changes:
-        if change.action == CREATE:
-            made = _call(f"cannot create {kind.title} {change.name}", partial(kind.create, change.desired))
-            assert change.about is not None  # (every monitoring change says which object it is)
-            change.about["name"] = made.name
-            log(f"created {kind.title} {change.name}: {made.name}")
-        elif change.action == UPDATE:
-            desired = type(change.desired)(change.desired)
-            desired.name = _resource(change)
-            _call(f"cannot update {kind.title} {change.name}", partial(kind.update, desired, change.actual))
-            log(f"updated {kind.title} {change.name}: " + ", ".join(path for path, _, _ in change.differences))
-        resource = _resource(change)
-        if change.action != DELETE and resource is not None:
-            names[change.name] = resource
-    return names
-
-
-def _names(kind: _Kind, changes: Sequence[Change]) -> dict[str, str]:
+def _names(kind: _Kind, planned: Sequence[Change]) -> dict[str, str]:
     """The names the desired objects have, or will have once created (a placeholder, for the plan)."""
-    return {c.name: _resource(c) or _placeholder(kind.title, c.name) for c in changes if c.action != DELETE}
+    return {c.name: _resource(c) or _placeholder(kind.title, c.name) for c in planned if c.action != DELETE}
 
 
 def rendered(options: Options) -> dict[str, Any]:
@@ -873,26 +875,26 @@ def rendered(options: Options) -> dict[str, Any]:
 
 
 def converge(clients: Clients, options: Options, *, apply: bool, log: Log = lambda _: None) -> list[Change]:
-    """The plan (``apply`` False: nothing is written) or its application; returns the changes, in order."""
+    """The plan (``apply`` False: nothing is written) or its application; returns the changes, in order. Each kind
+    is planned once the names of the objects it refers to are known (created, when applying); deletions come last,
+    in reverse order, once nothing desired refers to them."""
     channels, policies, dashboards = _kinds(clients, options.project)
-    stages: list[tuple[_Kind, list[Change]]] = []
+    stages: list[list[Step]] = []
 
     def stage(kind: _Kind, desired: Mapping[str, Desired]) -> dict[str, str]:
-        changes = _plan(kind, desired, _ours(kind, options))
-        stages.append((kind, changes))
-        return _perform(kind, changes, log) if apply else _names(kind, changes)
+        steps = _plan(kind, desired, _ours(kind, options))
+        stages.append(steps)
+        if apply:
+            apply_steps([s for s in steps if s.change.action != DELETE], log=log)
+        return _names(kind, changes(steps))
 
     channel_names = stage(channels, desired_channels(options))
     policy_names = stage(policies, desired_policies(options, channel_names))
     stage(dashboards, desired_dashboards(options, policy_names))
     if apply:
-        for kind, changes in reversed(stages):
-            for change in changes:
-                if change.action == DELETE:
-                    what = f"{kind.title} {change.name} ({_resource(change)})"
-                    _call(f"cannot delete {what}", partial(kind.delete, change.actual))
-                    log(f"deleted {kind.title} {change.name}: {_resource(change)}")
-    return [change for _, changes in stages for change in changes]
+        for steps in reversed(stages):
+            apply_steps([s for s in steps if s.change.action == DELETE], log=log)
+    return [change for steps in stages for change in changes(steps)]
 
 
 # -- the command -------------------------------------------------------------------------------------------------
