@@ -5,20 +5,37 @@ makes them in order and logs the line each write returns. A NO CHANGE line has n
 plan writes nothing.
 
 A project IAM binding (an etag-checked read-modify-write of the policy) is one kind of step here,
-:func:`grant_step`, shared by the server's secrets and the cluster's node account.
+:func:`grant_step`, shared by the server's secrets and the cluster's node account. A long-running operation (GKE,
+Memorystore) is another: an :class:`Operation` started with the API client and followed to its end, one at a
+time (:func:`run_operations`); there one plan line may take several operations, and a REPLACE line refuses the
+whole apply (:func:`replace_lines` says which).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
-from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
+from deployer.gcp.changes import CREATE, NO_CHANGE, REPLACE, UPDATE, Change
 from deployer.gcp.iam import Policy, holds, patiently
 from deployer.log import Log
 
-__all__ = ["Caller", "Step", "Write", "apply", "changes", "grant_step", "refusals"]
+__all__ = [
+    "Caller",
+    "Operation",
+    "Step",
+    "Write",
+    "apply",
+    "changes",
+    "grant_step",
+    "refusals",
+    "replace_lines",
+    "run_operations",
+]
+
+C = TypeVar("C")
 
 Write = Callable[[], str]  # makes one change (a call, or a call and its long-running operation); says what it did
 Caller = Callable[[str, str, Callable[[], Any]], Any]  # (what failed, kind, call): the platform's error on refusal
@@ -79,3 +96,40 @@ def grant_step(
         return f"granted {role} on {policy.resource} to {member}" if done else f"{member} already holds {role}"
 
     return Step(change, grant)
+
+
+@dataclass(frozen=True)
+class Operation(Generic[C]):
+    """One write of a long-running apply: what it does (for the log) and the call that starts it with the API
+    client (it answers the operation)."""
+
+    what: str
+    call: Callable[[C], Any]
+
+
+def run_operations(
+    client: C,
+    operations: Sequence[Operation[C]],
+    *,
+    call: Callable[[str, Callable[[], Any]], Any],
+    started: Callable[[Operation[C], Any], str],
+    follow: Callable[[Operation[C], Any], Any],
+    log: Log,
+) -> None:
+    """Starts the operations one at a time and follows each to its end: ``call`` (what, start) turns a refusal
+    into the platform's error, ``started`` is the line logged once it runs, ``follow`` waits for it (and raises
+    if it fails); then ``WHAT: done``."""
+    for operation in operations:
+        running = call(operation.what, partial(operation.call, client))
+        log(started(operation, running))
+        follow(operation, running)
+        log(f"{operation.what}: done")
+
+
+def replace_lines(planned: Sequence[Change]) -> list[str]:
+    """The REPLACE lines of a plan as a refusal lists them: ``  KIND NAME: field, field``."""
+    return [
+        f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences)
+        for c in planned
+        if c.action == REPLACE
+    ]

@@ -71,7 +71,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -96,6 +95,7 @@ from deployer.gcp.changes import (
     run_mode,
 )
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
+from deployer.gcp.converge import Operation, replace_lines, run_operations
 from deployer.gcp.grpc_clients import Connected, connect
 from deployer.log import Log
 
@@ -388,12 +388,7 @@ def _version_rank(version: str) -> int:
     return _VERSIONS.index(version) if version in _VERSIONS else len(_VERSIONS)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One write of ``apply``: what it does (for the log) and the call, which answers a long-running operation."""
-
-    what: str
-    call: Callable[[redis_v1.CloudRedisClient], Any]
+Step = Operation[redis_v1.CloudRedisClient]  # one write of apply: a long-running operation
 
 
 @dataclass
@@ -606,7 +601,7 @@ def apply_plan(
             operation failed.
     """
     if found.refused:
-        lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
+        lines = replace_lines(found.changes)
         raise MemorystoreError(
             "apply refused, nothing written: these differences cannot be changed on an existing "
             "instance, and erlmcp never recreates it by itself (every session would be lost and "
@@ -619,14 +614,15 @@ def apply_plan(
             f"{KIND} {found.instance} is {found.state}: an operation is running on it; apply again "
             "when it is READY (`gcloud redis operations list`)"
         )
-    for step in found.steps:
-        operation = _call(step.what, partial(step.call, client))
-        log(
-            f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started"
-            + ("; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else "")
-        )
+
+    def started(step: Step, operation: Any) -> str:
+        hint = "; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else ""
+        return f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started{hint}"
+
+    def follow(step: Step, operation: Any) -> None:
         wait(operation, what=step.what, region=config.region, log=log, timeout=timeout)
-        log(f"{step.what}: done")
+
+    run_operations(client, found.steps, call=_call, started=started, follow=follow, log=log)
 
 
 # -- the connection ----------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from typing import Any
 
 from google.iam.v1 import iam_policy_pb2, policy_pb2  # type: ignore[import-untyped]
 
-from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
-from deployer.gcp.converge import Step, apply, changes, grant_step, refusals
+from deployer.gcp.changes import CREATE, NO_CHANGE, REPLACE, UPDATE, Change
+from deployer.gcp.converge import Operation, Step, apply, changes, grant_step, refusals, replace_lines, run_operations
 from deployer.gcp.iam import Policy
 
 ROLE, MEMBER = "roles/secretmanager.secretAccessor", "serviceAccount:app@p.iam.gserviceaccount.com"
@@ -85,3 +85,35 @@ def test_a_binding_on_a_resource_this_apply_makes_is_a_create_and_granting_twice
     found.write()
     assert found.write() == f"{MEMBER} already holds {ROLE}"
     assert resource.sets == 1
+
+
+def test_long_running_operations_run_one_at_a_time_each_followed_to_its_end_before_the_next_starts() -> None:
+    events: list[str] = []
+
+    def starting(what: str) -> Operation[list[str]]:
+        def start(client: list[str]) -> str:
+            client.append(f"start {what}")
+            return what
+
+        return Operation(what, start)
+
+    operations = [starting("create cluster c"), starting("create node pool c/p")]
+
+    def follow(operation: Operation[list[str]], running: Any) -> None:
+        events.append(f"follow {running}")
+
+    run_operations(events, operations, call=lambda what, start: start(),
+                   started=lambda operation, running: f"{operation.what}: started", follow=follow,
+                   log=lambda line: events.append(f"log {line}"))  # fmt: skip
+    assert events == [
+        "start create cluster c", "log create cluster c: started", "follow create cluster c",
+        "log create cluster c: done",
+        "start create node pool c/p", "log create node pool c/p: started", "follow create node pool c/p",
+        "log create node pool c/p: done",
+    ]  # fmt: skip
+
+
+def test_a_refusal_lists_only_the_replace_lines_with_their_fields() -> None:
+    planned = [Change(REPLACE, "GKE cluster", "c", [("network", "a", "b"), ("subnet", "a", "b")]),
+               Change(UPDATE, "node pool", "c/p", [("autoscaling", 1, 2)])]  # fmt: skip
+    assert replace_lines(planned) == ["  GKE cluster c: network, subnet"]
