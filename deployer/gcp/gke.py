@@ -479,12 +479,7 @@ def _key_of(path: str, keys: Iterable[str]) -> str:
     raise AssertionError(f"{path} is no field of the view")  # a view key without a fix: a bug
 
 
-@dataclass(frozen=True)
-class Step:
-    """One write of ``apply``: what it does (for the log) and the call, which answers a GKE operation."""
-
-    what: str
-    call: Write
+Step = converge.Operation[container_v1.ClusterManagerClient]  # one write of apply: a GKE operation
 
 
 @dataclass
@@ -672,7 +667,7 @@ def applicable(found: Plan) -> None:
             "again when it is RUNNING (`gcloud container operations list`)"
         )
     if found.refused:
-        lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
+        lines = converge.replace_lines(found.changes)
         kinds = {c.kind for c in found.refused}
         hints = ["change the configuration to match"]
         if KIND_POOL in kinds:
@@ -707,14 +702,15 @@ def apply_plan(
     """
     applicable(found)
     converge.apply(before, log=log)
-    for step in found.steps:
-        operation = _call(step.what, partial(step.call, client))
-        if step.what.startswith(f"create {KIND_CLUSTER}"):
-            log(f"{step.what}: operation {operation.name} started; a regional cluster takes 10-20 minutes")
-        else:
-            log(f"{step.what}: operation {operation.name} started")
+
+    def started(step: Step, operation: Any) -> str:
+        hint = "; a regional cluster takes 10-20 minutes" if step.what.startswith(f"create {KIND_CLUSTER}") else ""
+        return f"{step.what}: operation {operation.name} started{hint}"
+
+    def follow(step: Step, operation: Any) -> None:
         wait(client, location_path(config), operation, what=step.what, log=log, timeout=timeout)
-        log(f"{step.what}: done")
+
+    converge.run_operations(client, found.steps, call=_call, started=started, follow=follow, log=log)
 
 
 # -- checking ----------------------------------------------------------------------------------------------------
