@@ -1,14 +1,16 @@
-"""Applying a plan the same way on every platform of :mod:`deployer.gcp`: each plan line (a
-:class:`~deployer.gcp.changes.Change`) goes with the write that makes it so. ``plan`` builds the steps from what it
-reads (and writes nothing); ``apply`` first checks that every step can be made (nothing is written otherwise), then
-makes them in order and logs the line each write returns. A NO CHANGE line has no write, so applying a converged
-plan writes nothing.
+"""Applying a plan the same way on the platforms of :mod:`deployer.gcp`: each plan line (a
+:class:`~deployer.gcp.changes.Change`) goes with the write that makes it so, a :class:`Step`. ``plan`` builds the
+steps from what it reads (and writes nothing); ``apply`` first checks that every step can be made
+(:func:`refusals`; nothing is written otherwise), then makes them in order and logs the line each write returns
+(:func:`apply`). A NO CHANGE line has no write, so applying a converged plan writes nothing. Secrets, the node
+account, logging and monitoring plan steps.
 
-A project IAM binding (an etag-checked read-modify-write of the policy) is one kind of step here,
-:func:`grant_step`, shared by the server's secrets and the cluster's node account. A long-running operation (GKE,
-Memorystore) is another: an :class:`Operation` started with the API client and followed to its end, one at a
-time (:func:`run_operations`); there one plan line may take several operations, and a REPLACE line refuses the
-whole apply (:func:`replace_lines` says which).
+A project IAM binding (an etag-checked read-modify-write of the policy) is one kind of step, :func:`grant_step`,
+shared by the server's secrets and the cluster's node account. A long-running operation is another kind of write
+(GKE, Memorystore): an :class:`Operation` started with the API client and followed to its end, one at a time
+(:func:`run_operations`); there one plan line may take several operations, and a REPLACE line refuses the whole
+apply (:func:`replace_lines` says which). Compute Engine converges through :mod:`deployer.gcp.compute_api`, and
+Cloud Run's one service through its own read, write, wait loop (a conflict is read and planned again).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ __all__ = [
 
 C = TypeVar("C")
 
-Write = Callable[[], str]  # makes one change (a call, or a call and its long-running operation); says what it did
+Write = Callable[[], str]  # makes one plan line so (its calls); returns the line apply logs
 Caller = Callable[[str, str, Callable[[], Any]], Any]  # (what failed, kind, call): the platform's error on refusal
 
 
