@@ -93,7 +93,7 @@ import requests
 import yaml
 
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode, summary
+from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
@@ -1057,17 +1057,9 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
     title = f"Cloud Run {what}({config.project}, {config.region})"
     report = _report(outcome.service)
     if args.json:
-        document = {
-            "title": title,
-            "action": args.action,
-            "mode": mode,
-            "summary": summary([outcome.change]),
-            "changes": [outcome.change.as_dict()],
-            "notes": outcome.notes,
-            "service": report,
-            "desired": desired.service,
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+        heading = {"title": title, "action": args.action}
+        trailer = {"notes": outcome.notes, "service": report, "desired": desired.service}
+        render(title, [outcome.change], mode=mode, out=out, as_json=True, heading=heading, trailer=trailer)
         return 0
     render(title, [outcome.change], mode=mode, out=out)
     for note in outcome.notes:

@@ -83,10 +83,12 @@ from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
 from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
 
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp import node_account
+from deployer.gcp import converge, node_account
 from deployer.gcp.changes import (
+    ACTIONS,
     CREATE,
     NO_CHANGE,
+    REPLACE,
     UPDATE,
     Change,
     differences,
@@ -94,7 +96,6 @@ from deployer.gcp.changes import (
     render,
     rest_fields,
     run_mode,
-    summary,
 )
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
@@ -122,7 +123,6 @@ __all__ = [
     "wait",
 ]
 
-REPLACE = "REPLACE"  # a difference apply cannot make in place: it refuses
 KIND_CLUSTER, KIND_POOL = "GKE cluster", "node pool"
 PRIMARY_POOL, SPOT_POOL = "primary", "spot"
 SPOT_TAINT = ("cloud.google.com/gke-spot", "true", "NO_SCHEDULE")
@@ -479,12 +479,7 @@ def _key_of(path: str, keys: Iterable[str]) -> str:
     raise AssertionError(f"{path} is no field of the view")  # a view key without a fix: a bug
 
 
-@dataclass(frozen=True)
-class Step:
-    """One write of ``apply``: what it does (for the log) and the call, which answers a GKE operation."""
-
-    what: str
-    call: Write
+Step = converge.Operation[container_v1.ClusterManagerClient]  # one write of apply: a GKE operation
 
 
 @dataclass
@@ -672,7 +667,7 @@ def applicable(found: Plan) -> None:
             "again when it is RUNNING (`gcloud container operations list`)"
         )
     if found.refused:
-        lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
+        lines = converge.replace_lines(found.changes)
         kinds = {c.kind for c in found.refused}
         hints = ["change the configuration to match"]
         if KIND_POOL in kinds:
@@ -696,26 +691,26 @@ def apply_plan(
     *,
     log: Log,
     timeout: float = OPERATION_TIMEOUT,
-    before: Sequence[Callable[[], str]] = (),
+    before: Sequence[converge.Step] = (),
 ) -> None:
     """Make the plan so, one operation at a time (GKE runs one per cluster), each awaited; ``before`` (the nodes'
-    account and roles: each call returns its progress line) runs first, once the plan is known to be applicable.
+    account and roles) is applied first, once the plan is known to be applicable.
 
     Raises:
         CloudError: the plan cannot be applied (:func:`applicable`; nothing is written), or a call or operation
             failed.
     """
     applicable(found)
-    for action in before:
-        log(action())
-    for step in found.steps:
-        operation = _call(step.what, partial(step.call, client))
-        if step.what.startswith(f"create {KIND_CLUSTER}"):
-            log(f"{step.what}: operation {operation.name} started; a regional cluster takes 10-20 minutes")
-        else:
-            log(f"{step.what}: operation {operation.name} started")
+    converge.apply(before, log=log)
+
+    def started(step: Step, operation: Any) -> str:
+        hint = "; a regional cluster takes 10-20 minutes" if step.what.startswith(f"create {KIND_CLUSTER}") else ""
+        return f"{step.what}: operation {operation.name} started{hint}"
+
+    def follow(step: Step, operation: Any) -> None:
         wait(client, location_path(config), operation, what=step.what, log=log, timeout=timeout)
-        log(f"{step.what}: done")
+
+    converge.run_operations(client, found.steps, call=_call, started=started, follow=follow, log=log)
 
 
 # -- checking ----------------------------------------------------------------------------------------------------
@@ -1223,19 +1218,9 @@ class Clients:
 def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO) -> None:
     regions = ", ".join(region.region for region in config.regions())
     title = f"GKE cluster {config.cluster.name} in {config.project}/{regions}"
-    if as_json:
-        counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {
-            "title": title,
-            "cluster": found.cluster,
-            "mode": mode,
-            "summary": counts,
-            "changes": [c.as_dict() for c in found.changes],
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        return
-    render(title, found.changes, mode=mode, out=out)
-    if found.refused:
+    heading = {"title": title, "cluster": found.cluster}
+    render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, counted=(*ACTIONS, REPLACE))
+    if found.refused and not as_json:
         print(
             f"{len(found.refused)} REPLACE: these cannot be changed in place; apply refuses until the configuration "
             "matches or the pool/cluster is deleted",
@@ -1326,11 +1311,11 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
                 applicable(found)
             timeout = getattr(args, "timeout", None) or OPERATION_TIMEOUT
             for index, (region, found) in enumerate(zip(regions, plans, strict=True)):
-                before = account.actions if index == 0 else ()
+                before = account if index == 0 else ()
                 apply_plan(clients.clusters, region, found, log=log, timeout=timeout, before=before)
     finally:
         clients.close()
-    every = Plan(plans[0].cluster, [*account.changes, *(c for found in plans for c in found.changes)])
+    every = Plan(plans[0].cluster, [*converge.changes(account), *(c for found in plans for c in found.changes)])
     _render_plan(every, config, mode=mode, as_json=args.json, out=out)
     return 0
 

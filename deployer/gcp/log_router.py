@@ -68,6 +68,7 @@ from google.cloud.logging_v2.services.config_service_v2.transports import Config
 from google.cloud.logging_v2.types import logging_config as lc
 
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp import converge
 from deployer.gcp.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
@@ -91,6 +92,7 @@ __all__ = [
 ]
 
 MANUAL = "MANUAL"  # a step this tool cannot take: printed with its command, never counted as done
+_VERBS = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
 KIND_BUCKET, KIND_SINK, KIND_EXCLUSION = "log bucket", "log sink", "log exclusion"
 KIND_DESTINATION, KIND_GRANT = "destination", "IAM grant"
 DEFAULT_BUCKET = "_Default"
@@ -374,24 +376,33 @@ def _read(what: str, call: Callable[[], Any]) -> Any:
 
 
 @dataclass
-class _Step:
-    """A planned change and the write that makes it (given the change, returns the written object)."""
-
-    change: Change
-    write: Callable[[], Any] | None = None
-
-
-@dataclass
 class Plan:
     """What is wanted, the changes in the order apply makes them, and the sinks' writer identities known so far."""
 
     want: Desired
-    steps: list[_Step] = field(default_factory=list)
+    steps: list[converge.Step] = field(default_factory=list)
     identities: dict[str, str] = field(default_factory=dict)  # sink ID -> writer identity
 
     @property
     def changes(self) -> list[Change]:
-        return [s.change for s in self.steps]
+        return converge.changes(self.steps)
+
+    def add(self, change: Change, call: Callable[[], Any] | None = None) -> None:
+        """The plan line and its write: ``call`` (its refusal a :class:`LoggingRouterError`; a sink's writer
+        identity kept for the MANUAL grant lines), then the line apply logs."""
+        if call is None:
+            self.steps.append(converge.Step(change))
+            return
+        verb = _VERBS[change.action]
+
+        def write() -> str:
+            written = _call(f"{verb} {change.kind} {change.name}", call)
+            if change.kind == KIND_SINK and written is not None:
+                self.identities[change.name] = written.writer_identity
+            fields = ", ".join(path for path, _, _ in change.differences)
+            return f"{verb}d {change.kind} {change.name}" + (f": {fields}" if fields else "")
+
+        self.steps.append(converge.Step(change, write))
 
 
 def _paths(found: list[tuple[str, Any, Any]], names: dict[str, str]) -> list[str]:
@@ -419,11 +430,9 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
         bucket_parent = want.bucket.name.rsplit("/buckets/", 1)[0]
         create = lc.CreateBucketRequest(parent=bucket_parent, bucket_id=bucket_id, bucket=lc.LogBucket(want.bucket))
         create.bucket.name = ""
-        found.steps.append(
-            _Step(
-                Change(CREATE, KIND_BUCKET, want.bucket.name, note=f"retention {want.bucket.retention_days} days"),
-                partial(client.create_bucket, request=create),
-            )
+        found.add(
+            Change(CREATE, KIND_BUCKET, want.bucket.name, note=f"retention {want.bucket.retention_days} days"),
+            partial(client.create_bucket, request=create),
         )
     else:
         diffs = differences(
@@ -437,7 +446,7 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
             write = partial(
                 client.update_bucket, request={"name": want.bucket.name, "bucket": want.bucket, "update_mask": mask}
             )
-        found.steps.append(_Step(Change(UPDATE if diffs else NO_CHANGE, KIND_BUCKET, want.bucket.name, diffs), write))
+        found.add(Change(UPDATE if diffs else NO_CHANGE, KIND_BUCKET, want.bucket.name, diffs), write)
 
     # the sinks
     for sink_id, sink in want.sinks.items():
@@ -446,7 +455,7 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
         if actual is None:
             request = {"parent": parent, "sink": sink, "unique_writer_identity": True}
             change = Change(CREATE, KIND_SINK, sink_id, note=f"to {sink.destination}")
-            found.steps.append(_Step(change, partial(client.create_sink, request=request)))
+            found.add(change, partial(client.create_sink, request=request))
             continue
         found.identities[sink_id] = actual.writer_identity
         bigquery = _is_bigquery(sink)
@@ -460,7 +469,7 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
                 "update_mask": {"paths": _paths(diffs, _SINK_FIELDS)},
             }
             write = partial(client.update_sink, request=request)
-        found.steps.append(_Step(Change(UPDATE if diffs else NO_CHANGE, KIND_SINK, sink_id, diffs), write))
+        found.add(Change(UPDATE if diffs else NO_CHANGE, KIND_SINK, sink_id, diffs), write)
 
     # the project exclusion (the _Default sink's)
     exclusion_name = f"{parent}/exclusions/{want.exclusion_id}"
@@ -469,9 +478,7 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
     )
     if want.exclusion is not None and actual_exclusion is None:
         request = {"parent": parent, "exclusion": want.exclusion}
-        found.steps.append(
-            _Step(Change(CREATE, KIND_EXCLUSION, want.exclusion_id), partial(client.create_exclusion, request=request))
-        )
+        found.add(Change(CREATE, KIND_EXCLUSION, want.exclusion_id), partial(client.create_exclusion, request=request))
     elif want.exclusion is not None:
         diffs = differences(_exclusion_view(want.exclusion), _exclusion_view(actual_exclusion))
         write = None
@@ -479,15 +486,11 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
             mask = {"paths": _paths(diffs, {})}
             request = {"name": exclusion_name, "exclusion": want.exclusion, "update_mask": mask}
             write = partial(client.update_exclusion, request=request)
-        found.steps.append(
-            _Step(Change(UPDATE if diffs else NO_CHANGE, KIND_EXCLUSION, want.exclusion_id, diffs), write)
-        )
+        found.add(Change(UPDATE if diffs else NO_CHANGE, KIND_EXCLUSION, want.exclusion_id, diffs), write)
     elif actual_exclusion is not None:
-        found.steps.append(
-            _Step(
-                Change(DELETE, KIND_EXCLUSION, want.exclusion_id, note="logging.exclusions is off"),
-                partial(client.delete_exclusion, request={"name": exclusion_name}),
-            )
+        found.add(
+            Change(DELETE, KIND_EXCLUSION, want.exclusion_id, note="logging.exclusions is off"),
+            partial(client.delete_exclusion, request={"name": exclusion_name}),
         )
     _manual(found)
     return found
@@ -497,36 +500,23 @@ def _manual(found: Plan) -> None:
     """The MANUAL lines: the destinations to make and the grants to give (never made or given here)."""
     for grant in found.want.grants:
         kind = "bigquery dataset" if grant.role == BIGQUERY_ROLE else "storage bucket"
-        found.steps.append(
-            _Step(
-                Change(MANUAL, KIND_DESTINATION, f"{kind} {grant.target}", note=f"NOT MADE by this tool: {grant.make}")
-            )
+        found.add(
+            Change(MANUAL, KIND_DESTINATION, f"{kind} {grant.target}", note=f"NOT MADE by this tool: {grant.make}")
         )
     for grant in found.want.grants:
         identity = found.identities.get(grant.sink)
         how = grant.command(identity)
         if identity is None:
             how += f"  (WRITER_IDENTITY: sink {grant.sink}'s, known once it is created)"
-        found.steps.append(
-            _Step(
-                Change(MANUAL, KIND_GRANT, f"{grant.role} on {grant.target}", note=f"NOT APPLIED by this tool: {how}")
-            )
+        found.add(
+            Change(MANUAL, KIND_GRANT, f"{grant.role} on {grant.target}", note=f"NOT APPLIED by this tool: {how}")
         )
 
 
 def apply_plan(found: Plan, *, log: Log = lambda _: None) -> None:
     """Makes the plan's changes in order, with the calls :func:`plan` bound to the client (the bucket before a sink
     routes to it); the MANUAL lines then name the writer identities of the sinks just made."""
-    for step in found.steps:
-        change = step.change
-        if step.write is None or change.action not in (CREATE, UPDATE, DELETE):
-            continue
-        verb = {CREATE: "create", UPDATE: "update", DELETE: "delete"}[change.action]
-        written = _call(f"{verb} {change.kind} {change.name}", step.write)
-        if change.kind == KIND_SINK and written is not None:
-            found.identities[change.name] = written.writer_identity
-        fields = ", ".join(path for path, _, _ in change.differences)
-        log(f"{verb}d {change.kind} {change.name}" + (f": {fields}" if fields else ""))
+    converge.apply(found.steps, log=log)
     found.steps = [s for s in found.steps if s.change.action != MANUAL]
     _manual(found)
 

@@ -63,7 +63,6 @@ network.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -72,7 +71,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -84,8 +82,10 @@ from google.type import dayofweek_pb2, timeofday_pb2  # type: ignore[import-unty
 
 from deployer.errors import CloudError, ValuesError
 from deployer.gcp.changes import (
+    ACTIONS,
     CREATE,
     NO_CHANGE,
+    REPLACE,
     UPDATE,
     Change,
     differences,
@@ -93,9 +93,9 @@ from deployer.gcp.changes import (
     render,
     rest_fields,
     run_mode,
-    summary,
 )
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
+from deployer.gcp.converge import Operation, replace_lines, run_operations
 from deployer.gcp.grpc_clients import Connected, connect
 from deployer.log import Log
 
@@ -119,7 +119,6 @@ __all__ = [
     "write_connection",
 ]
 
-REPLACE = "REPLACE"  # a difference Memorystore cannot make on an existing instance: apply refuses
 KIND = "Memorystore instance"
 MANAGED_BY, OWNER = "managed-by", "erlmcp"
 DEFAULT_REDIS_CONFIGS = {"maxmemory-policy": "volatile-lru"}
@@ -389,12 +388,7 @@ def _version_rank(version: str) -> int:
     return _VERSIONS.index(version) if version in _VERSIONS else len(_VERSIONS)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One write of ``apply``: what it does (for the log) and the call, which answers a long-running operation."""
-
-    what: str
-    call: Callable[[redis_v1.CloudRedisClient], Any]
+Step = Operation[redis_v1.CloudRedisClient]  # one write of apply: a long-running operation
 
 
 @dataclass
@@ -607,7 +601,7 @@ def apply_plan(
             operation failed.
     """
     if found.refused:
-        lines = [f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences) for c in found.refused]
+        lines = replace_lines(found.changes)
         raise MemorystoreError(
             "apply refused, nothing written: these differences cannot be changed on an existing "
             "instance, and erlmcp never recreates it by itself (every session would be lost and "
@@ -620,14 +614,15 @@ def apply_plan(
             f"{KIND} {found.instance} is {found.state}: an operation is running on it; apply again "
             "when it is READY (`gcloud redis operations list`)"
         )
-    for step in found.steps:
-        operation = _call(step.what, partial(step.call, client))
-        log(
-            f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started"
-            + ("; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else "")
-        )
+
+    def started(step: Step, operation: Any) -> str:
+        hint = "; a STANDARD_HA instance takes 5-15 minutes" if step.what.startswith("create") else ""
+        return f"{step.what}: operation {operation.operation.name.rsplit('/', 1)[-1]} started{hint}"
+
+    def follow(step: Step, operation: Any) -> None:
         wait(operation, what=step.what, region=config.region, log=log, timeout=timeout)
-        log(f"{step.what}: done")
+
+    run_operations(client, found.steps, call=_call, started=started, follow=follow, log=log)
 
 
 # -- the connection ----------------------------------------------------------------------------------------------
@@ -797,20 +792,10 @@ def _render_plan(
     found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO, extra: Mapping[str, Any]
 ) -> None:
     title = f"Memorystore {config.memorystore.name} in {config.project}/{config.region}"
-    if as_json:
-        counts = {**summary(found.changes), REPLACE: len(found.refused)}
-        document = {
-            "title": title,
-            "instance": found.instance,
-            "mode": mode,
-            "summary": counts,
-            "changes": [c.as_dict() for c in found.changes],
-            **extra,
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-        return
-    render(title, found.changes, mode=mode, out=out)
-    if found.refused:
+    heading = {"title": title, "instance": found.instance}
+    counted = (*ACTIONS, REPLACE)
+    render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, trailer=extra, counted=counted)
+    if found.refused and not as_json:
         print(
             f"{len(found.refused)} REPLACE: these cannot be changed on an existing instance; apply refuses until the "
             "configuration matches",

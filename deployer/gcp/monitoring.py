@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -60,7 +59,22 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
 )
 
 from deployer.errors import CloudError, ValuesError
-from deployer.gcp.changes import CREATE, DELETE, NO_CHANGE, UPDATE, differences, emit_desired, run_mode, summary
+from deployer.gcp.changes import (
+    CREATE,
+    DELETE,
+    NO_CHANGE,
+    UPDATE,
+    Change,
+    Names,
+    Shown,
+    differences,
+    emit_desired,
+    message_fields,
+    render,
+    run_mode,
+)
+from deployer.gcp.converge import Step, changes
+from deployer.gcp.converge import apply as apply_steps
 from deployer.gcp.grpc_clients import Connected, connect
 from deployer.log import Log
 
@@ -80,7 +94,6 @@ __all__ = [
     "desired_channels",
     "desired_dashboards",
     "desired_policies",
-    "render",
 ]
 
 MANAGED_BY, OWNER = "managed-by", "erlmcp"
@@ -142,32 +155,6 @@ class Desired:
     key: str
     message: Any
     secrets: Mapping[str, str] = field(default_factory=dict)  # label -> "(from FILE)"
-
-
-@dataclass
-class Change:
-    """One line of the plan: what happens to one object and, for UPDATE, which fields differ (actual, desired)."""
-
-    action: str
-    kind: str
-    key: str
-    display_name: str
-    name: str | None = None
-    differences: list[tuple[str, Any, Any]] = field(default_factory=list)
-    secrets: Mapping[str, str] = field(default_factory=dict)
-    desired: Any = None
-    actual: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "kind": self.kind,
-            "key": self.key,
-            "displayName": self.display_name,
-            "name": self.name,
-            "secrets": dict(self.secrets),
-            "differences": [{"field": f, "actual": a, "desired": d} for f, a, d in self.differences],
-        }
 
 
 # -- the desired state -------------------------------------------------------------------------------------------
@@ -681,12 +668,7 @@ class Clients:
 def _view(message: Any, *, rest_names: bool = False) -> dict[str, Any]:
     """The fields a message sets, as a dict with enum names (defaults left out); never a sensitive label.
     ``rest_names``: the REST API's camelCase field names (else the protocol buffer's)."""
-    found: dict[str, Any] = type(message).to_dict(
-        message,
-        use_integers_for_enums=False,
-        always_print_fields_with_no_presence=False,
-        preserving_proto_field_name=not rest_names,
-    )
+    found = message_fields(message, rest_names=rest_names)
     if isinstance(message, monitoring_v3.NotificationChannel) and "labels" in found:
         found["labels"] = {k: v for k, v in found["labels"].items() if k not in _SENSITIVE}
     return found
@@ -769,50 +751,88 @@ def _ours(kind: _Kind, options: Options) -> dict[str, list[Any]]:
     return {key: sorted(messages, key=lambda m: m.name) for key, messages in found.items()}
 
 
-def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list[Any]]) -> list[Change]:
-    changes = []
+def _step(
+    action: str,
+    kind: _Kind,
+    key: str,
+    display_name: str,
+    name: str | None,
+    *,
+    want: Desired | None = None,
+    actual: Any = None,
+    found: list[tuple[str, Any, Any]] | None = None,
+) -> Step:
+    """One plan line and its write. The line: the object's key in the name column; its display name, the sources
+    of its secrets (CREATE) and its resource name (DELETE) in the note; in the JSON its key, display name, resource
+    name and secrets. The write: create (the resource name the API gives is kept in the line), update (the
+    desired object under the actual's name) or delete."""
+    secrets = dict(want.secrets) if want is not None else {}
+    note = display_name
+    if action == CREATE and secrets:
+        note += "  [" + ", ".join(f"{label} {source}" for label, source in secrets.items()) + "]"
+    if action == DELETE:
+        note += f"  ({name})"
+    about = {"key": key, "displayName": display_name, "name": name, "secrets": secrets}
+    desired: Any = want.message if want is not None else None
+    change = Change(action, kind.title, key, found or [], desired, actual, note, about)
+    what = f"{kind.title} {key}"
+
+    def create() -> str:
+        made = _call(f"cannot create {what}", partial(kind.create, desired))
+        about["name"] = made.name
+        return f"created {what}: {made.name}"
+
+    def update() -> str:
+        named = type(desired)(desired)
+        named.name = name
+        _call(f"cannot update {what}", partial(kind.update, named, actual))
+        return f"updated {what}: " + ", ".join(path for path, _, _ in change.differences)
+
+    def delete() -> str:
+        _call(f"cannot delete {what} ({name})", partial(kind.delete, actual))
+        return f"deleted {what}: {name}"
+
+    return Step(change, {CREATE: create, UPDATE: update, DELETE: delete}.get(action))
+
+
+def _resource(change: Change) -> str | None:
+    """The object's resource name: None for one not created yet."""
+    name: str | None = (change.about or {}).get("name")
+    return name
+
+
+def _plan(kind: _Kind, desired: Mapping[str, Desired], actual: Mapping[str, list[Any]]) -> list[Step]:
+    steps = []
     for key, want in desired.items():
         found = actual.get(key, [])
+        title = want.message.display_name
         if not found:
-            changes.append(
-                Change(CREATE, kind.title, key, want.message.display_name, secrets=want.secrets, desired=want.message)
-            )
+            steps.append(_step(CREATE, kind, key, title, None, want=want))
             continue
         shown = [_shown(d, want) for d in differences(_view(want.message), _view(found[0]))]
-        changes.append(
-            Change(
-                UPDATE if shown else NO_CHANGE,
-                kind.title,
-                key,
-                want.message.display_name,
-                found[0].name,
-                shown,
-                want.secrets,
-                want.message,
-                found[0],
-            )
-        )
+        action = UPDATE if shown else NO_CHANGE
+        steps.append(_step(action, kind, key, title, found[0].name, want=want, actual=found[0], found=shown))
     for key, messages in actual.items():
         for message in messages[0 if key not in desired else 1 :]:
-            changes.append(Change(DELETE, kind.title, key, message.display_name, message.name, actual=message))
-    return changes
+            steps.append(_step(DELETE, kind, key, message.display_name, message.name, actual=message))
+    return steps
 
 
-class _Note(str):
-    """A value printed as is, not as JSON: ``(from FILE)``."""
-
-    __slots__ = ()
+def _names_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _shown(difference: tuple[str, Any, Any], want: Desired) -> tuple[str, Any, Any]:
     """A difference as printed: ``type`` not ``type_``; the secret fingerprint label as the secret's file, without
-    the value; a webhook URL without its query."""
+    the value; a webhook URL without its query; two lists of resource names as what goes and what comes."""
     path, actual, desired = difference
     if path == f"user_labels.{SECRET_LABEL}" and want.secrets:
-        return ", ".join(want.secrets), _Note("(changed)"), _Note(", ".join(want.secrets.values()))
+        return ", ".join(want.secrets), Shown("(changed)"), Shown(", ".join(want.secrets.values()))
     if path == "labels.url":
-        hidden = [_Note(_redacted_url(v)) if isinstance(v, str) else v for v in (actual, desired)]
+        hidden = [Shown(_redacted_url(v)) if isinstance(v, str) else v for v in (actual, desired)]
         return path, hidden[0], hidden[1]
+    if _names_list(actual) and _names_list(desired):
+        actual, desired = Names(actual), Names(desired)
     return ".".join(part.rstrip("_") for part in path.split(".")), actual, desired
 
 
@@ -820,27 +840,9 @@ def _placeholder(title: str, key: str) -> str:
     return f"(new {title} {key})"
 
 
-def _perform(kind: _Kind, changes: Sequence[Change], log: Log) -> dict[str, str]:
-    """Create and update; returns every desired object's resource name by key (deletions come later)."""
-    names: dict[str, str] = {}
-    for change in changes:
-        if change.action == CREATE:
-            made = _call(f"cannot create {kind.title} {change.key}", partial(kind.create, change.desired))
-            change.name = made.name
-            log(f"created {kind.title} {change.key}: {made.name}")
-        elif change.action == UPDATE:
-            desired = type(change.desired)(change.desired)
-            desired.name = change.name
-            _call(f"cannot update {kind.title} {change.key}", partial(kind.update, desired, change.actual))
-            log(f"updated {kind.title} {change.key}: " + ", ".join(path for path, _, _ in change.differences))
-        if change.action != DELETE and change.name is not None:
-            names[change.key] = change.name
-    return names
-
-
-def _names(kind: _Kind, changes: Sequence[Change]) -> dict[str, str]:
+def _names(kind: _Kind, planned: Sequence[Change]) -> dict[str, str]:
     """The names the desired objects have, or will have once created (a placeholder, for the plan)."""
-    return {c.key: c.name or _placeholder(kind.title, c.key) for c in changes if c.action != DELETE}
+    return {c.name: _resource(c) or _placeholder(kind.title, c.name) for c in planned if c.action != DELETE}
 
 
 def rendered(options: Options) -> dict[str, Any]:
@@ -873,74 +875,29 @@ def rendered(options: Options) -> dict[str, Any]:
 
 
 def converge(clients: Clients, options: Options, *, apply: bool, log: Log = lambda _: None) -> list[Change]:
-    """The plan (``apply`` False: nothing is written) or its application; returns the changes, in order."""
+    """The plan (``apply`` False: nothing is written) or its application; returns the changes, in order. Each kind
+    is planned once the names of the objects it refers to are known (created, when applying); deletions come last,
+    in reverse order, once nothing desired refers to them."""
     channels, policies, dashboards = _kinds(clients, options.project)
-    stages: list[tuple[_Kind, list[Change]]] = []
+    stages: list[list[Step]] = []
 
     def stage(kind: _Kind, desired: Mapping[str, Desired]) -> dict[str, str]:
-        changes = _plan(kind, desired, _ours(kind, options))
-        stages.append((kind, changes))
-        return _perform(kind, changes, log) if apply else _names(kind, changes)
+        steps = _plan(kind, desired, _ours(kind, options))
+        stages.append(steps)
+        if apply:
+            apply_steps([s for s in steps if s.change.action != DELETE], log=log)
+        return _names(kind, changes(steps))
 
     channel_names = stage(channels, desired_channels(options))
     policy_names = stage(policies, desired_policies(options, channel_names))
     stage(dashboards, desired_dashboards(options, policy_names))
     if apply:
-        for kind, changes in reversed(stages):
-            for change in changes:
-                if change.action == DELETE:
-                    _call(
-                        f"cannot delete {kind.title} {change.key} ({change.name})", partial(kind.delete, change.actual)
-                    )
-                    log(f"deleted {kind.title} {change.key}: {change.name}")
-    return [change for _, changes in stages for change in changes]
+        for steps in reversed(stages):
+            apply_steps([s for s in steps if s.change.action == DELETE], log=log)
+    return [change for steps in stages for change in changes(steps)]
 
 
 # -- the command -------------------------------------------------------------------------------------------------
-
-
-def _brief(value: Any, width: int = 70) -> str:
-    if isinstance(value, _Note):
-        return str(value)
-    text = "(unset)" if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _names_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def render(changes: Sequence[Change], options: Options, *, mode: str, out: TextIO) -> None:
-    """The plan as a table: one line per object, the differing fields (actual -> desired) under an UPDATE."""
-    counts = summary(changes)
-    where = f"project {options.project}" + (f", namespace {options.namespace}" if options.namespace else "")
-    if mode == "apply":
-        print(
-            f"Cloud Monitoring applied for {where}: {counts[CREATE]} created, {counts[UPDATE]} updated, "
-            f"{counts[DELETE]} deleted, {counts[NO_CHANGE]} unchanged",
-            file=out,
-        )
-    else:
-        verb = "plan (dry run: nothing written)" if mode == "dry-run" else "plan"
-        print(
-            f"Cloud Monitoring {verb} for {where}: {counts[CREATE]} to create, {counts[UPDATE]} to update, "
-            f"{counts[DELETE]} to delete, {counts[NO_CHANGE]} unchanged",
-            file=out,
-        )
-    widths = (max(len(c.kind) for c in changes), max(len(c.key) for c in changes)) if changes else (0, 0)
-    for change in changes:
-        line = f"  {change.action:<9}  {change.kind:<{widths[0]}}  {change.key:<{widths[1]}}  {change.display_name}"
-        if change.action == CREATE and change.secrets:
-            line += "  [" + ", ".join(f"{label} {source}" for label, source in change.secrets.items()) + "]"
-        if change.action == DELETE:
-            line += f"  ({change.name})"
-        print(line, file=out)
-        for path, actual, desired in change.differences:
-            if _names_list(actual) and _names_list(desired):  # a set of names: what goes, what comes
-                gone = [f"-{v}" for v in actual if v not in desired] + [f"+{v}" for v in desired if v not in actual]
-                print(f"      {path}: {' '.join(gone)}", file=out)
-            else:
-                print(f"      {path}: {_brief(actual)} -> {_brief(desired)}", file=out)
 
 
 def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) -> int:
@@ -971,15 +928,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         changes = converge(clients, options, apply=mode == "apply", log=log)
     finally:
         clients.close()
-    if args.json:
-        document = {
-            "project": options.project,
-            "namespace": options.namespace,
-            "mode": mode,
-            "summary": summary(changes),
-            "changes": [c.as_dict() for c in changes],
-        }
-        out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    else:
-        render(changes, options, mode=mode, out=out)
+    where = f"project {options.project}" + (f", namespace {options.namespace}" if options.namespace else "")
+    heading = {"project": options.project, "namespace": options.namespace}
+    render("Cloud Monitoring", changes, mode=mode, out=out, as_json=args.json, scope=where, heading=heading)
     return 0

@@ -23,7 +23,6 @@ grants); ``plan`` needs only to read both.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as api
@@ -31,11 +30,12 @@ from google.auth.exceptions import GoogleAuthError
 from google.cloud import iam_admin_v1, resourcemanager_v3
 
 from deployer.errors import CloudError
-from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
+from deployer.gcp.changes import CREATE, NO_CHANGE, Change
 from deployer.gcp.config import GcpConfig
-from deployer.gcp.iam import Policy, create_account, holds, patiently, read_account
+from deployer.gcp.converge import Step, grant_step
+from deployer.gcp.iam import Policy, create_account, read_account
 
-__all__ = ["KIND_ACCOUNT", "KIND_ROLE", "NODE_ROLES", "AccountPlan", "email", "plan", "rendered"]
+__all__ = ["KIND_ACCOUNT", "KIND_ROLE", "NODE_ROLES", "email", "plan", "rendered"]
 
 NODE_ROLES = (
     "roles/logging.logWriter",
@@ -75,14 +75,6 @@ def rendered(config: GcpConfig) -> dict[str, Any]:
     }
 
 
-@dataclass
-class AccountPlan:
-    """The plan lines and what apply does for each that is not NO CHANGE (each returns its progress line)."""
-
-    changes: list[Change] = field(default_factory=list)
-    actions: list[Callable[[], str]] = field(default_factory=list)
-
-
 def _call(what: str, kind: str, call: Callable[[], T]) -> T:
     """``call()``, its refusal as :class:`CloudError` saying ``what`` failed (and the role it takes)."""
     try:
@@ -95,9 +87,10 @@ def _call(what: str, kind: str, call: Callable[[], T]) -> T:
         raise CloudError(f"{what}: {exc}") from exc
 
 
-def plan(iam: iam_admin_v1.IAMClient, projects: resourcemanager_v3.ProjectsClient, config: GcpConfig) -> AccountPlan:
-    """What apply would do for the nodes' account and roles: reads both, writes nothing."""
-    found = AccountPlan()
+def plan(iam: iam_admin_v1.IAMClient, projects: resourcemanager_v3.ProjectsClient, config: GcpConfig) -> list[Step]:
+    """What apply would do for the nodes' account and roles (:func:`deployer.gcp.converge.apply` does it): reads
+    both, writes nothing."""
+    found: list[Step] = []
     address = email(config)
     name = f"projects/{config.project}/serviceAccounts/{address}"
     account = _call(f"cannot read service account {address}", KIND_ACCOUNT, lambda: read_account(iam, name))
@@ -115,30 +108,19 @@ def plan(iam: iam_admin_v1.IAMClient, projects: resourcemanager_v3.ProjectsClien
             )
             return f"created service account {address}"
 
-        found.changes.append(Change(CREATE, KIND_ACCOUNT, address, note="the nodes run as it"))
-        found.actions.append(create)
+        found.append(Step(Change(CREATE, KIND_ACCOUNT, address, note="the nodes run as it"), create))
     else:
         note = "disabled: nodes cannot run as it until it is enabled" if account.disabled else ""
-        found.changes.append(Change(NO_CHANGE, KIND_ACCOUNT, address, note=note))
+        found.append(Step(Change(NO_CHANGE, KIND_ACCOUNT, address, note=note)))
     resource = f"projects/{config.project}"
     policy = Policy(resource, projects.get_iam_policy, projects.set_iam_policy)
     existing = _call(f"cannot read the IAM policy of {resource}", KIND_ROLE, policy.read)
     member, fresh = _member(config), account is None
     for role in NODE_ROLES:
         shown = f"{resource} {role}"
-        if holds(existing, role, member):
-            found.changes.append(Change(NO_CHANGE, KIND_ROLE, shown, note=member))
-            continue
-        if fresh:
-            change = Change(CREATE, KIND_ROLE, shown, note=member)
-        else:
-            change = Change(UPDATE, KIND_ROLE, shown, [("member", "absent", "present")], note=member)
-        found.changes.append(change)
-
-        def grant(role: str = role) -> str:
-            what = f"cannot grant {role} on {resource} to {member}"
-            done = _call(what, KIND_ROLE, lambda: patiently(lambda: policy.grant(role, member), fresh=fresh))
-            return f"granted {role} on {resource} to {member}" if done else f"{member} already holds {role}"
-
-        found.actions.append(grant)
+        found.append(
+            grant_step(
+                KIND_ROLE, shown, policy, role, member, existing, new=fresh, fresh=fresh, call=_call, note=member
+            )
+        )
     return found

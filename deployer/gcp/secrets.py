@@ -82,8 +82,10 @@ from deployer.gcp.changes import (
     run_mode,
 )
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.gcp.converge import Step, changes, grant_step, refusals
+from deployer.gcp.converge import apply as apply_steps
 from deployer.gcp.grpc_clients import Connected, connect
-from deployer.gcp.iam import Policy, create_account, holds, patiently, read_account
+from deployer.gcp.iam import Policy, create_account, read_account
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
 
@@ -441,45 +443,7 @@ def _maybe(what: str, kind: str, call: Callable[[], T]) -> T | None:
 # -- the plan ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Step:
-    """A plan line and, unless NO CHANGE, what apply does (returns the progress line); ``refused``: why apply
-    cannot do it."""
-
-    change: Change
-    run: Callable[[], str] | None = None
-    refused: str | None = None
-
-
-def _binding_step(
-    kind: str,
-    policy: Policy,
-    role: str,
-    member: str,
-    existing: Any | None,
-    *,
-    exists: bool,
-    fresh: bool,
-    shown: str | None = None,
-) -> _Step:
-    """The step that grants ``role`` to ``member`` on ``policy.resource`` (``existing``: its policy, if it exists;
-    ``shown``: the name in the plan, default the resource's)."""
-    note, name = f"{role} for {member}", shown or policy.resource
-    change = Change(CREATE if not exists else UPDATE, kind, name, note=note)
-    if existing is not None:
-        if holds(existing, role, member):
-            return _Step(Change(NO_CHANGE, kind, name, note=note))
-        change.differences = [("member", "absent", "present")]
-
-    def run() -> str:
-        what = f"cannot grant {role} on {policy.resource} to {member}"
-        done = _call(what, kind, lambda: patiently(lambda: policy.grant(role, member), fresh=fresh))
-        return f"granted {role} on {policy.resource} to {member}" if done else f"{member} already holds {role}"
-
-    return _Step(change, run)
-
-
-def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
+def _account_step(clients: Clients, settings: Settings) -> tuple[Step, bool]:
     """The service account's step, and whether it exists now."""
     account = _call(
         f"cannot read service account {settings.account_name}",
@@ -488,7 +452,7 @@ def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
     )
     if account is not None:
         note = "disabled: the app cannot authenticate as it until it is enabled" if account.disabled else ""
-        return _Step(Change(NO_CHANGE, KIND_ACCOUNT, settings.email, note=note)), True
+        return Step(Change(NO_CHANGE, KIND_ACCOUNT, settings.email, note=note)), True
 
     def create() -> str:
         made = _call(
@@ -504,10 +468,10 @@ def _account_step(clients: Clients, settings: Settings) -> tuple[_Step, bool]:
         )
         return f"created service account {made.email or settings.email}"
 
-    return _Step(Change(CREATE, KIND_ACCOUNT, settings.email, note="display name 'erlmcp server'"), create), False
+    return Step(Change(CREATE, KIND_ACCOUNT, settings.email, note="display name 'erlmcp server'"), create), False
 
 
-def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual: Any | None, now: datetime) -> _Step:
+def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual: Any | None, now: datetime) -> Step:
     name = settings.secret_name(spec)
     desired = _desired_secret(settings, spec, now)
     if actual is None:
@@ -522,10 +486,10 @@ def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual:
             )
             return f"created secret {name}"
 
-        return _Step(Change(CREATE, KIND_SECRET, name, note=_secret_note(settings)), create)
+        return Step(Change(CREATE, KIND_SECRET, name, note=_secret_note(settings)), create)
     found, mask = _secret_differences(settings, spec, actual)
     if not found:
-        return _Step(Change(NO_CHANGE, KIND_SECRET, name))
+        return Step(Change(NO_CHANGE, KIND_SECRET, name))
     refused = None
     note = ", ".join(dict.fromkeys(path.split(".")[0] for path, _, _ in found))
     if any(path == "replication" for path, _, _ in found):
@@ -553,7 +517,7 @@ def _secret_step(clients: Clients, settings: Settings, spec: SecretSpec, actual:
         )
         return f"updated secret {name}: {note}"
 
-    return _Step(Change(UPDATE, KIND_SECRET, name, found, note=note), update, refused)
+    return Step(Change(UPDATE, KIND_SECRET, name, found, note=note), update, refused)
 
 
 def _latest_digest(clients: Clients, name: str) -> tuple[bytes | None, str]:
@@ -574,7 +538,7 @@ def _latest_digest(clients: Clients, name: str) -> tuple[bytes | None, str]:
     return digest, "" if digest is not None else "no version yet"
 
 
-def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists: bool) -> _Step:
+def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists: bool) -> Step:
     name = settings.secret_name(spec)
     value = settings.values.get(spec.key)
     if value is None:
@@ -583,11 +547,11 @@ def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists
             if not exists
             else "no --value given: versions left as they are"
         )
-        return _Step(Change(NO_CHANGE, KIND_VERSION, name, note=note))
+        return Step(Change(NO_CHANGE, KIND_VERSION, name, note=note))
     if exists:
         digest, why = _latest_digest(clients, name)
         if digest is not None and hmac.compare_digest(digest, value.digest):
-            return _Step(Change(NO_CHANGE, KIND_VERSION, name, note=f"the latest version is {value.path}'s content"))
+            return Step(Change(NO_CHANGE, KIND_VERSION, name, note=f"the latest version is {value.path}'s content"))
     note = f"new version {value.source}" + (f"; {why}" if exists and why else "")
 
     def add() -> str:
@@ -600,10 +564,10 @@ def _version_step(clients: Clients, settings: Settings, spec: SecretSpec, exists
         )
         return f"added {made.name or 'a version'} {value.source}"
 
-    return _Step(Change(CREATE, KIND_VERSION, name, note=note), add)
+    return Step(Change(CREATE, KIND_VERSION, name, note=note), add)
 
 
-def plan(clients: Clients, settings: Settings) -> list[_Step]:
+def plan(clients: Clients, settings: Settings) -> list[Step]:
     """Reads the state (no writes) and returns the steps, in the order apply takes them."""
     now = datetime.now(UTC)
     account_step, account_exists = _account_step(clients, settings)
@@ -623,14 +587,17 @@ def plan(clients: Clients, settings: Settings) -> list[_Step]:
             None if actual is None else _call(f"cannot read the IAM policy of secret {name}", KIND_ACCESS, policy.read)
         )
         steps.append(
-            _binding_step(
+            grant_step(
                 KIND_ACCESS,
+                name,
                 policy,
                 ACCESSOR,
                 settings.accessor_member,
                 existing,
-                exists=actual is not None,
+                new=actual is None,
                 fresh=fresh,
+                call=_call,
+                note=f"{ACCESSOR} for {settings.accessor_member}",
             )
         )
     policy = Policy(
@@ -642,15 +609,17 @@ def plan(clients: Clients, settings: Settings) -> list[_Step]:
     if account_exists:
         existing = _call(f"cannot read the IAM policy of service account {settings.email}", KIND_WORKLOAD, policy.read)
     steps.append(
-        _binding_step(
+        grant_step(
             KIND_WORKLOAD,
+            settings.email,
             policy,
             WORKLOAD_IDENTITY_USER,
             settings.workload_member,
             existing,
-            exists=account_exists,
+            new=not account_exists,
             fresh=fresh,
-            shown=settings.email,
+            call=_call,
+            note=f"{WORKLOAD_IDENTITY_USER} for {settings.workload_member}",
         )
     )
     return steps
@@ -664,13 +633,11 @@ def converge(clients: Clients, settings: Settings, *, apply: bool, log: Log = la
     """
     steps = plan(clients, settings)
     if apply:
-        refused = [step.refused for step in steps if step.refused]
+        refused = refusals(steps)
         if refused:
             raise SecretsError("nothing applied: " + "; ".join(refused))
-        for step in steps:
-            if step.run is not None:
-                log(step.run())
-    return [step.change for step in steps]
+        apply_steps(steps, log=log)
+    return changes(steps)
 
 
 # -- the command -------------------------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Applying a plan the same way on the platforms of :mod:`deployer.gcp`: each plan line (a
+:class:`~deployer.gcp.changes.Change`) goes with the write that makes it so, a :class:`Step`. ``plan`` builds the
+steps from what it reads (and writes nothing); ``apply`` first checks that every step can be made
+(:func:`refusals`; nothing is written otherwise), then makes them in order and logs the line each write returns
+(:func:`apply`). A NO CHANGE line has no write, so applying a converged plan writes nothing. Secrets, the node
+account, logging and monitoring plan steps.
+
+A project IAM binding (an etag-checked read-modify-write of the policy) is one kind of step, :func:`grant_step`,
+shared by the server's secrets and the cluster's node account. A long-running operation is another kind of write
+(GKE, Memorystore): an :class:`Operation` started with the API client and followed to its end, one at a time
+(:func:`run_operations`); there one plan line may take several operations, and a REPLACE line refuses the whole
+apply (:func:`replace_lines` says which). Compute Engine converges through :mod:`deployer.gcp.compute_api`, and
+Cloud Run's one service through its own read, write, wait loop (a conflict is read and planned again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+from deployer.gcp.changes import CREATE, NO_CHANGE, REPLACE, UPDATE, Change
+from deployer.gcp.iam import Policy, holds, patiently
+from deployer.log import Log
+
+__all__ = [
+    "Caller",
+    "Operation",
+    "Step",
+    "Write",
+    "apply",
+    "changes",
+    "grant_step",
+    "refusals",
+    "replace_lines",
+    "run_operations",
+]
+
+C = TypeVar("C")
+
+Write = Callable[[], str]  # makes one plan line so (its calls); returns the line apply logs
+Caller = Callable[[str, str, Callable[[], Any]], Any]  # (what failed, kind, call): the platform's error on refusal
+
+
+@dataclass
+class Step:
+    """One plan line and, unless there is nothing to write, the write that makes it so; ``refused``: why apply
+    cannot make it (then apply writes nothing at all)."""
+
+    change: Change
+    write: Write | None = None
+    refused: str | None = None
+
+
+def changes(steps: Sequence[Step]) -> list[Change]:
+    """The plan lines, in the order apply makes them."""
+    return [step.change for step in steps]
+
+
+def refusals(steps: Sequence[Step]) -> list[str]:
+    """Why apply cannot make some of the steps (empty: it can make them all)."""
+    return [step.refused for step in steps if step.refused]
+
+
+def apply(steps: Sequence[Step], *, log: Log) -> None:
+    """Makes the steps in order, logging what each write says it did. Callers check :func:`refusals` first."""
+    for step in steps:
+        if step.write is not None:
+            log(step.write())
+
+
+def grant_step(
+    kind: str,
+    name: str,
+    policy: Policy,
+    role: str,
+    member: str,
+    existing: Any | None,
+    *,
+    new: bool,
+    fresh: bool,
+    call: Caller,
+    note: str,
+) -> Step:
+    """The plan line ``name`` that grants ``role`` to ``member`` on ``policy.resource``: NO CHANGE when
+    ``existing`` (the policy as read; None when there is none yet) holds it, else CREATE when ``new`` (the resource
+    or the member is made by this apply) or UPDATE (the member is absent). ``fresh``: the member was just created,
+    so the grant waits out IAM's propagation; ``call`` turns a refusal into the platform's error."""
+    if existing is not None and holds(existing, role, member):
+        return Step(Change(NO_CHANGE, kind, name, note=note))
+    found = [] if new else [("member", "absent", "present")]
+    change = Change(CREATE if new else UPDATE, kind, name, found, note=note)
+
+    def grant() -> str:
+        what = f"cannot grant {role} on {policy.resource} to {member}"
+        done = call(what, kind, lambda: patiently(lambda: policy.grant(role, member), fresh=fresh))
+        return f"granted {role} on {policy.resource} to {member}" if done else f"{member} already holds {role}"
+
+    return Step(change, grant)
+
+
+@dataclass(frozen=True)
+class Operation(Generic[C]):
+    """One write of a long-running apply: what it does (for the log) and the call that starts it with the API
+    client (it answers the operation)."""
+
+    what: str
+    call: Callable[[C], Any]
+
+
+def run_operations(
+    client: C,
+    operations: Sequence[Operation[C]],
+    *,
+    call: Callable[[str, Callable[[], Any]], Any],
+    started: Callable[[Operation[C], Any], str],
+    follow: Callable[[Operation[C], Any], Any],
+    log: Log,
+) -> None:
+    """Starts the operations one at a time and follows each to its end: ``call`` (what, start) turns a refusal
+    into the platform's error, ``started`` is the line logged once it runs, ``follow`` waits for it (and raises
+    if it fails); then ``WHAT: done``."""
+    for operation in operations:
+        running = call(operation.what, partial(operation.call, client))
+        log(started(operation, running))
+        follow(operation, running)
+        log(f"{operation.what}: done")
+
+
+def replace_lines(planned: Sequence[Change]) -> list[str]:
+    """The REPLACE lines of a plan as a refusal lists them: ``  KIND NAME: field, field``."""
+    return [
+        f"  {c.kind} {c.name}: " + ", ".join(path for path, _, _ in c.differences)
+        for c in planned
+        if c.action == REPLACE
+    ]
