@@ -655,7 +655,7 @@ def _frontend_absent(config: GcpConfig) -> list[Absent]:
         Absent(URL_MAP, n["redirect"]),
         Absent(URL_MAP, n["url_map"]),
         Absent(SECURITY_POLICY, n["policy"]),
-        Absent(GLOBAL_ADDRESS, n["address"]),
+        Absent(GLOBAL_ADDRESS, n["address"], note="no longer in the configuration: its IP address is released"),
     ]
 
 

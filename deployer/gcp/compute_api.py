@@ -348,12 +348,13 @@ class Absent:
     """A resource of ours that must not exist (an optional firewall rule turned off): DELETE if it does. With
     ``within`` (the kind, name and field of another resource of ours), ``name`` is a pattern: the resources of
     ``kind`` that field links to whose names match it in full (the certificates named by their content that our
-    HTTPS proxy uses)."""
+    HTTPS proxy uses). ``note`` is printed next to the DELETE."""
 
     kind: Kind
     name: str
     region: str | None = None  # as Resource.region
     within: tuple[Kind, str, str] | None = None
+    note: str = "no longer in the configuration"
 
 
 @dataclass(frozen=True)
@@ -679,7 +680,7 @@ def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent
                         _shown(name, gone.region),
                         desired=Absent(gone.kind, name, gone.region),
                         actual=actual,
-                        note="no longer in the configuration",
+                        note=gone.note,
                     )
                 )
     return changes

@@ -958,6 +958,7 @@ def test_turning_the_frontend_off_deletes_what_it_made_in_dependency_order_and_a
     assert backend["differences"] == [
         {"field": "security_policy", "actual": link(f"global/securityPolicies/{ARMOR}"), "desired": None}
     ]
+    assert json.loads(out)["changes"][-1]["note"] == "no longer in the configuration: its IP address is released"
     code, out, err = cli(vpc, capsys, "gce", "apply", config_file=off)
     assert code == 0, err
     assert "applied: 0 created, 1 updated, 9 deleted, 4 unchanged" in out
