@@ -2,9 +2,9 @@
 ``google-cloud-compute`` clients to call with ``--insecure --endpoint 127.0.0.1:PORT``.
 
 No emulator exists for Compute Engine. This one is generic over the collections the deployer uses: insert
-(POST to the collection), get, patch (JSON merge patch: nested objects merge, lists are replaced), update (PUT)
-and delete; writes answer an Operation that is RUNNING until it is read again or waited for
-(``operations/NAME/wait``). It refuses what Compute Engine refuses, in Google's error format
+(POST to the collection), get, list (filtered by name only), patch (JSON merge patch: nested objects merge, lists
+are replaced), update (PUT) and delete; writes answer an Operation that is RUNNING until it is read again or
+waited for (``operations/NAME/wait``). It refuses what Compute Engine refuses, in Google's error format
 (``{"error": {"code", "message", "errors": [{"reason", ...}]}}``):
 
 * every body must parse as the collection's ``compute_v1`` message with ``ignore_unknown_fields=False``;
@@ -35,10 +35,10 @@ and delete; writes answer an Operation that is RUNNING until it is read again or
 Left out, among others: a managed certificate's provisioning (it stays PROVISIONING: no DNS here), quotas, Cloud
 Armor's expression language and its rule limits per policy, the proxies' own custom methods (``setSslCertificates``,
 ``setUrlMap``: the deployer patches proxies), forwarding rules' ``setLabels``, an address's ``users`` and
-``IN_USE`` status (a delete checks the forwarding rules instead), list calls and their filters, ``updateMask`` on
-any method but patchRule, URL maps' host rules and path matchers, regional frontends (regional addresses,
-proxies, URL maps, proxy-only subnets), and which fields the API lets a patch change on each kind other than a
-global forwarding rule.
+``IN_USE`` status (a delete checks the forwarding rules instead), list filters other than ``name eq "RE2"`` and
+paging (a list is one page), ``updateMask`` on any method but patchRule, URL maps' host rules and path matchers,
+regional frontends (regional addresses, proxies, URL maps, proxy-only subnets), and which fields the API lets a
+patch change on each kind other than a global forwarding rule.
 
 Tests can refuse the next call of a method on a collection (``refuse``), make the next operation end in error
 (``fail_operation``), change a resource as someone else would (``edit``: its fingerprint changes), and count
@@ -365,6 +365,8 @@ class ComputeRest:
             return self._verb(method, scope, collection, key, match["verb"], query, raw)
         if method == "GET" and name:
             return copy.deepcopy(self._existing(key))
+        if method == "GET":
+            return self._list(scope, collection, query)
         if method == "POST" and name is None:
             return self._write("insert", scope, collection, lambda: self._insert(scope, collection, raw, body))
         if method in ("PATCH", "PUT") and name:
@@ -462,6 +464,29 @@ class ComputeRest:
             raise _invalid(f"Invalid JSON payload received. {exc}") from exc
         parsed: dict[str, Any] = json.loads(raw)
         return parsed
+
+    def _list(self, scope: str, collection: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A list call, in name order, in one page; ``filter`` may only be ``name eq "RE2"`` (the whole name
+        must match), the one the deployer sends; without one, every resource of the collection."""
+        wanted = ".*"
+        if "filter" in query:
+            match = re.fullmatch(r'name eq "([^"]*)"', query["filter"][0])
+            if match is None:
+                raise _invalid(f'Invalid list filter expression: {query["filter"][0]!r} (this server: name eq "RE")')
+            wanted = match[1]
+        try:
+            pattern = re.compile(wanted)
+        except re.error as exc:
+            raise _invalid(f"Invalid regular expression in filter: {wanted!r}") from exc
+        prefix = f"{scope}/{collection}/"
+        names = sorted(key.removeprefix(prefix) for key in self.resources if key.startswith(prefix))
+        found = [copy.deepcopy(self.resources[prefix + name]) for name in names if pattern.fullmatch(name)]
+        singular = SINGULAR.get(collection, collection[:-1])
+        answer: dict[str, Any] = {"kind": f"compute#{singular}List", "id": f"projects/{self.project}/{prefix}",
+                                  "selfLink": self._link(prefix.rstrip("/"))}  # fmt: skip
+        if found:  # as the API: no items field when none match
+            answer["items"] = found
+        return answer
 
     def _existing(self, key: str) -> dict[str, Any]:
         if key not in self.resources:

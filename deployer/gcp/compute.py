@@ -47,14 +47,12 @@ What it makes, in this order (each refers only to what comes before it):
   on the IP of an address reserved again is replaced too. Descriptions are not compared.
 
 Turning the frontend off (``compute.frontend.enabled: false`` with EXTERNAL_MANAGED) deletes what it made, by
-name, each after what uses it: the forwarding rules, the proxies, the certificates (ours the HTTPS proxy uses,
-and the one the configured domains name), the URL maps, the security policy (the backend service's plan line
-first takes it off, if it is the one set there), the address last; the address's IP is released, so DNS
-must point elsewhere. A security policy someone else put on the backend service, and anything not named as we
-name it, is left alone. Left in place: certificates of earlier domain lists the proxy had moved away from (as
-templates are), and, when an apply stopped right after deleting the HTTPS proxy, its certificate unless the
-domains are still configured; and all of it when the scheme is INTERNAL_MANAGED (the global load balancer is
-then no longer read).
+name, each after what uses it: the forwarding rules, the proxies, the certificates (every one named
+``erlmcp-cert-<hash>``, those of earlier domain lists too: listed with that name filter), the URL maps, the
+security policy (the backend service's plan line first takes it off, if it is the one set there), the address
+last; the address's IP is released, so DNS must point elsewhere. A security policy someone else put on the
+backend service, and anything not named as we name it, is left alone. Left in place: all of it when the scheme
+is INTERNAL_MANAGED (the global load balancer is then no longer read).
 
 The startup script is ``startup.sh`` next to this module, with the settings (project, image, ports, the secrets)
 written in as shell-quoted assignments. It runs the server container with the same hardening as the chart (read-only
@@ -140,7 +138,7 @@ TARGET_SETTER = Setter(
     lambda link: compute_v1.TargetReference(target=link),
     in_insert=True,
 )
-CERTIFICATE_NAME = "-cert-[0-9a-f]{10}"  # after the base name: the certificates named by their content
+CERTIFICATE_HASH = "-[0-9a-f]{10}"  # after the certificate's base name: the hash of its content (immutable)
 _IMAGE = re.compile(
     r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(@sha256:[0-9a-f]{64})?"
@@ -634,24 +632,20 @@ def absent(config: GcpConfig) -> list[Absent]:
 
 
 def _frontend_absent(config: GcpConfig) -> list[Absent]:
-    """The frontend's resources by their names, each after what uses it: the forwarding rules, the proxies, the
-    certificates (those of our name pattern the HTTPS proxy uses, and the one the configured domains name: found
-    again if an apply stopped after the proxy), the URL maps, the security policy (the backend service's plan
-    line, earlier, takes it off), the address last. Names made from a ``name`` too long for the frontend were
-    never made, and are not read."""
+    """The frontend's resources by their names, each after what uses it: the forwarding rules, the proxies, every
+    certificate named as ours (``<name>-cert-<10 hex digits>``: listed by that pattern, the current one and those
+    of earlier domain lists), the URL maps, the security policy (the backend service's plan line, earlier, takes
+    it off), the address last. Names made from a ``name`` too long for the frontend were never made, and are not
+    read."""
     n = names(config)
     if any(not _NAME.fullmatch(name + "-0123456789") for key, name in n.items() if key in FRONTEND_KEYS):
         return []
-    certificates = [Absent(SSL_CERTIFICATE, re.escape(config.name) + CERTIFICATE_NAME,
-                           within=(TARGET_HTTPS_PROXY, n["https_proxy"], "ssl_certificates"))]  # fmt: skip
-    if config.compute.frontend.domains:
-        certificates.append(Absent(SSL_CERTIFICATE, _certificate(config).name))
     return [
         Absent(GLOBAL_FORWARDING_RULE, n["http_rule"]),
         Absent(GLOBAL_FORWARDING_RULE, n["https_rule"]),
         Absent(TARGET_HTTP_PROXY, n["http_proxy"]),
         Absent(TARGET_HTTPS_PROXY, n["https_proxy"]),
-        *certificates,
+        Absent(SSL_CERTIFICATE, n["certificate"] + CERTIFICATE_HASH, listed=True),  # a name: no RE2 metacharacter
         Absent(URL_MAP, n["redirect"]),
         Absent(URL_MAP, n["url_map"]),
         Absent(SECURITY_POLICY, n["policy"]),

@@ -38,11 +38,12 @@ Decisions:
   ``target`` is sent on insert and changed with ``setTarget`` (``Setter.in_insert``). A security policy's
   ``rules`` cannot be patched (:attr:`Kind.by_rule`):
   they are compared as a whole and made right rule by rule, by priority (removeRule, addRule, patchRule).
-* **DELETE only by name, only what was ours.** Nothing is listed: a platform names the resources of its own that
-  must not exist (an optional firewall rule turned off, the load balancer's frontend turned off: :class:`Absent`),
-  and those are deleted if they exist, in the order named (what uses a resource before it). A resource named by
-  its content is found through the link to it in another resource of ours (``Absent.within``: the certificates
-  of our HTTPS proxy whose names match our pattern). Whatever else is in the project is never read or touched.
+* **DELETE only by name, only what was ours.** A platform names the resources of its own that must not exist
+  (an optional firewall rule turned off, the load balancer's frontend turned off: :class:`Absent`), and those are
+  deleted if they exist, in the order named (what uses a resource before it). Resources named by their content
+  are found by a list call filtered on our name pattern (``Absent.listed``, e.g.
+  ``name eq "erlmcp-cert-[0-9a-f]{10}"``: the API matches the whole name); a collection is never listed whole,
+  and whatever else is in the project is never touched.
 * **Operations are waited for explicitly.** Writes use the ``*_unary`` calls and the Global/Region Operations
   ``wait`` method until DONE; an operation that ends in error fails the command. (The library's
   ``ExtendedOperation.result()`` polls through a client it builds on Google's default endpoint, which would
@@ -346,14 +347,14 @@ def _shown(name: str, region: str | None) -> str:
 @dataclass(frozen=True)
 class Absent:
     """A resource of ours that must not exist (an optional firewall rule turned off): DELETE if it does. With
-    ``within`` (the kind, name and field of another resource of ours), ``name`` is a pattern: the resources of
-    ``kind`` that field links to whose names match it in full (the certificates named by their content that our
-    HTTPS proxy uses). ``note`` is printed next to the DELETE."""
+    ``listed``, ``name`` is a pattern (RE2, matching the whole name): every resource of ``kind`` whose name
+    matches, in name order, found by a list call filtered by name (the certificates named by their content).
+    ``note`` is printed next to the DELETE."""
 
     kind: Kind
     name: str
     region: str | None = None  # as Resource.region
-    within: tuple[Kind, str, str] | None = None
+    listed: bool = False
     note: str = "no longer in the configuration"
 
 
@@ -456,6 +457,17 @@ class ComputeApi:
                 return None
 
         return _call(f"cannot read {kind.title} {_shown(name, region)}", self.location, read)
+
+    def names(self, kind: Kind, pattern: str, region: str | None = None) -> list[str]:
+        """The names of the resources of ``kind`` that match ``pattern`` in full (the API's ``name eq`` filter:
+        an RE2 regular expression), sorted."""
+        request = {**self._scope(kind, region), "filter": f'name eq "{pattern}"'}
+
+        def listed() -> list[str]:
+            return sorted(item.name for item in self.client(kind.client).list(request=request, timeout=CALL_TIMEOUT))
+
+        found: list[str] = _call(f"cannot list {kind.title}s named {pattern}", self.location, listed)
+        return found
 
     def insert(self, resource: Resource) -> None:
         """Insert the message without its setter fields, then set those it sets."""
@@ -614,21 +626,6 @@ def _fields(change: Change) -> list[str]:
     return _top_level(path for path, _, _ in change.differences)
 
 
-def _absent_names(api: ComputeApi, gone: Absent) -> list[str]:
-    """The name of ``gone``, or with ``within`` those linked from that resource's field that match it."""
-    if gone.within is None:
-        return [gone.name]
-    kind, name, field_name = gone.within
-    holder = api.get(kind, name, gone.region)
-    if holder is None:
-        return []
-    value = getattr(holder, field_name)
-    links = [value] if isinstance(value, str) else list(value)
-    prefix = _link(api, gone.kind, "", gone.region)
-    return [link.removeprefix(prefix) for link in links
-            if link.startswith(prefix) and re.fullmatch(gone.name, link.removeprefix(prefix))]  # fmt: skip
-
-
 def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
     """What :func:`apply` would do to make each resource as desired, in order, then delete those of ``absent``
     that exist; reads only.
@@ -666,12 +663,9 @@ def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent
             new[_link(api, resource.kind, resource.name, resource.region)] = f"{resource.kind.title} {resource.shown}"
         changes.append(change)
     changes[first:first] = reversed(replaced)
-    seen: set[tuple[str, bool, str, str | None]] = set()
     for gone in absent:
-        for name in _absent_names(api, gone):
-            key = (gone.kind.collection, gone.kind.regional, name, gone.region)
-            actual = None if key in seen else api.get(gone.kind, name, gone.region)
-            seen.add(key)
+        for name in api.names(gone.kind, gone.name, gone.region) if gone.listed else [gone.name]:
+            actual = api.get(gone.kind, name, gone.region)
             if actual is not None:
                 changes.append(
                     Change(
