@@ -2,9 +2,9 @@
 ``google-cloud-compute`` clients to call with ``--insecure --endpoint 127.0.0.1:PORT``.
 
 No emulator exists for Compute Engine. This one is generic over the collections the deployer uses: insert
-(POST to the collection), get, patch (JSON merge patch: nested objects merge, lists are replaced), update (PUT)
-and delete; writes answer an Operation that is RUNNING until it is read again or waited for
-(``operations/NAME/wait``). It refuses what Compute Engine refuses, in Google's error format
+(POST to the collection), get, list (filtered by name only), patch (JSON merge patch: nested objects merge, lists
+are replaced), update (PUT) and delete; writes answer an Operation that is RUNNING until it is read again or
+waited for (``operations/NAME/wait``). It refuses what Compute Engine refuses, in Google's error format
 (``{"error": {"code", "message", "errors": [{"reason", ...}]}}``):
 
 * every body must parse as the collection's ``compute_v1`` message with ``ignore_unknown_fields=False``;
@@ -14,26 +14,31 @@ and delete; writes answer an Operation that is RUNNING until it is read again or
 * a patch of a fingerprinted kind (subnetworks, backend services, instance group managers, URL maps, target
   proxies, security policies) must carry the current fingerprint (412 otherwise); instance templates, SSL
   certificates and addresses cannot be patched or updated; a resource another one links to cannot be deleted
-  (400 resourceInUseByAnotherResource);
+  (400 resourceInUseByAnotherResource; an address, while a forwarding rule holds its IP);
 * a few rules per kind (firewall ranges and protocols, subnet range overlaps, Cloud NAT port settings, autoscaler
   bounds, MIG sizes and zones, backend service references, named ports and health checks of the same scope);
 * the global load balancer's frontend: a managed certificate's domains (1-100, fully qualified, no wildcard); a
   URL map with exactly one of defaultService (a global backend service) and defaultUrlRedirect; a target HTTPS
   proxy with 1-15 global certificates; a global forwarding rule with a target proxy, the PREMIUM tier, a port
-  range, the scheme of the backend service behind it, and an IP address and port no other rule holds; a security
+  range (one port is read back as a range: ``443-443``), the scheme of the backend service behind it, and an IP
+  address and ports no other rule holds; a security
   policy whose rule priorities are unique, with its default rule (2147483647, source ``*``: added at insert if
   missing, never removed), whose rate-based rules (throttle, rate_based_ban) have a threshold of a positive count
   over one of the API's intervals, conformAction allow and a deny(STATUS) exceedAction. As the API, a security
   policy's rules change only through addRule, patchRule and removeRule (a patch carrying ``rules`` is refused),
   and a backend service's ``securityPolicy`` is output only (ignored in bodies), set through
-  ``setSecurityPolicy``.
+  ``setSecurityPolicy`` (an empty reference takes it off). A global forwarding rule reads back its IPAddress as
+  the address (the IP, not the link it was created with); its target changes only through ``setTarget`` (to a
+  target proxy that exists and passes the rule's checks), a patch may change only ``networkTier``, and it has no
+  update (PUT).
 
 Left out, among others: a managed certificate's provisioning (it stays PROVISIONING: no DNS here), quotas, Cloud
-Armor's expression language and its rule limits per policy, the forwarding rules' and proxies' own custom methods
-(``setTarget``, ``setSslCertificates``, ``setUrlMap``: the deployer patches proxies and never changes a rule),
-``updateMask`` on any method but patchRule,
-URL maps' host rules and path matchers, regional frontends (regional addresses, proxies, URL maps, proxy-only
-subnets), and which fields the API lets a patch change on each kind.
+Armor's expression language and its rule limits per policy, the proxies' own custom methods (``setSslCertificates``,
+``setUrlMap``: the deployer patches proxies), forwarding rules' ``setLabels``, an address's ``users`` and
+``IN_USE`` status (a delete checks the forwarding rules instead), list filters other than ``name eq "RE2"`` and
+paging (a list is one page), ``updateMask`` on any method but patchRule, URL maps' host rules and path matchers,
+regional frontends (regional addresses, proxies, URL maps, proxy-only subnets), and which fields the API lets a
+patch change on each kind other than a global forwarding rule.
 
 Tests can refuse the next call of a method on a collection (``refuse``), make the next operation end in error
 (``fail_operation``), change a resource as someone else would (``edit``: its fingerprint changes), and count
@@ -360,6 +365,8 @@ class ComputeRest:
             return self._verb(method, scope, collection, key, match["verb"], query, raw)
         if method == "GET" and name:
             return copy.deepcopy(self._existing(key))
+        if method == "GET":
+            return self._list(scope, collection, query)
         if method == "POST" and name is None:
             return self._write("insert", scope, collection, lambda: self._insert(scope, collection, raw, body))
         if method in ("PATCH", "PUT") and name:
@@ -372,9 +379,10 @@ class ComputeRest:
     def _verb(self, method: str, scope: str, collection: str, key: str, verb: str, query: dict[str, list[str]],
               raw: str) -> dict[str, Any]:  # fmt: skip
         """The custom methods the deployer calls: a backend service's setSecurityPolicy, a security policy's
-        addRule, patchRule and removeRule (``?priority=N``)."""
+        addRule, patchRule and removeRule (``?priority=N``), a global forwarding rule's setTarget."""
         verbs: dict[tuple[str, str], Callable[[], str]] = {
             ("backendServices", "setSecurityPolicy"): lambda: self._set_security_policy(key, raw),
+            ("forwardingRules", "setTarget"): lambda: self._set_target(scope, key, raw),
             ("securityPolicies", "addRule"): lambda: self._rule("add", key, query, raw),
             ("securityPolicies", "patchRule"): lambda: self._rule("patch", key, query, raw),
             ("securityPolicies", "removeRule"): lambda: self._rule("remove", key, query, raw),
@@ -401,6 +409,22 @@ class ComputeRest:
         else:
             service.pop("securityPolicy", None)
         service["fingerprint"] = self._fingerprint()
+        return key
+
+    def _set_target(self, scope: str, key: str, raw: str) -> str:
+        """A forwarding rule's new target, which must exist and pass the rule's checks (a target proxy of the
+        scheme of the backend service behind it); the rule is replaced only when it does."""
+        rule = copy.deepcopy(self._existing(key))
+        try:
+            target = compute_v1.TargetReference.from_json(raw or "{}", ignore_unknown_fields=False).target
+        except Exception as exc:
+            raise _invalid(f"Invalid JSON payload received. {exc}") from exc
+        if not target:
+            raise _invalid("Required field 'target' not specified")
+        self._reference(target)
+        rule["target"] = target
+        self._forwarding_rule(scope, rule)
+        self.resources[key] = rule
         return key
 
     def _rule(self, verb: str, key: str, query: dict[str, list[str]], raw: str) -> str:
@@ -440,6 +464,29 @@ class ComputeRest:
             raise _invalid(f"Invalid JSON payload received. {exc}") from exc
         parsed: dict[str, Any] = json.loads(raw)
         return parsed
+
+    def _list(self, scope: str, collection: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A list call, in name order, in one page; ``filter`` may only be ``name eq "RE2"`` (the whole name
+        must match), the one the deployer sends; without one, every resource of the collection."""
+        wanted = ".*"
+        if "filter" in query:
+            match = re.fullmatch(r'name eq "([^"]*)"', query["filter"][0])
+            if match is None:
+                raise _invalid(f'Invalid list filter expression: {query["filter"][0]!r} (this server: name eq "RE")')
+            wanted = match[1]
+        try:
+            pattern = re.compile(wanted)
+        except re.error as exc:
+            raise _invalid(f"Invalid regular expression in filter: {wanted!r}") from exc
+        prefix = f"{scope}/{collection}/"
+        names = sorted(key.removeprefix(prefix) for key in self.resources if key.startswith(prefix))
+        found = [copy.deepcopy(self.resources[prefix + name]) for name in names if pattern.fullmatch(name)]
+        singular = SINGULAR.get(collection, collection[:-1])
+        answer: dict[str, Any] = {"kind": f"compute#{singular}List", "id": f"projects/{self.project}/{prefix}",
+                                  "selfLink": self._link(prefix.rstrip("/"))}  # fmt: skip
+        if found:  # as the API: no items field when none match
+            answer["items"] = found
+        return answer
 
     def _existing(self, key: str) -> dict[str, Any]:
         if key not in self.resources:
@@ -516,6 +563,8 @@ class ComputeRest:
         if collection == "instanceGroupManagers":
             resource["instanceGroup"] = self._link(f"{scope}/instanceGroups/{name}")
             resource["status"] = {"isStable": True}
+        if collection == "forwardingRules" and "-" not in resource["portRange"]:  # read back: one port as a range
+            resource["portRange"] = f"{resource['portRange']}-{resource['portRange']}"
         if collection == "forwardingRules" and resource.get("IPAddress", "").startswith(LINK):  # read back: the IP
             resource["IPAddress"] = self.resources[resource["IPAddress"].removeprefix(self._link(""))]["address"]
         if collection == "addresses":  # an address from TEST-NET-3: never contacted
@@ -535,6 +584,9 @@ class ComputeRest:
             raise _invalid("The name of a resource cannot be changed")
         if collection in FINGERPRINTED and body.get("fingerprint") != current.get("fingerprint"):
             raise ApiError(412, "conditionNotMet", "Supplied fingerprint does not match current resource fingerprint.")
+        if collection == "forwardingRules" and (method == "PUT" or set(body) - {"name", "networkTier", "fingerprint"}):
+            raise _invalid("A global forwarding rule's patch can change only networkTier; its target changes "
+                           "through setTarget, anything else by deleting it and creating it again")  # fmt: skip
         if collection == "securityPolicies" and "rules" in body:
             raise _invalid("The rules of a security policy cannot be changed by patch or update: use addRule, "
                            "patchRule and removeRule")  # fmt: skip
@@ -549,10 +601,16 @@ class ComputeRest:
         return key
 
     def _delete(self, key: str) -> str:
-        self._existing(key)
+        target = self._existing(key)
         link = self._link(key)
         for other, resource in self.resources.items():
-            if other != key and link in _links(resource):
+            used = (
+                key.split("/")[-2] == "addresses"
+                and other.split("/")[-2] == "forwardingRules"
+                and target.get("address") is not None
+                and resource.get("IPAddress") == target["address"]
+            )  # a rule holds the address's IP, not its link
+            if other != key and (used or link in _links(resource)):
                 raise ApiError(400, "resourceInUseByAnotherResource",
                                f"The resource '{key}' is already being used by '{other}'")  # fmt: skip
         del self.resources[key]
@@ -667,11 +725,11 @@ class ComputeRest:
         if rule.get("IPProtocol", "TCP") != "TCP":
             raise _invalid("A target proxy's forwarding rule is TCP")
         self._same_scheme(scheme, target)
-        address = self._ip(rule.get("IPAddress", ""))
+        address, ports = self._ip(rule.get("IPAddress", "")), _ports(rule["portRange"])
         for key, other in self.resources.items():  # one IP address and port: one rule
             if (key.startswith(f"{scope}/forwardingRules/") and other["name"] != rule["name"] and address
                     and self._ip(other.get("IPAddress", "")) == address
-                    and other.get("portRange") == rule["portRange"]):  # fmt: skip
+                    and _overlap(ports, _ports(other.get("portRange", "")))):  # fmt: skip
                 raise ApiError(409, "conflict", f"IP {address} and port {rule['portRange']} are used by {key}")
 
     def _ip(self, value: str) -> str:
@@ -688,6 +746,16 @@ class ComputeRest:
         if service is not None and service.get("loadBalancingScheme") != scheme:
             raise _invalid(f"The forwarding rule's loadBalancingScheme {scheme} differs from its backend service's "
                            f"{service.get('loadBalancingScheme')}")  # fmt: skip
+
+
+def _ports(ports: str) -> tuple[int, int]:
+    """A port range ("443", "8000-8080") as its first and last port ((0, -1) if it is none)."""
+    low, _, high = ports.partition("-")
+    return (int(low), int(high or low)) if low.isdigit() and (high or low).isdigit() else (0, -1)
+
+
+def _overlap(first: tuple[int, int], second: tuple[int, int]) -> bool:
+    return max(first[0], second[0]) <= min(first[1], second[1])
 
 
 def _address(address: dict[str, Any]) -> None:

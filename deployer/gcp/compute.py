@@ -40,9 +40,19 @@ What it makes, in this order (each refers only to what comes before it):
   domains resolve to the address), the URL map ``erlmcp-url-map`` (every request to the backend service), the
   target HTTPS proxy ``erlmcp-https-proxy`` and the forwarding rule ``erlmcp-https`` on port 443; then port 80:
   the URL map ``erlmcp-http-redirect`` (a 301 to https for every request), the target HTTP proxy
-  ``erlmcp-http-proxy`` and the forwarding rule ``erlmcp-http``. The address and the forwarding rules cannot be
-  patched: they are found by name and never compared. Turning the frontend off deletes none of it (the address
-  is what DNS points at): delete it with ``gcloud`` when unwanted.
+  ``erlmcp-http-proxy`` and the forwarding rule ``erlmcp-http``. Drift: a forwarding rule pointed at another
+  target is an UPDATE (``setTarget``); one on another IP address, protocol, port range or scheme, and an address
+  of another type, IP version or tier, are replaced (DELETE, then CREATE, the plan line naming the field: no
+  method changes them), an address replaced with the rules on it (a new IP: point DNS at it again); a rule still
+  on the IP of an address reserved again is replaced too. Descriptions are not compared.
+
+Turning the frontend off (``compute.frontend.enabled: false`` with EXTERNAL_MANAGED) deletes what it made, by
+name, each after what uses it: the forwarding rules, the proxies, the certificates (every one named
+``erlmcp-cert-<hash>``, those of earlier domain lists too: listed with that name filter), the URL maps, the
+security policy (the backend service's plan line first takes it off, if it is the one set there), the address
+last; the address's IP is released, so DNS must point elsewhere. A security policy someone else put on the
+backend service, and anything not named as we name it, is left alone. Left in place: all of it when the scheme
+is INTERNAL_MANAGED (the global load balancer is then no longer read).
 
 The startup script is ``startup.sh`` next to this module, with the settings (project, image, ports, the secrets)
 written in as shell-quoted assignments. It runs the server container with the same hardening as the chart (read-only
@@ -117,13 +127,24 @@ SECURITY_POLICY_SETTER = Setter(
     "security_policy",
     "set_security_policy_unary",
     "security_policy_reference_resource",
-    lambda link: compute_v1.SecurityPolicyReference(security_policy=link),
+    lambda link: (
+        compute_v1.SecurityPolicyReference(security_policy=link) if link else compute_v1.SecurityPolicyReference()
+    ),
 )
+TARGET_SETTER = Setter(
+    "target",
+    "set_target_unary",
+    "target_reference_resource",
+    lambda link: compute_v1.TargetReference(target=link),
+    in_insert=True,
+)
+CERTIFICATE_HASH = "-[0-9a-f]{10}"  # after the certificate's base name: the hash of its content (immutable)
 _IMAGE = re.compile(
     r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(@sha256:[0-9a-f]{64})?"
 )
 _TYPE = re.compile(r"[a-z][a-z0-9-]*")
+_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # a Compute Engine name (compute_api.check_name)
 
 
 def names(config: GcpConfig) -> dict[str, str]:
@@ -444,9 +465,13 @@ def _backend_service(config: GcpConfig, where: Location) -> Resource:
         health_checks=[where.link(_health_kind(config), n["health"])],
         backends=backends,
     )
-    if not c.frontend.enabled:
+    policy = where.link(SECURITY_POLICY, n["policy"])
+    if not _global(config):
         return Resource(_backend_kind(config), service)
-    service.security_policy = where.link(SECURITY_POLICY, n["policy"])
+    if not c.frontend.enabled:  # our policy, if still set, is taken off (before the policy is deleted)
+        unwanted = (("security_policy", policy),)
+        return Resource(_backend_kind(config), service, setters=(SECURITY_POLICY_SETTER,), unwanted=unwanted)
+    service.security_policy = policy
     return Resource(_backend_kind(config), service, setters=(SECURITY_POLICY_SETTER,))
 
 
@@ -496,16 +521,7 @@ def _https_frontend(config: GcpConfig, where: Location) -> list[Resource]:
         ip_version="IPV4",
         network_tier="PREMIUM",
     )
-    certificate = immutable(
-        SSL_CERTIFICATE,
-        n["certificate"],
-        compute_v1.SslCertificate(
-            description="erlmcp: Google-managed certificate",
-            type_="MANAGED",
-            managed=compute_v1.SslCertificateManagedSslCertificate(domains=sorted(config.compute.frontend.domains)),
-        ),
-        note="new domains: a new certificate; Google provisions it once the domains resolve to the address",
-    )
+    certificate = _certificate(config)
     url_map = compute_v1.UrlMap(
         name=n["url_map"],
         description="erlmcp: every request to the backend service",
@@ -517,19 +533,35 @@ def _https_frontend(config: GcpConfig, where: Location) -> list[Resource]:
         url_map=where.link(URL_MAP, n["url_map"]),
         ssl_certificates=[where.link(SSL_CERTIFICATE, certificate.name)],
     )
+    dns = "a new IP address: point the domains' DNS A records at it"
     return [
-        Resource(GLOBAL_ADDRESS, address),
+        Resource(GLOBAL_ADDRESS, address, frozenset({"description"}), note=dns),
         certificate,
         Resource(URL_MAP, url_map),
         Resource(TARGET_HTTPS_PROXY, proxy),
-        Resource(GLOBAL_FORWARDING_RULE, _forwarding_rule(config, where, "https_rule", TARGET_HTTPS_PROXY, 443)),
+        _forwarding_rule(config, where, "https_rule", TARGET_HTTPS_PROXY, 443),
     ]
 
 
-def _forwarding_rule(config: GcpConfig, where: Location, key: str, target: Kind, port: int) -> Any:
+def _certificate(config: GcpConfig) -> Resource:
+    return immutable(
+        SSL_CERTIFICATE,
+        names(config)["certificate"],
+        compute_v1.SslCertificate(
+            description="erlmcp: Google-managed certificate",
+            type_="MANAGED",
+            managed=compute_v1.SslCertificateManagedSslCertificate(domains=sorted(config.compute.frontend.domains)),
+        ),
+        note="new domains: a new certificate; Google provisions it once the domains resolve to the address",
+    )
+
+
+def _forwarding_rule(config: GcpConfig, where: Location, key: str, target: Kind, port: int) -> Resource:
+    """A rule of the address's port: its description is not compared (no method changes it), its target is
+    changed through setTarget, its address, protocol, ports and scheme by a replacement (see compute_api)."""
     n = names(config)
     proxy = n["https_proxy"] if target is TARGET_HTTPS_PROXY else n["http_proxy"]
-    return compute_v1.ForwardingRule(
+    rule = compute_v1.ForwardingRule(
         name=n[key],
         description=f"erlmcp: port {port} of the load balancer's address",
         I_p_address=where.link(GLOBAL_ADDRESS, n["address"]),
@@ -539,6 +571,7 @@ def _forwarding_rule(config: GcpConfig, where: Location, key: str, target: Kind,
         load_balancing_scheme="EXTERNAL_MANAGED",
         network_tier="PREMIUM",
     )
+    return Resource(GLOBAL_FORWARDING_RULE, rule, frozenset({"description"}), setters=(TARGET_SETTER,))
 
 
 def _http_redirect(config: GcpConfig, where: Location) -> list[Resource]:
@@ -557,7 +590,7 @@ def _http_redirect(config: GcpConfig, where: Location) -> list[Resource]:
     return [
         Resource(URL_MAP, redirect),
         Resource(TARGET_HTTP_PROXY, proxy),
-        Resource(GLOBAL_FORWARDING_RULE, _forwarding_rule(config, where, "http_rule", TARGET_HTTP_PROXY, 80)),
+        _forwarding_rule(config, where, "http_rule", TARGET_HTTP_PROXY, 80),
     ]
 
 
@@ -589,11 +622,35 @@ def desired(config: GcpConfig) -> list[Resource]:
 
 def absent(config: GcpConfig) -> list[Absent]:
     """With the global backend service, the regional backend service and health check that earlier versions made
-    for EXTERNAL_MANAGED (deleted after the group has moved to the global check)."""
+    for EXTERNAL_MANAGED (deleted after the group has moved to the global check); and with the frontend off, the
+    frontend's resources (:func:`_frontend_absent`)."""
     if not _global(config):
         return []
     n = names(config)
-    return [Absent(BACKEND_SERVICE, n["backend"]), Absent(HEALTH_CHECK, n["health"])]
+    earlier = [Absent(BACKEND_SERVICE, n["backend"]), Absent(HEALTH_CHECK, n["health"])]
+    return earlier if config.compute.frontend.enabled else [*earlier, *_frontend_absent(config)]
+
+
+def _frontend_absent(config: GcpConfig) -> list[Absent]:
+    """The frontend's resources by their names, each after what uses it: the forwarding rules, the proxies, every
+    certificate named as ours (``<name>-cert-<10 hex digits>``: listed by that pattern, the current one and those
+    of earlier domain lists), the URL maps, the security policy (the backend service's plan line, earlier, takes
+    it off), the address last. Names made from a ``name`` too long for the frontend were never made, and are not
+    read."""
+    n = names(config)
+    if any(not _NAME.fullmatch(name + "-0123456789") for key, name in n.items() if key in FRONTEND_KEYS):
+        return []
+    return [
+        Absent(GLOBAL_FORWARDING_RULE, n["http_rule"]),
+        Absent(GLOBAL_FORWARDING_RULE, n["https_rule"]),
+        Absent(TARGET_HTTP_PROXY, n["http_proxy"]),
+        Absent(TARGET_HTTPS_PROXY, n["https_proxy"]),
+        Absent(SSL_CERTIFICATE, n["certificate"] + CERTIFICATE_HASH, listed=True),  # a name: no RE2 metacharacter
+        Absent(URL_MAP, n["redirect"]),
+        Absent(URL_MAP, n["url_map"]),
+        Absent(SECURITY_POLICY, n["policy"]),
+        Absent(GLOBAL_ADDRESS, n["address"], note="no longer in the configuration: its IP address is released"),
+    ]
 
 
 def _requirements(config: GcpConfig) -> list[Requirement]:

@@ -18,17 +18,32 @@ Decisions:
 * **Immutable kinds are named by their content.** An instance template (or a managed SSL certificate) cannot be
   changed, so :func:`immutable` names it ``<base>-<first 10 hex digits of the SHA-256 of its content>``: a changed
   template is a new name, a CREATE, and whatever points at it (the managed instance group; the HTTPS proxy) shows
-  an UPDATE to the new link. An existing template of that name is NO CHANGE by construction. Other kinds that
-  cannot be patched but keep their name (a global address, a global forwarding rule) are found by name and never
-  compared. Old templates are left in place (a rollback is an apply of
-  the old configuration, which finds its template still there); delete them with ``gcloud`` when unwanted.
+  an UPDATE to the new link. An existing template of that name is NO CHANGE by construction. Old templates are
+  left in place (a rollback is an apply of the old configuration, which finds its template still there); delete
+  them with ``gcloud`` when unwanted.
+* **Fields no method changes are a replacement.** A kind that keeps its name but has fields the API cannot
+  change in place (:attr:`Kind.replaced_on`: a global address's type, IP version and tier; a global forwarding rule's IP
+  address, protocol, ports and scheme) is compared like any other; a difference there plans a DELETE (its note
+  names the fields: ``replaced: port_range cannot be changed in place``) and a CREATE of the same name. The
+  DELETEs come together before the first of those CREATEs, in the reverse order (what uses a resource first). A
+  forwarding rule's IPAddress is written as the address's link and read back as its IP
+  (:attr:`Kind.resolved`): it is compared with the address's IP, and a rule on an address made anew is
+  replaced with it. A field the API answers in a canonical form (a port ``443`` as ``443-443``) is compared in
+  that form (:attr:`Kind.canonical`). Fields nothing can change and that are no reason to replace (a
+  description) are left out of the comparison with ``create_only``.
 * **Fields and lists with methods of their own.** A backend service's ``securityPolicy`` is output only: a
   :class:`Setter` leaves it out of insert and PATCH bodies and writes it with ``setSecurityPolicy``; it is still
-  compared, so a policy taken off is drift. A security policy's ``rules`` cannot be patched (:attr:`Kind.by_rule`):
+  compared, so a policy taken off is drift; ``Resource.unwanted`` names a value that must not be there (our
+  policy, once the frontend is off), cleared by the same method (an empty reference). A forwarding rule's
+  ``target`` is sent on insert and changed with ``setTarget`` (``Setter.in_insert``). A security policy's
+  ``rules`` cannot be patched (:attr:`Kind.by_rule`):
   they are compared as a whole and made right rule by rule, by priority (removeRule, addRule, patchRule).
-* **DELETE only by name, only what was ours.** Nothing is listed: a platform names the resources of its own that
-  must not exist (an optional firewall rule turned off, :class:`Absent`), and those are deleted if they exist.
-  Whatever else is in the project is never read or touched.
+* **DELETE only by name, only what was ours.** A platform names the resources of its own that must not exist
+  (an optional firewall rule turned off, the load balancer's frontend turned off: :class:`Absent`), and those are
+  deleted if they exist, in the order named (what uses a resource before it). Resources named by their content
+  are found by a list call filtered on our name pattern (``Absent.listed``, e.g.
+  ``name eq "erlmcp-cert-[0-9a-f]{10}"``: the API matches the whole name); a collection is never listed whole,
+  and whatever else is in the project is never touched.
 * **Operations are waited for explicitly.** Writes use the ``*_unary`` calls and the Global/Region Operations
   ``wait`` method until DONE; an operation that ends in error fails the command. (The library's
   ``ExtendedOperation.result()`` polls through a client it builds on Google's default endpoint, which would
@@ -134,6 +149,14 @@ class Kind:
     regional: bool
     immutable: bool = False
     by_rule: bool = False  # its ``rules`` change only through addRule, patchRule and removeRule (by priority)
+    replaced_on: frozenset[str] = frozenset()  # fields no method changes in place: a difference is a replacement
+    # Fields written as a link but read back as a field of the linked resource (a forwarding rule's IPAddress:
+    # the address's ``address``), as (field, field of the linked resource).
+    resolved: tuple[tuple[str, str], ...] = ()
+    # Fields the API answers in a canonical form of what was sent (a forwarding rule's port 443 as "443-443"), or
+    # may leave out at their default (None: an address's tier, PREMIUM): where the desired message sets the
+    # field, both sides are compared in that form.
+    canonical: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
 
 NETWORK = Kind("network", compute_v1.NetworksClient, compute_v1.Network, "networks", "network", False)
@@ -187,11 +210,23 @@ GLOBAL_BACKEND_SERVICE = Kind(
     "backend_service",
     False,
 )
-# The global external Application Load Balancer's frontend. An address, a certificate and a forwarding rule
-# cannot be patched (their API has no such method, or only for other fields): they are found by name, never
-# compared; the certificate is named by its content (a new domain list is a new certificate).
+# The global external Application Load Balancer's frontend. A certificate cannot be changed: it is named by its
+# content (a new domain list is a new certificate). A global address has no method that changes it: any compared
+# field that differs replaces it. A global forwarding rule changes its target through setTarget (a Setter) and
+# its network tier through patch; its address, protocol, ports and scheme only by a replacement.
 GLOBAL_ADDRESS = Kind(
-    "global address", compute_v1.GlobalAddressesClient, compute_v1.Address, "addresses", "address", False, True
+    "global address",
+    compute_v1.GlobalAddressesClient,
+    compute_v1.Address,
+    "addresses",
+    "address",
+    False,
+    replaced_on=frozenset({"address_type", "ip_version", "network_tier"}),
+    canonical=(
+        ("address_type", lambda value: value or "EXTERNAL"),
+        ("ip_version", lambda value: value or "IPV4"),
+        ("network_tier", lambda value: value or "PREMIUM"),
+    ),
 )
 SSL_CERTIFICATE = Kind(
     "SSL certificate",
@@ -235,7 +270,13 @@ GLOBAL_FORWARDING_RULE = Kind(
     "forwardingRules",
     "forwarding_rule",
     False,
-    True,
+    replaced_on=frozenset({"I_p_address", "I_p_protocol", "port_range", "load_balancing_scheme"}),
+    resolved=(("I_p_address", "address"),),
+    canonical=(
+        ("port_range", lambda ports: ports if ports is None or "-" in ports else f"{ports}-{ports}"),
+        ("I_p_protocol", lambda value: value or "TCP"),
+        ("network_tier", lambda value: value or "PREMIUM"),
+    ),
 )
 
 
@@ -261,20 +302,25 @@ class Location:
 @dataclass(frozen=True)
 class Setter:
     """A field the API sets only through a method of its own (a backend service's output-only
-    ``security_policy``: ``setSecurityPolicy``): left out of insert and patch bodies and set after them by the
-    client's ``method`` (a ``*_unary`` call), whose body field ``body`` is ``wrap(value)``."""
+    ``security_policy``: ``setSecurityPolicy``; a forwarding rule's ``target``: ``setTarget``): left out of patch
+    bodies and set by the client's ``method`` (a ``*_unary`` call), whose body field ``body`` is ``wrap(value)``
+    (``wrap("")``: to unset it). It is left out of insert bodies and set after the insert too, unless
+    ``in_insert`` (the insert takes it, as a forwarding rule's target)."""
 
     field: str
     method: str
     body: str
     wrap: Callable[[Any], Any]
+    in_insert: bool = False
 
 
 @dataclass(frozen=True)
 class Resource:
     """One resource as it should be: the message (with its name); ``create_only`` fields are sent on insert and
     never compared; ``setters`` fields are compared but written by their own methods; ``note`` is printed next to
-    a CREATE or UPDATE."""
+    a CREATE or UPDATE. ``unwanted``: (field, value) pairs of setter fields the message leaves unset whose value,
+    if the actual one holds it, is drift that the setter clears (a backend service's link to our security policy
+    once the frontend is off); any other value there is someone else's and left alone."""
 
     kind: Kind
     message: Any
@@ -282,6 +328,7 @@ class Resource:
     note: str = ""
     setters: tuple[Setter, ...] = ()
     region: str | None = None  # a regional resource of another region than the API's (a standby region's)
+    unwanted: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -299,11 +346,16 @@ def _shown(name: str, region: str | None) -> str:
 
 @dataclass(frozen=True)
 class Absent:
-    """A resource of ours that must not exist (an optional firewall rule turned off): DELETE if it does."""
+    """A resource of ours that must not exist (an optional firewall rule turned off): DELETE if it does. With
+    ``listed``, ``name`` is a pattern (RE2, matching the whole name): every resource of ``kind`` whose name
+    matches, in name order, found by a list call filtered by name (the certificates named by their content).
+    ``note`` is printed next to the DELETE."""
 
     kind: Kind
     name: str
     region: str | None = None  # as Resource.region
+    listed: bool = False
+    note: str = "no longer in the configuration"
 
 
 @dataclass(frozen=True)
@@ -406,18 +458,30 @@ class ComputeApi:
 
         return _call(f"cannot read {kind.title} {_shown(name, region)}", self.location, read)
 
+    def names(self, kind: Kind, pattern: str, region: str | None = None) -> list[str]:
+        """The names of the resources of ``kind`` that match ``pattern`` in full (the API's ``name eq`` filter:
+        an RE2 regular expression), sorted."""
+        request = {**self._scope(kind, region), "filter": f'name eq "{pattern}"'}
+
+        def listed() -> list[str]:
+            return sorted(item.name for item in self.client(kind.client).list(request=request, timeout=CALL_TIMEOUT))
+
+        found: list[str] = _call(f"cannot list {kind.title}s named {pattern}", self.location, listed)
+        return found
+
     def insert(self, resource: Resource) -> None:
         """Insert the message without its setter fields, then set those it sets."""
         kind, what = resource.kind, f"cannot create {resource.kind.title} {resource.shown}"
         body = type(resource.message)(resource.message)
-        for setter in resource.setters:
+        later = [setter for setter in resource.setters if not setter.in_insert]
+        for setter in later:
             delattr(body, setter.field)
         request = {**self._scope(kind, resource.region), f"{kind.field}_resource": body}
         operation = _call(
             what, self.location, lambda: self.client(kind.client).insert_unary(request=request, timeout=CALL_TIMEOUT)
         )
         self._wait(kind, operation, what, resource.region)
-        for setter in resource.setters:
+        for setter in later:
             if getattr(resource.message, setter.field):
                 self.set(resource, setter)
 
@@ -510,13 +574,22 @@ def _call(what: str, location: Location, call: Callable[[], Any]) -> Any:
         ) from exc
 
 
-def _compare(resource: Resource, actual: Any | None) -> Change:
+def _compare(resource: Resource, actual: Any | None, resolved: dict[str, Any] | None = None) -> Change:
+    """CREATE, NO CHANGE or UPDATE with the differing fields; ``resolved``: values to compare instead of the
+    desired ones (a link read back as the linked resource's field)."""
     kind = resource.kind
     if actual is None:
         return Change(CREATE, kind.title, resource.shown, desired=resource, note=resource.note)
     if kind.immutable:  # named by its content: the same name is the same content
         return Change(NO_CHANGE, kind.title, resource.shown, desired=resource, actual=actual)
-    found = differences(view(resource.message, resource.create_only), view(actual))
+    desired, found_view = view(resource.message, resource.create_only), view(actual)
+    desired.update(resolved or {})
+    for name, form in kind.canonical:
+        if name in desired:
+            desired[name], found_view[name] = form(desired[name]), form(found_view.get(name))
+    found = differences(desired, found_view)
+    found += [(name, value, None) for name, value in resource.unwanted
+              if name not in desired and found_view.get(name) == value]  # fmt: skip
     return Change(
         UPDATE if found else NO_CHANGE,
         kind.title,
@@ -528,23 +601,82 @@ def _compare(resource: Resource, actual: Any | None) -> Change:
     )
 
 
+def _link(api: ComputeApi, kind: Kind, name: str, region: str | None) -> str:
+    return Location(api.location.project, region or api.location.region).link(kind, name)
+
+
+def _resolved(
+    resource: Resource, planned: dict[str, tuple[Resource, Any]], new: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values a :attr:`Kind.resolved` field reads back as (the linked resource's field, when it exists and
+    stays), and why the resource must be replaced for a linked one that is new (created or replaced), by field."""
+    values: dict[str, Any] = {}
+    why: dict[str, str] = {}
+    for name, source in resource.kind.resolved:
+        link = getattr(resource.message, name)
+        if link in new:
+            values[name] = f"(the {new[link]}'s, once made)"
+            why[name] = f"its {new[link]} is made anew ({name} cannot be changed in place)"
+        elif link in planned and planned[link][1] is not None:
+            values[name] = getattr(planned[link][1], source)
+    return values, why
+
+
+def _fields(change: Change) -> list[str]:
+    return _top_level(path for path, _, _ in change.differences)
+
+
 def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
     """What :func:`apply` would do to make each resource as desired, in order, then delete those of ``absent``
-    that exist; reads only."""
-    changes = [_compare(resource, api.get(resource.kind, resource.name, resource.region)) for resource in resources]
-    for gone in absent:
-        actual = api.get(gone.kind, gone.name, gone.region)
-        if actual is not None:
-            changes.append(
+    that exist; reads only.
+
+    A resource whose :attr:`Kind.replaced_on` fields differ, or that links through a :attr:`Kind.resolved` field to
+    one made anew, is replaced: a DELETE, then a CREATE in its place. The DELETEs of the replaced resources come
+    together, in the reverse order, before the first of their CREATEs (what uses a resource goes first)."""
+    actuals = [api.get(resource.kind, resource.name, resource.region) for resource in resources]
+    planned = {_link(api, r.kind, r.name, r.region): (r, a) for r, a in zip(resources, actuals, strict=True)}
+    new: dict[str, str] = {}  # links of the resources this plan creates or replaces: their title and name
+    changes: list[Change] = []
+    replaced: list[Change] = []
+    first = 0
+    for resource, actual in zip(resources, actuals, strict=True):
+        values, anew = _resolved(resource, planned, new)
+        change = _compare(resource, actual, values)
+        fixed = [name for name in _fields(change) if name in resource.kind.replaced_on and name not in anew]
+        why = [*anew.values(), *([f"{', '.join(fixed)} cannot be changed in place"] if fixed else [])]
+        if change.action == UPDATE and why:
+            first = first if replaced else len(changes)
+            replaced.append(
                 Change(
                     DELETE,
-                    gone.kind.title,
-                    _shown(gone.name, gone.region),
-                    desired=gone,
-                    actual=actual,
-                    note="no longer in the configuration",
+                    change.kind,
+                    change.name,
+                    change.differences,
+                    resource,
+                    actual,
+                    "replaced: " + "; ".join(why),
                 )
             )
+            again = ["made again (replaced)", *([resource.note] if resource.note else [])]
+            change = Change(CREATE, change.kind, change.name, desired=resource, note="; ".join(again))
+        if change.action == CREATE:
+            new[_link(api, resource.kind, resource.name, resource.region)] = f"{resource.kind.title} {resource.shown}"
+        changes.append(change)
+    changes[first:first] = reversed(replaced)
+    for gone in absent:
+        for name in api.names(gone.kind, gone.name, gone.region) if gone.listed else [gone.name]:
+            actual = api.get(gone.kind, name, gone.region)
+            if actual is not None:
+                changes.append(
+                    Change(
+                        DELETE,
+                        gone.kind.title,
+                        _shown(name, gone.region),
+                        desired=Absent(gone.kind, name, gone.region),
+                        actual=actual,
+                        note=gone.note,
+                    )
+                )
     return changes
 
 

@@ -29,6 +29,7 @@ from deployer.gcp import compute, network
 from deployer.gcp.compute_api import (
     AUTOSCALER,
     BACKEND_SERVICE,
+    GLOBAL_ADDRESS,
     GLOBAL_BACKEND_SERVICE,
     GLOBAL_FORWARDING_RULE,
     GLOBAL_HEALTH_CHECK,
@@ -769,7 +770,7 @@ def test_a_bad_frontend_configuration_exits_2_naming_the_key_and_calls_nothing(
 # -- the stand-in refuses what Compute Engine refuses (through the real clients) -----------------------------------
 
 
-def refused(server: ComputeRest, call: Callable[[ComputeApi], None]) -> str:
+def refused(server: ComputeRest, call: Callable[[ComputeApi], object]) -> str:
     api = ComputeApi.connect(Location(PROJECT, REGION), server.endpoint, insecure=True)
     try:
         with pytest.raises(CloudError) as caught:
@@ -910,3 +911,274 @@ def test_a_standby_region_needs_the_global_load_balancer(api: ComputeRest, capsy
     assert (code, out) == (2, "")
     assert "standby: a second region's group sits behind the global load balancer" in err
     assert api.calls == []
+
+
+# -- the frontend turned off, and drift of its address and forwarding rules ----------------------------------------
+
+FRONTEND_DELETES = [
+    ("global forwarding rule", "erlmcp-http"),
+    ("global forwarding rule", "erlmcp-https"),
+    ("target HTTP proxy", "erlmcp-http-proxy"),
+    ("target HTTPS proxy", "erlmcp-https-proxy"),
+    ("SSL certificate", None),
+    ("URL map", "erlmcp-http-redirect"),
+    ("URL map", "erlmcp-url-map"),
+    ("security policy", ARMOR),
+    ("global address", "erlmcp-ip"),
+]  # fmt: skip  (None: each certificate of ours, in name order)
+
+
+def deletes(certificates: list[str], start: int = 0) -> list[tuple[str, str, str]]:
+    """FRONTEND_DELETES from ``start``, with the certificates in the place of None."""
+    return [
+        ("DELETE", kind, found)
+        for kind, name in FRONTEND_DELETES[start:]
+        for found in ([name] if name else certificates)
+    ]
+
+
+FRONTEND_COLLECTIONS = ("forwardingRules", "targetHttpProxies", "targetHttpsProxies", "sslCertificates", "urlMaps",
+                        "securityPolicies", "addresses")  # fmt: skip
+
+
+def strangers(server: ComputeRest) -> None:
+    """An address and a certificate someone else made in the project."""
+    api = ComputeApi.connect(Location(PROJECT, REGION), server.endpoint, insecure=True)
+    try:
+        api.insert(Resource(GLOBAL_ADDRESS, compute_v1.Address(name="other-ip")))
+        api.insert(Resource(SSL_CERTIFICATE, compute_v1.SslCertificate(
+            name="erlmcp-cert-0123456789ab", type_="MANAGED",
+            managed=compute_v1.SslCertificateManagedSslCertificate(domains=["other.example.com"]))))  # fmt: skip
+    finally:
+        api.close()
+
+
+def not_unchanged(out: str) -> list[tuple[str, str, str]]:
+    return [(c["action"], c["kind"], c["name"]) for c in json.loads(out)["changes"] if c["action"] != "NO CHANGE"]
+
+
+def test_turning_the_frontend_off_deletes_what_it_made_in_dependency_order_and_again_writes_nothing(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    (old,) = vpc.names("sslCertificates")  # left in place when the domains changed, as templates are
+    more = write_config(tmp_path, FRONTEND_YAML.replace(f"[{DOMAIN}]", f"[{DOMAIN}, api.example.com]"))
+    assert cli(vpc, capsys, "gce", "apply", config_file=more)[0] == 0
+    (certificate,) = set(vpc.names("sslCertificates")) - {old}
+    strangers(vpc)
+    off = write_config(tmp_path, "compute:\n  frontend:\n    enabled: false\n")
+    writes = len(vpc.writes)
+    code, out, err = cli(vpc, capsys, "gce", "plan", "--json", config_file=off)
+    assert code == 0, err
+    assert len(vpc.writes) == writes
+    assert not_unchanged(out) == [("UPDATE", "backend service", "erlmcp-backend"), *deletes(sorted([old, certificate]))]
+    backend = json.loads(out)["changes"][4]
+    assert backend["differences"] == [
+        {"field": "security_policy", "actual": link(f"global/securityPolicies/{ARMOR}"), "desired": None}
+    ]
+    assert json.loads(out)["changes"][-1]["note"] == "no longer in the configuration: its IP address is released"
+    code, out, err = cli(vpc, capsys, "gce", "apply", config_file=off)
+    assert code == 0, err
+    assert "applied: 0 created, 1 updated, 10 deleted, 4 unchanged" in out
+    calls = [(w.method, w.path.split("/compute/v1/projects/demo-project/global/")[1]) for w in vpc.writes[writes:]]
+    assert calls == [("POST", "backendServices/erlmcp-backend/setSecurityPolicy"),
+                     ("DELETE", "forwardingRules/erlmcp-http"), ("DELETE", "forwardingRules/erlmcp-https"),
+                     ("DELETE", "targetHttpProxies/erlmcp-http-proxy"),
+                     ("DELETE", "targetHttpsProxies/erlmcp-https-proxy"),
+                     *[("DELETE", f"sslCertificates/{name}") for name in sorted([old, certificate])],
+                     ("DELETE", "urlMaps/erlmcp-http-redirect"), ("DELETE", "urlMaps/erlmcp-url-map"),
+                     ("DELETE", f"securityPolicies/{ARMOR}"), ("DELETE", "addresses/erlmcp-ip")]  # fmt: skip
+    assert "securityPolicy" not in vpc.get("backendServices", "erlmcp-backend")
+    left = {collection: vpc.names(collection) for collection in FRONTEND_COLLECTIONS}
+    theirs = {"addresses": ["other-ip"], "sslCertificates": ["erlmcp-cert-0123456789ab"]}
+    assert left == dict.fromkeys(FRONTEND_COLLECTIONS, []) | theirs
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", "--json", config_file=off)
+    assert code == 0
+    assert json.loads(out)["summary"] == {"CREATE": 0, "UPDATE": 0, "DELETE": 0, "NO CHANGE": 5}
+    assert len(vpc.writes) == writes
+    code, out, _ = cli(vpc, capsys, "gce", "render", "--json", config_file=off)
+    assert code == 0
+    assert [r["kind"] for r in json.loads(out)["resources"]] == ["health check", "instance template",
+                                                                 "instance group manager", "autoscaler",
+                                                                 "backend service"]  # fmt: skip
+    assert "securityPolicy" not in json.loads(out)["resources"][-1]["body"]
+
+
+def test_a_turn_off_interrupted_after_the_https_proxy_is_finished_by_the_next_apply_without_the_domains(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    (certificate,) = vpc.names("sslCertificates")
+    off = write_config(tmp_path, "compute:\n  frontend:\n    enabled: false\n")
+    vpc.refuse("DELETE", "sslCertificates", 503, "backend error")
+    code, _, err = cli(vpc, capsys, "gce", "apply", config_file=off)
+    assert code == 1
+    assert f"cannot delete SSL certificate {certificate}" in err
+    assert vpc.names("targetHttpsProxies") == []  # nothing links to the certificate any more
+    code, out, err = cli(vpc, capsys, "gce", "apply", "--json", config_file=off)
+    assert code == 0, err
+    assert not_unchanged(out) == deletes([certificate], 4)
+    assert {collection: vpc.names(collection) for collection in FRONTEND_COLLECTIONS} == dict.fromkeys(
+        FRONTEND_COLLECTIONS, []
+    )
+
+
+def test_turning_the_frontend_off_leaves_a_security_policy_someone_else_put_on_the_backend_service(
+    vpc: ComputeRest, capsys: Any
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply")[0] == 0
+    api = ComputeApi.connect(Location(PROJECT, REGION), vpc.endpoint, insecure=True)
+    try:
+        api.insert(Resource(SECURITY_POLICY, compute_v1.SecurityPolicy(name="theirs")))
+    finally:
+        api.close()
+    theirs = link("global/securityPolicies/theirs")
+    vpc.edit("backendServices", "erlmcp-backend", lambda b: b.update(securityPolicy=theirs))
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply")
+    assert code == 0
+    assert "5 unchanged" in out
+    assert len(vpc.writes) == writes
+    assert vpc.get("backendServices", "erlmcp-backend")["securityPolicy"] == theirs
+    assert vpc.names("securityPolicies") == ["theirs"]
+
+
+def test_a_forwarding_rule_pointed_at_another_proxy_is_an_update_and_apply_sets_its_target_back(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    other = link("global/targetHttpProxies/erlmcp-http-proxy")
+    vpc.edit("forwardingRules", "erlmcp-https", lambda r: r.update(target=other))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=path)
+    assert code == 0
+    (change,) = [c for c in json.loads(out)["changes"] if c["action"] != "NO CHANGE"]
+    assert (change["action"], change["kind"], change["name"]) == ("UPDATE", "global forwarding rule", "erlmcp-https")
+    assert change["differences"] == [
+        {"field": "target", "actual": other, "desired": link("global/targetHttpsProxies/erlmcp-https-proxy")}
+    ]
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0
+    assert "1 updated" in out
+    (call,) = vpc.writes[writes:]
+    assert (call.method, call.path.rsplit("/", 2)[1:]) == ("POST", ["erlmcp-https", "setTarget"])
+    assert vpc.get("forwardingRules", "erlmcp-https")["target"] == link("global/targetHttpsProxies/erlmcp-https-proxy")
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+@pytest.mark.parametrize(("edit", "field"), [({"portRange": "8443"}, "port_range"),
+                                             ({"IPAddress": "198.51.100.7"}, "I_p_address")])  # fmt: skip
+def test_a_forwarding_rule_on_another_port_or_ip_is_replaced_deleted_then_created(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path, edit: dict[str, str], field: str
+) -> None:
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    vpc.edit("forwardingRules", "erlmcp-https", lambda r: r.update(edit))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=path)
+    assert code == 0
+    assert not_unchanged(out) == [("DELETE", "global forwarding rule", "erlmcp-https"),
+                                  ("CREATE", "global forwarding rule", "erlmcp-https")]  # fmt: skip
+    delete = next(c for c in json.loads(out)["changes"] if c["action"] == "DELETE")
+    assert f"replaced: {field} cannot be changed in place" in delete["note"]
+    assert [d["field"] for d in delete["differences"]] == [field]
+    writes = len(vpc.writes)
+    code, out, _ = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0
+    assert "1 created, 0 updated, 1 deleted" in out
+    assert [(w.method, w.path.rsplit("/global/", 1)[1]) for w in vpc.writes[writes:]] == [
+        ("DELETE", "forwardingRules/erlmcp-https"), ("POST", "forwardingRules")]  # fmt: skip
+    stored = vpc.get("forwardingRules", "erlmcp-https")
+    assert (stored["portRange"], stored["IPAddress"]) == ("443-443", vpc.get("addresses", "erlmcp-ip")["address"])
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+@pytest.mark.parametrize(("edit", "field"), [({"addressType": "INTERNAL"}, "address_type"),
+                                             ({"networkTier": "STANDARD"}, "network_tier")])  # fmt: skip
+def test_an_address_of_another_type_or_tier_is_replaced_with_the_forwarding_rules_on_it(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path, edit: dict[str, str], field: str
+) -> None:
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    old = vpc.get("addresses", "erlmcp-ip")["address"]
+    vpc.edit("addresses", "erlmcp-ip", lambda a: a.update(edit))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=path)
+    assert code == 0
+    assert not_unchanged(out) == [
+        ("DELETE", "global forwarding rule", "erlmcp-http"), ("DELETE", "global forwarding rule", "erlmcp-https"),
+        ("DELETE", "global address", "erlmcp-ip"), ("CREATE", "global address", "erlmcp-ip"),
+        ("CREATE", "global forwarding rule", "erlmcp-https"), ("CREATE", "global forwarding rule", "erlmcp-http"),
+    ]  # fmt: skip
+    notes = {(c["action"], c["name"]): c["note"] for c in json.loads(out)["changes"]}
+    assert f"replaced: {field} cannot be changed in place" in notes[("DELETE", "erlmcp-ip")]
+    assert "a new IP address: point the domains' DNS A records at it" in notes[("CREATE", "erlmcp-ip")]
+    assert "replaced: its global address erlmcp-ip is made anew" in notes[("DELETE", "erlmcp-https")]
+    code, out, err = cli(vpc, capsys, "gce", "apply", config_file=path)
+    assert code == 0, err
+    assert "3 created, 0 updated, 3 deleted" in out
+    new = vpc.get("addresses", "erlmcp-ip")
+    assert (new["address"] != old, new["addressType"], new["networkTier"]) == (True, "EXTERNAL", "PREMIUM")
+    assert {vpc.get("forwardingRules", name)["IPAddress"] for name in ("erlmcp-https", "erlmcp-http")} == {
+        new["address"]}  # fmt: skip
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+def test_an_address_reserved_again_with_another_ip_replaces_the_forwarding_rules_still_on_the_old_one(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    vpc.edit("addresses", "erlmcp-ip", lambda a: a.update(address="203.0.113.250", description="edited by hand"))
+    code, out, _ = cli(vpc, capsys, "gce", "plan", "--json", config_file=path)
+    assert code == 0
+    assert not_unchanged(out) == [
+        ("DELETE", "global forwarding rule", "erlmcp-http"),
+        ("DELETE", "global forwarding rule", "erlmcp-https"),
+        ("CREATE", "global forwarding rule", "erlmcp-https"),
+        ("CREATE", "global forwarding rule", "erlmcp-http"),
+    ]  # the description is not compared: no method changes it, and it is no reason to replace
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+    assert vpc.get("forwardingRules", "erlmcp-http")["IPAddress"] == "203.0.113.250"
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
+
+
+def test_the_stand_in_refuses_a_target_or_patch_the_api_refuses_and_deleting_an_address_in_use(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    assert cli(vpc, capsys, "gce", "apply", config_file=frontend_file(tmp_path))[0] == 0
+    rule = next(r for r in compute.desired(frontend()) if r.name == "erlmcp-https")
+    setter = rule.setters[0]
+    nowhere = Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+        name="erlmcp-https", target=link("global/targetHttpsProxies/nothing")), setters=rule.setters)  # fmt: skip
+    assert "HTTP 404" in refused(vpc, lambda api: api.set(nowhere, setter))
+    backend = Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(
+        name="erlmcp-https", target=link("global/backendServices/erlmcp-backend")), setters=rule.setters)  # fmt: skip
+    assert "needs a target HTTP(S) proxy" in refused(vpc, lambda api: api.set(backend, setter))
+    port = Resource(GLOBAL_FORWARDING_RULE, compute_v1.ForwardingRule(name="erlmcp-https", port_range="8443"))
+    actual = compute_v1.ForwardingRule(name="erlmcp-https")
+    assert "only networkTier" in refused(vpc, lambda api: api.patch(port, ["port_range"], actual))
+    assert "already being used by" in refused(vpc, lambda api: api.delete(GLOBAL_ADDRESS, "erlmcp-ip"))
+    assert vpc.get("forwardingRules", "erlmcp-https")["target"].endswith("/targetHttpsProxies/erlmcp-https-proxy")
+    assert "cannot list SSL certificates named erlmcp-cert-(" in refused(
+        vpc, lambda api: api.names(SSL_CERTIFICATE, "erlmcp-cert-(")
+    )  # not a regular expression: 400
+
+
+def test_an_address_and_rules_read_back_without_their_defaults_are_no_change(
+    vpc: ComputeRest, capsys: Any, tmp_path: Path
+) -> None:
+    path = frontend_file(tmp_path)
+    assert cli(vpc, capsys, "gce", "apply", config_file=path)[0] == 0
+
+    def without(*keys: str) -> Callable[[dict[str, Any]], None]:
+        def drop(resource: dict[str, Any]) -> None:
+            for key in keys:
+                del resource[key]
+
+        return drop
+
+    vpc.edit("addresses", "erlmcp-ip", without("addressType", "ipVersion", "networkTier"))
+    for name in ("erlmcp-https", "erlmcp-http"):
+        vpc.edit("forwardingRules", name, without("IPProtocol", "networkTier"))
+    assert "14 unchanged" in cli(vpc, capsys, "gce", "plan", config_file=path)[1]
