@@ -15,8 +15,9 @@ Cloud Run's one service through its own read, write, wait loop (a conflict is re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -27,11 +28,14 @@ from deployer.log import Log
 __all__ = [
     "Caller",
     "Operation",
+    "OperationPlan",
     "Step",
     "Write",
     "apply",
     "changes",
+    "follow_until_done",
     "grant_step",
+    "minutes",
     "refusals",
     "replace_lines",
     "run_operations",
@@ -126,6 +130,52 @@ def run_operations(
         log(started(operation, running))
         follow(operation, running)
         log(f"{operation.what}: done")
+
+
+@dataclass
+class OperationPlan(Generic[C]):
+    """The plan of one object written by long-running operations (a GKE cluster, a Memorystore instance): its
+    lines (what ``plan`` prints) and the operations that make them, in order. ``status``: the existing object's
+    (empty when there is none yet)."""
+
+    name: str  # the object's resource name (projects/P/locations/L/...)
+    changes: list[Change] = field(default_factory=list)
+    steps: list[Operation[C]] = field(default_factory=list)
+    status: str = ""
+
+    @property
+    def refused(self) -> list[Change]:
+        """Its REPLACE lines: any one refuses the whole apply (it never recreates the object)."""
+        return [c for c in self.changes if c.action == REPLACE]
+
+
+def minutes(seconds: float) -> str:
+    """A duration as a progress line says it: ``2 min 5 s``."""
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def follow_until_done(
+    done: Callable[[], bool],
+    *,
+    timeout: float,
+    poll_seconds: float,
+    progress_seconds: float,
+    progress: Callable[[str], str],
+    overdue: Callable[[str], Exception],
+    log: Log,
+) -> None:
+    """Asks ``done()`` (it reads the operation again, if need be) every ``poll_seconds`` until it is True; logs
+    ``progress(elapsed)`` every ``progress_seconds``; raises ``overdue(elapsed)`` once ``timeout`` seconds have
+    passed (the elapsed time as :func:`minutes` says it)."""
+    started = last = time.monotonic()
+    while not done():
+        now = time.monotonic()
+        if now - started >= timeout:
+            raise overdue(minutes(now - started))
+        if now - last >= progress_seconds:
+            log(progress(minutes(now - started)))
+            last = now
+        time.sleep(poll_seconds)
 
 
 def replace_lines(planned: Sequence[Change]) -> list[str]:
