@@ -1,5 +1,6 @@
 """How every platform applies its plan (:mod:`deployer.gcp.converge`): steps in order, refusals before any write,
-and an IAM binding as one kind of step."""
+an IAM binding as one kind of step, long-running operations followed to their end, and a write refused as stale
+made again from a new read (:mod:`deployer.gcp.conflicts`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from google.iam.v1 import iam_policy_pb2, policy_pb2  # type: ignore[import-untyped]
 
 from deployer.gcp.changes import CREATE, NO_CHANGE, REPLACE, UPDATE, Change
+from deployer.gcp.conflicts import again_on_conflict
 from deployer.gcp.converge import (
     Operation,
     OperationPlan,
@@ -158,3 +160,42 @@ def test_an_operation_not_done_in_time_raises_what_overdue_says() -> None:
         follow_until_done(lambda: False, timeout=0.01, poll_seconds=0.005, progress_seconds=60.0,
                           progress=str, overdue=lambda elapsed: RuntimeError(f"still running after {elapsed}"),
                           log=lambda line: None)  # fmt: skip
+
+
+class Stale(Exception):
+    """A write refused: the object changed since it was read."""
+
+
+def test_an_attempt_whose_write_conflicts_is_made_again_from_a_new_read_and_each_conflict_is_told() -> None:
+    reads, told = [0], list[str]()
+
+    def attempt() -> str:
+        reads[0] += 1
+        if reads[0] < 3:
+            raise Stale(f"stale read {reads[0]}")
+        return "written"
+
+    assert (
+        again_on_conflict(attempt, conflict=Stale, attempts=3, retrying=lambda exc: told.append(str(exc))) == "written"
+    )
+    assert told == ["stale read 1", "stale read 2"]
+
+
+def test_the_last_attempts_conflict_is_raised_and_other_errors_are_never_retried() -> None:
+    calls = [0]
+
+    def stale() -> None:
+        calls[0] += 1
+        raise Stale("stale")
+
+    with pytest.raises(Stale):
+        again_on_conflict(stale, conflict=Stale, attempts=2)
+    assert calls == [2]
+
+    def broken() -> None:
+        calls[0] += 1
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        again_on_conflict(broken, conflict=Stale, attempts=3)
+    assert calls == [3]
