@@ -14,10 +14,11 @@ Which platform applies how:
 * **An IAM binding** (an etag-checked read-modify-write of the policy) is one kind of step, :func:`grant_step`,
   shared by the server's secrets and the cluster's node account.
 * **Long-running operations** (GKE, Memorystore): one plan line may take several operations, so their plan is an
-  :class:`OperationPlan` (the lines, the :class:`Operation` s that make them, the object's status); any REPLACE
-  line refuses the whole apply (:attr:`OperationPlan.refused`, listed by :func:`replace_lines`); the operations
-  run one at a time, each followed to its end (:func:`run_operations`) by polling it with
-  :func:`follow_until_done` (progress lines every so often, an error naming how to follow it once overdue).
+  :class:`OperationPlan` (the lines, the operations that make them, each an :class:`Operation`, the object's
+  status); any REPLACE line refuses the whole apply (:attr:`OperationPlan.refused`, listed by
+  :func:`replace_lines`); the operations run one at a time, each followed to its end (:func:`run_operations`) by
+  polling it with :func:`follow_until_done` (progress lines every so often, an error naming how to follow it once
+  overdue).
 * **A write refused because the object changed since it was read** (an IAM policy's stale etag, a Cloud Run
   service's stale ``resourceVersion``) is made again from a new read and a new plan,
   :func:`deployer.gcp.conflicts.again_on_conflict` (its own module: :mod:`deployer.gcp.iam` uses it and is
