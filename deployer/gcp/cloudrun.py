@@ -93,8 +93,10 @@ import requests
 import yaml
 
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp import converge
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.gcp.conflicts import again_on_conflict
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
 
@@ -947,9 +949,11 @@ def _run(
     dry_run: bool,
     log: Log,
 ) -> Outcome:
-    """Read, plan the step, and (``write``) perform it and wait; a concurrent change is read and planned again."""
+    """Read, plan the step, and (``write``) perform it and wait; a concurrent change is read and planned again
+    (:func:`~deployer.gcp.conflicts.again_on_conflict`)."""
     name = desired.name
-    for attempt in range(1, CONFLICT_RETRIES + 1):
+
+    def attempt() -> Outcome:
         actual = api.get(name)
         if actual is not None:
             _ours(actual, name)
@@ -966,26 +970,30 @@ def _run(
             return Outcome(change, notes, actual)
         body = step.desired if actual is None else _replacement(actual, step.desired)
         if dry_run:
-            (api.create if actual is None else api.replace)(body, dry_run=True)
+            try:
+                (api.create if actual is None else api.replace)(body, dry_run=True)
+            except _Conflict as exc:  # a dry run is not planned again: its conflict fails the command
+                raise CloudError(str(exc)) from exc
             notes.append("Cloud Run checked the change (dryRun=all) and wrote nothing")
             return Outcome(change, notes, actual)
         if not write:
             return Outcome(change, notes, actual)
-        try:
-            written = api.create(body) if actual is None else api.replace(body)
-        except _Conflict as exc:
-            if attempt == CONFLICT_RETRIES:
-                raise
-            log(f"{name} changed since it was read ({exc}); reading it again")
-            continue
-        verb = "created" if actual is None else "updated"
-        log(
-            f"{verb} Cloud Run service {name}"
-            + (": " + ", ".join(p for p, _, _ in change.differences) if change.differences else "")
-        )
-        generation = int(written.get("metadata", {}).get("generation") or 1)
+        written: list[dict[str, Any]] = []
+
+        def make() -> str:
+            written.append(api.create(body) if actual is None else api.replace(body))
+            verb = "created" if actual is None else "updated"
+            fields = ", ".join(p for p, _, _ in change.differences)
+            return f"{verb} Cloud Run service {name}" + (f": {fields}" if fields else "")
+
+        converge.apply([converge.Step(change, make)], log=log)
+        generation = int(written[0].get("metadata", {}).get("generation") or 1)
         return Outcome(change, notes, _wait(api, name, generation, step.wait_for, log, step.if_failed), wrote=True)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def retrying(exc: Exception) -> None:
+        log(f"{name} changed since it was read ({exc}); reading it again")
+
+    return again_on_conflict(attempt, conflict=_Conflict, attempts=CONFLICT_RETRIES, retrying=retrying)
 
 
 def _settled(api: CloudRunApi, actual: dict[str, Any], condition: str, log: Log, if_failed: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
-"""A small converge engine over the Compute Engine API (google-cloud-compute, REST), shared by ``network`` and
-``gce``: each desired resource is a :class:`Kind` (which client, which message, global or regional) and the
-``compute_v1`` message itself, and ``plan`` / ``apply`` make the project match, idempotently.
+"""The Compute Engine API (google-cloud-compute, REST) planned the way of :mod:`deployer.gcp.converge`, shared by
+``network`` and ``gce``: each desired resource is a :class:`Kind` (which client, which message, global or
+regional) and the ``compute_v1`` message itself; :func:`plan` reads them and answers steps
+(:class:`~deployer.gcp.converge.Step`: a plan line and the calls that make it, each waiting for its Compute
+operations), which :func:`deployer.gcp.converge.apply` makes in order, idempotently.
 
 Decisions:
 
@@ -77,6 +79,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.cloud import compute_v1
 
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp import converge
 from deployer.gcp.changes import (
     CREATE,
     DELETE,
@@ -90,6 +93,7 @@ from deployer.gcp.changes import (
     run_mode,
 )
 from deployer.gcp.config import GcpConfig, config_from
+from deployer.gcp.converge import Step, Write
 from deployer.log import Log
 
 __all__ = [
@@ -121,7 +125,6 @@ __all__ = [
     "Requirement",
     "Resource",
     "Setter",
-    "apply",
     "check_name",
     "immutable",
     "plan",
@@ -626,9 +629,9 @@ def _fields(change: Change) -> list[str]:
     return _top_level(path for path, _, _ in change.differences)
 
 
-def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Change]:
-    """What :func:`apply` would do to make each resource as desired, in order, then delete those of ``absent``
-    that exist; reads only.
+def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent] = ()) -> list[Step]:
+    """The steps that make each resource as desired, in order, then delete those of ``absent`` that exist (each
+    plan line with its write, for :func:`deployer.gcp.converge.apply`); reads only.
 
     A resource whose :attr:`Kind.replaced_on` fields differ, or that links through a :attr:`Kind.resolved` field to
     one made anew, is replaced: a DELETE, then a CREATE in its place. The DELETEs of the replaced resources come
@@ -677,7 +680,7 @@ def plan(api: ComputeApi, resources: Sequence[Resource], absent: Sequence[Absent
                         note=gone.note,
                     )
                 )
-    return changes
+    return [Step(change, _write(api, change)) for change in changes]
 
 
 def _top_level(paths: Iterable[str]) -> list[str]:
@@ -726,19 +729,32 @@ def _update(api: ComputeApi, change: Change) -> None:
         api.set(resource, setter)
 
 
-def apply(api: ComputeApi, changes: Sequence[Change], log: Log) -> None:
-    """Create, update and delete, in the order planned (the builders put what is referenced first)."""
-    for change in changes:
-        resource = change.desired
-        if change.action == CREATE:
+def _write(api: ComputeApi, change: Change) -> Write | None:
+    """What makes the plan line so: an insert, the update's calls (:func:`_update`) or a delete, each waiting for
+    its operations, returning the line apply logs; None for NO CHANGE."""
+    resource = change.desired
+    if change.action == CREATE:
+
+        def create() -> str:
             api.insert(resource)
-            log(f"created {change.kind} {change.name}")
-        elif change.action == UPDATE:
+            return f"created {change.kind} {change.name}"
+
+        return create
+    if change.action == UPDATE:
+
+        def update() -> str:
             _update(api, change)
-            log(f"updated {change.kind} {change.name}: " + ", ".join(path for path, _, _ in change.differences))
-        elif change.action == DELETE:
-            api.delete(change.desired.kind, change.desired.name, change.desired.region)
-            log(f"deleted {change.kind} {change.name}")
+            return f"updated {change.kind} {change.name}: " + ", ".join(path for path, _, _ in change.differences)
+
+        return update
+    if change.action == DELETE:
+
+        def delete() -> str:
+            api.delete(resource.kind, resource.name, resource.region)
+            return f"deleted {change.kind} {change.name}"
+
+        return delete
+    return None
 
 
 def _required(api: ComputeApi, requirements: Sequence[Requirement], *, applying: bool, log: Log) -> None:
@@ -787,10 +803,10 @@ def run(args: argparse.Namespace, platform: Platform, *, log: Log, out: TextIO |
     api = ComputeApi.connect(Location(config.project, config.region), args.endpoint, insecure=args.insecure)
     try:
         _required(api, platform.requirements(config), applying=applying, log=log)
-        changes = plan(api, resources, platform.absent(config))
+        steps = plan(api, resources, platform.absent(config))
         if applying:
-            apply(api, changes, log)
+            converge.apply(steps, log=log)
     finally:
         api.close()
-    render(platform.title(config), changes, mode=mode, out=out or sys.stdout, as_json=args.json)
+    render(platform.title(config), converge.changes(steps), mode=mode, out=out or sys.stdout, as_json=args.json)
     return 0

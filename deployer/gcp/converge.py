@@ -1,22 +1,41 @@
-"""Applying a plan the same way on the platforms of :mod:`deployer.gcp`: each plan line (a
+"""The one way the platforms of :mod:`deployer.gcp` apply a plan: each plan line (a
 :class:`~deployer.gcp.changes.Change`) goes with the write that makes it so, a :class:`Step`. ``plan`` builds the
 steps from what it reads (and writes nothing); ``apply`` first checks that every step can be made
 (:func:`refusals`; nothing is written otherwise), then makes them in order and logs the line each write returns
-(:func:`apply`). A NO CHANGE line has no write, so applying a converged plan writes nothing. Secrets, the node
-account, logging and monitoring plan steps.
+(:func:`apply`). A NO CHANGE line has no write, so applying a converged plan writes nothing.
 
-A project IAM binding (an etag-checked read-modify-write of the policy) is one kind of step, :func:`grant_step`,
-shared by the server's secrets and the cluster's node account. A long-running operation is another kind of write
-(GKE, Memorystore): an :class:`Operation` started with the API client and followed to its end, one at a time
-(:func:`run_operations`); there one plan line may take several operations, and a REPLACE line refuses the whole
-apply (:func:`replace_lines` says which). Compute Engine converges through :mod:`deployer.gcp.compute_api`, and
-Cloud Run's one service through its own read, write, wait loop (a conflict is read and planned again).
+Which platform applies how:
+
+* **Steps applied by** :func:`apply`: secrets, the node account, logging, monitoring; Compute Engine (``network``
+  and ``gce``, through :mod:`deployer.gcp.compute_api`, whose ``plan`` answers one step per line: an insert, a
+  PATCH with its setters and rules, or a DELETE, each waiting for its Compute operations, in the order planned:
+  a replacement's DELETEs before its CREATEs, what uses a resource deleted first); and Cloud Run's one service
+  (its CREATE or UPDATE is one step; see below for the conflict and the wait).
+* **An IAM binding** (an etag-checked read-modify-write of the policy) is one kind of step, :func:`grant_step`,
+  shared by the server's secrets and the cluster's node account.
+* **Long-running operations** (GKE, Memorystore): one plan line may take several operations, so their plan is an
+  :class:`OperationPlan` (the lines, the operations that make them, each an :class:`Operation`, the object's
+  status); any REPLACE line refuses the whole apply (:attr:`OperationPlan.refused`, listed by
+  :func:`replace_lines`); the operations run one at a time, each followed to its end (:func:`run_operations`) by
+  polling it with :func:`follow_until_done` (progress lines every so often, an error naming how to follow it once
+  overdue).
+* **A write refused because the object changed since it was read** (an IAM policy's stale etag, a Cloud Run
+  service's stale ``resourceVersion``) is made again from a new read and a new plan,
+  :func:`deployer.gcp.conflicts.again_on_conflict` (its own module: :mod:`deployer.gcp.iam` uses it and is
+  used here).
+
+Cloud Run is read, planned and written as the others, but its attempt does more than a step: the plan depends on
+the service read (a canary, promote or rollback is refused or shaped by it), a NO CHANGE still waits for a
+deployment in progress, a ``--dry-run`` asks Cloud Run to check the write, and after the write it waits for the
+service's conditions (Ready, or RoutesReady on a rollback) with the generation it wrote. Those stay in
+:mod:`deployer.gcp.cloudrun`; the step's write and the retry on conflict are the shared ones.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -27,11 +46,14 @@ from deployer.log import Log
 __all__ = [
     "Caller",
     "Operation",
+    "OperationPlan",
     "Step",
     "Write",
     "apply",
     "changes",
+    "follow_until_done",
     "grant_step",
+    "minutes",
     "refusals",
     "replace_lines",
     "run_operations",
@@ -126,6 +148,52 @@ def run_operations(
         log(started(operation, running))
         follow(operation, running)
         log(f"{operation.what}: done")
+
+
+@dataclass
+class OperationPlan(Generic[C]):
+    """The plan of one object written by long-running operations (a GKE cluster, a Memorystore instance): its
+    lines (what ``plan`` prints) and the operations that make them, in order. ``status``: the existing object's
+    (empty when there is none yet)."""
+
+    name: str  # the object's resource name (projects/P/locations/L/...)
+    changes: list[Change] = field(default_factory=list)
+    steps: list[Operation[C]] = field(default_factory=list)
+    status: str = ""
+
+    @property
+    def refused(self) -> list[Change]:
+        """Its REPLACE lines: any one refuses the whole apply (it never recreates the object)."""
+        return [c for c in self.changes if c.action == REPLACE]
+
+
+def minutes(seconds: float) -> str:
+    """A duration as a progress line says it: ``2 min 5 s``."""
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def follow_until_done(
+    done: Callable[[], bool],
+    *,
+    timeout: float,
+    poll_seconds: float,
+    progress_seconds: float,
+    progress: Callable[[str], str],
+    overdue: Callable[[str], Exception],
+    log: Log,
+) -> None:
+    """Asks ``done()`` (it reads the operation again, if need be) every ``poll_seconds`` until it is True; logs
+    ``progress(elapsed)`` every ``progress_seconds``; raises ``overdue(elapsed)`` once ``timeout`` seconds have
+    passed (the elapsed time as :func:`minutes` says it)."""
+    started = last = time.monotonic()
+    while not done():
+        now = time.monotonic()
+        if now - started >= timeout:
+            raise overdue(minutes(now - started))
+        if now - last >= progress_seconds:
+            log(progress(minutes(now - started)))
+            last = now
+        time.sleep(poll_seconds)
 
 
 def replace_lines(planned: Sequence[Change]) -> list[str]:

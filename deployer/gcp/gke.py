@@ -70,9 +70,8 @@ import ipaddress
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TextIO
 
@@ -480,20 +479,7 @@ def _key_of(path: str, keys: Iterable[str]) -> str:
 
 
 Step = converge.Operation[container_v1.ClusterManagerClient]  # one write of apply: a GKE operation
-
-
-@dataclass
-class Plan:
-    """The changes (what ``plan`` prints) and the writes that make them, in order."""
-
-    cluster: str  # projects/P/locations/L/clusters/N
-    changes: list[Change] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-    status: str = ""  # the existing cluster's status
-
-    @property
-    def refused(self) -> list[Change]:
-        return [c for c in self.changes if c.action == REPLACE]
+Plan = converge.OperationPlan[container_v1.ClusterManagerClient]  # the cluster's lines and the operations
 
 
 def _classify(
@@ -616,10 +602,6 @@ def _call(what: str, call: Callable[[], container_v1.Operation]) -> container_v1
         raise _cloud_error(f"cannot {what}", exc) from exc
 
 
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-
-
 def wait(
     client: container_v1.ClusterManagerClient,
     location: str,
@@ -635,22 +617,30 @@ def wait(
         CloudError: the operation failed (its error), or is still running after ``timeout`` (GKE goes on with it:
             the message says how to follow it).
     """
-    started = last = time.monotonic()
     name = f"{location}/operations/{operation.name}"
-    while operation.status != container_v1.Operation.Status.DONE:
-        now = time.monotonic()
-        if now - started >= timeout:
-            raise CloudError(
-                f"{what}: operation {operation.name} still {_enum_name(operation.status)} after "
-                f"{_minutes(now - started)}; GKE carries on with it: follow it with `gcloud container "
-                f"operations describe {operation.name} --location {location.rsplit('/', 1)[-1]}` "
-                "and run apply again when it is done"
-            )
-        if now - last >= PROGRESS_SECONDS:
-            log(f"{what}: {_enum_name(operation.status)}, {_minutes(now - started)} so far")
-            last = now
-        time.sleep(POLL_SECONDS)
-        operation = _call(f"follow operation {operation.name}", lambda: client.get_operation(name=name))
+    read = False  # the operation as started is the first one asked
+
+    def done() -> bool:
+        nonlocal operation, read
+        if read:
+            operation = _call(f"follow operation {operation.name}", lambda: client.get_operation(name=name))
+        read = True
+        return bool(operation.status == container_v1.Operation.Status.DONE)
+
+    converge.follow_until_done(
+        done,
+        timeout=timeout,
+        poll_seconds=POLL_SECONDS,
+        progress_seconds=PROGRESS_SECONDS,
+        progress=lambda elapsed: f"{what}: {_enum_name(operation.status)}, {elapsed} so far",
+        overdue=lambda elapsed: CloudError(
+            f"{what}: operation {operation.name} still {_enum_name(operation.status)} after "
+            f"{elapsed}; GKE carries on with it: follow it with `gcloud container "
+            f"operations describe {operation.name} --location {location.rsplit('/', 1)[-1]}` "
+            "and run apply again when it is done"
+        ),
+        log=log,
+    )
     if operation.error.code or operation.status_message:
         raise CloudError(
             f"{what}: operation {operation.name} failed: {operation.error.message or operation.status_message}"
@@ -663,7 +653,7 @@ def applicable(found: Plan) -> None:
     operation, or the plan has REPLACE changes (apply never recreates a cluster or node pool)."""
     if found.steps and found.status in _BUSY:
         raise CloudError(
-            f"GKE cluster {found.cluster} is {found.status}: an operation is running on it; apply "
+            f"GKE cluster {found.name} is {found.status}: an operation is running on it; apply "
             "again when it is RUNNING (`gcloud container operations list`)"
         )
     if found.refused:
@@ -1218,7 +1208,7 @@ class Clients:
 def _render_plan(found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO) -> None:
     regions = ", ".join(region.region for region in config.regions())
     title = f"GKE cluster {config.cluster.name} in {config.project}/{regions}"
-    heading = {"title": title, "cluster": found.cluster}
+    heading = {"title": title, "cluster": found.name}
     render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, counted=(*ACTIONS, REPLACE))
     if found.refused and not as_json:
         print(
@@ -1315,7 +1305,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
                 apply_plan(clients.clusters, region, found, log=log, timeout=timeout, before=before)
     finally:
         clients.close()
-    every = Plan(plans[0].cluster, [*converge.changes(account), *(c for found in plans for c in found.changes)])
+    every = Plan(plans[0].name, [*converge.changes(account), *(c for found in plans for c in found.changes)])
     _render_plan(every, config, mode=mode, as_json=args.json, out=out)
     return 0
 

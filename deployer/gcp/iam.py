@@ -3,7 +3,7 @@
 * **Additive**: read the policy (version 3), add the member to the role's unconditional binding, write it back;
   other members, roles and conditional bindings stay as they were.
 * **Optimistic**: the write carries the etag read; a concurrent change (``ABORTED``: stale etag) is re-read and
-  retried, :data:`ETAG_ATTEMPTS` times in all.
+  retried, :data:`ETAG_ATTEMPTS` times in all (:func:`deployer.gcp.conflicts.again_on_conflict`).
 * **Patient**: right after a service account is created, IAM may refuse policies naming it for a while
   (``INVALID_ARGUMENT``/``NOT_FOUND``); such writes are retried for about a minute (:data:`PROPAGATION_DELAYS`).
 
@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as api
 from google.cloud import iam_admin_v1
 from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2  # type: ignore[import-untyped]
+
+from deployer.gcp.conflicts import again_on_conflict
 
 __all__ = [
     "ETAG_ATTEMPTS",
@@ -84,19 +86,15 @@ class Policy:
 
     def grant(self, role: str, member: str) -> bool:
         """Adds ``member`` to ``role`` with the etag read (re-read on a concurrent change); False if it was there."""
-        for attempt in range(ETAG_ATTEMPTS):
+
+        def attempt() -> bool:
             policy = self.read()
             if holds(policy, role, member):
                 return False
-            try:
-                self.set(
-                    iam_policy_pb2.SetIamPolicyRequest(resource=self.resource, policy=granted(policy, role, member))
-                )
-                return True
-            except api.Aborted:
-                if attempt == ETAG_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+            self.set(iam_policy_pb2.SetIamPolicyRequest(resource=self.resource, policy=granted(policy, role, member)))
+            return True
+
+        return again_on_conflict(attempt, conflict=api.Aborted, attempts=ETAG_ATTEMPTS)
 
 
 def read_account(iam: iam_admin_v1.IAMClient, name: str) -> Any | None:

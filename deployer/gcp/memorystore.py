@@ -68,9 +68,8 @@ import re
 import shlex
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -95,7 +94,7 @@ from deployer.gcp.changes import (
     run_mode,
 )
 from deployer.gcp.config import GcpConfig, MemorystoreConfig, config_from
-from deployer.gcp.converge import Operation, replace_lines, run_operations
+from deployer.gcp.converge import Operation, OperationPlan, follow_until_done, replace_lines, run_operations
 from deployer.gcp.grpc_clients import Connected, connect
 from deployer.log import Log
 
@@ -389,20 +388,7 @@ def _version_rank(version: str) -> int:
 
 
 Step = Operation[redis_v1.CloudRedisClient]  # one write of apply: a long-running operation
-
-
-@dataclass
-class Plan:
-    """The changes (what ``plan`` prints) and the writes that make them, in order."""
-
-    instance: str  # projects/P/locations/L/instances/N
-    changes: list[Change] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-    state: str = ""  # the existing instance's state
-
-    @property
-    def refused(self) -> list[Change]:
-        return [c for c in self.changes if c.action == REPLACE]
+Plan = OperationPlan[redis_v1.CloudRedisClient]  # the instance's lines and the operations that make them
 
 
 def _update_instance(name: str, desired: redis_v1.Instance, actual: redis_v1.Instance, keys: list[str]) -> Step:
@@ -519,7 +505,7 @@ def plan(client: redis_v1.CloudRedisClient, config: GcpConfig) -> Plan:
 
         found.steps.append(Step(f"create {KIND} {config.memorystore.name}", create))
         return found
-    found.state = _enum_name(actual.state)
+    found.status = _enum_name(actual.state)
     _classify(found, name, desired, actual)
     return found
 
@@ -557,10 +543,6 @@ def _call(what: str, call: Callable[[], Any]) -> Any:
         raise _cloud_error(f"cannot {what}", exc) from exc
 
 
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-
-
 def wait(operation: Any, *, what: str, region: str, log: Log, timeout: float = OPERATION_TIMEOUT) -> Any:
     """Poll the long-running ``operation`` (a ``google.api_core.operation.Operation``) until it is done; a progress
     line every :data:`PROGRESS_SECONDS`. Returns its result (the instance).
@@ -569,21 +551,21 @@ def wait(operation: Any, *, what: str, region: str, log: Log, timeout: float = O
         MemorystoreError: the operation failed (its error), or still runs after ``timeout`` (Memorystore goes on
             with it: the message says how to follow it).
     """
-    started = last = time.monotonic()
     name = operation.operation.name
     short = name.rsplit("/", 1)[-1]
-    while not _call(f"follow operation {name}", operation.done):
-        now = time.monotonic()
-        if now - started >= timeout:
-            raise MemorystoreError(
-                f"{what}: operation {short} still running after {_minutes(now - started)}; "
-                "Memorystore carries on with it: follow it with `gcloud redis operations describe "
-                f"{short} --region {region}` and run apply again when it is done"
-            )
-        if now - last >= PROGRESS_SECONDS:
-            log(f"{what}: running, {_minutes(now - started)} so far")
-            last = now
-        time.sleep(POLL_SECONDS)
+    follow_until_done(
+        lambda: bool(_call(f"follow operation {name}", operation.done)),
+        timeout=timeout,
+        poll_seconds=POLL_SECONDS,
+        progress_seconds=PROGRESS_SECONDS,
+        progress=lambda elapsed: f"{what}: running, {elapsed} so far",
+        overdue=lambda elapsed: MemorystoreError(
+            f"{what}: operation {short} still running after {elapsed}; "
+            "Memorystore carries on with it: follow it with `gcloud redis operations describe "
+            f"{short} --region {region}` and run apply again when it is done"
+        ),
+        log=log,
+    )
     done = operation.operation
     if done.HasField("error") and done.error.code:
         reason = done.error.message or f"code {done.error.code}"
@@ -609,9 +591,9 @@ def apply_plan(
             "configuration to match, or move to a new instance (another memorystore.name) and "
             "delete this one."
         )
-    if found.steps and found.state and found.state != _BUSY_OK:
+    if found.steps and found.status and found.status != _BUSY_OK:
         raise MemorystoreError(
-            f"{KIND} {found.instance} is {found.state}: an operation is running on it; apply again "
+            f"{KIND} {found.name} is {found.status}: an operation is running on it; apply again "
             "when it is READY (`gcloud redis operations list`)"
         )
 
@@ -792,7 +774,7 @@ def _render_plan(
     found: Plan, config: GcpConfig, *, mode: str, as_json: bool, out: TextIO, extra: Mapping[str, Any]
 ) -> None:
     title = f"Memorystore {config.memorystore.name} in {config.project}/{config.region}"
-    heading = {"title": title, "instance": found.instance}
+    heading = {"title": title, "instance": found.name}
     counted = (*ACTIONS, REPLACE)
     render(title, found.changes, mode=mode, out=out, as_json=as_json, heading=heading, trailer=extra, counted=counted)
     if found.refused and not as_json:

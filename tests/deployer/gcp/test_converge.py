@@ -1,14 +1,29 @@
 """How every platform applies its plan (:mod:`deployer.gcp.converge`): steps in order, refusals before any write,
-and an IAM binding as one kind of step."""
+an IAM binding as one kind of step, long-running operations followed to their end, and a write refused as stale
+made again from a new read (:mod:`deployer.gcp.conflicts`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from google.iam.v1 import iam_policy_pb2, policy_pb2  # type: ignore[import-untyped]
 
 from deployer.gcp.changes import CREATE, NO_CHANGE, REPLACE, UPDATE, Change
-from deployer.gcp.converge import Operation, Step, apply, changes, grant_step, refusals, replace_lines, run_operations
+from deployer.gcp.conflicts import again_on_conflict
+from deployer.gcp.converge import (
+    Operation,
+    OperationPlan,
+    Step,
+    apply,
+    changes,
+    follow_until_done,
+    grant_step,
+    minutes,
+    refusals,
+    replace_lines,
+    run_operations,
+)
 from deployer.gcp.iam import Policy
 
 ROLE, MEMBER = "roles/secretmanager.secretAccessor", "serviceAccount:app@p.iam.gserviceaccount.com"
@@ -117,3 +132,70 @@ def test_a_refusal_lists_only_the_replace_lines_with_their_fields() -> None:
     planned = [Change(REPLACE, "GKE cluster", "c", [("network", "a", "b"), ("subnet", "a", "b")]),
                Change(UPDATE, "node pool", "c/p", [("autoscaling", 1, 2)])]  # fmt: skip
     assert replace_lines(planned) == ["  GKE cluster c: network, subnet"]
+
+
+def test_a_plan_of_operations_is_refused_by_its_replace_lines_only() -> None:
+    found: OperationPlan[Any] = OperationPlan("projects/p/locations/l/clusters/c")
+    found.changes += [Change(UPDATE, "node pool", "c/p"), Change(REPLACE, "GKE cluster", "c", [("network", 1, 2)])]
+    assert [c.name for c in found.refused] == ["c"]
+    assert OperationPlan[Any]("n", [Change(UPDATE, "k", "n")]).refused == []
+
+
+def test_a_duration_is_said_in_minutes_and_seconds() -> None:
+    assert minutes(125.9) == "2 min 5 s"
+    assert minutes(0.2) == "0 min 0 s"
+
+
+def test_an_operation_is_asked_until_it_is_done_with_progress_lines_on_the_way() -> None:
+    answers, lines = iter([False, False, True]), list[str]()
+    follow_until_done(lambda: next(answers), timeout=60.0, poll_seconds=0.0, progress_seconds=0.0,
+                      progress=lambda elapsed: f"running, {elapsed} so far", overdue=RuntimeError,
+                      log=lines.append)  # fmt: skip
+    assert lines == ["running, 0 min 0 s so far"] * 2
+    assert next(answers, None) is None  # asked three times, no more
+
+
+def test_an_operation_not_done_in_time_raises_what_overdue_says() -> None:
+    with pytest.raises(RuntimeError, match=r"still running after 0 min 0 s"):
+        follow_until_done(lambda: False, timeout=0.01, poll_seconds=0.005, progress_seconds=60.0,
+                          progress=str, overdue=lambda elapsed: RuntimeError(f"still running after {elapsed}"),
+                          log=lambda line: None)  # fmt: skip
+
+
+class Stale(Exception):
+    """A write refused: the object changed since it was read."""
+
+
+def test_an_attempt_whose_write_conflicts_is_made_again_from_a_new_read_and_each_conflict_is_told() -> None:
+    reads, told = [0], list[str]()
+
+    def attempt() -> str:
+        reads[0] += 1
+        if reads[0] < 3:
+            raise Stale(f"stale read {reads[0]}")
+        return "written"
+
+    assert (
+        again_on_conflict(attempt, conflict=Stale, attempts=3, retrying=lambda exc: told.append(str(exc))) == "written"
+    )
+    assert told == ["stale read 1", "stale read 2"]
+
+
+def test_the_last_attempts_conflict_is_raised_and_other_errors_are_never_retried() -> None:
+    calls = [0]
+
+    def stale() -> None:
+        calls[0] += 1
+        raise Stale("stale")
+
+    with pytest.raises(Stale):
+        again_on_conflict(stale, conflict=Stale, attempts=2)
+    assert calls == [2]
+
+    def broken() -> None:
+        calls[0] += 1
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        again_on_conflict(broken, conflict=Stale, attempts=3)
+    assert calls == [3]
