@@ -11,7 +11,10 @@ connection is aborted. A stalled reader then costs the buffer it filled for that
 keeps at most its last 1000 events for resumption), and a reader that is merely slow is never cut: each time the
 buffer drains, the clock stops.
 
-A response's header block and body leave in one write (:mod:`app.transports.corked`).
+Each HTTP/1.1 request gets :class:`app.transports.cycle.LeanCycle`, uvicorn's request-response cycle with less
+work per request (its header block and body leave in one write); the protocol's per-request callbacks below do
+what uvicorn's do, with the guard's limits, in one call each instead of the guard's and uvicorn's. The keep-alive
+timeout is one timer per connection, checked when it fires (uvicorn arms and cancels one per request).
 
 The same protocol serves the metrics listener: the kubelet's probes must not be starved by clients that connect
 and say nothing. Under TLS the deadlines start once the handshake is done; the handshake has its own deadline, set
@@ -21,13 +24,17 @@ where the listener is made (:mod:`app.listeners`).
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 import structlog
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.transports.corked import CorkedTransport
+from app.transports.cycle import LeanCycle
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 
@@ -62,6 +69,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = 0.0
         self._header_bytes = 0  # of the request being read
         self._write_stall: asyncio.TimerHandle | None = None
+        self._upgrading = False  # the request being read is a WebSocket upgrade: uvicorn's path, no cycle
+        self._idle = False  # no request is being read or answered: the keep-alive timeout runs
+        self._idle_since = 0.0
 
     @property
     def _tick(self) -> float:
@@ -94,9 +104,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _uncork(self) -> None:
         """The current response's held header block first, before anything the protocol writes or closes itself."""
-        transport = getattr(self.cycle, "transport", None)
-        if isinstance(transport, CorkedTransport):
-            transport.flush()
+        if isinstance(self.cycle, LeanCycle):
+            self.cycle.flush()
 
     def _counted(self, reason: str) -> None:
         if self.on_cut is not None:
@@ -131,6 +140,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        self._idle = False
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
 
     def _too_large(self) -> None:
@@ -140,13 +153,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_TOO_LARGE)
         self.transport.close()
 
+    # uvicorn's parser callbacks, each with the guard's part in the same call (see the module).
+
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        self.url = b""
+        self.expect_100_continue = False
+        self._upgrading = False
+        self.headers = []
+        self.scope = {  # as uvicorn's
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         self._header_bytes = 0
-        self._arm(self.header_timeout, "headers")
+        self._stage, self._deadline = "headers", self.loop.time() + self.header_timeout  # self._arm, inlined
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self._tick, self._check)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
             self._too_large()
@@ -154,19 +188,126 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # refused above: the application never sees this request
             return
-        before = self.cycle
-        super().on_headers_complete()
-        if self.cycle is not before and self.scope["method"] != "HEAD":  # (not an upgrade; HEAD has no body)
-            self.cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
-        self._arm(self.body_timeout, "body")
+        # uvicorn's, making a LeanCycle; then the body's deadline.
+        parser = self.parser
+        http_version = parser.get_http_version()
+        self.scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            self.scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            self._upgrading = True
+            self._arm(self.body_timeout, "body")
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.scope["path"] = self.root_path + path
+        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        self.scope["query_string"] = parsed_url.query or b""
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        existing = self.cycle
+        self.cycle = cycle = LeanCycle(
+            self,
+            self.scope,
+            self.server_state.default_headers,
+            self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(),
+        )
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued, started when the one before it is answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
+        self._stage, self._deadline = "body", self.loop.time() + self.body_timeout  # self._arm, inlined
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self._tick, self._check)
+
+    def on_body(self, body: bytes) -> None:
+        cycle: LeanCycle = self.cycle  # type: ignore[assignment]  # made by on_headers_complete
+        if self._upgrading or cycle.response_complete:
+            return
+        cycle.body = cycle.body + body if cycle.body else body  # type: ignore[assignment]  # bytes, not a bytearray
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.set()
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # the connection becomes a WebSocket: its own protocol takes over, with no deadline here
         super().handle_websocket_upgrade()
 
     def on_message_complete(self) -> None:
-        self._disarm()
-        super().on_message_complete()
+        self._stage = None  # self._disarm, inlined
+        cycle: LeanCycle = self.cycle  # type: ignore[assignment]  # made by on_headers_complete
+        if self._upgrading or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.set()
+
+    # Keep-alive: one timer per connection. uvicorn cancels it on every read and arms a new one after every
+    # response; here a read or a response only notes the time, and the timer, when it fires, closes the connection
+    # if it has been idle for the whole timeout or else waits for the rest of it.
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle = False
+
+    def data_received(self, data: bytes) -> None:
+        self._idle = False  # uvicorn's, with the keep-alive as above
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def send_400_response(self, msg: str) -> None:
+        self._uncork()
+        super().send_400_response(msg)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if self.config.reset_contextvars:
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle = False
+        if self.flow.read_paused:
+            self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle, self._idle_since = True, self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_check)
+
+    def _keep_alive_check(self) -> None:
+        self.timeout_keep_alive_task = None
+        if not self._idle:
+            return  # a request came: the timer is armed again when it has been answered
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_check)
+        else:
+            self.timeout_keep_alive_handler()
 
 
 def guarded_protocol(
