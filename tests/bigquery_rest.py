@@ -27,7 +27,8 @@ options (default expirations, labels, collation, CMEK, tags), ``accessPolicyVers
 entries, authorized views' checks, the ``datasetView`` and ``updateMode`` parameters, and which locations exist
 (any region-shaped name, ``US`` or ``EU`` is taken).
 
-Tests make out-of-band changes with :meth:`BigQueryRest.edit` (a new etag, as any write) and read ``writes``.
+Tests make out-of-band changes with :meth:`BigQueryRest.edit` (a new etag, as any write), or with
+:attr:`BigQueryRest.interfere` right before the next patch (a concurrent write), and read ``writes``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class BigQueryRest:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset ID -> the dataset as answered
     writes: list[str] = field(default_factory=list)
     propagating: dict[str, int] = field(default_factory=dict)  # service account email -> writes still refusing it
+    # someone else's change, made just before the next patch is checked (that patch's etag is then stale)
+    interfere: Callable[[dict[str, Any]], None] | None = None
     _denied: dict[str, ApiError] = field(default_factory=dict)  # HTTP method -> its next answer
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -167,6 +170,10 @@ class BigQueryRest:
 
     def _patch(self, dataset: str, body: dict[str, Any], if_match: str | None) -> dict[str, Any]:
         stored = self._get(dataset)
+        if self.interfere is not None:
+            self.interfere(stored)
+            self._touch(stored)
+            self.interfere = None
         if if_match is not None and if_match != stored["etag"]:
             raise ApiError(412, "conditionNotMet", "Precondition check failed.")
         if "location" in body and body["location"] != stored["location"]:

@@ -35,8 +35,8 @@ and the other query parameters, retention policies, lifecycle rules, CMEK, autoc
 locations exist (any region-shaped name, ``US``, ``EU`` or ``ASIA`` is taken), IAM on the calls themselves (a
 test makes the next call of a method answer 403 with :meth:`StorageRest.deny`).
 
-Tests change a bucket's policy as someone else would (:meth:`StorageRest.edit_policy`: a new etag) and read
-``writes``.
+Tests change a bucket's policy as someone else would (:meth:`StorageRest.edit_policy`: a new etag; or
+:attr:`StorageRest.interfere`, right before the next setIamPolicy: a concurrent write) and read ``writes``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class StorageRest:
     foreign: set[str] = field(default_factory=set)  # bucket names other projects own
     writes: list[str] = field(default_factory=list)
     propagating: dict[str, int] = field(default_factory=dict)  # service account email -> writes still refusing it
+    # someone else's setIamPolicy, made just before the next one is checked (whose etag is then stale)
+    interfere: Callable[[list[dict[str, Any]]], None] | None = None
     _denied: dict[str, ApiError] = field(default_factory=dict)  # method name -> its next answer
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -216,6 +218,10 @@ class StorageRest:
 
     def _set_policy(self, bucket: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         name = bucket["name"]
+        if self.interfere is not None:
+            self.interfere(self.policies[name]["bindings"])
+            self.policies[name]["etag"] = self._etag()
+            self.interfere = None
         current = self.policies[name]
         if "etag" in body and body["etag"] != current["etag"]:
             raise ApiError(412, "conditionNotMet", "Precondition Failed")
