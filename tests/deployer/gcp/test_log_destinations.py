@@ -253,3 +253,11 @@ def test_a_sink_of_that_name_that_is_not_ours_is_left_alone(
     assert ("log sink", BUCKET_SINK) not in actions(plan)
     assert BUCKET_SINK in api.sinks
     assert not [w for w in api.writes if BUCKET_SINK in w]
+
+
+def test_insecure_without_the_rest_endpoints_is_bad_input_before_any_call(
+    capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig
+) -> None:
+    assert main(["logging", "plan", "--project", PROJECT, "--insecure", "--endpoint", api.endpoint]) == 2
+    assert "--insecure needs --bigquery-endpoint and --storage-endpoint too" in capsys.readouterr().err
+    assert api.writes == []
