@@ -430,8 +430,8 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "log_router",
         ("plan", "apply", "render"),
         "the Cloud Logging router (log sinks to BigQuery and Cloud Storage with unique writer identities, the "
-        "health-check and probe exclusions, the log bucket's retention; the grants the sinks need on their "
-        "destinations are printed as MANUAL commands, not applied)",
+        "BigQuery dataset and the Cloud Storage bucket they write to, each sink's writer identity granted on its "
+        "destination, the health-check and probe exclusions, the log bucket's retention)",
     ),
 }
 
@@ -687,6 +687,20 @@ def build_parser() -> argparse.ArgumentParser:
                 "Secret from them; the AUTH string is never printed",
             )
         # -- end of memorystore-only options --
+        if platform == "logging":  # -- logging-only options (deployer.gcp.log_destinations) --
+            platform_cmd.add_argument(
+                "--bigquery-endpoint",
+                metavar="URL",
+                help="advanced: the BigQuery API endpoint (default https://bigquery.googleapis.com); with "
+                "--insecure, plain HTTP without credentials",
+            )
+            platform_cmd.add_argument(
+                "--storage-endpoint",
+                metavar="URL",
+                help="advanced: the Cloud Storage JSON API endpoint (default https://storage.googleapis.com); "
+                "with --insecure, plain HTTP without credentials",
+            )
+        # -- end of logging-only options --
         platform_cmd.set_defaults(run=_cmd_platform)
     return parser
 

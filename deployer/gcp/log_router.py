@@ -33,29 +33,35 @@ Cloud Run's and the load balancer's request logs, a proxy in front, an older ser
 (a path or a whole URL) on a health path, or ``httpRequest.userAgent`` of the kubelet (``kube-probe/``) or of Google's
 health checkers (``GoogleHC/``). Within erlmcp's entries only: nobody else's logs are excluded.
 
-What it does not do, and says so in every plan (the ``MANUAL`` lines, never counted as done):
+The sinks' **destinations** and their **grants** (:mod:`deployer.gcp.log_destinations`, through the BigQuery and
+Cloud Storage REST APIs): the dataset ``projects/P/datasets/erlmcp_logs`` and the bucket ``P-erlmcp-logs`` (uniform
+bucket-level access, public access prevention enforced), both in the configuration's ``region``, made when absent
+and used as they are when they exist (another location, or other settings, are said on the plan line, never
+changed); each sink's writer identity granted on its own destination only, ``roles/bigquery.dataEditor`` as an
+entry of the dataset's ``access`` list and ``roles/storage.objectCreator`` in the bucket's IAM policy (additive,
+with the etag read: other entries and bindings stay). A project-level grant would reach every dataset or bucket
+of the project, so none is made. A new sink's writer identity comes from its create's answer: its grant's step,
+planned as CREATE, takes it then, and waits out IAM's propagation of the new service account.
 
-* make the destinations (a BigQuery dataset, a Cloud Storage bucket): erlmcp's dependencies have no BigQuery or
-  Storage client; the line prints the ``bq mk`` / ``gcloud storage buckets create`` that does;
-* **grant** each sink's writer identity on its destination (``roles/bigquery.dataEditor`` on the dataset,
-  ``roles/storage.objectCreator`` on the bucket): these are the dataset's and the bucket's own IAM policies, set
-  through the BigQuery and Storage APIs, which erlmcp's dependencies do not have either. A project-level grant
-  would reach every dataset or bucket of the project, so it is not offered instead. The line prints the exact
-  command, with the writer identity once the sink exists; until it runs the sink's writes fail (Cloud Logging
-  reports it as a sink error) and nothing is routed there.
+The destinations come first in a plan (a sink never routes to one that is not there), the grants last (they need
+the sinks). A sink of ours no longer wanted, ``NAME-logs-bucket`` once ``logBucket`` is ``_Default`` again, is
+DELETE (only if its description says it is ours; its log bucket, with the logs it holds, is kept); the
+configuration has no switch to turn the BigQuery or the Storage sink off.
 
-``plan`` reads the bucket, the sinks and the exclusion by name and compares the fields it sets (what the API sets
-itself, the writer identity above all, is not compared); ``apply`` writes each difference with an ``update_mask``
-naming exactly the differing fields, so an update keeps the sink's writer identity. Applying again writes
-nothing. Nothing else is touched: no sink, exclusion or bucket of another name. ``render`` prints the desired
-objects offline (no credentials, no call).
+``plan`` reads the log bucket, the sinks, the exclusion, the dataset and the bucket (and its IAM policy) by name
+and compares the fields it sets (what the API sets itself, the writer identity above all, is not compared);
+``apply`` writes each difference with an ``update_mask`` naming exactly the differing fields, so an update keeps
+the sink's writer identity. Applying again writes nothing. Nothing else is touched: no sink, exclusion, log
+bucket, dataset or bucket of another name, and no other entry of a dataset's access list or binding of a
+bucket's policy. ``render`` prints the desired objects offline (no credentials, no call). ``--insecure`` (tests):
+plaintext gRPC to ``--endpoint`` and plain HTTP to ``--bigquery-endpoint`` and ``--storage-endpoint``, without
+credentials.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,12 +78,21 @@ from deployer.gcp import converge
 from deployer.gcp.changes import CREATE, DELETE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.grpc_clients import Connected, connect
+from deployer.gcp.log_destinations import (
+    BIGQUERY_ROLE,
+    STORAGE_ROLE,
+    Dataset,
+    Destinations,
+    StorageBucket,
+    dataset_steps,
+    storage_steps,
+)
 from deployer.log import Log
 
 __all__ = [
     "HEALTH_PATHS",
     "HEALTH_URLS",
-    "MANUAL",
+    "MANAGED",
     "PROBE_AGENTS",
     "Clients",
     "Desired",
@@ -91,12 +106,10 @@ __all__ = [
     "rendered",
 ]
 
-MANUAL = "MANUAL"  # a step this tool cannot take: printed with its command, never counted as done
 _VERBS = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
 KIND_BUCKET, KIND_SINK, KIND_EXCLUSION = "log bucket", "log sink", "log exclusion"
-KIND_DESTINATION, KIND_GRANT = "destination", "IAM grant"
 DEFAULT_BUCKET = "_Default"
-BIGQUERY_ROLE, STORAGE_ROLE = "roles/bigquery.dataEditor", "roles/storage.objectCreator"
+MANAGED = "managed by `python -m deployer logging`"  # in the description of what is ours (a sink deleted when unwanted)
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz", "/health")  # app.middleware.HEALTH_PATHS (a test holds them equal)
 HEALTH_URLS = r"^(https?://[^/]+)?/(livez|readyz|healthz|health)/?([?#]|$)"
 PROBE_AGENTS = r"^(kube-probe|GoogleHC)/"
@@ -121,27 +134,10 @@ class LoggingRouterError(CloudError):
 
 
 @dataclass(frozen=True)
-class Grant:
-    """A role a sink's writer identity needs on its destination, which this tool does not grant (see above)."""
-
-    sink: str
-    role: str
-    target: str  # as printed: PROJECT:DATASET or gs://BUCKET
-    make: str  # the command that makes the destination
-
-    def command(self, identity: str | None) -> str:
-        member = identity or "WRITER_IDENTITY"
-        if self.role == BIGQUERY_ROLE:
-            project, dataset = self.target.split(":", 1)
-            sql = f'GRANT `{self.role}` ON SCHEMA `{project}.{dataset}` TO "{member}"'
-            return f"bq query --nouse_legacy_sql {shlex.quote(sql)}"
-        return f"gcloud storage buckets add-iam-policy-binding {self.target} --member={member} --role={self.role}"
-
-
-@dataclass(frozen=True)
 class Desired:
     """Everything the configuration asks for: the log bucket (and whether it is ours to create), the sinks by ID,
-    the project exclusion (none when ``exclusions`` is off) and the grants left to the operator."""
+    the project exclusion (none when ``exclusions`` is off), the sinks' destinations (each with its sink, whose
+    writer identity is granted there) and the sinks of ours that must not exist (``retired``)."""
 
     project: str
     bucket: lc.LogBucket
@@ -149,7 +145,9 @@ class Desired:
     sinks: dict[str, lc.LogSink]
     exclusion: lc.LogExclusion | None
     exclusion_id: str
-    grants: tuple[Grant, ...] = field(default_factory=tuple)
+    dataset: Dataset
+    storage: StorageBucket
+    retired: tuple[str, ...] = ()
 
 
 # -- the desired state -------------------------------------------------------------------------------------------
@@ -221,7 +219,7 @@ def desired(config: GcpConfig) -> Desired:
         if section.exclusions
         else None
     )
-    managed = "managed by `python -m deployer logging`; changes made elsewhere are undone by the next apply"
+    managed = f"{MANAGED}; changes made elsewhere are undone by the next apply"
 
     def sink(suffix: str, destination: str, what: str, **more: Any) -> tuple[str, lc.LogSink]:
         sink_id = f"{prefix}-logs-{suffix}"
@@ -258,22 +256,17 @@ def desired(config: GcpConfig) -> Desired:
     log_bucket = lc.LogBucket(name=bucket_name, retention_days=section.retention_days)
     if own_bucket:
         log_bucket.description = f"erlmcp's logs; {managed}"
-    grants = (
-        Grant(
-            f"{prefix}-logs-bigquery",
-            BIGQUERY_ROLE,
-            f"{project}:{dataset}",
-            f"bq --location={config.region} mk --dataset {project}:{dataset}",
-        ),
-        Grant(
-            f"{prefix}-logs-storage",
-            STORAGE_ROLE,
-            f"gs://{bucket}",
-            f"gcloud storage buckets create gs://{bucket} --project={project} --location={config.region} "
-            "--uniform-bucket-level-access",
-        ),
+    return Desired(
+        project,
+        log_bucket,
+        own_bucket,
+        sinks,
+        exclusion,
+        exclusion_id,
+        Dataset(project, dataset, config.region, f"{prefix}-logs-bigquery"),
+        StorageBucket(project, bucket, config.region, f"{prefix}-logs-storage"),
+        retired=() if own_bucket else (f"{prefix}-logs-bucket",),
     )
-    return Desired(project, log_bucket, own_bucket, sinks, exclusion, exclusion_id, grants)
 
 
 def _is_bigquery(sink: lc.LogSink) -> bool:
@@ -324,9 +317,31 @@ def rendered(config: GcpConfig) -> dict[str, Any]:
         },
         "sinks": [sink(s) for s in want.sinks.values()],
         "exclusions": [_exclusion_view(want.exclusion)] if want.exclusion is not None else [],
+        "bigqueryDataset": {
+            "name": want.dataset.target,
+            "body": want.dataset.body(),
+            "existing": "used as it is",
+        },
+        "storageBucket": {
+            "name": want.storage.target,
+            "body": want.storage.body(),
+            "existing": "used as it is",
+        },
         "grants": [
-            {"sink": g.sink, "role": g.role, "on": g.target, "applied": False, "command": g.command(None)}
-            for g in want.grants
+            {
+                "sink": want.dataset.sink,
+                "role": BIGQUERY_ROLE,
+                "on": want.dataset.target,
+                "member": "the sink's writer identity",
+                "how": "an access entry (datasets.patch, with its etag)",
+            },
+            {
+                "sink": want.storage.sink,
+                "role": STORAGE_ROLE,
+                "on": want.storage.target,
+                "member": "the sink's writer identity",
+                "how": "the bucket's IAM policy (setIamPolicy, with its etag)",
+            },
         ],
     }
 
@@ -388,8 +403,8 @@ class Plan:
         return converge.changes(self.steps)
 
     def add(self, change: Change, call: Callable[[], Any] | None = None) -> None:
-        """The plan line and its write: ``call`` (its refusal a :class:`LoggingRouterError`; a sink's writer
-        identity kept for the MANUAL grant lines), then the line apply logs."""
+        """The plan line and its write: ``call`` (its refusal a :class:`LoggingRouterError`; a new sink's writer
+        identity kept for its grant's write), then the line apply logs."""
         if call is None:
             self.steps.append(converge.Step(change))
             return
@@ -409,8 +424,10 @@ def _paths(found: list[tuple[str, Any, Any]], names: dict[str, str]) -> list[str
     return sorted({names.get(path.split(".")[0].split("[")[0], path) for path, _, _ in found})
 
 
-def plan(clients: Clients, config: GcpConfig) -> Plan:
-    """Reads the log bucket, our sinks and our exclusion; the changes apply would make (nothing is written)."""
+def plan(clients: Clients, config: GcpConfig, destinations: Destinations) -> Plan:
+    """Reads the log bucket, our sinks and our exclusion, then the destinations and their IAM; the changes apply
+    would make (nothing is written), in the order it makes them: the dataset and the bucket, the log bucket, the
+    sinks, the exclusion, then the grants (a new sink's writer identity is known once it is created)."""
     want = desired(config)
     client = clients.config
     parent = f"projects/{want.project}"
@@ -471,6 +488,18 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
             write = partial(client.update_sink, request=request)
         found.add(Change(UPDATE if diffs else NO_CHANGE, KIND_SINK, sink_id, diffs), write)
 
+    # the sinks of ours no longer wanted (the log bucket's, once logBucket is _Default again); one of that name
+    # that is not ours (its description does not say so) is left alone
+    for sink_id in want.retired:
+        name = f"{parent}/sinks/{sink_id}"
+        actual = _read(f"log sink {sink_id}", partial(client.get_sink, request={"sink_name": name}))
+        if actual is not None and MANAGED in actual.description:
+            note = f"no longer in the configuration (logging.logBucket is {DEFAULT_BUCKET}); its log bucket is kept"
+            found.add(
+                Change(DELETE, KIND_SINK, sink_id, note=note),
+                partial(client.delete_sink, request={"sink_name": name}),
+            )
+
     # the project exclusion (the _Default sink's)
     exclusion_name = f"{parent}/exclusions/{want.exclusion_id}"
     actual_exclusion = _read(
@@ -492,33 +521,18 @@ def plan(clients: Clients, config: GcpConfig) -> Plan:
             Change(DELETE, KIND_EXCLUSION, want.exclusion_id, note="logging.exclusions is off"),
             partial(client.delete_exclusion, request={"name": exclusion_name}),
         )
-    _manual(found)
+
+    # the destinations (first: a sink never routes to one not there) and the grants (last: they need the sinks)
+    dataset, dataset_grant = dataset_steps(destinations.bigquery, want.dataset, found.identities)
+    bucket, bucket_grant = storage_steps(destinations.storage, want.storage, found.identities)
+    found.steps = [dataset, bucket, *found.steps, dataset_grant, bucket_grant]
     return found
 
 
-def _manual(found: Plan) -> None:
-    """The MANUAL lines: the destinations to make and the grants to give (never made or given here)."""
-    for grant in found.want.grants:
-        kind = "bigquery dataset" if grant.role == BIGQUERY_ROLE else "storage bucket"
-        found.add(
-            Change(MANUAL, KIND_DESTINATION, f"{kind} {grant.target}", note=f"NOT MADE by this tool: {grant.make}")
-        )
-    for grant in found.want.grants:
-        identity = found.identities.get(grant.sink)
-        how = grant.command(identity)
-        if identity is None:
-            how += f"  (WRITER_IDENTITY: sink {grant.sink}'s, known once it is created)"
-        found.add(
-            Change(MANUAL, KIND_GRANT, f"{grant.role} on {grant.target}", note=f"NOT APPLIED by this tool: {how}")
-        )
-
-
 def apply_plan(found: Plan, *, log: Log = lambda _: None) -> None:
-    """Makes the plan's changes in order, with the calls :func:`plan` bound to the client (the bucket before a sink
-    routes to it); the MANUAL lines then name the writer identities of the sinks just made."""
+    """Makes the plan's changes in order, with the calls :func:`plan` bound to the clients (the destinations and
+    the log bucket before a sink routes to them, the sinks before their grants)."""
     converge.apply(found.steps, log=log)
-    found.steps = [s for s in found.steps if s.change.action != MANUAL]
-    _manual(found)
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -534,12 +548,18 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         emit_desired(rendered(config), out=out, as_json=args.json)
         return 0
     mode = run_mode(args.action, args.dry_run)
-    clients = Clients.connect(args.endpoint, insecure=args.insecure)
+    destinations = Destinations.connect(
+        getattr(args, "bigquery_endpoint", None), getattr(args, "storage_endpoint", None), insecure=args.insecure
+    )
     try:
-        found = plan(clients, config)
-        if mode == "apply":
-            apply_plan(found, log=log)
+        clients = Clients.connect(args.endpoint, insecure=args.insecure)
+        try:
+            found = plan(clients, config, destinations)
+            if mode == "apply":
+                apply_plan(found, log=log)
+        finally:
+            clients.close()
     finally:
-        clients.close()
+        destinations.close()
     render(f"Cloud Logging router for project {config.project}", found.changes, mode=mode, out=out, as_json=args.json)
     return 0

@@ -1,12 +1,15 @@
 """``python -m deployer logging`` against a local server of the real ``google.logging.v2.ConfigServiceV2``
-(:mod:`tests.logging_config`): render offline, plan, apply, re-apply, drift, the exclusions switched off, an own log
-bucket, bad configurations and refusals."""
+(:mod:`tests.logging_config`) and local servers of the BigQuery datasets API and the Cloud Storage JSON API
+(:mod:`tests.bigquery_rest`, :mod:`tests.storage_rest`): render offline, plan, apply, re-apply, drift, the
+exclusions switched off, an own log bucket, bad configurations and refusals. The sinks' destinations and their
+grants: :mod:`tests.deployer.gcp.test_log_destinations`."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +20,54 @@ import yaml
 from app.middleware import HEALTH_PATHS
 from deployer.cli import main
 from deployer.gcp import log_router
+from tests.bigquery_rest import BigQueryRest
 from tests.conftest import ROOT
 from tests.deployer.gcp.test_render import offline  # noqa: F401 (a fixture)
 from tests.gcp import Refused
 from tests.logging_config import FakeLoggingConfig
+from tests.storage_rest import StorageRest
 
 PROJECT = "erlmcp-logs-1"
 BIGQUERY, STORAGE, BUCKET_SINK = "erlmcp-logs-bigquery", "erlmcp-logs-storage", "erlmcp-logs-bucket"
 EXCLUSION = "erlmcp-health-probes"
 DEFAULT_BUCKET = f"projects/{PROJECT}/locations/global/buckets/_Default"
+DATASET, GCS = f"{PROJECT}:erlmcp_logs", f"gs://{PROJECT}-erlmcp-logs"
 
 
-@pytest.fixture
-def api() -> Iterator[FakeLoggingConfig]:
-    server = FakeLoggingConfig(PROJECT).start()
+@pytest.fixture(name="bigquery")
+def bigquery_server() -> Iterator[BigQueryRest]:
+    server = BigQueryRest(PROJECT).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="storage")
+def storage_server() -> Iterator[StorageRest]:
+    server = StorageRest(PROJECT).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class LoggingServers(FakeLoggingConfig):
+    """Cloud Logging's config service, and where the BigQuery and Cloud Storage servers listen."""
+
+    bigquery_url: str = ""
+    storage_url: str = ""
+
+
+@pytest.fixture(name="api")
+def logging_servers(bigquery: BigQueryRest, storage: StorageRest) -> Iterator[FakeLoggingConfig]:
+    server = LoggingServers(PROJECT, bigquery_url=bigquery.url, storage_url=storage.url).start()
+    yield server
+    server.stop()
+
+
+def endpoints(api: FakeLoggingConfig) -> list[str]:
+    """The options that point a command at the local servers."""
+    assert isinstance(api, LoggingServers)
+    return ["--insecure", "--endpoint", api.endpoint, "--bigquery-endpoint", api.bigquery_url,
+            "--storage-endpoint", api.storage_url]  # fmt: skip
 
 
 def configured(tmp_path: Path, **logging: Any) -> list[str]:
@@ -42,7 +77,7 @@ def configured(tmp_path: Path, **logging: Any) -> list[str]:
 
 
 def run(capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, action: str, *argv: str) -> dict[str, Any]:
-    common = ["--project", PROJECT, "--json", "--insecure", "--endpoint", api.endpoint]
+    common = ["--project", PROJECT, "--json", *endpoints(api)]
     assert main(["logging", action, *common, *argv]) == 0, capsys.readouterr().err
     document: dict[str, Any] = json.loads(capsys.readouterr().out)
     return document
@@ -67,66 +102,108 @@ def test_render_holds_both_sinks_their_exclusion_and_the_retention_offline(capsy
         assert 'resource.labels.container_name="server"' in sink["filter"]
     assert [e["name"] for e in document["exclusions"]] == [EXCLUSION]
     assert document["logBucket"] == {"name": DEFAULT_BUCKET, "retentionDays": 30, "create": False}
+    # the destinations and the grants, made by apply now (they were MANUAL commands, "applied": False)
+    assert document["bigqueryDataset"]["name"] == f"{PROJECT}:erlmcp_logs"
+    assert document["bigqueryDataset"]["body"]["location"] == "us-central1"
+    assert document["storageBucket"]["body"] == {
+        "name": f"{PROJECT}-erlmcp-logs",
+        "location": "us-central1",
+        "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"},
+    }
     grants = {g["role"]: g for g in document["grants"]}
     assert set(grants) == {"roles/bigquery.dataEditor", "roles/storage.objectCreator"}
-    assert all(g["applied"] is False for g in grants.values())
+    assert grants["roles/bigquery.dataEditor"]["sink"] == BIGQUERY
+    assert grants["roles/storage.objectCreator"]["on"] == f"gs://{PROJECT}-erlmcp-logs"
+    assert all(g["member"] == "the sink's writer identity" for g in grants.values())
 
 
 def test_plan_of_an_empty_project_creates_everything_and_writes_nothing(
-    capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    api: FakeLoggingConfig,
+    bigquery: BigQueryRest,
+    storage: StorageRest,
+    tmp_path: Path,
 ) -> None:
     plan = run(capsys, api, "plan", *configured(tmp_path, retentionDays=90))
-    assert actions(plan) == {
+    assert actions(plan) == {  # the destinations and grants were MANUAL lines; they are steps now
+        ("BigQuery dataset", DATASET): "CREATE",
+        ("storage bucket", GCS): "CREATE",
         ("log bucket", DEFAULT_BUCKET): "UPDATE",
         ("log sink", BIGQUERY): "CREATE",
         ("log sink", STORAGE): "CREATE",
         ("log exclusion", EXCLUSION): "CREATE",
-        ("destination", f"bigquery dataset {PROJECT}:erlmcp_logs"): "MANUAL",
-        ("destination", f"storage bucket gs://{PROJECT}-erlmcp-logs"): "MANUAL",
-        ("IAM grant", f"roles/bigquery.dataEditor on {PROJECT}:erlmcp_logs"): "MANUAL",
-        ("IAM grant", f"roles/storage.objectCreator on gs://{PROJECT}-erlmcp-logs"): "MANUAL",
+        ("IAM grant", f"roles/bigquery.dataEditor on {DATASET}"): "CREATE",
+        ("IAM grant", f"roles/storage.objectCreator on {GCS}"): "CREATE",
     }
     [bucket] = [c for c in plan["changes"] if c["kind"] == "log bucket"]
     assert bucket["differences"] == [{"field": "retentionDays", "actual": 30, "desired": 90}]
-    assert plan["summary"] == {"CREATE": 3, "UPDATE": 1, "DELETE": 0, "NO CHANGE": 0}
-    assert api.writes == []
+    assert plan["summary"] == {"CREATE": 7, "UPDATE": 1, "DELETE": 0, "NO CHANGE": 0}
+    assert [c["kind"] for c in plan["changes"]][:2] == ["BigQuery dataset", "storage bucket"]
+    assert [c["kind"] for c in plan["changes"]][-2:] == ["IAM grant", "IAM grant"]  # after the sinks
+    assert api.writes == [] == bigquery.writes == storage.writes
     assert api.sinks == {}
 
 
-def test_apply_creates_sinks_with_their_own_writer_identities_and_prints_the_grants_it_does_not_make(
-    capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path
+def test_apply_creates_sinks_with_their_own_writer_identities_and_grants_them_on_their_destinations(
+    capsys: pytest.CaptureFixture[str],
+    api: FakeLoggingConfig,
+    bigquery: BigQueryRest,
+    storage: StorageRest,
+    tmp_path: Path,
 ) -> None:
     applied = run(capsys, api, "apply", *configured(tmp_path, retentionDays=90))
     assert applied["mode"] == "apply"
     assert sorted(api.writes) == sorted([f"UpdateBucket {DEFAULT_BUCKET} [retention_days]", f"CreateSink {BIGQUERY}",
                                          f"CreateSink {STORAGE}", f"CreateExclusion {EXCLUSION}"])  # fmt: skip
     assert api.buckets[DEFAULT_BUCKET].retention_days == 90
-    bigquery, storage = api.sinks[BIGQUERY], api.sinks[STORAGE]
-    assert bigquery.bigquery_options.use_partitioned_tables
-    assert storage.destination == f"storage.googleapis.com/{PROJECT}-erlmcp-logs"
-    identities = {bigquery.writer_identity, storage.writer_identity}
+    bq_sink, gcs_sink = api.sinks[BIGQUERY], api.sinks[STORAGE]
+    assert bq_sink.bigquery_options.use_partitioned_tables
+    assert gcs_sink.destination == f"storage.googleapis.com/{PROJECT}-erlmcp-logs"
+    identities = {bq_sink.writer_identity, gcs_sink.writer_identity}
     assert len(identities) == 2
     assert all(i.endswith("@gcp-sa-logging.iam.gserviceaccount.com") for i in identities)
-    assert [e.name for e in bigquery.exclusions] == [EXCLUSION] == [e.name for e in storage.exclusions]
-    assert api.exclusions[EXCLUSION].filter == bigquery.exclusions[0].filter
-    grants = {c["name"]: c["note"] for c in applied["changes"] if c["kind"] == "IAM grant"}
-    bq_grant = grants[f"roles/bigquery.dataEditor on {PROJECT}:erlmcp_logs"]
-    gcs_grant = grants[f"roles/storage.objectCreator on gs://{PROJECT}-erlmcp-logs"]
-    assert bq_grant.startswith("NOT APPLIED")
-    assert bigquery.writer_identity in bq_grant
-    assert f"ON SCHEMA `{PROJECT}.erlmcp_logs`" in bq_grant
-    assert gcs_grant.startswith("NOT APPLIED")
-    assert f"gcloud storage buckets add-iam-policy-binding gs://{PROJECT}-erlmcp-logs" in gcs_grant
-    assert f"--member={storage.writer_identity}" in gcs_grant
+    assert [e.name for e in bq_sink.exclusions] == [EXCLUSION] == [e.name for e in gcs_sink.exclusions]
+    assert api.exclusions[EXCLUSION].filter == bq_sink.exclusions[0].filter
+    # the grants were printed as MANUAL commands naming these identities; now they are made, each identity on
+    # its own destination only
+    grants = {c["name"]: c for c in applied["changes"] if c["kind"] == "IAM grant"}
+    bq_grant = grants[f"roles/bigquery.dataEditor on {DATASET}"]
+    gcs_grant = grants[f"roles/storage.objectCreator on {GCS}"]
+    assert bq_grant["action"] == gcs_grant["action"] == "CREATE"
+    assert bq_grant["note"] == f"to {bq_sink.writer_identity}"
+    assert gcs_grant["note"] == f"to {gcs_sink.writer_identity}"
+    dataset = bigquery.datasets["erlmcp_logs"]
+    assert dataset["location"] == "us-central1"
+    email = bq_sink.writer_identity.removeprefix("serviceAccount:")
+    assert {"role": "WRITER", "userByEmail": email} in dataset["access"]
+    assert not any(gcs_sink.writer_identity.removeprefix("serviceAccount:") in str(e) for e in dataset["access"])
+    bucket = storage.buckets[f"{PROJECT}-erlmcp-logs"]
+    assert bucket["location"] == "US-CENTRAL1"
+    assert bucket["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"] is True
+    assert bucket["iamConfiguration"]["publicAccessPrevention"] == "enforced"
+    bindings = {b["role"]: b["members"] for b in storage.policies[f"{PROJECT}-erlmcp-logs"]["bindings"]}
+    assert bindings["roles/storage.objectCreator"] == [gcs_sink.writer_identity]
+    assert bindings["roles/storage.legacyBucketOwner"] == [f"projectEditor:{PROJECT}", f"projectOwner:{PROJECT}"]
+    assert bigquery.writes == [f"insert {DATASET}", f"patch {DATASET} [access]"]
+    assert storage.writes == [f"insert {PROJECT}-erlmcp-logs", f"setIamPolicy {PROJECT}-erlmcp-logs"]
 
 
-def test_apply_again_writes_nothing(capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path) -> None:
+def test_apply_again_writes_nothing(
+    capsys: pytest.CaptureFixture[str],
+    api: FakeLoggingConfig,
+    bigquery: BigQueryRest,
+    storage: StorageRest,
+    tmp_path: Path,
+) -> None:
     config = configured(tmp_path, retentionDays=45)
     run(capsys, api, "apply", *config)
     api.writes.clear()
+    bigquery.writes.clear()
+    storage.writes.clear()
     again = run(capsys, api, "apply", *config)
-    assert api.writes == []
-    assert again["summary"] == {"CREATE": 0, "UPDATE": 0, "DELETE": 0, "NO CHANGE": 4}
+    assert api.writes == [] == bigquery.writes == storage.writes
+    # 4 of Cloud Logging's objects, and the dataset, the bucket and the two grants (MANUAL lines before)
+    assert again["summary"] == {"CREATE": 0, "UPDATE": 0, "DELETE": 0, "NO CHANGE": 8}
 
 
 def test_drift_is_planned_and_undone_by_apply(
@@ -174,18 +251,19 @@ def test_the_stand_in_refuses_dropping_a_unique_writer_identity_as_the_api_does(
         clients.close()
 
 
-def test_the_table_says_what_is_not_applied_and_does_not_count_it(
+def test_the_table_counts_the_destinations_and_grants_as_changes_it_makes(
     capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig
 ) -> None:
-    assert main(["logging", "plan", "--project", PROJECT, "--insecure", "--endpoint", api.endpoint]) == 0
+    # (was: the MANUAL lines, not counted; the destinations and grants are now steps like any other)
+    assert main(["logging", "plan", "--project", PROJECT, *endpoints(api)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
-        f"Cloud Logging router for project {PROJECT} plan: 3 to create, 0 to update, 0 to delete, 1 unchanged"
+        f"Cloud Logging router for project {PROJECT} plan: 7 to create, 0 to update, 0 to delete, 1 unchanged"
     )
-    manual = [line for line in lines if line.lstrip().startswith("MANUAL")]
-    assert len(manual) == 4
-    assert all("NOT MADE by this tool" in line or "NOT APPLIED by this tool" in line for line in manual)
-    assert sum("WRITER_IDENTITY: sink" in line for line in manual) == 2  # no sink yet: no identity to name
+    assert not [line for line in lines if "MANUAL" in line]
+    grants = [line for line in lines if "IAM grant" in line]
+    assert len(grants) == 2
+    assert all("writer identity, once the sink is created" in line for line in grants)  # no sink yet: no identity
 
 
 def test_dry_run_of_apply_prints_the_plan_and_writes_nothing(
@@ -193,7 +271,7 @@ def test_dry_run_of_apply_prints_the_plan_and_writes_nothing(
 ) -> None:
     dry = run(capsys, api, "apply", "--dry-run")
     assert dry["mode"] == "dry-run"
-    assert dry["summary"]["CREATE"] == 3
+    assert dry["summary"]["CREATE"] == 7  # 3 before: the dataset, the bucket and the grants were MANUAL lines
     assert api.writes == []
 
 
@@ -253,7 +331,7 @@ def test_a_bad_logging_section_is_refused_naming_the_key(
 def test_a_filter_the_api_refuses_fails_apply_with_its_message(
     capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path
 ) -> None:
-    common = ["--project", PROJECT, "--insecure", "--endpoint", api.endpoint]
+    common = ["--project", PROJECT, *endpoints(api)]
     assert main(["logging", "apply", *common, *configured(tmp_path, filter='resource.type="k8s_container')]) == 1
     error = capsys.readouterr().err
     assert f"cannot create log sink {BIGQUERY}" in error
@@ -264,7 +342,7 @@ def test_a_filter_the_api_refuses_fails_apply_with_its_message(
 def test_a_default_bucket_elsewhere_and_a_refused_read_fail_plan_naming_them(
     capsys: pytest.CaptureFixture[str], api: FakeLoggingConfig, tmp_path: Path
 ) -> None:
-    common = ["--project", PROJECT, "--insecure", "--endpoint", api.endpoint]
+    common = ["--project", PROJECT, *endpoints(api)]
     assert main(["logging", "plan", *common, *configured(tmp_path, location="us-central1")]) == 1
     assert "set logging.location" in capsys.readouterr().err
     api.refuse["get_sink"] = Refused(grpc.StatusCode.PERMISSION_DENIED, "logging.sinks.get denied")
