@@ -132,6 +132,7 @@ folders, ERLMCP_SECRETS_DIR). */}}
 {{- define "erlmcp.secretManagerFiles" -}}
 api-keys: api-keys
 redis-url: erlmcp_redis_url
+redis-ca: redis-ca.crt
 tls-cert: tls.crt
 tls-key: tls.key
 tls-client-ca: client-ca.crt
@@ -201,6 +202,17 @@ trusts) when that comes from Secret Manager too. */}}
 {{- if index $has "redis-url" -}}
 {{- if ne .Values.sessions.store "external" -}}
 {{- fail (printf "secretManager.keys has redis-url, the URL of your Redis: redis-url needs sessions.store=external (sessions.store is %s)" .Values.sessions.store) -}}
+{{- end -}}
+{{- end -}}
+{{- if index $has "redis-ca" -}}
+{{- if ne .Values.sessions.store "external" -}}
+{{- fail (printf "secretManager.keys has redis-ca, the CA of your Redis's TLS certificate: redis-ca needs sessions.store=external (sessions.store is %s)" .Values.sessions.store) -}}
+{{- end -}}
+{{- if not (index $has "redis-url") -}}
+{{- fail "secretManager.keys: redis-ca needs redis-url in secretManager.keys too (with the URL from sessions.external.secretName, its CA is sessions.external.caCert, from the same Secret)" -}}
+{{- end -}}
+{{- if .Values.sessions.external.caCert -}}
+{{- fail "give sessions.external.caCert or redis-ca in secretManager.keys, not both (both are the Redis CA)" -}}
 {{- end -}}
 {{- end -}}
 {{- if or (index $has "tls-cert") (index $has "tls-key") -}}

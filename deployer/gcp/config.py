@@ -79,6 +79,8 @@ class ClusterConfig(_Section):
     service_account: str = "erlmcp"  # the app's Kubernetes service account
     node_service_account: str = "erlmcp-gke-nodes"  # the nodes' own least-privilege Google service account ID
     autoscaling_profile: str = "BALANCED"  # the cluster autoscaler's profile
+    secret_manager_rotation: bool = True  # the Secret Manager add-on re-reads mounted secrets (new `latest` versions)
+    secret_manager_rotation_seconds: int = 120  # ... this often (GKE's documented default: 2 minutes)
 
 
 class SecretsConfig(_Section):

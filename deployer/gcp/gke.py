@@ -17,6 +17,11 @@ The desired cluster is a ``container_v1.CreateClusterRequest`` built from the co
   network section gives them (``network.podsRangeName``, ``network.servicesRangeName``).
 * **Workload Identity** (``PROJECT.svc.id.goog``), and every node pool on the GKE metadata server: pods never
   see a node's credentials; the app reads Secret Manager as its own Google service account.
+* GKE's **Secret Manager add-on** (for the chart's ``secretManager``) with **rotation** on
+  (``secretManagerConfig.rotationConfig``): the add-on re-reads the secrets it mounts every
+  ``cluster.secretManagerRotationSeconds`` (default 120, the API's documented default of 2 minutes), so a new
+  version of a secret mounted as ``latest`` reaches the pods' files; ``cluster.secretManagerRotation: false`` turns
+  it off. Rotation turned off or another interval set out of band is drift, put back by the add-on's own update.
 * **Shielded nodes**, and every node with secure boot and integrity monitoring.
 * The **release channel** of the configuration (REGULAR), node auto-repair and auto-upgrade.
 * The cluster autoscaler with the **BALANCED** profile (node auto-provisioning off: only our two pools exist).
@@ -72,6 +77,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any, TextIO
 
@@ -171,6 +177,11 @@ def _validate(config: GcpConfig) -> None:
     if not 1 <= cluster.min_nodes <= cluster.max_nodes:
         raise ValuesError(
             f"cluster.minNodes {cluster.min_nodes} and maxNodes {cluster.max_nodes}: need 1 <= minNodes <= maxNodes"
+        )
+    if cluster.secret_manager_rotation_seconds < 1:
+        raise ValuesError(
+            f"cluster.secretManagerRotationSeconds {cluster.secret_manager_rotation_seconds}: the Secret Manager "
+            "add-on's rotation interval must be a positive number of seconds (GKE's default is 120)"
         )
     if cluster.spot_max_nodes < 0:
         raise ValuesError("cluster.spotMaxNodes must be 0 (no spot pool) or more")
@@ -283,8 +294,17 @@ def desired_cluster(config: GcpConfig) -> container_v1.Cluster:
         workload_identity_config=container_v1.WorkloadIdentityConfig(workload_pool=f"{config.project}.svc.id.goog"),
         shielded_nodes=container_v1.ShieldedNodes(enabled=True),
         # GKE's Secret Manager add-on (CSI driver secrets-store-gke.csi.k8s.io): the chart's secretManager.enabled
-        # mounts the API key file from Secret Manager through it.
-        secret_manager_config=container_v1.SecretManagerConfig(enabled=True),
+        # mounts the API key file from Secret Manager through it. With rotation on, the add-on re-reads each mounted
+        # secret every rotation interval, so a new version of a secret mounted as `latest` reaches the pods' files.
+        secret_manager_config=container_v1.SecretManagerConfig(
+            enabled=True,
+            rotation_config=container_v1.SecretManagerConfig.RotationConfig(
+                enabled=cluster.secret_manager_rotation,
+                rotation_interval=timedelta(seconds=cluster.secret_manager_rotation_seconds)
+                if cluster.secret_manager_rotation
+                else None,
+            ),
+        ),
         autoscaling=container_v1.ClusterAutoscaling(
             enable_node_autoprovisioning=False, autoscaling_profile=cluster.autoscaling_profile
         ),
@@ -361,6 +381,12 @@ def cluster_view(cluster: container_v1.Cluster) -> dict[str, Any]:
         "workload_identity_config.workload_pool": cluster.workload_identity_config.workload_pool,
         "shielded_nodes.enabled": cluster.shielded_nodes.enabled,
         "secret_manager_config.enabled": cluster.secret_manager_config.enabled,
+        "secret_manager_config.rotation_config": {
+            "enabled": cluster.secret_manager_config.rotation_config.enabled,
+            "rotation_interval_seconds": int(
+                cluster.secret_manager_config.rotation_config.rotation_interval.total_seconds()
+            ),
+        },
         "logging_config.component_config.enable_components": _components(cluster.logging_config),
         "monitoring_config": {
             "component_config.enable_components": _components(cluster.monitoring_config),
@@ -427,6 +453,7 @@ def _cluster_fixes(name: str, desired: container_v1.Cluster, actual: container_v
         ),
         "shielded_nodes.enabled": update(desired_shielded_nodes=desired.shielded_nodes),
         "secret_manager_config.enabled": update(desired_secret_manager_config=desired.secret_manager_config),
+        "secret_manager_config.rotation_config": update(desired_secret_manager_config=desired.secret_manager_config),
         "logging_config.component_config.enable_components": update(desired_logging_config=logging),
         "monitoring_config": update(desired_monitoring_config=monitoring),
     }
@@ -1155,6 +1182,18 @@ def _check_observability(cluster: container_v1.Cluster) -> list[Finding]:
                 True,
                 "the Secret Manager add-on is off: the chart's secretManager.enabled cannot mount the API key "
                 "file from Secret Manager (its CSI driver is not there)",
+            )
+        )
+    elif not cluster.secret_manager_config.rotation_config.enabled:
+        found.append(
+            Finding(
+                "secret-manager-rotation",
+                LOW,
+                "secret_manager_config.rotation_config.enabled",
+                False,
+                True,
+                "the Secret Manager add-on does not rotate: a new version of a secret mounted as `latest` never "
+                "reaches the pods' files until they are recreated",
             )
         )
     return found

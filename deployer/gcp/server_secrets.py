@@ -12,6 +12,8 @@ things it does not have:
   server verifies tokens, it never signs one: the issuer keeps its private key), ``grafana-password`` (no Grafana
   is installed; the chart ships a dashboard for yours) and ``backup-key`` (the server keeps no state to back up:
   sessions live in Redis or in memory).
+* added: ``redis-ca``, the CA a ``rediss://`` Redis's certificate must chain to (Memorystore with in-transit
+  encryption has its own server CA), a file (``ERLMCP_REDIS_CA_FILE``) beside ``redis-url``.
 
 Every secret is optional: a deployment lists the ones it uses in ``secrets.keys`` of the configuration (default
 ``api-keys`` only); ``python -m deployer secrets apply`` (:mod:`deployer.gcp.secrets`) creates them as
@@ -48,6 +50,7 @@ SERVER_SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("tls-key", "ERLMCP_TLS_KEY_FILE", True, "PEM private key of that certificate"),
     SecretSpec("tls-client-ca", "ERLMCP_TLS_CLIENT_CA_FILE", True, "CAs client certificates must chain to (mTLS)"),
     SecretSpec("redis-url", "ERLMCP_REDIS_URL", False, "redis://:PASSWORD@HOST:6379/0 shared by the replicas"),
+    SecretSpec("redis-ca", "ERLMCP_REDIS_CA_FILE", True, "PEM CA of a rediss:// Redis (Memorystore's server CA)"),
     SecretSpec("otel-ca-cert", "OTEL_EXPORTER_OTLP_CERTIFICATE", True, "CA of the OTLP collector (TLS)"),
 )
 

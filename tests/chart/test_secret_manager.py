@@ -119,7 +119,7 @@ def test_values_that_cannot_mount_the_key_are_refused_saying_why(helm: str, sets
 # Every file `python -m deployer secrets` can make (deployer/gcp/server_secrets.py), each where the server reads it.
 EVERY = (
     *ON,
-    "secretManager.keys={api-keys,redis-url,tls-cert,tls-key,tls-client-ca,jwt-public-key,otel-ca-cert}",
+    "secretManager.keys={api-keys,redis-url,redis-ca,tls-cert,tls-key,tls-client-ca,jwt-public-key,otel-ca-cert}",
     "sessions.store=external",
     "serverTls.enabled=true",
     "serverTls.testerClientSecret=tester-client",
@@ -161,6 +161,7 @@ def test_every_chosen_secret_is_a_file_of_the_one_provider_class_where_the_serve
     assert provided(providers["r1-secret-manager"]) == {
         "api-keys": resource("erlmcp-api-keys"),
         "erlmcp_redis_url": resource("erlmcp-redis-url"),
+        "redis-ca.crt": resource("erlmcp-redis-ca"),
         "tls.crt": resource("erlmcp-tls-cert"),
         "tls.key": resource("erlmcp-tls-key"),
         "client-ca.crt": resource("erlmcp-tls-client-ca"),
@@ -174,7 +175,7 @@ def test_every_chosen_secret_is_a_file_of_the_one_provider_class_where_the_serve
     env = server_env(documents)
     assert {name: env[name] for name in (
         "ERLMCP_API_KEY_FILE", "ERLMCP_TLS_CERT_FILE", "ERLMCP_TLS_KEY_FILE", "ERLMCP_TLS_CLIENT_CA_FILE",
-        "ERLMCP_JWT_PUBLIC_KEY_FILE", "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "ERLMCP_JWT_PUBLIC_KEY_FILE", "OTEL_EXPORTER_OTLP_CERTIFICATE", "ERLMCP_REDIS_CA_FILE",
     )} == {
         "ERLMCP_API_KEY_FILE": "/etc/erlmcp/secrets/api-keys",
         "ERLMCP_TLS_CERT_FILE": "/etc/erlmcp/secrets/tls.crt",
@@ -182,6 +183,7 @@ def test_every_chosen_secret_is_a_file_of_the_one_provider_class_where_the_serve
         "ERLMCP_TLS_CLIENT_CA_FILE": "/etc/erlmcp/secrets/client-ca.crt",
         "ERLMCP_JWT_PUBLIC_KEY_FILE": "/etc/erlmcp/secrets/jwt-public-key.pem",
         "OTEL_EXPORTER_OTLP_CERTIFICATE": "/etc/erlmcp/secrets/otel-ca.crt",
+        "ERLMCP_REDIS_CA_FILE": "/etc/erlmcp/secrets/redis-ca.crt",
     }  # fmt: skip
     assert (env["ERLMCP_JWT_ISSUER"], env["ERLMCP_RESOURCE_URL"]) == ("https://issuer.example", "https://mcp.example")
     assert "ERLMCP_JWT_JWKS_URL" not in env
@@ -210,6 +212,35 @@ def test_the_redis_url_from_secret_manager_is_read_from_a_second_secrets_folder(
     assert volume(pod_spec(documents), "state")["projected"]["sources"] == [{"secret": {"name": "r1-state"}}]
     [state] = [s for s in of_kind(documents, "Secret") if s["metadata"]["name"] == "r1-state"]
     assert "erlmcp_redis_url" not in state["data"]
+
+
+def test_the_redis_ca_from_secret_manager_is_the_file_the_server_trusts_for_a_tls_redis(helm: str) -> None:
+    # Memorystore with in-transit encryption: its server CA, beside the rediss:// URL, both from Secret Manager.
+    documents = render(helm, *ON, "secretManager.keys={api-keys,redis-url,redis-ca}", "sessions.store=external")
+    for provider in of_kind(documents, "SecretProviderClass"):
+        assert list(crd_validator().iter_errors(provider)) == []
+    assert provided(provider_named(documents, "r1-secret-manager")) == {
+        "api-keys": resource("erlmcp-api-keys"),
+        "erlmcp_redis_url": resource("erlmcp-redis-url"),
+        "redis-ca.crt": resource("erlmcp-redis-ca"),
+    }
+    # The test Pod does not reach Redis: its class has the API key file alone.
+    assert provided(provider_named(documents, "r1-secret-manager-test")) == {"api-keys": resource("erlmcp-api-keys")}
+    env = server_env(documents)
+    assert env["ERLMCP_REDIS_CA_FILE"] == "/etc/erlmcp/secrets/redis-ca.crt"
+    assert server_mounts(documents)["api-keys"] == "/etc/erlmcp/secrets"
+    # No Secret of the user's is mounted for the CA.
+    assert "redis-ca" not in [v["name"] for v in pod_spec(documents)["volumes"]]
+    assert "redis-ca" not in server_mounts(documents)
+
+
+def test_the_redis_ca_takes_its_own_secret_name_like_the_other_keys(helm: str) -> None:
+    documents = render(
+        helm, *ON, "secretManager.keys={api-keys,redis-url,redis-ca}", "sessions.store=external",
+        "secretManager.names.redis-ca=memorystore-server-ca",
+    )  # fmt: skip
+    found = provided(provider_named(documents, "r1-secret-manager"))
+    assert found["redis-ca.crt"] == resource("memorystore-server-ca")
 
 
 def test_without_the_redis_url_from_secret_manager_the_secrets_folder_is_the_state_one_alone(helm: str) -> None:
@@ -281,6 +312,22 @@ def test_the_test_pod_shares_the_servers_provider_class_when_it_holds_only_the_a
         (
             ("secretManager.keys={api-keys,redis-url}", "sessions.store=external", "sessions.external.secretName=mine"),
             "leave sessions.external.secretName and sessions.external.url empty",
+        ),
+        (
+            ("secretManager.keys={api-keys,redis-ca}",),
+            "redis-ca needs sessions.store=external (sessions.store is pod)",
+        ),
+        (
+            ("secretManager.keys={api-keys,redis-ca}", "sessions.store=external", "sessions.external.secretName=mine"),
+            "secretManager.keys: redis-ca needs redis-url in secretManager.keys too",
+        ),
+        (
+            (
+                "secretManager.keys={api-keys,redis-url,redis-ca}",
+                "sessions.store=external",
+                "sessions.external.caCert=true",
+            ),
+            "give sessions.external.caCert or redis-ca in secretManager.keys, not both",
         ),
         (("secretManager.keys={api-keys,tls-cert}", "serverTls.enabled=true"), "tls-cert and tls-key go together"),
         (("secretManager.keys={api-keys,tls-key}", "serverTls.enabled=true"), "tls-cert and tls-key go together"),

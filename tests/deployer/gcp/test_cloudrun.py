@@ -185,6 +185,17 @@ def test_with_redis_sessions_are_shared_over_direct_vpc_egress_and_file_only_set
     assert settings.jwt_enabled
 
 
+def test_the_redis_ca_from_secret_manager_is_a_secret_volume_the_server_reads_as_its_redis_ca(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"secrets": {"keys": ["api-keys", "redis-url", "redis-ca"]}})
+    service = desired_service(load_config(path, project=PROJECT)).service
+    assert list(knative_validator().iter_errors(service)) == []
+    volumes = {v["name"]: v["secret"]["secretName"] for v in service["spec"]["template"]["spec"]["volumes"]}
+    assert volumes == {"api-keys": "erlmcp-api-keys", "redis-ca": "erlmcp-redis-ca"}
+    env = env_of(service)
+    assert env["ERLMCP_REDIS_CA_FILE"] == "/secrets/redis-ca/redis-ca"
+    assert env["ERLMCP_REDIS_URL"] == {"secretKeyRef": {"name": "erlmcp-redis-url", "key": "latest"}}
+
+
 @pytest.mark.parametrize(
     ("cloud_run", "secrets", "expected"),
     [

@@ -44,7 +44,12 @@ def _pb_fields(message: Any) -> list[str]:
 @dataclass
 class FakeGke:
     """ClusterManager over one in-memory project: checks what GKE checks on what we send, fills in what GKE fills
-    in, and runs each write as an operation that completes after ``polls`` reads; one at a time per cluster."""
+    in, and runs each write as an operation that completes after ``polls`` reads; one at a time per cluster.
+
+    The Secret Manager add-on's ``secret_manager_config`` (``enabled`` and ``rotation_config``: ``enabled``,
+    ``rotation_interval``) is taken on create and by ``desired_secret_manager_config`` and given back as sent. Left
+    out: GKE's 2-minute default interval is not filled in when rotation is on without one, and the interval is not
+    range-checked (the API reference gives no range), nor is rotation refused with the add-on off."""
 
     clusters: dict[str, Any] = field(default_factory=dict)
     created: list[Any] = field(default_factory=list)  # every CreateClusterRequest received, as received
@@ -879,3 +884,68 @@ def test_a_refused_standby_plan_writes_nothing_in_either_region(
     assert "apply refused, nothing written" in err
     assert api.fake.writes == []
     assert api.fake.iam.writes == []
+
+
+def _rotation(cluster: Any) -> tuple[bool, int]:
+    rotation = cluster.secret_manager_config.rotation_config
+    return rotation.enabled, int(rotation.rotation_interval.total_seconds())
+
+
+def test_the_add_on_rotates_mounted_secrets_every_two_minutes_by_default_as_render_shows(api, capsys) -> None:
+    # Without rotation a new version of a secret mounted as `latest` never reaches the pods' files.
+    cluster = created(api, capsys)
+    assert _rotation(api.fake.created[0].cluster) == (True, 120)
+    assert _rotation(cluster) == (True, 120)
+    assert main(["cluster", "render", "--project", PROJECT, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    rotation = {"enabled": True, "rotationInterval": "120s"}
+    assert document["cluster"]["secretManagerConfig"] == {"enabled": True, "rotationConfig": rotation}
+
+
+@pytest.mark.parametrize(("enabled", "seconds"), [(False, 120), (True, 3600), (False, 0)],
+                         ids=["turned-off", "other-interval", "cleared"])  # fmt: skip
+def test_rotation_changed_out_of_band_is_an_update_that_apply_puts_back(api, capsys, enabled, seconds) -> None:
+    cluster = created(api, capsys)
+    cluster.secret_manager_config.rotation_config = container_v1.SecretManagerConfig.RotationConfig(
+        enabled=enabled, rotation_interval={"seconds": seconds}
+    )
+    document = plan_json(api, capsys)
+    assert [c["action"] for c in document["changes"] if c["kind"] == "GKE cluster"] == ["UPDATE"]
+    found = {d["field"]: (d["actual"], d["desired"]) for c in document["changes"] for d in c["differences"]}
+    wanted = {"enabled": (enabled, True), "rotation_interval_seconds": (seconds, 120)}
+    assert found == {f"secret_manager_config.rotation_config.{k}": v for k, v in wanted.items() if v[0] != v[1]}
+    code, _, err = run(api, capsys, "apply")
+    assert code == 0, err
+    (request,) = api.fake.requests  # the add-on's own update call, with its rotation
+    assert _pb_fields(request.update) == ["desired_secret_manager_config"]
+    assert request.update.desired_secret_manager_config.enabled is True
+    assert _rotation(api.fake.clusters[CLUSTER]) == (True, 120)
+    assert rows(plan_json(api, capsys)) == UNCHANGED
+
+
+def test_the_configuration_sets_the_rotation_interval_or_turns_rotation_off() -> None:
+    hourly = load_config(None, project=PROJECT, cluster={"secretManagerRotationSeconds": 3600})
+    assert _rotation(gke.desired_cluster(hourly)) == (True, 3600)
+    off = gke.desired_cluster(load_config(None, project=PROJECT, cluster={"secretManagerRotation": False}))
+    assert off.secret_manager_config.enabled is True
+    assert _rotation(off) == (False, 0)
+
+
+@pytest.mark.parametrize("seconds", [0, -5])
+def test_a_rotation_interval_that_is_not_positive_is_refused_naming_the_key(api, capsys, tmp_path, seconds) -> None:
+    path = tmp_path / "erlmcp-gcp.yaml"
+    path.write_text(f"cluster:\n  secretManagerRotationSeconds: {seconds}\n", encoding="utf-8")
+    code, out, err = run(api, capsys, "plan", "--config", str(path))
+    assert (code, out) == (2, "")
+    assert f"cluster.secretManagerRotationSeconds {seconds}" in err
+    assert api.fake.writes == []
+
+
+def test_check_reports_an_add_on_that_does_not_rotate(api, capsys) -> None:
+    cluster = created(api, capsys)
+    cluster.secret_manager_config.rotation_config.enabled = False
+    code, out, err = run(api, capsys, "check", "--json")
+    assert code == 1, err
+    (finding,) = json.loads(out)["findings"]
+    assert (finding["name"], finding["severity"], finding["field"]) == (
+        "secret-manager-rotation", "low", "secret_manager_config.rotation_config.enabled")  # fmt: skip

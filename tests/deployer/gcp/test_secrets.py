@@ -253,6 +253,21 @@ def test_plan_on_an_empty_project_creates_everything_and_writes_nothing(api, cap
     assert "AccessSecretVersion" not in api.fake.calls  # nothing to compare with: no value is read
 
 
+def test_apply_creates_the_redis_ca_a_file_kept_byte_for_byte(api, capsys, tmp_path) -> None:
+    # Memorystore with in-transit encryption: its server CA (memorystore apply --secret-out DIR writes DIR/ca.crt),
+    # for the chart's secretManager.keys redis-ca, read by the server from ERLMCP_REDIS_CA_FILE.
+    write_config(api.config, keys=["api-keys", "redis-url", "redis-ca"])
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    code, _, err = run(api, capsys, "apply", *values(api, "api-keys", "redis-url"), "--value", f"redis-ca={ca}")
+    assert code == 0, err
+    assert api.fake.writes[-4:-1] == ["CreateSecret erlmcp-redis-ca", "AddSecretVersion erlmcp-redis-ca",
+                                      "SetIamPolicy erlmcp-redis-ca"]  # fmt: skip
+    assert dict(api.fake.secrets["erlmcp-redis-ca"].labels) == {"managed-by": "erlmcp", "erlmcp-key": "redis-ca"}
+    assert api.fake.versions["erlmcp-redis-ca"][0][0] == ca.read_bytes()  # a file: its last newline kept
+    assert members(api.fake.secret_policies["erlmcp-redis-ca"], ACCESSOR) == {MEMBER}
+
+
 def test_apply_creates_the_secrets_the_version_the_account_and_both_bindings(api, capsys) -> None:
     code, out, err = run(api, capsys, "apply", *values(api, "api-keys", "redis-url"))
     assert code == 0, err
