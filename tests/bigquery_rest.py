@@ -41,9 +41,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from tests.json_http import ApiError, JsonServer
+from tests.json_http import ApiError, JsonServer, Served
 
 __all__ = ["BigQueryRest"]
 
@@ -58,7 +58,7 @@ _OUTPUT = ("kind", "id", "selfLink", "etag", "creationTime", "lastModifiedTime",
 
 
 @dataclass
-class BigQueryRest:
+class BigQueryRest(Served):
     """The server over ``project``; ``writes`` lists every write (``insert P:D``, ``patch P:D [access]``)."""
 
     project: str
@@ -72,20 +72,7 @@ class BigQueryRest:
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: JsonServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return self._server.url
-
-    def start(self) -> BigQueryRest:
-        self._server = JsonServer(self.handle, "bigquery-rest")
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    server_name: ClassVar[str] = "bigquery-rest"
 
     def deny(self, method: str, permission: str) -> None:
         """The next ``method`` call (GET, POST, PATCH) answers 403 as the API does without ``permission``."""

@@ -62,6 +62,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from google.cloud import compute_v1
 
+from tests.json_http import ApiError
+
 __all__ = ["LINK", "Call", "ComputeRest"]
 
 LINK = "https://www.googleapis.com/compute/v1/"
@@ -103,18 +105,6 @@ _ROUTE = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/(?P<scope>global|r
 _LINK = re.compile(re.escape(LINK) + r"projects/(?P<project>[^/]+)/(?P<scope>global|regions/[a-z0-9-]+)/"
                    r"(?P<collection>[A-Za-z]+)/(?P<name>[^/]+)")  # fmt: skip
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-class ApiError(Exception):
-    """An answer in Google's error format."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-    def body(self) -> dict[str, Any]:
-        detail = {"message": self.message, "domain": "global", "reason": self.reason}
-        return {"error": {"code": self.status, "message": self.message, "errors": [detail]}}
 
 
 def _invalid(message: str) -> ApiError:

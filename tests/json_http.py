@@ -1,6 +1,7 @@
 """The HTTP plumbing the local REST servers of Google APIs share (:mod:`tests.bigquery_rest`,
 :mod:`tests.storage_rest`): a threaded loopback server that hands each request to ``handle(method, path, query,
-headers, body)`` and writes the JSON document it answers, with Google's JSON error format for :class:`ApiError`.
+headers, body)`` and writes the JSON document it answers, with Google's JSON error format for :class:`ApiError`;
+:class:`Served`, the start, stop and URL of a server class built on it. :mod:`tests.compute_rest` shares the error.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["ApiError", "Handle", "JsonServer"]
+__all__ = ["ApiError", "Handle", "JsonServer", "Served"]
 
 # (method, path, query (first value of each), headers (lower-case names), body) -> (status, document)
 Handle = Callable[[str, str, dict[str, str], dict[str, str], Any], tuple[int, Any]]
@@ -92,3 +93,30 @@ class JsonServer:
             self._http.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class Served:
+    """A local API server's life: :meth:`start` serves its ``handle`` on a free loopback port (:attr:`url`),
+    :meth:`stop` ends it. The class sets ``server_name`` (its thread's name) and ``handle``."""
+
+    server_name: ClassVar[str]
+    _server: JsonServer | None
+
+    def handle(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: Any
+    ) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "not started"
+        return self._server.url
+
+    def start(self) -> Self:
+        self._server = JsonServer(self.handle, self.server_name)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()

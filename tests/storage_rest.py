@@ -49,9 +49,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
-from tests.json_http import ApiError, JsonServer
+from tests.json_http import ApiError, JsonServer, Served
 
 __all__ = ["StorageRest"]
 
@@ -68,7 +68,7 @@ def _now() -> str:
 
 
 @dataclass
-class StorageRest:
+class StorageRest(Served):
     """The server for ``project``; ``writes`` lists every write (``insert B``, ``setIamPolicy B``)."""
 
     project: str
@@ -84,20 +84,7 @@ class StorageRest:
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: JsonServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return self._server.url
-
-    def start(self) -> StorageRest:
-        self._server = JsonServer(self.handle, "storage-rest")
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    server_name: ClassVar[str] = "storage-rest"
 
     def deny(self, method: str, permission: str) -> None:
         """The next call of ``method`` (``get``, ``insert``, ``getIamPolicy``, ``setIamPolicy``) answers 403 as the
