@@ -113,6 +113,12 @@ def _cost(items: list[Any]) -> int:
     return max(1, sum(1 for item in items if isinstance(item, dict) and "method" in item and "id" in item))
 
 
+def _store_away(exc: SessionStoreUnavailable) -> Response:
+    """Redis is away: say so at once, and when to try again."""
+    away = InternalError(f"Service Unavailable: {exc}; retry later", data={"retryAfter": exc.retry_after})
+    return json_response(error_response(None, away), 503, {"Retry-After": str(exc.retry_after)})
+
+
 class _Answering:
     """Where one POSTed request's handler meets the transport: it runs in its own task (cancellable alone, and
     free to go on sending once the transport answers with an event stream), and the transport waits on one future
@@ -182,30 +188,36 @@ class McpEndpoint:
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the MCP endpoint."""
-        admitted = await self._gate.admit(request.headers, request.client.host if request.client else None)
+        scope = request.scope  # (the method and the peer read from it once, as Starlette's properties read them)
+        method: str = scope["method"]
+        client = scope.get("client")
+        headers = request.headers
+        admitted = await self._gate.admit(headers, client[0] if client is not None else None)
         if isinstance(admitted, Refusal):
             return refused(admitted)
         caller = admitted
-        version = request.headers.get("mcp-protocol-version", "").strip()
-        if request.method in {"GET", "DELETE"}:
+        version = headers.get("mcp-protocol-version", "").strip()
+        if method == "POST":
+            try:
+                return await self._post(request, caller, version)
+            except SessionStoreUnavailable as exc:
+                return _store_away(exc)
+        if method in {"GET", "DELETE"}:
             if self._options.stateless:
                 why = "this server keeps no sessions, so"
-                return refuse(405, f"Method Not Allowed: {why} {request.method} has no use", {"Allow": "POST"})
+                return refuse(405, f"Method Not Allowed: {why} {method} has no use", {"Allow": "POST"})
             if version and version not in HANDSHAKE_REVISIONS:
-                why = f"{request.method} has no use in protocol {version}"
+                why = f"{method} has no use in protocol {version}"
                 return refuse(405, f"Method Not Allowed: {why}", {"Allow": "POST"})
         try:
-            if request.method == "POST":
-                return await self._post(request, caller, version)
-            if request.method in {"GET", "DELETE"}:
+            if method in {"GET", "DELETE"}:
                 limited = await self._gate.take(caller)
                 if limited is not None:
                     return refused(limited)
-                return await (self._get(request, caller) if request.method == "GET" else self._delete(request, caller))
-        except SessionStoreUnavailable as exc:  # Redis is away: say so at once, and when to try again
-            away = InternalError(f"Service Unavailable: {exc}; retry later", data={"retryAfter": exc.retry_after})
-            return json_response(error_response(None, away), 503, {"Retry-After": str(exc.retry_after)})
-        return refuse(405, f"Method Not Allowed: {request.method} /mcp", headers={"Allow": "GET, POST, DELETE"})
+                return await (self._get(request, caller) if method == "GET" else self._delete(request, caller))
+        except SessionStoreUnavailable as exc:
+            return _store_away(exc)
+        return refuse(405, f"Method Not Allowed: {method} /mcp", headers={"Allow": "GET, POST, DELETE"})
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
