@@ -18,23 +18,37 @@ from starlette.types import Scope
 __all__ = ["IndexedHeaders", "McpRequest"]
 
 
+# Header names seen, as bytes, each with its decoded lowercase name: every request carries the same few, so they
+# are decoded once per process rather than once per request. Bounded in count and length: names are the client's.
+_NAMES: dict[bytes, str] = {}
+_NAMES_KEPT = 128
+_NAME_KEPT_BYTES = 64
+
+
 class IndexedHeaders(Headers):
     """A request's headers (Starlette's :class:`Headers`), each name and value decoded once, looked up in a dict."""
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope=scope)
         first: dict[str, str] = {}
+        names = _NAMES
         for name, value in self._list:
-            key = name.decode("latin-1").lower()
+            key = names.get(name)
+            if key is None:
+                key = name.decode("latin-1").lower()
+                if len(names) < _NAMES_KEPT and len(name) <= _NAME_KEPT_BYTES:
+                    names[name] = key
             if key not in first:  # a repeated header: the first one, as Starlette's lookup returns
                 first[key] = value.decode("latin-1")
         self._first = first
 
     def __getitem__(self, key: str) -> str:
-        return self._first[key.lower()]
+        found = self._first.get(key)  # the endpoint's and the gate's names are lowercase already
+        return self._first[key.lower()] if found is None else found
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._first.get(key.lower(), default)
+        found = self._first.get(key)
+        return self._first.get(key.lower(), default) if found is None else found
 
     def __contains__(self, key: Any) -> bool:
         return isinstance(key, str) and key.lower() in self._first

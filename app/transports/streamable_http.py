@@ -78,9 +78,45 @@ def _media_types(accept: str) -> set[str]:
     return {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
 
 
+@dataclass(frozen=True, slots=True)
+class _Accept:
+    """What an Accept header allows a POST's answer to be."""
+
+    acceptable: bool  # no Accept, or one that allows JSON or an event stream
+    stream: bool  # an event stream
+    stream_only: bool  # an event stream and no JSON body
+
+    @classmethod
+    def of(cls, header: str) -> _Accept:
+        types = _media_types(header)
+        return cls(not types or bool(types & {_JSON, _SSE, "application/*", "*/*"}), _SSE in types, _stream_only(types))
+
+
+# Accept headers seen, with what each allows: clients send the same one on every request, so it is parsed once.
+# Bounded in count and length: the header is the client's.
+_ACCEPTS: dict[str, _Accept] = {}
+_ACCEPTS_KEPT = 64
+_ACCEPT_KEPT_CHARS = 256
+
+
+def _accept(header: str) -> _Accept:
+    found = _ACCEPTS.get(header)
+    if found is None:
+        found = _Accept.of(header)
+        if len(_ACCEPTS) < _ACCEPTS_KEPT and len(header) <= _ACCEPT_KEPT_CHARS:
+            _ACCEPTS[header] = found
+    return found
+
+
 def _cost(items: list[Any]) -> int:
     """The rate tokens of a batch: one per request in it, and at least one (every POST costs a token)."""
     return max(1, sum(1 for item in items if isinstance(item, dict) and "method" in item and "id" in item))
+
+
+def _store_away(exc: SessionStoreUnavailable) -> Response:
+    """Redis is away: say so at once, and when to try again."""
+    away = InternalError(f"Service Unavailable: {exc}; retry later", data={"retryAfter": exc.retry_after})
+    return json_response(error_response(None, away), 503, {"Retry-After": str(exc.retry_after)})
 
 
 class _Answering:
@@ -152,30 +188,36 @@ class McpEndpoint:
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the MCP endpoint."""
-        admitted = await self._gate.admit(request.headers, request.client.host if request.client else None)
+        scope = request.scope  # (the method and the peer read from it once, as Starlette's properties read them)
+        method: str = scope["method"]
+        client = scope.get("client")
+        headers = request.headers
+        admitted = await self._gate.admit(headers, client[0] if client is not None else None)
         if isinstance(admitted, Refusal):
             return refused(admitted)
         caller = admitted
-        version = request.headers.get("mcp-protocol-version", "").strip()
-        if request.method in {"GET", "DELETE"}:
+        version = headers.get("mcp-protocol-version", "").strip()
+        if method == "POST":
+            try:
+                return await self._post(request, caller, version)
+            except SessionStoreUnavailable as exc:
+                return _store_away(exc)
+        if method in {"GET", "DELETE"}:
             if self._options.stateless:
                 why = "this server keeps no sessions, so"
-                return refuse(405, f"Method Not Allowed: {why} {request.method} has no use", {"Allow": "POST"})
+                return refuse(405, f"Method Not Allowed: {why} {method} has no use", {"Allow": "POST"})
             if version and version not in HANDSHAKE_REVISIONS:
-                why = f"{request.method} has no use in protocol {version}"
+                why = f"{method} has no use in protocol {version}"
                 return refuse(405, f"Method Not Allowed: {why}", {"Allow": "POST"})
         try:
-            if request.method == "POST":
-                return await self._post(request, caller, version)
-            if request.method in {"GET", "DELETE"}:
+            if method in {"GET", "DELETE"}:
                 limited = await self._gate.take(caller)
                 if limited is not None:
                     return refused(limited)
-                return await (self._get(request, caller) if request.method == "GET" else self._delete(request, caller))
-        except SessionStoreUnavailable as exc:  # Redis is away: say so at once, and when to try again
-            away = InternalError(f"Service Unavailable: {exc}; retry later", data={"retryAfter": exc.retry_after})
-            return json_response(error_response(None, away), 503, {"Retry-After": str(exc.retry_after)})
-        return refuse(405, f"Method Not Allowed: {request.method} /mcp", headers={"Allow": "GET, POST, DELETE"})
+                return await (self._get(request, caller) if method == "GET" else self._delete(request, caller))
+        except SessionStoreUnavailable as exc:
+            return _store_away(exc)
+        return refuse(405, f"Method Not Allowed: {method} /mcp", headers={"Allow": "GET, POST, DELETE"})
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
@@ -209,12 +251,15 @@ class McpEndpoint:
     # -- POST -------------------------------------------------------------------------------------------------
 
     async def _post(self, request: Request, caller: Caller, version: str) -> Response:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        accept = _media_types(request.headers.get("accept", ""))
+        headers = request.headers
+        content_type = headers.get("content-type", "")
+        if content_type != _JSON:  # (as the bare media type it is already)
+            content_type = content_type.split(";")[0].strip().lower()
+        accept = _accept(headers.get("accept", ""))
         if content_type != _JSON:
             why = f"Unsupported Media Type: Content-Type must be application/json, not {content_type!r}"
             return await self._charged(caller, refuse(415, why))
-        if accept and not accept & {_JSON, _SSE, "application/*", "*/*"}:
+        if not accept.acceptable:
             why = "Not Acceptable: the Accept header must allow application/json or text/event-stream"
             return await self._charged(caller, refuse(406, why))
         body = await read_body(request, self._gate.max_message_bytes)
@@ -236,7 +281,7 @@ class McpEndpoint:
         if version and version not in HANDSHAKE_REVISIONS:
             # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
             return await self._stateless(
-                request, caller, message, wants_stream=bool(accept & {_SSE}), stream_only=_stream_only(accept)
+                request, caller, message, wants_stream=accept.stream, stream_only=accept.stream_only
             )
         if message.method == "initialize" and not message.is_notification:
             answer = await self.core.initialize(message, caller, keep_session=not self._options.stateless)
@@ -256,8 +301,7 @@ class McpEndpoint:
             if not await self.core.deliver(found, message):
                 return refuse(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
             return Response(status_code=202)
-        wants_stream = bool(accept & {_SSE})
-        return await self._request(request, caller, found, message, wants_stream, stream_only=_stream_only(accept))
+        return await self._request(request, caller, found, message, accept.stream, stream_only=accept.stream_only)
 
     async def _request(
         self,
