@@ -97,6 +97,7 @@ from deployer.gcp import converge
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.conflicts import again_on_conflict
+from deployer.gcp.credentials import default_credentials
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
 
@@ -539,17 +540,9 @@ class CloudRunApi:
             if not endpoint:
                 raise ValuesError("--insecure needs --endpoint HOST:PORT")
             return cls(requests.Session(), endpoint if "://" in endpoint else f"http://{endpoint}", project, region)
-        import google.auth
-        from google.auth.exceptions import GoogleAuthError
         from google.auth.transport.requests import AuthorizedSession
 
-        try:
-            credentials, _ = google.auth.default(scopes=list(SCOPES))
-        except GoogleAuthError as exc:
-            raise CloudError(
-                f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or "
-                "run where a service account is attached"
-            ) from exc
+        credentials = default_credentials(SCOPES)
         base = endpoint or f"{region}-run.googleapis.com"
         session: requests.Session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
         return cls(session, base if "://" in base else f"https://{base}", project, region)

@@ -70,7 +70,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TextIO
 
-import google.auth
 import requests
 from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import GoogleAPICallError, NotFound
@@ -94,6 +93,7 @@ from deployer.gcp.changes import (
 )
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.converge import Step, Write
+from deployer.gcp.credentials import default_credentials
 from deployer.log import Log
 
 __all__ = [
@@ -420,13 +420,7 @@ class ComputeApi:
                 return client(transport=transport(host=endpoint, credentials=anonymous, url_scheme="http"))
 
             return cls(location, plain)
-        try:
-            credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
-        except GoogleAuthError as exc:
-            raise CloudError(
-                f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, "
-                "or run where a service account is attached"
-            ) from exc
+        credentials = default_credentials([CLOUD_PLATFORM])
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
 
         def authorized(client: type[Any]) -> Any:

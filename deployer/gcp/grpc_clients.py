@@ -14,6 +14,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.exceptions import GoogleAuthError
 
 from deployer.errors import CloudError, ValuesError
+from deployer.gcp.credentials import no_credentials
 
 __all__ = ["Connected", "connect"]
 
@@ -57,7 +58,4 @@ def connect(
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
         return Connected(tuple(client(client_options=options) for client, _ in kinds))
     except GoogleAuthError as exc:
-        raise error(
-            f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or run "
-            "where a service account is attached"
-        ) from exc
+        raise no_credentials(exc, error) from exc

@@ -43,6 +43,7 @@ from deployer.errors import CloudError, ValuesError
 from deployer.gcp import iam
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
 from deployer.gcp.converge import Step
+from deployer.gcp.credentials import default_credentials
 
 __all__ = [
     "BIGQUERY_ROLE",
@@ -160,17 +161,9 @@ class Destinations:
                 RestApi(requests.Session(), _url(bigquery_endpoint, "http"), "BigQuery"),
                 RestApi(requests.Session(), _url(storage_endpoint, "http"), "Cloud Storage"),
             )
-        import google.auth
-        from google.auth.exceptions import GoogleAuthError
         from google.auth.transport.requests import AuthorizedSession
 
-        try:
-            credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
-        except GoogleAuthError as exc:
-            raise CloudError(
-                f"no Google Cloud credentials ({exc}); run `gcloud auth application-default login`, or run where a "
-                "service account is attached"
-            ) from exc
+        credentials = default_credentials([CLOUD_PLATFORM])
 
         def session() -> requests.Session:
             made: requests.Session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
