@@ -424,7 +424,7 @@ PLATFORMS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("plan", "apply", "render"),
         "the Memorystore for Redis instance that holds the "
         "sessions (sessions.store: external); render prints the desired instance offline, apply "
-        "--secret-out DIR writes its connection for a Kubernetes Secret",
+        "--secret-out DIR writes its connection for a Kubernetes Secret or Secret Manager",
     ),
     "logging": (
         "log_router",
@@ -684,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="DIR",
                 help="with apply: write the connection into DIR (redis-url with the AUTH "
                 "string, ca.crt; mode 0600) and print the kubectl command that makes the "
-                "Secret from them; the AUTH string is never printed",
+                "Secret from them, or the secrets apply that stores them in Secret Manager, "
+                "with the chart settings of each; the AUTH string is never printed",
             )
         # -- end of memorystore-only options --
         if platform == "logging":  # -- logging-only options (deployer.gcp.log_destinations) --

@@ -53,8 +53,10 @@ operation runs) is not written to.
 ``apply --secret-out DIR`` then hands the connection to Kubernetes without printing it: it writes ``DIR/redis-url``
 (``rediss://:AUTH@HOST:PORT/0``, the AUTH string from ``GetInstanceAuthString``) and ``DIR/ca.crt`` (the
 instance's server CA certificates), both mode 0600, and prints the ``kubectl`` command that makes the Secret
-``memorystore.secretName`` from them and the chart settings that read it. The AUTH string is never printed, logged
-or put in ``--json``.
+``memorystore.secretName`` from them and the chart settings that read it, and, for GKE's Secret Manager add-on,
+the ``python -m deployer secrets apply --value redis-url=... --value redis-ca=...`` that stores them in Secret
+Manager instead and the chart's ``secretManager`` settings. The AUTH string is never printed, logged or put in
+``--json``.
 
 ``render`` prints the desired ``CreateInstanceRequest`` as YAML (``--json``: JSON), offline: no credentials, no
 network.
@@ -621,6 +623,9 @@ class Connection:
     ca_file: Path | None
     secret: str
     namespace: str
+    project: str
+    secret_keys: tuple[str, ...]  # the configuration's secrets.keys: what the chart mounts from Secret Manager
+    config_file: str | None = None  # the configuration file the command was given, for the commands it prints
 
     @property
     def kubectl(self) -> str:
@@ -644,6 +649,36 @@ class Connection:
             settings.insert(2, "sessions.external.caCert=true")
         return settings
 
+    @property
+    def secret_manager_keys(self) -> list[str]:
+        """What the chart takes from Secret Manager: the configuration's keys with ``redis-url`` (and ``redis-ca``
+        with TLS) added; ``api-keys`` first, which the chart requires."""
+        keys = ["api-keys", *self.secret_keys, "redis-url", *(["redis-ca"] if self.ca_file is not None else [])]
+        return list(dict.fromkeys(keys))
+
+    @property
+    def secret_manager_command(self) -> str:
+        """The ``python -m deployer secrets apply`` that stores the files as new versions of ``redis-url`` and
+        ``redis-ca``, with this command's configuration and project."""
+        values = [f"--value redis-url={shlex.quote(str(self.url_file))}"]
+        if self.ca_file is not None:
+            values.append(f"--value redis-ca={shlex.quote(str(self.ca_file))}")
+        config = f"-c {shlex.quote(self.config_file)} " if self.config_file else ""
+        return f"python -m deployer secrets apply {config}--project {self.project} {' '.join(values)}"
+
+    @property
+    def secret_manager_chart(self) -> list[str]:
+        """The chart's settings for the Secret Manager route (no Kubernetes Secret; chart README "Secret
+        Manager")."""
+        return [
+            "secretManager.enabled=true",
+            f"secretManager.project={self.project}",
+            "secretManager.keys={" + ",".join(self.secret_manager_keys) + "}",
+            "sessions.store=external",
+            f"sessions.external.port={self.port}",
+            f"sessions.external.egressTo[0].ipBlock.cidr={self.host}/32",
+        ]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "host": self.host,
@@ -653,6 +688,10 @@ class Connection:
             "secret": f"{self.namespace}/{self.secret}",
             "kubectl": self.kubectl,
             "chart": [f"--set {shlex.quote(s)}" for s in self.chart],
+            "secretManager": {
+                "secrets": self.secret_manager_command,
+                "chart": [f"--set {shlex.quote(s)}" for s in self.secret_manager_chart],
+            },
         }
 
 
@@ -678,9 +717,12 @@ def redis_url(instance: redis_v1.Instance, auth: str | None) -> str:
     return f"{scheme}://{credentials}{instance.host}:{instance.port}/0"
 
 
-def connection(client: redis_v1.CloudRedisClient, config: GcpConfig, directory: Path) -> Connection:
+def connection(
+    client: redis_v1.CloudRedisClient, config: GcpConfig, directory: Path, *, config_file: str | None = None
+) -> Connection:
     """Reads the READY instance and its AUTH string and writes ``redis-url`` and ``ca.crt`` into ``directory``
-    (made 0700 when missing), both 0600.
+    (made 0700 when missing), both 0600. ``config_file``: the configuration the command was given (named in the
+    commands the connection prints).
 
     Raises:
         MemorystoreError: the instance is missing or not READY, or a call is refused.
@@ -724,7 +766,16 @@ def connection(client: redis_v1.CloudRedisClient, config: GcpConfig, directory: 
         ca_file=ca_file,
         secret=config.memorystore.secret_name,
         namespace=config.cluster.namespace,
+        project=config.project,
+        secret_keys=tuple(config.secrets.keys),
+        config_file=config_file,
     )
+
+
+def _given(args: argparse.Namespace) -> str | None:
+    """The configuration file the command was given (``-c``), if any."""
+    given = getattr(args, "config", None)
+    return str(given) if given is not None else None
 
 
 def write_connection(found: Connection, out: TextIO) -> None:
@@ -737,6 +788,11 @@ def write_connection(found: Connection, out: TextIO) -> None:
     )
     print(f"  {found.kubectl}", file=out)
     print("and install the chart with " + " ".join(f"--set {shlex.quote(s)}" for s in found.chart), file=out)
+    both = "redis-url and redis-ca" if found.ca_file is not None else "redis-url"
+    print(f"Or keep them in Secret Manager ({both} in secrets.keys of the configuration):", file=out)
+    print(f"  {found.secret_manager_command}", file=out)
+    chart = " ".join(f"--set {shlex.quote(s)}" for s in found.secret_manager_chart)
+    print(f'and install the chart with {chart} (no Kubernetes Secret; chart README "Secret Manager")', file=out)
 
 
 # -- the API -----------------------------------------------------------------------------------------------------
@@ -809,7 +865,7 @@ def command(args: argparse.Namespace, *, log: Log, out: TextIO | None = None) ->
         if mode == "apply":
             apply_plan(clients.redis, config, found, log=log, timeout=OPERATION_TIMEOUT)
             if secret_out is not None:
-                written = connection(clients.redis, config, secret_out)
+                written = connection(clients.redis, config, secret_out, config_file=_given(args))
                 extra["connection"] = written.as_dict()
     finally:
         clients.close()

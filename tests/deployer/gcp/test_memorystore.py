@@ -593,6 +593,17 @@ def test_secret_out_writes_the_url_and_the_ca_mode_0600_and_never_prints_the_aut
         "sessions.external.caCert=true --set sessions.external.port=6378 --set "
         f"'sessions.external.egressTo[0].ipBlock.cidr={HOST}/32'"  # quoted: [0] is a glob in zsh
     ) in out
+    # or the Secret Manager route (GKE's add-on): both files as secrets, the chart mounting them
+    assert "Or keep them in Secret Manager (redis-url and redis-ca in secrets.keys of the configuration):" in out
+    assert (
+        f"  python -m deployer secrets apply --project {PROJECT} --value redis-url={out_dir}/redis-url "
+        f"--value redis-ca={out_dir}/ca.crt\n"
+    ) in out
+    assert (
+        f"--set secretManager.enabled=true --set secretManager.project={PROJECT} --set "
+        "'secretManager.keys={api-keys,redis-url,redis-ca}' --set sessions.store=external --set "
+        f"sessions.external.port=6378 --set 'sessions.external.egressTo[0].ipBlock.cidr={HOST}/32'"
+    ) in out
     shown = [out, err]
 
     (out_dir / "redis-url").chmod(0o644)  # a later run puts the mode back
@@ -603,6 +614,18 @@ def test_secret_out_writes_the_url_and_the_ca_mode_0600_and_never_prints_the_aut
     assert (document["connection"]["host"], document["connection"]["port"]) == (HOST, 6378)
     assert document["connection"]["kubectl"].startswith("kubectl create secret generic erlmcp-memorystore ")
     assert document["connection"]["secret"] == "erlmcp/erlmcp-memorystore"
+    assert document["connection"]["secretManager"] == {
+        "secrets": f"python -m deployer secrets apply --project {PROJECT} --value redis-url={out_dir}/redis-url "
+        f"--value redis-ca={out_dir}/ca.crt",
+        "chart": [
+            "--set secretManager.enabled=true",
+            f"--set secretManager.project={PROJECT}",
+            "--set 'secretManager.keys={api-keys,redis-url,redis-ca}'",
+            "--set sessions.store=external",
+            "--set sessions.external.port=6378",
+            f"--set 'sessions.external.egressTo[0].ipBlock.cidr={HOST}/32'",
+        ],
+    }
     assert stat.S_IMODE((out_dir / "redis-url").stat().st_mode) == 0o600
     assert api.fake.writes == [f"create {INSTANCE}"]  # the second run wrote nothing to Memorystore
     shown += [out, err]
@@ -616,12 +639,19 @@ def test_secret_out_writes_the_url_and_the_ca_mode_0600_and_never_prints_the_aut
     api.fake.instances[INSTANCE].transit_encryption_mode = redis_v1.Instance.TransitEncryptionMode.DISABLED
     clients = memorystore.Clients.connect(api.endpoint, insecure=True)
     try:
-        plain = memorystore.connection(clients.redis, load_config(None, project=PROJECT), tmp_path / "plain")
+        plain = memorystore.connection(
+            clients.redis, load_config(None, project=PROJECT), tmp_path / "plain", config_file="my conf.yaml"
+        )
     finally:
         clients.close()
     assert (tmp_path / "plain" / "redis-url").read_text() == f"redis://{HOST}:6378/0"
     assert plain.ca_file is None
     assert "ca.crt" not in plain.kubectl
+    assert "redis-ca" not in plain.secret_manager_command
+    assert plain.secret_manager_command.startswith(
+        f"python -m deployer secrets apply -c 'my conf.yaml' --project {PROJECT} "
+    )
+    assert "--set 'secretManager.keys={api-keys,redis-url}'" in plain.as_dict()["secretManager"]["chart"]
 
 
 def test_secret_out_of_an_instance_still_being_created_fails_and_says_when_to_retry(api, capsys, tmp_path) -> None:
