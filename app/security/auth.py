@@ -153,6 +153,10 @@ class Authenticator:
         self._keys, self._tokens, self._metadata_url = keys, tokens, metadata_url
         self._leeway = token_leeway_seconds  # a token is accepted this long past its exp (clock skew)
         self._audience_limits = tuple(audience_limits)  # in order: the first audience a token carries applies
+        # The verdict of each API key (by digest) of one version of the key file: the same for every request that
+        # presents the key, so it is made once (at most one per key in the file).
+        self._verdicts_of: KeySet | None = None
+        self._verdicts: dict[str, Verdict] = {}
 
     @property
     def enabled(self) -> bool:
@@ -200,6 +204,18 @@ class Authenticator:
             return "a valid API key"
         return "an API key or a bearer token" if self._keys.enabled else "a bearer token"
 
+    def _key_verdict(self, key: ApiKey, held: KeySet) -> Verdict:
+        """The verdict of a request that presents ``key``, found in ``held``: made at the key's first request under
+        this version of the key file, then the same object."""
+        if held is not self._verdicts_of:
+            self._verdicts_of, self._verdicts = held, {}
+        verdict = self._verdicts.get(key.digest)
+        if verdict is None:
+            verdict = self._verdicts[key.digest] = Verdict(
+                key.principal, key.scopes, key.limits, credential=key.digest, key=key, generation=held.generation
+            )
+        return verdict
+
     async def authenticate(self, headers: Mapping[str, str]) -> Verdict:
         """Who is calling, or why not. The key file's freshness is checked once (:meth:`ApiKeyAuthenticator.current`),
         and the verdict carries the key found and the version of the file it was found in."""
@@ -214,8 +230,7 @@ class Authenticator:
             held = keys.current()
             key = held.match(credential)
             if key is not None:
-                return Verdict(key.principal, key.scopes, key.limits, credential=key.digest, key=key,
-                               generation=held.generation)  # fmt: skip
+                return self._key_verdict(key, held)
         if self._tokens is not None and looks_like_jwt(credential):
             from app.security.tokens import TokenRejected  # loaded already: whoever made the verifier imported it
 
