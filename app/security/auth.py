@@ -49,7 +49,9 @@ class ApiKeyAuthenticator:
     def __init__(
         self, keys: Iterable[ApiKey], *, source: Path | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._set = KeySet.of(keys, 0)
+        # The keys as last read, without looking at the file: for what follows a :meth:`current` of the same request
+        # or message (an attribute, not a property: read at every request; only this class sets it).
+        self.loaded = KeySet.of(keys, 0)
         self._source, self._clock = source, clock
         self._checked = clock() if source is not None else 0.0
         self._stamp = file_stamp(source) if source is not None else None
@@ -70,25 +72,19 @@ class ApiKeyAuthenticator:
         if not keys:
             log.error("the API key file changed and holds no key; the previous keys stay", path=str(self._source))
             return
-        self._set = KeySet.of(keys, self._set.generation + 1)
+        self.loaded = KeySet.of(keys, self.loaded.generation + 1)
         log.info("API keys reloaded", names=[key.name for key in keys], limits=limits_of(keys))
 
     def current(self) -> KeySet:
         """The keys as the file holds them now: the file's freshness is checked (a clock read; at most once a second
         it is looked at, and read again when it changed). Once per request or message is enough."""
         self._reload_if_changed()
-        return self._set
-
-    @property
-    def loaded(self) -> KeySet:
-        """The keys as last read, without looking at the file: for what follows a :meth:`current` of the same
-        request or message."""
-        return self._set
+        return self.loaded
 
     @property
     def enabled(self) -> bool:
         """False when no key is configured, which means authentication is off."""
-        return bool(self._set.keys)
+        return bool(self.loaded.keys)
 
     def presented_key(self, headers: Mapping[str, str]) -> str | None:
         """The key a request presents, or None."""
@@ -220,13 +216,14 @@ class Authenticator:
         """Who is calling, or why not. The key file's freshness is checked once (:meth:`ApiKeyAuthenticator.current`),
         and the verdict carries the key found and the version of the file it was found in."""
         keys = self._keys
-        if not keys.enabled and self._tokens is None:
+        enabled = keys.enabled
+        if not enabled and self._tokens is None:
             return _ANONYMOUS
         credential = keys.presented_key(headers)
         if credential is None:
             why = f"Unauthorized: send {self._wanted()} as 'Authorization: Bearer ...'"
             return Verdict(None, status=401, message=why, headers=self.challenge())
-        if keys.enabled:
+        if enabled:
             held = keys.current()
             key = held.match(credential)
             if key is not None:

@@ -317,18 +317,28 @@ class Gate:
         if gone is not None:
             return gone
         if not (message.is_notification or message.is_response):
-            limited = await self.take(caller)
-            if limited is not None:
-                return limited
+            limits = self._budget(caller)
+            if limits is not None:  # (no budget to take from: no coroutine to await for it)
+                limited = await self._take(caller, 1, limits)
+                if limited is not None:
+                    return limited
         return self.out_of_scope(caller, message)
 
     async def take(self, caller: Caller, cost: int = 1) -> Refusal | None:
         """Take ``cost`` request tokens from the caller's budget, or the 429 saying when to come back. Should the
         shared budget in Redis be unreachable, requests go on unlimited and the log says so. The caller's limits
         are those of the key file as the request's admission (or the message's screening) found it."""
+        limits = self._budget(caller)
+        return None if limits is None else await self._take(caller, cost, limits)
+
+    def _budget(self, caller: Caller) -> Limits | None:
+        """The caller's limits when it has a request budget to take tokens from; None when nothing limits its rate
+        (no limiter, or a rate of 0)."""
         limits = self._limits(caller)
-        if self._limiter is None or limits.rate <= 0:
-            return None
+        return None if self._limiter is None or limits.rate <= 0 else limits
+
+    async def _take(self, caller: Caller, cost: int, limits: Limits) -> Refusal | None:
+        assert self._limiter is not None  # (a budget is only found with one)
         loop = asyncio.get_running_loop()
         if loop.time() < self._limiter_retry_at:  # it failed a moment ago: no request waits on it again yet
             return None
