@@ -57,8 +57,7 @@ class ApiKeyAuthenticator:
         self._stamp = file_stamp(source) if source is not None else None
 
     def _reload_if_changed(self) -> None:
-        if self._source is None or self._clock() - self._checked < 1.0:
-            return
+        assert self._source is not None  # (asked by current() when the file is due to be looked at)
         self._checked = self._clock()
         stamp = file_stamp(self._source)
         if stamp == self._stamp:
@@ -78,7 +77,8 @@ class ApiKeyAuthenticator:
     def current(self) -> KeySet:
         """The keys as the file holds them now: the file's freshness is checked (a clock read; at most once a second
         it is looked at, and read again when it changed). Once per request or message is enough."""
-        self._reload_if_changed()
+        if self._source is not None and self._clock() - self._checked >= 1.0:  # (due: one frame more)
+            self._reload_if_changed()
         return self.loaded
 
     @property
