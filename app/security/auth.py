@@ -49,14 +49,15 @@ class ApiKeyAuthenticator:
     def __init__(
         self, keys: Iterable[ApiKey], *, source: Path | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._set = KeySet.of(keys, 0)
+        # The keys as last read, without looking at the file: for what follows a :meth:`current` of the same request
+        # or message (an attribute, not a property: read at every request; only this class sets it).
+        self.loaded = KeySet.of(keys, 0)
         self._source, self._clock = source, clock
         self._checked = clock() if source is not None else 0.0
         self._stamp = file_stamp(source) if source is not None else None
 
     def _reload_if_changed(self) -> None:
-        if self._source is None or self._clock() - self._checked < 1.0:
-            return
+        assert self._source is not None  # (asked by current() when the file is due to be looked at)
         self._checked = self._clock()
         stamp = file_stamp(self._source)
         if stamp == self._stamp:
@@ -70,25 +71,20 @@ class ApiKeyAuthenticator:
         if not keys:
             log.error("the API key file changed and holds no key; the previous keys stay", path=str(self._source))
             return
-        self._set = KeySet.of(keys, self._set.generation + 1)
+        self.loaded = KeySet.of(keys, self.loaded.generation + 1)
         log.info("API keys reloaded", names=[key.name for key in keys], limits=limits_of(keys))
 
     def current(self) -> KeySet:
         """The keys as the file holds them now: the file's freshness is checked (a clock read; at most once a second
         it is looked at, and read again when it changed). Once per request or message is enough."""
-        self._reload_if_changed()
-        return self._set
-
-    @property
-    def loaded(self) -> KeySet:
-        """The keys as last read, without looking at the file: for what follows a :meth:`current` of the same
-        request or message."""
-        return self._set
+        if self._source is not None and self._clock() - self._checked >= 1.0:  # (due: one frame more)
+            self._reload_if_changed()
+        return self.loaded
 
     @property
     def enabled(self) -> bool:
         """False when no key is configured, which means authentication is off."""
-        return bool(self._set.keys)
+        return bool(self.loaded.keys)
 
     def presented_key(self, headers: Mapping[str, str]) -> str | None:
         """The key a request presents, or None."""
@@ -153,6 +149,10 @@ class Authenticator:
         self._keys, self._tokens, self._metadata_url = keys, tokens, metadata_url
         self._leeway = token_leeway_seconds  # a token is accepted this long past its exp (clock skew)
         self._audience_limits = tuple(audience_limits)  # in order: the first audience a token carries applies
+        # The verdict of each API key (by digest) of one version of the key file: the same for every request that
+        # presents the key, so it is made once (at most one per key in the file).
+        self._verdicts_of: KeySet | None = None
+        self._verdicts: dict[str, Verdict] = {}
 
     @property
     def enabled(self) -> bool:
@@ -200,22 +200,34 @@ class Authenticator:
             return "a valid API key"
         return "an API key or a bearer token" if self._keys.enabled else "a bearer token"
 
+    def _key_verdict(self, key: ApiKey, held: KeySet) -> Verdict:
+        """The verdict of a request that presents ``key``, found in ``held``: made at the key's first request under
+        this version of the key file, then the same object."""
+        if held is not self._verdicts_of:
+            self._verdicts_of, self._verdicts = held, {}
+        verdict = self._verdicts.get(key.digest)
+        if verdict is None:
+            verdict = self._verdicts[key.digest] = Verdict(
+                key.principal, key.scopes, key.limits, credential=key.digest, key=key, generation=held.generation
+            )
+        return verdict
+
     async def authenticate(self, headers: Mapping[str, str]) -> Verdict:
         """Who is calling, or why not. The key file's freshness is checked once (:meth:`ApiKeyAuthenticator.current`),
         and the verdict carries the key found and the version of the file it was found in."""
         keys = self._keys
-        if not keys.enabled and self._tokens is None:
+        enabled = keys.enabled
+        if not enabled and self._tokens is None:
             return _ANONYMOUS
         credential = keys.presented_key(headers)
         if credential is None:
             why = f"Unauthorized: send {self._wanted()} as 'Authorization: Bearer ...'"
             return Verdict(None, status=401, message=why, headers=self.challenge())
-        if keys.enabled:
+        if enabled:
             held = keys.current()
             key = held.match(credential)
             if key is not None:
-                return Verdict(key.principal, key.scopes, key.limits, credential=key.digest, key=key,
-                               generation=held.generation)  # fmt: skip
+                return self._key_verdict(key, held)
         if self._tokens is not None and looks_like_jwt(credential):
             from app.security.tokens import TokenRejected  # loaded already: whoever made the verifier imported it
 

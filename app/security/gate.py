@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from app.jsonrpc import InvalidParams, InvalidRequest, JsonRpcError, Message, RateLimited, RequestId, error_response
-from app.security.auth import Authenticator
+from app.security.auth import Authenticator, Verdict
 from app.security.clients import Network, client_address
 from app.security.keys import ALL_TOOLS, ApiKey, KeySet, allows_tool
 from app.security.limits import NO_OVERRIDES, LimitOverrides, Limits
@@ -151,6 +151,12 @@ class Gate:
         # than a second ago (how often the file is looked at anyway); a connection looks at each message.
         self._admitted: Caller | None = None
         self._admitted_at = 0.0
+        # The caller made last, and the verdict it was made from: the next admission with the same verdict (the
+        # same object: an API key's is made once per version of the key file, the anonymous one once) from the same
+        # address is the same caller, not a new one. A caller that holds a connection slot is not handed out again
+        # (:meth:`hold`), so a connection's caller is never an HTTP request's.
+        self._made: Caller | None = None
+        self._made_from: Verdict | None = None
         self._origins = origins
         self._metrics = metrics
         self.max_message_bytes = max_message_bytes
@@ -180,17 +186,21 @@ class Gate:
             self._metrics.auth_failures.inc()
             return Refusal(verdict.status, InvalidRequest(verdict.message), verdict.headers)
         address = client_address(peer, headers, self._trusted_proxies) if verdict.principal == "anonymous" else peer
+        caller = self._made
+        if caller is None or verdict is not self._made_from or address != caller.address:
+            caller = self._made = Caller(
+                verdict.principal,
+                verdict.scopes,
+                address,
+                verdict.limits,
+                credential=verdict.credential,
+                expires_at=verdict.expires_at,
+                key=verdict.key,
+                generation=verdict.generation,
+            )
+            self._made_from = verdict
         self._admitted_at = self._clock()
-        caller = self._admitted = Caller(
-            verdict.principal,
-            verdict.scopes,
-            address,
-            verdict.limits,
-            credential=verdict.credential,
-            expires_at=verdict.expires_at,
-            key=verdict.key,
-            generation=verdict.generation,
-        )
+        self._admitted = caller
         return caller
 
     async def admit_key(self, key: str | None, peer: str | None) -> Caller | Refusal:
@@ -207,6 +217,8 @@ class Gate:
         caller sends looks at the key file (the connection may last long after its admission)."""
         if self._admitted is caller:
             self._admitted = None
+        if self._made is caller:
+            self._made = None
         cap = self._max_connections
         if cap and self._held.get(caller.client, 0) >= cap:
             self._metrics.connection_refused(transport, "per_principal_cap")
@@ -305,18 +317,28 @@ class Gate:
         if gone is not None:
             return gone
         if not (message.is_notification or message.is_response):
-            limited = await self.take(caller)
-            if limited is not None:
-                return limited
+            limits = self._budget(caller)
+            if limits is not None:  # (no budget to take from: no coroutine to await for it)
+                limited = await self._take(caller, 1, limits)
+                if limited is not None:
+                    return limited
         return self.out_of_scope(caller, message)
 
     async def take(self, caller: Caller, cost: int = 1) -> Refusal | None:
         """Take ``cost`` request tokens from the caller's budget, or the 429 saying when to come back. Should the
         shared budget in Redis be unreachable, requests go on unlimited and the log says so. The caller's limits
         are those of the key file as the request's admission (or the message's screening) found it."""
+        limits = self._budget(caller)
+        return None if limits is None else await self._take(caller, cost, limits)
+
+    def _budget(self, caller: Caller) -> Limits | None:
+        """The caller's limits when it has a request budget to take tokens from; None when nothing limits its rate
+        (no limiter, or a rate of 0)."""
         limits = self._limits(caller)
-        if self._limiter is None or limits.rate <= 0:
-            return None
+        return None if self._limiter is None or limits.rate <= 0 else limits
+
+    async def _take(self, caller: Caller, cost: int, limits: Limits) -> Refusal | None:
+        assert self._limiter is not None  # (a budget is only found with one)
         loop = asyncio.get_running_loop()
         if loop.time() < self._limiter_retry_at:  # it failed a moment ago: no request waits on it again yet
             return None

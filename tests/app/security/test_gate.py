@@ -183,6 +183,37 @@ def test_a_keys_limits_are_built_once_per_version_of_the_key_file(tmp_path: Path
     assert gate.limits(Caller("anonymous", address="10.0.0.1")) is gate.limits(Caller("anonymous"))
 
 
+def test_an_api_keys_caller_is_made_once_per_version_of_the_key_file_and_address(tmp_path: Path) -> None:
+    """The same key from the same address is the same caller (and the same verdict) until the key file changes;
+    another address or key is another caller, and a caller that holds a connection is not handed out again."""
+    key_file, clock = tmp_path / "keys", CountingClock()
+    key_file.write_text(f"a * {KEY_A}\nb * {KEY_B}\n")
+    gate = gate_with(key_file, clock)
+
+    async def scenario() -> None:
+        verdict = await gate.authenticator.authenticate(HEADERS_A)
+        assert await gate.authenticator.authenticate(HEADERS_A) is verdict
+        a = await admitted(gate)
+        assert await admitted(gate) is a
+        elsewhere = await gate.admit(HEADERS_A, "10.0.0.2")
+        assert isinstance(elsewhere, Caller)
+        assert elsewhere is not a
+        assert (elsewhere.principal, elsewhere.address, a.address) == ("key:a", "10.0.0.2", "127.0.0.1")
+        b = await admitted(gate, {"authorization": f"Bearer {KEY_B}", "host": "127.0.0.1"})
+        assert b.principal == "key:b"
+        assert await admitted(gate) is not a  # (the last one made was b's)
+        key_file.write_text(f"a * {KEY_A} burst=3\nb * {KEY_B}\n")
+        clock.now = 2.0
+        changed = await admitted(gate)
+        assert await gate.authenticator.authenticate(HEADERS_A) is not verdict
+        assert changed.generation == a.generation + 1
+        assert await admitted(gate) is changed
+        assert isinstance(gate.hold(changed, "websocket"), Slot)
+        assert await admitted(gate) is not changed
+
+    asyncio.run(scenario())
+
+
 def test_the_gate_loads_neither_redis_nor_jwt_support(tmp_path: Path) -> None:
     probe = (
         "import json, sys\n"
