@@ -190,26 +190,36 @@ class McpRoute:
         if scope["type"] != "http" or scope["path"] != MCP_PATH:
             await self._app(scope, receive, send)
             return
+        release = None
         if self._max_in_flight and scope["method"] == "POST":
             if self._in_flight >= self._max_in_flight:
                 await self._overloaded(scope, receive, send)
                 return
-            self._in_flight += 1
-            counted = True
-
-            def release() -> None:  # once: when the answer is done, or when it becomes a long-lived stream
-                nonlocal counted
-                if counted:
-                    counted = False
-                    self._in_flight -= 1
-
-            scope[IN_FLIGHT_RELEASE] = release
+            release = scope[IN_FLIGHT_RELEASE] = self._hold()
+        try:  # the answer in this coroutine, not one of its own: one frame less on every await it passes
             try:
-                await self._answer(scope, receive, send)
-            finally:
+                response = await self._endpoint.handle(McpRequest(scope, receive))
+            except Exception:  # never a stack trace on the wire; the log has it
+                log.exception("the MCP endpoint failed")
+                response = Response(_INTERNAL_ERROR, status_code=500, media_type="application/json")
+            await response(scope, receive, send)
+        finally:
+            if release is not None:
                 release()
-            return
-        await self._answer(scope, receive, send)
+
+    def _hold(self) -> Callable[[], None]:
+        """Count one more request in progress; returns what counts it out, once: when the answer is done, or
+        when it becomes a long-lived stream."""
+        self._in_flight += 1
+        counted = True
+
+        def release() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._in_flight -= 1
+
+        return release
 
     async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Shed a request at once, so that it is retried elsewhere rather than queued until it times out."""
@@ -217,14 +227,6 @@ class McpRoute:
         message = f"Server overloaded: {self._in_flight} requests in progress; retry after 1 s"
         body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}})
         response = Response(body, status_code=503, media_type="application/json", headers={"Retry-After": "1"})
-        await response(scope, receive, send)
-
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            response = await self._endpoint.handle(McpRequest(scope, receive))
-        except Exception:  # never a stack trace on the wire; the log has it
-            log.exception("the MCP endpoint failed")
-            response = Response(_INTERNAL_ERROR, status_code=500, media_type="application/json")
         await response(scope, receive, send)
 
 
