@@ -184,7 +184,7 @@ class JsonAccessLog:
         line = self._format.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
         if _captures:
             _capture(line)
-        self.sink.put(orjson.dumps(line, default=str) + b"\n")
+        self.sink.put(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
 
 
 class StructlogAccessLog:

@@ -95,13 +95,14 @@ class LineSink:
         """Append one line (with its newline) to the buffer; drop and count it when the buffer is full. Never
         waits for the descriptor, except once the sink is closed, when the line is written at once."""
         with self._lock:
-            if len(self._buffer) + len(line) > self._capacity:
+            buffer = self._buffer  # the one the writer takes next (it swaps it only under the lock)
+            if len(buffer) + len(line) > self._capacity:
                 self._dropped += 1
                 self._unreported += 1
                 return
-            self._buffer += line
+            buffer += line
             closed = self._closed
-            wake = len(self._buffer) >= self._high_water
+            wake = len(buffer) >= self._high_water
         if closed:
             self.flush()
         elif wake and not self._wake.is_set():

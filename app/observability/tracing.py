@@ -204,12 +204,16 @@ class Exchange:
         """The span the request was answered in: the last request span, else the parent its headers carry."""
         if self.span_context is not None:
             return self.span_context
-        carried = trace.get_current_span(self.parent).get_span_context() if self.parent is not None else None
-        return carried if carried is not None and carried.is_valid else None
+        if self.parent is None:
+            return None
+        carried = trace.get_current_span(self.parent).get_span_context()
+        return carried if carried.is_valid else None
 
     @property
     def trace_id(self) -> str | None:
         """The trace the request was answered in (32 hex digits), if any."""
+        if self.span_context is None and self.parent is None:
+            return None  # most requests: no request span, no trace context in the headers
         answered = self.answered_under
         return format(answered.trace_id, "032x") if answered is not None else None
 
