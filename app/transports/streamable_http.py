@@ -275,7 +275,8 @@ class McpEndpoint:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return await self._charged(caller, json_response(error_response(error.request_id, error), 400))
         denied = await self._gate.screen(caller, message)
-        if denied is None and (message.is_notification or message.is_response):  # every POST costs a token
+        unanswered = message.is_response or message.is_notification  # (nothing to answer)
+        if denied is None and unanswered:  # every POST costs a token
             denied = await self._gate.take(caller)
         if denied is not None:
             return refused(denied, message.id)
@@ -298,7 +299,7 @@ class McpEndpoint:
         )
         if isinstance(found, Response):
             return found
-        if message.is_response or message.is_notification:
+        if unanswered:
             if not await self.core.deliver(found, message):
                 return refuse(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
             return Response(status_code=202)
