@@ -263,7 +263,7 @@ def message_from(payload: Any) -> Message:
     params = payload.get("params", {})
     if not isinstance(params, dict):
         raise InvalidRequest('Invalid Request: "params" must be an object', request_id=request_id)
-    return Message(method=method, id=request_id, params=params, payload=payload)
+    return Message(method, request_id, params, False, payload)  # (by position: keywords cost more, on every request)
 
 
 def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, Any]:

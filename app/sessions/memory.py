@@ -208,7 +208,8 @@ class SessionStore:
         """Whether a sweep ends the session: idle longer than the idle time, with no request in flight."""
         return now - session.last_seen > self._idle and not session.in_flight
 
-    def _touch(self, session_id: str) -> Session | None:
+    async def get(self, session_id: str) -> Session | None:
+        """The live session with this id, touched; None when unknown or expired."""
         session = self._sessions.get(session_id)
         if session is None:
             return None
@@ -218,10 +219,6 @@ class SessionStore:
             return None
         session.last_seen = now
         return session
-
-    async def get(self, session_id: str) -> Session | None:
-        """The live session with this id, touched; None when unknown or expired."""
-        return self._touch(session_id)
 
     def _drop(self, session_id: str) -> bool:
         session = self._sessions.pop(session_id, None)

@@ -76,10 +76,13 @@ async def read_body(request: Request, limit: int) -> bytes | TooLarge:
         if message["type"] != "http.request":  # http.disconnect
             return b""
         chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        if not more and not chunks and len(chunk) <= limit:
+            return chunk  # the whole body in one message, as most bodies come
         if chunk:
             size += len(chunk)
             if size > limit:
                 return TooLarge(b"".join([*chunks, chunk])[:_HEAD])
             chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not more:
+            return b"".join(chunks)

@@ -26,13 +26,19 @@ _NAME_KEPT_BYTES = 64
 
 
 class IndexedHeaders(Headers):
-    """A request's headers (Starlette's :class:`Headers`), each name and value decoded once, looked up in a dict."""
+    """A request's headers (Starlette's :class:`Headers`), each name and value decoded once, looked up in a dict.
+
+    ``first`` is that dict: the first value of each header by its lowercase name. The endpoint hands it to the gate
+    and reads its own headers from it, by lowercase names, without a call per lookup."""
 
     def __init__(self, scope: Scope) -> None:
-        super().__init__(scope=scope)
+        raw = scope["headers"]
+        if type(raw) is not list:  # Starlette's Headers takes a list, and puts it back in the scope
+            raw = scope["headers"] = list(raw)
+        self._list = raw
         first: dict[str, str] = {}
         names = _NAMES
-        for name, value in self._list:
+        for name, value in raw:
             key = names.get(name)
             if key is None:
                 key = name.decode("latin-1").lower()
@@ -40,18 +46,18 @@ class IndexedHeaders(Headers):
                     names[name] = key
             if key not in first:  # a repeated header: the first one, as Starlette's lookup returns
                 first[key] = value.decode("latin-1")
-        self._first = first
+        self.first = first
 
     def __getitem__(self, key: str) -> str:
-        found = self._first.get(key)  # the endpoint's and the gate's names are lowercase already
-        return self._first[key.lower()] if found is None else found
+        found = self.first.get(key)  # the endpoint's and the gate's names are lowercase already
+        return self.first[key.lower()] if found is None else found
 
     def get(self, key: str, default: Any = None) -> Any:
-        found = self._first.get(key)
-        return self._first.get(key.lower(), default) if found is None else found
+        found = self.first.get(key)
+        return self.first.get(key.lower(), default) if found is None else found
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._first
+        return isinstance(key, str) and key.lower() in self.first
 
 
 class McpRequest(Request):
@@ -60,7 +66,7 @@ class McpRequest(Request):
     _indexed: IndexedHeaders | None = None
 
     @property
-    def headers(self) -> Headers:
+    def headers(self) -> IndexedHeaders:
         indexed = self._indexed
         if indexed is None:
             indexed = self._indexed = IndexedHeaders(self.scope)

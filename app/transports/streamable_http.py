@@ -20,7 +20,7 @@ error body that says what was wrong, with the id of the message it refuses when 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ from app.sessions.store import SessionStoreUnavailable
 from app.transports.bodies import TooLarge, json_response, read_body, refuse, refused
 from app.transports.headers import check_headers
 from app.transports.held import IN_FLIGHT_RELEASE, HeldStream, until_revoked
+from app.transports.request import IndexedHeaders
 from app.transports.sse import SSE_HEADERS, format_event, replay
 
 __all__ = ["HttpOptions", "McpEndpoint"]
@@ -191,7 +192,8 @@ class McpEndpoint:
         scope = request.scope  # (the method and the peer read from it once, as Starlette's properties read them)
         method: str = scope["method"]
         client = scope.get("client")
-        headers = request.headers
+        indexed = request.headers  # (an McpRequest's: then read from one dict, by lowercase name, as all are read)
+        headers: Mapping[str, str] = indexed.first if isinstance(indexed, IndexedHeaders) else indexed
         admitted = await self._gate.admit(headers, client[0] if client is not None else None)
         if isinstance(admitted, Refusal):
             return refused(admitted)
@@ -199,7 +201,7 @@ class McpEndpoint:
         version = headers.get("mcp-protocol-version", "").strip()
         if method == "POST":
             try:
-                return await self._post(request, caller, version)
+                return await self._post(request, caller, version, headers)
             except SessionStoreUnavailable as exc:
                 return _store_away(exc)
         if method in {"GET", "DELETE"}:
@@ -221,8 +223,8 @@ class McpEndpoint:
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
-    async def _session(self, request: Request, caller: Caller) -> Session | Response:
-        session_id = request.headers.get(SESSION_HEADER)
+    async def _session(self, headers: Mapping[str, str], caller: Caller) -> Session | Response:
+        session_id = headers.get(SESSION_HEADER)
         if not session_id:
             return refuse(400, "Bad Request: Missing Mcp-Session-Id header; send initialize first")
         session = await self.core.session_of(session_id, caller)
@@ -231,7 +233,7 @@ class McpEndpoint:
         return session
 
     async def _delete(self, request: Request, caller: Caller) -> Response:
-        found = await self._session(request, caller)
+        found = await self._session(request.headers, caller)
         if isinstance(found, Response):
             return found
         await self._sessions.delete(found.id)
@@ -250,8 +252,7 @@ class McpEndpoint:
 
     # -- POST -------------------------------------------------------------------------------------------------
 
-    async def _post(self, request: Request, caller: Caller, version: str) -> Response:
-        headers = request.headers
+    async def _post(self, request: Request, caller: Caller, version: str, headers: Mapping[str, str]) -> Response:
         content_type = headers.get("content-type", "")
         if content_type != _JSON:  # (as the bare media type it is already)
             content_type = content_type.split(";")[0].strip().lower()
@@ -274,7 +275,8 @@ class McpEndpoint:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
             return await self._charged(caller, json_response(error_response(error.request_id, error), 400))
         denied = await self._gate.screen(caller, message)
-        if denied is None and (message.is_notification or message.is_response):  # every POST costs a token
+        unanswered = message.is_response or message.is_notification  # (nothing to answer)
+        if denied is None and unanswered:  # every POST costs a token
             denied = await self._gate.take(caller)
         if denied is not None:
             return refused(denied, message.id)
@@ -293,11 +295,11 @@ class McpEndpoint:
         found = (
             self._ephemeral_session(caller, version)
             if self._options.stateless
-            else await self._session(request, caller)
+            else await self._session(headers, caller)
         )
         if isinstance(found, Response):
             return found
-        if message.is_response or message.is_notification:
+        if unanswered:
             if not await self.core.deliver(found, message):
                 return refuse(400, f"Bad Request: no request with id {message.id!r} is waiting for a response")
             return Response(status_code=202)
@@ -383,7 +385,7 @@ class McpEndpoint:
         limited = await self._gate.take(caller, _cost(items))
         if limited is not None:
             return refused(limited)
-        found = await self._session(request, caller)
+        found = await self._session(request.headers, caller)
         if isinstance(found, Response):
             return found
         if found.protocol_version != "2025-03-26":
@@ -504,7 +506,7 @@ class McpEndpoint:
         resume the last one). Only a session that polls (2025-11-25) gets a priming event."""
         if _SSE not in _media_types(request.headers.get("accept", "")):
             return refuse(406, "Not Acceptable: a GET on /mcp opens an event stream; Accept text/event-stream")
-        found = await self._session(request, caller)
+        found = await self._session(request.headers, caller)
         if isinstance(found, Response):
             return found
         session = found
