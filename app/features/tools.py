@@ -189,11 +189,11 @@ class Tools:
         # the call suspends: a timeout acts at an await, so a call that finishes in its first step has nothing to
         # time, and one that suspends goes on under the deadline, in this task, from where it stopped.
         deadline = asyncio.get_running_loop().time() + tool.timeout
-        if tool.slots is None:
-            steps = tool.spec.handler(arguments, ctx).__await__()
-        else:
-            steps = _in_slot(tool.slots, tool.spec.handler, arguments, ctx).__await__()
         try:
+            if tool.slots is None:
+                steps = tool.spec.handler(arguments, ctx).__await__()
+            else:
+                steps = _in_slot(tool.slots, tool.spec.handler, arguments, ctx).__await__()
             try:
                 suspended = steps.send(None)
             except StopIteration as finished:

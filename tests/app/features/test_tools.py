@@ -314,3 +314,12 @@ def test_a_tool_in_a_slot_that_finishes_at_once_frees_its_slot() -> None:
         return [(await registry.call({"name": "t"}, CTX)).outcome for _ in range(2)]
 
     assert run(twice()) == ["ok", "ok"]
+
+
+def test_a_handler_that_answers_without_an_awaitable_is_a_tool_failure_not_a_crash() -> None:
+    def not_async(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"content": [], "isError": False}
+
+    called = run(tools(spec(not_async)).call({"name": "t"}, CTX))  # type: ignore[arg-type]
+    assert called.outcome == "error"
+    assert called.result["content"][0]["text"] == "Tool 't' failed; the server log has the details"
