@@ -69,7 +69,7 @@ class ToolSpec:
         return described
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per call, and a frozen dataclass sets each field through object.__setattr__
 class ToolCallOutcome:
     """A tool call's result and how it ended (``ok``, ``error``, ``invalid_arguments``, ``timeout``, ``task``).
 

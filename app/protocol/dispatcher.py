@@ -54,7 +54,7 @@ MAX_CLIENT_FIELD_BYTES = 32 * 1024
 __all__ = ["Called", "Dispatcher", "Handler", "Outcome"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per call, and a frozen dataclass sets each field through object.__setattr__
 class Called:
     """A handler's result with its outcome label and the tool it called (tools/call); a plain result is "ok"."""
 
@@ -67,9 +67,9 @@ class Called:
 Handler = Callable[[Mapping[str, Any], RequestContext], Awaitable[dict[str, Any] | Called]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen dataclass sets each field through object.__setattr__
 class Outcome:
-    """What dispatching produced: the response and labels for metrics and logs."""
+    """What dispatching produced: the response and labels for metrics and logs (made once; not changed after)."""
 
     response: dict[str, Any]
     method: str  # the method, or "(unknown)" so that metric labels stay bounded
