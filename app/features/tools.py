@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import structlog
@@ -69,7 +69,7 @@ class ToolSpec:
         return described
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per call, and a frozen dataclass sets each field through object.__setattr__
 class ToolCallOutcome:
     """A tool call's result and how it ended (``ok``, ``error``, ``invalid_arguments``, ``timeout``, ``task``).
 
@@ -185,13 +185,22 @@ class Tools:
             return ToolCallOutcome(
                 text_result(f"Invalid arguments for tool {name!r}: {detail}", is_error=True), "invalid_arguments"
             )
+        # The deadline counts from here (waiting for a free slot counts against it too), but it is armed only once
+        # the call suspends: a timeout acts at an await, so a call that finishes in its first step has nothing to
+        # time, and one that suspends goes on under the deadline, in this task, from where it stopped.
+        deadline = asyncio.get_running_loop().time() + tool.timeout
         try:
-            async with asyncio.timeout(tool.timeout):  # waiting for a free slot counts against the deadline too
-                if tool.slots is None:
-                    result = await tool.spec.handler(arguments, ctx)
-                else:
-                    async with tool.slots:
-                        result = await tool.spec.handler(arguments, ctx)
+            if tool.slots is None:
+                steps = tool.spec.handler(arguments, ctx).__await__()
+            else:
+                steps = _in_slot(tool.slots, tool.spec.handler, arguments, ctx).__await__()
+            try:
+                suspended = steps.send(None)
+            except StopIteration as finished:
+                result = finished.value
+            else:
+                async with asyncio.timeout_at(deadline):
+                    result = await _Resumed(steps, suspended)
         except TimeoutError:
             return ToolCallOutcome(
                 text_result(f"Tool {name!r} timed out after {tool.timeout:g} s", is_error=True), "timeout"
@@ -226,3 +235,39 @@ class Tools:
             if not result.get("content"):
                 result = {**result, "content": [{"type": "text", "text": orjson.dumps(structured).decode()}]}
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")
+
+
+async def _in_slot(
+    slots: asyncio.Semaphore, handler: ToolHandler, arguments: Mapping[str, Any], ctx: RequestContext
+) -> ToolResult | RunAsTask:
+    """The handler's answer, called once one of the tool's ``slots`` is free."""
+    async with slots:
+        return await handler(arguments, ctx)
+
+
+class _Resumed:
+    """A call that suspended in its first step, awaited on from there: what its task sends or throws in (a wake-up,
+    the deadline's cancellation, the request's) goes on to it, and its result is the await's, as ``yield from``
+    would have it."""
+
+    __slots__ = ("_steps", "_suspended")
+
+    def __init__(self, steps: Generator[Any, None, ToolResult | RunAsTask], suspended: Any) -> None:
+        self._steps = steps
+        self._suspended = suspended  # what its first step yielded to the task (a future, or None)
+
+    def __await__(self) -> Generator[Any, None, ToolResult | RunAsTask]:
+        steps, suspended = self._steps, self._suspended
+        while True:
+            thrown: BaseException | None = None
+            try:
+                yield suspended
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # a cancellation (the deadline's, the request's): the call's to handle
+                thrown = exc
+            try:  # outside the except clause, so that the call's own exceptions are not chained to the thrown one
+                suspended = steps.send(None) if thrown is None else steps.throw(thrown)
+            except StopIteration as finished:
+                return cast("ToolResult | RunAsTask", finished.value)

@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from app.jsonrpc import RequestId
 from app.security.keys import ALL_TOOLS
 from app.sessions import Session
 
-__all__ = ["LOG_LEVELS", "Announce", "ClientRequestError", "RequestContext", "Send"]
+__all__ = ["EMPTY", "LOG_LEVELS", "Announce", "ClientRequestError", "RequestContext", "Send"]
 
 # RFC 5424 severities, lowest first, as MCP logging names them.
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Announce = Callable[[str, Mapping[str, Any]], Awaitable[int]]
+
+# The _meta of a request that has none, and the per-request capabilities of a handshake-era one, as the protocol core
+# builds their contexts: one shared empty mapping, read-only, rather than a new dict per request.
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class ClientRequestError(Exception):

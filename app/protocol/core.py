@@ -31,7 +31,7 @@ from app.jsonrpc import (
 )
 from app.observability.metrics import Metrics
 from app.protocol.changes import Change, ChangeFeed, Listener
-from app.protocol.context import RequestContext, Send
+from app.protocol.context import EMPTY, RequestContext, Send
 from app.protocol.dispatcher import Dispatcher, Outcome
 from app.protocol.stateless import stateless_context
 from app.security.gate import Caller, Gate, Refusal
@@ -127,9 +127,9 @@ class Subscription:
             yield {"jsonrpc": "2.0", "method": change.method, "params": params}
 
 
-def meta_of(message: Message) -> dict[str, Any]:
+def meta_of(message: Message) -> Mapping[str, Any]:
     meta = message.params.get("_meta")
-    return meta if isinstance(meta, dict) else {}
+    return meta if isinstance(meta, dict) else EMPTY
 
 
 class ProtocolCore:
@@ -230,6 +230,7 @@ class ProtocolCore:
             protocol_version=session.protocol_version,
             client_request_timeout=self.client_request_timeout,
             end_connection=end_connection,
+            request_client_capabilities=EMPTY,  # a session's come from its initialize
             announce=self.announce,
             principal=caller.principal,
             scopes=caller.scopes,

@@ -22,12 +22,23 @@ from app.jsonrpc import (
     Message,
     MethodNotFound,
     MissingClientCapability,
+    RequestId,
     error_response,
     result_response,
 )
 from app.observability import tracing
 from app.protocol.context import LOG_LEVELS, RequestContext
-from app.protocol.methods import HANDSHAKE_METHODS, Capability, Era, MethodSpec, capabilities_of, check_handlers, lookup
+from app.protocol.methods import (
+    HANDSHAKE_METHODS,
+    METHODS,
+    STATELESS_METHODS,
+    TASK_METHODS,
+    Capability,
+    Era,
+    MethodSpec,
+    capabilities_of,
+    check_handlers,
+)
 from app.protocol.request_state import RequestStateError, RequestStateSealer, StateBinding
 from app.protocol.revisions import STATELESS_REVISIONS, negotiate
 from app.security.keys import allows_tool
@@ -43,7 +54,7 @@ MAX_CLIENT_FIELD_BYTES = 32 * 1024
 __all__ = ["Called", "Dispatcher", "Handler", "Outcome"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per call, and a frozen dataclass sets each field through object.__setattr__
 class Called:
     """A handler's result with its outcome label and the tool it called (tools/call); a plain result is "ok"."""
 
@@ -56,9 +67,9 @@ class Called:
 Handler = Callable[[Mapping[str, Any], RequestContext], Awaitable[dict[str, Any] | Called]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen dataclass sets each field through object.__setattr__
 class Outcome:
-    """What dispatching produced: the response and labels for metrics and logs."""
+    """What dispatching produced: the response and labels for metrics and logs (made once; not changed after)."""
 
     response: dict[str, Any]
     method: str  # the method, or "(unknown)" so that metric labels stay bounded
@@ -224,52 +235,53 @@ class Dispatcher:
     def _stateless_spec(self, method: str) -> MethodSpec | None:
         """The record of ``method`` if this server answers it in 2026-07-28 (the tasks methods only when the
         catalogue supports tasks; subscriptions/listen never: the transport streams it)."""
-        spec = lookup(method)
-        if spec is None or spec.streaming or not spec.served_in(Era.STATELESS):
-            return None
-        if spec.needs_tasks and not self._features.tools.support_tasks:
-            return None
-        return spec
+        if method in STATELESS_METHODS:  # the table's sets, made once: no Era flags combined per request
+            return METHODS[method]
+        if method in TASK_METHODS and self._features.tools.support_tasks:
+            return METHODS[method]
+        return None
 
     async def dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
         """Answer one handshake-era request; protocol errors become error responses, never exceptions. The answer
         is traced (:mod:`app.observability.tracing`) when tracing is on or the request carries a trace context."""
         started = time.perf_counter()
         if tracing.quiet(message):
-            outcome = await self._dispatch(message, ctx)
-        else:
-            outcome = await tracing.traced(self._dispatch(message, ctx), message, ctx, self._features)
-        return outcome.timed(time.perf_counter() - started)
+            return await self._dispatch(message, ctx, started)
+        outcome = await tracing.traced(self._dispatch(message, ctx, started), message, ctx, self._features)
+        return outcome.timed(time.perf_counter() - started)  # the span's end counts too
 
     async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
         """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
         started = time.perf_counter()
         if tracing.quiet(message):
-            outcome = await self._dispatch_stateless(message, ctx)
-        else:
-            outcome = await tracing.traced(self._dispatch_stateless(message, ctx), message, ctx, self._features)
+            return await self._dispatch_stateless(message, ctx, started)
+        outcome = await tracing.traced(self._dispatch_stateless(message, ctx, started), message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)
 
-    async def _dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
+    async def _dispatch(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
+        """The outcome of a handshake-era request, timed from ``started``."""
         method = message.method or ""
         assert message.id is not None
-        known = self.knows(method)
+        known = method in HANDSHAKE_METHODS
         label = method if known else "(unknown)"
         try:
             if not known:
                 raise _not_found(method)
-            result, status, tool = await self._invoke(method, message.params, ctx)
+            answer = await self._handlers[method](message.params, ctx)
+            result, status, tool = _labelled(answer)
             if result.get("resultType") == "input_required":  # only 2026-07-28 clients can answer that
                 raise InvalidRequest(f"{method} needs input only a 2026-07-28 client can give")
         except JsonRpcError as error:
-            return Outcome(error_response(message.id, error), label, "error")
+            response, status, tool = error_response(message.id, error), "error", None
         except Exception:  # never a stack trace on the wire; the log has it
             log.exception("request failed", method=method)
-            internal = InternalError("Internal error: the server failed to answer; its log has the details")
-            return Outcome(error_response(message.id, internal), label, "error")
-        return Outcome(result_response(message.id, result), label, status, tool)
+            response, status, tool = _internal_error(message.id), "error", None
+        else:
+            response = result_response(message.id, result)
+        return Outcome(response, label, status, tool, time.perf_counter() - started)
 
-    async def _dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
+    async def _dispatch_stateless(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
+        """The outcome of a 2026-07-28 request, timed from ``started``."""
         method = message.method or ""
         assert message.id is not None
         spec = self._stateless_spec(method)
@@ -278,31 +290,31 @@ class Dispatcher:
             if spec is None:
                 raise _not_found(method)
             if spec.checks_input:
-                binding = self._open_input(spec, message.params, ctx)
-                result, status, tool = await self._invoke(method, message.params, ctx)
+                self._open_input(spec, message.params, ctx)
+                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
                 if result.get("resultType") == "input_required":
-                    result = self._seal_input(spec, binding, result)
+                    result = self._seal_input(spec, message.params, ctx, result)
             else:
-                result, status, tool = await self._invoke(method, message.params, ctx)
+                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
         except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
             error = InvalidParams(missing.message, data=missing.data)
-            return Outcome(error_response(message.id, error), label, "error")
+            response, status, tool = error_response(message.id, error), "error", None
         except JsonRpcError as error:
-            return Outcome(error_response(message.id, error), label, "error")
+            response, status, tool = error_response(message.id, error), "error", None
         except Exception:
             log.exception("request failed", method=method)
-            internal = InternalError("Internal error: the server failed to answer; its log has the details")
-            return Outcome(error_response(message.id, internal), label, "error")
-        result.setdefault("resultType", "complete")
-        if spec.cache_scope is not None and result["resultType"] == "complete":
-            result.setdefault("ttlMs", spec.ttl_ms)
-            result.setdefault("cacheScope", spec.cache_scope)
-        return Outcome(result_response(message.id, result), label, status, tool)
+            response, status, tool = _internal_error(message.id), "error", None
+        else:
+            result.setdefault("resultType", "complete")
+            if spec.cache_scope is not None and result["resultType"] == "complete":
+                result.setdefault("ttlMs", spec.ttl_ms)
+                result.setdefault("cacheScope", spec.cache_scope)
+            response = result_response(message.id, result)
+        return Outcome(response, label, status, tool, time.perf_counter() - started)
 
-    def _open_input(self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> StateBinding:
-        """Check a retried request's inputResponses and open its requestState into the context; what a state this
-        request returns is sealed to (:func:`_binding`)."""
-        binding = _binding(spec, params, ctx)
+    def _open_input(self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -> None:
+        """Check a retried request's inputResponses and open its requestState (sealed to :func:`_binding`) into the
+        context."""
         responses = params.get("inputResponses")
         if responses is not None and not isinstance(responses, dict):
             raise InvalidParams('Invalid params: "inputResponses" must be an object keyed by input request')
@@ -311,39 +323,35 @@ class Dispatcher:
             if not spec.multi_round or not isinstance(state, str):
                 raise InvalidParams('Invalid params: "requestState" must be the string the server returned')
             try:
-                ctx.request_state = self._sealer.open(state, binding)
+                ctx.request_state = self._sealer.open(state, _binding(spec, params, ctx))
             except RequestStateError as exc:
                 raise InvalidParams(str(exc)) from exc
         ctx.input_responses = responses
-        return binding
 
-    def _seal_input(self, spec: MethodSpec, binding: StateBinding, result: dict[str, Any]) -> dict[str, Any]:
+    def _seal_input(
+        self, spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """An InputRequiredResult with its requestState sealed to this request (:func:`_binding`)."""
         if not spec.multi_round:
             raise InternalError(f"Internal error: {spec.name} cannot ask the client for input")
         if "requestState" in result:
+            binding = _binding(spec, params, ctx)
             result = {**result, "requestState": self._sealer.seal(str(result["requestState"]), binding)}
         return result
 
     @staticmethod
     def _declares_tasks(ctx: RequestContext) -> bool:
         """Whether this request (2026-07-28 capabilities come with each request) declared the tasks extension."""
+        if not ctx.stateless:
+            return False
         extensions = ctx.client_capabilities.get("extensions")
-        return ctx.stateless and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
+        return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
     def _task(self, params: Mapping[str, Any], ctx: RequestContext) -> Task:
         """The task named by the params, if the caller (its principal) started it; another's is unknown."""
         if not self._declares_tasks(ctx):
             raise MissingClientCapability(f"method requires extension {TASKS_EXTENSION}", data=_NEEDS_TASKS)
         return self._tasks.get(params.get("taskId"), principal=ctx.principal)
-
-    async def _invoke(
-        self, method: str, params: Mapping[str, Any], ctx: RequestContext
-    ) -> tuple[dict[str, Any], str, str | None]:
-        """Run one known method's handler: the result, its outcome label, and the tool called (for tools/call)."""
-        answer = await self._handlers[method](params, ctx)
-        if isinstance(answer, Called):
-            return answer.result, answer.status, answer.tool
-        return answer, "ok", None
 
     async def _initialize(self, params: Mapping[str, Any], _: RequestContext) -> dict[str, Any]:
         return self.initialize_result(params)
@@ -354,12 +362,13 @@ class Dispatcher:
     async def _tools_call(self, params: Mapping[str, Any], ctx: RequestContext) -> Called:
         name = params.get("name")
         tools = self._features.tools
-        spec = tools.spec(name) if isinstance(name, str) and allows_tool(ctx.scopes, name) else None
         tasks_declared = self._declares_tasks(ctx)
-        if ctx.stateless and spec is not None and spec.task_support == "required" and not tasks_declared:
-            raise MissingClientCapability(
-                f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
-            )
+        if ctx.stateless and not tasks_declared and isinstance(name, str) and allows_tool(ctx.scopes, name):
+            spec = tools.spec(name)
+            if spec is not None and spec.task_support == "required":
+                raise MissingClientCapability(
+                    f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
+                )
         called = await tools.call(params, ctx)
         if called.background is not None:
             if tasks_declared:
@@ -435,6 +444,19 @@ def _binding(spec: MethodSpec, params: Mapping[str, Any], ctx: RequestContext) -
     name = params.get(spec.name_field) if spec.name_field is not None else None
     session = ctx.session.id if ctx.session is not None else None
     return StateBinding(spec.name, name if isinstance(name, str) else "", ctx.principal, session)
+
+
+def _labelled(answer: dict[str, Any] | Called) -> tuple[dict[str, Any], str, str | None]:
+    """A handler's answer as its result, its outcome label, and the tool called (for tools/call)."""
+    if isinstance(answer, Called):
+        return answer.result, answer.status, answer.tool
+    return answer, "ok", None
+
+
+def _internal_error(request_id: RequestId) -> dict[str, Any]:
+    """The answer to a request whose handler failed: never a stack trace on the wire; the log has it."""
+    internal = InternalError("Internal error: the server failed to answer; its log has the details")
+    return error_response(request_id, internal)
 
 
 def _not_found(method: str) -> MethodNotFound:

@@ -205,3 +205,121 @@ def test_waiting_for_a_free_slot_counts_against_the_deadline() -> None:
                                                          registry.call({"name": "t"}, CTX))]  # fmt: skip
 
     assert run(two()) == ["timeout", "timeout"]
+
+
+# The deadline is armed only once a call suspends (a timeout acts at an await): these pin that a call behaves
+# alike whether it finishes in its first step or after suspending.
+
+
+def test_a_tool_that_never_suspends_is_answered_without_a_deadline_armed() -> None:
+    async def quick(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"content": [], "isError": False}
+
+    async def call() -> Any:
+        loop = asyncio.get_running_loop()
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]
+        called = await tools(spec(quick)).call({"name": "t"}, CTX)
+        return called, len(loop._scheduled) - timers  # type: ignore[attr-defined]
+
+    called, armed = run(call())
+    assert called.outcome == "ok"
+    assert armed == 0
+
+
+def test_a_tool_that_suspends_and_finishes_is_answered_with_its_result() -> None:
+    async def waits(arguments: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        return {"content": [{"type": "text", "text": arguments["text"]}], "isError": False}
+
+    called = run(tools(spec(waits), timeout=5).call({"name": "t", "arguments": {"text": "hi"}}, CTX))
+    assert called.outcome == "ok"
+    assert called.result["content"][0]["text"] == "hi"
+
+
+def test_a_tool_that_suspends_past_its_deadline_is_timed_out_with_the_same_message() -> None:
+    async def slow(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    called = run(tools(spec(slow), timeout=0.05).call({"name": "t"}, CTX))
+    assert called.outcome == "timeout"
+    assert called.result == {"content": [{"type": "text", "text": "Tool 't' timed out after 0.05 s"}], "isError": True}
+
+
+def test_the_deadline_counts_from_the_calls_start_not_from_its_first_suspension() -> None:
+    import time
+
+    async def busy_then_waits(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        time.sleep(0.1)  # the first step alone outlasts the deadline
+        await asyncio.sleep(0.2)
+        return {"content": [], "isError": False}
+
+    async def call() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        called = await tools(spec(busy_then_waits), timeout=0.05).call({"name": "t"}, CTX)
+        return called.outcome, loop.time() - started
+
+    outcome, took = run(call())
+    assert outcome == "timeout"
+    assert took < 0.2  # stopped at its first await, not a full deadline after it
+
+
+def test_a_tool_that_suspends_then_raises_is_a_tool_error() -> None:
+    async def fails_later(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        raise ToolError("gave up after waiting")
+
+    called = run(tools(spec(fails_later)).call({"name": "t"}, CTX))
+    assert called.outcome == "error"
+    assert called.result["content"][0]["text"] == "gave up after waiting"
+
+
+def test_a_tool_cancelled_while_suspended_is_cancelled_and_sees_the_cancellation() -> None:
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def waits(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return {}
+
+    async def call() -> bool:
+        task = asyncio.ensure_future(tools(spec(waits), timeout=5).call({"name": "t"}, CTX))
+        await started.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return task.cancelled()
+        return False
+
+    assert run(call()) is True
+    assert seen == ["cancelled"]
+
+
+def test_a_tool_in_a_slot_that_finishes_at_once_frees_its_slot() -> None:
+    async def quick(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"content": [], "isError": False}
+
+    registry = tools(spec(quick, max_concurrency=1))
+
+    async def twice() -> list[str]:
+        return [(await registry.call({"name": "t"}, CTX)).outcome for _ in range(2)]
+
+    assert run(twice()) == ["ok", "ok"]
+
+
+def test_a_handler_that_answers_without_an_awaitable_is_a_tool_failure_not_a_crash() -> None:
+    def not_async(_: Mapping[str, Any], __: RequestContext) -> dict[str, Any]:
+        return {"content": [], "isError": False}
+
+    called = run(tools(spec(not_async)).call({"name": "t"}, CTX))  # type: ignore[arg-type]
+    assert called.outcome == "error"
+    assert called.result["content"][0]["text"] == "Tool 't' failed; the server log has the details"
