@@ -160,9 +160,13 @@ class UnsupportedVersion(JsonRpcError):
     code = UNSUPPORTED_PROTOCOL_VERSION
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One parsed JSON-RPC message from a client: a request, a notification or a response."""
+    """One parsed JSON-RPC message from a client: a request, a notification or a response.
+
+    Treated as read-only, but not frozen: one is built per request, and a frozen dataclass sets every field through
+    ``object.__setattr__`` (nothing hashes a message or changes one).
+    """
 
     method: str | None
     id: RequestId | None = None
