@@ -160,9 +160,13 @@ class UnsupportedVersion(JsonRpcError):
     code = UNSUPPORTED_PROTOCOL_VERSION
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One parsed JSON-RPC message from a client: a request, a notification or a response."""
+    """One parsed JSON-RPC message from a client: a request, a notification or a response.
+
+    Treated as read-only, but not frozen: one is built per request, and a frozen dataclass sets every field through
+    ``object.__setattr__`` (nothing hashes a message or changes one).
+    """
 
     method: str | None
     id: RequestId | None = None
@@ -246,10 +250,10 @@ def message_from(payload: Any) -> Message:
     if not isinstance(payload, dict):
         raise InvalidRequest("Invalid Request: a JSON-RPC message must be a JSON object")
     raw_id = payload.get("id")
-    request_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    request_id = raw_id if isinstance(raw_id, RequestId) and not isinstance(raw_id, bool) else None
     if payload.get("jsonrpc") != "2.0":
         raise InvalidRequest('Invalid Request: "jsonrpc" must be exactly "2.0"', request_id=request_id)
-    if "id" in payload and raw_id is not None and request_id is None:
+    if request_id is None and raw_id is not None:  # (an id that is there but not usable)
         raise InvalidRequest('Invalid Request: "id" must be a string or an integer')
     if "method" not in payload:
         if ("result" in payload) != ("error" in payload) and request_id is not None:
@@ -258,7 +262,7 @@ def message_from(payload: Any) -> Message:
     method = payload["method"]
     if not isinstance(method, str) or not method:
         raise InvalidRequest('Invalid Request: "method" must be a non-empty string', request_id=request_id)
-    if "id" in payload and raw_id is None:
+    if raw_id is None and "id" in payload:
         raise InvalidRequest('Invalid Request: "id" must not be null')
     params = payload.get("params", {})
     if not isinstance(params, dict):

@@ -96,6 +96,8 @@ class SchemaCheck:
             except TypeError as exc:
                 return [Problem((), f"the value cannot be sent as JSON: {exc}")]
             found = self._problems(plain)
+        if len(found) < 2:  # valid (the common case) or one problem: nothing to order
+            return found
         return sorted(found, key=lambda problem: [_order(part) for part in problem.path])
 
     def _problems(self, instance: Any) -> list[Problem]:
