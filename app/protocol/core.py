@@ -33,7 +33,7 @@ from app.observability.metrics import Metrics
 from app.protocol.changes import Change, ChangeFeed, Listener
 from app.protocol.context import EMPTY, RequestContext, Send
 from app.protocol.dispatcher import Dispatcher, Outcome
-from app.protocol.stateless import stateless_context
+from app.protocol.stateless import META_CAPABILITIES, META_LOG_LEVEL, META_VERSION
 from app.security.gate import Caller, Gate, Refusal
 from app.sessions import Session, SessionLimitError, SessionQuotaError
 from app.sessions.store import SessionBackend, SessionStoreUnavailable
@@ -239,9 +239,22 @@ class ProtocolCore:
     def stateless_context(
         self, message: Message, meta: Mapping[str, Any], caller: Caller, *, send: Send | None
     ) -> RequestContext:
-        """The context of a 2026-07-28 request (``meta`` checked by :func:`app.protocol.stateless.check_meta`)."""
-        return stateless_context(
-            message, meta, send=send, announce=self.announce, principal=caller.principal, scopes=caller.scopes
+        """The context of a 2026-07-28 request (``meta`` checked by :func:`app.protocol.stateless.check_meta`):
+        capabilities and log level come with the request itself; the principal and its scopes are the caller's."""
+        assert message.id is not None
+        level = meta.get(META_LOG_LEVEL)
+        return RequestContext(
+            request_id=message.id,
+            method=message.method or "",
+            meta=meta,
+            send=send,
+            principal=caller.principal,
+            scopes=caller.scopes,
+            protocol_version=meta[META_VERSION],
+            stateless=True,
+            request_client_capabilities=meta[META_CAPABILITIES],
+            request_log_level=level if isinstance(level, str) else None,
+            announce=self.announce,
         )
 
     async def run(self, message: Message, ctx: RequestContext) -> Outcome:

@@ -1,5 +1,6 @@
 """The 2026-07-28 (stateless) era: every request carries its protocol version, client capabilities and log level
-in ``_meta``; these build its context, whatever transport it came over."""
+in ``_meta``; from these :meth:`app.protocol.core.ProtocolCore.stateless_context` builds its context, whatever
+transport it came over."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.jsonrpc import InvalidParams, Message, UnsupportedVersion
-from app.protocol.context import Announce, RequestContext, Send
 from app.protocol.revisions import STATELESS_REVISIONS
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "check_meta",
     "check_version",
     "is_stateless",
-    "stateless_context",
 ]
 
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -62,32 +61,3 @@ def check_version(meta: Mapping[str, Any]) -> None:
             f"Unsupported protocol version {meta[META_VERSION]!r}",
             data={"supported": list(STATELESS_REVISIONS), "requested": meta[META_VERSION]},
         )
-
-
-def stateless_context(
-    message: Message,
-    meta: Mapping[str, Any],
-    *,
-    send: Send | None,
-    announce: Announce | None,
-    principal: str,
-    scopes: frozenset[str],
-) -> RequestContext:
-    """The context of a 2026-07-28 request: capabilities and log level come with the request itself; the
-    ``principal`` and its ``scopes`` are the caller's (no defaults: a transport that forgot the scopes served a
-    scoped key every tool)."""
-    assert message.id is not None
-    level = meta.get(META_LOG_LEVEL)
-    return RequestContext(
-        request_id=message.id,
-        method=message.method or "",
-        meta=meta,
-        send=send,
-        principal=principal,
-        scopes=scopes,
-        protocol_version=meta[META_VERSION],
-        stateless=True,
-        request_client_capabilities=meta[META_CAPABILITIES],
-        request_log_level=level if isinstance(level, str) else None,
-        announce=announce,
-    )

@@ -62,7 +62,10 @@ SESSION_HEADER = "mcp-session-id"
 
 def _stateless_status(response: dict[str, Any]) -> int:
     """The HTTP status of a 2026-07-28 response: 404 for an unknown method, 400 for a bad request, else 200."""
-    code = (response.get("error") or {}).get("code")
+    error = response.get("error")
+    if error is None:
+        return 200
+    code = error.get("code")
     if code == -32601:
         return 404
     if code in {-32700, -32600, -32602, -32020, -32021, -32022}:
@@ -283,7 +286,7 @@ class McpEndpoint:
         if version and version not in HANDSHAKE_REVISIONS:
             # Not a handshake revision: a 2026-07-28 (stateless) request, or one to refuse as such.
             return await self._stateless(
-                request, caller, message, wants_stream=accept.stream, stream_only=accept.stream_only
+                request, caller, message, headers, wants_stream=accept.stream, stream_only=accept.stream_only
             )
         if message.method == "initialize" and not message.is_notification:
             answer = await self.core.initialize(message, caller, keep_session=not self._options.stateless)
@@ -400,8 +403,16 @@ class McpEndpoint:
         return Response(orjson.dumps(answers), media_type=_JSON)
 
     async def _stateless(
-        self, request: Request, caller: Caller, message: Message, *, wants_stream: bool, stream_only: bool = False
+        self,
+        request: Request,
+        caller: Caller,
+        message: Message,
+        headers: Mapping[str, str],
+        *,
+        wants_stream: bool,
+        stream_only: bool = False,
     ) -> Response:
+        """Answer a 2026-07-28 request; ``headers`` are the request's, as ``handle`` read them (by lowercase name)."""
         if message.is_notification:
             self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
             return Response(status_code=202)
@@ -411,7 +422,7 @@ class McpEndpoint:
         try:
             meta = check_meta(message)
             tool = message.params.get("name") if message.method == "tools/call" else None
-            check_headers(message, request.headers, meta, self.core.dispatcher.tool_schema(tool))
+            check_headers(message, headers, meta, self.core.dispatcher.tool_schema(tool))
             check_version(meta)
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
