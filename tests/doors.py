@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tests.conftest import ROOT
-from tests.sse import response_message
+from tests.sse import aiter_lines, response_message
 from tests.stateless import META
 
 T = TypeVar("T")
@@ -243,7 +243,7 @@ class SsePeer(Peer):
         try:
             with self._scope:
                 async with self._sink:
-                    async for line in self._stream.aiter_lines():
+                    async for line in aiter_lines(self._stream.aiter_text()):  # (SSE's line ends only)
                         if line:
                             field, _, value = line.partition(":")
                             value = value.removeprefix(" ")

@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 from anyio.abc import TaskStatus
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
@@ -173,8 +173,14 @@ def check_door(server: ChartServer, door: str, messages: list[bytes]) -> None:
 sequences = st.lists(raw_messages, min_size=1, max_size=4)
 
 
+# An id holding U+0085 (NEL), which the server writes raw in its answer: a line end for str.splitlines() and httpx's
+# aiter_lines, not for SSE (tests/sse.py); found by this property on the SSE doors, then kept as an example.
+NEL_IN_THE_ID = [b'{"jsonrpc":"2.0","id":"a\\u0085b","method":"tools/list","params":{"cursor":7}}']
+
+
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=sequences)
+@example(messages=NEL_IN_THE_ID)
 @pytest.mark.parametrize("door", NETWORK_DOORS)
 def test_no_sequence_of_malformed_messages_breaks_a_network_door(
     server: ChartServer, door: str, messages: list[bytes]
