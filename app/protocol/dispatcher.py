@@ -228,10 +228,6 @@ class Dispatcher:
             result["instructions"] = features.instructions
         return result
 
-    def knows(self, method: str) -> bool:
-        """Whether ``method`` is a request this server answers in the handshake era."""
-        return method in HANDSHAKE_METHODS
-
     def _stateless_spec(self, method: str) -> MethodSpec | None:
         """The record of ``method`` if this server answers it in 2026-07-28 (the tasks methods only when the
         catalogue supports tasks; subscriptions/listen never: the transport streams it)."""

@@ -130,7 +130,9 @@ HANDSHAKE_METHODS = frozenset(name for name in DISPATCHED if METHODS[name].serve
 STATELESS_METHODS = frozenset(
     name for name in DISPATCHED if METHODS[name].served_in(Era.STATELESS) and not METHODS[name].needs_tasks
 )
-TASK_METHODS = frozenset(spec.name for spec in _TABLE if spec.needs_tasks)
+TASK_METHODS = frozenset(
+    name for name in DISPATCHED if METHODS[name].served_in(Era.STATELESS) and METHODS[name].needs_tasks
+)
 MULTI_ROUND = frozenset(spec.name for spec in _TABLE if spec.multi_round)
 CACHEABLE = frozenset(spec.name for spec in _TABLE if spec.cache_scope is not None)
 NAME_FIELDS: Mapping[str, str] = MappingProxyType(
