@@ -7,33 +7,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from tests.app.transports.conftest import open_session
 from tests.conftest import RunningServer, start_server
 from tests.sse import events
 
 pytestmark = pytest.mark.slow
-
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-BOTH = "application/json, text/event-stream"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("answering"), ["--no-auth", "--catalog", "conformance"])
-    yield running
-    running.stop()
-
-
-def open_session(server: RunningServer) -> dict[str, str]:
-    opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                                                   "params": INIT})  # fmt: skip
-    return {"Accept": BOTH, "Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
 
 
 def call(request_id: int, name: str, arguments: dict[str, object], **more: object) -> dict[str, object]:

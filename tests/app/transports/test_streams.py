@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.app.transports.conftest import open_session
+from tests.conftest import RunningServer
 from tests.sse import events
 
 pytestmark = pytest.mark.slow
-
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-SSE = {"Accept": "application/json, text/event-stream"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("streams"), ["--no-auth", "--catalog", "conformance"])
-    yield running
-    running.stop()
-
-
-def open_session(server: RunningServer) -> dict[str, str]:
-    opened = httpx.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                                                   "params": INIT})  # fmt: skip
-    return {**SSE, "Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
 
 
 def test_a_stream_closed_by_the_server_resumes_from_the_last_event_id(server: RunningServer) -> None:
