@@ -48,7 +48,8 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 __all__ = ["LeanCycle"]
 
-_CHECKED_NAMES: set[bytes] = set()  # header names (as the application sent them) that passed HEADER_RE
+# Header names (as the application sent them) that passed HEADER_RE, each with its lowercase form.
+_CHECKED_NAMES: dict[bytes, bytes] = {}
 _CHECKED_NAMES_MAX = 256  # an application that makes up names per request gets them checked every time
 _DEFAULTS: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")  # the list of default headers, and its lines
 
@@ -197,17 +198,20 @@ class LeanCycle(RequestResponseCycle):
                     self.scope["http_version"],
                     status_code,
                 )
-            content = [STATUS_LINE[status_code], _default_block(self.default_headers)]
+            defaults = self.default_headers
+            content = [STATUS_LINE[status_code], _DEFAULTS[1] if _DEFAULTS[0] is defaults else _default_block(defaults)]
             has_connection_close = False
             for name, value in message.get("headers", ()):
-                if name not in _CHECKED_NAMES:
+                lowered = _CHECKED_NAMES.get(name)
+                if lowered is None:
                     if HEADER_RE.search(name):
                         raise RuntimeError("Invalid HTTP header name.")
+                    lowered = name.lower()
                     if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
-                        _CHECKED_NAMES.add(name)
+                        _CHECKED_NAMES[name] = lowered
                 if HEADER_VALUE_RE.search(value):
                     raise RuntimeError("Invalid HTTP header value.")
-                name = name.lower()
+                name = lowered
                 if name == b"content-length" and self.chunked_encoding is None:
                     self.expected_content_length = int(value.decode())
                     self.chunked_encoding = False
@@ -247,8 +251,12 @@ class LeanCycle(RequestResponseCycle):
                 if num_bytes > self.expected_content_length:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.expected_content_length -= num_bytes
-                if body or self._held is not None:
-                    self._write(body)
+                held = self._held
+                if held is not None:  # (self._write, inlined: the usual case, a header block and its body)
+                    self._held = None
+                    self.transport.write(held + body)
+                elif body:
+                    self.transport.write(body)
             if not more_body:
                 if self.expected_content_length != 0:
                     raise RuntimeError("Response content shorter than Content-Length")
