@@ -26,9 +26,10 @@ What it replaces, and why:
   same step, a ``FileResponse`` after reading its first chunk), or for anything else that writes or closes the
   connection, which writes it first: an application error, the guard's 431 or cut, uvicorn's 400. Nothing the
   protocol writes can overtake it. An event stream's headers (chunked) and a HEAD answer's are written at once.
-- Header names are checked against uvicorn's pattern once per distinct name (a small set of names an
-  application sends), values each time, as uvicorn does; the default headers are checked and joined once per
-  list (the server replaces the list once a second, when the date changes).
+- Header names and values are checked against uvicorn's patterns once per distinct name or value (an application
+  sends a small set of names, and of values most are the same few: a content type, common lengths), not at every
+  response; the default headers are checked and joined once per list (the server replaces the list once a second,
+  when the date changes).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ __all__ = ["LeanCycle"]
 # Header names (as the application sent them) that passed HEADER_RE, each with its lowercase form.
 _CHECKED_NAMES: dict[bytes, bytes] = {}
 _CHECKED_NAMES_MAX = 256  # an application that makes up names per request gets them checked every time
+_CHECKED_VALUES: set[bytes] = set()  # header values that passed HEADER_VALUE_RE
+_CHECKED_VALUES_MAX = 1024  # (of at most _CHECKED_VALUE_BYTES each; longer ones are checked every time)
+_CHECKED_VALUE_BYTES = 64
 _DEFAULTS: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")  # the list of default headers, and its lines
 
 
@@ -209,8 +213,11 @@ class LeanCycle(RequestResponseCycle):
                     lowered = name.lower()
                     if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
                         _CHECKED_NAMES[name] = lowered
-                if HEADER_VALUE_RE.search(value):
-                    raise RuntimeError("Invalid HTTP header value.")
+                if value not in _CHECKED_VALUES:
+                    if HEADER_VALUE_RE.search(value):
+                        raise RuntimeError("Invalid HTTP header value.")
+                    if len(_CHECKED_VALUES) < _CHECKED_VALUES_MAX and len(value) <= _CHECKED_VALUE_BYTES:
+                        _CHECKED_VALUES.add(value)
                 name = lowered
                 if name == b"content-length" and self.chunked_encoding is None:
                     self.expected_content_length = int(value.decode())
