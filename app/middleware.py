@@ -107,6 +107,7 @@ class ObserveRequests:
         self._access_log = access.access_log() if logging.getLogger(__name__).isEnabledFor(logging.INFO) else None
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labelled metric children, made once
         self._trace_headers = tracing.propagated_headers()
+        self._read_headers = self._trace_headers | {b"x-request-id"}  # (one look per header for both kinds)
 
     def _count(self, method: str, status: int, elapsed: float) -> None:
         children = self._children.get((method, status))
@@ -132,11 +133,13 @@ class ObserveRequests:
         sent = 0
         carried = False
         request_id = None
+        read_headers = self._read_headers
         for name, value in scope["headers"]:
-            if name in self._trace_headers:
-                carried = True
-            elif name == b"x-request-id":
-                request_id = logs.request_id(value)
+            if name in read_headers:
+                if name in self._trace_headers:
+                    carried = True
+                else:
+                    request_id = logs.request_id(value)
         carrier = scope["headers"] if carried else None
         exchange = tracing.Exchange("http", scope.get("http_version"), scope.get("client"), carrier)
 

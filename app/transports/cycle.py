@@ -26,9 +26,10 @@ What it replaces, and why:
   same step, a ``FileResponse`` after reading its first chunk), or for anything else that writes or closes the
   connection, which writes it first: an application error, the guard's 431 or cut, uvicorn's 400. Nothing the
   protocol writes can overtake it. An event stream's headers (chunked) and a HEAD answer's are written at once.
-- Header names are checked against uvicorn's pattern once per distinct name (a small set of names an
-  application sends), values each time, as uvicorn does; the default headers are checked and joined once per
-  list (the server replaces the list once a second, when the date changes).
+- Header names and values are checked against uvicorn's patterns once per distinct name or value (an application
+  sends a small set of names, and of values most are the same few: a content type, common lengths), not at every
+  response; the default headers are checked and joined once per list (the server replaces the list once a second,
+  when the date changes).
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 __all__ = ["LeanCycle"]
 
-_CHECKED_NAMES: set[bytes] = set()  # header names (as the application sent them) that passed HEADER_RE
+# Header names (as the application sent them) that passed HEADER_RE, each with its lowercase form.
+_CHECKED_NAMES: dict[bytes, bytes] = {}
 _CHECKED_NAMES_MAX = 256  # an application that makes up names per request gets them checked every time
+_CHECKED_VALUES: set[bytes] = set()  # header values that passed HEADER_VALUE_RE
+_CHECKED_VALUES_MAX = 1024  # (of at most _CHECKED_VALUE_BYTES each; longer ones are checked every time)
+_CHECKED_VALUE_BYTES = 64
 _DEFAULTS: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")  # the list of default headers, and its lines
 
 
@@ -197,17 +202,23 @@ class LeanCycle(RequestResponseCycle):
                     self.scope["http_version"],
                     status_code,
                 )
-            content = [STATUS_LINE[status_code], _default_block(self.default_headers)]
+            defaults = self.default_headers
+            content = [STATUS_LINE[status_code], _DEFAULTS[1] if _DEFAULTS[0] is defaults else _default_block(defaults)]
             has_connection_close = False
             for name, value in message.get("headers", ()):
-                if name not in _CHECKED_NAMES:
+                lowered = _CHECKED_NAMES.get(name)
+                if lowered is None:
                     if HEADER_RE.search(name):
                         raise RuntimeError("Invalid HTTP header name.")
+                    lowered = name.lower()
                     if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
-                        _CHECKED_NAMES.add(name)
-                if HEADER_VALUE_RE.search(value):
-                    raise RuntimeError("Invalid HTTP header value.")
-                name = name.lower()
+                        _CHECKED_NAMES[name] = lowered
+                if value not in _CHECKED_VALUES:
+                    if HEADER_VALUE_RE.search(value):
+                        raise RuntimeError("Invalid HTTP header value.")
+                    if len(_CHECKED_VALUES) < _CHECKED_VALUES_MAX and len(value) <= _CHECKED_VALUE_BYTES:
+                        _CHECKED_VALUES.add(value)
+                name = lowered
                 if name == b"content-length" and self.chunked_encoding is None:
                     self.expected_content_length = int(value.decode())
                     self.chunked_encoding = False
@@ -247,8 +258,12 @@ class LeanCycle(RequestResponseCycle):
                 if num_bytes > self.expected_content_length:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.expected_content_length -= num_bytes
-                if body or self._held is not None:
-                    self._write(body)
+                held = self._held
+                if held is not None:  # (self._write, inlined: the usual case, a header block and its body)
+                    self._held = None
+                    self.transport.write(held + body)
+                elif body:
+                    self.transport.write(body)
             if not more_body:
                 if self.expected_content_length != 0:
                     raise RuntimeError("Response content shorter than Content-Length")

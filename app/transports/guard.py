@@ -50,6 +50,29 @@ _TOO_LARGE = (
 )
 
 
+# Request targets seen, each with its path, raw path and query string (before the root path): clients ask for the
+# same few (``/mcp``), so each is parsed and decoded once per process. Bounded in count and length: targets are the
+# client's.
+_TARGETS: dict[bytes, tuple[str, bytes, bytes]] = {}
+_TARGETS_KEPT = 64
+_TARGET_KEPT_BYTES = 256
+
+
+def _target(url: bytes) -> tuple[str, bytes, bytes]:
+    """A request target's path (percent-decoded), raw path and query string, as uvicorn's protocol reads them."""
+    found = _TARGETS.get(url)
+    if found is None:
+        parsed_url = httptools.parse_url(url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        found = (path, raw_path, parsed_url.query or b"")
+        if len(_TARGETS) < _TARGETS_KEPT and len(url) <= _TARGET_KEPT_BYTES:
+            _TARGETS[url] = found
+    return found
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with request deadlines and a header size cap (see the module)."""
 
@@ -190,22 +213,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         # uvicorn's, making a LeanCycle; then the body's deadline.
         parser = self.parser
+        scope = self.scope
         http_version = parser.get_http_version()
-        self.scope["method"] = parser.get_method().decode("ascii")
+        scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
-            self.scope["http_version"] = http_version
+            scope["http_version"] = http_version
         if parser.should_upgrade() and self._should_upgrade():
             self._upgrading = True
             self._arm(self.body_timeout, "body")
             return
-        parsed_url = httptools.parse_url(self.url)
-        raw_path = parsed_url.path
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        self.scope["path"] = self.root_path + path
-        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
-        self.scope["query_string"] = parsed_url.query or b""
+        path, raw_path, scope["query_string"] = _target(self.url)
+        root_path = self.root_path
+        if root_path:
+            path, raw_path = root_path + path, root_path.encode("ascii") + raw_path
+        scope["path"] = path
+        scope["raw_path"] = raw_path
         if self.limit_concurrency is not None and (
             len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
         ):

@@ -47,7 +47,7 @@ from app.security.gate import Caller, Refusal
 from app.sessions import EventStream, Session
 from app.sessions.events import parse_event_id
 from app.sessions.store import SessionStoreUnavailable
-from app.transports.bodies import TooLarge, json_response, read_body, refuse, refused
+from app.transports.bodies import JsonBody, TooLarge, json_response, read_body, refuse, refused
 from app.transports.headers import check_headers
 from app.transports.held import IN_FLIGHT_RELEASE, HeldStream, until_revoked
 from app.transports.request import IndexedHeaders
@@ -142,7 +142,7 @@ class _Answering:
 
     def run(self, answer: Coroutine[Any, Any, Outcome]) -> asyncio.Task[Outcome]:
         """Start the handler's task; its end wakes the transport."""
-        task = asyncio.create_task(answer)
+        task = self.woken.get_loop().create_task(answer)  # (asyncio.create_task's own two frames, not needed here)
         task.add_done_callback(self._wake)
         return task
 
@@ -341,7 +341,7 @@ class McpEndpoint:
                 return Response(status_code=204)  # cancelled by the client: no response is owed
             if session.id:
                 await self._sessions.save(session)
-            return self._finish(request, outcome, json_response(outcome.response))
+            return self._finish(request, outcome, JsonBody(orjson.dumps(outcome.response)))  # (json_response's)
         outbox = answering.queue()  # (made now if the handler finished without sending: a stream-only client)
         stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(

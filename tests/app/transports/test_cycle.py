@@ -14,6 +14,7 @@ import inspect
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
+from app.transports import cycle, guard
 from app.transports.guard import guarded_protocol
 from tests.app.transports.test_corked import RecordingTransport
 
@@ -83,6 +85,15 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"10")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         raise RuntimeError("after the response started")
+    elif path == "/target":  # the scope's view of the request target
+        await read_all(receive)
+        await answer(send, b"%s %s %s" % (path.encode(), scope["raw_path"], scope["query_string"]))
+    elif path == "/value":  # a header whose value is the query string, percent-decoded
+        await read_all(receive)
+        value = urllib.parse.unquote_to_bytes(scope["query_string"])
+        headers = [(b"content-length", b"2"), (b"x-value", value)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
     elif path == "/close":
         await read_all(receive)
         headers = [(b"content-length", b"2"), (b"connection", b"close")]
@@ -249,6 +260,42 @@ def test_head_gets_the_headers_without_the_body_and_the_connection_stays_open(se
         sock.sendall(request("POST", "/echo", b"after"))
         _, _, body = reader.response()
         assert body == b"POST 1.1 after"  # nothing of HEAD's body came before it
+
+
+def test_request_targets_are_read_as_uvicorn_reads_them_and_at_most_so_many_are_kept(server: Running) -> None:
+    with server.connect() as sock:
+        reader = Reader(sock)
+        for _ in range(2):  # parsed, then kept
+            sock.sendall(request("POST", "/t%61rget?x=%41&y", b""))
+            assert reader.response()[2] == b"/target /t%61rget x=%41&y"
+        for n in range(guard._TARGETS_KEPT + 1):
+            sock.sendall(request("POST", f"/path/{n}?{'q' * guard._TARGET_KEPT_BYTES}", b""))
+            assert reader.response()[2] == f"/path/{n}".encode()
+    assert len(guard._TARGETS) <= guard._TARGETS_KEPT
+    assert all(len(url) <= guard._TARGET_KEPT_BYTES for url in guard._TARGETS)
+
+
+def test_a_bad_header_value_is_refused_every_time_and_at_most_so_many_good_ones_are_kept(server: Running) -> None:
+    for _ in range(2):  # (the response had started: as uvicorn, the connection is closed, nothing written)
+        with server.connect() as sock:
+            sock.sendall(request("POST", "/value?bad%0Avalue"))
+            reader = Reader(sock)
+            assert reader.closed()
+            assert reader.buffer == b""
+    with server.connect() as sock:
+        reader = Reader(sock)
+        for n in range(cycle._CHECKED_VALUES_MAX + 1):
+            sock.sendall(request("POST", f"/value?v{n}"))
+            assert reader.response()[1]["x-value"] == f"v{n}"
+        sock.sendall(request("POST", "/value?" + "v" * (cycle._CHECKED_VALUE_BYTES + 1)))
+        assert reader.response()[1]["x-value"] == "v" * (cycle._CHECKED_VALUE_BYTES + 1)
+    assert len(cycle._CHECKED_VALUES) <= cycle._CHECKED_VALUES_MAX
+    assert all(len(value) <= cycle._CHECKED_VALUE_BYTES for value in cycle._CHECKED_VALUES)
+    with server.connect() as sock:  # a bad value is never among them
+        sock.sendall(request("POST", "/value?bad%0Avalue"))
+        reader = Reader(sock)
+        assert reader.closed()
+        assert reader.buffer == b""
 
 
 def test_pipelined_requests_are_answered_in_order(server: Running) -> None:
