@@ -212,9 +212,9 @@ class Dispatcher:
         """Whether the offer can change, so that clients may listen for list changes."""
         return self._features.dynamic
 
-    def tool_schema(self, name: object) -> Mapping[str, Any] | None:
-        """The input schema of a tool, for checking the Mcp-Param-* headers of a call."""
-        return self._features.tools.input_schema(name) if isinstance(name, str) else None
+    def mirrored(self, name: object) -> tuple[tuple[str, str], ...]:
+        """The arguments a call of the tool ``name`` mirrors into Mcp-Param-* headers (:meth:`Tools.mirrored`)."""
+        return self._features.tools.mirrored(name) if isinstance(name, str) else ()
 
     def discover_result(self) -> dict[str, Any]:
         """The result of server/discover (2026-07-28): versions, capabilities and server info, cacheable."""

@@ -422,7 +422,7 @@ class McpEndpoint:
         try:
             meta = check_meta(message)
             tool = message.params.get("name") if message.method == "tools/call" else None
-            check_headers(message, headers, meta, self.core.dispatcher.tool_schema(tool))
+            check_headers(message, headers, meta, self.core.dispatcher.mirrored(tool))
             check_version(meta)
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()

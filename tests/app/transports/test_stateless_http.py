@@ -88,6 +88,32 @@ def test_a_base64_encoded_name_header_is_decoded(client: TestClient) -> None:
     assert response.json()["result"]["resultType"] == "complete"
 
 
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [({}, True), ({"Mcp-Param-Region": "us-east"}, True), ({"Mcp-Param-Region": " eu-west "}, False),
+     ({"Mcp-Param-Region": "=?base64?ZXUtd2VzdA==?="}, False)],
+)  # fmt: skip
+def test_an_argument_the_schema_mirrors_into_a_header_must_equal_it(
+    client: TestClient, headers: dict[str, str], refused: bool
+) -> None:
+    response = call(client, "tools/call", {"name": "test_x_mcp_header", "arguments": {"region": "eu-west"}},
+                    headers=headers)  # fmt: skip
+    if refused:
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == (
+            -32020,
+            "Header mismatch: Mcp-Param-Region must equal arguments.region",
+        )
+    else:
+        assert response.json()["result"]["content"][0]["text"] == "region=eu-west"
+
+
+def test_an_argument_left_out_needs_no_mirrored_header(client: TestClient) -> None:
+    response = call(client, "tools/call", {"name": "test_x_mcp_header", "arguments": {}})
+    assert response.json()["result"]["content"][0]["text"] == "region=<none>"
+
+
 def test_an_unsupported_version_in_meta_is_400_listing_the_supported(client: TestClient) -> None:
     response = call(client, "server/discover", meta={"io.modelcontextprotocol/protocolVersion": "v9"},
                     headers={"MCP-Protocol-Version": "v9"})  # fmt: skip
