@@ -285,13 +285,12 @@ class Dispatcher:
         try:
             if spec is None:
                 raise _not_found(method)
-            if spec.checks_input:
-                self._open_input(spec, message.params, ctx)
-                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
-                if result.get("resultType") == "input_required":
-                    result = self._seal_input(spec, message.params, ctx, result)
-            else:
-                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
+            params = message.params
+            if spec.checks_input and ("inputResponses" in params or "requestState" in params):  # a later round
+                self._open_input(spec, params, ctx)
+            result, status, tool = _labelled(await self._handlers[method](params, ctx))
+            if spec.checks_input and result.get("resultType") == "input_required":
+                result = self._seal_input(spec, params, ctx, result)
         except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
             error = InvalidParams(missing.message, data=missing.data)
             response, status, tool = error_response(message.id, error), "error", None
@@ -358,16 +357,16 @@ class Dispatcher:
     async def _tools_call(self, params: Mapping[str, Any], ctx: RequestContext) -> Called:
         name = params.get("name")
         tools = self._features.tools
-        tasks_declared = self._declares_tasks(ctx)
-        if ctx.stateless and not tasks_declared and isinstance(name, str) and allows_tool(ctx.scopes, name):
+        if ctx.stateless and isinstance(name, str):  # a tool that needs tasks, called without declaring them
             spec = tools.spec(name)
-            if spec is not None and spec.task_support == "required":
+            needs_tasks = spec is not None and spec.task_support == "required"  # (the capabilities read only then)
+            if needs_tasks and not self._declares_tasks(ctx) and allows_tool(ctx.scopes, name):
                 raise MissingClientCapability(
                     f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
                 )
         called = await tools.call(params, ctx)
         if called.background is not None:
-            if tasks_declared:
+            if self._declares_tasks(ctx):
                 task = self._tasks.start(called.background.worker, principal=ctx.principal)
                 # "content": [] keeps the reply a valid CallToolResult for clients that do not know tasks.
                 return Called({"resultType": "task", **task.describe(detailed=False), "content": []}, "task", str(name))
