@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,11 +246,16 @@ class Dispatcher:
         outcome = await tracing.traced(self._dispatch(message, ctx, started), message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)  # the span's end counts too
 
-    async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
-        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
+    def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Coroutine[Any, Any, Outcome]:
+        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input. (What to
+        await: an untraced request's answer itself, not a coroutine awaiting it.)"""
         started = time.perf_counter()
         if tracing.quiet(message):
-            return await self._dispatch_stateless(message, ctx, started)
+            return self._dispatch_stateless(message, ctx, started)
+        return self._traced_stateless(message, ctx, started)
+
+    async def _traced_stateless(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
+        """The outcome of a 2026-07-28 request in its span, timed from ``started`` (the span's end counts too)."""
         outcome = await tracing.traced(self._dispatch_stateless(message, ctx, started), message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)
 
