@@ -88,6 +88,7 @@ class _Tool:
     output: SchemaCheck | None
     timeout: float
     slots: asyncio.Semaphore | None  # the tool's concurrency limit; None: unlimited
+    mirrored: tuple[tuple[str, str], ...]  # (property, header suffix): see Tools.mirrored
 
 
 class Tools:
@@ -105,7 +106,8 @@ class Tools:
         output = SchemaCheck(spec.output_schema) if spec.output_schema is not None else None
         timeout = min(spec.timeout_seconds or self._timeout, self._timeout)
         slots = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
-        self._tools[spec.name] = _Tool(spec, SchemaCheck(spec.input_schema), output, timeout, slots)
+        arguments = SchemaCheck(spec.input_schema)  # first: a schema that is not one is refused here
+        self._tools[spec.name] = _Tool(spec, arguments, output, timeout, slots, _mirrored(spec.input_schema))
 
     def remove(self, name: str) -> bool:
         """Stop offering a tool; whether it was offered."""
@@ -134,10 +136,12 @@ class Tools:
             return ToolCallOutcome(text_result(str(exc), is_error=True), "error")
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")
 
-    def input_schema(self, name: str) -> Mapping[str, Any] | None:
-        """The input schema of the tool called ``name``, if there is one."""
+    def mirrored(self, name: str) -> tuple[tuple[str, str], ...]:
+        """The (property, header suffix) pairs of the arguments of the tool called ``name`` that its input schema
+        declares with ``x-mcp-header`` (SEP-2243: a 2026-07-28 client mirrors them into ``Mcp-Param-{suffix}``
+        headers), in schema order; none for most tools, and for a tool not offered. Found once, when it is added."""
         tool = self._tools.get(name)
-        return tool.spec.input_schema if tool else None
+        return tool.mirrored if tool else ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -235,6 +239,16 @@ class Tools:
             if not result.get("content"):
                 result = {**result, "content": [{"type": "text", "text": orjson.dumps(structured).decode()}]}
         return ToolCallOutcome(result, "error" if result.get("isError") else "ok")
+
+
+def _mirrored(schema: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The (property, header suffix) pairs of the properties ``schema`` declares with an ``x-mcp-header`` string."""
+    properties: Mapping[str, Any] = schema.get("properties") or {}
+    return tuple(
+        (prop, spec["x-mcp-header"])
+        for prop, spec in properties.items()
+        if isinstance(spec, dict) and isinstance(spec.get("x-mcp-header"), str)
+    )
 
 
 async def _in_slot(

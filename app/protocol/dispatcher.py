@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,9 +212,9 @@ class Dispatcher:
         """Whether the offer can change, so that clients may listen for list changes."""
         return self._features.dynamic
 
-    def tool_schema(self, name: object) -> Mapping[str, Any] | None:
-        """The input schema of a tool, for checking the Mcp-Param-* headers of a call."""
-        return self._features.tools.input_schema(name) if isinstance(name, str) else None
+    def mirrored(self, name: object) -> tuple[tuple[str, str], ...]:
+        """The arguments a call of the tool ``name`` mirrors into Mcp-Param-* headers (:meth:`Tools.mirrored`)."""
+        return self._features.tools.mirrored(name) if isinstance(name, str) else ()
 
     def discover_result(self) -> dict[str, Any]:
         """The result of server/discover (2026-07-28): versions, capabilities and server info, cacheable."""
@@ -246,11 +246,16 @@ class Dispatcher:
         outcome = await tracing.traced(self._dispatch(message, ctx, started), message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)  # the span's end counts too
 
-    async def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Outcome:
-        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input."""
+    def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Coroutine[Any, Any, Outcome]:
+        """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input. (What to
+        await: an untraced request's answer itself, not a coroutine awaiting it.)"""
         started = time.perf_counter()
         if tracing.quiet(message):
-            return await self._dispatch_stateless(message, ctx, started)
+            return self._dispatch_stateless(message, ctx, started)
+        return self._traced_stateless(message, ctx, started)
+
+    async def _traced_stateless(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
+        """The outcome of a 2026-07-28 request in its span, timed from ``started`` (the span's end counts too)."""
         outcome = await tracing.traced(self._dispatch_stateless(message, ctx, started), message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)
 
@@ -285,13 +290,12 @@ class Dispatcher:
         try:
             if spec is None:
                 raise _not_found(method)
-            if spec.checks_input:
-                self._open_input(spec, message.params, ctx)
-                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
-                if result.get("resultType") == "input_required":
-                    result = self._seal_input(spec, message.params, ctx, result)
-            else:
-                result, status, tool = _labelled(await self._handlers[method](message.params, ctx))
+            params = message.params
+            if spec.checks_input and ("inputResponses" in params or "requestState" in params):  # a later round
+                self._open_input(spec, params, ctx)
+            result, status, tool = _labelled(await self._handlers[method](params, ctx))
+            if spec.checks_input and result.get("resultType") == "input_required":
+                result = self._seal_input(spec, params, ctx, result)
         except ResourceNotFound as missing:  # 2026-07-28 reports an unknown resource as invalid params
             error = InvalidParams(missing.message, data=missing.data)
             response, status, tool = error_response(message.id, error), "error", None
@@ -358,16 +362,16 @@ class Dispatcher:
     async def _tools_call(self, params: Mapping[str, Any], ctx: RequestContext) -> Called:
         name = params.get("name")
         tools = self._features.tools
-        tasks_declared = self._declares_tasks(ctx)
-        if ctx.stateless and not tasks_declared and isinstance(name, str) and allows_tool(ctx.scopes, name):
+        if ctx.stateless and isinstance(name, str):  # a tool that needs tasks, called without declaring them
             spec = tools.spec(name)
-            if spec is not None and spec.task_support == "required":
+            needs_tasks = spec is not None and spec.task_support == "required"  # (the capabilities read only then)
+            if needs_tasks and not self._declares_tasks(ctx) and allows_tool(ctx.scopes, name):
                 raise MissingClientCapability(
                     f"client must declare extension {TASKS_EXTENSION} to call {name!r}", data=_NEEDS_TASKS
                 )
         called = await tools.call(params, ctx)
         if called.background is not None:
-            if tasks_declared:
+            if self._declares_tasks(ctx):
                 task = self._tasks.start(called.background.worker, principal=ctx.principal)
                 # "content": [] keeps the reply a valid CallToolResult for clients that do not know tasks.
                 return Called({"resultType": "task", **task.describe(detailed=False), "content": []}, "task", str(name))

@@ -413,16 +413,15 @@ class McpEndpoint:
         stream_only: bool = False,
     ) -> Response:
         """Answer a 2026-07-28 request; ``headers`` are the request's, as ``handle`` read them (by lowercase name)."""
-        if message.is_notification:
-            self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
-            return Response(status_code=202)
         if message.is_response:
             return refuse(400, "Bad Request: a 2026-07-28 client sends no responses; answer with inputResponses")
-        assert message.id is not None
+        if message.id is None:  # a notification (a request without an id)
+            self._metrics.mcp_requests.labels(method="(notification)", outcome="ok").inc()
+            return Response(status_code=202)
         try:
             meta = check_meta(message)
             tool = message.params.get("name") if message.method == "tools/call" else None
-            check_headers(message, headers, meta, self.core.dispatcher.tool_schema(tool))
+            check_headers(message, headers, meta, self.core.dispatcher.mirrored(tool))
             check_version(meta)
         except JsonRpcError as error:
             self._metrics.mcp_requests.labels(method="(invalid)", outcome="error").inc()
@@ -439,7 +438,9 @@ class McpEndpoint:
                 event = format_event(None, orjson.dumps(outcome.response))
                 single = StreamingResponse(iter([event]), media_type=_SSE, headers=dict(SSE_HEADERS))
                 return self._finish(request, outcome, single)
-            return self._finish(request, outcome, json_response(outcome.response, _stateless_status(outcome.response)))
+            response = outcome.response
+            status = _stateless_status(response) if "error" in response else 200
+            return self._finish(request, outcome, json_response(response, status))
         return StreamingResponse(
             self._stateless_events(request, answering.queue(), task), media_type=_SSE, headers=dict(SSE_HEADERS)
         )

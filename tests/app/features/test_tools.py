@@ -34,6 +34,16 @@ def test_tools_list_describes_each_tool_with_its_input_schema() -> None:
     assert listed == [{"name": "echo", "description": "Echo.", "inputSchema": dict(BUILTINS["echo"].input_schema)}]
 
 
+def test_the_arguments_a_tool_mirrors_into_headers_are_its_x_mcp_header_properties_in_schema_order() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "Zone"}, "b": {"type": "string"},
+              "c": {"x-mcp-header": "Trace-Id"}, "d": True}}  # fmt: skip
+    registry = tools(ECHO, ToolSpec(name="t", description="T.", input_schema=schema, handler=ECHO.handler))
+    assert registry.mirrored("t") == (("a", "Zone"), ("c", "Trace-Id"))
+    assert registry.mirrored("echo") == registry.mirrored("missing") == ()
+    registry.remove("t")
+    assert registry.mirrored("t") == ()
+
+
 def test_tools_list_pages_with_an_opaque_cursor() -> None:
     many = [ToolSpec(name=f"t{i}", description="d", input_schema={"type": "object"}, handler=ECHO.handler)
             for i in range(5)]  # fmt: skip

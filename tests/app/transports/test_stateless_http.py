@@ -88,6 +88,49 @@ def test_a_base64_encoded_name_header_is_decoded(client: TestClient) -> None:
     assert response.json()["result"]["resultType"] == "complete"
 
 
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [({}, True), ({"Mcp-Param-Region": "us-east"}, True), ({"Mcp-Param-Region": " eu-west "}, False),
+     ({"Mcp-Param-Region": "=?base64?ZXUtd2VzdA==?="}, False)],
+)  # fmt: skip
+def test_an_argument_the_schema_mirrors_into_a_header_must_equal_it(
+    client: TestClient, headers: dict[str, str], refused: bool
+) -> None:
+    response = call(client, "tools/call", {"name": "test_x_mcp_header", "arguments": {"region": "eu-west"}},
+                    headers=headers)  # fmt: skip
+    if refused:
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == (
+            -32020,
+            "Header mismatch: Mcp-Param-Region must equal arguments.region",
+        )
+    else:
+        assert response.json()["result"]["content"][0]["text"] == "region=eu-west"
+
+
+def test_an_argument_left_out_needs_no_mirrored_header(client: TestClient) -> None:
+    response = call(client, "tools/call", {"name": "test_x_mcp_header", "arguments": {}})
+    assert response.json()["result"]["content"][0]["text"] == "region=<none>"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1, "_meta": META}},
+     {"jsonrpc": "2.0", "id": 7, "result": {}}],
+)  # fmt: skip
+def test_a_notification_is_202_and_a_response_is_refused(client: TestClient, body: dict[str, Any]) -> None:
+    sent = {"Content-Type": "application/json", "Accept": "application/json", "MCP-Protocol-Version": VERSION}
+    response = client.post("/mcp", content=orjson.dumps(body), headers=sent)
+    if "method" in body:
+        assert (response.status_code, response.content) == (202, b"")
+    else:
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == (
+            "Bad Request: a 2026-07-28 client sends no responses; answer with inputResponses"
+        )
+
+
 def test_an_unsupported_version_in_meta_is_400_listing_the_supported(client: TestClient) -> None:
     response = call(client, "server/discover", meta={"io.modelcontextprotocol/protocolVersion": "v9"},
                     headers={"MCP-Protocol-Version": "v9"})  # fmt: skip
