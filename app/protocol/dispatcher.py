@@ -237,14 +237,19 @@ class Dispatcher:
             return METHODS[method]
         return None
 
-    async def dispatch(self, message: Message, ctx: RequestContext) -> Outcome:
+    def dispatch(self, message: Message, ctx: RequestContext) -> Coroutine[Any, Any, Outcome]:
         """Answer one handshake-era request; protocol errors become error responses, never exceptions. The answer
-        is traced (:mod:`app.observability.tracing`) when tracing is on or the request carries a trace context."""
+        is traced (:mod:`app.observability.tracing`) when tracing is on or the request carries a trace context.
+        (What to await: an untraced request's answer itself, not a coroutine awaiting it.)"""
         started = time.perf_counter()
         if tracing.quiet(message):
-            return await self._dispatch(message, ctx, started)
+            return self._dispatch(message, ctx, started)
+        return self._traced(message, ctx, started)
+
+    async def _traced(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
+        """The outcome of a handshake-era request in its span, timed from ``started`` (the span's end counts too)."""
         outcome = await tracing.traced(self._dispatch(message, ctx, started), message, ctx, self._features)
-        return outcome.timed(time.perf_counter() - started)  # the span's end counts too
+        return outcome.timed(time.perf_counter() - started)
 
     def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Coroutine[Any, Any, Outcome]:
         """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input. (What to
