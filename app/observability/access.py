@@ -84,18 +84,20 @@ class AccessLog(Protocol):
         ``request_id``: its valid ``X-Request-ID``; ``exchange``: what names the span it was answered in."""
 
 
-_second = -1
-_prefix = b""
+_start = 0  # the first nanosecond of the second whose date and time iso_stamp made last
+_prefix = b"1970-01-01T00:00:00"
 
 
 def iso_stamp(ns: int) -> bytes:
     """``ns`` (since the epoch) as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it: ISO 8601 in UTC with
-    ``Z``, microseconds floored and left out when they are 0. The date and time of the second are made once."""
-    global _second, _prefix
-    second, rest = divmod(ns, 1_000_000_000)
-    if second != _second:
-        _prefix, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode(), second
-    micro = rest // 1000
+    ``Z``, microseconds floored and left out when they are 0. The date and time of the second are made once (within
+    it, only the microseconds are worked out, from a difference small enough for a one-digit int)."""
+    global _start, _prefix
+    micro = (ns - _start) // 1000
+    if not 0 <= micro < 1_000_000:
+        second = ns // 1_000_000_000
+        _start, _prefix = second * 1_000_000_000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        micro = (ns - _start) // 1000
     return b"%b.%06dZ" % (_prefix, micro) if micro else _prefix + b"Z"
 
 

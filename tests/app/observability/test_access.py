@@ -134,6 +134,7 @@ def test_without_a_project_the_trace_is_the_bare_id(logging_to_file: Configure) 
 @pytest.mark.parametrize(
     "instant",
     [
+        EPOCH,  # the second iso_stamp starts with
         datetime.datetime(2026, 11, 28, 20, 44, 18, tzinfo=datetime.UTC),  # no microseconds: none written
         datetime.datetime(2026, 11, 28, 20, 44, 18, 1, tzinfo=datetime.UTC),
         datetime.datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC),
@@ -145,6 +146,7 @@ def test_the_time_is_written_as_structlogs_utc_iso_stamp(instant: datetime.datet
     expected = instant.isoformat().replace("+00:00", "Z")  # what structlog's TimeStamper("iso", utc=True) writes
     assert access.iso_stamp(ns) == access.iso_stamp(ns + 999) == expected.encode()
     assert access.iso_stamp(ns - 1_000_000_000) != expected.encode()  # a second earlier: not a stale cached second
+    assert access.iso_stamp(ns) == expected.encode()  # and back
 
 
 def test_in_console_format_the_access_line_still_goes_through_structlog_redacted(logging_to_file: Configure) -> None:
