@@ -102,11 +102,10 @@ def iso_stamp(ns: int) -> bytes:
 
 
 def _user_agent(scope: Scope) -> str | None:
-    found = b""
-    for name, value in scope["headers"]:
+    for name, value in reversed(scope["headers"]):  # the last one, as a dict of the headers keeps it
         if name == b"user-agent":
-            found = value  # the last one, as a dict of the headers keeps it
-    return found.decode("latin-1") or None
+            return value.decode("latin-1") or None
+    return None
 
 
 def _http_request(
