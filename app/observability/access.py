@@ -1,10 +1,11 @@
 """The access line: one per HTTP request, in Cloud Logging's ``httpRequest`` shape, written by
 :class:`~app.middleware.ObserveRequests` when the request ends.
 
-In JSON (production) it is :class:`JsonAccessLog`: one dict, ``orjson.dumps`` and the process's
-:class:`~app.observability.sink.LineSink`, a few microseconds, where structlog and the standard library's logging
-took about 65 (a stack walk, a ``LogRecord``, a dozen processors, a handler lock, a ``write(2)``). The line is byte
-for byte the one structlog's chain wrote (``tests/app/observability/test_access.py`` renders both):
+In JSON (production) it is :class:`JsonAccessLog`: one byte template filled in (:class:`AccessLineFormat`) and
+the process's :class:`~app.observability.sink.LineSink`, a few microseconds, where structlog and the standard
+library's logging took about 65 (a stack walk, a ``LogRecord``, a dozen processors, a handler lock, a ``write(2)``).
+The line is byte for byte the one structlog's chain wrote (``tests/app/observability/test_access.py`` renders both,
+and checks the template against ``orjson.dumps`` of the fields' dict for any request):
 
 ``httpRequest{requestMethod, requestUrl, status, responseSize, latency, remoteIp, userAgent, protocol}``, the
 ``mcp_method`` and ``mcp_outcome`` the endpoint noted, ``requestId`` (the request's valid ``X-Request-ID``, else
@@ -50,6 +51,20 @@ __all__ = [
 LOGGER = "app.middleware"  # the logger the line has always named
 _PROTOCOLS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}
 _SEPARATOR = "\n"  # between the client's strings when they are searched at once (no header or path holds one)
+# The line's template: what orjson wrote for the dict of the line's fields, with a hole for each value the request
+# gives (see AccessLineFormat.line); the trace fields' template; the JSON of the methods the middleware names and of
+# the usual protocols, made once.
+_LINE = (
+    b'{"httpRequest":{"requestMethod":%b,"requestUrl":%b,"status":%d,"responseSize":"%d","latency":"%.6fs",'
+    b'"remoteIp":%b,"userAgent":%b,"protocol":%b}%b%b,"logger":' + orjson.dumps(LOGGER) + b"%b"
+    b',"severity":"INFO","message":"request","time":"%b"}\n'
+)
+_TRACE = b',%b:%%b,%b:"%%016x",%b:%%b' % (orjson.dumps(TRACE), orjson.dumps(SPAN_ID), orjson.dumps(TRACE_SAMPLED))
+_SAMPLED = {True: b"true", False: b"false"}
+_METHODS = {
+    method: orjson.dumps(method) for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
+}
+_PROTOCOL_JSON = {version: orjson.dumps(protocol) for version, protocol in _PROTOCOLS.items()}
 
 
 class AccessLog(Protocol):
@@ -69,27 +84,28 @@ class AccessLog(Protocol):
         ``request_id``: its valid ``X-Request-ID``; ``exchange``: what names the span it was answered in."""
 
 
-_second = -1
-_prefix = ""
+_start = 0  # the first nanosecond of the second whose date and time iso_stamp made last
+_prefix = b"1970-01-01T00:00:00"
 
 
-def iso_stamp(ns: int) -> str:
+def iso_stamp(ns: int) -> bytes:
     """``ns`` (since the epoch) as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it: ISO 8601 in UTC with
-    ``Z``, microseconds floored and left out when they are 0. The date and time of the second are made once."""
-    global _second, _prefix
-    second, rest = divmod(ns, 1_000_000_000)
-    if second != _second:
-        _prefix, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
-    micro = rest // 1000
-    return f"{_prefix}.{micro:06d}Z" if micro else f"{_prefix}Z"
+    ``Z``, microseconds floored and left out when they are 0. The date and time of the second are made once (within
+    it, only the microseconds are worked out, from a difference small enough for a one-digit int)."""
+    global _start, _prefix
+    micro = (ns - _start) // 1000
+    if not 0 <= micro < 1_000_000:
+        second = ns // 1_000_000_000
+        _start, _prefix = second * 1_000_000_000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        micro = (ns - _start) // 1000
+    return b"%b.%06dZ" % (_prefix, micro) if micro else _prefix + b"Z"
 
 
 def _user_agent(scope: Scope) -> str | None:
-    found = b""
-    for name, value in scope["headers"]:
+    for name, value in reversed(scope["headers"]):  # the last one, as a dict of the headers keeps it
         if name == b"user-agent":
-            found = value  # the last one, as a dict of the headers keeps it
-    return found.decode("latin-1") or None
+            return value.decode("latin-1") or None
+    return None
 
 
 def _http_request(
@@ -111,8 +127,12 @@ def _http_request(
 
 
 class AccessLineFormat:
-    """The access line's fields (see the module's description). ``project``: the Google Cloud project whose Cloud
-    Trace holds the traces; ``clock``: nanoseconds since the epoch (tests fix it)."""
+    """The access line (see the module's description), rendered from a byte template: a field the server controls
+    is written in its known shape (a status, a size, a latency, a method of the middleware's, a protocol, the trace
+    and span ids in hex), and any text that is not one of those (the user agent, the path and the request id, which
+    the client controls; the remote address; the endpoint's notes; the trace with its project) goes through
+    ``orjson`` for its JSON escaping, and is refused as ``orjson`` refuses it (a lone surrogate). ``project``: the
+    Google Cloud project whose Cloud Trace holds the traces; ``clock``: nanoseconds since the epoch (tests fix it)."""
 
     def __init__(self, *, project: str | None, redactor: Redactor, clock: Callable[[], int] = time.time_ns) -> None:
         self._prefix = f"projects/{project}/traces/" if project else ""
@@ -128,8 +148,8 @@ class AccessLineFormat:
         elapsed: float,
         request_id: str | None,
         answered: SpanContext | None,
-    ) -> dict[str, Any]:
-        """The line's fields, in the order structlog's chain wrote them."""
+    ) -> bytes:
+        """The line's JSON with its newline: its fields in the order structlog's chain wrote them."""
         user_agent = _user_agent(scope)
         url = scope["path"]
         client_text = f"{user_agent or ''}{_SEPARATOR}{url}{_SEPARATOR}{request_id or ''}"
@@ -137,24 +157,30 @@ class AccessLineFormat:
             user_agent = self._redact(user_agent) if user_agent else user_agent
             url = self._redact(url)
             request_id = self._redact(request_id) if request_id else request_id
-        line: dict[str, Any] = {"httpRequest": _http_request(scope, method, status, sent, elapsed, user_agent, url)}
+        client = scope.get("client")
+        version = scope.get("http_version", "1.1")
         noted = scope.get("erlmcp")
-        if noted:
-            line.update(noted)
-        if request_id is not None:
-            line["requestId"] = request_id
-        line["logger"] = LOGGER
+        trace = b""
         if answered is not None:
             trace_id = f"{answered.trace_id:032x}"
-            line[TRACE] = self._prefix + trace_id
-            line[SPAN_ID] = f"{answered.span_id:016x}"
-            line[TRACE_SAMPLED] = answered.trace_flags.sampled
+            sampled = _SAMPLED[answered.trace_flags.sampled]
+            trace = _TRACE % (orjson.dumps(self._prefix + trace_id), answered.span_id, sampled)
             if request_id is None:
-                line["requestId"] = trace_id
-        line["severity"] = "INFO"
-        line["message"] = "request"
-        line["time"] = iso_stamp(self._clock())
-        return line
+                trace += b',"requestId":"%b"' % trace_id.encode()
+        return _LINE % (
+            _METHODS.get(method) or orjson.dumps(method),
+            orjson.dumps(url),
+            status,
+            sent,
+            elapsed,
+            orjson.dumps(client[0]) if client else b"null",
+            orjson.dumps(user_agent),
+            _PROTOCOL_JSON.get(version) or orjson.dumps(f"HTTP/{version}"),
+            b"," + orjson.dumps(noted, default=str)[1:-1] if noted else b"",  # the endpoint's notes
+            b',"requestId":' + orjson.dumps(request_id) if request_id is not None else b"",
+            trace,
+            iso_stamp(self._clock()),
+        )
 
 
 class JsonAccessLog:
@@ -169,7 +195,7 @@ class JsonAccessLog:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.sink = sink
-        self._format = AccessLineFormat(project=project, redactor=redactor, clock=clock)
+        self._line = AccessLineFormat(project=project, redactor=redactor, clock=clock).line
 
     def write(
         self,
@@ -181,10 +207,10 @@ class JsonAccessLog:
         request_id: str | None,
         exchange: Exchange,
     ) -> None:
-        line = self._format.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
+        line = self._line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
         if _captures:
-            _capture(line)
-        self.sink.put(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+            _capture(orjson.loads(line))
+        self.sink.put(line)
 
 
 class StructlogAccessLog:
@@ -205,7 +231,8 @@ class StructlogAccessLog:
         exchange: Exchange,
     ) -> None:
         if _captures:
-            _capture(_FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under))
+            line = _FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
+            _capture(orjson.loads(line))
         with exchange.reporting():  # the line names the span the request was answered in
             http_request = _http_request(scope, method, status, sent, elapsed, _user_agent(scope), scope["path"])
             self._log.info("request", httpRequest=http_request, **scope.get("erlmcp", {}))

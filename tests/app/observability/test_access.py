@@ -13,9 +13,12 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from app.observability import access, tracing
+from app.observability.logging import SPAN_ID, TRACE, TRACE_SAMPLED
 from app.observability.logging import request_id as valid_request_id
 from app.observability.redaction import redactor
 from app.settings import LogFormat
@@ -131,6 +134,7 @@ def test_without_a_project_the_trace_is_the_bare_id(logging_to_file: Configure) 
 @pytest.mark.parametrize(
     "instant",
     [
+        EPOCH,  # the second iso_stamp starts with
         datetime.datetime(2026, 11, 28, 20, 44, 18, tzinfo=datetime.UTC),  # no microseconds: none written
         datetime.datetime(2026, 11, 28, 20, 44, 18, 1, tzinfo=datetime.UTC),
         datetime.datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC),
@@ -140,8 +144,9 @@ def test_without_a_project_the_trace_is_the_bare_id(logging_to_file: Configure) 
 def test_the_time_is_written_as_structlogs_utc_iso_stamp(instant: datetime.datetime) -> None:
     ns = (instant - EPOCH) // datetime.timedelta(microseconds=1) * 1000
     expected = instant.isoformat().replace("+00:00", "Z")  # what structlog's TimeStamper("iso", utc=True) writes
-    assert access.iso_stamp(ns) == access.iso_stamp(ns + 999) == expected
-    assert access.iso_stamp(ns - 1_000_000_000) != expected  # a second earlier: not a stale cached second
+    assert access.iso_stamp(ns) == access.iso_stamp(ns + 999) == expected.encode()
+    assert access.iso_stamp(ns - 1_000_000_000) != expected.encode()  # a second earlier: not a stale cached second
+    assert access.iso_stamp(ns) == expected.encode()  # and back
 
 
 def test_in_console_format_the_access_line_still_goes_through_structlog_redacted(logging_to_file: Configure) -> None:
@@ -165,3 +170,127 @@ def test_the_capture_hook_sees_each_line_as_written(logging_to_file: Configure) 
         write(access.access_log(), CASES["traceparent-and-request-id"])  # type: ignore[arg-type]
     assert lines == [orjson.loads(read())]
     assert lines[0]["requestId"] == "r-1"
+
+
+def dict_line(
+    scope: dict[str, Any],
+    method: str,
+    status: int,
+    sent: int,
+    elapsed: float,
+    request_id: str | None,
+    answered: SpanContext | None,
+    *,
+    project: str | None,
+    ns: int,
+) -> dict[str, Any]:
+    """The reference: the line's fields as a dict, in the order structlog's chain wrote them (what the access line
+    was built from before its byte template, which the golden tests above tie to structlog's own rendering)."""
+    redact = redactor().redact
+    user_agent = dict(scope["headers"]).get(b"user-agent", b"").decode("latin-1") or None
+    url = scope["path"]
+    client_text = f"{user_agent or ''}\n{url}\n{request_id or ''}"
+    if redact(client_text) is not client_text:
+        user_agent = redact(user_agent) if user_agent else user_agent
+        url = redact(url)
+        request_id = redact(request_id) if request_id else request_id
+    client = scope.get("client")
+    version = scope.get("http_version", "1.1")
+    http_request = {
+        "requestMethod": method,
+        "requestUrl": url,
+        "status": status,
+        "responseSize": str(sent),
+        "latency": f"{elapsed:.6f}s",
+        "remoteIp": client[0] if client else None,
+        "userAgent": user_agent,
+        "protocol": {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}.get(version) or f"HTTP/{version}",
+    }
+    line: dict[str, Any] = {"httpRequest": http_request}
+    noted = scope.get("erlmcp")
+    if noted:
+        line.update(noted)
+    if request_id is not None:
+        line["requestId"] = request_id
+    line["logger"] = access.LOGGER
+    if answered is not None:
+        trace_id = f"{answered.trace_id:032x}"
+        line[TRACE] = (f"projects/{project}/traces/" if project else "") + trace_id
+        line[SPAN_ID] = f"{answered.span_id:016x}"
+        line[TRACE_SAMPLED] = answered.trace_flags.sampled
+        if request_id is None:
+            line["requestId"] = trace_id
+    line["severity"] = "INFO"
+    line["message"] = "request"
+    line["time"] = access.iso_stamp(ns).decode()
+    return line
+
+
+# Any text, lone surrogates included (which orjson refuses, in a dict as on its own), now and then with what JSON
+# escapes or the redactor removes.
+awkward = st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\u2028", "\ud800", "\udfff", "é", "😀"])
+anything = st.text(st.characters(exclude_categories=()), max_size=30) | st.tuples(
+    st.text(max_size=10), awkward, st.text(max_size=10)
+).map("".join)
+credentials = st.sampled_from([SECRET, "Bearer abcdefghijklmnopqrstuvwxyz", "eyJhbGciOi.eyJzdWIi.c2ln", "u:pw@h"])
+client_text = anything | st.tuples(anything, credentials, anything).map("".join)
+notes = st.none() | st.fixed_dictionaries({}, optional={"mcp_method": anything, "mcp_outcome": anything})
+spans = st.none() | st.builds(
+    lambda trace, span, sampled: SpanContext(trace, span, is_remote=False, trace_flags=TraceFlags(sampled)),
+    st.integers(1, 2**128 - 1),
+    st.integers(1, 2**64 - 1),
+    st.sampled_from([TraceFlags.DEFAULT, TraceFlags.SAMPLED]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    user_agents=st.lists(
+        st.binary(max_size=40) | client_text.map(lambda text: text.encode("utf-8", "replace")), max_size=3
+    ),
+    path=client_text,
+    request_id=st.none() | client_text,
+    method=st.sampled_from(["GET", "POST", "DELETE", "OTHER"]) | anything,
+    status=st.integers(0, 999),
+    sent=st.integers(0, 2**63 - 1),
+    elapsed=st.floats(),
+    client=st.sampled_from([None, ("10.1.2.3", 50123), ("::1", 8080), ("2001:db8::ff00:42:8329", 1)])
+    | st.tuples(anything, st.integers(0, 65535)),
+    http_version=st.sampled_from(["1.0", "1.1", "2", "3", "unknown", None]),
+    noted=notes,
+    answered=spans,
+    project=st.none() | anything,
+    ns=st.integers(0, 4_102_444_800 * 10**9),
+)
+def test_the_template_writes_the_bytes_orjson_wrote_for_the_dict(
+    user_agents: list[bytes],
+    path: str,
+    request_id: str | None,
+    method: str,
+    status: int,
+    sent: int,
+    elapsed: float,
+    client: tuple[str, int] | None,
+    http_version: str | None,
+    noted: dict[str, str] | None,
+    answered: SpanContext | None,
+    project: str | None,
+    ns: int,
+) -> None:
+    redactor().add(SECRET)
+    headers = [(b"host", b"example"), *((b"user-agent", agent) for agent in user_agents)]
+    scope: dict[str, Any] = {"type": "http", "path": path, "headers": headers, "client": client}
+    if http_version is not None:  # None: a scope without one
+        scope["http_version"] = http_version
+    if noted is not None:
+        scope["erlmcp"] = noted
+    form = access.AccessLineFormat(project=project, redactor=redactor(), clock=lambda: ns)
+    fields = (scope, method, status, sent, elapsed, request_id, answered)
+    reference = dict_line(*fields, project=project, ns=ns)
+    try:
+        expected = orjson.dumps(reference, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError as refused:  # a lone surrogate: refused as it was
+        with pytest.raises(orjson.JSONEncodeError, match=str(refused)):
+            form.line(*fields)
+        return
+    assert form.line(*fields) == expected
