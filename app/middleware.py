@@ -107,7 +107,9 @@ class ObserveRequests:
         self._access_log = access.access_log() if logging.getLogger(__name__).isEnabledFor(logging.INFO) else None
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # labelled metric children, made once
         self._trace_headers = tracing.propagated_headers()
-        self._read_headers = self._trace_headers | {b"x-request-id"}  # (one look per header for both kinds)
+        # (one look per header for what the request's observation reads: its trace context, X-Request-ID, and the
+        # User-Agent its access line names)
+        self._read_headers = self._trace_headers | {b"x-request-id", b"user-agent"}
 
     def _count(self, method: str, status: int, elapsed: float) -> None:
         children = self._children.get((method, status))
@@ -133,11 +135,14 @@ class ObserveRequests:
         sent = 0
         carried = False
         request_id = None
+        user_agent = b""  # the last one, as a dict of the headers keeps it
         read_headers = self._read_headers
         for name, value in scope["headers"]:
             if name in read_headers:
                 if name in self._trace_headers:
                     carried = True
+                elif name == b"user-agent":
+                    user_agent = value
                 else:
                     request_id = logs.request_id(value)
         carrier = scope["headers"] if carried else None
@@ -166,7 +171,7 @@ class ObserveRequests:
                 self._in_flight.dec()
                 self._count(method, status, elapsed)
                 if self._access_log is not None and scope["path"] not in HEALTH_PATHS:
-                    self._access_log.write(scope, method, status, sent, elapsed, request_id, exchange)
+                    self._access_log.write(scope, method, status, sent, elapsed, request_id, user_agent, exchange)
                 if bound is not None:
                     structlog.contextvars.reset_contextvars(**bound)
 

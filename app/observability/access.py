@@ -78,10 +78,12 @@ class AccessLog(Protocol):
         sent: int,
         elapsed: float,
         request_id: str | None,
+        user_agent: bytes,
         exchange: Exchange,
     ) -> None:
         """``method``: the request's (or ``OTHER``); ``sent``: the body's bytes; ``elapsed``: seconds;
-        ``request_id``: its valid ``X-Request-ID``; ``exchange``: what names the span it was answered in."""
+        ``request_id``: its valid ``X-Request-ID``; ``user_agent``: its last ``User-Agent`` header's value, as
+        sent (empty: none); ``exchange``: what names the span it was answered in."""
 
 
 _start = 0  # the first nanosecond of the second whose date and time iso_stamp made last
@@ -99,13 +101,6 @@ def iso_stamp(ns: int) -> bytes:
         _start, _prefix = second * 1_000_000_000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         micro = (ns - _start) // 1000
     return b"%b.%06dZ" % (_prefix, micro) if micro else _prefix + b"Z"
-
-
-def _user_agent(scope: Scope) -> str | None:
-    for name, value in reversed(scope["headers"]):  # the last one, as a dict of the headers keeps it
-        if name == b"user-agent":
-            return value.decode("latin-1") or None
-    return None
 
 
 def _http_request(
@@ -147,10 +142,12 @@ class AccessLineFormat:
         sent: int,
         elapsed: float,
         request_id: str | None,
+        sent_agent: bytes,
         answered: SpanContext | None,
     ) -> bytes:
-        """The line's JSON with its newline: its fields in the order structlog's chain wrote them."""
-        user_agent = _user_agent(scope)
+        """The line's JSON with its newline: its fields in the order structlog's chain wrote them (``sent_agent``:
+        the request's User-Agent as sent, empty for none)."""
+        user_agent = sent_agent.decode("latin-1") or None
         url = scope["path"]
         client_text = f"{user_agent or ''}{_SEPARATOR}{url}{_SEPARATOR}{request_id or ''}"
         if self._redact(client_text) is not client_text:  # a needle matched: redact each on its own
@@ -205,9 +202,10 @@ class JsonAccessLog:
         sent: int,
         elapsed: float,
         request_id: str | None,
+        user_agent: bytes,
         exchange: Exchange,
     ) -> None:
-        line = self._line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
+        line = self._line(scope, method, status, sent, elapsed, request_id, user_agent, exchange.answered_under)
         if _captures:
             _capture(orjson.loads(line))
         self.sink.put(line)
@@ -228,13 +226,17 @@ class StructlogAccessLog:
         sent: int,
         elapsed: float,
         request_id: str | None,
+        user_agent: bytes,
         exchange: Exchange,
     ) -> None:
         if _captures:
-            line = _FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, exchange.answered_under)
-            _capture(orjson.loads(line))
+            answered = exchange.answered_under
+            _capture(
+                orjson.loads(_FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, user_agent, answered))
+            )
         with exchange.reporting():  # the line names the span the request was answered in
-            http_request = _http_request(scope, method, status, sent, elapsed, _user_agent(scope), scope["path"])
+            agent = user_agent.decode("latin-1") or None
+            http_request = _http_request(scope, method, status, sent, elapsed, agent, scope["path"])
             self._log.info("request", httpRequest=http_request, **scope.get("erlmcp", {}))
 
 

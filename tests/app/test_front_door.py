@@ -7,6 +7,7 @@ health probes)."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -250,3 +251,45 @@ def test_every_request_is_counted_once_and_logged_once_unless_it_is_a_health_pro
     assert [(line["httpRequest"]["requestUrl"], line["requestId"]) for line in access] == (
         [(path.split("?")[0], request_id)] if logged else []
     )
+
+
+def raw_post(served: Served, agents: list[bytes]) -> bytes:
+    """A stateless tools/call of ``echo`` over a plain socket, with exactly these User-Agent headers (httpx always
+    sends one of its own); the answer's status line."""
+    params = {"name": "echo", "arguments": {"text": "ua"}, "_meta": META}
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+    head = [
+        b"POST /mcp HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Accept: application/json",
+        b"Content-Type: application/json",
+        b"MCP-Protocol-Version: 2026-07-28",
+        b"Mcp-Method: tools/call",
+        b"Mcp-Name: echo",
+        *(b"User-Agent: " + agent for agent in agents),
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+    ]
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("agents", "named"),
+    [([b"probe/1"], "probe/1"), ([b"first/1", b"second/2"], "second/2"), ([], None), ([b"caf\xe9"], "caf\xe9")],
+)
+def test_the_access_line_names_the_requests_last_user_agent(
+    served: Served, agents: list[bytes], named: str | None
+) -> None:
+    with captured() as lines:
+        status_line = raw_post(served, agents)
+        deadline = time.monotonic() + 5
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.01)  # logged just after the answer went out
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert [line["httpRequest"]["userAgent"] for line in lines if line["message"] == "request"] == [named]

@@ -84,13 +84,14 @@ def write(log: access.AccessLog, request: Request) -> None:
     headers = scope["headers"]
     carrier = headers if any(name == b"traceparent" for name, _ in headers) else None
     request_id = next((valid_request_id(v) for n, v in headers if n == b"x-request-id"), None)
+    agent = next((v for n, v in reversed(headers) if n == b"user-agent"), b"")
     exchange = tracing.Exchange("http", request.http_version, request.client, carrier)
     bound = structlog.contextvars.bind_contextvars(requestId=request_id) if request_id is not None else {}
     try:
         with exchange:
             if request.answered_in_span:
                 exchange.span_context = REQUEST_SPAN
-            log.write(scope, request.method, request.status, request.sent, request.elapsed, request_id, exchange)
+            log.write(scope, request.method, request.status, request.sent, request.elapsed, request_id, agent, exchange)
     finally:
         structlog.contextvars.reset_contextvars(**bound)
 
@@ -285,8 +286,8 @@ def test_the_template_writes_the_bytes_orjson_wrote_for_the_dict(
     if noted is not None:
         scope["erlmcp"] = noted
     form = access.AccessLineFormat(project=project, redactor=redactor(), clock=lambda: ns)
-    fields = (scope, method, status, sent, elapsed, request_id, answered)
-    reference = dict_line(*fields, project=project, ns=ns)
+    reference = dict_line(scope, method, status, sent, elapsed, request_id, answered, project=project, ns=ns)
+    fields = (scope, method, status, sent, elapsed, request_id, user_agents[-1] if user_agents else b"", answered)
     try:
         expected = orjson.dumps(reference, default=str, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError as refused:  # a lone surrogate: refused as it was

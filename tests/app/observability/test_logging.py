@@ -162,7 +162,7 @@ def test_library_lines_and_access_lines_share_one_sink_in_the_order_written(logg
     assert access_log is not None
     exchange = tracing.Exchange("http", "1.1", ("127.0.0.1", 1))
     with exchange:
-        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, exchange)
+        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, b"", exchange)
     structlog.get_logger("app.x").warning("after", detail=1)
     logging.getLogger("httpx").warning("a library's line")
     lines = [json.loads(line) for line in read().splitlines()]
@@ -183,7 +183,7 @@ def test_every_line_but_the_access_line_is_written_at_once(tmp_path: Path, loggi
     assert access_log is not None
     exchange = tracing.Exchange("http", "1.1", ("127.0.0.1", 1))
     with exchange:
-        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, exchange)
+        access_log.write({"path": "/mcp", "headers": []}, "POST", 200, 2, 0.001, None, b"", exchange)
     assert written.read_bytes() == b""  # the access line waits for the writer thread (its interval is long here)
     structlog.get_logger("app.x").error("the upstream is gone")
     logging.getLogger("uvicorn.error").warning("a library's warning")
