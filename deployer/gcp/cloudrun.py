@@ -97,7 +97,7 @@ from deployer.gcp import converge
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change, differences, emit_desired, render, run_mode
 from deployer.gcp.config import GcpConfig, config_from
 from deployer.gcp.conflicts import again_on_conflict
-from deployer.gcp.credentials import default_credentials
+from deployer.gcp.credentials import default_credentials, rest_root
 from deployer.gcp.server_secrets import SERVER_SECRETS, SecretSpec, by_key
 from deployer.log import Log
 
@@ -539,13 +539,13 @@ class CloudRunApi:
         if insecure:
             if not endpoint:
                 raise ValuesError("--insecure needs --endpoint HOST:PORT")
-            return cls(requests.Session(), endpoint if "://" in endpoint else f"http://{endpoint}", project, region)
+            return cls(requests.Session(), rest_root(endpoint, insecure=True), project, region)
         from google.auth.transport.requests import AuthorizedSession
 
         credentials = default_credentials(SCOPES)
-        base = endpoint or f"{region}-run.googleapis.com"
+        base = rest_root(endpoint or f"{region}-run.googleapis.com", insecure=False)
         session: requests.Session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
-        return cls(session, base if "://" in base else f"https://{base}", project, region)
+        return cls(session, base, project, region)
 
     def close(self) -> None:
         self._session.close()

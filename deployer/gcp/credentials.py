@@ -1,5 +1,5 @@
-"""Application Default Credentials for the commands that call Google's APIs, and the one error every command gives
-when there are none."""
+"""Application Default Credentials for the commands that call Google's APIs, the one error every command gives
+when there are none, and the root URL of a REST API from an ``--endpoint``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from deployer.errors import CloudError
 
-__all__ = ["default_credentials", "no_credentials"]
+__all__ = ["default_credentials", "no_credentials", "rest_root"]
 
 
 def no_credentials(exc: Exception, error: type[CloudError] = CloudError) -> CloudError:
@@ -33,3 +33,11 @@ def default_credentials(scopes: Sequence[str]) -> Any:
     except GoogleAuthError as exc:
         raise no_credentials(exc) from exc
     return credentials
+
+
+def rest_root(endpoint: str, *, insecure: bool) -> str:
+    """A REST API's root URL from an endpoint (``HOST[:PORT]``, or a URL with its scheme, kept as given):
+    ``http://`` for a local server of the API (``insecure``), else ``https://``."""
+    if "://" in endpoint:
+        return endpoint
+    return f"{'http' if insecure else 'https'}://{endpoint}"

@@ -43,7 +43,7 @@ from deployer.errors import CloudError, ValuesError
 from deployer.gcp import iam
 from deployer.gcp.changes import CREATE, NO_CHANGE, UPDATE, Change
 from deployer.gcp.converge import Step
-from deployer.gcp.credentials import default_credentials
+from deployer.gcp.credentials import default_credentials, rest_root
 
 __all__ = [
     "BIGQUERY_ROLE",
@@ -158,8 +158,8 @@ class Destinations:
                     "destinations through the BigQuery and Cloud Storage REST APIs"
                 )
             return cls(
-                RestApi(requests.Session(), _url(bigquery_endpoint, "http"), "BigQuery"),
-                RestApi(requests.Session(), _url(storage_endpoint, "http"), "Cloud Storage"),
+                RestApi(requests.Session(), rest_root(bigquery_endpoint, insecure=True), "BigQuery"),
+                RestApi(requests.Session(), rest_root(storage_endpoint, insecure=True), "Cloud Storage"),
             )
         from google.auth.transport.requests import AuthorizedSession
 
@@ -170,17 +170,13 @@ class Destinations:
             return made
 
         return cls(
-            RestApi(session(), _url(bigquery_endpoint or BIGQUERY_ROOT, "https"), "BigQuery"),
-            RestApi(session(), _url(storage_endpoint or STORAGE_ROOT, "https"), "Cloud Storage"),
+            RestApi(session(), rest_root(bigquery_endpoint or BIGQUERY_ROOT, insecure=False), "BigQuery"),
+            RestApi(session(), rest_root(storage_endpoint or STORAGE_ROOT, insecure=False), "Cloud Storage"),
         )
 
     def close(self) -> None:
         self.bigquery.close()
         self.storage.close()
-
-
-def _url(endpoint: str, scheme: str) -> str:
-    return endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
 
 
 # -- what is wanted ----------------------------------------------------------------------------------------------
