@@ -286,10 +286,15 @@ def _skip_space(text: str, at: int) -> int:
     return at
 
 
+# The integers orjson reads as integers (and writes back): past them it reads a float, which no id can be.
+_SMALLEST_ID, _LARGEST_ID = -(2**63), 2**64 - 1
+
+
 def leading_request_id(data: bytes) -> RequestId | None:
     """The id of a message cut short (one over the size limit, of which only the start was read), when the message's
-    own top-level ``id`` member comes before the cut; None when it does not, or the start is not a JSON object.
-    Members nested deeper (an ``id`` among the params) are never taken for it."""
+    own top-level ``id`` member comes before the cut; None when it does not, or the start is not a JSON object, or
+    the id is not one a message can have (an integer past 64 bits: :func:`parse_json` reads a float). Members nested
+    deeper (an ``id`` among the params) are never taken for it."""
     text = data.decode("utf-8", errors="ignore")
     decoder = json.JSONDecoder()
     at = _skip_space(text, 0)
@@ -309,7 +314,9 @@ def leading_request_id(data: bytes) -> RequestId | None:
         if not isinstance(key, str):
             return None
         if key == "id":
-            return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+            if isinstance(value, int) and not isinstance(value, bool):  # one parse_json reads as an integer
+                return value if _SMALLEST_ID <= value <= _LARGEST_ID else None
+            return value if isinstance(value, str) else None
         at = _skip_space(text, at)
         if not text.startswith(",", at):
             return None

@@ -102,6 +102,13 @@ def test_a_string_or_key_longer_than_the_limit_is_refused() -> None:
         (b'{"jsonrpc":"2.0","params":{"text":"xxx', None),  # cut before the id
         (b'{"id": true, "method', None),  # not an id a response can carry
         (b'{"id": 1.5, "method', None),
+        # An integer is an id only in the range a whole message's id can have (orjson's: -2**63 to 2**64 - 1; past
+        # it orjson reads a float, which message_from refuses), so that the refusal can be written with it.
+        (b'{"id": 18446744073709551615, "method', 2**64 - 1),
+        (b'{"id": -9223372036854775808, "method', -(2**63)),
+        (b'{"id": 18446744073709551616, "method', None),
+        (b'{"id": -9223372036854775809, "method', None),
+        (b'{"id": 1' + b"0" * 400 + b', "method', None),
         (b"[1, 2", None),
         (b"\xff\xfe", None),
     ],
