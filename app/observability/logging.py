@@ -198,9 +198,10 @@ def configure_logging(
     root.setLevel(level)
     quiet_libraries(library_level, level)
     logging.captureWarnings(True)  # a library's warning is a line like any other (and redacted like any other)
-    for name in ("uvicorn", "uvicorn.error"):
+    for name in ("uvicorn", "uvicorn.error"):  # through the root's handler, at the root's level, whatever set them
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)
     # One access line per request comes from the server itself, in Cloud Logging's httpRequest shape.
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False

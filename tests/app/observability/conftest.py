@@ -25,6 +25,7 @@ def logging_to_file(tmp_path: Path) -> Iterator[Configure]:
     returns ``read()``, which flushes the sink and returns every byte written so far."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, structlog.get_config(), access.access_log(), sink.process_sink())
+    uvicorns = {name: logging.getLogger(name).level for name in ("uvicorn", "uvicorn.error")}
     opened: list[int] = []
 
     def configure(fmt: LogFormat = LogFormat.JSON, **options: object) -> Callable[[], bytes]:
@@ -51,6 +52,8 @@ def logging_to_file(tmp_path: Path) -> Iterator[Configure]:
         structlog.configure(**saved[2])
         access.use(saved[3])
         sink.install(saved[4])
+        for name, level in uvicorns.items():
+            logging.getLogger(name).setLevel(level)
         logging.captureWarnings(False)
         for fd in opened:
             os.close(fd)

@@ -174,6 +174,18 @@ def test_library_lines_and_access_lines_share_one_sink_in_the_order_written(logg
     ]
 
 
+@pytest.mark.parametrize("name", ["uvicorn", "uvicorn.error"])
+def test_uvicorns_lines_follow_the_configured_level_whatever_was_set_on_its_loggers_before(
+    logging_to_file: Configure, name: str
+) -> None:
+    """An embedding, or a uvicorn.Config given a log_level, sets uvicorn's loggers' own levels; the server's logging
+    configuration is the one owner of levels, so its INFO lines are written at INFO."""
+    logging.getLogger(name).setLevel(logging.WARNING)
+    read = logging_to_file(LogFormat.JSON)
+    logging.getLogger(name).info("Started server process")
+    assert [json.loads(line)["message"] for line in read().splitlines()] == ["Started server process"]
+
+
 def test_every_line_but_the_access_line_is_written_at_once(tmp_path: Path, logging_to_file: Configure) -> None:
     """Only the access line waits in the sink's buffer; a warning or an error (the last words before a crash) is on
     stderr when the call that logged it returns, after the access lines before it."""
