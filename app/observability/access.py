@@ -103,6 +103,11 @@ def iso_stamp(ns: int) -> bytes:
     return b"%b.%06dZ" % (_prefix, micro) if micro else _prefix + b"Z"
 
 
+def _shown_agent(sent: bytes) -> str | None:
+    """The User-Agent as the line shows it: the header's bytes as latin-1 text, None for none (or an empty one)."""
+    return sent.decode("latin-1") or None
+
+
 def _http_request(
     scope: Scope, method: str, status: int, sent: int, elapsed: float, user_agent: str | None, url: str
 ) -> dict[str, Any]:
@@ -147,7 +152,7 @@ class AccessLineFormat:
     ) -> bytes:
         """The line's JSON with its newline: its fields in the order structlog's chain wrote them (``sent_agent``:
         the request's User-Agent as sent, empty for none)."""
-        user_agent = sent_agent.decode("latin-1") or None
+        user_agent = _shown_agent(sent_agent)
         url = scope["path"]
         client_text = f"{user_agent or ''}{_SEPARATOR}{url}{_SEPARATOR}{request_id or ''}"
         if self._redact(client_text) is not client_text:  # a needle matched: redact each on its own
@@ -235,7 +240,7 @@ class StructlogAccessLog:
                 orjson.loads(_FOR_CAPTURE.line(scope, method, status, sent, elapsed, request_id, user_agent, answered))
             )
         with exchange.reporting():  # the line names the span the request was answered in
-            agent = user_agent.decode("latin-1") or None
+            agent = _shown_agent(user_agent)
             http_request = _http_request(scope, method, status, sent, elapsed, agent, scope["path"])
             self._log.info("request", httpRequest=http_request, **scope.get("erlmcp", {}))
 

@@ -242,26 +242,21 @@ class Dispatcher:
         is traced (:mod:`app.observability.tracing`) when tracing is on or the request carries a trace context.
         (What to await: an untraced request's answer itself, not a coroutine awaiting it.)"""
         started = time.perf_counter()
-        if tracing.quiet(message):
-            return self._dispatch(message, ctx, started)
-        return self._traced(message, ctx, started)
-
-    async def _traced(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
-        """The outcome of a handshake-era request in its span, timed from ``started`` (the span's end counts too)."""
-        outcome = await tracing.traced(self._dispatch(message, ctx, started), message, ctx, self._features)
-        return outcome.timed(time.perf_counter() - started)
+        answer = self._dispatch(message, ctx, started)
+        return answer if tracing.quiet(message) else self._traced(answer, message, ctx, started)
 
     def dispatch_stateless(self, message: Message, ctx: RequestContext) -> Coroutine[Any, Any, Outcome]:
         """Answer one 2026-07-28 request: no handshake, results typed and cacheable, multi-round input. (What to
         await: an untraced request's answer itself, not a coroutine awaiting it.)"""
         started = time.perf_counter()
-        if tracing.quiet(message):
-            return self._dispatch_stateless(message, ctx, started)
-        return self._traced_stateless(message, ctx, started)
+        answer = self._dispatch_stateless(message, ctx, started)
+        return answer if tracing.quiet(message) else self._traced(answer, message, ctx, started)
 
-    async def _traced_stateless(self, message: Message, ctx: RequestContext, started: float) -> Outcome:
-        """The outcome of a 2026-07-28 request in its span, timed from ``started`` (the span's end counts too)."""
-        outcome = await tracing.traced(self._dispatch_stateless(message, ctx, started), message, ctx, self._features)
+    async def _traced(
+        self, answer: Coroutine[Any, Any, Outcome], message: Message, ctx: RequestContext, started: float
+    ) -> Outcome:
+        """``answer`` (a request's outcome, timed from ``started``) in its span; the span's end counts too."""
+        outcome = await tracing.traced(answer, message, ctx, self._features)
         return outcome.timed(time.perf_counter() - started)
 
     async def _dispatch(self, message: Message, ctx: RequestContext, started: float) -> Outcome:

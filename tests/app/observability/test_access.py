@@ -195,19 +195,8 @@ def dict_line(
         user_agent = redact(user_agent) if user_agent else user_agent
         url = redact(url)
         request_id = redact(request_id) if request_id else request_id
-    client = scope.get("client")
-    version = scope.get("http_version", "1.1")
-    http_request = {
-        "requestMethod": method,
-        "requestUrl": url,
-        "status": status,
-        "responseSize": str(sent),
-        "latency": f"{elapsed:.6f}s",
-        "remoteIp": client[0] if client else None,
-        "userAgent": user_agent,
-        "protocol": {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}.get(version) or f"HTTP/{version}",
-    }
-    line: dict[str, Any] = {"httpRequest": http_request}
+    # httpRequest as the structlog path builds it (StructlogAccessLog), which the golden tests above render.
+    line: dict[str, Any] = {"httpRequest": access._http_request(scope, method, status, sent, elapsed, user_agent, url)}
     noted = scope.get("erlmcp")
     if noted:
         line.update(noted)
