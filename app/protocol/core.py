@@ -273,7 +273,7 @@ class ProtocolCore:
         finally:
             if session is not None:
                 session.in_flight.pop(message.id, None)
-        self.metrics.count_outcome(outcome.method, outcome.status, outcome.tool, outcome.seconds)  # (self.count)
+        self.count(outcome)
         return outcome
 
     def count(self, outcome: Outcome) -> None:

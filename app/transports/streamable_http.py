@@ -47,7 +47,7 @@ from app.security.gate import Caller, Refusal
 from app.sessions import EventStream, Session
 from app.sessions.events import parse_event_id
 from app.sessions.store import SessionStoreUnavailable
-from app.transports.bodies import JsonBody, TooLarge, json_response, read_body, refuse, refused
+from app.transports.bodies import TooLarge, json_response, read_body, refuse, refused
 from app.transports.headers import check_headers
 from app.transports.held import IN_FLIGHT_RELEASE, HeldStream, until_revoked
 from app.transports.request import IndexedHeaders
@@ -341,7 +341,7 @@ class McpEndpoint:
                 return Response(status_code=204)  # cancelled by the client: no response is owed
             if session.id:
                 await self._sessions.save(session)
-            return self._finish(request, outcome, JsonBody(orjson.dumps(outcome.response)))  # (json_response's)
+            return self._finish(request, outcome, json_response(outcome.response))
         outbox = answering.queue()  # (made now if the handler finished without sending: a stream-only client)
         stream = self._sessions.new_stream(session) if session.id else EventStream()
         pump = asyncio.create_task(
@@ -438,9 +438,7 @@ class McpEndpoint:
                 event = format_event(None, orjson.dumps(outcome.response))
                 single = StreamingResponse(iter([event]), media_type=_SSE, headers=dict(SSE_HEADERS))
                 return self._finish(request, outcome, single)
-            response = outcome.response
-            status = _stateless_status(response) if "error" in response else 200
-            return self._finish(request, outcome, json_response(response, status))
+            return self._finish(request, outcome, json_response(outcome.response, _stateless_status(outcome.response)))
         return StreamingResponse(
             self._stateless_events(request, answering.queue(), task), media_type=_SSE, headers=dict(SSE_HEADERS)
         )
